@@ -1,0 +1,1 @@
+"""The HTTP gateway: Flask app factory, routes, request parsing, web pages."""

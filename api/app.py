@@ -1,0 +1,38 @@
+"""The gateway's app factory: configuration passed in, nothing global at import."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, request
+from flask_cors import CORS
+
+from api import functions, meta, tasks
+from api.errors import register_error_handlers
+from api.services import Services
+from broker.settings import MB, Settings
+
+BODY_SLACK = 64 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.extensions["wasmq"] = Services.build(settings)
+    for blueprint in (tasks.bp, functions.bp, meta.bp):
+        app.register_blueprint(blueprint)
+    CORS(app, resources={r"/task/*": {}, r"/retrieve/*": {}, r"/file/*": {}},
+         expose_headers=["Retry-After"])
+    register_error_handlers(app)
+
+    @app.before_request
+    def limit_body() -> None:
+        # Refuse oversized bodies from Content-Length, before reading them.
+        if request.endpoint in ("functions.create", "functions.replace"):
+            request.max_content_length = settings.max_module_mb * MB + BODY_SLACK
+        else:
+            request.max_content_length = settings.max_input_mb * MB + BODY_SLACK
+
+    logging.getLogger("wasmq").setLevel(logging.INFO)
+    return app

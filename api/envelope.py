@@ -1,0 +1,66 @@
+"""Parse the Scailable request envelope.
+
+Scailable's clients send JSON labelled `application/x-www-form-urlencoded`, so
+the body is parsed as JSON whatever the content type says. `input.data` is
+handed to the module byte for byte, never parsed here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from broker.errors import BadRequest
+
+EXAMPLE = ('{"input": {"content-type": "json", "location": "embedded", "data": "..."}, '
+           '"output": {"content-type": "json", "location": "echo"}, "control": 1, '
+           '"properties": {"language": "WASM"}}')
+
+
+def parse_envelope(body: bytes) -> bytes:
+    """Return the input bytes for the module, or raise BadRequest saying what is wrong."""
+    if not body.strip():
+        raise BadRequest(f"empty request body; send the Scailable envelope: {EXAMPLE}")
+    try:
+        envelope = json.loads(body)
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON ({exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}); send the Scailable envelope: {EXAMPLE}"
+                         ) from None
+    return input_data(envelope)
+
+
+def input_data(envelope: Any) -> bytes:
+    if not isinstance(envelope, dict):
+        raise BadRequest(f"the envelope must be a JSON object, got {_kind(envelope)}")
+    inp = envelope.get("input")
+    if inp is None:
+        raise BadRequest("the envelope has no 'input' object")
+    if not isinstance(inp, dict):
+        raise BadRequest(f"'input' must be an object, got {_kind(inp)}")
+    if "data" not in inp:
+        raise BadRequest("the envelope has no 'input.data'")
+    location = inp.get("location", "embedded")
+    if location != "embedded":
+        raise BadRequest(f"input.location {location!r} is not supported; use 'embedded'")
+    for name in ("output", "properties"):
+        if name in envelope and not isinstance(envelope[name], dict):
+            raise BadRequest(f"'{name}' must be an object, got {_kind(envelope[name])}")
+    data = inp["data"]
+    if isinstance(data, bytes):  # msgpack envelopes carry raw bytes
+        return data
+    if not isinstance(data, str):
+        raise BadRequest(f"'input.data' must be a string, got {_kind(data)}")
+    try:
+        return data.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("'input.data' contains unpaired surrogate escapes; "
+                         "it must be valid Unicode text") from None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value),
+                                                                       type(value).__name__)

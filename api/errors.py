@@ -1,0 +1,62 @@
+"""One place that turns every failure into the Scailable reply shape.
+
+Users never see a stack trace or an HTML error page: known errors carry their
+own HTTP code and message; Redis outages answer 503; anything unexpected is
+logged with its traceback and answers a plain 500 JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from api.replies import error_body
+from broker.errors import WasmqError
+
+log = logging.getLogger("wasmq.gateway")
+
+
+def _json(message: str, status: int):
+    response = jsonify(error_body(message))
+    response.status_code = status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(WasmqError)
+    def wasmq_error(exc: WasmqError):
+        return _json(exc.message, exc.http_status)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge):
+        return _json("request body is larger than this route accepts "
+                     "(see WASMQ_MAX_INPUT_MB and WASMQ_MAX_MODULE_MB)", 413)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        response = _json(f"{exc.name}: {exc.description}", exc.code or 500)
+        if exc.code == 405 and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(redis.RedisError)
+    def redis_down(exc: redis.RedisError):
+        log.warning("Redis unavailable: %s", exc)
+        return _json("the queue backend (Redis) is unavailable; try again shortly", 503)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        if _is_broker_outage(exc):
+            log.warning("broker unavailable: %s", exc)
+            return _json("the queue backend (Redis) is unavailable; try again shortly", 503)
+        log.exception("unexpected error")
+        return _json("internal error in the gateway; it has been logged", 500)
+
+
+def _is_broker_outage(exc: BaseException) -> bool:
+    from kombu.exceptions import OperationalError
+
+    return isinstance(exc, (OperationalError, ConnectionError))

@@ -1,0 +1,93 @@
+"""`/functions` (upload, list, show, replace, delete) and `/file/<cfid>.wasm`."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from api.services import Services, services
+from broker import abi
+from broker.errors import BadRequest, TooLarge
+from broker.settings import MB
+
+bp = Blueprint("functions", __name__)
+
+
+def _uploaded_module(svc: Services) -> tuple[bytes, abi.ModuleInfo]:
+    upload = request.files.get("file")
+    if upload is None:
+        raise BadRequest("send the module as a multipart form field named 'file'")
+    wasm = upload.read(svc.settings.max_module_mb * MB + 1)
+    if len(wasm) > svc.settings.max_module_mb * MB:
+        raise TooLarge(f"module is larger than the limit of {svc.settings.max_module_mb} MB")
+    if not wasm:
+        raise BadRequest("the uploaded file is empty")
+    module = abi.compile_module(svc.engine, wasm)
+    return wasm, abi.inspect_module(module)
+
+
+def _text_field(name: str, limit: int = 64 * 1024) -> str:
+    value = request.form.get(name, "")
+    if len(value) > limit:
+        raise BadRequest(f"form field '{name}' is longer than {limit} characters")
+    return value
+
+
+@bp.post("/functions")
+def create():
+    svc = services()
+    wasm, info = _uploaded_module(svc)
+    record = svc.registry.create(
+        wasm, imports=info.imports, exports=info.exports, name=_text_field("name", 200),
+        documentation=_text_field("documentation"), exampleinput=_text_field("exampleinput"))
+    return jsonify(record.public()), 201
+
+
+def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}={raw!r} is not a whole number") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+@bp.get("/functions")
+def index():
+    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = _int_arg("limit", 50, 1, 1000)
+    records, total = services().registry.list(offset, limit)
+    return jsonify({"functions": [r.public() for r in records], "total": total,
+                    "offset": offset, "limit": limit})
+
+
+@bp.get("/functions/<cfid>")
+def show(cfid: str):
+    return jsonify(services().registry.get(cfid).public())
+
+
+@bp.put("/functions/<cfid>")
+def replace(cfid: str):
+    svc = services()
+    svc.registry.get(cfid)  # 404 before reading a body we would throw away
+    wasm, info = _uploaded_module(svc)
+    record = svc.registry.replace(cfid, wasm, imports=info.imports, exports=info.exports)
+    return jsonify(record.public())
+
+
+@bp.delete("/functions/<cfid>")
+def delete(cfid: str):
+    services().registry.delete(cfid)
+    return Response(status=204)
+
+
+@bp.get("/file/<cfid>.wasm")
+def download(cfid: str):
+    svc = services()
+    record = svc.registry.get(cfid)
+    return Response(svc.registry.binary(record), mimetype="application/wasm",
+                    headers={"Content-Disposition": f'attachment; filename="{cfid}.wasm"',
+                             "ETag": f'"{record.sha256}"'})

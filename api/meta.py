@@ -1,0 +1,25 @@
+"""`/healthz` and `/openapi.json`."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from api.openapi import spec
+from api.services import services
+
+bp = Blueprint("meta", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    svc = services()
+    try:
+        svc.registry.redis.ping()
+    except Exception as exc:  # any failure to reach Redis means "not ready"
+        return jsonify({"status": "unavailable", "redis": False, "message": str(exc)}), 503
+    return jsonify({"status": "ok", "redis": True})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(spec())

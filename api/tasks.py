@@ -1,0 +1,80 @@
+"""`POST /task/<cfid>` and `GET /retrieve/<tid>`: submit a call, wait, poll."""
+
+from __future__ import annotations
+
+import math
+
+from flask import Blueprint, jsonify, request, url_for
+
+from api.envelope import parse_envelope
+from api.replies import task_reply
+from api.services import Services, services
+from broker.celery_app import RUN_TASK
+from broker.errors import BadRequest, NotFound, TooLarge
+from broker.records import TaskRecord, new_tid
+from broker.settings import MB
+
+bp = Blueprint("tasks", __name__)
+
+MAX_WAIT_S = 300.0
+
+
+def parse_wait(raw: str | None, default: float) -> float:
+    if raw is None or raw == "":
+        return default
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise BadRequest(f"wait={raw!r} is not a number of seconds") from None
+    if math.isnan(wait) or wait < 0 or wait > MAX_WAIT_S:
+        raise BadRequest(f"wait must be between 0 and {MAX_WAIT_S:g} seconds, got {raw!r}")
+    return wait
+
+
+def result_url(svc: Services, tid: str) -> str:
+    if svc.settings.public_url:
+        return f"{svc.settings.public_url.rstrip('/')}/retrieve/{tid}"
+    return url_for("tasks.retrieve", tid=tid, _external=True)
+
+
+@bp.post("/task/<cfid>")
+def submit(cfid: str):
+    svc = services()
+    wait = parse_wait(request.args.get("wait"), svc.settings.sync_wait)
+    data = parse_envelope(request.get_data(cache=False))
+    if len(data) > svc.settings.max_input_mb * MB:
+        raise TooLarge(f"input.data is {len(data)} bytes; the input limit is "
+                       f"{svc.settings.max_input_mb} MB")
+    function = svc.registry.get(cfid)
+    tid = new_tid(cfid)
+    inline = len(data) <= svc.settings.inline_input_kb * 1024
+    svc.records.create(TaskRecord(tid=tid, cfid=cfid), None if inline else data)
+    job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
+           "limits": function.limits}
+    event = None
+    if wait > 0:
+        svc.listener.start()
+        event = svc.listener.register(tid)
+    try:
+        svc.celery.send_task(RUN_TASK, args=[job], queue=svc.settings.queue)
+        if event is not None:
+            event.wait(wait)
+    finally:
+        if event is not None:
+            svc.listener.unregister(tid, event)
+    return _answer(svc, tid)
+
+
+@bp.get("/retrieve/<tid>")
+def retrieve(tid: str):
+    return _answer(services(), tid)
+
+
+def _answer(svc: Services, tid: str):
+    record = svc.records.get(tid)
+    if record is None:
+        raise NotFound(f"task '{tid}' is unknown or its result has expired")
+    body, status = task_reply(record, result_url(svc, tid))
+    return jsonify(body), status
+
+

@@ -1,0 +1,1 @@
+"""What the gateway and the workers share: settings, Redis, store, registry, records."""

@@ -1,0 +1,99 @@
+"""The Scailable ABI: the exports a module must have and what it may import.
+
+Both upload validation (gateway) and execution (workers) read this module, so
+the contract is written down exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import wasmtime
+
+from broker.errors import InvalidModule
+
+I32 = "i32"
+
+# export name -> (params, results)
+FUNCTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "malloc_buffer": ((I32,), (I32,)),
+    "free_buffer": ((I32,), ()),
+    "pred": ((), (I32,)),
+    "get_out_len": ((), (I32,)),
+    "get_out_loc": ((), (I32,)),
+}
+ENTRY_POINTS = ("_start", "_initialize")
+MEMORY = "memory"
+WASI_NAMESPACES = ("wasi_snapshot_preview1", "wasi_unstable")
+WASM_MAGIC = b"\0asm"
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    imports: list[str]
+    exports: list[str]
+    entry: str
+
+
+def _signature(ty: wasmtime.FuncType) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return tuple(str(p) for p in ty.params), tuple(str(r) for r in ty.results)
+
+
+def _fmt(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    params, results = sig
+    return f"({', '.join(params)}) -> ({', '.join(results)})"
+
+
+def inspect_module(module: wasmtime.Module) -> ModuleInfo:
+    """Check a compiled module against the ABI; raise InvalidModule naming every problem."""
+    problems: list[str] = []
+    exports = {e.name: e.type for e in module.exports}
+    if not isinstance(exports.get(MEMORY), wasmtime.MemoryType):
+        problems.append("it does not export its linear memory as 'memory'")
+    missing = [name for name in FUNCTIONS if name not in exports]
+    if missing:
+        problems.append("missing exports: " + ", ".join(missing))
+    for name, want in FUNCTIONS.items():
+        ty = exports.get(name)
+        if ty is None:
+            continue
+        if not isinstance(ty, wasmtime.FuncType):
+            problems.append(f"export '{name}' is not a function")
+        elif _signature(ty) != want:
+            problems.append(f"export '{name}' has signature {_fmt(_signature(ty))}, "
+                            f"expected {_fmt(want)}")
+    entry = next((e for e in ENTRY_POINTS if e in exports), None)
+    if entry is None:
+        problems.append("missing export: _start (or _initialize)")
+    elif not isinstance(exports[entry], wasmtime.FuncType) or \
+            _signature(exports[entry]) != ((), ()):
+        problems.append(f"export '{entry}' must be a function taking and returning nothing")
+    foreign = [f"{i.module}.{i.name}" for i in module.imports
+               if i.module not in WASI_NAMESPACES]
+    if foreign:
+        problems.append("imports outside WASI (only wasi_snapshot_preview1 and "
+                        "wasi_unstable are provided): " + ", ".join(foreign))
+    bad_kind = [f"{i.module}.{i.name}" for i in module.imports
+                if i.module in WASI_NAMESPACES and not isinstance(i.type, wasmtime.FuncType)]
+    if bad_kind:
+        problems.append("WASI imports that are not functions: " + ", ".join(bad_kind))
+    if problems:
+        raise InvalidModule("module refused: " + "; ".join(problems))
+    return ModuleInfo(
+        imports=[f"{i.module}.{i.name}" for i in module.imports],
+        exports=sorted(exports),
+        entry=entry,  # type: ignore[arg-type]
+    )
+
+
+def compile_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
+    """Compile bytes, turning wasmtime's parse errors into a message for the uploader."""
+    if not wasm.startswith(WASM_MAGIC):
+        raise InvalidModule("module refused: the file is not a WebAssembly binary "
+                            "(it does not start with \\0asm)")
+    try:
+        return wasmtime.Module(engine, wasm)
+    except wasmtime.WasmtimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise InvalidModule("module refused: not a valid WebAssembly module: "
+                            + " ".join(line.strip() for line in first[:3])) from None

@@ -1,0 +1,52 @@
+"""One exception hierarchy: each error a user can act on maps to an HTTP code
+and a Scailable `statusCode 0` reply with its message, in one handler."""
+
+from __future__ import annotations
+
+
+class WasmqError(Exception):
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(WasmqError):
+    """A setting from the environment is malformed."""
+
+
+class BadRequest(WasmqError):
+    http_status = 400
+
+
+class InvalidModule(BadRequest):
+    """The uploaded bytes are not a module wasmq can run."""
+
+
+class TooLarge(WasmqError):
+    http_status = 413
+
+
+class Unauthorized(WasmqError):
+    http_status = 401
+
+
+class Forbidden(WasmqError):
+    http_status = 403
+
+
+class NotFound(WasmqError):
+    http_status = 404
+
+
+class Unavailable(WasmqError):
+    """Redis or another backing service cannot be reached."""
+
+    http_status = 503
+
+
+class TaskFailed(WasmqError):
+    """The module failed its own task (trap, limit, non-zero pred)."""
+
+    http_status = 200

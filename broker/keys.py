@@ -1,0 +1,26 @@
+"""Every Redis key wasmq uses, built in one place."""
+
+PREFIX = "wasmq"
+
+FUNCTIONS_INDEX = f"{PREFIX}:functions"  # zset cfid -> createdAt
+DONE_CHANNEL = f"{PREFIX}:done"  # pub/sub: tid of every finished task
+
+
+def function(cfid: str) -> str:
+    return f"{PREFIX}:function:{cfid}"
+
+
+def blob(sha256: str) -> str:
+    return f"{PREFIX}:blob:{sha256}"
+
+
+def blob_refs(sha256: str) -> str:
+    return f"{PREFIX}:blobrefs:{sha256}"
+
+
+def task(tid: str) -> str:
+    return f"{PREFIX}:task:{tid}"
+
+
+def task_input(tid: str) -> str:
+    return f"{PREFIX}:input:{tid}"

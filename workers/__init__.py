@@ -1,0 +1,1 @@
+"""Compute nodes: Celery tasks and the wasm runtime that executes modules."""

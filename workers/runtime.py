@@ -1,0 +1,167 @@
+"""The ABI driver: instantiate, `_start`, write input, `pred`, read output, free.
+
+One `Runtime` per worker process holds the engine, the linker (both WASI
+namespaces) and the hot modules; every task gets a fresh Store and instance,
+so nothing leaks between calls. All limits are applied here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import wasmtime
+
+from broker import abi
+from broker.engine import EPOCH_TICK_S, make_engine
+from broker.errors import TaskFailed
+from workers.hostctx import CURRENT, HostContext, ModuleExit
+from workers.limits import Limits
+from workers.traps import describe
+from workers.wasi_unstable import define_missing_stubs, define_wasi_unstable
+
+U32 = 0xFFFFFFFF
+
+
+@dataclass
+class Outcome:
+    output: bytes
+    stdout: str
+    stderr: str
+    exec_ms: float
+
+
+class ModuleFailed(TaskFailed):
+    """The module failed its task; the logs it wrote so far travel with it."""
+
+    def __init__(self, message: str, ctx: HostContext) -> None:
+        super().__init__(message)
+        self.stdout = ctx.stdout.text()
+        self.stderr = ctx.stderr.text()
+
+
+@dataclass
+class Prepared:
+    pre: wasmtime.InstancePre
+    entry: str
+    size: int
+
+
+class Runtime:
+    def __init__(self, cache_bytes: int = 256 * 1024 * 1024) -> None:
+        self.engine = make_engine()
+        self.linker = wasmtime.Linker(self.engine)
+        self.linker.define_wasi()
+        define_wasi_unstable(self.linker)
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, Prepared] = OrderedDict()
+        self._cached = 0
+        self._ticker = threading.Thread(target=self._tick, name="wasmq-epoch", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        # Epoch interruption: the store's deadline counts these ticks.
+        while True:
+            time.sleep(EPOCH_TICK_S)
+            self.engine.increment_epoch()
+
+    def prepare(self, sha256: str, load: Callable[[], bytes]) -> Prepared:
+        """Compile (or fetch from the per-process LRU) a module, linked and ready."""
+        hit = self._cache.get(sha256)
+        if hit is not None:
+            self._cache.move_to_end(sha256)
+            return hit
+        wasm = load()
+        module = abi.compile_module(self.engine, wasm)
+        info = abi.inspect_module(module)
+        define_missing_stubs(self.linker, module)
+        prepared = Prepared(self.linker.instantiate_pre(module), info.entry, len(wasm))
+        self._cache[sha256] = prepared
+        self._cached += prepared.size
+        while self._cached > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= old.size
+        return prepared
+
+    def run(self, prepared: Prepared, data: bytes, limits: Limits) -> Outcome:
+        ctx = HostContext()
+        token = CURRENT.set(ctx)
+        store = wasmtime.Store(self.engine)
+        store.set_limits(memory_size=limits.max_memory)
+        store.set_epoch_deadline(max(1, int(limits.timeout_s / EPOCH_TICK_S)))
+        wasi = wasmtime.WasiConfig()
+        wasi.stdout_custom = ctx.stdout.write
+        wasi.stderr_custom = ctx.stderr.write
+        store.set_wasi(wasi)
+        started = time.perf_counter()
+        phase = "instantiate"
+        memory: wasmtime.Memory | None = None
+        try:
+            instance = prepared.pre.instantiate(store)
+            ex = instance.exports(store)
+            memory = ex[abi.MEMORY]  # type: ignore[assignment]
+            phase = prepared.entry
+            _call_entry(ex[prepared.entry], store)
+            phase = "malloc_buffer"
+            size = len(data) + 1
+            ptr = ex["malloc_buffer"](store, size) & U32
+            if ptr == 0 or ptr + size > memory.data_len(store):
+                raise _AbiViolation(f"malloc_buffer({size}) returned {ptr:#x}, which is not "
+                                 f"a usable buffer in {memory.data_len(store)} bytes of memory")
+            memory.write(store, data + b"\0", ptr)
+            phase = "pred"
+            rc = ex["pred"](store)
+            if rc != 0:
+                tail = ctx.stderr.text()[-500:].strip()
+                raise _AbiViolation(f"pred() returned {rc} (failure)"
+                                 + (f"; module stderr: {tail}" if tail else ""))
+            phase = "get_out_len"
+            out_len = ex["get_out_len"](store) & U32
+            phase = "get_out_loc"
+            out_loc = ex["get_out_loc"](store) & U32
+            if out_len > limits.max_output:
+                raise _AbiViolation(f"output of {out_len} bytes exceeds the output limit of "
+                                 f"{limits.max_output_mb:g} MB")
+            mem_len = memory.data_len(store)
+            if out_loc + out_len > mem_len:
+                raise _AbiViolation(f"output location {out_loc:#x} with length {out_len} lies "
+                                 f"outside linear memory ({mem_len} bytes)")
+            output = bytes(memory.read(store, out_loc, out_loc + out_len))
+            phase = "free_buffer"
+            ex["free_buffer"](store, ptr)
+            if out_len and out_loc != ptr:
+                ex["free_buffer"](store, out_loc)
+        except _AbiViolation as exc:
+            raise ModuleFailed(str(exc), ctx) from None
+        except ModuleExit as exc:
+            raise ModuleFailed(f"module called proc_exit({exc.code}) during {phase}()",
+                               ctx) from None
+        except wasmtime.ExitTrap as exc:
+            raise ModuleFailed(f"module exited with code {exc.code} during {phase}()",
+                               ctx) from None
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            mem = memory.data_len(store) if memory is not None else None
+            raise ModuleFailed(describe(exc, phase, limits, mem), ctx) from None
+        finally:
+            CURRENT.reset(token)
+        return Outcome(output, ctx.stdout.text(), ctx.stderr.text(),
+                       (time.perf_counter() - started) * 1000)
+
+
+class _AbiViolation(Exception):
+    """The module broke the ABI contract (bad pointer, length, return code)."""
+
+
+def _call_entry(func: wasmtime.Func, store: wasmtime.Store) -> None:
+    """`_start` may end by exiting with 0 (wasi-libc does); only non-zero fails."""
+    try:
+        func(store)
+    except wasmtime.ExitTrap as exc:
+        if exc.code != 0:
+            raise
+    except ModuleExit as exc:
+        if exc.code != 0:
+            raise

@@ -1,0 +1,95 @@
+"""The Celery task that runs one compute-function call on this node.
+
+The job message carries the tid, the module's sha256, the input (or nothing
+when it travelled by reference) and the limits, so a task costs one claim
+round trip, a binary fetch only on a cache miss, and one finishing pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import lru_cache
+
+import redis
+from celery import Celery
+
+from broker.celery_app import RUN_TASK
+from broker.connections import get_redis
+from broker.errors import WasmqError
+from broker.records import Status, TaskRecords
+from broker.settings import Settings
+from broker.store import RedisStore
+from workers.limits import Limits
+from workers.runtime import ModuleFailed, Runtime
+
+log = logging.getLogger("wasmq.worker")
+
+
+class NodeState:
+    """What a worker process builds once, after the fork, and keeps."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        client = get_redis(settings)
+        self.records = TaskRecords(client, settings.result_ttl)
+        self.store = RedisStore(client)
+        self.limits = Limits.from_settings(settings)
+        self.runtime = Runtime()
+        self.node = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def register_tasks(app: Celery, settings: Settings) -> None:
+    @lru_cache(maxsize=1)
+    def state() -> NodeState:
+        return NodeState(settings)
+
+    @app.task(name=RUN_TASK, acks_late=True, reject_on_worker_lost=True)
+    def run(job: dict) -> None:
+        execute(state(), job)
+
+
+def execute(st: NodeState, job: dict) -> None:
+    tid = job["tid"]
+    claim, by_ref = st.records.claim(tid, st.node)
+    if claim != "running":
+        log.info("tid=%s skipped: record is %s", tid, claim)
+        return
+    data = job.get("data")
+    if data is None:
+        data = by_ref
+    if data is None:
+        st.records.finish(tid, Status.FAILED, message="the task's input has expired")
+        return
+    limits = st.limits.narrowed(job.get("limits"))
+    sha = job["sha256"]
+    try:
+        prepared = st.runtime.prepare(sha, lambda: _binary(st, sha))
+        outcome = st.runtime.run(prepared, data, limits)
+    except ModuleFailed as exc:
+        log.info("tid=%s failed: %s", tid, exc.message)
+        st.records.finish(tid, Status.FAILED, message=exc.message,
+                          stdout=exc.stdout, stderr=exc.stderr)
+        return
+    except WasmqError as exc:
+        log.info("tid=%s failed: %s", tid, exc.message)
+        st.records.finish(tid, Status.FAILED, message=exc.message)
+        return
+    except redis.RedisError:
+        raise  # the record cannot be written now; the message is redelivered
+    except Exception as exc:  # a bug of ours must fail the task, not leave it running
+        log.exception("tid=%s: internal error", tid)
+        st.records.finish(tid, Status.FAILED,
+                          message=f"internal error in the worker ({type(exc).__name__})")
+        return
+    log.info("tid=%s succeeded in %.2f ms", tid, outcome.exec_ms)
+    st.records.finish(tid, Status.SUCCEEDED, result=outcome.output,
+                      stdout=outcome.stdout, stderr=outcome.stderr, exec_ms=outcome.exec_ms)
+
+
+def _binary(st: NodeState, sha: str) -> bytes:
+    data = st.store.get(sha)
+    if data is None:
+        raise WasmqError("the function's binary was deleted before the task ran")
+    return data
