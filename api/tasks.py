@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 from flask import Blueprint, jsonify, request, url_for
 
@@ -58,11 +60,21 @@ def submit(cfid: str):
     try:
         svc.celery.send_task(RUN_TASK, args=[job], queue=svc.settings.queue)
         if event is not None:
-            event.wait(wait)
+            return _wait_for(svc, tid, event, time.monotonic() + wait)
     finally:
         if event is not None:
             svc.listener.unregister(tid, event)
     return _answer(svc, tid)
+
+
+def _wait_for(svc: Services, tid: str, event: threading.Event, deadline: float):
+    """Sleep until woken; a wake-up only means "look again" (it may be spurious)."""
+    while True:
+        event.wait(max(0.0, deadline - time.monotonic()))
+        event.clear()
+        record = svc.records.get(tid)
+        if record is None or record.status.finished or time.monotonic() >= deadline:
+            return _reply(svc, tid, record)
 
 
 @bp.get("/retrieve/<tid>")
@@ -71,7 +83,10 @@ def retrieve(tid: str):
 
 
 def _answer(svc: Services, tid: str):
-    record = svc.records.get(tid)
+    return _reply(svc, tid, svc.records.get(tid))
+
+
+def _reply(svc: Services, tid: str, record: TaskRecord | None):
     if record is None:
         raise NotFound(f"task '{tid}' is unknown or its result has expired")
     body, status = task_reply(record, result_url(svc, tid))

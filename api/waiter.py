@@ -65,10 +65,10 @@ class CompletionListener:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(keys.DONE_CHANNEL)
-                self._subscribed.set()
-                backoff = 0.1
                 # A gap in the subscription may have swallowed wake-ups.
                 self._wake(None)
+                self._subscribed.set()
+                backoff = 0.1
                 while True:
                     # A bounded wait keeps redis-py's health checks running and
                     # never trips the client's socket timeout on a quiet channel.

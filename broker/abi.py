@@ -26,6 +26,18 @@ ENTRY_POINTS = ("_start", "_initialize")
 MEMORY = "memory"
 WASI_NAMESPACES = ("wasi_snapshot_preview1", "wasi_unstable")
 WASM_MAGIC = b"\0asm"
+# What wasmtime provides under wasi_snapshot_preview1; any other name there
+# would only fail at instantiation, so upload refuses it up front. Unknown
+# wasi_unstable names are linked to stubs that answer ENOSYS.
+PREVIEW1_FUNCTIONS = frozenset("""
+args_get args_sizes_get environ_get environ_sizes_get clock_res_get clock_time_get
+fd_advise fd_allocate fd_close fd_datasync fd_fdstat_get fd_fdstat_set_flags
+fd_fdstat_set_rights fd_filestat_get fd_filestat_set_size fd_filestat_set_times fd_pread
+fd_prestat_get fd_prestat_dir_name fd_pwrite fd_read fd_readdir fd_renumber fd_seek fd_sync
+fd_tell fd_write path_create_directory path_filestat_get path_filestat_set_times path_link
+path_open path_readlink path_remove_directory path_rename path_symlink path_unlink_file
+poll_oneoff proc_exit proc_raise sched_yield random_get sock_accept sock_recv sock_send
+sock_shutdown""".split())
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,10 @@ def inspect_module(module: wasmtime.Module) -> ModuleInfo:
     if foreign:
         problems.append("imports outside WASI (only wasi_snapshot_preview1 and "
                         "wasi_unstable are provided): " + ", ".join(foreign))
+    unknown = [f"{i.module}.{i.name}" for i in module.imports
+               if i.module == WASI_NAMESPACES[0] and i.name not in PREVIEW1_FUNCTIONS]
+    if unknown:
+        problems.append("imports that WASI preview1 does not define: " + ", ".join(unknown))
     bad_kind = [f"{i.module}.{i.name}" for i in module.imports
                 if i.module in WASI_NAMESPACES and not isinstance(i.type, wasmtime.FuncType)]
     if bad_kind:

@@ -6,8 +6,8 @@ No other module reads `os.environ`; tests build `Settings(...)` directly.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Mapping
 
 from broker.errors import ConfigError
 

@@ -91,8 +91,9 @@ SLOW = wasm(imports=CLOCK, extra="""
 
 FAILING_PRED = wasm("(i32.const 1)")
 TRAPPING = wasm("(unreachable)")
-# Writes bytes that are not JSON (and a NUL-free binary-ish tail) as its output.
-NOT_JSON = wasm(data='(data (i32.const 16) "plain text, not {json")', pred="""
+# Writes text that is not JSON as its output.
+NOT_JSON_TEXT = "plain text, not {json"
+NOT_JSON = wasm(data=f'(data (i32.const 16) "{NOT_JSON_TEXT}")', pred=f"""
     (global.set $out (i32.const 16))
-    (global.set $outlen (i32.const 22))
+    (global.set $outlen (i32.const {len(NOT_JSON_TEXT)}))
     (i32.const 0)""")

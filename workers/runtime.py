@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import wasmtime
 
@@ -109,32 +109,32 @@ class Runtime:
             size = len(data) + 1
             ptr = ex["malloc_buffer"](store, size) & U32
             if ptr == 0 or ptr + size > memory.data_len(store):
-                raise _AbiViolation(f"malloc_buffer({size}) returned {ptr:#x}, which is not "
+                raise _AbiViolationError(f"malloc_buffer({size}) returned {ptr:#x}, which is not "
                                  f"a usable buffer in {memory.data_len(store)} bytes of memory")
             memory.write(store, data + b"\0", ptr)
             phase = "pred"
             rc = ex["pred"](store)
             if rc != 0:
                 tail = ctx.stderr.text()[-500:].strip()
-                raise _AbiViolation(f"pred() returned {rc} (failure)"
+                raise _AbiViolationError(f"pred() returned {rc} (failure)"
                                  + (f"; module stderr: {tail}" if tail else ""))
             phase = "get_out_len"
             out_len = ex["get_out_len"](store) & U32
             phase = "get_out_loc"
             out_loc = ex["get_out_loc"](store) & U32
             if out_len > limits.max_output:
-                raise _AbiViolation(f"output of {out_len} bytes exceeds the output limit of "
+                raise _AbiViolationError(f"output of {out_len} bytes exceeds the output limit of "
                                  f"{limits.max_output_mb:g} MB")
             mem_len = memory.data_len(store)
             if out_loc + out_len > mem_len:
-                raise _AbiViolation(f"output location {out_loc:#x} with length {out_len} lies "
+                raise _AbiViolationError(f"output location {out_loc:#x} with length {out_len} lies "
                                  f"outside linear memory ({mem_len} bytes)")
             output = bytes(memory.read(store, out_loc, out_loc + out_len))
             phase = "free_buffer"
             ex["free_buffer"](store, ptr)
             if out_len and out_loc != ptr:
                 ex["free_buffer"](store, out_loc)
-        except _AbiViolation as exc:
+        except _AbiViolationError as exc:
             raise ModuleFailed(str(exc), ctx) from None
         except ModuleExit as exc:
             raise ModuleFailed(f"module called proc_exit({exc.code}) during {phase}()",
@@ -151,7 +151,7 @@ class Runtime:
                        (time.perf_counter() - started) * 1000)
 
 
-class _AbiViolation(Exception):
+class _AbiViolationError(Exception):
     """The module broke the ABI contract (bad pointer, length, return code)."""
 
 
