@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from api.services import Services, services
 from broker import abi
@@ -33,7 +34,7 @@ def _text_field(name: str, limit: int = 64 * 1024) -> str:
 
 
 @bp.post("/functions")
-def create():
+def create() -> ResponseReturnValue:
     svc = services()
     wasm, info = _uploaded_module(svc)
     record = svc.registry.create(
@@ -56,7 +57,7 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
 
 
 @bp.get("/functions")
-def index():
+def index() -> ResponseReturnValue:
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", 50, 1, 1000)
     records, total = services().registry.list(offset, limit)
@@ -65,12 +66,12 @@ def index():
 
 
 @bp.get("/functions/<cfid>")
-def show(cfid: str):
+def show(cfid: str) -> ResponseReturnValue:
     return jsonify(services().registry.get(cfid).public())
 
 
 @bp.put("/functions/<cfid>")
-def replace(cfid: str):
+def replace(cfid: str) -> ResponseReturnValue:
     svc = services()
     svc.registry.get(cfid)  # 404 before reading a body we would throw away
     wasm, info = _uploaded_module(svc)
@@ -79,13 +80,13 @@ def replace(cfid: str):
 
 
 @bp.delete("/functions/<cfid>")
-def delete(cfid: str):
+def delete(cfid: str) -> ResponseReturnValue:
     services().registry.delete(cfid)
     return Response(status=204)
 
 
 @bp.get("/file/<cfid>.wasm")
-def download(cfid: str):
+def download(cfid: str) -> ResponseReturnValue:
     svc = services()
     record = svc.registry.get(cfid)
     return Response(svc.registry.binary(record), mimetype="application/wasm",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
 
 from api.openapi import spec
 from api.services import services
@@ -11,7 +12,7 @@ bp = Blueprint("meta", __name__)
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> ResponseReturnValue:
     svc = services()
     try:
         svc.registry.redis.ping()
@@ -21,5 +22,5 @@ def healthz():
 
 
 @bp.get("/openapi.json")
-def openapi():
+def openapi() -> ResponseReturnValue:
     return jsonify(spec())

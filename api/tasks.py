@@ -7,6 +7,7 @@ import threading
 import time
 
 from flask import Blueprint, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
 
 from api.envelope import parse_envelope
 from api.replies import task_reply
@@ -40,7 +41,7 @@ def result_url(svc: Services, tid: str) -> str:
 
 
 @bp.post("/task/<cfid>")
-def submit(cfid: str):
+def submit(cfid: str) -> ResponseReturnValue:
     svc = services()
     wait = parse_wait(request.args.get("wait"), svc.settings.sync_wait)
     data = parse_envelope(request.get_data(cache=False))
@@ -67,7 +68,8 @@ def submit(cfid: str):
     return _answer(svc, tid)
 
 
-def _wait_for(svc: Services, tid: str, event: threading.Event, deadline: float):
+def _wait_for(svc: Services, tid: str, event: threading.Event,
+              deadline: float) -> ResponseReturnValue:
     """Sleep until woken; a wake-up only means "look again" (it may be spurious)."""
     while True:
         event.wait(max(0.0, deadline - time.monotonic()))
@@ -78,15 +80,15 @@ def _wait_for(svc: Services, tid: str, event: threading.Event, deadline: float):
 
 
 @bp.get("/retrieve/<tid>")
-def retrieve(tid: str):
+def retrieve(tid: str) -> ResponseReturnValue:
     return _answer(services(), tid)
 
 
-def _answer(svc: Services, tid: str):
+def _answer(svc: Services, tid: str) -> ResponseReturnValue:
     return _reply(svc, tid, svc.records.get(tid))
 
 
-def _reply(svc: Services, tid: str, record: TaskRecord | None):
+def _reply(svc: Services, tid: str, record: TaskRecord | None) -> ResponseReturnValue:
     if record is None:
         raise NotFound(f"task '{tid}' is unknown or its result has expired")
     body, status = task_reply(record, result_url(svc, tid))

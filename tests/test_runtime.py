@@ -11,7 +11,7 @@ from broker.errors import TaskFailed
 from tests import modules
 from tests.support import INTSUM, TUTORIAL_INPUT
 from workers.limits import Limits
-from workers.runtime import Runtime
+from workers.runtime import Outcome, Runtime
 
 LEGACY = wasmtime.wat2wasm((Path(__file__).parent / "wasm" / "legacy.wat").read_text())
 LIMITS = Limits(timeout_s=5)
@@ -22,7 +22,7 @@ def runtime() -> Runtime:
     return Runtime()
 
 
-def run(runtime: Runtime, wasm: bytes, data: bytes, limits: Limits = LIMITS):
+def run(runtime: Runtime, wasm: bytes, data: bytes, limits: Limits = LIMITS) -> Outcome:
     import hashlib
 
     prepared = runtime.prepare(hashlib.sha256(wasm).hexdigest(), lambda: wasm)
