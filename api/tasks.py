@@ -14,6 +14,7 @@ from api.replies import task_reply
 from api.services import Services, services
 from broker.celery_app import RUN_TASK
 from broker.errors import BadRequest, NotFound, TooLarge
+from broker.logs import bind_tid
 from broker.records import TaskRecord, new_tid
 from broker.settings import MB
 
@@ -50,6 +51,7 @@ def submit(cfid: str) -> ResponseReturnValue:
                        f"{svc.settings.max_input_mb} MB")
     function = svc.registry.get(cfid)
     tid = new_tid(cfid)
+    bind_tid(tid)
     inline = len(data) <= svc.settings.inline_input_kb * 1024
     svc.records.create(TaskRecord(tid=tid, cfid=cfid), None if inline else data)
     job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
@@ -59,7 +61,7 @@ def submit(cfid: str) -> ResponseReturnValue:
         svc.listener.start()
         event = svc.listener.register(tid)
     try:
-        svc.celery.send_task(RUN_TASK, args=[job], queue=svc.settings.queue)
+        svc.celery.send_task(RUN_TASK, args=[job], queue=svc.settings.queue, task_id=tid)
         if event is not None:
             return _wait_for(svc, tid, event, time.monotonic() + wait)
     finally:

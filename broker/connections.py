@@ -1,12 +1,22 @@
-"""Redis clients built from settings; one pool per process, bytes in and out."""
+"""Redis clients built from settings; one pool per process, bytes in and out.
+
+Timeouts and retries are bounded so that a Redis outage surfaces as an error
+within seconds (the gateway answers 503) instead of hanging a request: one
+retry covers a pooled socket that died with a Redis restart.
+"""
 
 from __future__ import annotations
 
 import threading
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from broker.settings import Settings
+
+SOCKET_CONNECT_TIMEOUT = 2
+SOCKET_TIMEOUT = 5
 
 _lock = threading.Lock()
 _clients: dict[str, redis.Redis] = {}
@@ -19,10 +29,13 @@ def get_redis(settings: Settings) -> redis.Redis:
         if client is None:
             client = redis.Redis.from_url(
                 settings.redis_url,
-                socket_connect_timeout=2,
-                socket_timeout=10,
+                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
+                socket_timeout=SOCKET_TIMEOUT,
                 health_check_interval=30,
-                retry_on_timeout=True,
+                # Retry once on a dropped connection, never on a timeout: a
+                # Redis that hangs must cost a request one timeout, not several.
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), retries=1,
+                            supported_errors=(redis.ConnectionError,)),
             )
             _clients[settings.redis_url] = client
         return client

@@ -13,7 +13,7 @@ from enum import Enum
 
 import redis
 
-from broker import keys
+from broker import keys, metrics
 from broker.clock import now
 
 
@@ -100,6 +100,7 @@ class TaskRecords:
         pipe.expire(keys.task(record.tid), self.ttl)
         if input_by_ref is not None:
             pipe.set(keys.task_input(record.tid), input_by_ref, ex=self.ttl)
+        metrics.count_submitted(pipe)
         pipe.execute()
 
     def get(self, tid: str) -> TaskRecord | None:
@@ -114,14 +115,17 @@ class TaskRecords:
     def finish(self, tid: str, status: Status, *, result: bytes | None = None,
                message: str = "", stdout: str = "", stderr: str = "",
                exec_ms: float | None = None) -> None:
+        finished_at = now()
         fields: dict[str, bytes | str | float] = {
-            "status": status.value, "finishedAt": now(), "message": message,
+            "status": status.value, "finishedAt": finished_at, "message": message,
             "stdout": stdout, "stderr": stderr}
         if result is not None:
             fields["result"] = result
         if exec_ms is not None:
             fields["execMs"] = exec_ms
         pipe = self.redis.pipeline()
+        metrics.observe_finish(pipe, tid, status == Status.SUCCEEDED, message, exec_ms,
+                               finished_at)
         pipe.hset(keys.task(tid), mapping=fields)
         pipe.expire(keys.task(tid), self.ttl)
         pipe.delete(keys.task_input(tid))

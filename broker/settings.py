@@ -5,6 +5,7 @@ No other module reads `os.environ`; tests build `Settings(...)` directly.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -33,20 +34,30 @@ class Settings:
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     gateway_processes: int = 2
     gateway_threads: int = 64
+    prefetch_multiplier: int = 1
+    log_format: str = "json"
+
+    @property
+    def hard_time_limit(self) -> float:
+        """Celery's backstop, only reached if epoch interruption failed.
+
+        The grace scales with the limit (3 to 15 s) so short limits keep a
+        short redelivery time; it also covers compiling a module, which runs
+        before the epoch deadline starts.
+        """
+        return self.task_timeout + min(15.0, max(3.0, self.task_timeout))
 
     @property
     def visibility_timeout(self) -> int:
         """Seconds before an unacknowledged task is handed to another node.
 
-        Derived from the task limit so a dead node's tasks come back in
-        seconds, not after Redis transport's default hour.
+        Derived from the task limit, so a dead node's tasks come back in
+        seconds rather than after the Redis transport's default hour: twice the
+        hard limit, because a prefetched message waits at most one task's
+        time before its own run starts. It must never be shorter than a task
+        may legitimately run, or live tasks would be handed out twice.
         """
-        return int(self.task_timeout * 2 + 30)
-
-    @property
-    def hard_time_limit(self) -> float:
-        """Celery's backstop, only reached if epoch interruption failed."""
-        return self.task_timeout + 15
+        return int(math.ceil(2 * self.hard_time_limit))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
@@ -67,9 +78,12 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
-                     "max_module_mb"):
+                     "max_module_mb", "prefetch_multiplier"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"WASMQ_LOG_FORMAT must be 'json' or 'text', got "
+                              f"{self.log_format!r}")
 
 
 def _parse(name: str, kind: object, raw: str) -> object:

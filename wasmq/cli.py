@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -60,14 +61,29 @@ def gateway(port: int, host: str) -> None:
 @click.option("--concurrency", type=click.IntRange(1, 256), default=None,
               help="Worker processes [default: number of cores].")
 @click.option("--name", default="wasmq@%h", show_default=True, help="Celery node name.")
-def worker(concurrency: int | None, name: str) -> None:
+@click.option("--heartbeat-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Touch this file every few seconds (for `wasmq alive`).")
+def worker(concurrency: int | None, name: str, heartbeat_file: Path | None) -> None:
     """Run a compute node (Celery worker) alone, against WASMQ_REDIS_URL."""
     settings = _settings()
-    from broker.celery_app import make_celery
-    from workers.tasks import register_tasks
+    from workers.node import build_worker_app
 
-    app = make_celery(settings)
-    register_tasks(app, settings)
+    app = build_worker_app(settings, heartbeat_file)
     app.worker_main(["worker", "--loglevel", "INFO", "-Q", settings.queue,
                      "--concurrency", str(concurrency or os.cpu_count() or 1),
                      "-n", name, "-E", "--without-mingle"])
+
+
+@main.command()
+@click.argument("heartbeat_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--max-age", type=click.FloatRange(min=1), default=30, show_default=True,
+              help="Seconds since the last heartbeat that still count as alive.")
+def alive(heartbeat_file: Path, max_age: float) -> None:
+    """Exit 0 if the worker touching HEARTBEAT_FILE is alive (a liveness probe)."""
+    try:
+        age = time.time() - heartbeat_file.stat().st_mtime
+    except OSError:
+        raise click.ClickException(f"no heartbeat at {heartbeat_file}") from None
+    if age > max_age:
+        raise click.ClickException(f"last heartbeat {age:.0f} s ago (limit {max_age:g} s)")
+    click.echo(f"alive: last heartbeat {age:.1f} s ago")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication
 
+from broker.logs import setup_logging
 from broker.settings import Settings
 
 
@@ -36,4 +37,5 @@ class GatewayServer(BaseApplication):
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
+    setup_logging(settings.log_format)  # before the fork: every process inherits it
     GatewayServer(settings, host, port).run()

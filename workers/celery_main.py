@@ -1,9 +1,7 @@
 """Entry point for `celery -A workers.celery_main` (worker, inspect, events)."""
 
-from broker.celery_app import make_celery
 from broker.settings import Settings
-from workers.tasks import register_tasks
+from workers.node import build_worker_app
 
 settings = Settings.from_env()
-app = make_celery(settings)
-register_tasks(app, settings)
+app = build_worker_app(settings)

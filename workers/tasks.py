@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import redis
 from celery import Celery
+from celery.exceptions import Reject
 
 from broker.celery_app import RUN_TASK
 from broker.connections import get_redis
@@ -47,7 +48,12 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @app.task(name=RUN_TASK, acks_late=True, reject_on_worker_lost=True)
     def run(job: dict) -> None:
-        execute(state(), job)
+        try:
+            execute(state(), job)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Failing would ack the message (acks_on_failure) and strand the
+            # task; requeued, it runs again once Redis answers.
+            raise Reject(exc, requeue=True) from exc
 
 
 def execute(st: NodeState, job: dict) -> None:

@@ -1,0 +1,82 @@
+"""`GET /metrics`: Prometheus text for the whole cluster, not this process.
+
+The counters and histograms are kept in Redis by the task pipelines (see
+broker/metrics.py), so any gateway process answers with the same figures; a
+custom collector reads them in one round trip per scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from flask import Blueprint, Response
+from flask.typing import ResponseReturnValue
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from api.services import services
+from broker import metrics
+from broker.errors import Unavailable
+
+bp = Blueprint("metrics", __name__)
+
+
+class ClusterCollector(Collector):
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.redis, self.queue = client, queue
+
+    def collect(self) -> Iterator[Metric]:
+        snap = metrics.read(self.redis, self.queue)
+        yield _counter("wasmq_tasks_submitted", "Tasks accepted by the gateways.",
+                       snap.submitted)
+        yield _counter("wasmq_tasks_succeeded", "Tasks that finished with a result.",
+                       snap.succeeded)
+        failed = CounterMetricFamily("wasmq_tasks_failed",
+                                     "Tasks that failed, by cause.", labels=["cause"])
+        for cause, count in sorted(snap.failed.items()):
+            failed.add_metric([cause], count)
+        yield failed
+        yield _histogram("wasmq_task_execution_seconds",
+                         "Time the module ran (instantiate to output), per task.",
+                         snap.exec_seconds)
+        yield _histogram("wasmq_task_end_to_end_seconds",
+                         "Time from submission to the stored result, per task.",
+                         snap.e2e_seconds)
+        yield GaugeMetricFamily("wasmq_queue_depth", "Tasks waiting in the queue.",
+                                value=snap.queue_depth)
+        yield GaugeMetricFamily("wasmq_tasks_unacked",
+                                "Tasks delivered to a worker and not yet acknowledged.",
+                                value=snap.unacked)
+        yield GaugeMetricFamily("wasmq_workers_live",
+                                "Worker nodes with a heartbeat in the last "
+                                f"{metrics.HEARTBEAT_STALE_S:g} s.", value=len(snap.workers))
+        yield GaugeMetricFamily("wasmq_worker_processes_live",
+                                "Pool processes of the live worker nodes.",
+                                value=sum(snap.workers.values()))
+
+
+def _counter(name: str, doc: str, value: int) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def _histogram(name: str, doc: str, h: metrics.Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=h.buckets, sum_value=h.sum)
+
+
+@bp.get("/metrics")
+def scrape() -> ResponseReturnValue:
+    svc = services()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(svc.records.redis, svc.settings.queue))
+    try:
+        body = generate_latest(registry)
+    except redis.RedisError as exc:
+        raise Unavailable(f"metrics are kept in Redis, which is unavailable ({exc})") from None
+    return Response(body, content_type=CONTENT_TYPE_LATEST)

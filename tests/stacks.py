@@ -1,0 +1,141 @@
+"""Private stacks for tests that kill things: their own redis-server (on a fixed
+port and data dir, so it can be killed and started again), gateway and
+worker nodes, none shared with the session stack."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import redis
+import requests
+
+from broker import keys
+from broker.redis_server import free_port
+from tests.support import Api, Proc, child_env, start_redis, wait_until, wasmq
+
+
+@dataclass
+class PrivateStack:
+    workdir: Path
+    env: dict[str, str]
+    redis_port: int
+    redis_proc: Proc
+    gateway: Proc | None = None
+    gateway_port: int = 0
+    workers: dict[str, Proc] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, workdir: Path, *, gateway: bool = True, **env: str) -> "PrivateStack":
+        port = free_port()
+        proc, url = start_redis(workdir / "redis", port)
+        stack = cls(workdir, child_env(WASMQ_REDIS_URL=url, **env), port, proc)
+        if gateway:
+            stack.start_gateway()
+        return stack
+
+    @property
+    def redis_url(self) -> str:
+        return self.env["WASMQ_REDIS_URL"]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def api(self) -> Api:
+        return Api(self.url)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
+
+    def start_gateway(self, port: int | None = None) -> None:
+        self.gateway_port = port or self.gateway_port or free_port()
+        self.gateway = wasmq(["gateway", "--port", str(self.gateway_port)], self.env,
+                             self.workdir / "gateway.log")
+        wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok,
+                   what="gateway")
+
+    def start_worker(self, name: str, concurrency: int = 2, wait: bool = True,
+                     **env: str) -> Proc:
+        log = self.workdir / f"worker-{name}.log"
+        offset = len(log.read_text()) if log.exists() else 0
+        proc = wasmq(["worker", "--concurrency", str(concurrency), "--name",
+                      f"{name}@%h"], {**self.env, **env}, log)
+        self.workers[name] = proc
+        if wait:
+            wait_until(lambda: "ready." in proc.output()[offset:], what=f"worker {name}")
+        return proc
+
+    def kill_redis(self, sig: int) -> None:
+        self.redis_proc.signal(sig)
+        if self.redis_proc.popen is not None and sig == 9:
+            self.redis_proc.popen.wait(10)
+
+    def restart_redis(self) -> None:
+        self.redis_proc, _ = start_redis(self.workdir / "redis", self.redis_port)
+
+    def stop(self) -> None:
+        for proc in [*self.workers.values(), self.gateway]:
+            if proc is not None:
+                proc.stop(timeout=20)
+        self.redis_proc.stop()
+
+
+def pool_pids(worker: Proc) -> set[int]:
+    """The pids of a worker node's pool processes (the ones that run tasks)."""
+    try:
+        return {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def node_pid(node: str) -> int:
+    """A record's `node` is "<hostname>:<pid>" of the process that ran it."""
+    return int(node.rsplit(":", 1)[1])
+
+
+def statuses(client: redis.Redis, tids: list[str]) -> list[tuple[str, str, int]]:
+    """(status, node, attempts) of each task, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for tid in tids:
+        pipe.hmget(keys.task(tid), "status", "node", "attempts")
+    return [((s or b"").decode(), (n or b"").decode(), int(a or 0))
+            for s, n, a in pipe.execute()]
+
+
+class DoneWatcher:
+    """Counts every completion the workers publish, to prove none is doubled."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.counts: Counter[str] = Counter()
+        self._client = client  # collected, it would close the subscription
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(keys.DONE_CHANNEL)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.2)
+            except redis.ConnectionError:
+                return
+            if message and message["type"] == "message":
+                self.counts[message["data"].decode()] += 1
+
+    def wait_for(self, tids: list[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while missing := [t for t in tids if not self.counts[t]]:
+            assert time.monotonic() < deadline, \
+                f"{len(missing)} of {len(tids)} tasks unfinished, e.g. {missing[:3]}"
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._pubsub.close()

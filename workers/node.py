@@ -1,0 +1,129 @@
+"""A compute node: the Celery app with the wasm task, plus what a node does
+besides running tasks (structured logs with the tid, a heartbeat for
+`/metrics` and liveness probes, failing a task Celery had to kill).
+
+`wasmq worker` and `celery -A workers.celery_main` both build the app here,
+so Flower and `celery inspect` see the same node as the CLI starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import redis
+from celery import Celery, bootsteps, signals
+from celery.exceptions import TimeLimitExceeded
+
+from broker import metrics
+from broker.celery_app import make_celery
+from broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from broker.logs import bind_tid, setup_logging
+from broker.records import Status, TaskRecords
+from broker.settings import Settings
+from workers.tasks import register_tasks
+
+log = logging.getLogger("wasmq.node")
+
+
+def build_worker_app(settings: Settings, heartbeat_file: Path | None = None) -> Celery:
+    app = make_celery(settings)
+    register_tasks(app, settings)
+    app.steps["worker"].add(Heartbeat)
+    app.wasmq_settings = settings  # type: ignore[attr-defined]
+    app.wasmq_heartbeat_file = heartbeat_file  # type: ignore[attr-defined]
+    _connect_signals(settings)
+    return app
+
+
+def _connect_signals(settings: Settings) -> None:
+    # Celery leaves logging alone when setup_logging has a receiver.
+    signals.setup_logging.connect(lambda **_: setup_logging(settings.log_format),
+                                  weak=False, dispatch_uid="wasmq-logging")
+    signals.task_prerun.connect(_bind_task_tid, weak=False, dispatch_uid="wasmq-tid")
+    signals.task_postrun.connect(lambda **_: bind_tid(""), weak=False,
+                                 dispatch_uid="wasmq-tid-reset")
+    records: list[TaskRecords] = []
+
+    def on_failure(exception: BaseException | None = None, args: tuple = (),
+                   **_: object) -> None:
+        """Celery killed a process past the hard limit and acks the message:
+        without this the record would say "running" until it expired."""
+        if not isinstance(exception, TimeLimitExceeded) or not args:
+            return
+        if not records:
+            records.append(TaskRecords(_own_client(settings), settings.result_ttl))
+        tid = args[0].get("tid", "") if isinstance(args[0], dict) else ""
+        try:
+            records[0].finish(tid, Status.FAILED, message=(
+                f"hard time limit of {settings.hard_time_limit:g} s exceeded: the module "
+                f"could not be interrupted (blocked in a host call or still compiling), "
+                f"so its worker process was replaced"))
+        except redis.RedisError:
+            log.warning("could not record the hard time limit of %s", tid, exc_info=True)
+
+    signals.task_failure.connect(on_failure, weak=False, dispatch_uid="wasmq-hard-limit")
+
+
+def _bind_task_tid(args: tuple = (), **_: object) -> None:
+    job = args[0] if args else None
+    bind_tid(job.get("tid", "") if isinstance(job, dict) else "")
+
+
+def _own_client(settings: Settings) -> redis.Redis:
+    """Not the shared per-process client: its lock must never be held across a
+    fork of a pool process by a thread of the main process."""
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
+                                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT)
+
+
+class Heartbeat(bootsteps.StartStopStep):
+    """Says every few seconds that this node is alive: in Redis, where the
+    gateway's `/metrics` counts live workers, and by touching a file that a
+    liveness probe checks (`wasmq alive FILE`).
+
+    A thread rather than Celery's timer: the timer stops while the consumer
+    waits for Redis to come back, and a node waiting for Redis is alive.
+    """
+
+    label = "wasmq heartbeat"
+
+    def __init__(self, parent: object, **kwargs: object) -> None:
+        super().__init__(parent, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, worker: object) -> None:
+        app = worker.app  # type: ignore[attr-defined]
+        settings: Settings = app.wasmq_settings
+        node, size = worker.hostname, worker.concurrency  # type: ignore[attr-defined]
+        path: Path | None = app.wasmq_heartbeat_file
+        client = _own_client(settings)
+        self._thread = threading.Thread(target=self._run, args=(client, node, size, path),
+                                        name="wasmq-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self, client: redis.Redis, node: str, size: int, path: Path | None) -> None:
+        warned = False
+        while True:
+            if path is not None:
+                path.touch()
+            try:
+                metrics.heartbeat(client, node, size)
+                warned = False
+            except redis.RedisError as exc:
+                if not warned:
+                    log.warning("heartbeat cannot reach Redis (%s); still trying", exc)
+                warned = True
+            if self._stop.wait(metrics.HEARTBEAT_S):
+                break
+        try:
+            metrics.forget_worker(client, node, size)
+        except redis.RedisError:
+            pass  # it goes stale on its own
+
+    def stop(self, worker: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=SOCKET_TIMEOUT + 1)
