@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import redis
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from api.services import services
@@ -75,8 +76,11 @@ def scrape() -> ResponseReturnValue:
     svc = services()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(svc.records.redis, svc.settings.queue))
+    # The text format (or OpenMetrics) the scraper asks for, as the library's
+    # own HTTP handler negotiates it.
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     try:
-        body = generate_latest(registry)
+        body = encode(registry)
     except redis.RedisError as exc:
         raise Unavailable(f"metrics are kept in Redis, which is unavailable ({exc})") from None
-    return Response(body, content_type=CONTENT_TYPE_LATEST)
+    return Response(body, content_type=content_type)

@@ -36,7 +36,8 @@ def start_stack(workdir: Path, redis_url: str, concurrency: int = 2, **env: str)
     environment = child_env(WASMQ_REDIS_URL=redis_url, **env)
     gateway = wasmq(["gateway", "--port", str(port)], environment, workdir / "gateway.log")
     worker = wasmq(["worker", "--concurrency", str(concurrency), "--name",
-                    f"test{port}@%h"], environment, workdir / "worker.log")
+                    f"test{port}@%h", "--heartbeat-file", str(workdir / "heartbeat")],
+                   environment, workdir / "worker.log")
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, what="gateway")
     wait_until(lambda: "ready" in worker.output(), what="worker")

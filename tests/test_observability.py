@@ -1,0 +1,150 @@
+"""Observability: /metrics for the whole cluster, JSON logs with the tid,
+Celery's own tools (inspect) against wasmq workers, the liveness probe."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker import metrics
+from broker.connections import get_redis
+from broker.records import Status, TaskRecord, TaskRecords
+from broker.settings import Settings
+from tests import modules
+from tests.support import INTSUM, ROOT, Api, wait_until
+
+
+def scrape(api: Api) -> dict[str, float]:
+    response = requests.get(f"{api.url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples
+
+
+def test_metrics_count_tasks_by_outcome_and_time_them(api: Api) -> None:
+    ok, pred, trap = (api.deploy(m) for m in (INTSUM.read_bytes(), modules.FAILING_PRED,
+                                                modules.TRAPPING))
+    before = scrape(api)
+    assert api.call(ok, "[1,2]").json()["statusCode"] == 1
+    assert api.call(pred, "x").json()["statusCode"] == 0
+    assert api.call(trap, "x").json()["statusCode"] == 0
+    after = scrape(api)
+
+    def delta(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert delta("wasmq_tasks_submitted_total") >= 3
+    assert delta("wasmq_tasks_succeeded_total") >= 1
+    assert delta("wasmq_tasks_failed_total{cause=pred_failed}") == 1
+    assert delta("wasmq_tasks_failed_total{cause=trap}") == 1
+    assert delta("wasmq_task_execution_seconds_count") >= 1
+    assert delta("wasmq_task_end_to_end_seconds_count") >= 3
+    assert delta("wasmq_task_end_to_end_seconds_sum") > 0
+    assert after["wasmq_task_end_to_end_seconds_bucket{le=+Inf}"] == \
+        after["wasmq_task_end_to_end_seconds_count"]
+    assert after["wasmq_queue_depth"] >= 0 and "wasmq_tasks_unacked" in after
+    assert after["wasmq_workers_live"] >= 1 and after["wasmq_worker_processes_live"] >= 2
+
+
+def test_a_module_too_big_for_the_memory_limit_counts_as_memory(api: Api) -> None:
+    cfid = api.deploy(modules.wasm(pages=5000))  # 320 MB > the 256 MB limit
+    before = scrape(api).get("wasmq_tasks_failed_total{cause=memory}", 0)
+    body = api.call(cfid, "x").json()
+    assert body["statusCode"] == 0 and "linear memory" in body["message"], body
+    assert scrape(api)["wasmq_tasks_failed_total{cause=memory}"] == before + 1
+
+
+def test_a_task_finished_twice_is_counted_once(redis_url: str) -> None:
+    records = TaskRecords(get_redis(Settings(redis_url=redis_url)), ttl=60)
+    client = records.redis
+    record = TaskRecord(tid=f"wasmqt-twice-{time.time_ns()}", cfid="c")
+    before = metrics.read(client, "wasmq")
+    records.create(record)
+    records.finish(record.tid, Status.SUCCEEDED, result=b"1", exec_ms=2.0)
+    records.finish(record.tid, Status.SUCCEEDED, result=b"1", exec_ms=2.0)  # redelivered
+    after = metrics.read(client, "wasmq")
+    assert after.submitted == before.submitted + 1
+    assert after.succeeded == before.succeeded + 1
+    assert after.exec_seconds.count == before.exec_seconds.count + 1
+
+
+def test_failure_causes_follow_the_runtime_s_messages() -> None:
+    cases = {
+        "time limit of 2 s exceeded during pred()": "timeout",
+        "hard time limit of 5 s exceeded: the module could not be interrupted": "timeout",
+        "module needs more linear memory than the limit of 256 MB (x)": "memory",
+        "module trapped during pred(): integer division by zero": "trap",
+        "module trapped during pred(): unreachable (linear memory is at the limit of 1 MB)":
+            "memory",
+        "pred() returned 1 (failure)": "pred_failed",
+        "module called proc_exit(3) during pred()": "exit",
+        "output of 99 bytes exceeds the output limit of 1 MB": "output_limit",
+        "malloc_buffer(4) returned 0x0, which is not a usable buffer": "abi",
+        "the task's input has expired": "missing_data",
+        "internal error in the worker (KeyError)": "internal",
+        "module failed during instantiate(): something new": "module_error",
+    }
+    for message, cause in cases.items():
+        assert metrics.failure_cause(message) == cause, message
+
+
+def json_lines(text: str) -> list[dict]:
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+def test_gateway_and_worker_logs_are_json_lines_carrying_the_tid(api: Api, stack) -> None:
+    cfid = api.deploy(INTSUM.read_bytes())
+    tid = api.call(cfid, "[7,8]").json()["tid"]
+    worker = wait_until(lambda: [r for r in json_lines(stack.worker.output())
+                                 if r.get("tid") == tid], what="worker lines with the tid")
+    assert {"wasmq.worker", "celery.app.trace"} <= {r["logger"] for r in worker}
+    assert all({"time", "level", "pid", "message"} <= set(r) for r in worker)
+    assert not any("[7,8]" in json.dumps(r) for r in worker), "inputs stay out of logs"
+    gateway = wait_until(lambda: [r for r in json_lines(stack.gateway.output())
+                                  if r.get("tid") == tid], what="gateway line with the tid")
+    assert gateway[0]["logger"] == "wasmq.gateway.request" and gateway[0]["status"] == 200
+
+
+def test_celery_inspect_ping_answers_from_the_wasmq_worker(stack) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.celery_main", "inspect", "ping",
+         "--timeout", "5"], cwd=ROOT, env=stack.env, capture_output=True, text=True,
+        timeout=60)
+    assert result.returncode == 0, result.stderr
+    name = f"test{stack.url.rsplit(':', 1)[1]}@{socket.gethostname()}"
+    assert f"{name}: OK" in result.stdout and "pong" in result.stdout, result.stdout
+
+
+def test_wasmq_alive_reads_the_worker_heartbeat(stack) -> None:
+    beat = stack.workdir / "heartbeat"
+    wait_until(beat.exists, what="heartbeat file")
+
+    def alive(path: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "wasmq", "alive", path, *extra],
+                              cwd=ROOT, env=stack.env, capture_output=True, text=True,
+                              timeout=30)
+
+    assert alive(str(beat)).returncode == 0
+    stale = stack.workdir / "stale-heartbeat"
+    stale.touch()
+    os.utime(stale, (time.time() - 120, time.time() - 120))
+    late = alive(str(stale), "--max-age", "60")
+    assert late.returncode == 1 and "last heartbeat 120 s ago" in late.stderr
+    missing = alive(str(stack.workdir / "nothing"))
+    assert missing.returncode == 1 and "no heartbeat" in missing.stderr
