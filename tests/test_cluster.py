@@ -100,18 +100,17 @@ def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Proc]) -> None:
         with ThreadPoolExecutor(max_workers=16) as pool:
             tids = list(pool.map(lambda job: api.call(job[0], job[1], wait=0).json()["tid"],
                                  jobs))
-        victim = "node3"
 
-        def victim_busy() -> bool:
+        def busy_node() -> str | None:
+            """A node in the middle of a long task, once a fifth of the work is done."""
             states = statuses(client, tids)
-            done = sum(s[0] == "succeeded" for s in states)
-            ran = sum(bool(s[1]) and node_of(s[1]) == victim for s in states)
-            busy = any(s[0] == "running" and node_of(s[1]) == victim and i in long_running
-                       for i, s in enumerate(states))
-            return done >= TASKS // 5 and ran > 2 and busy
+            if sum(s[0] == "succeeded" for s in states) < TASKS // 5:
+                return None
+            return next((node_of(s[1]) for i, s in enumerate(states)
+                         if s[0] == "running" and i in long_running), None)
 
-        wait_until(victim_busy, timeout=120, interval=0.05,
-                   what=f"{victim} mid-run on a long task")
+        victim = wait_until(busy_node, timeout=120, interval=0.05,
+                            what="a node mid-run on a long task")
         nodes[victim].signal(signal.SIGKILL)  # main process and pool, at once
         killed_at = time.monotonic() - started
         nodes[victim].popen.wait(10)

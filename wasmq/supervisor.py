@@ -79,6 +79,7 @@ class Supervisor:
                                        log=data_dir / "redis.log"))
         base["WASMQ_REDIS_URL"] = redis_url
         base.setdefault("WASMQ_DATA_DIR", str(data_dir))
+        base.setdefault("WASMQ_LOG_FORMAT", "text")  # one machine: a person reads these
         self.redis_url = redis_url
         py = [sys.executable, "-m", "wasmq"]
         self.children.append(Child("gateway", py + ["gateway", "--host", host, "--port",
