@@ -7,7 +7,7 @@ import logging
 from flask import Flask, request
 from flask_cors import CORS
 
-from api import functions, meta, tasks
+from api import functions, meta, pages, tasks
 from api.errors import register_error_handlers
 from api.services import Services
 from broker.settings import MB, Settings
@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False
     app.extensions["wasmq"] = Services.build(settings)
-    for blueprint in (tasks.bp, functions.bp, meta.bp):
+    for blueprint in (tasks.bp, functions.bp, meta.bp, pages.bp):
         app.register_blueprint(blueprint)
     CORS(app, resources={r"/task/*": {}, r"/retrieve/*": {}, r"/file/*": {}},
          expose_headers=["Retry-After"])

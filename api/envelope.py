@@ -2,7 +2,9 @@
 
 Scailable's clients send JSON labelled `application/x-www-form-urlencoded`, so
 the body is parsed as JSON whatever the content type says. `input.data` is
-handed to the module byte for byte, never parsed here.
+handed to the module byte for byte, never parsed here. A body labelled
+`application/msgpack` is the same envelope in msgpack, where `data` may be raw
+bytes (no base64 needed).
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgpack
+
+from api.negotiation import is_msgpack
 from broker.errors import BadRequest
 
 EXAMPLE = ('{"input": {"content-type": "json", "location": "embedded", "data": "..."}, '
@@ -17,8 +22,10 @@ EXAMPLE = ('{"input": {"content-type": "json", "location": "embedded", "data": "
            '"properties": {"language": "WASM"}}')
 
 
-def parse_envelope(body: bytes) -> bytes:
+def parse_envelope(body: bytes, mimetype: str = "") -> bytes:
     """Return the input bytes for the module, or raise BadRequest saying what is wrong."""
+    if is_msgpack(mimetype):
+        return input_data(_unpack(body))
     if not body.strip():
         raise BadRequest(f"empty request body; send the Scailable envelope: {EXAMPLE}")
     try:
@@ -30,6 +37,16 @@ def parse_envelope(body: bytes) -> bytes:
                          f"column {exc.colno}); send the Scailable envelope: {EXAMPLE}"
                          ) from None
     return input_data(envelope)
+
+
+def _unpack(body: bytes) -> Any:
+    if not body:
+        raise BadRequest("empty request body; send the Scailable envelope as msgpack")
+    try:
+        return msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise BadRequest(f"request body is not valid msgpack ({exc}); send the Scailable "
+                         "envelope as one msgpack map") from None
 
 
 def input_data(envelope: Any) -> bytes:

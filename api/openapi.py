@@ -38,6 +38,11 @@ ENVELOPE = {
         "properties": {"type": "object"},
     },
 }
+MSGPACK_ENVELOPE = {**ENVELOPE, "description": "the same envelope in msgpack; input.data "
+                    "may be bytes (bin) as well as a string"}
+MSGPACK_REPLY = {**REPLY, "description": "the same reply in msgpack; result is bytes (bin)",
+                 "properties": {**REPLY["properties"],
+                                "result": {"type": "string", "format": "binary"}}}
 UPLOAD = {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary"},
@@ -47,6 +52,13 @@ UPLOAD = {"multipart/form-data": {"schema": {
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _task_reply(description: str) -> dict[str, Any]:
+    """JSON, or msgpack with `result` as raw bytes for `Accept: application/msgpack`."""
+    answer = _json(REPLY, description)
+    answer["content"]["application/msgpack"] = {"schema": MSGPACK_REPLY}
+    return answer
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -75,15 +87,16 @@ def spec() -> dict[str, Any]:
                                                  "maximum": 300}}],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": ENVELOPE},
-                    "application/x-www-form-urlencoded": {"schema": ENVELOPE}}},
-                "responses": {"200": _json(REPLY, "done (1) or failed (0)"),
-                              "202": _json(REPLY, "still queued or running (5)"),
+                    "application/x-www-form-urlencoded": {"schema": ENVELOPE},
+                    "application/msgpack": {"schema": MSGPACK_ENVELOPE}}},
+                "responses": {"200": _task_reply("done (1) or failed (0)"),
+                              "202": _task_reply("still queued or running (5)"),
                               **_errors(400, 404, 413, 429, 503)}}},
             "/retrieve/{tid}": {"get": {
                 "summary": "The state or result of a task",
                 "parameters": [tid],
-                "responses": {"200": _json(REPLY, "done or failed"),
-                              "202": _json(REPLY, "still queued or running"),
+                "responses": {"200": _task_reply("done or failed"),
+                              "202": _task_reply("still queued or running"),
                               **_errors(404, 503)}}},
             "/functions": {
                 "get": {"summary": "List functions, newest first",

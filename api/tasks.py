@@ -6,10 +6,11 @@ import math
 import threading
 import time
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, request, url_for
 from flask.typing import ResponseReturnValue
 
 from api.envelope import parse_envelope
+from api.negotiation import respond, wants_msgpack
 from api.replies import task_reply
 from api.services import Services, services
 from broker.celery_app import RUN_TASK
@@ -44,7 +45,7 @@ def result_url(svc: Services, tid: str) -> str:
 def submit(cfid: str) -> ResponseReturnValue:
     svc = services()
     wait = parse_wait(request.args.get("wait"), svc.settings.sync_wait)
-    data = parse_envelope(request.get_data(cache=False))
+    data = parse_envelope(request.get_data(cache=False), request.mimetype)
     if len(data) > svc.settings.max_input_mb * MB:
         raise TooLarge(f"input.data is {len(data)} bytes; the input limit is "
                        f"{svc.settings.max_input_mb} MB")
@@ -91,7 +92,8 @@ def _answer(svc: Services, tid: str) -> ResponseReturnValue:
 def _reply(svc: Services, tid: str, record: TaskRecord | None) -> ResponseReturnValue:
     if record is None:
         raise NotFound(f"task '{tid}' is unknown or its result has expired")
-    body, status = task_reply(record, result_url(svc, tid))
-    return jsonify(body), status
+    as_msgpack = wants_msgpack()
+    body, status = task_reply(record, result_url(svc, tid), as_bytes=as_msgpack)
+    return respond(body, status, as_msgpack=as_msgpack)
 
 
