@@ -1,4 +1,5 @@
-"""The `wasmq` command line."""
+"""The `wasmq` command line: run the platform (up, gateway, worker) and use it
+(deploy, ls, show, rm, run, result: see wasmq/commands.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import click
 
 from broker.errors import ConfigError
 from broker.settings import Settings
+from wasmq.commands import register as register_client_commands
 
 
 def _settings() -> Settings:
@@ -71,3 +73,6 @@ def worker(concurrency: int | None, name: str) -> None:
     app.worker_main(["worker", "--loglevel", "INFO", "-Q", settings.queue,
                      "--concurrency", str(concurrency or os.cpu_count() or 1),
                      "-n", name, "-E", "--without-mingle"])
+
+
+register_client_commands(main)
