@@ -21,11 +21,11 @@
     const rows = body.functions.map((fn) => {
       const { el } = wasmq;
       return el("tr", { "data-cfid": fn.cfid },
-        el("td", {}, el("a", { href: wasmq.runLink(fn), class: "fn-name", text: fn.name })),
+        el("td", { class: "nowrap" }, el("a", { href: wasmq.runLink(fn), class: "fn-name", text: fn.name })),
         el("td", { class: "nowrap" }, el("code", { class: "cfid", text: fn.cfid })),
         el("td", { class: "num", text: wasmq.bytes(fn.size) }),
         el("td", { class: "nowrap", text: wasmq.when(fn.createdAt) }),
-        el("td", {}, el("code", { class: "example", text: fn.exampleinput })),
+        el("td", {}, el("code", { class: "example", title: fn.exampleinput, text: fn.exampleinput })),
         el("td", { class: "actions" },
           el("a", { href: wasmq.runLink(fn), text: "try" }), " ",
           el("a", { href: `file/${fn.cfid}.wasm`, download: `${fn.cfid}.wasm`,
