@@ -8,6 +8,7 @@ access rules; nothing is rendered from Redis behind the API's back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import swagger_ui_bundle
@@ -21,32 +22,29 @@ bp = Blueprint("pages", __name__, template_folder="templates")
 SWAGGER_UI = Path(swagger_ui_bundle.swagger_ui_path)
 
 
-def _page(template: str, title: str) -> str:
-    # Snippets on the pages name the URL a client outside should use.
-    public = services().settings.public_url.rstrip("/")
-    return render_template(template, title=title,
-                           api_base=public or request.host_url.rstrip("/"))
+# endpoint, template, title, URLs
+PAGES = (
+    ("index", "index.html", "Endpoints", ("/", "/index.html")),
+    ("upload", "upload.html", "Upload a module", ("/upload.html",)),
+    ("run", "run.html", "Try it", ("/run.html",)),
+    ("api_docs", "api.html", "HTTP API", ("/api.html",)),
+)
 
 
-@bp.get("/")
-@bp.get("/index.html")
-def index() -> ResponseReturnValue:
-    return _page("index.html", "Endpoints")
+def _view(template: str, title: str) -> Callable[[], ResponseReturnValue]:
+    def view() -> ResponseReturnValue:
+        # Snippets on the pages name the URL a client outside should use.
+        public = services().settings.public_url.rstrip("/")
+        return render_template(template, title=title,
+                               api_base=public or request.host_url.rstrip("/"))
+
+    return view
 
 
-@bp.get("/upload.html")
-def upload() -> ResponseReturnValue:
-    return _page("upload.html", "Upload a module")
-
-
-@bp.get("/run.html")
-def run() -> ResponseReturnValue:
-    return _page("run.html", "Try it")
-
-
-@bp.get("/api.html")
-def api_docs() -> ResponseReturnValue:
-    return _page("api.html", "HTTP API")
+for _endpoint, _template, _title, _rules in PAGES:
+    _page_view = _view(_template, _title)
+    for _rule in _rules:
+        bp.add_url_rule(_rule, _endpoint, _page_view, methods=["GET"])
 
 
 @bp.get("/swagger-ui/<path:filename>")
