@@ -46,8 +46,13 @@ def start_stack(workdir: Path, redis_url: str, concurrency: int = 2, **env: str)
     worker = wasmq(["worker", "--concurrency", str(concurrency), "--name",
                     f"test{port}@%h"], environment, workdir / "worker.log")
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, what="gateway")
-    wait_until(lambda: "ready" in worker.output(), what="worker")
+    try:
+        wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, what="gateway")
+        wait_until(lambda: "ready" in worker.output(), what="worker")
+    except AssertionError:  # leave no orphan behind when a part fails to start
+        worker.stop()
+        gateway.stop()
+        raise
     return Stack(url, redis_url, gateway, worker, environment, workdir)
 
 
