@@ -1,0 +1,47 @@
+"""The modules the benchmark runs: the intsum example and a large one it makes itself."""
+
+from __future__ import annotations
+
+import os
+
+import wasmtime
+
+from tests.modules import wat
+from tests.support import INTSUM, TUTORIAL_INPUT
+
+BIG_DATA_BYTES = 1536 * 1024  # a module "of at least 1 MB with a large data segment"
+PAGE = 65536
+INPUT = TUTORIAL_INPUT.encode()
+
+
+def intsum() -> bytes:
+    return INTSUM.read_bytes()
+
+
+def big() -> bytes:
+    """An echo module carrying 1.5 MB of incompressible data, like model weights.
+
+    The data sits above the input buffer's start, so it is copied into every
+    fresh instance's memory, as a real model's weights would be.
+    """
+    weights = os.urandom(BIG_DATA_BYTES)
+    escaped = "".join(f"\\{b:02x}" for b in weights)
+    offset = 16 * PAGE
+    pages = (offset + BIG_DATA_BYTES) // PAGE + 2
+    return wasmtime.wat2wasm(wat(pages=pages, data=f'(data (i32.const {offset}) "{escaped}")'))
+
+
+def variant(wasm: bytes) -> bytes:
+    """The same module with a fresh custom section, so it has a new sha256 (a cold module)."""
+    name = b"wasmq-bench"
+    payload = bytes([len(name)]) + name + os.urandom(16)
+    return wasm + b"\x00" + _leb128(len(payload)) + payload
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
