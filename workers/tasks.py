@@ -14,12 +14,14 @@ from functools import lru_cache
 
 import redis
 from celery import Celery
+from celery.signals import worker_process_init
 
+from broker.artifacts import Artifacts
 from broker.celery_app import RUN_TASK
 from broker.connections import get_redis
 from broker.errors import WasmqError
 from broker.records import Status, TaskRecords
-from broker.settings import Settings
+from broker.settings import MB, Settings
 from broker.store import RedisStore
 from workers.limits import Limits
 from workers.runtime import ModuleFailed, Runtime
@@ -36,7 +38,7 @@ class NodeState:
         self.records = TaskRecords(client, settings.result_ttl)
         self.store = RedisStore(client)
         self.limits = Limits.from_settings(settings)
-        self.runtime = Runtime()
+        self.runtime = Runtime(settings.module_cache_mb * MB, Artifacts(client))
         self.node = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -44,6 +46,15 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     @lru_cache(maxsize=1)
     def state() -> NodeState:
         return NodeState(settings)
+
+    @worker_process_init.connect(weak=False)
+    def warm(**_: object) -> None:
+        # Build the engine, linker and Redis connection when the pool process
+        # starts, not on its first task: a new process answers its first call warm.
+        try:
+            state().records.redis.ping()
+        except redis.RedisError:  # Redis is down: the first task connects, or is redelivered
+            log.warning("Redis unreachable at worker process start")
 
     @app.task(name=RUN_TASK, acks_late=True, reject_on_worker_lost=True)
     def run(job: dict) -> None:
