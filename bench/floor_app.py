@@ -15,12 +15,11 @@ from broker.settings import Settings
 QUEUE = "bench-floor"
 
 
-def make_floor_app(settings: Settings, events: bool = False) -> Celery:
-    """`events` turns on Celery's task events, as wasmq's worker had them (-E)."""
+def make_floor_app(settings: Settings) -> Celery:
+    """Task events are off unless the worker is started with -E, as in stock Celery."""
     app = make_celery(settings)
     app.conf.update(result_backend=settings.redis_url, task_ignore_result=False,
-                    task_default_queue=QUEUE, worker_send_task_events=events,
-                    task_send_sent_event=events)
+                    task_default_queue=QUEUE, worker_send_task_events=False)
 
     @app.task(name="bench.noop", shared=False)
     def noop(x: int) -> int:

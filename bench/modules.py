@@ -28,7 +28,8 @@ def big() -> bytes:
     escaped = "".join(f"\\{b:02x}" for b in weights)
     offset = 16 * PAGE
     pages = (offset + BIG_DATA_BYTES) // PAGE + 2
-    return wasmtime.wat2wasm(wat(pages=pages, data=f'(data (i32.const {offset}) "{escaped}")'))
+    segment = f'(data (i32.const {offset}) "{escaped}")'
+    return bytes(wasmtime.wat2wasm(wat(pages=pages, data=segment)))
 
 
 def variant(wasm: bytes) -> bytes:

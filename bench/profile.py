@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench import modules
 from bench.__main__ import call_bytes
-from bench.load import closed_loop, sequential
+from bench.load import Client, closed_loop
 from tests.support import Api
 from wasmq.localstack import start_redis, start_stack
 
@@ -69,7 +69,9 @@ def main() -> None:
         api = Api(stack.url)
         cfid = api.deploy(modules.intsum())
         raw = call_bytes(stack.url, cfid, modules.INPUT.decode())
-        sequential(stack.url, raw, 50)
+        warm = Client(stack.url)
+        warm.calls(raw, 50)
+        warm.close()
         spies = {name: (record(proc.pid, args.seconds, workdir / f"{name}.txt",
                                not args.wall),
                         workdir / f"{name}.txt")

@@ -14,6 +14,7 @@ which anyone able to write could use to run anything anyway.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import redis
@@ -42,7 +43,15 @@ class Artifacts:
         self._put = client.register_script(_PUT_IF_BINARY)
 
     def get(self, sha256: str) -> bytes | None:
-        return self.redis.hget(keys.artifacts(sha256), self.fingerprint)
+        """The artifact, and the module marked hot: a worker is about to load it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(keys.artifacts(sha256), self.fingerprint)
+        pipe.zadd(keys.HOT_MODULES, {sha256: time.time()})
+        return pipe.execute()[0]
+
+    def hot(self, count: int) -> list[str]:
+        """The modules workers loaded most recently, newest first."""
+        return [s.decode() for s in self.redis.zrevrange(keys.HOT_MODULES, 0, count - 1)]
 
     def put(self, sha256: str, artifact: bytes) -> bool:
         """False when the binary is gone (deleted meanwhile): nothing is stored."""
@@ -51,7 +60,10 @@ class Artifacts:
 
     def delete(self, sha256: str) -> None:
         """Every engine's artifact of this binary."""
-        self.redis.delete(keys.artifacts(sha256))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(keys.artifacts(sha256))
+        pipe.zrem(keys.HOT_MODULES, sha256)
+        pipe.execute()
 
 
 def load_module(engine: wasmtime.Engine, artifacts: Artifacts, sha256: str,

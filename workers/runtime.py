@@ -102,6 +102,29 @@ class Runtime:
         """sha256 -> compiled size of each hot module, least recently used first."""
         return {sha: p.size for sha, p in self._cache.items()}
 
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached
+
+    def forget(self, sha256: str) -> None:
+        old = self._cache.pop(sha256, None)
+        if old is not None:
+            self._cached -= old.size
+
+    def warm(self, prepared: Prepared) -> None:
+        """Instantiate once, running nothing the ABI asks for: wasmtime builds the
+        module's memory image on its first instance, so a task does not have to."""
+        store = wasmtime.Store(self.engine)
+        store.set_epoch_deadline(max(1, int(1.0 / EPOCH_TICK_S)))
+        store.set_wasi(wasmtime.WasiConfig())
+        token = CURRENT.set(HostContext())
+        try:
+            prepared.pre.instantiate(store)
+        except (wasmtime.Trap, wasmtime.WasmtimeError, ModuleExit):
+            pass  # a start section that fails will fail the module's tasks, with a message
+        finally:
+            CURRENT.reset(token)
+
     def run(self, prepared: Prepared, data: bytes, limits: Limits) -> Outcome:
         ctx = HostContext()
         token = CURRENT.set(ctx)

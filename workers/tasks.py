@@ -25,6 +25,7 @@ from broker.settings import MB, Settings
 from broker.store import RedisStore
 from workers.limits import Limits
 from workers.runtime import ModuleFailed, Runtime
+from workers.warmup import warm_up
 
 log = logging.getLogger("wasmq.worker")
 
@@ -49,10 +50,11 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @worker_process_init.connect(weak=False)
     def warm(**_: object) -> None:
-        # Build the engine, linker and Redis connection when the pool process
-        # starts, not on its first task: a new process answers its first call warm.
+        # Build the engine, linker and Redis connection and preload hot modules
+        # when the pool process starts: a new process answers its first call warm.
+        st = state()
         try:
-            state().records.redis.ping()
+            warm_up(st.runtime, st.records, st.runtime.cache_bytes // 2)
         except redis.RedisError:  # Redis is down: the first task connects, or is redelivered
             log.warning("Redis unreachable at worker process start")
 
