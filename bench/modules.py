@@ -36,7 +36,7 @@ def variant(wasm: bytes) -> bytes:
     """The same module with a fresh custom section, so it has a new sha256 (a cold module)."""
     name = b"wasmq-bench"
     payload = bytes([len(name)]) + name + os.urandom(16)
-    return wasm + b"\x00" + _leb128(len(payload)) + payload
+    return bytes(wasm) + b"\x00" + _leb128(len(payload)) + payload
 
 
 def _leb128(n: int) -> bytes:

@@ -43,14 +43,14 @@ def _cpu_features() -> str:
     return platform.processor()
 
 
-@lru_cache(maxsize=1)
-def fingerprint() -> str:
-    """Which serialized modules this process's engines can load: a short, stable id."""
+@lru_cache(maxsize=4)
+def fingerprint(settings: tuple[tuple[str, object], ...] = SETTINGS) -> str:
+    """Which serialized modules an engine with `settings` can load: a short, stable id."""
     try:
         wasmtime_version = version("wasmtime")
     except PackageNotFoundError:  # running from a source tree
         wasmtime_version = "unknown"
     parts = [f"wasmtime={wasmtime_version}", f"machine={platform.machine()}",
              f"os={sys.platform}", f"cpu={_cpu_features()}",
-             *(f"{name}={value}" for name, value in SETTINGS)]
+             *(f"{name}={value}" for name, value in settings)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
