@@ -43,7 +43,15 @@ class NodeState:
         self.node = f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Celery's per-task INFO lines ("received", "succeeded in") cost the busiest
+# process, the worker's main one, a formatted write per task; wasmq logs each
+# task once itself, with its tid and outcome.
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
 def register_tasks(app: Celery, settings: Settings) -> None:
+    for name in PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     @lru_cache(maxsize=1)
     def state() -> NodeState:
         return NodeState(settings)
