@@ -110,8 +110,7 @@ def run(args: argparse.Namespace) -> dict:
     wasm = {"intsum": modules.intsum(), "big": modules.big()}
     data = modules.INPUT
     for name, binary in wasm.items():
-        limit = inprocess.limit(binary, data, seconds)
-        runtime = inprocess.runtime(binary, data, seconds)
+        limit, runtime = inprocess.limit_and_runtime(binary, data, seconds)
         results["modules"][name] = {
             "module_bytes": len(binary), "limit_us": round(limit, 1),
             "runtime_us": round(runtime, 1), "runtime_vs_limit": round(runtime / limit, 2)}

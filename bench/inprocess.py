@@ -23,25 +23,36 @@ ROUNDS = 5
 U32 = 0xFFFFFFFF
 
 
-def per_call_us(once: Callable[[], object], seconds: float) -> float:
-    """Median over rounds of the mean time per call; rounds damp a noisy machine."""
-    once()
-    start = time.perf_counter()
-    calls = 0
-    while time.perf_counter() - start < 0.1:
+def per_call_us(contenders: dict[str, Callable[[], object]],
+                seconds: float) -> dict[str, float]:
+    """Median over rounds of the mean time per call, the contenders taking turns
+    round by round, so a noisy neighbour slows them alike and their ratio holds."""
+    sizes = {}
+    for name, once in contenders.items():
         once()
-        calls += 1
-    per_round = max(10, int(calls * seconds / ROUNDS / 0.1))
-    rounds = []
-    for _ in range(ROUNDS):
-        t0 = time.perf_counter()
-        for _ in range(per_round):
+        start, calls = time.perf_counter(), 0
+        while time.perf_counter() - start < 0.05:
             once()
-        rounds.append((time.perf_counter() - t0) / per_round * 1e6)
-    return statistics.median(rounds)
+            calls += 1
+        sizes[name] = max(10, int(calls * seconds / ROUNDS / 0.05))
+    rounds: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(ROUNDS):
+        for name, once in contenders.items():
+            t0 = time.perf_counter()
+            for _ in range(sizes[name]):
+                once()
+            rounds[name].append((time.perf_counter() - t0) / sizes[name] * 1e6)
+    return {name: statistics.median(values) for name, values in rounds.items()}
 
 
-def limit(wasm: bytes, data: bytes, seconds: float = 1.0) -> float:
+def limit_and_runtime(wasm: bytes, data: bytes, seconds: float = 1.0) -> tuple[float, float]:
+    """µs per call of the limit and of the runtime, measured in alternating rounds."""
+    figures = per_call_us({"limit": limit(wasm, data), "runtime": runtime(wasm, data)},
+                          seconds)
+    return figures["limit"], figures["runtime"]
+
+
+def limit(wasm: bytes, data: bytes) -> Callable[[], bytes]:
     """Raw wasmtime-py, fresh instance per call, same engine settings as the runtime."""
     engine = make_engine()
     linker = wasmtime.Linker(engine)
@@ -71,13 +82,13 @@ def limit(wasm: bytes, data: bytes, seconds: float = 1.0) -> float:
         ex["free_buffer"](store, loc)
         return out
 
-    return per_call_us(once, seconds)
+    return once
 
 
-def runtime(wasm: bytes, data: bytes, seconds: float = 1.0) -> float:
+def runtime(wasm: bytes, data: bytes) -> Callable[[], object]:
     """The workers' execution path: a prepared module (LRU hit) and Runtime.run."""
     rt = Runtime()
     sha = hashlib.sha256(wasm).hexdigest()
     limits = Limits()
     rt.prepare(sha, lambda: wasm)
-    return per_call_us(lambda: rt.run(rt.prepare(sha, lambda: wasm), data, limits), seconds)
+    return lambda: rt.run(rt.prepare(sha, lambda: wasm), data, limits)

@@ -6,7 +6,7 @@ import os
 
 import wasmtime
 
-from tests.modules import wat
+from tests.modules import variant, wat  # noqa: F401 - variant: a cold copy of a module
 from tests.support import INTSUM, TUTORIAL_INPUT
 
 BIG_DATA_BYTES = 1536 * 1024  # a module "of at least 1 MB with a large data segment"
@@ -30,19 +30,3 @@ def big() -> bytes:
     pages = (offset + BIG_DATA_BYTES) // PAGE + 2
     segment = f'(data (i32.const {offset}) "{escaped}")'
     return bytes(wasmtime.wat2wasm(wat(pages=pages, data=segment)))
-
-
-def variant(wasm: bytes) -> bytes:
-    """The same module with a fresh custom section, so it has a new sha256 (a cold module)."""
-    name = b"wasmq-bench"
-    payload = bytes([len(name)]) + name + os.urandom(16)
-    return bytes(wasm) + b"\x00" + _leb128(len(payload)) + payload
-
-
-def _leb128(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)

@@ -9,12 +9,12 @@ import redis
 import requests
 import wasmtime
 
-from bench.modules import variant
 from broker import keys
 from broker.artifacts import Artifacts, load_module
 from broker.engine import SETTINGS, fingerprint, make_engine
 from broker.store import RedisStore
 from tests import modules
+from tests.modules import variant
 from tests.support import Api
 
 

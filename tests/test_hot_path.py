@@ -7,12 +7,12 @@ import time
 
 import redis
 
-from bench.modules import variant
 from broker import keys
 from broker.artifacts import Artifacts
 from broker.records import TaskRecords
 from broker.store import RedisStore
 from tests import modules
+from tests.modules import variant
 from tests.support import Api, wait_until
 from workers.limits import Limits
 from workers.runtime import Runtime

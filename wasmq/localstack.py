@@ -23,6 +23,7 @@ import requests
 from broker.redis_server import free_port, redis_command
 
 ROOT = Path(__file__).resolve().parents[1]
+WARM_LINE = "hot modules preloaded"  # what each pool process logs once it is warm
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
@@ -110,10 +111,15 @@ def wasmq(args: list[str], env: dict[str, str], log: Path) -> Proc:
 
 def start_worker(env: dict[str, str], log: Path, concurrency: int = 2,
                  name: str = "worker@%h") -> Proc:
-    """A Celery worker, returned once every pool process can take a task."""
+    """A Celery worker, returned once it consumes and every pool process is warm."""
+    before = log.read_text(errors="replace") if log.exists() else ""
     worker = wasmq(["worker", "--concurrency", str(concurrency), "--name", name], env, log)
-    seen = log.read_text(errors="replace").count("ready.") if log.exists() else 0
-    wait_until(lambda: worker.output().count("ready.") > seen, what="worker")
+
+    def up() -> bool:
+        new = worker.output()[len(before):]
+        return "ready." in new and new.count(WARM_LINE) >= concurrency
+
+    wait_until(up, what="worker")
     return worker
 
 

@@ -64,7 +64,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         try:
             warm_up(st.runtime, st.records, st.runtime.cache_bytes // 2)
         except redis.RedisError:  # Redis is down: the first task connects, or is redelivered
-            log.warning("Redis unreachable at worker process start")
+            log.warning("warm: 0 hot modules preloaded; Redis unreachable at process start")
 
     @app.task(name=RUN_TASK, acks_late=True, reject_on_worker_lost=True)
     def run(job: dict) -> None:
