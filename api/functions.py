@@ -13,7 +13,8 @@ from broker.settings import MB
 bp = Blueprint("functions", __name__)
 
 
-def _uploaded_module(svc: Services) -> tuple[bytes, abi.ModuleInfo]:
+def _uploaded_module(svc: Services) -> tuple[bytes, abi.ModuleInfo, bytes]:
+    """The binary, what it exports and imports, and its compiled form for the workers."""
     upload = request.files.get("file")
     if upload is None:
         raise BadRequest("send the module as a multipart form field named 'file'")
@@ -23,7 +24,7 @@ def _uploaded_module(svc: Services) -> tuple[bytes, abi.ModuleInfo]:
     if not wasm:
         raise BadRequest("the uploaded file is empty")
     module = abi.compile_module(svc.engine, wasm)
-    return wasm, abi.inspect_module(module)
+    return wasm, abi.inspect_module(module), bytes(module.serialize())
 
 
 def _text_field(name: str, limit: int = 64 * 1024) -> str:
@@ -36,10 +37,11 @@ def _text_field(name: str, limit: int = 64 * 1024) -> str:
 @bp.post("/functions")
 def create() -> ResponseReturnValue:
     svc = services()
-    wasm, info = _uploaded_module(svc)
+    wasm, info, artifact = _uploaded_module(svc)
     record = svc.registry.create(
         wasm, imports=info.imports, exports=info.exports, name=_text_field("name", 200),
-        documentation=_text_field("documentation"), exampleinput=_text_field("exampleinput"))
+        documentation=_text_field("documentation"), exampleinput=_text_field("exampleinput"),
+        artifact=artifact)
     return jsonify(record.public()), 201
 
 
@@ -74,8 +76,9 @@ def show(cfid: str) -> ResponseReturnValue:
 def replace(cfid: str) -> ResponseReturnValue:
     svc = services()
     svc.registry.get(cfid)  # 404 before reading a body we would throw away
-    wasm, info = _uploaded_module(svc)
-    record = svc.registry.replace(cfid, wasm, imports=info.imports, exports=info.exports)
+    wasm, info, artifact = _uploaded_module(svc)
+    record = svc.registry.replace(cfid, wasm, imports=info.imports, exports=info.exports,
+                                  artifact=artifact)
     return jsonify(record.public())
 
 

@@ -24,3 +24,12 @@ def task(tid: str) -> str:
 
 def task_input(tid: str) -> str:
     return f"{PREFIX}:input:{tid}"
+
+
+def artifacts(sha256: str) -> str:
+    """Hash: engine fingerprint -> the module compiled and serialized by such an engine."""
+    return f"{PREFIX}:artifacts:{sha256}"
+
+
+# zset sha256 -> when a worker last loaded it: what a new worker process preloads.
+HOT_MODULES = f"{PREFIX}:hot"

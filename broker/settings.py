@@ -27,6 +27,7 @@ class Settings:
     max_output_mb: int = 16
     max_module_mb: int = 64
     inline_input_kb: int = 256
+    module_cache_mb: int = 256
     public_url: str = ""
     queue: str = "wasmq"
     data_dir: str = ""
@@ -67,7 +68,7 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
-                     "max_module_mb"):
+                     "max_module_mb", "module_cache_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
 

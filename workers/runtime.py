@@ -1,7 +1,8 @@
 """The ABI driver: instantiate, `_start`, write input, `pred`, read output, free.
 
 One `Runtime` per worker process holds the engine, the linker (both WASI
-namespaces) and the hot modules; every task gets a fresh Store and instance,
+namespaces) and the hot modules (an LRU of pre-instantiated modules, bounded
+by their compiled size in bytes); every task gets a fresh Store and instance,
 so nothing leaks between calls. All limits are applied here.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import wasmtime
 
 from broker import abi
+from broker.artifacts import Artifacts, load_module
 from broker.engine import EPOCH_TICK_S, make_engine
 from broker.errors import TaskFailed
 from workers.hostctx import CURRENT, HostContext, ModuleExit
@@ -51,12 +53,15 @@ class Prepared:
 
 
 class Runtime:
-    def __init__(self, cache_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, cache_bytes: int = 256 * 1024 * 1024,
+                 artifacts: Artifacts | None = None) -> None:
+        """With `artifacts`, modules are loaded compiled (and compiled ones stored)."""
         self.engine = make_engine()
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
         define_wasi_unstable(self.linker)
         self.cache_bytes = cache_bytes
+        self.artifacts = artifacts
         self._cache: OrderedDict[str, Prepared] = OrderedDict()
         self._cached = 0
         self._ticker = threading.Thread(target=self._tick, name="wasmq-epoch", daemon=True)
@@ -69,22 +74,56 @@ class Runtime:
             self.engine.increment_epoch()
 
     def prepare(self, sha256: str, load: Callable[[], bytes]) -> Prepared:
-        """Compile (or fetch from the per-process LRU) a module, linked and ready."""
+        """The module from the per-process LRU, or loaded, linked and cached.
+
+        `load` fetches the binary; it is called only when no compiled artifact
+        for this engine exists.
+        """
         hit = self._cache.get(sha256)
         if hit is not None:
             self._cache.move_to_end(sha256)
             return hit
-        wasm = load()
-        module = abi.compile_module(self.engine, wasm)
+        if self.artifacts is not None:
+            module, size = load_module(self.engine, self.artifacts, sha256, load)
+        else:
+            module = abi.compile_module(self.engine, load())
+            size = len(module.serialize())
         info = abi.inspect_module(module)
         define_missing_stubs(self.linker, module)
-        prepared = Prepared(self.linker.instantiate_pre(module), info.entry, len(wasm))
+        prepared = Prepared(self.linker.instantiate_pre(module), info.entry, size)
         self._cache[sha256] = prepared
         self._cached += prepared.size
         while self._cached > self.cache_bytes and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
             self._cached -= old.size
         return prepared
+
+    def cached(self) -> dict[str, int]:
+        """sha256 -> compiled size of each hot module, least recently used first."""
+        return {sha: p.size for sha, p in self._cache.items()}
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached
+
+    def forget(self, sha256: str) -> None:
+        old = self._cache.pop(sha256, None)
+        if old is not None:
+            self._cached -= old.size
+
+    def warm(self, prepared: Prepared) -> None:
+        """Instantiate once, running nothing the ABI asks for: wasmtime builds the
+        module's memory image on its first instance, so a task does not have to."""
+        store = wasmtime.Store(self.engine)
+        store.set_epoch_deadline(max(1, int(1.0 / EPOCH_TICK_S)))
+        store.set_wasi(wasmtime.WasiConfig())
+        token = CURRENT.set(HostContext())
+        try:
+            prepared.pre.instantiate(store)
+        except (wasmtime.Trap, wasmtime.WasmtimeError, ModuleExit):
+            pass  # a start section that fails will fail the module's tasks, with a message
+        finally:
+            CURRENT.reset(token)
 
     def run(self, prepared: Prepared, data: bytes, limits: Limits) -> Outcome:
         ctx = HostContext()
