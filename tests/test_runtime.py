@@ -8,9 +8,9 @@ import pytest
 import wasmtime
 
 from broker.errors import TaskFailed
+from broker.limits import Limits
 from tests import modules
 from tests.support import INTSUM, TUTORIAL_INPUT
-from workers.limits import Limits
 from workers.runtime import Outcome, Runtime
 
 LEGACY = wasmtime.wat2wasm((Path(__file__).parent / "wasm" / "legacy.wat").read_text())

@@ -18,10 +18,10 @@ from celery import Celery
 from broker.celery_app import RUN_TASK
 from broker.connections import get_redis
 from broker.errors import WasmqError
+from broker.limits import Limits
 from broker.records import Status, TaskRecords
 from broker.settings import Settings
 from broker.store import RedisStore
-from workers.limits import Limits
 from workers.runtime import ModuleFailed, Runtime
 
 log = logging.getLogger("wasmq.worker")
