@@ -29,7 +29,37 @@ def parse_envelope(body: bytes) -> bytes:
         raise BadRequest(f"request body is not valid JSON ({exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}); send the Scailable envelope: {EXAMPLE}"
                          ) from None
+    except RecursionError:
+        raise BadRequest("request body nests JSON arrays or objects too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise BadRequest(f"request body is not usable JSON: {exc}") from None
     return input_data(envelope)
+
+
+# Optional envelope members and the JSON type each must have when present;
+# their values are otherwise ignored (wasmq always embeds and echoes).
+_TYPES: dict[tuple[str, ...], type] = {
+    ("input", "content-type"): str,
+    ("input", "location"): str,
+    ("output", "content-type"): str,
+    ("output", "location"): str,
+    ("control",): int,
+    ("properties", "language"): str,
+}
+_TYPE_NAMES = {str: "a string", int: "a whole number"}
+
+
+def _check_types(envelope: dict[str, Any]) -> None:
+    for path, kind in _TYPES.items():
+        parent: Any = envelope
+        for step in path[:-1]:
+            parent = parent.get(step) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or path[-1] not in parent:
+            continue
+        value = parent[path[-1]]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BadRequest(f"'{'.'.join(path)}' must be {_TYPE_NAMES[kind]}, "
+                             f"got {_kind(value)}")
 
 
 def input_data(envelope: Any) -> bytes:
@@ -42,12 +72,13 @@ def input_data(envelope: Any) -> bytes:
         raise BadRequest(f"'input' must be an object, got {_kind(inp)}")
     if "data" not in inp:
         raise BadRequest("the envelope has no 'input.data'")
-    location = inp.get("location", "embedded")
-    if location != "embedded":
-        raise BadRequest(f"input.location {location!r} is not supported; use 'embedded'")
     for name in ("output", "properties"):
         if name in envelope and not isinstance(envelope[name], dict):
             raise BadRequest(f"'{name}' must be an object, got {_kind(envelope[name])}")
+    _check_types(envelope)
+    location = inp.get("location", "embedded")
+    if location != "embedded":
+        raise BadRequest(f"input.location {location!r} is not supported; use 'embedded'")
     data = inp["data"]
     if isinstance(data, bytes):  # msgpack envelopes carry raw bytes
         return data
