@@ -59,6 +59,20 @@ def memory_hint(memory_bytes: int | None, limits: Limits) -> str:
             f"the module most likely ran out of memory)")
 
 
+def _cause(text: str) -> str:
+    """The first line that says what happened.
+
+    wasmtime's errors start with "error while executing at wasm backtrace:"
+    and the backtrace; the reason follows "Caused by:" (e.g. a WASI call
+    refusing its arguments).
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if "Caused by:" in lines and lines.index("Caused by:") + 1 < len(lines):
+        reason = lines[lines.index("Caused by:") + 1]
+        return reason.split(": ", 1)[1] if reason[:1].isdigit() else reason
+    return lines[0] if lines else "unknown error"
+
+
 def describe(exc: Exception, phase: str, limits: Limits, memory_bytes: int | None,
              table_elements: int = 0) -> str:
     """One sentence: what went wrong, where, and which limit if any."""
@@ -66,12 +80,11 @@ def describe(exc: Exception, phase: str, limits: Limits, memory_bytes: int | Non
         code = exc.trap_code
         if code == wasmtime.TrapCode.INTERRUPT:
             return f"time limit of {limits.timeout_s:g} s exceeded during {phase}()"
-        text = _CODE_TEXT.get(code, exc.message.strip().splitlines()[0] if exc.message
-                              else "trap")
+        text = _CODE_TEXT.get(code, _cause(exc.message) if exc.message else "trap")
         return (f"module trapped during {phase}(): {text}{first_frame(exc)}"
                 f"{memory_hint(memory_bytes, limits)}")
     if isinstance(exc, wasmtime.WasmtimeError):
-        text = str(exc).strip().splitlines()[0]
+        text = _cause(str(exc))
         if "count too high" in text:
             return (f"module refused at {phase}(): a task gets one instance with one linear "
                     f"memory, and this module asks for more ({text})")
