@@ -10,11 +10,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
 from broker.errors import BadRequest
 
 EXAMPLE = ('{"input": {"content-type": "json", "location": "embedded", "data": "..."}, '
            '"output": {"content-type": "json", "location": "echo"}, "control": 1, '
            '"properties": {"language": "WASM"}}')
+
+
+def request_body() -> bytes:
+    """The body, at most `max_content_length` bytes of it.
+
+    A chunked body has no Content-Length to refuse up front; werkzeug stops
+    reading it at the limit without complaint, so a body that fills the
+    limit is taken as one that went past it.
+    """
+    body = request.get_data(cache=False)
+    if request.max_content_length is not None and len(body) >= request.max_content_length:
+        raise RequestEntityTooLarge()
+    return body
 
 
 def parse_envelope(body: bytes) -> bytes:

@@ -36,7 +36,9 @@ def register_error_handlers(app: Flask) -> None:
     def too_large(exc: RequestEntityTooLarge):
         limit = g.get("body_limit", "the limit of this route")
         declared, allowed = request.content_length, request.max_content_length
-        if declared is not None and allowed is not None and declared > allowed:
+        if declared is None:  # chunked: read up to the limit, and no further
+            return _json(f"request body is larger than {limit}", 413)
+        if allowed is not None and declared > allowed:
             return _json(f"request body of {declared} bytes is larger than {limit}; "
                          "it was refused unread", 413)
         return _json(f"request body or one of its form fields is too large ({limit}; "

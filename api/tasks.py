@@ -10,7 +10,7 @@ from flask import Blueprint, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
 from api.access import require_key_if_private
-from api.envelope import parse_envelope
+from api.envelope import parse_envelope, request_body
 from api.replies import task_reply
 from api.services import Services, services
 from broker.celery_app import RUN_TASK
@@ -47,7 +47,7 @@ def submit(cfid: str) -> ResponseReturnValue:
     wait = parse_wait(request.args.get("wait"), svc.settings.sync_wait)
     function = svc.registry.get(cfid)
     require_key_if_private(svc.settings, function.private, "calling this function")
-    data = parse_envelope(request.get_data(cache=False))
+    data = parse_envelope(request_body())
     limits = Limits.from_settings(svc.settings).narrowed(function.limits)
     if len(data) > limits.max_input:
         raise TooLarge(f"input.data is {len(data)} bytes; the input limit of this function "

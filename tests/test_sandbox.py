@@ -177,6 +177,20 @@ def test_a_body_over_the_input_limit_is_refused_before_it_is_read(api: Api, echo
     assert b"input limit of 1 MB (WASMQ_MAX_INPUT_MB)" in body
 
 
+def test_a_chunked_body_over_the_input_limit_is_refused_with_413(api: Api, echo: str) -> None:
+    # No Content-Length to refuse up front: reading stops at the limit.
+    def chunks() -> Iterator[bytes]:
+        yield b'{"input": {"data": "'
+        for _ in range(4):
+            yield b"z" * (512 * 1024)
+        yield b'"}}'
+
+    response = requests.post(f"{api.url}/task/{echo}", data=chunks())
+    assert response.status_code == 413
+    assert response.json()["statusCode"] == 0
+    assert "input limit of 1 MB" in response.json()["message"]
+
+
 def test_a_module_over_the_size_limit_is_refused_with_413(api: Api) -> None:
     just_over = _padded(MB + 16 * 1024)
     response = api.upload(just_over)
