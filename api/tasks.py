@@ -54,8 +54,8 @@ def submit(cfid: str) -> ResponseReturnValue:
                        f"is {limits.max_input_mb:g} MB")
     tid = new_tid(cfid)
     inline = len(data) <= svc.settings.inline_input_kb * 1024
-    svc.records.create(TaskRecord(tid=tid, cfid=cfid, private=function.private),
-                       None if inline else data)
+    record = TaskRecord(tid=tid, cfid=cfid, private=function.private)
+    svc.records.create(record, None if inline else data)
     job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
            "limits": function.limits}
     event = None
@@ -69,7 +69,8 @@ def submit(cfid: str) -> ResponseReturnValue:
     finally:
         if event is not None:
             svc.listener.unregister(tid, event)
-    return _answer(svc, tid)
+    # wait=0 promises an immediate 5, whatever a fast worker did meanwhile.
+    return _reply(svc, tid, record)
 
 
 def _wait_for(svc: Services, tid: str, event: threading.Event,
