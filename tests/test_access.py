@@ -67,7 +67,11 @@ def test_replacing_and_deleting_need_a_key(keyed: Stack, admin: Api) -> None:
     assert requests.delete(url).status_code == 401
     assert requests.delete(url, headers=bearer("guess")).status_code == 403
     assert requests.get(url).json()["sha256"] == admin.http.get(url).json()["sha256"]
-    assert requests.put(url, files=files, headers=bearer(ADMIN)).status_code == 200
+    replaced = requests.put(url, files=files, data={"private": "true", "timeout_s": "5"},
+                            headers=bearer(ADMIN))
+    assert replaced.status_code == 200
+    assert replaced.json()["private"] is True and replaced.json()["limits"] == {"timeout_s": 5}
+    assert requests.get(f"{keyed.url}/file/{cfid}.wasm").status_code == 401
     assert requests.delete(url, headers=bearer(ADMIN)).status_code == 204
 
 
