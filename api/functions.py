@@ -5,9 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from api.access import private_flag, require_key, require_key_if_private
 from api.services import Services, services
 from broker import abi
 from broker.errors import BadRequest, TooLarge
+from broker.limits import OVERRIDABLE, Limits
 from broker.settings import MB
 
 bp = Blueprint("functions", __name__)
@@ -34,14 +36,24 @@ def _text_field(name: str, limit: int = 64 * 1024) -> str:
     return value
 
 
+def _requested_limits(svc: Services) -> dict[str, float] | None:
+    """The form's limit fields capped at the server's; None when none were sent."""
+    if not any(name in request.form for name in OVERRIDABLE):
+        return None
+    return Limits.from_settings(svc.settings).requested(request.form)
+
+
 @bp.post("/functions")
 def create() -> ResponseReturnValue:
     svc = services()
+    require_key(svc.settings, "uploading a function")
+    private = private_flag(request.form.get("private"), svc.settings)
+    limits = _requested_limits(svc)
     wasm, info, artifact = _uploaded_module(svc)
     record = svc.registry.create(
         wasm, imports=info.imports, exports=info.exports, name=_text_field("name", 200),
         documentation=_text_field("documentation"), exampleinput=_text_field("exampleinput"),
-        artifact=artifact)
+        private=private, limits=limits, artifact=artifact)
     return jsonify(record.public()), 201
 
 
@@ -75,16 +87,22 @@ def show(cfid: str) -> ResponseReturnValue:
 @bp.put("/functions/<cfid>")
 def replace(cfid: str) -> ResponseReturnValue:
     svc = services()
+    require_key(svc.settings, "replacing a function")
     svc.registry.get(cfid)  # 404 before reading a body we would throw away
+    raw_private = request.form.get("private")
+    private = None if raw_private is None else private_flag(raw_private, svc.settings)
+    limits = _requested_limits(svc)
     wasm, info, artifact = _uploaded_module(svc)
     record = svc.registry.replace(cfid, wasm, imports=info.imports, exports=info.exports,
-                                  artifact=artifact)
+                                  limits=limits, private=private, artifact=artifact)
     return jsonify(record.public())
 
 
 @bp.delete("/functions/<cfid>")
 def delete(cfid: str) -> ResponseReturnValue:
-    services().registry.delete(cfid)
+    svc = services()
+    require_key(svc.settings, "deleting a function")
+    svc.registry.delete(cfid)
     return Response(status=204)
 
 
@@ -92,6 +110,7 @@ def delete(cfid: str) -> ResponseReturnValue:
 def download(cfid: str) -> ResponseReturnValue:
     svc = services()
     record = svc.registry.get(cfid)
+    require_key_if_private(svc.settings, record.private, "downloading this function")
     return Response(svc.registry.binary(record), mimetype="application/wasm",
                     headers={"Content-Disposition": f'attachment; filename="{cfid}.wasm"',
                              "ETag": f'"{record.sha256}"'})

@@ -16,7 +16,7 @@ import wasmtime
 
 from broker import abi
 from broker.engine import make_engine
-from workers.limits import Limits
+from broker.limits import Limits
 from workers.runtime import Runtime
 
 ROUNDS = 5

@@ -80,9 +80,14 @@ class Registry:
         raws = self.redis.mget([keys.function(c.decode()) for c in cfids])
         return [FunctionRecord(**json.loads(r)) for r in raws if r is not None], total
 
-    def replace(self, cfid: str, wasm: bytes, *, imports: list[str],
-                exports: list[str], artifact: bytes | None = None) -> FunctionRecord:
+    def replace(self, cfid: str, wasm: bytes, *, imports: list[str], exports: list[str],
+                limits: dict[str, float] | None = None, private: bool | None = None,
+                artifact: bytes | None = None) -> FunctionRecord:
         record = self.get(cfid)
+        if limits is not None:
+            record.limits = dict(limits)
+        if private is not None:
+            record.private = private
         old_sha = record.sha256
         record.sha256 = sha256_hex(wasm)
         record.size = len(wasm)

@@ -32,6 +32,9 @@ class Settings:
     queue: str = "wasmq"
     data_dir: str = ""
     api_keys: tuple[str, ...] = field(default_factory=tuple)
+    # Task submissions per API key (or client address without one), in the
+    # notation of the `limits` library ("100/second;2000/minute"); "off" disables.
+    rate_limit: str = "500/second"
     gateway_processes: int = 2
     gateway_threads: int = 64
 
@@ -71,6 +74,18 @@ class Settings:
                      "max_module_mb", "module_cache_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
+        if self.rate_limit_enabled:
+            from limits import parse_many
+
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise ConfigError(f"WASMQ_RATE_LIMIT={self.rate_limit!r} is not a rate such as "
+                                  "'100/second' or '10/second;500/minute' (or 'off')") from None
+
+    @property
+    def rate_limit_enabled(self) -> bool:
+        return self.rate_limit.strip().lower() not in ("", "off", "none", "0")
 
 
 def _parse(name: str, kind: object, raw: str) -> object:

@@ -9,12 +9,12 @@ import redis
 
 from broker import keys
 from broker.artifacts import Artifacts
+from broker.limits import Limits
 from broker.records import TaskRecords
 from broker.store import RedisStore
 from tests import modules
 from tests.modules import variant
 from tests.support import Api, wait_until
-from workers.limits import Limits
 from workers.runtime import Runtime
 from workers.warmup import warm_up
 

@@ -20,10 +20,10 @@ from broker.artifacts import Artifacts
 from broker.celery_app import RUN_TASK
 from broker.connections import get_redis
 from broker.errors import WasmqError
+from broker.limits import Limits
 from broker.records import Status, TaskRecords
 from broker.settings import MB, Settings
 from broker.store import RedisStore
-from workers.limits import Limits
 from workers.runtime import ModuleFailed, Runtime
 from workers.warmup import warm_up
 

@@ -16,8 +16,8 @@ import time
 
 import wasmtime
 
+from broker.limits import Limits
 from broker.records import TaskRecords
-from workers.limits import Limits
 from workers.runtime import Runtime
 
 log = logging.getLogger("wasmq.warmup")
