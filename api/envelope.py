@@ -2,7 +2,9 @@
 
 Scailable's clients send JSON labelled `application/x-www-form-urlencoded`, so
 the body is parsed as JSON whatever the content type says. `input.data` is
-handed to the module byte for byte, never parsed here.
+handed to the module byte for byte, never parsed here. A body labelled
+`application/msgpack` is the same envelope in msgpack, where `data` may be raw
+bytes (no base64 needed).
 """
 
 from __future__ import annotations
@@ -10,6 +12,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgpack
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from api.negotiation import is_msgpack
 from broker.errors import BadRequest
 
 EXAMPLE = ('{"input": {"content-type": "json", "location": "embedded", "data": "..."}, '
@@ -17,8 +24,23 @@ EXAMPLE = ('{"input": {"content-type": "json", "location": "embedded", "data": "
            '"properties": {"language": "WASM"}}')
 
 
-def parse_envelope(body: bytes) -> bytes:
+def request_body() -> bytes:
+    """The body, at most `max_content_length` bytes of it.
+
+    A chunked body has no Content-Length to refuse up front; werkzeug stops
+    reading it at the limit without complaint, so a body that fills the
+    limit is taken as one that went past it.
+    """
+    body = request.get_data(cache=False)
+    if request.max_content_length is not None and len(body) >= request.max_content_length:
+        raise RequestEntityTooLarge()
+    return body
+
+
+def parse_envelope(body: bytes, mimetype: str = "") -> bytes:
     """Return the input bytes for the module, or raise BadRequest saying what is wrong."""
+    if is_msgpack(mimetype):
+        return input_data(_unpack(body))
     if not body.strip():
         raise BadRequest(f"empty request body; send the Scailable envelope: {EXAMPLE}")
     try:
@@ -29,7 +51,47 @@ def parse_envelope(body: bytes) -> bytes:
         raise BadRequest(f"request body is not valid JSON ({exc.msg} at line {exc.lineno} "
                          f"column {exc.colno}); send the Scailable envelope: {EXAMPLE}"
                          ) from None
+    except RecursionError:
+        raise BadRequest("request body nests JSON arrays or objects too deeply") from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise BadRequest(f"request body is not usable JSON: {exc}") from None
     return input_data(envelope)
+
+
+def _unpack(body: bytes) -> Any:
+    if not body:
+        raise BadRequest("empty request body; send the Scailable envelope as msgpack")
+    try:
+        return msgpack.unpackb(body, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise BadRequest(f"request body is not valid msgpack ({exc}); send the Scailable "
+                         "envelope as one msgpack map") from None
+
+
+# Optional envelope members and the JSON type each must have when present;
+# their values are otherwise ignored (wasmq always embeds and echoes).
+_TYPES: dict[tuple[str, ...], type] = {
+    ("input", "content-type"): str,
+    ("input", "location"): str,
+    ("output", "content-type"): str,
+    ("output", "location"): str,
+    ("control",): int,
+    ("properties", "language"): str,
+}
+_TYPE_NAMES = {str: "a string", int: "a whole number"}
+
+
+def _check_types(envelope: dict[str, Any]) -> None:
+    for path, kind in _TYPES.items():
+        parent: Any = envelope
+        for step in path[:-1]:
+            parent = parent.get(step) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or path[-1] not in parent:
+            continue
+        value = parent[path[-1]]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BadRequest(f"'{'.'.join(path)}' must be {_TYPE_NAMES[kind]}, "
+                             f"got {_kind(value)}")
 
 
 def input_data(envelope: Any) -> bytes:
@@ -42,12 +104,13 @@ def input_data(envelope: Any) -> bytes:
         raise BadRequest(f"'input' must be an object, got {_kind(inp)}")
     if "data" not in inp:
         raise BadRequest("the envelope has no 'input.data'")
-    location = inp.get("location", "embedded")
-    if location != "embedded":
-        raise BadRequest(f"input.location {location!r} is not supported; use 'embedded'")
     for name in ("output", "properties"):
         if name in envelope and not isinstance(envelope[name], dict):
             raise BadRequest(f"'{name}' must be an object, got {_kind(envelope[name])}")
+    _check_types(envelope)
+    location = inp.get("location", "embedded")
+    if location != "embedded":
+        raise BadRequest(f"input.location {location!r} is not supported; use 'embedded'")
     data = inp["data"]
     if isinstance(data, bytes):  # msgpack envelopes carry raw bytes
         return data

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from api.replies import error_body
@@ -28,12 +28,21 @@ def _json(message: str, status: int):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(WasmqError)
     def wasmq_error(exc: WasmqError):
-        return _json(exc.message, exc.http_status)
+        response = _json(exc.message, exc.http_status)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):
-        return _json("request body is larger than this route accepts "
-                     "(see WASMQ_MAX_INPUT_MB and WASMQ_MAX_MODULE_MB)", 413)
+        limit = g.get("body_limit", "the limit of this route")
+        declared, allowed = request.content_length, request.max_content_length
+        if declared is None:  # chunked: read up to the limit, and no further
+            return _json(f"request body is larger than {limit}", 413)
+        if allowed is not None and declared > allowed:
+            return _json(f"request body of {declared} bytes is larger than {limit}; "
+                         "it was refused unread", 413)
+        return _json(f"request body or one of its form fields is too large ({limit}; "
+                     "text fields up to 64 KiB)", 413)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

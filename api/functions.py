@@ -5,15 +5,18 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from api.access import private_flag, require_key, require_key_if_private
 from api.services import Services, services
 from broker import abi
 from broker.errors import BadRequest, TooLarge
+from broker.limits import OVERRIDABLE, Limits
 from broker.settings import MB
 
 bp = Blueprint("functions", __name__)
 
 
-def _uploaded_module(svc: Services) -> tuple[bytes, abi.ModuleInfo]:
+def _uploaded_module(svc: Services) -> tuple[bytes, abi.ModuleInfo, bytes]:
+    """The binary, what it exports and imports, and its compiled form for the workers."""
     upload = request.files.get("file")
     if upload is None:
         raise BadRequest("send the module as a multipart form field named 'file'")
@@ -23,7 +26,7 @@ def _uploaded_module(svc: Services) -> tuple[bytes, abi.ModuleInfo]:
     if not wasm:
         raise BadRequest("the uploaded file is empty")
     module = abi.compile_module(svc.engine, wasm)
-    return wasm, abi.inspect_module(module)
+    return wasm, abi.inspect_module(module), bytes(module.serialize())
 
 
 def _text_field(name: str, limit: int = 64 * 1024) -> str:
@@ -33,13 +36,24 @@ def _text_field(name: str, limit: int = 64 * 1024) -> str:
     return value
 
 
+def _requested_limits(svc: Services) -> dict[str, float] | None:
+    """The form's limit fields capped at the server's; None when none were sent."""
+    if not any(name in request.form for name in OVERRIDABLE):
+        return None
+    return Limits.from_settings(svc.settings).requested(request.form)
+
+
 @bp.post("/functions")
 def create() -> ResponseReturnValue:
     svc = services()
-    wasm, info = _uploaded_module(svc)
+    require_key(svc.settings, "uploading a function")
+    private = private_flag(request.form.get("private"), svc.settings)
+    limits = _requested_limits(svc)
+    wasm, info, artifact = _uploaded_module(svc)
     record = svc.registry.create(
         wasm, imports=info.imports, exports=info.exports, name=_text_field("name", 200),
-        documentation=_text_field("documentation"), exampleinput=_text_field("exampleinput"))
+        documentation=_text_field("documentation"), exampleinput=_text_field("exampleinput"),
+        private=private, limits=limits, artifact=artifact)
     return jsonify(record.public()), 201
 
 
@@ -73,15 +87,22 @@ def show(cfid: str) -> ResponseReturnValue:
 @bp.put("/functions/<cfid>")
 def replace(cfid: str) -> ResponseReturnValue:
     svc = services()
+    require_key(svc.settings, "replacing a function")
     svc.registry.get(cfid)  # 404 before reading a body we would throw away
-    wasm, info = _uploaded_module(svc)
-    record = svc.registry.replace(cfid, wasm, imports=info.imports, exports=info.exports)
+    raw_private = request.form.get("private")
+    private = None if raw_private is None else private_flag(raw_private, svc.settings)
+    limits = _requested_limits(svc)
+    wasm, info, artifact = _uploaded_module(svc)
+    record = svc.registry.replace(cfid, wasm, imports=info.imports, exports=info.exports,
+                                  limits=limits, private=private, artifact=artifact)
     return jsonify(record.public())
 
 
 @bp.delete("/functions/<cfid>")
 def delete(cfid: str) -> ResponseReturnValue:
-    services().registry.delete(cfid)
+    svc = services()
+    require_key(svc.settings, "deleting a function")
+    svc.registry.delete(cfid)
     return Response(status=204)
 
 
@@ -89,6 +110,7 @@ def delete(cfid: str) -> ResponseReturnValue:
 def download(cfid: str) -> ResponseReturnValue:
     svc = services()
     record = svc.registry.get(cfid)
+    require_key_if_private(svc.settings, record.private, "downloading this function")
     return Response(svc.registry.binary(record), mimetype="application/wasm",
                     headers={"Content-Disposition": f'attachment; filename="{cfid}.wasm"',
                              "ETag": f'"{record.sha256}"'})

@@ -15,8 +15,29 @@ REPLY = {
         "message": {"type": "string"},
         "timeOut": {"type": "boolean"},
         "resultUrl": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed"]},
+        "cfid": {"type": "string"},
+        "node": {"type": "string", "description": "host:pid of the worker that ran it"},
+        "attempts": {"type": "integer"},
+        "timings": {"type": "object", "properties": {
+            name: {"type": "string", "nullable": True}
+            for name in ("queuedAt", "startedAt", "finishedAt")} | {
+            name: {"type": "number", "nullable": True}
+            for name in ("queueMs", "execMs", "totalMs")}},
+        "logs": {"type": "object", "properties": {
+            "stdout": {"type": "string"}, "stderr": {"type": "string"}},
+            "description": "the module's captured output, 64 KiB of each at most"},
     },
 }
+LIMIT_FIELDS = {
+    "timeout_s": "wall-time limit in seconds",
+    "max_memory_mb": "linear memory limit in MB (at least one 64 KiB page)",
+    "max_input_mb": "input limit in MB",
+    "max_output_mb": "output limit in MB",
+}
+LIMITS = {"type": "object", "description": "this function's own limits, each capped by "
+                                           "the server's maximum",
+          "properties": {name: {"type": "number"} for name in LIMIT_FIELDS}}
 FUNCTION = {
     "type": "object",
     "properties": {name: {"type": kind} for name, kind in [
@@ -24,35 +45,61 @@ FUNCTION = {
         ("exampleinput", "string"), ("sha256", "string"), ("size", "integer"),
         ("createdAt", "string"), ("updatedAt", "string"), ("private", "boolean")]}
     | {"imports": {"type": "array", "items": {"type": "string"}},
-       "exports": {"type": "array", "items": {"type": "string"}}},
+       "exports": {"type": "array", "items": {"type": "string"}},
+       "limits": LIMITS},
 }
 ENVELOPE = {
     "type": "object",
     "required": ["input"],
     "properties": {
         "input": {"type": "object", "required": ["data"], "properties": {
-            "content-type": {"type": "string"}, "location": {"type": "string"},
-            "data": {"type": "string"}}},
-        "output": {"type": "object"},
+            "content-type": {"type": "string"},
+            "location": {"type": "string", "enum": ["embedded"]},
+            "data": {"type": "string", "description": "handed to the module byte for byte"}}},
+        "output": {"type": "object", "properties": {
+            "content-type": {"type": "string"}, "location": {"type": "string"}}},
         "control": {"type": "integer"},
-        "properties": {"type": "object"},
+        "properties": {"type": "object", "properties": {"language": {"type": "string"}}},
     },
 }
+MSGPACK_ENVELOPE = {**ENVELOPE, "description": "the same envelope in msgpack; input.data "
+                    "may be bytes (bin) as well as a string"}
+MSGPACK_REPLY = {**REPLY, "description": "the same reply in msgpack; result is bytes (bin)",
+                 "properties": {**REPLY["properties"],
+                                "result": {"type": "string", "format": "binary"}}}
 UPLOAD = {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "string", "format": "binary"},
-                   "name": {"type": "string"}, "documentation": {"type": "string"},
-                   "exampleinput": {"type": "string"}}}}}
+                   "name": {"type": "string", "maxLength": 200},
+                   "documentation": {"type": "string", "maxLength": 65536},
+                   "exampleinput": {"type": "string", "maxLength": 65536},
+                   "private": {"type": "string", "enum": ["true", "false"],
+                               "description": "calling, downloading and retrieving "
+                                              "results need an API key"}}
+    | {name: {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+              "description": text} for name, text in LIMIT_FIELDS.items()}}}}
+BEARER = [{"apiKey": []}]
+# Routes of private functions: a key is needed only when the function is private.
+BEARER_IF_PRIVATE = [{}, {"apiKey": []}]
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _task_reply(description: str) -> dict[str, Any]:
+    """JSON, or msgpack with `result` as raw bytes for `Accept: application/msgpack`."""
+    answer = _json(REPLY, description)
+    answer["content"]["application/msgpack"] = {"schema": MSGPACK_REPLY}
+    return answer
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "bad request", 401: "missing API key", 403: "wrong API key",
             404: "unknown id", 413: "too large", 429: "rate limited",
             503: "Redis unavailable"}
+    text[401] = "no API key (the function or route needs one)"
+    text[403] = "the API key is not one of the server's"
     return {str(c): _json(REPLY, text[c]) for c in codes}
 
 
@@ -67,6 +114,9 @@ def spec() -> dict[str, Any]:
         "info": {"title": "wasmq", "version": "0.1.0",
                  "description": "WebAssembly compute functions as REST endpoints "
                                 "(Scailable-compatible)."},
+        "components": {"securitySchemes": {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "one of the keys in WASMQ_API_KEYS"}}},
         "paths": {
             "/task/{cfid}": {"post": {
                 "summary": "Run a compute function on the queue",
@@ -75,16 +125,19 @@ def spec() -> dict[str, Any]:
                                                  "maximum": 300}}],
                 "requestBody": {"required": True, "content": {
                     "application/json": {"schema": ENVELOPE},
-                    "application/x-www-form-urlencoded": {"schema": ENVELOPE}}},
-                "responses": {"200": _json(REPLY, "done (1) or failed (0)"),
-                              "202": _json(REPLY, "still queued or running (5)"),
-                              **_errors(400, 404, 413, 429, 503)}}},
+                    "application/x-www-form-urlencoded": {"schema": ENVELOPE},
+                    "application/msgpack": {"schema": MSGPACK_ENVELOPE}}},
+                "security": BEARER_IF_PRIVATE,
+                "responses": {"200": _task_reply("done (1) or failed (0)"),
+                              "202": _task_reply("still queued or running (5)"),
+                              **_errors(400, 401, 403, 404, 413, 429, 503)}}},
             "/retrieve/{tid}": {"get": {
-                "summary": "The state or result of a task",
+                "summary": "The state or result of a task, with its logs and timings",
                 "parameters": [tid],
-                "responses": {"200": _json(REPLY, "done or failed"),
-                              "202": _json(REPLY, "still queued or running"),
-                              **_errors(404, 503)}}},
+                "security": BEARER_IF_PRIVATE,
+                "responses": {"200": _task_reply("done or failed"),
+                              "202": _task_reply("still queued or running"),
+                              **_errors(401, 403, 404, 503)}}},
             "/functions": {
                 "get": {"summary": "List functions, newest first",
                         "parameters": [
@@ -94,10 +147,12 @@ def spec() -> dict[str, Any]:
                              "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
                         "responses": {"200": _json({"type": "object", "properties": {
                             "functions": {"type": "array", "items": FUNCTION},
-                            "total": {"type": "integer"}}}, "functions"),
+                            "total": {"type": "integer"}, "offset": {"type": "integer"},
+                            "limit": {"type": "integer"}}}, "functions"),
                             **_errors(400)}},
                 "post": {"summary": "Upload a module",
                          "requestBody": {"required": True, "content": UPLOAD},
+                         "security": BEARER,
                          "responses": {"201": _json(FUNCTION, "created"),
                                        **_errors(400, 401, 403, 413)}}},
             "/functions/{cfid}": {
@@ -106,17 +161,20 @@ def spec() -> dict[str, Any]:
                         "responses": {"200": _json(FUNCTION, "the record"), **_errors(404)}},
                 "put": {"summary": "Replace the module under the same cfid",
                         "requestBody": {"required": True, "content": UPLOAD},
+                        "security": BEARER,
                         "responses": {"200": _json(FUNCTION, "replaced"),
                                       **_errors(400, 401, 403, 404, 413)}},
                 "delete": {"summary": "Delete a function",
+                           "security": BEARER,
                            "responses": {"204": {"description": "deleted"},
                                          **_errors(401, 403, 404)}}},
             "/file/{cfid}.wasm": {"get": {
                 "summary": "Download the module binary",
                 "parameters": [cfid],
+                "security": BEARER_IF_PRIVATE,
                 "responses": {"200": {"description": "the binary", "content": {
                     "application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
-                    **_errors(404)}}},
+                    **_errors(401, 403, 404)}}},
             "/healthz": {"get": {"summary": "Liveness and Redis reachability",
                                  "responses": {"200": {"description": "ok"},
                                                "503": {"description": "Redis unreachable"}}}},

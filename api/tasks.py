@@ -6,17 +6,19 @@ import math
 import threading
 import time
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, request, url_for
 from flask.typing import ResponseReturnValue
 
-from api.envelope import parse_envelope
+from api.access import require_key_if_private
+from api.envelope import parse_envelope, request_body
+from api.negotiation import respond, wants_msgpack
 from api.replies import task_reply
 from api.services import Services, services
 from broker.celery_app import RUN_TASK
 from broker.errors import BadRequest, NotFound, TooLarge
+from broker.limits import Limits
 from broker.logs import bind_tid
 from broker.records import TaskRecord, new_tid
-from broker.settings import MB
 
 bp = Blueprint("tasks", __name__)
 
@@ -45,15 +47,18 @@ def result_url(svc: Services, tid: str) -> str:
 def submit(cfid: str) -> ResponseReturnValue:
     svc = services()
     wait = parse_wait(request.args.get("wait"), svc.settings.sync_wait)
-    data = parse_envelope(request.get_data(cache=False))
-    if len(data) > svc.settings.max_input_mb * MB:
-        raise TooLarge(f"input.data is {len(data)} bytes; the input limit is "
-                       f"{svc.settings.max_input_mb} MB")
     function = svc.registry.get(cfid)
+    require_key_if_private(svc.settings, function.private, "calling this function")
+    data = parse_envelope(request_body(), request.mimetype)
+    limits = Limits.from_settings(svc.settings).narrowed(function.limits)
+    if len(data) > limits.max_input:
+        raise TooLarge(f"input.data is {len(data)} bytes; the input limit of this function "
+                       f"is {limits.max_input_mb:g} MB")
     tid = new_tid(cfid)
     bind_tid(tid)
     inline = len(data) <= svc.settings.inline_input_kb * 1024
-    svc.records.create(TaskRecord(tid=tid, cfid=cfid), None if inline else data)
+    record = TaskRecord(tid=tid, cfid=cfid, private=function.private)
+    svc.records.create(record, None if inline else data)
     job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
            "limits": function.limits}
     event = None
@@ -67,7 +72,8 @@ def submit(cfid: str) -> ResponseReturnValue:
     finally:
         if event is not None:
             svc.listener.unregister(tid, event)
-    return _answer(svc, tid)
+    # wait=0 promises an immediate 5, whatever a fast worker did meanwhile.
+    return _reply(svc, tid, record)
 
 
 def _wait_for(svc: Services, tid: str, event: threading.Event,
@@ -93,7 +99,9 @@ def _answer(svc: Services, tid: str) -> ResponseReturnValue:
 def _reply(svc: Services, tid: str, record: TaskRecord | None) -> ResponseReturnValue:
     if record is None:
         raise NotFound(f"task '{tid}' is unknown or its result has expired")
-    body, status = task_reply(record, result_url(svc, tid))
-    return jsonify(body), status
+    require_key_if_private(svc.settings, record.private, "retrieving this task")
+    as_msgpack = wants_msgpack()
+    body, status = task_reply(record, result_url(svc, tid), as_bytes=as_msgpack)
+    return respond(body, status, as_msgpack=as_msgpack)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from broker import transport
 from broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
 from broker.settings import Settings
 
@@ -34,6 +35,7 @@ def restore_interval(settings: Settings) -> int:
 def make_celery(settings: Settings) -> Celery:
     app = Celery("wasmq", broker=settings.redis_url)
     app.conf.update(
+        broker_transport=transport.PATH,
         task_serializer="msgpack",
         accept_content=["msgpack"],
         result_serializer="msgpack",
@@ -45,7 +47,10 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=settings.queue,
         task_time_limit=settings.hard_time_limit,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # A "sent" event costs the gateway a publish per task under a lock
+        # shared by its threads; Flower and `celery inspect` do without it.
+        task_send_sent_event=False,
+        worker_disable_rate_limits=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,

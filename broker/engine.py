@@ -1,18 +1,56 @@
 """The wasmtime engine configuration, shared by upload validation and execution.
 
-Serialized modules only load into an engine with the same settings, so the
-configuration lives in one place.
+Serialized modules only load into an engine with the same wasmtime version,
+target and settings, so the configuration and its fingerprint live here,
+side by side: change one and the other changes with it.
 """
 
 from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 
 import wasmtime
 
 EPOCH_TICK_S = 0.01
 
+# Every engine setting, as (Config attribute, value); the fingerprint hashes this list.
+SETTINGS: tuple[tuple[str, object], ...] = (
+    ("epoch_interruption", True),
+    ("cranelift_opt_level", "speed"),
+)
+
 
 def make_engine() -> wasmtime.Engine:
     config = wasmtime.Config()
-    config.epoch_interruption = True
-    config.cranelift_opt_level = "speed"
+    for name, value in SETTINGS:
+        setattr(config, name, value)
     return wasmtime.Engine(config)
+
+
+def _cpu_features() -> str:
+    """Cranelift targets the host CPU's features, so they are part of the target."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return platform.processor()
+
+
+@lru_cache(maxsize=4)
+def fingerprint(settings: tuple[tuple[str, object], ...] = SETTINGS) -> str:
+    """Which serialized modules an engine with `settings` can load: a short, stable id."""
+    try:
+        wasmtime_version = version("wasmtime")
+    except PackageNotFoundError:  # running from a source tree
+        wasmtime_version = "unknown"
+    parts = [f"wasmtime={wasmtime_version}", f"machine={platform.machine()}",
+             f"os={sys.platform}", f"cpu={_cpu_features()}",
+             *(f"{name}={value}" for name, value in settings)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

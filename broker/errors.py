@@ -6,6 +6,7 @@ from __future__ import annotations
 
 class WasmqError(Exception):
     http_status = 500
+    headers: dict[str, str] = {}  # read-only, per class
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -30,6 +31,7 @@ class TooLarge(WasmqError):
 
 class Unauthorized(WasmqError):
     http_status = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="wasmq"'}
 
 
 class Forbidden(WasmqError):

@@ -4,6 +4,7 @@ PREFIX = "wasmq"
 
 FUNCTIONS_INDEX = f"{PREFIX}:functions"  # zset cfid -> createdAt
 DONE_CHANNEL = f"{PREFIX}:done"  # pub/sub: tid of every finished task
+RATE_LIMIT = f"{PREFIX}:ratelimit"  # prefix of Flask-Limiter's counters
 
 
 def function(cfid: str) -> str:
@@ -24,6 +25,15 @@ def task(tid: str) -> str:
 
 def task_input(tid: str) -> str:
     return f"{PREFIX}:input:{tid}"
+
+
+def artifacts(sha256: str) -> str:
+    """Hash: engine fingerprint -> the module compiled and serialized by such an engine."""
+    return f"{PREFIX}:artifacts:{sha256}"
+
+
+# zset sha256 -> when a worker last loaded it: what a new worker process preloads.
+HOT_MODULES = f"{PREFIX}:hot"
 
 # Metrics shared by every gateway and worker process (see broker/metrics.py).
 METRIC_COUNTS = f"{PREFIX}:metrics:counts"  # hash: submitted, succeeded, failed:<cause>

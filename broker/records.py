@@ -48,6 +48,7 @@ class TaskRecord:
     stderr: str = ""
     attempts: int = 0
     execMs: float | None = None
+    private: bool = False  # its function was private: retrieving it needs a key
 
     _FLOATS = ("createdAt", "startedAt", "finishedAt", "execMs")
 
@@ -56,7 +57,11 @@ class TaskRecord:
         for name, value in self.__dict__.items():
             if value is None:
                 continue
-            out[name] = value.value if isinstance(value, Status) else value
+            if isinstance(value, Status):
+                value = value.value
+            elif isinstance(value, bool):
+                value = int(value)
+            out[name] = value
         return out
 
     @classmethod
@@ -72,6 +77,7 @@ class TaskRecord:
                 setattr(rec, name, d[name].decode("utf-8", errors="replace"))
         rec.result = d.get("result")
         rec.attempts = int(d.get("attempts", 0))
+        rec.private = d.get("private") == b"1"
         return rec
 
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from broker import keys
+from broker.artifacts import Artifacts
 from broker.clock import iso, now
 from broker.errors import NotFound
 from broker.store import ContentStore, sha256_hex
@@ -42,11 +43,13 @@ class Registry:
     def __init__(self, client: redis.Redis, store: ContentStore) -> None:
         self.redis = client
         self.store = store
+        self.artifacts = Artifacts(client)
 
     def create(self, wasm: bytes, *, imports: list[str], exports: list[str],
                name: str = "", documentation: str = "", exampleinput: str = "",
                private: bool = False, limits: dict[str, float] | None = None,
-               cfid: str | None = None) -> FunctionRecord:
+               cfid: str | None = None, artifact: bytes | None = None) -> FunctionRecord:
+        """`artifact`: the module as compiled by this process's engine, kept for workers."""
         cfid = cfid or str(uuid.uuid4())
         stamp = iso(now())
         record = FunctionRecord(
@@ -54,7 +57,7 @@ class Registry:
             exampleinput=exampleinput, sha256=sha256_hex(wasm), size=len(wasm),
             imports=imports, exports=exports, createdAt=stamp, updatedAt=stamp,
             private=private, limits=dict(limits or {}))
-        self._store_binary(cfid, wasm)
+        self._store_binary(cfid, wasm, artifact)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
         pipe.zadd(keys.FUNCTIONS_INDEX, {cfid: now()})
@@ -77,16 +80,21 @@ class Registry:
         raws = self.redis.mget([keys.function(c.decode()) for c in cfids])
         return [FunctionRecord(**json.loads(r)) for r in raws if r is not None], total
 
-    def replace(self, cfid: str, wasm: bytes, *, imports: list[str],
-                exports: list[str]) -> FunctionRecord:
+    def replace(self, cfid: str, wasm: bytes, *, imports: list[str], exports: list[str],
+                limits: dict[str, float] | None = None, private: bool | None = None,
+                artifact: bytes | None = None) -> FunctionRecord:
         record = self.get(cfid)
+        if limits is not None:
+            record.limits = dict(limits)
+        if private is not None:
+            record.private = private
         old_sha = record.sha256
         record.sha256 = sha256_hex(wasm)
         record.size = len(wasm)
         record.imports = imports
         record.exports = exports
         record.updatedAt = iso(now()) or ""
-        self._store_binary(cfid, wasm)
+        self._store_binary(cfid, wasm, artifact)
         self.redis.set(keys.function(cfid), json.dumps(asdict(record)))
         if old_sha != record.sha256:
             self._release_binary(cfid, old_sha)
@@ -110,11 +118,13 @@ class Registry:
             raise NotFound(f"the binary of compute function '{record.cfid}' is missing")
         return data
 
-    def _store_binary(self, cfid: str, wasm: bytes) -> None:
+    def _store_binary(self, cfid: str, wasm: bytes, artifact: bytes | None) -> None:
         # Reference first, then bytes: a concurrent release never sees zero refs
         # for a binary that is about to be used.
         self.redis.sadd(keys.blob_refs(sha256_hex(wasm)), cfid)
-        self.store.put(wasm)
+        digest = self.store.put(wasm)
+        if artifact is not None:
+            self.artifacts.put(digest, artifact)
 
     def _release_binary(self, cfid: str, sha256: str) -> None:
         pipe = self.redis.pipeline()
@@ -123,3 +133,4 @@ class Registry:
         _, remaining = pipe.execute()
         if remaining == 0:
             self.store.delete(sha256)
+            self.artifacts.delete(sha256)

@@ -28,10 +28,14 @@ class Settings:
     max_output_mb: int = 16
     max_module_mb: int = 64
     inline_input_kb: int = 256
+    module_cache_mb: int = 256
     public_url: str = ""
     queue: str = "wasmq"
     data_dir: str = ""
     api_keys: tuple[str, ...] = field(default_factory=tuple)
+    # Task submissions per API key (or client address without one), in the
+    # notation of the `limits` library ("100/second;2000/minute"); "off" disables.
+    rate_limit: str = "500/second"
     gateway_processes: int = 2
     gateway_threads: int = 64
     prefetch_multiplier: int = 1
@@ -78,12 +82,24 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
-                     "max_module_mb", "prefetch_multiplier"):
+                     "max_module_mb", "module_cache_mb", "prefetch_multiplier"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
         if self.log_format not in ("json", "text"):
             raise ConfigError(f"WASMQ_LOG_FORMAT must be 'json' or 'text', got "
                               f"{self.log_format!r}")
+        if self.rate_limit_enabled:
+            from limits import parse_many
+
+            try:
+                parse_many(self.rate_limit)
+            except ValueError:
+                raise ConfigError(f"WASMQ_RATE_LIMIT={self.rate_limit!r} is not a rate such as "
+                                  "'100/second' or '10/second;500/minute' (or 'off')") from None
+
+    @property
+    def rate_limit_enabled(self) -> bool:
+        return self.rate_limit.strip().lower() not in ("", "off", "none", "0")
 
 
 def _parse(name: str, kind: object, raw: str) -> object:

@@ -7,6 +7,8 @@ The template's input buffer is a bump allocator that grows memory as needed;
 
 from __future__ import annotations
 
+import os
+
 import wasmtime
 
 TEMPLATE = """
@@ -60,6 +62,22 @@ def wat(pred: str = "(i32.const 0)", *, imports: str = "", data: str = "", extra
 
 def wasm(pred: str = "(i32.const 0)", **kw: object) -> bytes:
     return wasmtime.wat2wasm(wat(pred, **kw))
+
+
+def variant(module: bytes) -> bytes:
+    """The same module with a fresh custom section: new sha256, so cold everywhere."""
+    name = b"wasmq-variant"
+    payload = bytes([len(name)]) + name + os.urandom(16)
+    return bytes(module) + b"\x00" + _leb128(len(payload)) + payload
+
+
+def _leb128(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
 
 ECHO = wasm()

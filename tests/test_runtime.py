@@ -8,9 +8,9 @@ import pytest
 import wasmtime
 
 from broker.errors import TaskFailed
+from broker.limits import Limits
 from tests import modules
 from tests.support import INTSUM, TUTORIAL_INPUT
-from workers.limits import Limits
 from workers.runtime import Outcome, Runtime
 
 LEGACY = wasmtime.wat2wasm((Path(__file__).parent / "wasm" / "legacy.wat").read_text())
@@ -101,3 +101,21 @@ def test_the_runtime_serves_the_next_task_after_a_failure(runtime: Runtime) -> N
     with pytest.raises(TaskFailed):
         run(runtime, modules.TRAPPING, b"x")
     assert run(runtime, modules.ECHO, b"fine").output == b"fine"
+
+
+def test_a_short_sleep_within_the_time_limit_returns_its_clock_event(runtime: Runtime) -> None:
+    napper = modules.wasm(imports='(import "wasi_snapshot_preview1" "poll_oneoff" '
+                                  '(func $poll (param i32 i32 i32 i32) (result i32)))', pred="""
+        (i64.store (i32.const 104) (i64.const 42))         ;; userdata
+        (i32.store (i32.const 120) (i32.const 1))          ;; monotonic clock
+        (i64.store (i32.const 128) (i64.const 50000000))   ;; 50 ms
+        (i32.store8 (i32.const 400)
+          (i32.add (i32.const 48) (call $poll (i32.const 104) (i32.const 200) (i32.const 1)
+                                              (i32.const 300))))
+        (i32.store8 (i32.const 401) (i32.add (i32.const 48) (i32.load (i32.const 300))))
+        (i32.store8 (i32.const 402) (i32.load8_u (i32.const 200)))
+        (global.set $out (i32.const 400)) (global.set $outlen (i32.const 3))
+        (i32.const 0)""")
+    out = run(runtime, napper, b"")
+    assert out.output == b"01*"  # errno 0, one event, userdata 42
+    assert out.exec_ms >= 50

@@ -1,4 +1,5 @@
-"""The `wasmq` command line."""
+"""The `wasmq` command line: run the platform (up, gateway, worker) and use it
+(deploy, ls, show, rm, run, result: see wasmq/commands.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import click
 
 from broker.errors import ConfigError
 from broker.settings import Settings
+from wasmq.commands import register as register_client_commands
 
 
 def _settings() -> Settings:
@@ -87,3 +89,6 @@ def alive(heartbeat_file: Path, max_age: float) -> None:
     if age > max_age:
         raise click.ClickException(f"last heartbeat {age:.0f} s ago (limit {max_age:g} s)")
     click.echo(f"alive: last heartbeat {age:.1f} s ago")
+
+
+register_client_commands(main)

@@ -7,10 +7,19 @@ captured stdout/stderr. A ContextVar carries that task state to them.
 
 from __future__ import annotations
 
+import math
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 LOG_CAP = 64 * 1024
+
+
+class OutOfTime(Exception):
+    """Raised by a host function that would block past the task's deadline."""
+
+    def __init__(self, asked_s: float) -> None:
+        super().__init__(f"module asked to wait {asked_s:g} s")
+        self.asked_s = asked_s
 
 
 class ModuleExit(Exception):
@@ -46,6 +55,7 @@ class BoundedBuffer:
 class HostContext:
     stdout: BoundedBuffer = field(default_factory=BoundedBuffer)
     stderr: BoundedBuffer = field(default_factory=BoundedBuffer)
+    deadline: float = math.inf  # time.monotonic() at which the time limit ends
 
 
 CURRENT: ContextVar[HostContext] = ContextVar("wasmq_host_context")

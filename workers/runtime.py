@@ -1,7 +1,8 @@
 """The ABI driver: instantiate, `_start`, write input, `pred`, read output, free.
 
 One `Runtime` per worker process holds the engine, the linker (both WASI
-namespaces) and the hot modules; every task gets a fresh Store and instance,
+namespaces) and the hot modules (an LRU of pre-instantiated modules, bounded
+by their compiled size in bytes); every task gets a fresh Store and instance,
 so nothing leaks between calls. All limits are applied here.
 """
 
@@ -16,14 +17,20 @@ from dataclasses import dataclass
 import wasmtime
 
 from broker import abi
+from broker.artifacts import Artifacts, load_module
 from broker.engine import EPOCH_TICK_S, make_engine
 from broker.errors import TaskFailed
-from workers.hostctx import CURRENT, HostContext, ModuleExit
-from workers.limits import Limits
-from workers.traps import describe
+from broker.limits import Limits
+from workers.hostctx import CURRENT, HostContext, ModuleExit, OutOfTime
+from workers.traps import describe, memory_hint
+from workers.wasi_poll import define_bounded_poll
 from workers.wasi_unstable import define_missing_stubs, define_wasi_unstable
 
 U32 = 0xFFFFFFFF
+# Per-store caps on what a module may declare besides linear memory: tables
+# are host memory too (8 bytes an element), and one instance with one memory
+# is all the ABI needs, so a second memory cannot double the memory limit.
+TABLE_ELEMENTS = 1_000_000
 
 
 @dataclass
@@ -51,12 +58,16 @@ class Prepared:
 
 
 class Runtime:
-    def __init__(self, cache_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, cache_bytes: int = 256 * 1024 * 1024,
+                 artifacts: Artifacts | None = None) -> None:
+        """With `artifacts`, modules are loaded compiled (and compiled ones stored)."""
         self.engine = make_engine()
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
+        define_bounded_poll(self.linker)
         define_wasi_unstable(self.linker)
         self.cache_bytes = cache_bytes
+        self.artifacts = artifacts
         self._cache: OrderedDict[str, Prepared] = OrderedDict()
         self._cached = 0
         self._ticker = threading.Thread(target=self._tick, name="wasmq-epoch", daemon=True)
@@ -69,16 +80,23 @@ class Runtime:
             self.engine.increment_epoch()
 
     def prepare(self, sha256: str, load: Callable[[], bytes]) -> Prepared:
-        """Compile (or fetch from the per-process LRU) a module, linked and ready."""
+        """The module from the per-process LRU, or loaded, linked and cached.
+
+        `load` fetches the binary; it is called only when no compiled artifact
+        for this engine exists.
+        """
         hit = self._cache.get(sha256)
         if hit is not None:
             self._cache.move_to_end(sha256)
             return hit
-        wasm = load()
-        module = abi.compile_module(self.engine, wasm)
+        if self.artifacts is not None:
+            module, size = load_module(self.engine, self.artifacts, sha256, load)
+        else:
+            module = abi.compile_module(self.engine, load())
+            size = len(module.serialize())
         info = abi.inspect_module(module)
         define_missing_stubs(self.linker, module)
-        prepared = Prepared(self.linker.instantiate_pre(module), info.entry, len(wasm))
+        prepared = Prepared(self.linker.instantiate_pre(module), info.entry, size)
         self._cache[sha256] = prepared
         self._cached += prepared.size
         while self._cached > self.cache_bytes and len(self._cache) > 1:
@@ -86,11 +104,39 @@ class Runtime:
             self._cached -= old.size
         return prepared
 
+    def cached(self) -> dict[str, int]:
+        """sha256 -> compiled size of each hot module, least recently used first."""
+        return {sha: p.size for sha, p in self._cache.items()}
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._cached
+
+    def forget(self, sha256: str) -> None:
+        old = self._cache.pop(sha256, None)
+        if old is not None:
+            self._cached -= old.size
+
+    def warm(self, prepared: Prepared) -> None:
+        """Instantiate once, running nothing the ABI asks for: wasmtime builds the
+        module's memory image on its first instance, so a task does not have to."""
+        store = wasmtime.Store(self.engine)
+        store.set_epoch_deadline(max(1, int(1.0 / EPOCH_TICK_S)))
+        store.set_wasi(wasmtime.WasiConfig())
+        token = CURRENT.set(HostContext())
+        try:
+            prepared.pre.instantiate(store)
+        except (wasmtime.Trap, wasmtime.WasmtimeError, ModuleExit):
+            pass  # a start section that fails will fail the module's tasks, with a message
+        finally:
+            CURRENT.reset(token)
+
     def run(self, prepared: Prepared, data: bytes, limits: Limits) -> Outcome:
-        ctx = HostContext()
+        ctx = HostContext(deadline=time.monotonic() + limits.timeout_s)
         token = CURRENT.set(ctx)
         store = wasmtime.Store(self.engine)
-        store.set_limits(memory_size=limits.max_memory)
+        store.set_limits(memory_size=limits.max_memory, table_elements=TABLE_ELEMENTS,
+                         instances=1, memories=1)
         store.set_epoch_deadline(max(1, int(limits.timeout_s / EPOCH_TICK_S)))
         wasi = wasmtime.WasiConfig()
         wasi.stdout_custom = ctx.stdout.write
@@ -109,42 +155,44 @@ class Runtime:
             size = len(data) + 1
             ptr = ex["malloc_buffer"](store, size) & U32
             if ptr == 0 or ptr + size > memory.data_len(store):
-                raise _AbiViolationError(f"malloc_buffer({size}) returned {ptr:#x}, which is not "
-                                 f"a usable buffer in {memory.data_len(store)} bytes of memory")
+                raise _AbiViolationError(f"malloc_buffer({size}) returned {ptr:#x}, which is "
+                                         f"not a usable buffer in {memory.data_len(store)} "
+                                         f"bytes of memory")
             memory.write(store, data + b"\0", ptr)
             phase = "pred"
             rc = ex["pred"](store)
             if rc != 0:
                 tail = ctx.stderr.text()[-500:].strip()
                 raise _AbiViolationError(f"pred() returned {rc} (failure)"
-                                 + (f"; module stderr: {tail}" if tail else ""))
+                                         + (f"; module stderr: {tail}" if tail else ""))
             phase = "get_out_len"
             out_len = ex["get_out_len"](store) & U32
             phase = "get_out_loc"
             out_loc = ex["get_out_loc"](store) & U32
             if out_len > limits.max_output:
-                raise _AbiViolationError(f"output of {out_len} bytes exceeds the output limit of "
-                                 f"{limits.max_output_mb:g} MB")
+                raise ModuleFailed(f"output of {out_len} bytes exceeds the output limit of "
+                                   f"{limits.max_output_mb:g} MB", ctx)
             mem_len = memory.data_len(store)
             if out_loc + out_len > mem_len:
-                raise _AbiViolationError(f"output location {out_loc:#x} with length {out_len} lies "
-                                 f"outside linear memory ({mem_len} bytes)")
+                raise _AbiViolationError(f"output location {out_loc:#x} with length {out_len} "
+                                         f"lies outside linear memory ({mem_len} bytes)")
             output = bytes(memory.read(store, out_loc, out_loc + out_len))
             phase = "free_buffer"
             ex["free_buffer"](store, ptr)
             if out_len and out_loc != ptr:
                 ex["free_buffer"](store, out_loc)
-        except _AbiViolationError as exc:
-            raise ModuleFailed(str(exc), ctx) from None
-        except ModuleExit as exc:
-            raise ModuleFailed(f"module called proc_exit({exc.code}) during {phase}()",
+        except OutOfTime as exc:
+            raise ModuleFailed(f"time limit of {limits.timeout_s:g} s exceeded during "
+                               f"{phase}() (the module asked to wait {exc.asked_s:g} s)",
                                ctx) from None
-        except wasmtime.ExitTrap as exc:
-            raise ModuleFailed(f"module exited with code {exc.code} during {phase}()",
-                               ctx) from None
+        except (_AbiViolationError, ModuleExit, wasmtime.ExitTrap) as exc:
+            text = (f"module exited with code {exc.code} during {phase}()"
+                    if isinstance(exc, (ModuleExit, wasmtime.ExitTrap)) else str(exc))
+            hint = memory_hint(_size(memory, store), limits)
+            raise ModuleFailed(text + hint, ctx) from None
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            mem = memory.data_len(store) if memory is not None else None
-            raise ModuleFailed(describe(exc, phase, limits, mem), ctx) from None
+            raise ModuleFailed(describe(exc, phase, limits, _size(memory, store),
+                                        TABLE_ELEMENTS), ctx) from None
         finally:
             CURRENT.reset(token)
         return Outcome(output, ctx.stdout.text(), ctx.stderr.text(),
@@ -153,6 +201,10 @@ class Runtime:
 
 class _AbiViolationError(Exception):
     """The module broke the ABI contract (bad pointer, length, return code)."""
+
+
+def _size(memory: wasmtime.Memory | None, store: wasmtime.Store) -> int | None:
+    return memory.data_len(store) if memory is not None else None
 
 
 def _call_entry(func: wasmtime.Func, store: wasmtime.Store) -> None:

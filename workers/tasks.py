@@ -15,15 +15,18 @@ from functools import lru_cache
 import redis
 from celery import Celery
 from celery.exceptions import Reject
+from celery.signals import worker_process_init
 
+from broker.artifacts import Artifacts
 from broker.celery_app import RUN_TASK
 from broker.connections import get_redis
 from broker.errors import WasmqError
+from broker.limits import Limits
 from broker.records import Status, TaskRecords
-from broker.settings import Settings
+from broker.settings import MB, Settings
 from broker.store import RedisStore
-from workers.limits import Limits
 from workers.runtime import ModuleFailed, Runtime
+from workers.warmup import warm_up
 
 log = logging.getLogger("wasmq.worker")
 
@@ -37,14 +40,32 @@ class NodeState:
         self.records = TaskRecords(client, settings.result_ttl)
         self.store = RedisStore(client)
         self.limits = Limits.from_settings(settings)
-        self.runtime = Runtime()
+        self.runtime = Runtime(settings.module_cache_mb * MB, Artifacts(client))
         self.node = f"{socket.gethostname()}:{os.getpid()}"
 
 
+# Celery's per-task INFO lines ("received", "succeeded in") cost the busiest
+# process, the worker's main one, a formatted write per task; wasmq logs each
+# task once itself, with its tid and outcome.
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
 def register_tasks(app: Celery, settings: Settings) -> None:
+    for name in PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     @lru_cache(maxsize=1)
     def state() -> NodeState:
         return NodeState(settings)
+
+    @worker_process_init.connect(weak=False)
+    def warm(**_: object) -> None:
+        # Build the engine, linker and Redis connection and preload hot modules
+        # when the pool process starts: a new process answers its first call warm.
+        st = state()
+        try:
+            warm_up(st.runtime, st.records, st.runtime.cache_bytes // 2)
+        except redis.RedisError:  # Redis is down: the first task connects, or is redelivered
+            log.warning("warm: 0 hot modules preloaded; Redis unreachable at process start")
 
     @app.task(name=RUN_TASK, acks_late=True, reject_on_worker_lost=True)
     def run(job: dict) -> None:

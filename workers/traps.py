@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import wasmtime
 
-from workers.limits import Limits
+from broker.limits import Limits
+from broker.settings import MB
 
 _CODE_TEXT = {
     wasmtime.TrapCode.STACK_OVERFLOW: "call stack exhausted (stack overflow)",
@@ -30,26 +31,68 @@ def first_frame(trap: wasmtime.Trap) -> str:
         return ""
     for frame in frames:
         name = frame.func_name or f"func[{frame.func_index}]"
-        return f" in {name} (module offset {frame.module_offset:#x})"
+        offset = frame.module_offset
+        # wasmtime reports u64::MAX when it has no offset (e.g. a stack overflow
+        # caught at function entry).
+        where = f" (module offset {offset:#x})" if 0 <= offset < 2**32 else ""
+        return f" in {name}{where}"
     return ""
 
 
-def describe(exc: Exception, phase: str, limits: Limits, memory_bytes: int | None) -> str:
+def memory_hint(memory_bytes: int | None, limits: Limits) -> str:
+    """Name the memory limit when the module's memory ended up against it.
+
+    wasmtime makes `memory.grow` past the limit return -1 instead of trapping
+    (its C API has no trap-on-grow-failure switch) and a module then fails in
+    its own way: a trap, pred() != 0, an exit. Memory never shrinks, so a
+    memory close to the limit at failure time means a refused grow most
+    likely caused it. A single huge request refused far below the limit
+    leaves no such trace, and gets no hint.
+    """
+    if memory_bytes is None:
+        return ""
+    headroom = limits.max_memory - memory_bytes
+    if headroom >= max(MB, limits.max_memory // 16):
+        return ""
+    return (f" (linear memory had grown to {memory_bytes / MB:.2f} MB of the memory limit "
+            f"of {limits.max_memory_mb:g} MB: memory.grow past the limit returns -1, so "
+            f"the module most likely ran out of memory)")
+
+
+def _cause(text: str) -> str:
+    """The first line that says what happened.
+
+    wasmtime's errors start with "error while executing at wasm backtrace:"
+    and the backtrace; the reason follows "Caused by:" (e.g. a WASI call
+    refusing its arguments).
+    """
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if "Caused by:" in lines and lines.index("Caused by:") + 1 < len(lines):
+        reason = lines[lines.index("Caused by:") + 1]
+        return reason.split(": ", 1)[1] if reason[:1].isdigit() else reason
+    return lines[0] if lines else "unknown error"
+
+
+def describe(exc: Exception, phase: str, limits: Limits, memory_bytes: int | None,
+             table_elements: int = 0) -> str:
     """One sentence: what went wrong, where, and which limit if any."""
     if isinstance(exc, wasmtime.Trap):
         code = exc.trap_code
         if code == wasmtime.TrapCode.INTERRUPT:
             return f"time limit of {limits.timeout_s:g} s exceeded during {phase}()"
-        text = _CODE_TEXT.get(code, exc.message.strip().splitlines()[0] if exc.message
-                              else "trap")
-        hint = ""
-        if memory_bytes is not None and memory_bytes + 65536 > limits.max_memory:
-            hint = f" (linear memory is at the limit of {limits.max_memory_mb:g} MB)"
-        return f"module trapped during {phase}(): {text}{first_frame(exc)}{hint}"
+        text = _CODE_TEXT.get(code, _cause(exc.message) if exc.message else "trap")
+        return (f"module trapped during {phase}(): {text}{first_frame(exc)}"
+                f"{memory_hint(memory_bytes, limits)}")
     if isinstance(exc, wasmtime.WasmtimeError):
-        text = str(exc).strip().splitlines()[0]
+        text = _cause(str(exc))
+        if "count too high" in text:
+            return (f"module refused at {phase}(): a task gets one instance with one linear "
+                    f"memory, and this module asks for more ({text})")
+        if "table" in text and "limit" in text:
+            return (f"module refused at {phase}(): its table is larger than the limit of "
+                    f"{table_elements:,} elements ({text})")
         if "memory" in text and ("limit" in text or "resource" in text or "grow" in text):
-            return (f"module needs more linear memory than the limit of "
+            return (f"module needs more linear memory than the memory limit of "
                     f"{limits.max_memory_mb:g} MB ({text})")
         return f"module failed during {phase}(): {text}"
     return f"module failed during {phase}(): {exc}"

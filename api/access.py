@@ -1,0 +1,66 @@
+"""Who may do what: API keys guard changes to functions and private functions.
+
+Without `WASMQ_API_KEYS` the gateway is open (a single-user `wasmq up`).
+With keys, uploading, replacing and deleting need `Authorization: Bearer
+<key>`; a function uploaded as private can be called, downloaded and its
+results retrieved only with a key. Keys are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import request
+
+from broker.errors import BadRequest, Forbidden, Unauthorized
+from broker.settings import Settings
+
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def presented_key() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def valid_key(settings: Settings) -> str | None:
+    """The presented key if it is one of the server's, else None."""
+    key = presented_key()
+    if key is None:
+        return None
+    given = key.encode()
+    return key if any(hmac.compare_digest(given, k.encode()) for k in settings.api_keys) \
+        else None
+
+
+def require_key(settings: Settings, action: str) -> None:
+    """401 without a key, 403 with a wrong one; a no-op when no keys are configured."""
+    if not settings.api_keys:
+        return
+    if presented_key() is None:
+        raise Unauthorized(f"{action} needs an API key: send 'Authorization: Bearer <key>'")
+    if valid_key(settings) is None:
+        raise Forbidden(f"the API key sent is not valid; {action} needs one of the "
+                        f"server's keys (WASMQ_API_KEYS)")
+
+
+def require_key_if_private(settings: Settings, private: bool, action: str) -> None:
+    if not private:
+        return
+    if not settings.api_keys:  # keys were removed after upload: stay closed
+        raise Forbidden(f"{action} is refused: the function is private and this server "
+                        f"has no API keys configured (WASMQ_API_KEYS)")
+    require_key(settings, action)
+
+
+def private_flag(raw: str | None, settings: Settings) -> bool:
+    """Parse the upload form's `private` field; private needs keys to mean anything."""
+    value = (raw or "").strip().lower()
+    if value not in TRUE + FALSE:
+        raise BadRequest(f"private={raw!r} is not a boolean; send true or false")
+    private = value in TRUE
+    if private and not settings.api_keys:
+        raise BadRequest("private=true needs API keys: this server has none configured "
+                         "(set WASMQ_API_KEYS)")
+    return private

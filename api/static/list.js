@@ -1,0 +1,49 @@
+// The list of endpoints, newest first, a page at a time.
+"use strict";
+
+(() => {
+  const PAGE = 50;
+  const status = document.getElementById("list-status");
+  const table = document.getElementById("functions");
+  const prev = document.getElementById("prev");
+  const next = document.getElementById("next");
+  let offset = 0;
+
+  async function load() {
+    status.textContent = "Loading…";
+    const { ok, body } = await wasmq.call(`functions?offset=${offset}&limit=${PAGE}`);
+    if (!ok) {
+      status.textContent = body.message;
+      status.className = "status error";
+      table.hidden = true;
+      return;
+    }
+    const rows = body.functions.map((fn) => {
+      const { el } = wasmq;
+      return el("tr", { "data-cfid": fn.cfid },
+        el("td", { class: "nowrap" }, el("a", { href: wasmq.runLink(fn), class: "fn-name", text: fn.name })),
+        el("td", { class: "nowrap" }, el("code", { class: "cfid", text: fn.cfid })),
+        el("td", { class: "num", text: wasmq.bytes(fn.size) }),
+        el("td", { class: "nowrap", text: wasmq.when(fn.createdAt) }),
+        el("td", {}, el("code", { class: "example", title: fn.exampleinput, text: fn.exampleinput })),
+        el("td", { class: "actions" },
+          el("a", { href: wasmq.runLink(fn), text: "try" }), " ",
+          el("a", { href: `file/${fn.cfid}.wasm`, download: `${fn.cfid}.wasm`,
+                    text: "download" })));
+    });
+    table.tBodies[0].replaceChildren(...rows);
+    table.hidden = rows.length === 0;
+    status.className = "status";
+    status.textContent = body.total === 0
+      ? "No endpoints yet: upload a module to get one."
+      : `${body.total} endpoint${body.total === 1 ? "" : "s"}` +
+        (body.total > PAGE ? `, ${offset + 1}–${offset + rows.length} shown` : "");
+    prev.hidden = offset === 0;
+    next.hidden = offset + PAGE >= body.total;
+  }
+
+  prev.addEventListener("click", () => { offset = Math.max(0, offset - PAGE); load(); });
+  next.addEventListener("click", () => { offset += PAGE; load(); });
+  document.addEventListener("wasmq:key", load);
+  load();
+})();

@@ -1,0 +1,39 @@
+// Upload through the API itself, so a refused module shows the server's own
+// validation message.
+"use strict";
+
+(() => {
+  const form = document.getElementById("upload-form");
+  const out = document.getElementById("upload-result");
+  const button = document.getElementById("submit");
+  const { el } = wasmq;
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    button.disabled = true;
+    out.hidden = false;
+    out.className = "outcome";
+    out.replaceChildren("Uploading…");
+    try {
+      const { ok, status, body } = await wasmq.call("functions",
+        { method: "POST", body: new FormData(form) });
+      if (!ok) {
+        out.className = "outcome error";
+        out.replaceChildren(el("strong", { text: `Refused (HTTP ${status}): ` }),
+          el("span", { id: "upload-message", text: body.message }));
+        return;
+      }
+      out.className = "outcome ok";
+      out.replaceChildren(
+        el("p", {}, el("strong", { text: "Uploaded " }), el("span", { text: body.name }),
+          " as ", el("code", { id: "new-cfid", text: body.cfid }), "."),
+        el("p", {}, el("a", { href: wasmq.runLink(body), id: "try-it", text: "Try it →" }),
+          "  ", el("a", { href: "./", text: "all endpoints" })));
+    } catch (err) {
+      out.className = "outcome error";
+      out.replaceChildren(`Could not reach the gateway: ${err.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  });
+})();

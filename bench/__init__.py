@@ -1,0 +1,1 @@
+"""`python -m bench`: the figures behind wasmq's performance claims, in one run."""

@@ -1,0 +1,82 @@
+"""Compiled modules, stored beside their binary: compile once, load everywhere.
+
+The gateway compiles every upload anyway (to check it against the ABI), so it
+stores `Module.serialize()` under the binary's sha256 and its engine's
+fingerprint. A worker with the same fingerprint loads it with
+`Module.deserialize` (about a millisecond, against many for a compile); a
+worker whose fingerprint differs (another wasmtime, another CPU) compiles on
+first use and stores its own, for its peers.
+
+`Module.deserialize` trusts its input: artifacts come only from this Redis,
+which anyone able to write could use to run anything anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import redis
+import wasmtime
+
+from broker import abi, keys
+from broker.engine import fingerprint
+
+log = logging.getLogger("wasmq.artifacts")
+
+# Store an artifact only while its binary exists, so a worker compiling a
+# module that is being deleted leaves nothing behind.
+_PUT_IF_BINARY = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class Artifacts:
+    def __init__(self, client: redis.Redis, engine_fingerprint: str | None = None) -> None:
+        self.redis = client
+        self.fingerprint = engine_fingerprint or fingerprint()
+        self._put = client.register_script(_PUT_IF_BINARY)
+
+    def get(self, sha256: str) -> bytes | None:
+        """The artifact, and the module marked hot: a worker is about to load it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(keys.artifacts(sha256), self.fingerprint)
+        pipe.zadd(keys.HOT_MODULES, {sha256: time.time()})
+        return pipe.execute()[0]
+
+    def hot(self, count: int) -> list[str]:
+        """The modules workers loaded most recently, newest first."""
+        return [s.decode() for s in self.redis.zrevrange(keys.HOT_MODULES, 0, count - 1)]
+
+    def put(self, sha256: str, artifact: bytes) -> bool:
+        """False when the binary is gone (deleted meanwhile): nothing is stored."""
+        return bool(self._put(keys=[keys.blob(sha256), keys.artifacts(sha256)],
+                              args=[self.fingerprint, artifact]))
+
+    def delete(self, sha256: str) -> None:
+        """Every engine's artifact of this binary."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(keys.artifacts(sha256))
+        pipe.zrem(keys.HOT_MODULES, sha256)
+        pipe.execute()
+
+
+def load_module(engine: wasmtime.Engine, artifacts: Artifacts, sha256: str,
+                fetch_wasm: Callable[[], bytes]) -> tuple[wasmtime.Module, int]:
+    """The module and its serialized size: deserialized when an artifact for this
+    engine exists, else compiled from the binary, with the artifact stored."""
+    artifact = artifacts.get(sha256)
+    if artifact is not None:
+        try:
+            return wasmtime.Module.deserialize(engine, artifact), len(artifact)
+        except wasmtime.WasmtimeError as exc:  # same fingerprint, yet refused: recompile
+            log.warning("artifact of %s does not load here (%s); compiling", sha256, exc)
+    module = abi.compile_module(engine, fetch_wasm())
+    artifact = bytes(module.serialize())
+    artifacts.put(sha256, artifact)
+    return module, len(artifact)

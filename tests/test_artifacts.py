@@ -1,0 +1,104 @@
+"""Compile once: the artifact stored at upload is what workers run, per engine fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import redis
+import requests
+import wasmtime
+
+from broker import keys
+from broker.artifacts import Artifacts, load_module
+from broker.engine import SETTINGS, fingerprint, make_engine
+from broker.store import RedisStore
+from tests import modules
+from tests.modules import variant
+from tests.support import Api
+
+
+@pytest.fixture()
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+def sha(wasm: bytes) -> str:
+    return hashlib.sha256(wasm).hexdigest()
+
+
+def compiled(wasm: bytes) -> bytes:
+    return bytes(wasmtime.Module(make_engine(), wasm).serialize())
+
+
+def test_upload_stores_the_compiled_module_under_sha256_and_fingerprint(
+        api: Api, client: redis.Redis) -> None:
+    wasm = variant(modules.ECHO)
+    api.deploy(wasm)
+    artifact = client.hget(keys.artifacts(sha(wasm)), fingerprint())
+    assert artifact is not None
+    module = wasmtime.Module.deserialize(make_engine(), artifact)
+    assert "pred" in {e.name for e in module.exports}
+
+
+def test_workers_run_the_stored_artifact_not_a_fresh_compile(
+        api: Api, client: redis.Redis) -> None:
+    # Swap the stored artifact of an echo module for another module's: if the
+    # worker compiled the binary itself, the call would echo its input.
+    wasm = variant(modules.ECHO)
+    cfid = api.deploy(wasm)
+    client.hset(keys.artifacts(sha(wasm)), fingerprint(), compiled(modules.NOT_JSON))
+    assert api.call(cfid, "echo me").json()["result"] == modules.NOT_JSON_TEXT
+
+
+def test_a_worker_with_another_fingerprint_compiles_and_stores_its_own(
+        client: redis.Redis) -> None:
+    wasm = variant(modules.ECHO)
+    digest = RedisStore(client).put(wasm)
+    Artifacts(client).put(digest, compiled(wasm))
+    fetched = []
+    other = Artifacts(client, engine_fingerprint="another-engine")
+
+    def fetch() -> bytes:
+        fetched.append(1)
+        return wasm
+
+    module, size = load_module(make_engine(), other, digest, fetch)
+    assert fetched == [1] and "pred" in {e.name for e in module.exports}
+    stored = client.hgetall(keys.artifacts(digest))
+    assert set(stored) == {fingerprint().encode(), b"another-engine"}
+    assert size == len(stored[b"another-engine"])
+    load_module(make_engine(), other, digest, fetch)
+    assert fetched == [1], "the second load must deserialize what the first stored"
+
+
+def test_an_artifact_that_does_not_load_is_recompiled_and_replaced(client: redis.Redis) -> None:
+    wasm = variant(modules.ECHO)
+    digest = RedisStore(client).put(wasm)
+    artifacts = Artifacts(client, engine_fingerprint="corrupt-engine")
+    client.hset(keys.artifacts(digest), "corrupt-engine", b"not a compiled module")
+    load_module(make_engine(), artifacts, digest, lambda: wasm)
+    assert wasmtime.Module.deserialize(make_engine(), artifacts.get(digest))
+
+
+def test_no_artifact_is_stored_for_a_binary_that_is_gone(client: redis.Redis) -> None:
+    wasm = variant(modules.ECHO)
+    assert not Artifacts(client).put(sha(wasm), compiled(wasm))
+    assert not client.exists(keys.artifacts(sha(wasm)))
+
+
+def test_deleting_the_last_function_of_a_binary_deletes_its_artifacts(
+        api: Api, client: redis.Redis) -> None:
+    wasm = variant(modules.ECHO)
+    cfid = api.deploy(wasm)
+    assert api.call(cfid, "x").json()["statusCode"] == 1  # loaded by a worker: hot
+    assert client.zscore(keys.HOT_MODULES, sha(wasm)) is not None
+    assert requests.delete(f"{api.url}/functions/{cfid}").status_code == 204
+    assert not client.exists(keys.artifacts(sha(wasm)))
+    assert client.zscore(keys.HOT_MODULES, sha(wasm)) is None
+
+
+def test_the_fingerprint_changes_with_the_engine_settings() -> None:
+    assert fingerprint() == fingerprint(SETTINGS)
+    assert fingerprint(SETTINGS + (("consume_fuel", True),)) != fingerprint()
+    assert len(fingerprint()) == 16

@@ -1,0 +1,87 @@
+"""Hostile requests: whatever arrives, the answer is JSON with statusCode 0, a
+message naming the problem and the right HTTP code, never a 500 or HTML."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from tests import modules
+from tests.support import Api, envelope
+
+
+@pytest.fixture(scope="module")
+def echo(stack) -> str:  # noqa: ANN001 - the session Stack
+    return Api(stack.url).deploy(modules.ECHO, name="echo")
+
+
+def _with(path: str, value: object) -> str:
+    body = envelope("x")
+    parent = body
+    *steps, last = path.split(".")
+    for step in steps:
+        parent = parent[step]
+    parent[last] = value
+    return json.dumps(body)
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("input.content-type", 5, "'input.content-type' must be a string, got a number"),
+    ("input.location", ["embedded"], "'input.location' must be a string, got an array"),
+    ("output", "echo", "'output' must be an object, got a string"),
+    ("output.location", None, "'output.location' must be a string, got null"),
+    ("control", "1", "'control' must be a whole number, got a string"),
+    ("control", True, "'control' must be a whole number, got a boolean"),
+    ("properties", [], "'properties' must be an object, got an array"),
+    ("properties.language", {}, "'properties.language' must be a string, got an object"),
+    ("input.data", None, "'input.data' must be a string, got null"),
+    ("input.location", "s3", "input.location 's3' is not supported"),
+])
+def test_wrong_types_anywhere_in_the_envelope_answer_400(api: Api, echo: str, path: str,
+                                                         value: object, expected: str) -> None:
+    response = requests.post(f"{api.url}/task/{echo}", data=_with(path, value))
+    assert response.status_code == 400
+    body = response.json()
+    assert body["statusCode"] == 0 and expected in body["message"], body
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
+    (b'{"input": {"data": "x"}, "control": 1' + b"0" * 5000 + b"}", "not usable JSON"),
+    (b'{"input": {"data": "\\ud800"}}', "unpaired surrogate"),
+    (b"\xff\xfe\x00garbage", "not valid JSON"),
+    (b'{"input": {"data": "x"}', "not valid JSON"),
+])
+def test_bodies_that_break_json_parsers_answer_400(api: Api, echo: str, raw: bytes,
+                                                   expected: str) -> None:
+    response = requests.post(f"{api.url}/task/{echo}", data=raw)
+    assert response.status_code == 400, response.text[:200]
+    assert response.json()["statusCode"] == 0
+    assert expected in response.json()["message"]
+
+
+def test_errors_are_json_even_for_routes_and_methods_that_do_not_exist(api: Api) -> None:
+    for method, path, code in [("GET", "/task/x", 405), ("PATCH", "/functions", 405),
+                               ("GET", "/wp-admin.php", 404), ("POST", "/retrieve/x", 405),
+                               ("GET", "/file/x", 404)]:
+        response = requests.request(method, f"{api.url}{path}")
+        assert response.status_code == code, (method, path)
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert response.json()["statusCode"] == 0 and response.json()["message"]
+
+
+def test_an_oversized_form_field_is_refused_with_a_message(api: Api) -> None:
+    long_doc = api.upload(modules.ECHO, documentation="d" * 70_000)
+    assert long_doc.status_code == 400
+    assert "'documentation' is longer than" in long_doc.json()["message"]
+    huge = requests.post(f"{api.url}/functions", files={"file": ("m", modules.ECHO)},
+                         data={"documentation": "d" * 600_000})
+    assert huge.status_code == 413 and huge.json()["statusCode"] == 0
+
+
+def test_a_failed_request_loses_nothing_already_stored(api: Api, echo: str) -> None:
+    requests.post(f"{api.url}/task/{echo}", data=b"[" * 100_000)
+    requests.put(f"{api.url}/functions/{echo}", files={"file": ("m", b"\0asm junk")})
+    assert api.call(echo, "intact").json()["result"] == "intact"
