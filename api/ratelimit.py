@@ -35,7 +35,9 @@ def install_rate_limit(app: Flask, settings: Settings) -> Limiter | None:
     if not settings.rate_limit_enabled:
         return None
     limiter = Limiter(client_identity, app=app, storage_uri=settings.redis_url,
-                      storage_options={"socket_connect_timeout": 2, "socket_timeout": 5},
+                      # A hung Redis costs a submission one short wait here
+                      # (errors are swallowed) before the record's own timeout.
+                      storage_options={"socket_connect_timeout": 2, "socket_timeout": 1},
                       key_prefix=keys.RATE_LIMIT, strategy="fixed-window",
                       headers_enabled=True, swallow_errors=True, default_limits=[])
     for endpoint in LIMITED_ENDPOINTS:

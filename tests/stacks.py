@@ -17,6 +17,7 @@ import requests
 from broker import keys
 from broker.redis_server import free_port
 from tests.support import Api, Proc, child_env, start_redis, wait_until, wasmq
+from wasmq.localstack import start_worker
 
 
 @dataclass
@@ -59,15 +60,11 @@ class PrivateStack:
         wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok,
                    what="gateway")
 
-    def start_worker(self, name: str, concurrency: int = 2, wait: bool = True,
-                     **env: str) -> Proc:
-        log = self.workdir / f"worker-{name}.log"
-        offset = len(log.read_text()) if log.exists() else 0
-        proc = wasmq(["worker", "--concurrency", str(concurrency), "--name",
-                      f"{name}@%h"], {**self.env, **env}, log)
+    def start_worker(self, name: str, concurrency: int = 2) -> Proc:
+        """A node named `name`, returned once it consumes and its processes are warm."""
+        proc = start_worker(self.env, self.workdir / f"worker-{name}.log", concurrency,
+                            f"{name}@%h")
         self.workers[name] = proc
-        if wait:
-            wait_until(lambda: "ready." in proc.output()[offset:], what=f"worker {name}")
         return proc
 
     def kill_redis(self, sig: int) -> None:

@@ -291,5 +291,8 @@ def test_readme_cluster_section_matches_the_files() -> None:
             assert f"`{manifest.name}`" in section, manifest.name
     for line in re.findall(r"^\s*(wasmq \S+.*)$", section, re.M):
         check_cli(shlex.split(line.split("#")[0]))
-    names = set(re.findall(r"\bWASMQ_[A-Z_]+\b", (ROOT / "README.md").read_text()))
+    readme = (ROOT / "README.md").read_text()
+    config = readme[readme.index("## Configuration"):]
+    config = config[:config.index("\n## ")]
+    names = set(re.findall(r"\bWASMQ_[A-Z_]+\b", section + config))
     assert names <= SETTING_NAMES, sorted(names - SETTING_NAMES)

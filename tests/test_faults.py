@@ -244,7 +244,9 @@ def test_a_hung_redis_answers_503_within_the_socket_timeout(private) -> None:
         stack.kill_redis(signal.SIGCONT)
     assert response.status_code == 503 and response.json()["statusCode"] == 0
     print(f"a hung Redis answered 503 after {elapsed:.1f} s")
-    assert elapsed < SOCKET_TIMEOUT + 4  # one socket timeout, not one per retry
+    # One socket timeout for the record, not one per retry (plus the rate
+    # limiter's 1 s check, which lets the request through when Redis hangs).
+    assert elapsed < SOCKET_TIMEOUT + 4
 
 
 def test_sigterm_lets_running_tasks_finish_and_puts_reserved_ones_back(private) -> None:
@@ -271,33 +273,32 @@ def test_sigterm_lets_running_tasks_finish_and_puts_reserved_ones_back(private) 
         assert api.poll(tid)["result"] == f"10 reserved {i}"
 
 
-# Sleeps 30 s inside a WASI host call, where epoch interruption cannot reach it.
-HOST_SLEEP = modules.wasm(
-    imports='(import "wasi_snapshot_preview1" "poll_oneoff" '
-            '(func $poll (param i32 i32 i32 i32) (result i32)))',
-    pred="""
-    (i32.store (i32.const 80) (i32.const 1))
-    (i64.store (i32.const 88) (i64.const 30000000000))
-    (drop (call $poll (i32.const 64) (i32.const 128) (i32.const 1) (i32.const 200)))
-    (i32.const 0)""")
 SPIN = modules.wasm("(loop $l (br $l)) (i32.const 0)")
 
 
-def test_a_task_past_the_hard_limit_fails_instead_of_staying_running(private) -> None:
+def test_a_process_stuck_past_the_hard_limit_is_replaced_and_its_task_fails(
+        private) -> None:
     stack = private(WASMQ_TASK_TIMEOUT="1")
     worker = stack.start_worker("a", concurrency=1)
     api = stack.api()
     hard = Settings(task_timeout=1).hard_time_limit
     spin = api.call(api.deploy(SPIN), "x", wait=10).json()
     assert spin["statusCode"] == 0 and "time limit of 1 s exceeded" in spin["message"]
+    # A process that no longer runs wasm (stopped here; in life, stuck in native
+    # code) cannot be interrupted by the epoch: Celery's hard limit must end it.
+    tid = api.call(api.deploy(modules.SLOW), "900 stuck", wait=0).json()["tid"]
+    _, node, _ = wait_until(lambda: (s := statuses(stack.client(), [tid])[0])[0] ==
+                            "running" and s, what="the task running")
     started = time.monotonic()
-    body = api.call(api.deploy(HOST_SLEEP), "x", wait=0).json()
-    body = api.poll(body["tid"], timeout=hard + 20)
+    os.kill(node_pid(node), signal.SIGSTOP)
+    body = api.poll(tid, timeout=hard + 20)
     assert body["statusCode"] == 0 and "hard time limit" in body["message"], body
     assert time.monotonic() - started < hard + 10
+    wait_until(lambda: not psutil.pid_exists(node_pid(node)) or
+               psutil.Process(node_pid(node)).status() == psutil.STATUS_ZOMBIE,
+               what="the stuck process killed")
     assert worker.alive()
     assert api.call(api.deploy(modules.ECHO), "still serving").json()["result"] == \
         "still serving"
     metrics = api.http.get(f"{api.url}/metrics").text
     assert 'wasmq_tasks_failed_total{cause="timeout"} 2.0' in metrics
-

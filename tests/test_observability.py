@@ -113,7 +113,7 @@ def test_gateway_and_worker_logs_are_json_lines_carrying_the_tid(api: Api, stack
     tid = api.call(cfid, "[7,8]").json()["tid"]
     worker = wait_until(lambda: [r for r in json_lines(stack.worker.output())
                                  if r.get("tid") == tid], what="worker lines with the tid")
-    assert {"wasmq.worker", "celery.app.trace"} <= {r["logger"] for r in worker}
+    assert "wasmq.worker" in {r["logger"] for r in worker}
     assert all({"time", "level", "pid", "message"} <= set(r) for r in worker)
     assert not any("[7,8]" in json.dumps(r) for r in worker), "inputs stay out of logs"
     gateway = wait_until(lambda: [r for r in json_lines(stack.gateway.output())
@@ -127,7 +127,7 @@ def test_celery_inspect_ping_answers_from_the_wasmq_worker(stack) -> None:
          "--timeout", "5"], cwd=ROOT, env=stack.env, capture_output=True, text=True,
         timeout=60)
     assert result.returncode == 0, result.stderr
-    name = f"test{stack.url.rsplit(':', 1)[1]}@{socket.gethostname()}"
+    name = f"w{stack.url.rsplit(':', 1)[1]}@{socket.gethostname()}"
     assert f"{name}: OK" in result.stdout and "pong" in result.stdout, result.stdout
 
 

@@ -110,10 +110,12 @@ def wasmq(args: list[str], env: dict[str, str], log: Path) -> Proc:
 
 
 def start_worker(env: dict[str, str], log: Path, concurrency: int = 2,
-                 name: str = "worker@%h") -> Proc:
+                 name: str = "worker@%h", heartbeat_file: Path | None = None) -> Proc:
     """A Celery worker, returned once it consumes and every pool process is warm."""
     before = log.read_text(errors="replace") if log.exists() else ""
-    worker = wasmq(["worker", "--concurrency", str(concurrency), "--name", name], env, log)
+    beat = ["--heartbeat-file", str(heartbeat_file)] if heartbeat_file else []
+    worker = wasmq(["worker", "--concurrency", str(concurrency), "--name", name, *beat],
+                   env, log)
 
     def up() -> bool:
         new = worker.output()[len(before):]
@@ -133,9 +135,10 @@ class Stack:
     workdir: Path
 
     def restart_worker(self, concurrency: int = 2) -> None:
+        argv = self.worker.argv
         self.worker.stop()
         self.worker = start_worker(self.env, self.workdir / "worker.log", concurrency,
-                                   self.worker.argv[-1])
+                                   argv[argv.index("--name") + 1], self.workdir / "heartbeat")
 
     def stop(self) -> None:
         self.worker.stop()
@@ -150,7 +153,8 @@ def start_stack(workdir: Path, redis_url: str, concurrency: int = 2, **env: str)
     gateway = wasmq(["gateway", "--port", str(port)], environment, workdir / "gateway.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        worker = start_worker(environment, workdir / "worker.log", concurrency, f"w{port}@%h")
+        worker = start_worker(environment, workdir / "worker.log", concurrency, f"w{port}@%h",
+                              workdir / "heartbeat")
     except AssertionError:  # leave no orphan behind when a part fails to start
         gateway.stop()
         raise
