@@ -178,6 +178,10 @@ def spec() -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Liveness and Redis reachability",
                                  "responses": {"200": {"description": "ok"},
                                                "503": {"description": "Redis unreachable"}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics of the whole cluster (kept in Redis)",
+                "responses": {"200": {"description": "Prometheus text format", "content": {
+                    "text/plain": {"schema": {"type": "string"}}}}, **_errors(503)}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI"}}}},
         },

@@ -10,7 +10,9 @@ and exports them through a custom collector (api/metrics.py).
 The finish step is a Lua script queued in the same pipeline, ahead of the
 write: it reads the record's `createdAt` for the end-to-end latency, and it
 counts a task only the first time it finishes, so at-least-once delivery (a
-task run twice after a node died) does not count it twice.
+task run twice after a node died) does not count it twice. End-to-end latency
+compares the gateway's clock (submission) with the worker's (result): keep the
+hosts' clocks synchronised.
 """
 
 from __future__ import annotations

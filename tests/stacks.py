@@ -4,6 +4,7 @@ worker nodes, none shared with the session stack."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter
@@ -31,12 +32,11 @@ class PrivateStack:
     workers: dict[str, Proc] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, workdir: Path, *, gateway: bool = True, **env: str) -> "PrivateStack":
+    def start(cls, workdir: Path, **env: str) -> "PrivateStack":
         port = free_port()
         proc, url = start_redis(workdir / "redis", port)
         stack = cls(workdir, child_env(WASMQ_REDIS_URL=url, **env), port, proc)
-        if gateway:
-            stack.start_gateway()
+        stack.start_gateway()
         return stack
 
     @property
@@ -53,8 +53,8 @@ class PrivateStack:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
 
-    def start_gateway(self, port: int | None = None) -> None:
-        self.gateway_port = port or self.gateway_port or free_port()
+    def start_gateway(self) -> None:
+        self.gateway_port = free_port()
         self.gateway = wasmq(["gateway", "--port", str(self.gateway_port)], self.env,
                              self.workdir / "gateway.log")
         wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok,
@@ -69,7 +69,7 @@ class PrivateStack:
 
     def kill_redis(self, sig: int) -> None:
         self.redis_proc.signal(sig)
-        if self.redis_proc.popen is not None and sig == 9:
+        if self.redis_proc.popen is not None and sig == signal.SIGKILL:
             self.redis_proc.popen.wait(10)
 
     def restart_redis(self) -> None:

@@ -56,6 +56,7 @@ def test_metrics_count_tasks_by_outcome_and_time_them(api: Api) -> None:
         after["wasmq_task_end_to_end_seconds_count"]
     assert after["wasmq_queue_depth"] >= 0 and "wasmq_tasks_unacked" in after
     assert after["wasmq_workers_live"] >= 1 and after["wasmq_worker_processes_live"] >= 2
+    assert "/metrics" in requests.get(f"{api.url}/openapi.json", timeout=10).json()["paths"]
 
 
 def test_a_module_too_big_for_the_memory_limit_counts_as_memory(api: Api) -> None:
