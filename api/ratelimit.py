@@ -1,24 +1,32 @@
-"""Rate limits on task submissions, counted in the same Redis (Flask-Limiter).
+"""Rate limits on task submissions, counted in the same Redis.
 
 Counted per valid API key, else per client address, so an unknown key cannot
 buy a fresh allowance. Behind a reverse proxy the client address is the
 proxy's unless the proxy's headers are trusted (see the README). Polling
 `/retrieve` is not limited: it is cheap and clients poll in loops.
+
+The `limits` library (what Flask-Limiter is built on) is used directly: one
+Lua call per submission on the gateway's own Redis pool, and the window's
+reset time is read only when a client is refused. Flask-Limiter's decorator
+added response-header bookkeeping with further round trips to every call.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 
-from flask import Flask, jsonify, request
-from flask.typing import ResponseReturnValue
-from flask_limiter import Limiter
-from flask_limiter.errors import RateLimitExceeded
+from flask import Flask, request
+from limits import parse_many
+from limits.storage import RedisStorage
+from limits.strategies import FixedWindowRateLimiter
 
 from api.access import valid_key
-from api.replies import error_body
 from api.services import services
 from broker import keys
+from broker.connections import get_redis
+from broker.errors import RateLimited
 from broker.settings import Settings
 
 LIMITED_ENDPOINTS = ("tasks.submit",)
@@ -31,26 +39,32 @@ def client_identity() -> str:
     return "addr:" + (request.remote_addr or "unknown")
 
 
-def install_rate_limit(app: Flask, settings: Settings) -> Limiter | None:
+class SubmissionLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self.items = parse_many(settings.rate_limit)
+        storage = RedisStorage(settings.redis_url, key_prefix=keys.RATE_LIMIT,
+                               connection_pool=get_redis(settings).connection_pool)
+        self.strategy = FixedWindowRateLimiter(storage)
+
+    def check(self) -> None:
+        who = client_identity()
+        for item in self.items:
+            if not self.strategy.hit(item, who):
+                reset_at, _ = self.strategy.get_window_stats(item, who)
+                kind = "API key" if who.startswith("key:") else "client address"
+                raise RateLimited(f"rate limit of {item} exceeded for this {kind}; retry "
+                                  f"after the time in the Retry-After header",
+                                  retry_after=max(1, math.ceil(reset_at - time.time())))
+
+
+def install_rate_limit(app: Flask, settings: Settings) -> SubmissionLimiter | None:
     if not settings.rate_limit_enabled:
         return None
-    limiter = Limiter(client_identity, app=app, storage_uri=settings.redis_url,
-                      # A hung Redis costs a submission one short wait here
-                      # (errors are swallowed) before the record's own timeout.
-                      storage_options={"socket_connect_timeout": 2, "socket_timeout": 1},
-                      key_prefix=keys.RATE_LIMIT, strategy="fixed-window",
-                      headers_enabled=True, swallow_errors=True, default_limits=[])
-    for endpoint in LIMITED_ENDPOINTS:
-        app.view_functions[endpoint] = limiter.limit(settings.rate_limit)(
-            app.view_functions[endpoint])
+    limiter = SubmissionLimiter(settings)
 
-    @app.errorhandler(RateLimitExceeded)
-    def too_many(exc: RateLimitExceeded) -> ResponseReturnValue:
-        who = "API key" if valid_key(settings) else "client address"
-        response = jsonify(error_body(
-            f"rate limit of {exc.description} exceeded for this {who}; "
-            f"retry after the time in the Retry-After header"))
-        response.status_code = 429
-        return response
+    @app.before_request
+    def limit_submissions() -> None:
+        if request.endpoint in LIMITED_ENDPOINTS:
+            limiter.check()
 
     return limiter

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import inprocess, modules, report
 from bench.floor import Floor
-from bench.load import Client, closed_loop, request_bytes
+from bench.load import BENCH_ENV, Client, closed_loop, request_bytes
 from bench.stats import loadavg, machine, median_ms, ms, percentile
 from tests.support import Api, envelope
 from wasmq.localstack import Stack, start_redis, start_stack
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
     redis_proc, redis_url = start_redis(workdir / "redis")
     stack, floors = None, {}
     try:
-        stack = start_stack(workdir / "stack", redis_url, concurrency=2)
+        stack = start_stack(workdir / "stack", redis_url, concurrency=2, **BENCH_ENV)
         floors = {"floor": Floor(redis_url, workdir, events=False),
                   "floor_with_events": Floor(redis_url, workdir, events=True)}
         api = Api(stack.url)

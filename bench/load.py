@@ -14,6 +14,10 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+# The rate limiter stays on (its Redis round trip is part of the hot path being
+# measured) but high enough that one client address on loopback never hits it.
+BENCH_ENV = {"WASMQ_RATE_LIMIT": "1000000/second"}
+
 
 @dataclass
 class Answer:

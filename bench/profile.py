@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bench import modules
 from bench.__main__ import call_bytes
-from bench.load import Client, closed_loop
+from bench.load import BENCH_ENV, Client, closed_loop
 from tests.support import Api
 from wasmq.localstack import start_redis, start_stack
 
@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="wasmq-profile-"))
     redis_proc, redis_url = start_redis(workdir / "redis")
-    stack = start_stack(workdir / "stack", redis_url)
+    stack = start_stack(workdir / "stack", redis_url, **BENCH_ENV)
     try:
         api = Api(stack.url)
         cfid = api.deploy(modules.intsum())

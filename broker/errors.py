@@ -42,6 +42,14 @@ class NotFound(WasmqError):
     http_status = 404
 
 
+class RateLimited(WasmqError):
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class Unavailable(WasmqError):
     """Redis or another backing service cannot be reached."""
 

@@ -4,7 +4,7 @@ PREFIX = "wasmq"
 
 FUNCTIONS_INDEX = f"{PREFIX}:functions"  # zset cfid -> createdAt
 DONE_CHANNEL = f"{PREFIX}:done"  # pub/sub: tid of every finished task
-RATE_LIMIT = f"{PREFIX}:ratelimit"  # prefix of Flask-Limiter's counters
+RATE_LIMIT = f"{PREFIX}:ratelimit"  # prefix of the rate-limit counters
 
 
 def function(cfid: str) -> str:
