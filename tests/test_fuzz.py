@@ -65,12 +65,14 @@ def test_generated_requests_never_get_a_server_error(api: Api,
 
 
 def _is_json_or_binary(response: schemathesis.Response) -> bool:
-    """Every answer is the binary of a module, an empty 204, or JSON (errors
-    in the Scailable shape); never an HTML error page."""
+    """Every answer is the binary of a module, an empty 204, metrics text, or
+    JSON (errors in the Scailable shape); never an HTML error page."""
     kind = (response.headers.get("content-type") or [""])[0]
     if response.status_code == 204:
         return not response.content
     if kind.startswith("application/wasm"):
+        return response.status_code == 200
+    if kind.startswith("text/plain"):  # /metrics, the Prometheus text format
         return response.status_code == 200
     if not kind.startswith("application/json"):
         return False
