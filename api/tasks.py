@@ -66,7 +66,12 @@ def submit(cfid: str) -> ResponseReturnValue:
         svc.listener.start()
         event = svc.listener.register(tid)
     try:
-        svc.celery.send_task(RUN_TASK, args=[job], queue=svc.settings.queue, task_id=tid)
+        try:
+            svc.celery.send_task(RUN_TASK, args=[job], queue=svc.settings.queue, task_id=tid)
+        except Exception:
+            # Not queued: leave no "queued" record (or stored input) that never runs.
+            svc.records.discard(tid)
+            raise
         if event is not None:
             return _wait_for(svc, tid, event, time.monotonic() + wait)
     finally:

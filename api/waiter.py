@@ -77,6 +77,8 @@ class CompletionListener:
                         self._wake(message["data"].decode())
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 log.warning("completion listener lost Redis (%s); reconnecting", exc)
+            except Exception:  # the thread must outlive any surprise, or waiters sleep on
+                log.exception("completion listener failed; resubscribing")
             finally:
                 self._subscribed.clear()
                 try:

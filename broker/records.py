@@ -67,7 +67,7 @@ class TaskRecord:
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> "TaskRecord":
         d = {k.decode(): v for k, v in raw.items()}
-        rec = cls(tid=d["tid"].decode(), cfid=d.get("cfid", b"").decode())
+        rec = cls(tid=d.get("tid", b"").decode(), cfid=d.get("cfid", b"").decode())
         rec.status = Status(d.get("status", b"queued").decode())
         for name in cls._FLOATS:
             if name in d:
@@ -108,6 +108,13 @@ class TaskRecords:
             pipe.set(keys.task_input(record.tid), input_by_ref, ex=self.ttl)
         metrics.count_submitted(pipe)
         pipe.execute()
+
+    def discard(self, tid: str) -> None:
+        """Best effort: Redis may be the reason the task could not be queued."""
+        try:
+            self.redis.delete(keys.task(tid), keys.task_input(tid))
+        except redis.RedisError:
+            pass
 
     def get(self, tid: str) -> TaskRecord | None:
         raw = self.redis.hgetall(keys.task(tid))

@@ -156,3 +156,13 @@ def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     assert missing.status_code == 404 and missing.json()["statusCode"] == 0
     wrong = requests.delete(f"{api.url}/task/abc")
     assert wrong.status_code == 405 and wrong.json()["statusCode"] == 0
+
+
+def test_a_wasi_import_with_the_wrong_signature_fails_with_a_linking_message(api: Api) -> None:
+    wasm = modules.wasm(imports='(import "wasi_snapshot_preview1" "fd_write" '
+                                '(func (param i64)))')
+    cfid = api.deploy(wasm)
+    body = api.call(cfid, "x").json()
+    assert body["statusCode"] == 0
+    assert "cannot be linked against WASI" in body["message"]
+    assert api.call(api.deploy(modules.ECHO), "after").json()["result"] == "after"

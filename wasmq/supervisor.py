@@ -41,9 +41,13 @@ class Child:
 
     def start(self) -> None:
         out = open(self.log, "ab") if self.log else None
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out,
-                                     stderr=subprocess.STDOUT if out else None,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        try:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT if out else None,
+                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        finally:
+            if out is not None:  # the child has its own descriptor; a restart must not leak ours
+                out.close()
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:

@@ -96,7 +96,12 @@ class Runtime:
             size = len(module.serialize())
         info = abi.inspect_module(module)
         define_missing_stubs(self.linker, module)
-        prepared = Prepared(self.linker.instantiate_pre(module), info.entry, size)
+        try:
+            pre = self.linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError as exc:  # e.g. a WASI import with the wrong signature
+            reason = str(exc).strip().splitlines()[0]
+            raise TaskFailed(f"module cannot be linked against WASI: {reason}") from None
+        prepared = Prepared(pre, info.entry, size)
         self._cache[sha256] = prepared
         self._cached += prepared.size
         while self._cached > self.cache_bytes and len(self._cache) > 1:
@@ -158,7 +163,8 @@ class Runtime:
                 raise _AbiViolationError(f"malloc_buffer({size}) returned {ptr:#x}, which is "
                                          f"not a usable buffer in {memory.data_len(store)} "
                                          f"bytes of memory")
-            memory.write(store, data + b"\0", ptr)
+            memory.write(store, data, ptr)  # no copy of a large input to append the NUL
+            memory.write(store, b"\0", ptr + len(data))
             phase = "pred"
             rc = ex["pred"](store)
             if rc != 0:

@@ -71,9 +71,9 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     def run(job: dict) -> None:
         try:
             execute(state(), job)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
             # Failing would ack the message (acks_on_failure) and strand the
-            # task; requeued, it runs again once Redis answers.
+            # task as "running"; requeued, it runs again once Redis answers.
             raise Reject(exc, requeue=True) from exc
 
 
