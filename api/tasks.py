@@ -6,6 +6,7 @@ import math
 import threading
 import time
 
+import msgpack
 from flask import Blueprint, request, url_for
 from flask.typing import ResponseReturnValue
 
@@ -58,9 +59,10 @@ def submit(cfid: str) -> ResponseReturnValue:
     bind_tid(tid)
     inline = len(data) <= svc.settings.inline_input_kb * 1024
     record = TaskRecord(tid=tid, cfid=cfid, private=function.private)
-    svc.records.create(record, None if inline else data)
     job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
            "limits": function.limits}
+    svc.records.create(record, None if inline else data,
+                       job=msgpack.packb(job, use_bin_type=True))
     event = None
     if wait > 0:
         svc.listener.start()

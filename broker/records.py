@@ -85,6 +85,7 @@ class TaskRecord:
 # a node died must not run a finished task again), and hands over the input
 # when it travelled by reference: one round trip for both.
 _CLAIM = """
+redis.call('ZREM', KEYS[3], ARGV[3])
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', false} end
 if status == 'succeeded' or status == 'failed' then return {status, false} end
@@ -100,9 +101,16 @@ class TaskRecords:
         self.ttl = ttl
         self._claim = client.register_script(_CLAIM)
 
-    def create(self, record: TaskRecord, input_by_ref: bytes | None = None) -> None:
+    def create(self, record: TaskRecord, input_by_ref: bytes | None = None,
+               job: bytes | None = None) -> None:
+        """`job`: the queue message's arguments, kept until a worker claims the task
+        so that a message lost inside kombu (a worker killed between taking it
+        from the queue and recording it as unacknowledged) can be sent again."""
         pipe = self.redis.pipeline()
         pipe.hset(keys.task(record.tid), mapping=record.to_hash())
+        if job is not None:
+            pipe.hset(keys.task(record.tid), "job", job)
+            pipe.zadd(keys.PENDING, {record.tid: now()})
         pipe.expire(keys.task(record.tid), self.ttl)
         if input_by_ref is not None:
             pipe.set(keys.task_input(record.tid), input_by_ref, ex=self.ttl)
@@ -121,8 +129,8 @@ class TaskRecords:
         return TaskRecord.from_hash(raw) if raw else None
 
     def claim(self, tid: str, node: str) -> tuple[str, bytes | None]:
-        state, data = self._claim(keys=[keys.task(tid), keys.task_input(tid)],
-                                  args=[node, now()])
+        state, data = self._claim(keys=[keys.task(tid), keys.task_input(tid), keys.PENDING],
+                                  args=[node, now(), tid])
         return state.decode(), (data or None)
 
     def finish(self, tid: str, status: Status, *, result: bytes | None = None,
@@ -142,5 +150,29 @@ class TaskRecords:
         pipe.hset(keys.task(tid), mapping=fields)
         pipe.expire(keys.task(tid), self.ttl)
         pipe.delete(keys.task_input(tid))
+        pipe.zrem(keys.PENDING, tid)
         pipe.publish(keys.DONE_CHANNEL, tid)
         pipe.execute()
+
+    def unclaimed(self, older_than: float, limit: int = 100) -> list[tuple[str, bytes]]:
+        """Tasks still queued whose message went out before `older_than` (epoch
+        seconds), with their job; entries that finished or expired are dropped."""
+        tids = [t.decode() for t in self.redis.zrangebyscore(keys.PENDING, "-inf", older_than,
+                                                           start=0, num=limit)]
+        if not tids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for tid in tids:
+            pipe.hmget(keys.task(tid), "status", "job")
+        out, done = [], []
+        for tid, (status, job) in zip(tids, pipe.execute(), strict=True):
+            if status == Status.QUEUED.value.encode() and job:
+                out.append((tid, job))
+            else:
+                done.append(tid)
+        if done:
+            self.redis.zrem(keys.PENDING, *done)
+        return out
+
+    def resent(self, tid: str) -> None:
+        self.redis.zadd(keys.PENDING, {tid: now()}, xx=True)

@@ -12,12 +12,14 @@ import logging
 import threading
 from pathlib import Path
 
+import msgpack
 import redis
 from celery import Celery, bootsteps, signals
 from celery.exceptions import TimeLimitExceeded
 
 from broker import metrics
-from broker.celery_app import make_celery
+from broker.celery_app import RUN_TASK, make_celery
+from broker.clock import now
 from broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
 from broker.logs import bind_tid, setup_logging
 from broker.records import Status, TaskRecords
@@ -100,17 +102,19 @@ class Heartbeat(bootsteps.StartStopStep):
         node, size = worker.hostname, worker.concurrency  # type: ignore[attr-defined]
         path: Path | None = app.wasmq_heartbeat_file
         client = _own_client(settings)
-        self._thread = threading.Thread(target=self._run, args=(client, node, size, path),
+        self._thread = threading.Thread(target=self._run, args=(client, node, size, path, app),
                                         name="wasmq-heartbeat", daemon=True)
         self._thread.start()
 
-    def _run(self, client: redis.Redis, node: str, size: int, path: Path | None) -> None:
+    def _run(self, client: redis.Redis, node: str, size: int, path: Path | None,
+             app: Celery) -> None:
         warned = False
         while True:
             if path is not None:
                 path.touch()
             try:
                 metrics.heartbeat(client, node, size)
+                resend_lost(app, client)
                 warned = False
             except redis.RedisError as exc:
                 if not warned:
@@ -127,3 +131,27 @@ class Heartbeat(bootsteps.StartStopStep):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=SOCKET_TIMEOUT + 1)
+
+
+def resend_lost(app: Celery, client: redis.Redis) -> int:
+    """Send again the messages kombu lost, so no task stays queued forever.
+
+    kombu's Redis transport pops a message and then records it as unacknowledged
+    in a second step; a worker killed between the two loses the message. A task
+    still unclaimed two visibility timeouts after its message went out, while
+    the queue is empty (so it is not merely waiting its turn), was lost that way:
+    its job, kept with the record, is sent again. If the message was only slow,
+    the worst case is a second run, which at-least-once delivery allows.
+    """
+    settings: Settings = app.wasmq_settings  # type: ignore[attr-defined]
+    if client.llen(settings.queue):
+        return 0
+    records = TaskRecords(client, settings.result_ttl)
+    lost = records.unclaimed(now() - 2 * settings.visibility_timeout)
+    for tid, job in lost:
+        log.warning("tid=%s: its message was lost before any worker claimed it; sending again",
+                    tid)
+        app.send_task(RUN_TASK, args=[msgpack.unpackb(job, raw=False)], queue=settings.queue,
+                      task_id=tid)
+        records.resent(tid)
+    return len(lost)

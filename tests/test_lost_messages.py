@@ -1,0 +1,44 @@
+"""A message kombu lost (popped by a worker that died before recording it as
+unacknowledged) is sent again, so its task still runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import redis
+
+from broker.records import Status, TaskRecord, TaskRecords, new_tid
+from broker.settings import Settings
+from tests import modules
+from tests.support import Api, wait_until
+from wasmq.localstack import Stack, start_stack
+
+
+@pytest.fixture()
+def quick_stack(redis_url: str, tmp_path: Path) -> Iterator[Stack]:
+    # A 1 s task limit makes the visibility timeout 8 s, so the resend comes in seconds.
+    stack = start_stack(tmp_path, redis_url, concurrency=1, WASMQ_TASK_TIMEOUT="1",
+                        WASMQ_QUEUE="lost-messages")
+    yield stack
+    stack.stop()
+
+
+def test_a_task_whose_message_was_lost_is_sent_again_and_runs(quick_stack: Stack) -> None:
+    api = Api(quick_stack.url)
+    cfid = api.deploy(modules.ECHO)
+    sha = api.http.get(f"{api.url}/functions/{cfid}").json()["sha256"]
+    records = TaskRecords(redis.Redis.from_url(quick_stack.redis_url), 600)
+    tid = new_tid(cfid)
+    job = {"tid": tid, "sha256": sha, "data": b"found again", "limits": {}}
+    # The record and its job exist, as after a submission, but no message was
+    # ever queued: exactly what a lost message leaves behind.
+    records.create(TaskRecord(tid=tid, cfid=cfid), job=msgpack.packb(job, use_bin_type=True))
+    visibility = Settings(task_timeout=1).visibility_timeout
+    record = wait_until(lambda: (r := records.get(tid)) and r.status.finished and r,
+                        timeout=2 * visibility + 30, interval=0.5, what="the resent task")
+    assert record.status == Status.SUCCEEDED
+    assert record.result == b"found again"
+    assert "sending again" in quick_stack.worker.output()
