@@ -51,11 +51,6 @@ def register_error_handlers(app: Flask) -> None:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
-    @app.errorhandler(redis.RedisError)
-    def redis_down(exc: redis.RedisError):
-        log.warning("Redis unavailable: %s", exc)
-        return _json("the queue backend (Redis) is unavailable; try again shortly", 503)
-
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         if _is_broker_outage(exc):
@@ -68,4 +63,4 @@ def register_error_handlers(app: Flask) -> None:
 def _is_broker_outage(exc: BaseException) -> bool:
     from kombu.exceptions import OperationalError
 
-    return isinstance(exc, (OperationalError, ConnectionError))
+    return isinstance(exc, (OperationalError, ConnectionError, redis.RedisError))

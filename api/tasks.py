@@ -55,7 +55,7 @@ def submit(cfid: str) -> ResponseReturnValue:
     if len(data) > limits.max_input:
         raise TooLarge(f"input.data is {len(data)} bytes; the input limit of this function "
                        f"is {limits.max_input_mb:g} MB")
-    tid = new_tid(cfid)
+    tid = new_tid()
     bind_tid(tid)
     inline = len(data) <= svc.settings.inline_input_kb * 1024
     record = TaskRecord(tid=tid, cfid=cfid, private=function.private)

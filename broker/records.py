@@ -28,7 +28,7 @@ class Status(str, Enum):
         return self in (Status.SUCCEEDED, Status.FAILED)
 
 
-def new_tid(cfid: str) -> str:
+def new_tid() -> str:
     """Scailable-style id with 128 random bits, so ids cannot be guessed."""
     return f"wasmqt-{secrets.token_hex(16)}"
 

@@ -100,10 +100,6 @@ class Registry:
             self._release_binary(cfid, old_sha)
         return record
 
-    def update(self, record: FunctionRecord) -> None:
-        record.updatedAt = iso(now()) or ""
-        self.redis.set(keys.function(record.cfid), json.dumps(asdict(record)))
-
     def delete(self, cfid: str) -> None:
         record = self.get(cfid)
         pipe = self.redis.pipeline()

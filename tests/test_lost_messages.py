@@ -31,7 +31,7 @@ def test_a_task_whose_message_was_lost_is_sent_again_and_runs(quick_stack: Stack
     cfid = api.deploy(modules.ECHO)
     sha = api.http.get(f"{api.url}/functions/{cfid}").json()["sha256"]
     records = TaskRecords(redis.Redis.from_url(quick_stack.redis_url), 600)
-    tid = new_tid(cfid)
+    tid = new_tid()
     job = {"tid": tid, "sha256": sha, "data": b"found again", "limits": {}}
     # The record and its job exist, as after a submission, but no message was
     # ever queued: exactly what a lost message leaves behind.
