@@ -11,6 +11,7 @@ from api.waiter import CompletionListener
 from broker.celery_app import make_celery
 from broker.connections import get_redis
 from broker.engine import make_engine
+from broker.jobs import JobMessages
 from broker.records import TaskRecords
 from broker.registry import Registry
 from broker.settings import Settings
@@ -23,15 +24,18 @@ class Services:
     registry: Registry
     records: TaskRecords
     celery: Celery
+    jobs: JobMessages
     listener: CompletionListener
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         client = get_redis(settings)
+        celery = make_celery(settings)
         return cls(settings=settings,
                    registry=Registry(client, RedisStore(client)),
                    records=TaskRecords(client, settings.result_ttl),
-                   celery=make_celery(settings),
+                   celery=celery,
+                   jobs=JobMessages(celery, settings.queue),
                    listener=CompletionListener(client))
 
     _engine = None

@@ -15,7 +15,6 @@ from api.envelope import parse_envelope, request_body
 from api.negotiation import respond, wants_msgpack
 from api.replies import task_reply
 from api.services import Services, services
-from broker.celery_app import RUN_TASK
 from broker.errors import BadRequest, NotFound, TooLarge
 from broker.limits import Limits
 from broker.logs import bind_tid
@@ -61,19 +60,14 @@ def submit(cfid: str) -> ResponseReturnValue:
     record = TaskRecord(tid=tid, cfid=cfid, private=function.private)
     job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
            "limits": function.limits}
-    svc.records.create(record, None if inline else data,
-                       job=msgpack.packb(job, use_bin_type=True))
     event = None
-    if wait > 0:
+    if wait > 0:  # listening before the task can finish, so no wake-up is missed
         svc.listener.start()
         event = svc.listener.register(tid)
     try:
-        try:
-            svc.celery.send_task(RUN_TASK, args=[job], queue=svc.settings.queue, task_id=tid)
-        except Exception:
-            # Not queued: leave no "queued" record (or stored input) that never runs.
-            svc.records.discard(tid)
-            raise
+        svc.records.create(record, None if inline else data,
+                           job=msgpack.packb(job, use_bin_type=True),
+                           message=(svc.settings.queue, svc.jobs.encode(job)))
         if event is not None:
             return _wait_for(svc, tid, event, time.monotonic() + wait)
     finally:

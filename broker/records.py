@@ -102,27 +102,26 @@ class TaskRecords:
         self._claim = client.register_script(_CLAIM)
 
     def create(self, record: TaskRecord, input_by_ref: bytes | None = None,
-               job: bytes | None = None) -> None:
-        """`job`: the queue message's arguments, kept until a worker claims the task
+               job: bytes | None = None, message: tuple[str, bytes] | None = None) -> None:
+        """One MULTI, so the record, its input and its queue message exist together.
+
+        `job`: the queue message's arguments, kept until a worker claims the task
         so that a message lost inside kombu (a worker killed between taking it
-        from the queue and recording it as unacknowledged) can be sent again."""
+        from the queue and recording it as unacknowledged) can be sent again.
+        `message`: (queue, message bytes from broker/jobs.py), pushed last."""
+        fields = record.to_hash()
         pipe = self.redis.pipeline()
-        pipe.hset(keys.task(record.tid), mapping=record.to_hash())
         if job is not None:
-            pipe.hset(keys.task(record.tid), "job", job)
+            fields["job"] = job
             pipe.zadd(keys.PENDING, {record.tid: now()})
+        pipe.hset(keys.task(record.tid), mapping=fields)
         pipe.expire(keys.task(record.tid), self.ttl)
         if input_by_ref is not None:
             pipe.set(keys.task_input(record.tid), input_by_ref, ex=self.ttl)
         metrics.count_submitted(pipe)
+        if message is not None:
+            pipe.lpush(*message)
         pipe.execute()
-
-    def discard(self, tid: str) -> None:
-        """Best effort: Redis may be the reason the task could not be queued."""
-        try:
-            self.redis.delete(keys.task(tid), keys.task_input(tid))
-        except redis.RedisError:
-            pass
 
     def get(self, tid: str) -> TaskRecord | None:
         raw = self.redis.hgetall(keys.task(tid))
