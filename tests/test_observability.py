@@ -8,12 +8,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import defaultdict
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker import metrics
+from broker.celery_app import make_celery
 from broker.connections import get_redis
 from broker.records import Status, TaskRecord, TaskRecords
 from broker.settings import Settings
@@ -149,3 +152,34 @@ def test_wasmq_alive_reads_the_worker_heartbeat(stack) -> None:
     assert late.returncode == 1 and "last heartbeat 120 s ago" in late.stderr
     missing = alive(str(stack.workdir / "nothing"))
     assert missing.returncode == 1 and "no heartbeat" in missing.stderr
+
+
+def test_task_events_reach_a_monitor_such_as_flower(stack, api: Api) -> None:
+    """Events go out in batches (workers/events.py); a receiver gets every one."""
+    app = make_celery(Settings(redis_url=stack.redis_url))
+    seen: dict[str, set[str]] = defaultdict(set)
+
+    def on_event(event: dict) -> None:
+        if event["type"].startswith("task-"):
+            seen[event.get("uuid", "")].add(event["type"])
+
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": on_event})
+        listening = threading.Thread(target=receiver.capture, kwargs={"wakeup": False},
+                                     daemon=True)
+        listening.start()
+        cfid = api.deploy(INTSUM.read_bytes())
+        called: list[str] = []
+
+        def a_call_fully_seen() -> bool:
+            # The first calls may run before the receiver has subscribed.
+            called.append(api.call(cfid, "[[1, 2]]").json()["tid"])
+            return any(seen[t] >= {"task-received", "task-started", "task-succeeded"}
+                       for t in called)
+
+        try:
+            wait_until(a_call_fully_seen, timeout=30, interval=0.3, what="all three events")
+        finally:
+            receiver.should_stop = True
+            listening.join(timeout=5)
+    app.close()

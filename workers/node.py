@@ -24,6 +24,7 @@ from broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
 from broker.logs import bind_tid, setup_logging
 from broker.records import Status, TaskRecords
 from broker.settings import Settings
+from workers import events
 from workers.tasks import register_tasks
 
 log = logging.getLogger("wasmq.node")
@@ -31,6 +32,7 @@ log = logging.getLogger("wasmq.node")
 
 def build_worker_app(settings: Settings, heartbeat_file: Path | None = None) -> Celery:
     app = make_celery(settings)
+    app.conf.worker_consumer = events.PATH
     register_tasks(app, settings)
     app.steps["worker"].add(Heartbeat)
     app.wasmq_settings = settings  # type: ignore[attr-defined]
