@@ -7,10 +7,10 @@ already write a task record (`TaskRecords.create` and `.finish`), so counting
 adds no round trip; the gateway's `/metrics` reads them back in one pipeline
 and exports them through a custom collector (api/metrics.py).
 
-The finish step is a Lua script queued in the same pipeline, ahead of the
-write: it reads the record's `createdAt` for the end-to-end latency, and it
-counts a task only the first time it finishes, so at-least-once delivery (a
-task run twice after a node died) does not count it twice. End-to-end latency
+The finish step is part of the Lua script that finishes a task: it reads the
+record's `createdAt` for the end-to-end latency, and it counts a task only the
+first time it finishes, so at-least-once delivery (a task run twice after a
+node died) does not count it twice. End-to-end latency
 compares the gateway's clock (submission) with the worker's (result): keep the
 hosts' clocks synchronised.
 """
@@ -56,40 +56,40 @@ def failure_cause(message: str) -> str:
     return OTHER_CAUSE
 
 
-_OBSERVE_FINISH = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'succeeded' or status == 'failed' then return 0 end
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+# A Lua fragment for the script that finishes a task (broker/records.py), run
+# before the record is marked finished. KEYS[1] is the task's record, KEYS[4]
+# to KEYS[6] the counters and the two histograms; ARGV[4] the counter to bump,
+# ARGV[5] the execution seconds ('' if none), ARGV[6] the finishing time.
+COUNT_FINISH_LUA = "local buckets = {" + ", ".join(f"'{b}'" for b in BUCKET_LABELS) + "}" + """
 local function observe(key, value)
   local bucket = '+Inf'
-  for i = 4, #ARGV do
-    if value <= tonumber(ARGV[i]) then bucket = ARGV[i]; break end
+  for _, le in ipairs(buckets) do
+    if value <= tonumber(le) then bucket = le; break end
   end
   redis.call('HINCRBY', key, bucket, 1)
   redis.call('HINCRBYFLOAT', key, 'sum', value)
   redis.call('HINCRBY', key, 'count', 1)
 end
-if ARGV[2] ~= '' then observe(KEYS[3], tonumber(ARGV[2])) end
-local created = tonumber(redis.call('HGET', KEYS[1], 'createdAt') or '')
-if created then observe(KEYS[4], math.max(0, tonumber(ARGV[3]) - created)) end
-return 1
+local previous = redis.call('HGET', KEYS[1], 'status')
+if previous ~= 'succeeded' and previous ~= 'failed' then
+  redis.call('HINCRBY', KEYS[4], ARGV[4], 1)
+  if ARGV[5] ~= '' then observe(KEYS[5], tonumber(ARGV[5])) end
+  local created = tonumber(redis.call('HGET', KEYS[1], 'createdAt') or '')
+  if created then observe(KEYS[6], math.max(0, tonumber(ARGV[6]) - created)) end
+end
 """
+FINISH_KEYS = (keys.METRIC_COUNTS, keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS)
 
 
 def count_submitted(pipe: redis.client.Pipeline) -> None:
     pipe.hincrby(keys.METRIC_COUNTS, "submitted", 1)
 
 
-def observe_finish(pipe: redis.client.Pipeline, tid: str, succeeded: bool, message: str,
-                   exec_ms: float | None, finished_at: float) -> None:
-    """Queue the counting step; must come before the pipeline marks the task finished."""
+def finish_args(succeeded: bool, message: str, exec_ms: float | None,
+                finished_at: float) -> list[str]:
+    """ARGV[4] to ARGV[6] of COUNT_FINISH_LUA."""
     counter = "succeeded" if succeeded else f"failed:{failure_cause(message)}"
-    exec_s = "" if exec_ms is None else repr(exec_ms / 1000)
-    # EVAL, not EVALSHA through redis-py's Script: a Script in a pipeline costs
-    # a SCRIPT EXISTS round trip on every execute.
-    pipe.eval(_OBSERVE_FINISH, 4, keys.task(tid), keys.METRIC_COUNTS,
-              keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS, counter, exec_s,
-              repr(finished_at), *BUCKET_LABELS)
+    return [counter, "" if exec_ms is None else repr(exec_ms / 1000), repr(finished_at)]
 
 
 @dataclass

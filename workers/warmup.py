@@ -3,7 +3,7 @@
 A fresh process pays for more than its modules: wasmtime sets up its trap
 handling and per-thread state on the first instance, redis-py opens its first
 connection and loads the claim script. Running a tiny module once and making
-one claim round trip moves all of that before the first task. Then the
+loading the record scripts moves all of that before the first task. Then the
 modules workers loaded most recently (the hot set) are loaded from their
 compiled artifacts and instantiated once, which builds each module's
 copy-on-write memory image, within a byte and time budget.
@@ -50,7 +50,7 @@ def warm_up(runtime: Runtime, records: TaskRecords, preload_bytes: int) -> None:
     runtime.run(runtime.prepare(PROBE_KEY, lambda: bytes(wasmtime.wat2wasm(PROBE_WAT))),
                 b"warm", Limits(timeout_s=1))
     runtime.forget(PROBE_KEY)
-    records.claim(PROBE_KEY, "warmup")  # no such record: loads the script, changes nothing
+    records.load_scripts()
     if runtime.artifacts is None:
         return
     deadline = time.monotonic() + BUDGET_S
