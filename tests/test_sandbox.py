@@ -196,7 +196,7 @@ def test_a_module_over_the_size_limit_is_refused_with_413(api: Api) -> None:
     response = api.upload(just_over)
     assert response.status_code == 413
     assert "module is larger than the limit of 1 MB" in response.json()["message"]
-    # Refused unread, so gunicorn closes the connection after answering: send
+    # Refused unread, so the server may close the connection after answering: send
     # it on a connection of its own, not on the session's kept-alive one.
     response = requests.post(f"{api.url}/functions", files={"file": ("m", _padded(3 * MB))})
     assert response.status_code == 413
