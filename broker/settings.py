@@ -36,7 +36,9 @@ class Settings:
     # Task submissions per API key (or client address without one), in the
     # notation of the `limits` library ("100/second;2000/minute"); "off" disables.
     rate_limit: str = "500/second"
-    gateway_processes: int = 2
+    # One gateway process per two cores: a process serves about a thousand
+    # calls a second, and on a small machine the workers need the other cores.
+    gateway_processes: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
     gateway_threads: int = 64
     prefetch_multiplier: int = 1
     log_format: str = "json"
