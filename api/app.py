@@ -9,7 +9,6 @@ from flask_cors import CORS
 
 from api import functions, meta, metrics, pages, tasks
 from api.errors import register_error_handlers
-from api.ratelimit import install_rate_limit
 from api.request_log import register_request_log
 from api.services import Services
 from broker.settings import MB, Settings
@@ -28,7 +27,6 @@ def create_app(settings: Settings | None = None) -> Flask:
          expose_headers=["Retry-After"])
     register_error_handlers(app)
     register_request_log(app)
-    install_rate_limit(app, settings)
 
     @app.before_request
     def limit_body() -> None:

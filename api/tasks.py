@@ -47,7 +47,7 @@ def result_url(svc: Services, tid: str) -> str:
 def submit(cfid: str) -> ResponseReturnValue:
     svc = services()
     wait = parse_wait(request.args.get("wait"), svc.settings.sync_wait)
-    function = svc.registry.get(cfid)
+    function = svc.function_for_submission(cfid)
     require_key_if_private(svc.settings, function.private, "calling this function")
     data = parse_envelope(request_body(), request.mimetype)
     limits = Limits.from_settings(svc.settings).narrowed(function.limits)

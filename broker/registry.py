@@ -65,7 +65,11 @@ class Registry:
         return record
 
     def get(self, cfid: str) -> FunctionRecord:
-        raw = self.redis.get(keys.function(cfid))
+        return self.parse(cfid, self.redis.get(keys.function(cfid)))
+
+    @staticmethod
+    def parse(cfid: str, raw: bytes | None) -> FunctionRecord:
+        """A record read from `keys.function(cfid)`, here or inside a script."""
         if raw is None:
             raise NotFound(f"no compute function with cfid '{cfid}'")
         return FunctionRecord(**json.loads(raw))
