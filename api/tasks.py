@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 import time
 
 import msgpack
@@ -15,6 +14,7 @@ from api.envelope import parse_envelope, request_body
 from api.negotiation import respond, wants_msgpack
 from api.replies import task_reply
 from api.services import Services, services
+from api.waiter import Waiter
 from broker.errors import BadRequest, NotFound, TooLarge
 from broker.limits import Limits
 from broker.logs import bind_tid
@@ -60,30 +60,31 @@ def submit(cfid: str) -> ResponseReturnValue:
     record = TaskRecord(tid=tid, cfid=cfid, private=function.private)
     job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
            "limits": function.limits}
-    event = None
+    waiter = None
     if wait > 0:  # listening before the task can finish, so no wake-up is missed
         svc.listener.start()
-        event = svc.listener.register(tid)
+        waiter = svc.listener.register(tid)
     try:
         svc.records.create(record, None if inline else data,
                            job=msgpack.packb(job, use_bin_type=True),
                            message=(svc.settings.queue, svc.jobs.encode(job)))
-        if event is not None:
-            return _wait_for(svc, tid, event, time.monotonic() + wait)
+        if waiter is not None:
+            return _wait_for(svc, tid, waiter, time.monotonic() + wait)
     finally:
-        if event is not None:
-            svc.listener.unregister(tid, event)
+        if waiter is not None:
+            svc.listener.unregister(tid, waiter)
     # wait=0 promises an immediate 5, whatever a fast worker did meanwhile.
     return _reply(svc, tid, record)
 
 
-def _wait_for(svc: Services, tid: str, event: threading.Event,
+def _wait_for(svc: Services, tid: str, waiter: Waiter,
               deadline: float) -> ResponseReturnValue:
-    """Sleep until woken; a wake-up only means "look again" (it may be spurious)."""
+    """Sleep until woken; a wake-up without the record only means "look again"
+    (it may be spurious)."""
     while True:
-        event.wait(max(0.0, deadline - time.monotonic()))
-        event.clear()
-        record = svc.records.get(tid)
+        waiter.event.wait(max(0.0, deadline - time.monotonic()))
+        waiter.event.clear()
+        record = waiter.record or svc.records.get(tid)
         if record is None or record.status.finished or time.monotonic() >= deadline:
             return _reply(svc, tid, record)
 

@@ -11,6 +11,7 @@ import secrets
 from dataclasses import dataclass, field
 from enum import Enum
 
+import msgpack
 import redis
 
 from broker import keys, metrics
@@ -83,13 +84,16 @@ class TaskRecord:
 
 # Marks a task running unless it already finished (a redelivered message after
 # a node died must not run a finished task again), and hands over the input
-# when it travelled by reference: one round trip for both.
+# when it travelled by reference: one round trip for both. The job kept for
+# resending a lost message is dropped: from here on the message is kombu's
+# to redeliver.
 _CLAIM = """
 redis.call('ZREM', KEYS[3], ARGV[3])
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', false} end
 if status == 'succeeded' or status == 'failed' then return {status, false} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'node', ARGV[1], 'startedAt', ARGV[2])
+redis.call('HDEL', KEYS[1], 'job')
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return {'running', redis.call('GET', KEYS[2])}
 """
@@ -98,14 +102,32 @@ return {'running', redis.call('GET', KEYS[2])}
 # Stores the result, counts it (the metrics fragment), drops the input and
 # the pending entry, and wakes the gateways: one round trip. KEYS: record,
 # input, pending, then metrics.FINISH_KEYS; ARGV: tid, channel, TTL, then
-# metrics.finish_args, then the record's field/value pairs.
+# metrics.finish_args, then "1" to ship the record with the wake-up, then the
+# record's field/value pairs. A shipped record (msgpack of the hash's
+# field/value list, after a newline) spares the waiting gateway its HGETALL.
 _FINISH = metrics.COUNT_FINISH_LUA + """
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[1])
+if ARGV[7] == '1' then
+  redis.call('PUBLISH', ARGV[2], ARGV[1] .. '\\n' .. cmsgpack.pack(redis.call('HGETALL', KEYS[1])))
+else
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
+end
 """
+
+# Records up to this size (result and logs) travel with their wake-up.
+SHIP_LIMIT = 16 * 1024
+
+
+def parse_wakeup(data: bytes) -> tuple[str, "TaskRecord | None"]:
+    """A completion message: the tid, and the finished record if it was shipped."""
+    tid, _, packed = data.partition(b"\n")
+    if not packed:
+        return tid.decode(), None
+    flat = msgpack.unpackb(packed, raw=True)
+    return tid.decode(), TaskRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 class TaskRecords:
@@ -167,6 +189,7 @@ class TaskRecords:
             args=[tid, keys.DONE_CHANNEL, self.ttl,
                   *metrics.finish_args(status == Status.SUCCEEDED, message, exec_ms,
                                        finished_at),
+                  "1" if len(result or b"") + len(stdout) + len(stderr) <= SHIP_LIMIT else "0",
                   *(x for pair in fields.items() for x in pair)])
 
     def unclaimed(self, older_than: float, limit: int = 100) -> list[tuple[str, bytes]]:

@@ -16,6 +16,7 @@ import redis
 import requests
 
 from broker import keys
+from broker.records import parse_wakeup
 from broker.redis_server import free_port
 from tests.support import Api, Proc, child_env, start_redis, wait_until, wasmq
 from wasmq.localstack import start_worker
@@ -123,7 +124,7 @@ class DoneWatcher:
             except redis.ConnectionError:
                 return
             if message and message["type"] == "message":
-                self.counts[message["data"].decode()] += 1
+                self.counts[parse_wakeup(message["data"])[0]] += 1
 
     def wait_for(self, tids: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout

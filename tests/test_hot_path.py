@@ -10,7 +10,7 @@ import redis
 from broker import keys
 from broker.artifacts import Artifacts
 from broker.limits import Limits
-from broker.records import TaskRecords
+from broker.records import SHIP_LIMIT, Status, TaskRecord, TaskRecords, parse_wakeup
 from broker.store import RedisStore
 from tests import modules
 from tests.modules import variant
@@ -77,3 +77,27 @@ def test_an_inline_input_leaves_no_key_behind(api: Api, redis_url: str) -> None:
     tid = api.call(cfid, "small").json()["tid"]
     time.sleep(0.05)
     assert not client.exists(keys.task_input(tid))
+
+
+def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_not(
+        redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    records = TaskRecords(client, 60)
+    subscription = client.pubsub(ignore_subscribe_messages=True)
+    subscription.subscribe(keys.DONE_CHANNEL)
+    shipped = {}
+    for name, result in (("small", b"\x00[55]\xff"), ("large", b"x" * (SHIP_LIMIT + 1))):
+        tid = f"wasmqt-ship-{name}-{time.monotonic_ns()}"
+        records.create(TaskRecord(tid=tid, cfid="c"), job=b"job")
+        records.claim(tid, "node-1")
+        assert b"job" not in client.hgetall(keys.task(tid))  # claimed: nothing to resend
+        records.finish(tid, Status.SUCCEEDED, result=result, stdout="out", exec_ms=0.2)
+        message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
+        woken, record = parse_wakeup(message["data"])
+        assert woken == tid
+        shipped[name] = record
+        if record is not None:
+            assert record == records.get(tid)
+    subscription.close()
+    assert shipped["small"] is not None and shipped["small"].result == b"\x00[55]\xff"
+    assert shipped["large"] is None  # the waiter reads it back instead
