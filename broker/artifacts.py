@@ -13,9 +13,11 @@ which anyone able to write could use to run anything anyway.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import redis
 import wasmtime
@@ -34,6 +36,25 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 return 0
 """
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """What the gateway announces of a module it just stored compiled: enough for
+    a worker process to decide, before fetching anything, whether to load it."""
+
+    sha256: str
+    size: int  # bytes of the artifact, what it costs in a module cache
+    start: bool  # instantiating it runs code (see abi.runs_code_on_instantiation)
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> "Uploaded":
+        """Raises ValueError, KeyError or TypeError on anything else."""
+        fields = json.loads(raw)
+        return cls(str(fields["sha256"]), int(fields["size"]), bool(fields["start"]))
 
 
 class Artifacts:
@@ -57,6 +78,10 @@ class Artifacts:
         """False when the binary is gone (deleted meanwhile): nothing is stored."""
         return bool(self._put(keys=[keys.blob(sha256), keys.artifacts(sha256)],
                               args=[self.fingerprint, artifact]))
+
+    def announce(self, pipe: redis.client.Pipeline, uploaded: Uploaded) -> None:
+        """Queue, in the caller's pipeline, the news that workers may load it now."""
+        pipe.publish(keys.UPLOADED_CHANNEL, uploaded.encode())
 
     def delete(self, sha256: str) -> None:
         """Every engine's artifact of this binary."""

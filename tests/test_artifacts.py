@@ -12,6 +12,7 @@ import wasmtime
 from broker import keys
 from broker.artifacts import Artifacts, load_module
 from broker.engine import SETTINGS, fingerprint, make_engine
+from broker.registry import Registry
 from broker.store import RedisStore
 from tests import modules
 from tests.modules import variant
@@ -43,11 +44,12 @@ def test_upload_stores_the_compiled_module_under_sha256_and_fingerprint(
 
 def test_workers_run_the_stored_artifact_not_a_fresh_compile(
         api: Api, client: redis.Redis) -> None:
-    # Swap the stored artifact of an echo module for another module's: if the
-    # worker compiled the binary itself, the call would echo its input.
+    # Store an echo module with another module's artifact (workers may load it
+    # as soon as the function exists): if a worker compiled the binary itself,
+    # the call would echo its input.
     wasm = variant(modules.ECHO)
-    cfid = api.deploy(wasm)
-    client.hset(keys.artifacts(sha(wasm)), fingerprint(), compiled(modules.NOT_JSON))
+    cfid = Registry(client, RedisStore(client)).create(
+        wasm, imports=[], exports=[], artifact=compiled(modules.NOT_JSON)).cfid
     assert api.call(cfid, "echo me").json()["result"] == modules.NOT_JSON_TEXT
 
 
