@@ -31,6 +31,10 @@ U32 = 0xFFFFFFFF
 # are host memory too (8 bytes an element), and one instance with one memory
 # is all the ABI needs, so a second memory cannot double the memory limit.
 TABLE_ELEMENTS = 1_000_000
+# Large modules are loaded from memory files (broker/artifacts.py), one file
+# descriptor each while cached: the size from which they are is chosen so that
+# a full cache holds at most this many.
+MAX_MAPPED_MODULES = 256
 
 
 @dataclass
@@ -68,6 +72,7 @@ class Runtime:
         define_wasi_unstable(self.linker)
         self.cache_bytes = cache_bytes
         self.artifacts = artifacts
+        self.map_from = max(1024 * 1024, cache_bytes // MAX_MAPPED_MODULES)
         self._cache: OrderedDict[str, Prepared] = OrderedDict()
         self._cached = 0
         # The task thread and the prefetch thread (workers/prefetch.py) share the
@@ -124,7 +129,8 @@ class Runtime:
 
     def _load(self, sha256: str, load: Callable[[], bytes]) -> Prepared:
         if self.artifacts is not None:
-            module, size = load_module(self.engine, self.artifacts, sha256, load)
+            module, size = load_module(self.engine, self.artifacts, sha256, load,
+                                       self.map_from)
         else:
             module = abi.compile_module(self.engine, load())
             size = len(module.serialize())
