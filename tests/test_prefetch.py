@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from pathlib import Path
 
 import pytest
 import redis
@@ -20,7 +19,8 @@ from wasmq.localstack import Stack
 from workers.prefetch import Prefetcher
 from workers.runtime import Runtime
 
-# Writes "started" where pred then points its output: the start section ran.
+# Its data says "started" and its start section capitalises it: the output
+# shows that the start section ran in the instance that answered.
 STARTED = modules.wasm(
     data='(data (i32.const 16) "started")',
     extra="(func $init (i32.store8 (i32.const 16) (i32.const 83))) (start $init)",
@@ -31,23 +31,29 @@ def sha(wasm: bytes) -> str:
     return hashlib.sha256(wasm).hexdigest()
 
 
-def prefetch_lines(log: Path, digest: str) -> dict[int, str]:
-    """pid -> message of each worker process's prefetch of `digest`."""
+def prefetch_lines(stack: Stack, digest: str) -> dict[int, str]:
+    """pid -> message of each worker process's prefetch of `digest`, from the JSON log."""
     lines: dict[int, str] = {}
-    for line in log.read_text(errors="replace").splitlines():
-        if digest in line and "prefetch" in line:
+    for line in stack.worker.output().splitlines():
+        if digest in line and line.startswith("{"):
             entry = json.loads(line)
-            lines[entry["pid"]] = entry["message"]
+            if "prefetch" in entry["message"]:
+                lines[entry["pid"]] = entry["message"]
     return lines
+
+
+def both_pool_processes(stack: Stack, digest: str) -> dict[int, str]:
+    """The prefetch lines once both pool processes of the test stack wrote theirs."""
+    return wait_until(lambda: len(prefetch_lines(stack, digest)) == 2
+                      and prefetch_lines(stack, digest), timeout=10,
+                      what=f"both pool processes prefetching {digest}")
 
 
 def test_every_worker_process_loads_an_uploaded_module_before_its_first_call(
         stack: Stack, api: Api) -> None:
     wasm = variant(modules.ECHO)
     cfid = api.deploy(wasm)
-    lines = wait_until(lambda: len(prefetch_lines(stack.workdir / "worker.log", sha(wasm))) == 2
-                       and prefetch_lines(stack.workdir / "worker.log", sha(wasm)),
-                       timeout=10, what="both pool processes prefetching")
+    lines = both_pool_processes(stack, sha(wasm))
     assert all(m.startswith(f"prefetched {sha(wasm)} (") for m in lines.values()), lines
     assert "start section" not in " ".join(lines.values())
     assert api.call(cfid, "first").json()["result"] == "first"
@@ -57,9 +63,7 @@ def test_a_module_with_a_start_section_is_loaded_but_left_to_its_task_to_instant
         stack: Stack, api: Api) -> None:
     wasm = variant(STARTED)
     cfid = api.deploy(wasm)
-    lines = wait_until(lambda: len(prefetch_lines(stack.workdir / "worker.log", sha(wasm))) == 2
-                       and prefetch_lines(stack.workdir / "worker.log", sha(wasm)),
-                       timeout=10, what="both pool processes prefetching")
+    lines = both_pool_processes(stack, sha(wasm))
     assert all("not instantiated: it has a start section" in m for m in lines.values()), lines
     assert api.call(cfid, "x").json()["result"] == "Started"
 
@@ -70,14 +74,12 @@ def test_bad_announcements_are_logged_and_the_next_upload_is_still_prefetched(
     missing = Uploaded("0" * 64, 100, False)  # no artifact anywhere
     for raw in (b"not json", b'{"sha256": 1}', missing.encode()):
         client.publish(keys.UPLOADED_CHANNEL, raw)
-    log = stack.workdir / "worker.log"
-    wait_until(lambda: len(prefetch_lines(log, missing.sha256)) == 2, timeout=10,
-               what="both pool processes skipping the module without an artifact")
+    skipped = both_pool_processes(stack, missing.sha256)
+    assert all("no artifact for this engine" in m for m in skipped.values()), skipped
     wasm = variant(modules.ECHO)
     cfid = api.deploy(wasm)
-    wait_until(lambda: len(prefetch_lines(log, sha(wasm))) == 2, timeout=10,
-               what="both pool processes prefetching after bad announcements")
-    assert "ignored a malformed upload announcement" in log.read_text()
+    assert all(m.startswith("prefetched") for m in both_pool_processes(stack, sha(wasm)).values())
+    assert "ignored a malformed upload announcement" in stack.worker.output()
     assert api.call(cfid, "still").json()["result"] == "still"
 
 
