@@ -120,7 +120,8 @@ def load_module(engine: wasmtime.Engine, artifacts: Artifacts, sha256: str,
 
 def _deserialize_mapped(engine: wasmtime.Engine, artifact: bytes) -> wasmtime.Module | None:
     """The module loaded from a memory file holding the artifact; None where
-    there is none to be had (not Linux, out of descriptors).
+    that fails (not Linux, out of descriptors, no /proc; a refused artifact is
+    then refused again, from bytes).
 
     wasmtime then maps the module's code and data from the file rather than
     copying them, and builds the memory image of each new instance from that
@@ -138,7 +139,7 @@ def _deserialize_mapped(engine: wasmtime.Engine, artifact: bytes) -> wasmtime.Mo
             file.write(artifact)
         # wasmtime opens its own descriptor of the file and keeps it.
         return wasmtime.Module.deserialize_file(engine, f"/proc/self/fd/{fd}")
-    except OSError:
+    except (OSError, wasmtime.WasmtimeError):
         return None
     finally:
         os.close(fd)

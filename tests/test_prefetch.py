@@ -11,6 +11,7 @@ import redis
 
 from broker import abi, keys
 from broker.artifacts import Artifacts, Uploaded
+from broker.limits import Limits
 from broker.store import RedisStore
 from tests import modules
 from tests.modules import variant
@@ -175,3 +176,21 @@ def test_when_the_load_in_flight_fails_the_waiting_call_loads_the_module_itself(
     task.join(10)
     assert len(errors) == 1 and len(results) == 1
     assert list(runtime.cached()) == [sha(wasm)]
+
+
+def test_an_instance_made_on_another_thread_waits_for_the_running_task() -> None:
+    # wasmtime-py passes host-function errors through one global that a failed
+    # instantiation reads: the two must never overlap.
+    runtime = Runtime()
+    slow = runtime.prepare(sha(modules.SLOW), lambda: modules.SLOW)
+    other = runtime.prepare(sha(modules.ECHO), lambda: modules.ECHO)
+    done: list[str] = []
+    task = threading.Thread(target=lambda: done.append(
+        runtime.run(slow, b"300", Limits()).output.decode()))
+    task.start()
+    wait_until(runtime._wasm_lock.locked, timeout=5, interval=0.001, what="the task running")
+    warm = threading.Thread(target=lambda: (runtime.warm(other), done.append("warm")))
+    warm.start()
+    task.join(10)
+    warm.join(10)
+    assert done == ["300", "warm"]

@@ -11,7 +11,8 @@ waits for that load (`Runtime.prepare`) instead of loading a second copy.
 What it does not do:
 - run wasm: wasmtime-py allows that on one thread per process, the task's; a
   module with a start section is loaded but left for its first task to
-  instantiate;
+  instantiate, and any other is instantiated only while no task runs wasm
+  (see `Runtime.__init__`);
 - evict: it only fills free room in the module cache, so a burst of uploads
   never pushes out the modules in use;
 - compile: it only loads artifacts this engine can use; a node whose engine

@@ -81,6 +81,11 @@ class Runtime:
         self._lock = threading.Lock()
         self._link_lock = threading.Lock()
         self._loading: dict[str, threading.Event] = {}
+        # wasmtime-py hands a host function's exception back through one module
+        # global, which any failed call into wasmtime reads: an instantiation
+        # failing on the prefetch thread could take a running task's exception
+        # (its time limit, its exit code). So calls into wasm never overlap.
+        self._wasm_lock = threading.Lock()
         self._ticker = threading.Thread(target=self._tick, name="wasmq-epoch", daemon=True)
         self._ticker.start()
 
@@ -170,17 +175,23 @@ class Runtime:
         tasks may warm such a module (see `abi.runs_code_on_instantiation`).
         """
         store = wasmtime.Store(self.engine)
+        store.set_limits(table_elements=TABLE_ELEMENTS, instances=1, memories=1)
         store.set_epoch_deadline(max(1, int(1.0 / EPOCH_TICK_S)))
         store.set_wasi(wasmtime.WasiConfig())
         token = CURRENT.set(HostContext())
         try:
-            prepared.pre.instantiate(store)
+            with self._wasm_lock:
+                prepared.pre.instantiate(store)
         except (wasmtime.Trap, wasmtime.WasmtimeError, ModuleExit):
-            pass  # a start section that fails will fail the module's tasks, with a message
+            pass  # a module that does not instantiate fails its tasks, with a message
         finally:
             CURRENT.reset(token)
 
     def run(self, prepared: Prepared, data: bytes, limits: Limits) -> Outcome:
+        with self._wasm_lock:  # see __init__
+            return self._run(prepared, data, limits)
+
+    def _run(self, prepared: Prepared, data: bytes, limits: Limits) -> Outcome:
         ctx = HostContext(deadline=time.monotonic() + limits.timeout_s)
         token = CURRENT.set(ctx)
         store = wasmtime.Store(self.engine)
