@@ -26,6 +26,7 @@ ENTRY_POINTS = ("_start", "_initialize")
 MEMORY = "memory"
 WASI_NAMESPACES = ("wasi_snapshot_preview1", "wasi_unstable")
 WASM_MAGIC = b"\0asm"
+START_SECTION = 8
 # What wasmtime provides under wasi_snapshot_preview1; any other name there
 # would only fail at instantiation, so upload refuses it up front. Unknown
 # wasi_unstable names are linked to stubs that answer ENOSYS.
@@ -100,6 +101,35 @@ def inspect_module(module: wasmtime.Module) -> ModuleInfo:
         exports=sorted(exports),
         entry=entry,  # type: ignore[arg-type]
     )
+
+
+def runs_code_on_instantiation(wasm: bytes) -> bool:
+    """Whether the module has a start section, the only code instantiation runs.
+
+    wasmtime-py hands host-function errors back through one global, so wasm
+    may run on one thread per process only; a module without a start
+    section can be instantiated on any thread. Reads section headers only:
+    `wasm` must be a module that compiled.
+    """
+    pos = len(WASM_MAGIC) + 4  # the magic and the version
+    while pos < len(wasm):
+        section = wasm[pos]
+        size, pos = _uleb128(wasm, pos + 1)
+        if section == START_SECTION:
+            return True
+        pos += size
+    return False
+
+
+def _uleb128(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
 
 
 def compile_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:

@@ -5,6 +5,7 @@ PREFIX = "wasmq"
 FUNCTIONS_INDEX = f"{PREFIX}:functions"  # zset cfid -> createdAt
 PENDING = f"{PREFIX}:pending"  # zset tid -> when its message was last sent, until claimed
 DONE_CHANNEL = f"{PREFIX}:done"  # pub/sub: tid of every finished task
+UPLOADED_CHANNEL = f"{PREFIX}:uploaded"  # pub/sub: each module uploaded compiled (JSON)
 RATE_LIMIT = f"{PREFIX}:ratelimit"  # prefix of the rate-limit counters
 
 

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from broker import keys
-from broker.artifacts import Artifacts
+from broker import abi, keys
+from broker.artifacts import Artifacts, Uploaded
 from broker.clock import iso, now
 from broker.errors import NotFound
 from broker.store import ContentStore, sha256_hex
@@ -57,10 +57,12 @@ class Registry:
             exampleinput=exampleinput, sha256=sha256_hex(wasm), size=len(wasm),
             imports=imports, exports=exports, createdAt=stamp, updatedAt=stamp,
             private=private, limits=dict(limits or {}))
-        self._store_binary(cfid, wasm, artifact)
+        uploaded = self._store_binary(cfid, wasm, artifact)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
         pipe.zadd(keys.FUNCTIONS_INDEX, {cfid: now()})
+        if uploaded is not None:
+            self.artifacts.announce(pipe, uploaded)
         pipe.execute()
         return record
 
@@ -98,8 +100,12 @@ class Registry:
         record.imports = imports
         record.exports = exports
         record.updatedAt = iso(now()) or ""
-        self._store_binary(cfid, wasm, artifact)
-        self.redis.set(keys.function(cfid), json.dumps(asdict(record)))
+        uploaded = self._store_binary(cfid, wasm, artifact)
+        pipe = self.redis.pipeline()
+        pipe.set(keys.function(cfid), json.dumps(asdict(record)))
+        if uploaded is not None:
+            self.artifacts.announce(pipe, uploaded)
+        pipe.execute()
         if old_sha != record.sha256:
             self._release_binary(cfid, old_sha)
         return record
@@ -118,13 +124,15 @@ class Registry:
             raise NotFound(f"the binary of compute function '{record.cfid}' is missing")
         return data
 
-    def _store_binary(self, cfid: str, wasm: bytes, artifact: bytes | None) -> None:
+    def _store_binary(self, cfid: str, wasm: bytes, artifact: bytes | None) -> Uploaded | None:
+        """What to announce to the workers once the record is written, if anything."""
         # Reference first, then bytes: a concurrent release never sees zero refs
         # for a binary that is about to be used.
         self.redis.sadd(keys.blob_refs(sha256_hex(wasm)), cfid)
         digest = self.store.put(wasm)
-        if artifact is not None:
-            self.artifacts.put(digest, artifact)
+        if artifact is None or not self.artifacts.put(digest, artifact):
+            return None
+        return Uploaded(digest, len(artifact), abi.runs_code_on_instantiation(wasm))
 
     def _release_binary(self, cfid: str, sha256: str) -> None:
         pipe = self.redis.pipeline()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 import redis
@@ -12,10 +13,14 @@ import wasmtime
 from broker import keys
 from broker.artifacts import Artifacts, load_module
 from broker.engine import SETTINGS, fingerprint, make_engine
+from broker.limits import Limits
+from broker.registry import Registry
+from broker.settings import MB
 from broker.store import RedisStore
 from tests import modules
 from tests.modules import variant
 from tests.support import Api
+from workers.runtime import MAX_MAPPED_MODULES, Runtime
 
 
 @pytest.fixture()
@@ -43,11 +48,12 @@ def test_upload_stores_the_compiled_module_under_sha256_and_fingerprint(
 
 def test_workers_run_the_stored_artifact_not_a_fresh_compile(
         api: Api, client: redis.Redis) -> None:
-    # Swap the stored artifact of an echo module for another module's: if the
-    # worker compiled the binary itself, the call would echo its input.
+    # Store an echo module with another module's artifact (workers may load it
+    # as soon as the function exists): if a worker compiled the binary itself,
+    # the call would echo its input.
     wasm = variant(modules.ECHO)
-    cfid = api.deploy(wasm)
-    client.hset(keys.artifacts(sha(wasm)), fingerprint(), compiled(modules.NOT_JSON))
+    cfid = Registry(client, RedisStore(client)).create(
+        wasm, imports=[], exports=[], artifact=compiled(modules.NOT_JSON)).cfid
     assert api.call(cfid, "echo me").json()["result"] == modules.NOT_JSON_TEXT
 
 
@@ -102,3 +108,31 @@ def test_the_fingerprint_changes_with_the_engine_settings() -> None:
     assert fingerprint() == fingerprint(SETTINGS)
     assert fingerprint(SETTINGS + (("consume_fuel", True),)) != fingerprint()
     assert len(fingerprint()) == 16
+
+
+def memory_files() -> int:
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:wasmq-module")
+               for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="memory files are Linux-only")
+def test_a_large_artifact_runs_mapped_from_a_memory_file_released_with_the_module(
+        client: redis.Redis) -> None:
+    wasm = variant(modules.NOT_JSON)  # its output comes from its data segment
+    digest = RedisStore(client).put(wasm)
+    Artifacts(client).put(digest, compiled(wasm))
+    runtime = Runtime(artifacts=Artifacts(client))
+    runtime.map_from = 0  # as if the module were large
+    before = memory_files()
+    prepared = runtime.prepare(digest, lambda: pytest.fail("the artifact must be used"))
+    assert memory_files() == before + 1
+    assert runtime.run(prepared, b"x", Limits()).output == modules.NOT_JSON_TEXT.encode()
+    del prepared
+    runtime.forget(digest)
+    assert memory_files() == before
+
+
+def test_at_most_256_modules_of_a_full_cache_hold_a_memory_file() -> None:
+    for mb in (1, 256, 4096):
+        runtime = Runtime(cache_bytes=mb * MB)
+        assert runtime.cache_bytes // runtime.map_from <= MAX_MAPPED_MODULES == 256

@@ -31,6 +31,10 @@ U32 = 0xFFFFFFFF
 # are host memory too (8 bytes an element), and one instance with one memory
 # is all the ABI needs, so a second memory cannot double the memory limit.
 TABLE_ELEMENTS = 1_000_000
+# Large modules are loaded from memory files (broker/artifacts.py), one file
+# descriptor each while cached: the size from which they are is chosen so that
+# a full cache holds at most this many.
+MAX_MAPPED_MODULES = 256
 
 
 @dataclass
@@ -68,8 +72,20 @@ class Runtime:
         define_wasi_unstable(self.linker)
         self.cache_bytes = cache_bytes
         self.artifacts = artifacts
+        self.map_from = max(1024 * 1024, cache_bytes // MAX_MAPPED_MODULES)
         self._cache: OrderedDict[str, Prepared] = OrderedDict()
         self._cached = 0
+        # The task thread and the prefetch thread (workers/prefetch.py) share the
+        # cache: `_lock` guards it and `_loading`; the linker is changed under
+        # `_link_lock`, the only step two loads of different modules cannot share.
+        self._lock = threading.Lock()
+        self._link_lock = threading.Lock()
+        self._loading: dict[str, threading.Event] = {}
+        # wasmtime-py hands a host function's exception back through one module
+        # global, which any failed call into wasmtime reads: an instantiation
+        # failing on the prefetch thread could take a running task's exception
+        # (its time limit, its exit code). So calls into wasm never overlap.
+        self._wasm_lock = threading.Lock()
         self._ticker = threading.Thread(target=self._tick, name="wasmq-epoch", daemon=True)
         self._ticker.start()
 
@@ -79,64 +95,103 @@ class Runtime:
             time.sleep(EPOCH_TICK_S)
             self.engine.increment_epoch()
 
-    def prepare(self, sha256: str, load: Callable[[], bytes]) -> Prepared:
+    def prepare(self, sha256: str, load: Callable[[], bytes], *,
+                warm: bool = False) -> Prepared:
         """The module from the per-process LRU, or loaded, linked and cached.
 
         `load` fetches the binary; it is called only when no compiled artifact
-        for this engine exists.
+        for this engine exists. With `warm`, a module this call loads is
+        instantiated once (see `warm`) before anyone else may use it. A call
+        for a module another thread is loading waits for that load instead of
+        loading a second copy.
         """
-        hit = self._cache.get(sha256)
-        if hit is not None:
-            self._cache.move_to_end(sha256)
-            return hit
+        while True:
+            with self._lock:
+                hit = self._cache.get(sha256)
+                if hit is not None:
+                    self._cache.move_to_end(sha256)
+                    return hit
+                pending = self._loading.get(sha256)
+                if pending is None:
+                    pending = self._loading[sha256] = threading.Event()
+                    break
+            pending.wait()  # then look again: that load may have failed
+        try:
+            prepared = self._load(sha256, load)
+            if warm:
+                self.warm(prepared)
+            with self._lock:
+                self._cache[sha256] = prepared
+                self._cached += prepared.size
+                while self._cached > self.cache_bytes and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached -= old.size
+            return prepared
+        finally:
+            with self._lock:
+                del self._loading[sha256]
+            pending.set()
+
+    def _load(self, sha256: str, load: Callable[[], bytes]) -> Prepared:
         if self.artifacts is not None:
-            module, size = load_module(self.engine, self.artifacts, sha256, load)
+            module, size = load_module(self.engine, self.artifacts, sha256, load,
+                                       self.map_from)
         else:
             module = abi.compile_module(self.engine, load())
             size = len(module.serialize())
         info = abi.inspect_module(module)
-        define_missing_stubs(self.linker, module)
-        try:
-            pre = self.linker.instantiate_pre(module)
-        except wasmtime.WasmtimeError as exc:  # e.g. a WASI import with the wrong signature
-            reason = str(exc).strip().splitlines()[0]
-            raise TaskFailed(f"module cannot be linked against WASI: {reason}") from None
-        prepared = Prepared(pre, info.entry, size)
-        self._cache[sha256] = prepared
-        self._cached += prepared.size
-        while self._cached > self.cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cached -= old.size
-        return prepared
+        with self._link_lock:
+            define_missing_stubs(self.linker, module)
+            try:
+                pre = self.linker.instantiate_pre(module)
+            except wasmtime.WasmtimeError as exc:  # e.g. a WASI import with the wrong signature
+                reason = str(exc).strip().splitlines()[0]
+                raise TaskFailed(f"module cannot be linked against WASI: {reason}") from None
+        return Prepared(pre, info.entry, size)
 
     def cached(self) -> dict[str, int]:
         """sha256 -> compiled size of each hot module, least recently used first."""
-        return {sha: p.size for sha, p in self._cache.items()}
+        with self._lock:
+            return {sha: p.size for sha, p in self._cache.items()}
+
+    def holds(self, sha256: str) -> bool:
+        return sha256 in self._cache
 
     @property
     def cached_bytes(self) -> int:
         return self._cached
 
     def forget(self, sha256: str) -> None:
-        old = self._cache.pop(sha256, None)
-        if old is not None:
-            self._cached -= old.size
+        with self._lock:
+            old = self._cache.pop(sha256, None)
+            if old is not None:
+                self._cached -= old.size
 
     def warm(self, prepared: Prepared) -> None:
         """Instantiate once, running nothing the ABI asks for: wasmtime builds the
-        module's memory image on its first instance, so a task does not have to."""
+        module's memory image on its first instance, so a task does not have to.
+
+        A module with a start section runs it here: only the thread that runs
+        tasks may warm such a module (see `abi.runs_code_on_instantiation`).
+        """
         store = wasmtime.Store(self.engine)
+        store.set_limits(table_elements=TABLE_ELEMENTS, instances=1, memories=1)
         store.set_epoch_deadline(max(1, int(1.0 / EPOCH_TICK_S)))
         store.set_wasi(wasmtime.WasiConfig())
         token = CURRENT.set(HostContext())
         try:
-            prepared.pre.instantiate(store)
+            with self._wasm_lock:
+                prepared.pre.instantiate(store)
         except (wasmtime.Trap, wasmtime.WasmtimeError, ModuleExit):
-            pass  # a start section that fails will fail the module's tasks, with a message
+            pass  # a module that does not instantiate fails its tasks, with a message
         finally:
             CURRENT.reset(token)
 
     def run(self, prepared: Prepared, data: bytes, limits: Limits) -> Outcome:
+        with self._wasm_lock:  # see __init__
+            return self._run(prepared, data, limits)
+
+    def _run(self, prepared: Prepared, data: bytes, limits: Limits) -> Outcome:
         ctx = HostContext(deadline=time.monotonic() + limits.timeout_s)
         token = CURRENT.set(ctx)
         store = wasmtime.Store(self.engine)

@@ -25,6 +25,7 @@ from broker.limits import Limits
 from broker.records import Status, TaskRecords
 from broker.settings import MB, Settings
 from broker.store import RedisStore
+from workers.prefetch import Prefetcher
 from workers.runtime import ModuleFailed, Runtime
 from workers.warmup import warm_up
 
@@ -41,6 +42,7 @@ class NodeState:
         self.store = RedisStore(client)
         self.limits = Limits.from_settings(settings)
         self.runtime = Runtime(settings.module_cache_mb * MB, Artifacts(client))
+        self.prefetcher = Prefetcher(self.runtime, client)
         self.node = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -61,7 +63,9 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     def warm(**_: object) -> None:
         # Build the engine, linker and Redis connection and preload hot modules
         # when the pool process starts: a new process answers its first call warm.
+        # From then on, modules uploaded later are loaded as they arrive.
         st = state()
+        st.prefetcher.start()
         try:
             warm_up(st.runtime, st.records, st.runtime.cache_bytes // 2)
         except redis.RedisError:  # Redis is down: the first task connects, or is redelivered

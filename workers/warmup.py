@@ -38,12 +38,13 @@ HOT_COUNT = 64
 BUDGET_S = 2.0
 
 
-class _NotCompiled(Exception):
-    """A hot module without an artifact for this engine: not worth compiling now."""
+class NotCompiled(Exception):
+    """A module without an artifact for this engine: not worth compiling ahead."""
 
 
-def _no_binary() -> bytes:
-    raise _NotCompiled
+def no_binary() -> bytes:
+    """The `load` for `Runtime.prepare` that accepts a stored artifact only."""
+    raise NotCompiled
 
 
 def warm_up(runtime: Runtime, records: TaskRecords, preload_bytes: int) -> None:
@@ -59,9 +60,9 @@ def warm_up(runtime: Runtime, records: TaskRecords, preload_bytes: int) -> None:
         if time.monotonic() > deadline or runtime.cached_bytes >= preload_bytes:
             break
         try:
-            runtime.warm(runtime.prepare(sha, _no_binary))
+            runtime.prepare(sha, no_binary, warm=True)
             loaded += 1
-        except _NotCompiled:
+        except NotCompiled:
             continue
         except Exception as exc:  # a module that no longer loads fails its own tasks later
             log.warning("preloading %s failed: %s", sha, exc)
