@@ -47,6 +47,7 @@ class Uploaded:
     sha256: str
     size: int  # bytes of the artifact, what it costs in a module cache
     start: bool  # instantiating it runs code (see abi.runs_code_on_instantiation)
+    replies: str = ""  # list each listener pushes to when done with it ("" for none)
 
     def encode(self) -> str:
         return json.dumps(asdict(self))
@@ -55,7 +56,8 @@ class Uploaded:
     def decode(cls, raw: bytes | str) -> "Uploaded":
         """Raises ValueError, KeyError or TypeError on anything else."""
         fields = json.loads(raw)
-        return cls(str(fields["sha256"]), int(fields["size"]), bool(fields["start"]))
+        return cls(str(fields["sha256"]), int(fields["size"]), bool(fields["start"]),
+                   str(fields.get("replies", "")))
 
 
 class Artifacts:
@@ -81,8 +83,34 @@ class Artifacts:
                               args=[self.fingerprint, artifact]))
 
     def announce(self, pipe: redis.client.Pipeline, uploaded: Uploaded) -> None:
-        """Queue, in the caller's pipeline, the news that workers may load it now."""
+        """Queue, in the caller's pipeline, the news that workers may load it now;
+        the pipeline's result for it is how many worker processes heard it."""
         pipe.publish(keys.UPLOADED_CHANNEL, uploaded.encode())
+
+    def await_loaded(self, uploaded: Uploaded, listeners: int, timeout: float) -> int:
+        """Wait, at most `timeout` seconds, until the `listeners` worker processes
+        that heard the announcement are done with it (loaded, or decided not to),
+        so the first call after an upload finds the module hot. Returns how many
+        answered; a busy or dead worker only makes the upload return later."""
+        deadline = time.monotonic() + timeout
+        answered = 0
+        try:
+            while answered < listeners:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.redis.blpop([uploaded.replies], timeout=left) is None:
+                    break
+                answered += 1
+        finally:
+            self.redis.delete(uploaded.replies)
+        return answered
+
+    def loaded(self, uploaded: Uploaded) -> None:
+        """A worker process is done with this announcement."""
+        if uploaded.replies:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.rpush(uploaded.replies, 1)
+            pipe.expire(uploaded.replies, 60)
+            pipe.execute()
 
     def delete(self, sha256: str) -> None:
         """Every engine's artifact of this binary."""

@@ -45,3 +45,8 @@ WORKERS_SEEN = f"{PREFIX}:workers"  # zset: "<node>\t<pool size>" -> last heartb
 
 # kombu's Redis transport keeps delivered, unacknowledged messages here.
 KOMBU_UNACKED = "unacked"
+
+
+def loaded_replies(nonce: str) -> str:
+    """List where worker processes say they are done with one upload announcement."""
+    return f"{PREFIX}:loaded:{nonce}"

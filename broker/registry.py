@@ -39,6 +39,10 @@ class FunctionRecord:
         return asdict(self)
 
 
+# How long an upload waits for the worker processes to load its module.
+LOAD_WAIT_S = 1.0
+
+
 class Registry:
     def __init__(self, client: redis.Redis, store: ContentStore) -> None:
         self.redis = client
@@ -61,9 +65,7 @@ class Registry:
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
         pipe.zadd(keys.FUNCTIONS_INDEX, {cfid: now()})
-        if uploaded is not None:
-            self.artifacts.announce(pipe, uploaded)
-        pipe.execute()
+        self._write_and_announce(pipe, uploaded)
         return record
 
     def get(self, cfid: str) -> FunctionRecord:
@@ -103,9 +105,7 @@ class Registry:
         uploaded = self._store_binary(cfid, wasm, artifact)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
-        if uploaded is not None:
-            self.artifacts.announce(pipe, uploaded)
-        pipe.execute()
+        self._write_and_announce(pipe, uploaded)
         if old_sha != record.sha256:
             self._release_binary(cfid, old_sha)
         return record
@@ -124,6 +124,17 @@ class Registry:
             raise NotFound(f"the binary of compute function '{record.cfid}' is missing")
         return data
 
+    def _write_and_announce(self, pipe: redis.client.Pipeline,
+                            uploaded: Uploaded | None) -> None:
+        """Write the record; then, for a module stored compiled, tell the workers
+        and give them up to LOAD_WAIT_S to load it, so an upload answers when its
+        first call can run hot."""
+        if uploaded is not None:
+            self.artifacts.announce(pipe, uploaded)
+        listeners = pipe.execute()[-1]
+        if uploaded is not None and listeners:
+            self.artifacts.await_loaded(uploaded, listeners, LOAD_WAIT_S)
+
     def _store_binary(self, cfid: str, wasm: bytes, artifact: bytes | None) -> Uploaded | None:
         """What to announce to the workers once the record is written, if anything."""
         # Reference first, then bytes: a concurrent release never sees zero refs
@@ -132,7 +143,8 @@ class Registry:
         digest = self.store.put(wasm)
         if artifact is None or not self.artifacts.put(digest, artifact):
             return None
-        return Uploaded(digest, len(artifact), abi.runs_code_on_instantiation(wasm))
+        return Uploaded(digest, len(artifact), abi.runs_code_on_instantiation(wasm),
+                        keys.loaded_replies(uuid.uuid4().hex))
 
     def _release_binary(self, cfid: str, sha256: str) -> None:
         pipe = self.redis.pipeline()

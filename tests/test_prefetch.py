@@ -54,7 +54,9 @@ def test_every_worker_process_loads_an_uploaded_module_before_its_first_call(
         stack: Stack, api: Api) -> None:
     wasm = variant(modules.ECHO)
     cfid = api.deploy(wasm)
-    lines = both_pool_processes(stack, sha(wasm))
+    # The upload answered once both had loaded it: no waiting for the log here.
+    lines = prefetch_lines(stack, sha(wasm))
+    assert len(lines) == 2, lines
     assert all(m.startswith(f"prefetched {sha(wasm)} (") for m in lines.values()), lines
     assert "start section" not in " ".join(lines.values())
     assert api.call(cfid, "first").json()["result"] == "first"
@@ -194,3 +196,13 @@ def test_an_instance_made_on_another_thread_waits_for_the_running_task() -> None
     task.join(10)
     warm.join(10)
     assert done == ["300", "warm"]
+
+
+def test_every_listener_answers_an_announcement_even_when_it_loads_nothing(
+        stack: Stack, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    missing = Uploaded("1" * 64, 100, False, keys.loaded_replies("test-answers"))
+    listeners = client.publish(keys.UPLOADED_CHANNEL, missing.encode())
+    assert listeners >= 2  # the stack's two pool processes at least
+    assert Artifacts(client).await_loaded(missing, listeners, timeout=10) == listeners
+    assert not client.exists(missing.replies)  # the waiter cleans up

@@ -18,6 +18,10 @@ What it does not do:
 - compile: it only loads artifacts this engine can use; a node whose engine
   differs from the gateway's compiles on first use, as before;
 - fail anything: an error is logged, and the first task loads the module.
+
+Done with an announcement, loaded or not, it says so (`Artifacts.loaded`): the
+upload waits for that, briefly, so that it answers once its first call can
+run hot.
 """
 
 from __future__ import annotations
@@ -73,6 +77,11 @@ class Prefetcher:
             log.info("not prefetched %s: no artifact for this engine", uploaded.sha256)
         except Exception as exc:  # the first task loads it, and reports what is wrong
             log.warning("prefetching %s failed: %s", uploaded.sha256, exc)
+        try:
+            if self.runtime.artifacts is not None:
+                self.runtime.artifacts.loaded(uploaded)  # the upload may answer now
+        except redis.RedisError as exc:
+            log.warning("could not tell the gateway %s is loaded: %s", uploaded.sha256, exc)
 
     def _run(self) -> None:
         backoff = 0.1
