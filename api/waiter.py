@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 
 import redis
 
 from broker import keys
 from broker.records import TaskRecord, parse_wakeup
+from broker.subscription import listen_forever
 
 log = logging.getLogger("wasmq.waiter")
 
@@ -72,31 +72,14 @@ class CompletionListener:
             waiter.event.set()
 
     def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(keys.DONE_CHANNEL)
-                # A gap in the subscription may have swallowed wake-ups.
-                self._wake(None)
-                self._subscribed.set()
-                backoff = 0.1
-                while True:
-                    # A bounded wait keeps redis-py's health checks running and
-                    # never trips the client's socket timeout on a quiet channel.
-                    message = pubsub.get_message(timeout=1.0)
-                    if message and message.get("type") == "message":
-                        self._wake(*parse_wakeup(message["data"]))
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("completion listener lost Redis (%s); reconnecting", exc)
-            except Exception:  # the thread must outlive any surprise, or waiters sleep on
-                log.exception("completion listener failed; resubscribing")
-            finally:
-                self._subscribed.clear()
-                try:
-                    pubsub.close()
-                except Exception:  # closing a dead connection may itself fail
-                    pass
+        def subscribed() -> None:
+            self._wake(None)  # a gap in the subscription may have swallowed wake-ups
+            self._subscribed.set()
+
+        def lost() -> None:
+            self._subscribed.clear()
             self._wake(None)
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+
+        listen_forever(self.redis, keys.DONE_CHANNEL,
+                       lambda data: self._wake(*parse_wakeup(data)),
+                       what="completion listener", on_subscribed=subscribed, on_lost=lost)

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import redis
 
 from broker import keys
 from broker.artifacts import Uploaded
+from broker.subscription import listen_forever
 from workers.runtime import Runtime
 from workers.warmup import NotCompiled, no_binary
 
@@ -84,26 +84,5 @@ class Prefetcher:
             log.warning("could not tell the gateway %s is loaded: %s", uploaded.sha256, exc)
 
     def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                pubsub.subscribe(keys.UPLOADED_CHANNEL)
-                backoff = 0.1
-                while True:
-                    # A bounded wait keeps redis-py's health checks running and
-                    # never trips the client's socket timeout on a quiet channel.
-                    message = pubsub.get_message(timeout=1.0)
-                    if message and message.get("type") == "message":
-                        self._handle(message["data"])
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.warning("prefetch listener lost Redis (%s); reconnecting", exc)
-            except Exception:  # the thread must outlive any surprise
-                log.exception("prefetch listener failed; resubscribing")
-            finally:
-                try:
-                    pubsub.close()
-                except Exception:  # closing a dead connection may itself fail
-                    pass
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+        listen_forever(self.redis, keys.UPLOADED_CHANNEL, self._handle,
+                       what="prefetch listener")
