@@ -12,7 +12,6 @@ reading it back.
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -21,8 +20,6 @@ import redis
 from broker import keys
 from broker.records import TaskRecord, parse_wakeup
 from broker.subscription import listen_forever
-
-log = logging.getLogger("wasmq.waiter")
 
 
 @dataclass(eq=False)  # hashed by identity: one per waiting request
