@@ -9,10 +9,26 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 
 from broker.errors import ConfigError
 
 MB = 1024 * 1024
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup (v2) CPU
+    quota, so that a container on a large host sizes itself by its own limit."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    cores = cores or os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity is the limit
+    return cores
 
 
 @dataclass(frozen=True)
@@ -38,7 +54,7 @@ class Settings:
     rate_limit: str = "500/second"
     # One gateway process per two cores: a process serves about a thousand
     # calls a second, and on a small machine the workers need the other cores.
-    gateway_processes: int = field(default_factory=lambda: max(1, (os.cpu_count() or 2) // 2))
+    gateway_processes: int = field(default_factory=lambda: max(1, available_cores() // 2))
     gateway_threads: int = 64
     prefetch_multiplier: int = 1
     log_format: str = "json"

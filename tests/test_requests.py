@@ -4,6 +4,7 @@ message naming the problem and the right HTTP code, never a 500 or HTML."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import requests
@@ -85,3 +86,21 @@ def test_a_failed_request_loses_nothing_already_stored(api: Api, echo: str) -> N
     requests.post(f"{api.url}/task/{echo}", data=b"[" * 100_000)
     requests.put(f"{api.url}/functions/{echo}", files={"file": ("m", b"\0asm junk")})
     assert api.call(echo, "intact").json()["result"] == "intact"
+
+
+def test_idle_keep_alive_connections_beyond_the_thread_count_do_not_lock_others_out(
+        api: Api) -> None:
+    """A gateway process has 64 request threads; idle connections must not hold them."""
+    host, port = api.url.removeprefix("http://").split(":")
+    idle = []
+    try:
+        for _ in range(100):
+            conn = socket.create_connection((host, int(port)), timeout=2)
+            conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            idle.append(conn)  # kept open, idle
+        # Well within the 5 s after which idle connections are closed anyway.
+        assert requests.get(f"{api.url}/healthz", timeout=2).status_code == 200
+    finally:
+        for conn in idle:
+            conn.close()

@@ -86,3 +86,17 @@ def test_a_malformed_setting_is_reported_without_a_traceback() -> None:
     assert result.returncode == 2
     assert "WASMQ_TASK_TIMEOUT='soon' is not a valid float" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_process_counts_follow_a_container_cpu_quota(tmp_path: Path, monkeypatch) -> None:
+    from broker import settings
+
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(settings, "CGROUP_CPU_MAX", cpu_max)
+    cores = len(os.sched_getaffinity(0))
+    assert settings.available_cores() == cores  # no quota file
+    cpu_max.write_text("max 100000\n")
+    assert settings.available_cores() == cores
+    cpu_max.write_text("50000 100000\n")  # half a core still gets one process
+    assert settings.available_cores() == 1
+    assert settings.Settings().gateway_processes == 1

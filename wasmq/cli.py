@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from broker.errors import ConfigError
-from broker.settings import Settings
+from broker.settings import Settings, available_cores
 from wasmq.commands import register as register_client_commands
 
 
@@ -43,7 +43,7 @@ def up(port: int, host: str, workers: int | None, data_dir: Path | None) -> None
     _settings()  # fail early on a malformed environment
     data_dir = (data_dir or Path(os.environ.get("WASMQ_DATA_DIR") or "wasmq-data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor(port=port, host=host, workers=workers or os.cpu_count() or 1,
+    supervisor = Supervisor(port=port, host=host, workers=workers or available_cores(),
                             data_dir=data_dir, redis_url=os.environ.get("WASMQ_REDIS_URL"),
                             env=dict(os.environ))
     sys.exit(supervisor.run())
@@ -72,7 +72,7 @@ def worker(concurrency: int | None, name: str, heartbeat_file: Path | None) -> N
 
     app = build_worker_app(settings, heartbeat_file)
     app.worker_main(["worker", "--loglevel", "INFO", "-Q", settings.queue,
-                     "--concurrency", str(concurrency or os.cpu_count() or 1),
+                     "--concurrency", str(concurrency or available_cores()),
                      "-n", name, "-E", "--without-mingle"])
 
 

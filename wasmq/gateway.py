@@ -14,6 +14,7 @@ import logging
 
 from granian import Granian
 from granian.constants import Interfaces
+from granian.http import HTTP1Settings
 
 from broker.logs import setup_logging
 from broker.settings import Settings
@@ -37,10 +38,19 @@ LOG_CONFIG = {
 }
 
 
+# Open connections per process. Granian's `backpressure` counts connections,
+# idle keep-alive ones included, not requests: the threads bound the requests.
+CONNECTIONS = 1024
+# An idle keep-alive connection is closed after this long, as gunicorn's was.
+KEEPALIVE_MS = 5000
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
     setup_logging(settings.log_format)  # before the fork: every process inherits it
     Granian(APP, factory=True, address=host, port=port, interface=Interfaces.WSGI,
             workers=settings.gateway_processes, blocking_threads=settings.gateway_threads,
-            backpressure=settings.gateway_threads, respawn_failed_workers=True,
+            backpressure=CONNECTIONS,
+            http1_settings=HTTP1Settings(header_read_timeout=KEEPALIVE_MS),
+            respawn_failed_workers=True,
             respawn_interval=0.5, workers_kill_timeout=10, log_level="warning",
             log_dictconfig=LOG_CONFIG, log_access=False).serve()
