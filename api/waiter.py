@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import redis
 
 from broker import keys
-from broker.records import TaskRecord, parse_wakeup
+from broker.records import TaskRecord, parse_wakeup, unpack_shipped
 from broker.subscription import listen_forever
 
 
@@ -59,10 +59,12 @@ class CompletionListener:
                 if not group:
                     del self._waiters[tid]
 
-    def _wake(self, tid: str | None, record: TaskRecord | None = None) -> None:
+    def _wake(self, tid: str | None, packed: bytes = b"") -> None:
         with self._lock:
             groups = [self._waiters.get(tid, set())] if tid else list(self._waiters.values())
             waiters = [w for group in groups for w in group]
+        # Every process hears every completion: unpack only what someone waits for.
+        record = unpack_shipped(packed) if waiters and packed else None
         for waiter in waiters:
             if record is not None:
                 waiter.record = record

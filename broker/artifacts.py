@@ -101,7 +101,10 @@ class Artifacts:
                     break
                 answered += 1
         finally:
-            self.redis.delete(uploaded.replies)
+            try:
+                self.redis.delete(uploaded.replies)
+            except redis.RedisError:
+                pass  # it expires: each worker's push sets a TTL
         return answered
 
     def loaded(self, uploaded: Uploaded) -> None:

@@ -121,13 +121,23 @@ end
 SHIP_LIMIT = 16 * 1024
 
 
-def parse_wakeup(data: bytes) -> tuple[str, "TaskRecord | None"]:
-    """A completion message: the tid, and the finished record if it was shipped."""
+def parse_wakeup(data: bytes) -> tuple[str, bytes]:
+    """A completion message: the tid, and the packed record if one was shipped."""
     tid, _, packed = data.partition(b"\n")
+    return tid.decode(errors="replace"), packed
+
+
+def unpack_shipped(packed: bytes) -> "TaskRecord | None":
+    """The shipped record, or None if there is none or it cannot be read (then the
+    waiter reads the record from Redis, as for a large one)."""
     if not packed:
-        return tid.decode(), None
-    flat = msgpack.unpackb(packed, raw=True)
-    return tid.decode(), TaskRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return None
+    try:
+        flat = msgpack.unpackb(packed, raw=True)
+        record = TaskRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+        return None
+    return record if record.status.finished else None
 
 
 class TaskRecords:

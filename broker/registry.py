@@ -8,6 +8,7 @@ upload the same bytes.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from dataclasses import asdict, dataclass, field
 
@@ -39,6 +40,8 @@ class FunctionRecord:
         return asdict(self)
 
 
+log = logging.getLogger("wasmq.registry")
+
 # How long an upload waits for the worker processes to load its module.
 LOAD_WAIT_S = 1.0
 
@@ -65,7 +68,7 @@ class Registry:
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
         pipe.zadd(keys.FUNCTIONS_INDEX, {cfid: now()})
-        self._write_and_announce(pipe, uploaded)
+        self._await_loaded(uploaded, self._write_and_announce(pipe, uploaded))
         return record
 
     def get(self, cfid: str) -> FunctionRecord:
@@ -105,9 +108,10 @@ class Registry:
         uploaded = self._store_binary(cfid, wasm, artifact)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
-        self._write_and_announce(pipe, uploaded)
+        listeners = self._write_and_announce(pipe, uploaded)
         if old_sha != record.sha256:
             self._release_binary(cfid, old_sha)
+        self._await_loaded(uploaded, listeners)
         return record
 
     def delete(self, cfid: str) -> None:
@@ -125,15 +129,24 @@ class Registry:
         return data
 
     def _write_and_announce(self, pipe: redis.client.Pipeline,
-                            uploaded: Uploaded | None) -> None:
-        """Write the record; then, for a module stored compiled, tell the workers
-        and give them up to LOAD_WAIT_S to load it, so an upload answers when its
-        first call can run hot."""
+                            uploaded: Uploaded | None) -> int:
+        """Write the record and, for a module stored compiled, tell the workers:
+        how many worker processes heard it."""
         if uploaded is not None:
             self.artifacts.announce(pipe, uploaded)
         listeners = pipe.execute()[-1]
-        if uploaded is not None and listeners:
+        return listeners if uploaded is not None else 0
+
+    def _await_loaded(self, uploaded: Uploaded | None, listeners: int) -> None:
+        """Give the workers up to LOAD_WAIT_S to load the module, so that an upload
+        answers when its first call can run hot. Best effort: the function is
+        stored already, and a failure here must not make the upload look failed."""
+        if uploaded is None or not listeners:
+            return
+        try:
             self.artifacts.await_loaded(uploaded, listeners, LOAD_WAIT_S)
+        except redis.RedisError as exc:
+            log.warning("not waiting for workers to load %s: %s", uploaded.sha256, exc)
 
     def _store_binary(self, cfid: str, wasm: bytes, artifact: bytes | None) -> Uploaded | None:
         """What to announce to the workers once the record is written, if anything."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import time
 
+import msgpack
 import redis
 
 from broker import keys
 from broker.artifacts import Artifacts
 from broker.limits import Limits
-from broker.records import SHIP_LIMIT, Status, TaskRecord, TaskRecords, parse_wakeup
+from broker.records import SHIP_LIMIT, Status, TaskRecord, TaskRecords, parse_wakeup, unpack_shipped
 from broker.store import RedisStore
 from tests import modules
 from tests.modules import variant
@@ -93,7 +94,8 @@ def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_no
         assert b"job" not in client.hgetall(keys.task(tid))  # claimed: nothing to resend
         records.finish(tid, Status.SUCCEEDED, result=result, stdout="out", exec_ms=0.2)
         message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
-        woken, record = parse_wakeup(message["data"])
+        woken, packed = parse_wakeup(message["data"])
+        record = unpack_shipped(packed)
         assert woken == tid
         shipped[name] = record
         if record is not None:
@@ -101,3 +103,13 @@ def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_no
     subscription.close()
     assert shipped["small"] is not None and shipped["small"].result == b"\x00[55]\xff"
     assert shipped["large"] is None  # the waiter reads it back instead
+
+
+def test_a_shipped_record_that_cannot_be_read_or_is_unfinished_is_not_used() -> None:
+    assert unpack_shipped(b"") is None
+    assert unpack_shipped(b"\xc1 not msgpack") is None
+    assert unpack_shipped(msgpack.packb([b"tid", b"t", b"status"])) is None  # odd list
+    running = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"running"])
+    assert unpack_shipped(running) is None  # the waiter reads the record instead
+    done = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"succeeded", b"result", b"1"])
+    assert unpack_shipped(done).result == b"1"

@@ -30,6 +30,12 @@ class Consumer(CeleryConsumer):
         self._flush_pending = False
         self._flush_events()
 
+    def on_close(self) -> None:
+        # A lost connection may take the scheduled flush with it (some Celery
+        # versions clear the hub's timer): schedule anew from the next event.
+        self._flush_pending = False
+        super().on_close()
+
     def shutdown(self) -> None:
         try:
             self._flush_events()  # the last batch, while the connection is still open
