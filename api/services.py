@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import current_app
 
-from api.ratelimit import SubmissionLimiter
+from api.ratelimit import RateRules
+from api.submission import Submissions
 from api.waiter import CompletionListener
 from broker.celery_app import make_celery
 from broker.connections import get_redis
 from broker.engine import make_engine
 from broker.jobs import JobMessages
 from broker.records import TaskRecords
-from broker.registry import FunctionRecord, Registry
+from broker.registry import Registry
 from broker.settings import Settings
 from broker.store import RedisStore
 
@@ -27,26 +28,20 @@ class Services:
     celery: Celery
     jobs: JobMessages
     listener: CompletionListener
-    limiter: SubmissionLimiter | None  # None when rate limiting is off
+    submissions: Submissions
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         client = get_redis(settings)
         celery = make_celery(settings)
+        records = TaskRecords(client, settings.result_ttl)
         return cls(settings=settings,
                    registry=Registry(client, RedisStore(client)),
-                   records=TaskRecords(client, settings.result_ttl),
+                   records=records,
                    celery=celery,
                    jobs=JobMessages(celery, settings.queue),
                    listener=CompletionListener(client),
-                   limiter=(SubmissionLimiter(settings, client)
-                            if settings.rate_limit_enabled else None))
-
-    def function_for_submission(self, cfid: str) -> FunctionRecord:
-        """The function to run, after counting the call against the caller's rate limit."""
-        if self.limiter is None:
-            return self.registry.get(cfid)
-        return self.limiter.function_for_submission(self.registry, cfid)
+                   submissions=Submissions(records, RateRules(settings)))
 
     _engine = None
 

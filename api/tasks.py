@@ -19,6 +19,7 @@ from broker.errors import BadRequest, NotFound, TooLarge
 from broker.limits import Limits
 from broker.logs import bind_tid
 from broker.records import TaskRecord, new_tid
+from broker.registry import FunctionRecord
 
 bp = Blueprint("tasks", __name__)
 
@@ -47,27 +48,32 @@ def result_url(svc: Services, tid: str) -> str:
 def submit(cfid: str) -> ResponseReturnValue:
     svc = services()
     wait = parse_wait(request.args.get("wait"), svc.settings.sync_wait)
-    function = svc.function_for_submission(cfid)
-    require_key_if_private(svc.settings, function.private, "calling this function")
+    counted = svc.submissions.known(cfid) is None
+    if counted:  # a function new to this process: 404 or 429 before reading the body
+        svc.submissions.look_up(cfid)
     data = parse_envelope(request_body(), request.mimetype)
-    limits = Limits.from_settings(svc.settings).narrowed(function.limits)
-    if len(data) > limits.max_input:
-        raise TooLarge(f"input.data is {len(data)} bytes; the input limit of this function "
-                       f"is {limits.max_input_mb:g} MB")
     tid = new_tid()
     bind_tid(tid)
     inline = len(data) <= svc.settings.inline_input_kb * 1024
-    record = TaskRecord(tid=tid, cfid=cfid, private=function.private)
-    job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
-           "limits": function.limits}
+
+    def build(function: FunctionRecord) -> tuple:
+        require_key_if_private(svc.settings, function.private, "calling this function")
+        limits = Limits.from_settings(svc.settings).narrowed(function.limits)
+        if len(data) > limits.max_input:
+            raise TooLarge(f"input.data is {len(data)} bytes; the input limit of this function "
+                           f"is {limits.max_input_mb:g} MB")
+        job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
+               "limits": function.limits}
+        return (TaskRecord(tid=tid, cfid=cfid, private=function.private),
+                None if inline else data, msgpack.packb(job, use_bin_type=True),
+                (svc.settings.queue, svc.jobs.encode(job)))
+
     waiter = None
     if wait > 0:  # listening before the task can finish, so no wake-up is missed
         svc.listener.start()
         waiter = svc.listener.register(tid)
     try:
-        svc.records.create(record, None if inline else data,
-                           job=msgpack.packb(job, use_bin_type=True),
-                           message=(svc.settings.queue, svc.jobs.encode(job)))
+        record = svc.submissions.create(cfid, build, counted=counted)[0]
         if waiter is not None:
             return _wait_for(svc, tid, waiter, time.monotonic() + wait)
     finally:

@@ -1,8 +1,8 @@
 """Cluster-wide task metrics, kept in Redis.
 
-Gunicorn runs several gateway processes and the workers are other processes on
+The gateway may run several processes and the workers are other processes on
 other hosts, so a per-process prometheus_client registry would each show one
-slice. The figures live in Redis instead, updated inside the pipelines that
+slice. The figures live in Redis instead, updated inside the scripts that
 already write a task record (`TaskRecords.create` and `.finish`), so counting
 adds no round trip; the gateway's `/metrics` reads them back in one pipeline
 and exports them through a custom collector (api/metrics.py).
@@ -10,9 +10,9 @@ and exports them through a custom collector (api/metrics.py).
 The finish step is part of the Lua script that finishes a task: it reads the
 record's `createdAt` for the end-to-end latency, and it counts a task only the
 first time it finishes, so at-least-once delivery (a task run twice after a
-node died) does not count it twice. End-to-end latency
-compares the gateway's clock (submission) with the worker's (result): keep the
-hosts' clocks synchronised.
+node died) does not count it twice. End-to-end latency compares the gateway's
+clock (submission) with the worker's (result): keep the hosts' clocks
+synchronised.
 """
 
 from __future__ import annotations
@@ -79,10 +79,6 @@ if previous ~= 'succeeded' and previous ~= 'failed' then
 end
 """
 FINISH_KEYS = (keys.METRIC_COUNTS, keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS)
-
-
-def count_submitted(pipe: redis.client.Pipeline) -> None:
-    pipe.hincrby(keys.METRIC_COUNTS, "submitted", 1)
 
 
 def finish_args(succeeded: bool, message: str, exec_ms: float | None,

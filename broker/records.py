@@ -140,39 +140,113 @@ def unpack_shipped(packed: bytes) -> "TaskRecord | None":
     return record if record.status.finished else None
 
 
+# Creates a task: counts it against its caller's rate limits, checks that the
+# function is still the one the caller validated the call against, then writes
+# the record, its input and the pending entry, counts it and queues its
+# message, all or nothing. KEYS: record, input, pending, counters, queue,
+# function, then one rate-limit counter per rule. ARGV: TTL, now, tid, input
+# by reference (''), message (''), '1' to check the function, its expected
+# record, '1' to add a pending entry, the number n of record field/value
+# items, those n items, then each rule's window and allowance.
+_CREATE = """
+local n = tonumber(ARGV[9])
+for i = 7, #KEYS do
+  local w = 9 + n + 2 * (i - 7)
+  local hits = redis.call('INCR', KEYS[i])
+  if hits == 1 then redis.call('EXPIRE', KEYS[i], ARGV[w + 1]) end
+  if hits > tonumber(ARGV[w + 2]) then return {'limited', i - 6, redis.call('TTL', KEYS[i])} end
+end
+if ARGV[6] == '1' then
+  local fn = redis.call('GET', KEYS[6])
+  if fn ~= ARGV[7] then return {'stale', fn} end
+end
+if n == 0 then return {'looked', false} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 10, 9 + n))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[8] == '1' then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[1]) end
+redis.call('HINCRBY', KEYS[4], 'submitted', 1)
+if ARGV[5] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[5]) end
+return {'queued', false}
+"""
+
+
+@dataclass
+class Admission:
+    """What a submission is created under, checked in the script that creates it.
+
+    `function`: the function record's key and the stored form the caller
+    validated the call against (b"" when it has none yet: the script then
+    only counts and looks it up). `counters`: rate-limit counters to count
+    this submission against (none when it was counted already), with each
+    rule's window in seconds and allowance in `windows`."""
+
+    function_key: str
+    expected: bytes
+    counters: list[str] = field(default_factory=list)
+    windows: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Refusal:
+    """Why a submission was not created: a rate rule (its index) refused it, with
+    the seconds left in its window, or the function changed (its stored form
+    now, None if it is gone)."""
+
+    rule: int | None = None
+    retry_after: int = 0
+    function: bytes | None = None
+
+
 class TaskRecords:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.redis = client
         self.ttl = ttl
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
+        self._create = client.register_script(_CREATE)
 
     def load_scripts(self) -> None:
         """Spares a new worker process the NOSCRIPT round trip on its first task."""
-        for script in (self._claim, self._finish):
+        for script in (self._claim, self._finish, self._create):
             self.redis.script_load(script.script)
 
     def create(self, record: TaskRecord, input_by_ref: bytes | None = None,
-               job: bytes | None = None, message: tuple[str, bytes] | None = None) -> None:
-        """One MULTI, so the record, its input and its queue message exist together.
+               job: bytes | None = None, message: tuple[str, bytes] | None = None,
+               admission: Admission | None = None) -> Refusal | None:
+        """One script, so the record, its input and its queue message exist together,
+        and only if `admission` holds; else why not.
 
         `job`: the queue message's arguments, kept until a worker claims the task
         so that a message lost inside kombu (a worker killed between taking it
         from the queue and recording it as unacknowledged) can be sent again.
         `message`: (queue, message bytes from broker/jobs.py), pushed last."""
         fields = record.to_hash()
-        pipe = self.redis.pipeline()
         if job is not None:
             fields["job"] = job
-            pipe.zadd(keys.PENDING, {record.tid: now()})
-        pipe.hset(keys.task(record.tid), mapping=fields)
-        pipe.expire(keys.task(record.tid), self.ttl)
-        if input_by_ref is not None:
-            pipe.set(keys.task_input(record.tid), input_by_ref, ex=self.ttl)
-        metrics.count_submitted(pipe)
-        if message is not None:
-            pipe.lpush(*message)
-        pipe.execute()
+        items = [x for pair in fields.items() for x in pair]
+        queue, body = message or ("", b"")
+        return self._admit(admission, record.tid, items, input_by_ref or b"", queue, body,
+                           pending=job is not None)
+
+    def admit(self, admission: Admission) -> Refusal:
+        """Count and look up only, creating nothing: what `create` would say."""
+        refusal = self._admit(admission, "", [], b"", "", b"", pending=False)
+        return refusal if refusal is not None else Refusal(function=None)
+
+    def _admit(self, admission: Admission | None, tid: str, items: list, input_by_ref: bytes,
+               queue: str, body: bytes, *, pending: bool) -> Refusal | None:
+        adm = admission or Admission(function_key="", expected=b"")
+        outcome, *detail = self._create(
+            keys=[keys.task(tid), keys.task_input(tid), keys.PENDING, keys.METRIC_COUNTS,
+                  queue or keys.PENDING, adm.function_key or keys.PENDING, *adm.counters],
+            args=[self.ttl, now(), tid, input_by_ref, body, "1" if admission else "0",
+                  adm.expected, "1" if pending else "0", len(items), *items, *adm.windows])
+        if outcome == b"queued":
+            return None
+        if outcome == b"limited":
+            return Refusal(rule=int(detail[0]) - 1, retry_after=max(1, int(detail[1])))
+        return Refusal(function=detail[0] if outcome == b"stale" else None)
 
     def get(self, tid: str) -> TaskRecord | None:
         raw = self.redis.hgetall(keys.task(tid))

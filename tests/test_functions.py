@@ -85,7 +85,9 @@ def test_put_with_a_broken_module_keeps_the_old_one(api: Api) -> None:
 
 def test_delete_answers_204_then_the_function_is_gone(api: Api) -> None:
     cfid = api.deploy(modules.ECHO)
+    assert api.call(cfid, "known").json()["result"] == "known"  # the gateway has seen it
     assert requests.delete(f"{api.url}/functions/{cfid}").status_code == 204
+    assert api.call(cfid, "gone").status_code == 404
     assert requests.get(f"{api.url}/functions/{cfid}").status_code == 404
     assert requests.get(f"{api.url}/file/{cfid}.wasm").status_code == 404
     assert requests.delete(f"{api.url}/functions/{cfid}").status_code == 404
