@@ -198,6 +198,34 @@ class Refusal:
     function: bytes | None = None
 
 
+class SentClaim:
+    """A claim written to its own connection, its answer read later (once)."""
+
+    def __init__(self, records: "TaskRecords", tid: str, node: str) -> None:
+        self.records, self.tid, self.node = records, tid, node
+        self.pool = records.redis.connection_pool
+        self.conn = self.pool.get_connection()
+        try:
+            claim_keys = records._claim_keys(tid)
+            self.conn.send_command("EVALSHA", records._claim.sha, len(claim_keys), *claim_keys,
+                                   node, now(), tid)
+        except BaseException:
+            self.pool.release(self.conn)
+            raise
+
+    def answer(self) -> str:
+        try:
+            state, _ = self.conn.read_response()
+        except redis.exceptions.NoScriptError:  # Redis restarted: nothing ran, claim now
+            return self.records.claim(self.tid, self.node)[0]
+        except BaseException:
+            self.conn.disconnect()  # an unread reply must not reach the next user
+            raise
+        finally:
+            self.pool.release(self.conn)
+        return state.decode()
+
+
 class TaskRecords:
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self.redis = client
@@ -253,9 +281,19 @@ class TaskRecords:
         return TaskRecord.from_hash(raw) if raw else None
 
     def claim(self, tid: str, node: str) -> tuple[str, bytes | None]:
-        state, data = self._claim(keys=[keys.task(tid), keys.task_input(tid), keys.PENDING],
-                                  args=[node, now(), tid])
+        state, data = self._claim(keys=self._claim_keys(tid), args=[node, now(), tid])
         return state.decode(), (data or None)
+
+    def claim_sent(self, tid: str, node: str) -> "SentClaim":
+        """Send the claim and return without its answer: Redis marks the task running
+        at once, while the caller runs it; `SentClaim.answer()` then says whether it
+        should have (a redelivered task that already finished must not be stored
+        again). Spares a task the wait for a round trip before it starts."""
+        return SentClaim(self, tid, node)
+
+    @staticmethod
+    def _claim_keys(tid: str) -> list[str]:
+        return [keys.task(tid), keys.task_input(tid), keys.PENDING]
 
     def finish(self, tid: str, status: Status, *, result: bytes | None = None,
                message: str = "", stdout: str = "", stderr: str = "",

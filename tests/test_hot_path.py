@@ -113,3 +113,22 @@ def test_a_shipped_record_that_cannot_be_read_or_is_unfinished_is_not_used() -> 
     assert unpack_shipped(running) is None  # the waiter reads the record instead
     done = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"succeeded", b"result", b"1"])
     assert unpack_shipped(done).result == b"1"
+
+
+def test_a_claim_sent_ahead_marks_the_task_running_and_its_answer_comes_later(
+        redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    records = TaskRecords(client, 60)
+    tid = f"wasmqt-sent-{time.monotonic_ns()}"
+    records.create(TaskRecord(tid=tid, cfid="c"))
+    records.load_scripts()
+    sent = records.claim_sent(tid, "node-1")
+    wait_until(lambda: client.hget(keys.task(tid), "status") == b"running", what="running")
+    assert sent.answer() == "running"
+    records.finish(tid, Status.SUCCEEDED, result=b"1")
+    again = records.claim_sent(tid, "node-2")  # a redelivered copy
+    assert again.answer() == "succeeded"
+    assert records.get(tid).node == "node-1"
+    client.script_flush()  # as after a Redis restart: the claim is made the slow way
+    missing = f"wasmqt-sent-missing-{time.monotonic_ns()}"
+    assert records.claim_sent(missing, "node-1").answer() == "missing"

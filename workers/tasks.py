@@ -83,16 +83,31 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
 def execute(st: NodeState, job: dict) -> None:
     tid = job["tid"]
-    claim, by_ref = st.records.claim(tid, st.node)
-    if claim != "running":
-        log.info("tid=%s skipped: record is %s", tid, claim)
-        return
     data = job.get("data")
+    if data is None:  # by reference: the claim hands the input over, so wait for it
+        claim, data = st.records.claim(tid, st.node)
+        if claim != "running":
+            log.info("tid=%s skipped: record is %s", tid, claim)
+            return
+        outcome = _outcome(st, job, data)
+    else:
+        sent = st.records.claim_sent(tid, st.node)
+        try:
+            outcome = _outcome(st, job, data)
+        finally:
+            claim = sent.answer()
+        if claim != "running":  # ran anyway; a finished record is not written again
+            log.info("tid=%s skipped: record is %s", tid, claim)
+            return
+    status, fields = outcome
+    st.records.finish(tid, status, **fields)
+
+
+def _outcome(st: NodeState, job: dict, data: bytes | None) -> tuple[Status, dict]:
+    """The task's result or failure, as `TaskRecords.finish` takes it."""
+    tid = job["tid"]
     if data is None:
-        data = by_ref
-    if data is None:
-        st.records.finish(tid, Status.FAILED, message="the task's input has expired")
-        return
+        return Status.FAILED, {"message": "the task's input has expired"}
     limits = st.limits.narrowed(job.get("limits"))
     sha = job["sha256"]
     try:
@@ -100,23 +115,19 @@ def execute(st: NodeState, job: dict) -> None:
         outcome = st.runtime.run(prepared, data, limits)
     except ModuleFailed as exc:
         log.info("tid=%s failed: %s", tid, exc.message)
-        st.records.finish(tid, Status.FAILED, message=exc.message,
-                          stdout=exc.stdout, stderr=exc.stderr)
-        return
+        return Status.FAILED, {"message": exc.message, "stdout": exc.stdout,
+                               "stderr": exc.stderr}
     except WasmqError as exc:
         log.info("tid=%s failed: %s", tid, exc.message)
-        st.records.finish(tid, Status.FAILED, message=exc.message)
-        return
+        return Status.FAILED, {"message": exc.message}
     except redis.RedisError:
         raise  # the record cannot be written now; the message is redelivered
     except Exception as exc:  # a bug of ours must fail the task, not leave it running
         log.exception("tid=%s: internal error", tid)
-        st.records.finish(tid, Status.FAILED,
-                          message=f"internal error in the worker ({type(exc).__name__})")
-        return
+        return Status.FAILED, {"message": f"internal error in the worker ({type(exc).__name__})"}
     log.info("tid=%s succeeded in %.2f ms", tid, outcome.exec_ms)
-    st.records.finish(tid, Status.SUCCEEDED, result=outcome.output,
-                      stdout=outcome.stdout, stderr=outcome.stderr, exec_ms=outcome.exec_ms)
+    return Status.SUCCEEDED, {"result": outcome.output, "stdout": outcome.stdout,
+                              "stderr": outcome.stderr, "exec_ms": outcome.exec_ms}
 
 
 def _binary(st: NodeState, sha: str) -> bytes:
