@@ -150,6 +150,9 @@ def unpack_shipped(packed: bytes) -> "TaskRecord | None":
 # items, those n items, then each rule's window and allowance.
 _CREATE = """
 local n = tonumber(ARGV[9])
+-- Already there: this is redis-py sending the script again after a dropped
+-- connection swallowed its first answer. Queue nothing twice.
+if n > 0 and redis.call('EXISTS', KEYS[1]) == 1 then return {'queued', false} end
 for i = 7, #KEYS do
   local w = 9 + n + 2 * (i - 7)
   local hits = redis.call('INCR', KEYS[i])

@@ -132,3 +132,15 @@ def test_a_claim_sent_ahead_marks_the_task_running_and_its_answer_comes_later(
     client.script_flush()  # as after a Redis restart: the claim is made the slow way
     missing = f"wasmqt-sent-missing-{time.monotonic_ns()}"
     assert records.claim_sent(missing, "node-1").answer() == "missing"
+
+
+def test_creating_a_task_twice_queues_it_once(redis_url: str) -> None:
+    """As when redis-py resends the script after a dropped connection lost its answer."""
+    client = redis.Redis.from_url(redis_url)
+    records = TaskRecords(client, 60)
+    tid = f"wasmqt-twice-{time.monotonic_ns()}"
+    queue = f"test-twice-{tid}"
+    for _ in range(2):
+        assert records.create(TaskRecord(tid=tid, cfid="c"), message=(queue, b"m")) is None
+    assert client.llen(queue) == 1
+    client.delete(queue)
