@@ -18,6 +18,7 @@ import json
 import uuid
 
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 from kombu.serialization import dumps as serialize
 
 from broker.celery_app import RUN_TASK
@@ -27,6 +28,7 @@ class JobMessages:
     def __init__(self, app: Celery, queue: str) -> None:
         self.app = app
         self.queue = queue  # kombu's key for priority 0 is the queue's name
+        self.origin = anon_nodename()  # what send_task would work out for every message
 
     def encode(self, job: dict) -> bytes:
         tid = job["tid"]
@@ -34,7 +36,7 @@ class JobMessages:
             tid, RUN_TASK, args=[job], kwargs={},
             # Flower shows these; a repr of the input would cost time and leak data.
             argsrepr=f"[{{'tid': {tid!r}, 'sha256': {job.get('sha256')!r}}}]",
-            kwargsrepr="{}", ignore_result=True)
+            kwargsrepr="{}", ignore_result=True, origin=self.origin)
         content_type, encoding, body = serialize(task.body, serializer="msgpack")
         properties = {**task.properties, "delivery_mode": 2,
                       "delivery_info": {"exchange": "", "routing_key": self.queue},

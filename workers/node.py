@@ -18,9 +18,10 @@ from celery import Celery, bootsteps, signals
 from celery.exceptions import TimeLimitExceeded
 
 from broker import metrics
-from broker.celery_app import RUN_TASK, make_celery
+from broker.celery_app import make_celery
 from broker.clock import now
 from broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from broker.jobs import JobMessages
 from broker.logs import bind_tid, setup_logging
 from broker.records import Status, TaskRecords
 from broker.settings import Settings
@@ -150,10 +151,10 @@ def resend_lost(app: Celery, client: redis.Redis) -> int:
         return 0
     records = TaskRecords(client, settings.result_ttl)
     lost = records.unclaimed(now() - 2 * settings.visibility_timeout)
+    jobs = JobMessages(app, settings.queue)
     for tid, job in lost:
         log.warning("tid=%s: its message was lost before any worker claimed it; sending again",
                     tid)
-        app.send_task(RUN_TASK, args=[msgpack.unpackb(job, raw=False)], queue=settings.queue,
-                      task_id=tid)
+        client.lpush(settings.queue, jobs.encode(msgpack.unpackb(job, raw=False)))
         records.resent(tid)
     return len(lost)

@@ -2,8 +2,8 @@
 
 A fresh process pays for more than its modules: wasmtime sets up its trap
 handling and per-thread state on the first instance, redis-py opens its first
-connection and loads the claim script. Running a tiny module once and making
-loading the record scripts moves all of that before the first task. Then the
+connection and loads its scripts. Running a tiny module once and loading the
+record scripts moves all of that before the first task. Then the
 modules workers loaded most recently (the hot set) are loaded from their
 compiled artifacts and instantiated once, which builds each module's
 copy-on-write memory image, within a byte and time budget.
