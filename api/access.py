@@ -12,8 +12,8 @@ import hmac
 
 from flask import request
 
-from broker.errors import BadRequest, Forbidden, Unauthorized
-from broker.settings import Settings
+from wasmq.broker.errors import BadRequest, Forbidden, Unauthorized
+from wasmq.broker.settings import Settings
 
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 

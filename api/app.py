@@ -7,11 +7,11 @@ import logging
 from flask import Flask, g, request
 from flask_cors import CORS
 
-from api import functions, meta, metrics, pages, tasks
-from api.errors import register_error_handlers
-from api.request_log import register_request_log
-from api.services import Services
-from broker.settings import MB, Settings
+from wasmq.api import functions, meta, metrics, pages, tasks
+from wasmq.api.errors import register_error_handlers
+from wasmq.api.request_log import register_request_log
+from wasmq.api.services import Services
+from wasmq.broker.settings import MB, Settings
 
 BODY_SLACK = 64 * 1024
 

@@ -16,8 +16,8 @@ import msgpack
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api.negotiation import is_msgpack
-from broker.errors import BadRequest
+from wasmq.api.negotiation import is_msgpack
+from wasmq.broker.errors import BadRequest
 
 EXAMPLE = ('{"input": {"content-type": "json", "location": "embedded", "data": "..."}, '
            '"output": {"content-type": "json", "location": "echo"}, "control": 1, '

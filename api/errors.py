@@ -13,8 +13,8 @@ import redis
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api.replies import error_body
-from broker.errors import WasmqError
+from wasmq.api.replies import error_body
+from wasmq.broker.errors import WasmqError
 
 log = logging.getLogger("wasmq.gateway")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from api.access import private_flag, require_key, require_key_if_private
-from api.services import Services, services
-from broker import abi
-from broker.errors import BadRequest, TooLarge
-from broker.limits import OVERRIDABLE, Limits
-from broker.settings import MB
+from wasmq.api.access import private_flag, require_key, require_key_if_private
+from wasmq.api.services import Services, services
+from wasmq.broker import abi
+from wasmq.broker.errors import BadRequest, TooLarge
+from wasmq.broker.limits import OVERRIDABLE, Limits
+from wasmq.broker.settings import MB
 
 bp = Blueprint("functions", __name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from api.openapi import spec
-from api.services import services
+from wasmq.api.openapi import spec
+from wasmq.api.services import services
 
 bp = Blueprint("meta", __name__)
 

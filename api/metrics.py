@@ -22,9 +22,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from api.services import services
-from broker import metrics
-from broker.errors import Unavailable
+from wasmq.api.services import services
+from wasmq.broker import metrics
+from wasmq.broker.errors import Unavailable
 
 bp = Blueprint("metrics", __name__)
 

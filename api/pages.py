@@ -15,7 +15,7 @@ import swagger_ui_bundle
 from flask import Blueprint, render_template, request, send_from_directory
 from flask.typing import ResponseReturnValue
 
-from api.services import services
+from wasmq.api.services import services
 
 bp = Blueprint("pages", __name__, template_folder="templates")
 

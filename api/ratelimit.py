@@ -20,10 +20,10 @@ import hashlib
 from flask import request
 from limits import parse_many
 
-from api.access import valid_key
-from broker import keys
-from broker.errors import RateLimited
-from broker.settings import Settings
+from wasmq.api.access import valid_key
+from wasmq.broker import keys
+from wasmq.broker.errors import RateLimited
+from wasmq.broker.settings import Settings
 
 
 def client_identity(settings: Settings) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.clock import iso
-from broker.records import Status, TaskRecord
+from wasmq.broker.clock import iso
+from wasmq.broker.records import Status, TaskRecord
 
 DONE, FAILED, PENDING = 1, 0, 5
 

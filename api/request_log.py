@@ -12,7 +12,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from broker.logs import TID, bind_tid
+from wasmq.broker.logs import TID, bind_tid
 
 log = logging.getLogger("wasmq.gateway.request")
 

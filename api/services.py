@@ -7,17 +7,17 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import current_app
 
-from api.ratelimit import RateRules
-from api.submission import Submissions
-from api.waiter import CompletionListener
-from broker.celery_app import make_celery
-from broker.connections import get_redis
-from broker.engine import make_engine
-from broker.jobs import JobMessages
-from broker.records import TaskRecords
-from broker.registry import Registry
-from broker.settings import Settings
-from broker.store import RedisStore
+from wasmq.api.ratelimit import RateRules
+from wasmq.api.submission import Submissions
+from wasmq.api.waiter import CompletionListener
+from wasmq.broker.celery_app import make_celery
+from wasmq.broker.connections import get_redis
+from wasmq.broker.engine import make_engine
+from wasmq.broker.jobs import JobMessages
+from wasmq.broker.records import TaskRecords
+from wasmq.broker.registry import Registry
+from wasmq.broker.settings import Settings
+from wasmq.broker.store import RedisStore
 
 
 @dataclass

@@ -16,11 +16,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from api.ratelimit import RateRules
-from broker import keys
-from broker.errors import Unavailable
-from broker.records import Admission, TaskRecords
-from broker.registry import FunctionRecord, Registry
+from wasmq.api.ratelimit import RateRules
+from wasmq.broker import keys
+from wasmq.broker.errors import Unavailable
+from wasmq.broker.records import Admission, TaskRecords
+from wasmq.broker.registry import FunctionRecord, Registry
 
 CACHED_FUNCTIONS = 4096
 ATTEMPTS = 3  # a function replaced this often during one call is a client's problem

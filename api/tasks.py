@@ -9,17 +9,17 @@ import msgpack
 from flask import Blueprint, request, url_for
 from flask.typing import ResponseReturnValue
 
-from api.access import require_key_if_private
-from api.envelope import parse_envelope, request_body
-from api.negotiation import respond, wants_msgpack
-from api.replies import task_reply
-from api.services import Services, services
-from api.waiter import Waiter
-from broker.errors import BadRequest, NotFound, TooLarge
-from broker.limits import Limits
-from broker.logs import bind_tid
-from broker.records import TaskRecord, new_tid
-from broker.registry import FunctionRecord
+from wasmq.api.access import require_key_if_private
+from wasmq.api.envelope import parse_envelope, request_body
+from wasmq.api.negotiation import respond, wants_msgpack
+from wasmq.api.replies import task_reply
+from wasmq.api.services import Services, services
+from wasmq.api.waiter import Waiter
+from wasmq.broker.errors import BadRequest, NotFound, TooLarge
+from wasmq.broker.limits import Limits
+from wasmq.broker.logs import bind_tid
+from wasmq.broker.records import TaskRecord, new_tid
+from wasmq.broker.registry import FunctionRecord
 
 bp = Blueprint("tasks", __name__)
 

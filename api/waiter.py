@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import redis
 
-from broker import keys
-from broker.records import TaskRecord, parse_wakeup, unpack_shipped
-from broker.subscription import listen_forever
+from wasmq.broker import keys
+from wasmq.broker.records import TaskRecord, parse_wakeup, unpack_shipped
+from wasmq.broker.subscription import listen_forever
 
 
 @dataclass(eq=False)  # hashed by identity: one per waiting request

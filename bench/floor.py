@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from bench.floor_app import QUEUE, make_floor_app
-from broker.settings import Settings
+from wasmq.broker.settings import Settings
 from wasmq.localstack import Proc, child_env, wait_until
 
 

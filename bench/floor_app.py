@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from broker.celery_app import make_celery
-from broker.settings import Settings
+from wasmq.broker.celery_app import make_celery
+from wasmq.broker.settings import Settings
 
 QUEUE = "bench-floor"
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 import wasmtime
 
-from broker import abi
-from broker.engine import make_engine
-from broker.limits import Limits
-from workers.runtime import Runtime
+from wasmq.broker import abi
+from wasmq.broker.engine import make_engine
+from wasmq.broker.limits import Limits
+from wasmq.workers.runtime import Runtime
 
 ROUNDS = 5
 U32 = 0xFFFFFFFF

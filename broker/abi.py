@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import wasmtime
 
-from broker.errors import InvalidModule
+from wasmq.broker.errors import InvalidModule
 
 I32 = "i32"
 

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import redis
 import wasmtime
 
-from broker import abi, keys
-from broker.engine import fingerprint
+from wasmq.broker import abi, keys
+from wasmq.broker.engine import fingerprint
 
 log = logging.getLogger("wasmq.artifacts")
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from broker import transport
-from broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
-from broker.settings import Settings
+from wasmq.broker import transport
+from wasmq.broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from wasmq.broker.settings import Settings
 
 RUN_TASK = "wasmq.run"
 

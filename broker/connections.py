@@ -13,7 +13,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from broker.settings import Settings
+from wasmq.broker.settings import Settings
 
 SOCKET_CONNECT_TIMEOUT = 2
 SOCKET_TIMEOUT = 5

@@ -21,7 +21,7 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from kombu.serialization import dumps as serialize
 
-from broker.celery_app import RUN_TASK
+from wasmq.broker.celery_app import RUN_TASK
 
 
 class JobMessages:

@@ -10,8 +10,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from broker.errors import BadRequest
-from broker.settings import MB, Settings
+from wasmq.broker.errors import BadRequest
+from wasmq.broker.settings import MB, Settings
 
 # Names a function record may override at upload (also the form field names),
 # capped by the server's maximum.

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from broker import keys
-from broker.clock import now
+from wasmq.broker import keys
+from wasmq.broker.clock import now
 
 # Seconds; exported as the histogram's `le` bounds (+Inf is implied).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

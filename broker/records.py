@@ -14,8 +14,8 @@ from enum import Enum
 import msgpack
 import redis
 
-from broker import keys, metrics
-from broker.clock import now
+from wasmq.broker import keys, metrics
+from wasmq.broker.clock import now
 
 
 class Status(str, Enum):

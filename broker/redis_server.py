@@ -11,7 +11,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from broker.errors import ConfigError
+from wasmq.broker.errors import ConfigError
 
 
 def redis_server_binary() -> str:

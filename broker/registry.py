@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from broker import abi, keys
-from broker.artifacts import Artifacts, Uploaded
-from broker.clock import iso, now
-from broker.errors import NotFound
-from broker.store import ContentStore, sha256_hex
+from wasmq.broker import abi, keys
+from wasmq.broker.artifacts import Artifacts, Uploaded
+from wasmq.broker.clock import iso, now
+from wasmq.broker.errors import NotFound
+from wasmq.broker.store import ContentStore, sha256_hex
 
 
 @dataclass

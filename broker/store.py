@@ -12,7 +12,7 @@ from typing import Protocol
 
 import redis
 
-from broker import keys
+from wasmq.broker import keys
 
 
 def sha256_hex(data: bytes) -> str:

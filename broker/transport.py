@@ -18,7 +18,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 # What `broker_transport` names, so kombu loads this class for redis:// URLs.
-PATH = "broker.transport:Transport"
+PATH = "wasmq.broker.transport:Transport"
 
 
 class Channel(kombu_redis.Channel):

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from broker.redis_server import free_port
 from tests.support import ROOT, Api, child_env, start_redis, wait_until
+from wasmq.broker.redis_server import free_port
 from wasmq.localstack import Stack, start_stack
 
 

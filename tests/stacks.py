@@ -15,10 +15,10 @@ import psutil
 import redis
 import requests
 
-from broker import keys
-from broker.records import parse_wakeup
-from broker.redis_server import free_port
 from tests.support import Api, Proc, child_env, start_redis, wait_until, wasmq
+from wasmq.broker import keys
+from wasmq.broker.records import parse_wakeup
+from wasmq.broker.redis_server import free_port
 from wasmq.localstack import start_worker
 
 

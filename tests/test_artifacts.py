@@ -10,17 +10,17 @@ import redis
 import requests
 import wasmtime
 
-from broker import keys
-from broker.artifacts import Artifacts, load_module
-from broker.engine import SETTINGS, fingerprint, make_engine
-from broker.limits import Limits
-from broker.registry import Registry
-from broker.settings import MB
-from broker.store import RedisStore
 from tests import modules
 from tests.modules import variant
 from tests.support import Api
-from workers.runtime import MAX_MAPPED_MODULES, Runtime
+from wasmq.broker import keys
+from wasmq.broker.artifacts import Artifacts, load_module
+from wasmq.broker.engine import SETTINGS, fingerprint, make_engine
+from wasmq.broker.limits import Limits
+from wasmq.broker.registry import Registry
+from wasmq.broker.settings import MB
+from wasmq.broker.store import RedisStore
+from wasmq.workers.runtime import MAX_MAPPED_MODULES, Runtime
 
 
 @pytest.fixture()

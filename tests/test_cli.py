@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.redis_server import free_port
 from tests import modules
 from tests.conftest import Recorder
 from tests.support import INTSUM, ROOT, TUTORIAL_INPUT, child_env
+from wasmq.broker.redis_server import free_port
 
 
 def wasmq(url: str, *args: str, stdin: bytes | None = None,

@@ -142,7 +142,7 @@ def test_refusals_raise_api_errors_carrying_the_servers_message(client: Client,
 
 
 def test_an_unreachable_gateway_raises_connect_error() -> None:
-    from broker.redis_server import free_port
+    from wasmq.broker.redis_server import free_port
 
     with pytest.raises(errors.ConnectError, match="cannot reach the wasmq gateway"):
         Client(f"http://127.0.0.1:{free_port()}").functions()

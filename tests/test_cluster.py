@@ -17,12 +17,12 @@ import pytest
 import redis
 import requests
 
-from broker.redis_server import free_port, redis_command
-from broker.settings import Settings
 from tests import modules
 from tests.netlab import NETNS, Lab
 from tests.stacks import DoneWatcher, node_pid, pool_pids, statuses
 from tests.support import INTSUM, Api, Proc, child_env, wait_until
+from wasmq.broker.redis_server import free_port, redis_command
+from wasmq.broker.settings import Settings
 
 NODES = ("node1", "node2", "node3")
 TASKS = 500

@@ -18,11 +18,12 @@ from typing import Any
 import click
 import pytest
 import redis
+import tomllib
 import yaml
 
-from broker.redis_server import free_port, redis_server_binary
-from broker.settings import Settings
 from tests.support import ROOT, wait_until
+from wasmq.broker.redis_server import free_port, redis_server_binary
+from wasmq.broker.settings import Settings
 from wasmq.cli import main as cli
 
 DEPLOY = ROOT / "deploy"
@@ -71,10 +72,10 @@ def test_dockerfile_is_multi_stage_slim_and_runs_as_a_user() -> None:
     assert "slim" in final[0] and " AS " not in final[0].upper()
     assert any("pip wheel" in r and "/wheels" in r for r in instruction(build, "RUN"))
     copies = instruction(build, "COPY")
-    packages = yaml.safe_load("[" + re.search(
-        r"packages = \[(.*?)\]", (ROOT / "pyproject.toml").read_text()).group(1) + "]")
-    for package in packages:
-        assert any(c.split()[0] == package for c in copies), f"{package} not copied"
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["package-dir"].values()
+    for folder in folders:
+        assert any(c.split()[0] == folder for c in copies), f"{folder}/ not copied"
     assert any(c.startswith("--from=") and "/wheels" in c for c in instruction(final, "COPY"))
     installs = " ".join(instruction(final, "RUN"))
     assert "--no-index" in installs and "--find-links /wheels" in installs

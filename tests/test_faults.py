@@ -19,13 +19,13 @@ import psutil
 import pytest
 import requests
 
-from broker import keys
-from broker.connections import SOCKET_TIMEOUT
-from broker.redis_server import free_port
-from broker.settings import Settings
 from tests import modules
 from tests.stacks import DoneWatcher, PrivateStack, node_pid, pool_pids, statuses
 from tests.support import INTSUM, ROOT, Api, child_env, wait_until, wasmq
+from wasmq.broker import keys
+from wasmq.broker.connections import SOCKET_TIMEOUT
+from wasmq.broker.redis_server import free_port
+from wasmq.broker.settings import Settings
 
 SHORT_TIMEOUT = "2"  # WASMQ_TASK_TIMEOUT for these stacks: seconds to redelivery
 

@@ -8,16 +8,23 @@ import time
 import msgpack
 import redis
 
-from broker import keys
-from broker.artifacts import Artifacts
-from broker.limits import Limits
-from broker.records import SHIP_LIMIT, Status, TaskRecord, TaskRecords, parse_wakeup, unpack_shipped
-from broker.store import RedisStore
 from tests import modules
 from tests.modules import variant
 from tests.support import Api, wait_until
-from workers.runtime import Runtime
-from workers.warmup import warm_up
+from wasmq.broker import keys
+from wasmq.broker.artifacts import Artifacts
+from wasmq.broker.limits import Limits
+from wasmq.broker.records import (
+    SHIP_LIMIT,
+    Status,
+    TaskRecord,
+    TaskRecords,
+    parse_wakeup,
+    unpack_shipped,
+)
+from wasmq.broker.store import RedisStore
+from wasmq.workers.runtime import Runtime
+from wasmq.workers.warmup import warm_up
 
 
 def sha(wasm: bytes) -> str:

@@ -8,9 +8,9 @@ import json
 import redis
 from kombu.serialization import loads
 
-from broker.celery_app import RUN_TASK, make_celery
-from broker.jobs import JobMessages
-from broker.settings import Settings
+from wasmq.broker.celery_app import RUN_TASK, make_celery
+from wasmq.broker.jobs import JobMessages
+from wasmq.broker.settings import Settings
 
 JOB = {"tid": "wasmqt-0123", "sha256": "ab" * 32, "data": b"\x00bytes\xff", "limits": None}
 

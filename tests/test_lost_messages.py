@@ -10,10 +10,10 @@ import msgpack
 import pytest
 import redis
 
-from broker.records import Status, TaskRecord, TaskRecords, new_tid
-from broker.settings import Settings
 from tests import modules
 from tests.support import Api, wait_until
+from wasmq.broker.records import Status, TaskRecord, TaskRecords, new_tid
+from wasmq.broker.settings import Settings
 from wasmq.localstack import Stack, start_stack
 
 

@@ -15,13 +15,13 @@ from collections import defaultdict
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker import metrics
-from broker.celery_app import make_celery
-from broker.connections import get_redis
-from broker.records import Status, TaskRecord, TaskRecords
-from broker.settings import Settings
 from tests import modules
 from tests.support import INTSUM, ROOT, Api, wait_until
+from wasmq.broker import metrics
+from wasmq.broker.celery_app import make_celery
+from wasmq.broker.connections import get_redis
+from wasmq.broker.records import Status, TaskRecord, TaskRecords
+from wasmq.broker.settings import Settings
 
 
 def scrape(api: Api) -> dict[str, float]:
@@ -127,7 +127,7 @@ def test_gateway_and_worker_logs_are_json_lines_carrying_the_tid(api: Api, stack
 
 def test_celery_inspect_ping_answers_from_the_wasmq_worker(stack) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_main", "inspect", "ping",
+        [sys.executable, "-m", "celery", "-A", "wasmq.workers.celery_main", "inspect", "ping",
          "--timeout", "5"], cwd=ROOT, env=stack.env, capture_output=True, text=True,
         timeout=60)
     assert result.returncode == 0, result.stderr

@@ -9,16 +9,16 @@ import threading
 import pytest
 import redis
 
-from broker import abi, keys
-from broker.artifacts import Artifacts, Uploaded
-from broker.limits import Limits
-from broker.store import RedisStore
 from tests import modules
 from tests.modules import variant
 from tests.support import Api, wait_until
+from wasmq.broker import abi, keys
+from wasmq.broker.artifacts import Artifacts, Uploaded
+from wasmq.broker.limits import Limits
+from wasmq.broker.store import RedisStore
 from wasmq.localstack import Stack
-from workers.prefetch import Prefetcher
-from workers.runtime import Runtime
+from wasmq.workers.prefetch import Prefetcher
+from wasmq.workers.runtime import Runtime
 
 # Its data says "started" and its start section capitalises it: the output
 # shows that the start section ran in the instance that answered.

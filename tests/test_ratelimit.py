@@ -8,11 +8,11 @@ import pytest
 import redis
 from flask import Flask
 
-from api.ratelimit import RateRules
-from api.submission import Submissions
-from broker.errors import NotFound, RateLimited
-from broker.records import TaskRecords
-from broker.settings import Settings
+from wasmq.api.ratelimit import RateRules
+from wasmq.api.submission import Submissions
+from wasmq.broker.errors import NotFound, RateLimited
+from wasmq.broker.records import TaskRecords
+from wasmq.broker.settings import Settings
 
 
 def test_every_rule_counts_and_the_first_one_exceeded_refuses(redis_url: str) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from broker.errors import TaskFailed
-from broker.limits import Limits
 from tests import modules
 from tests.support import INTSUM, TUTORIAL_INPUT
-from workers.runtime import Outcome, Runtime
+from wasmq.broker.errors import TaskFailed
+from wasmq.broker.limits import Limits
+from wasmq.workers.runtime import Outcome, Runtime
 
 LEGACY = wasmtime.wat2wasm((Path(__file__).parent / "wasm" / "legacy.wat").read_text())
 LIMITS = Limits(timeout_s=5)

@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from broker.redis_server import free_port
 from tests.support import INTSUM, ROOT, TUTORIAL_INPUT, Api, child_env, wait_until
+from wasmq.broker.redis_server import free_port
 
 
 def test_wasmq_up_serves_the_tutorial_and_stops_cleanly(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_a_malformed_setting_is_reported_without_a_traceback() -> None:
 
 
 def test_process_counts_follow_a_container_cpu_quota(tmp_path: Path, monkeypatch) -> None:
-    from broker import settings
+    from wasmq.broker import settings
 
     cpu_max = tmp_path / "cpu.max"
     monkeypatch.setattr(settings, "CGROUP_CPU_MAX", cpu_max)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from broker.errors import ConfigError
-from broker.settings import Settings, available_cores
+from wasmq.broker.errors import ConfigError
+from wasmq.broker.settings import Settings, available_cores
 from wasmq.commands import register as register_client_commands
 
 
@@ -68,7 +68,7 @@ def gateway(port: int, host: str) -> None:
 def worker(concurrency: int | None, name: str, heartbeat_file: Path | None) -> None:
     """Run a compute node (Celery worker) alone, against WASMQ_REDIS_URL."""
     settings = _settings()
-    from workers.node import build_worker_app
+    from wasmq.workers.node import build_worker_app
 
     app = build_worker_app(settings, heartbeat_file)
     app.worker_main(["worker", "--loglevel", "INFO", "-Q", settings.queue,

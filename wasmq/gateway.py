@@ -16,11 +16,11 @@ from granian import Granian
 from granian.constants import Interfaces
 from granian.http import HTTP1Settings
 
-from broker.logs import setup_logging
-from broker.settings import Settings
+from wasmq.broker.logs import setup_logging
+from wasmq.broker.settings import Settings
 
 # A factory: every server process builds its own app from the WASMQ_* environment.
-APP = "api.app:create_app"
+APP = "wasmq.api.app:create_app"
 
 
 class _ThreadCountNotice(logging.Filter):

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 import requests
 
-from broker.redis_server import free_port, redis_command
+from wasmq.broker.redis_server import free_port, redis_command
 
 ROOT = Path(__file__).resolve().parents[1]
 WARM_LINE = "hot modules preloaded"  # what each pool process logs once it is warm
@@ -89,7 +89,6 @@ class Proc:
 def child_env(**overrides: str) -> dict[str, str]:
     """This environment without any WASMQ_ setting, running this checkout's code."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WASMQ_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides)
     return env

@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 import requests
 
-from broker.redis_server import free_port, redis_command
+from wasmq.broker.redis_server import free_port, redis_command
 
 PR_SET_PDEATHSIG = 1
 

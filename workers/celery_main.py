@@ -1,7 +1,7 @@
-"""Entry point for `celery -A workers.celery_main` (worker, inspect, events)."""
+"""Entry point for `celery -A wasmq.workers.celery_main` (worker, inspect, events)."""
 
-from broker.settings import Settings
-from workers.node import build_worker_app
+from wasmq.broker.settings import Settings
+from wasmq.workers.node import build_worker_app
 
 settings = Settings.from_env()
 app = build_worker_app(settings)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 # What `worker_consumer` names.
-PATH = "workers.events:Consumer"
+PATH = "wasmq.workers.events:Consumer"
 EVENT_FLUSH_S = 0.1
 
 

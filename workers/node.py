@@ -2,7 +2,7 @@
 besides running tasks (structured logs with the tid, a heartbeat for
 `/metrics` and liveness probes, failing a task Celery had to kill).
 
-`wasmq worker` and `celery -A workers.celery_main` both build the app here,
+`wasmq worker` and `celery -A wasmq.workers.celery_main` both build the app here,
 so Flower and `celery inspect` see the same node as the CLI starts.
 """
 
@@ -17,16 +17,16 @@ import redis
 from celery import Celery, bootsteps, signals
 from celery.exceptions import TimeLimitExceeded
 
-from broker import metrics
-from broker.celery_app import make_celery
-from broker.clock import now
-from broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
-from broker.jobs import JobMessages
-from broker.logs import bind_tid, setup_logging
-from broker.records import Status, TaskRecords
-from broker.settings import Settings
-from workers import events
-from workers.tasks import register_tasks
+from wasmq.broker import metrics
+from wasmq.broker.celery_app import make_celery
+from wasmq.broker.clock import now
+from wasmq.broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from wasmq.broker.jobs import JobMessages
+from wasmq.broker.logs import bind_tid, setup_logging
+from wasmq.broker.records import Status, TaskRecords
+from wasmq.broker.settings import Settings
+from wasmq.workers import events
+from wasmq.workers.tasks import register_tasks
 
 log = logging.getLogger("wasmq.node")
 

@@ -31,11 +31,11 @@ import threading
 
 import redis
 
-from broker import keys
-from broker.artifacts import Uploaded
-from broker.subscription import listen_forever
-from workers.runtime import Runtime
-from workers.warmup import NotCompiled, no_binary
+from wasmq.broker import keys
+from wasmq.broker.artifacts import Uploaded
+from wasmq.broker.subscription import listen_forever
+from wasmq.workers.runtime import Runtime
+from wasmq.workers.warmup import NotCompiled, no_binary
 
 log = logging.getLogger("wasmq.prefetch")
 

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 
 import wasmtime
 
-from broker import abi
-from broker.artifacts import Artifacts, load_module
-from broker.engine import EPOCH_TICK_S, make_engine
-from broker.errors import TaskFailed
-from broker.limits import Limits
-from workers.hostctx import CURRENT, HostContext, ModuleExit, OutOfTime
-from workers.traps import describe, memory_hint
-from workers.wasi_poll import define_bounded_poll
-from workers.wasi_unstable import define_missing_stubs, define_wasi_unstable
+from wasmq.broker import abi
+from wasmq.broker.artifacts import Artifacts, load_module
+from wasmq.broker.engine import EPOCH_TICK_S, make_engine
+from wasmq.broker.errors import TaskFailed
+from wasmq.broker.limits import Limits
+from wasmq.workers.hostctx import CURRENT, HostContext, ModuleExit, OutOfTime
+from wasmq.workers.traps import describe, memory_hint
+from wasmq.workers.wasi_poll import define_bounded_poll
+from wasmq.workers.wasi_unstable import define_missing_stubs, define_wasi_unstable
 
 U32 = 0xFFFFFFFF
 # Per-store caps on what a module may declare besides linear memory: tables

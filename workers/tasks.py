@@ -17,17 +17,17 @@ from celery import Celery
 from celery.exceptions import Reject
 from celery.signals import worker_process_init
 
-from broker.artifacts import Artifacts
-from broker.celery_app import RUN_TASK
-from broker.connections import get_redis
-from broker.errors import WasmqError
-from broker.limits import Limits
-from broker.records import Status, TaskRecords
-from broker.settings import MB, Settings
-from broker.store import RedisStore
-from workers.prefetch import Prefetcher
-from workers.runtime import ModuleFailed, Runtime
-from workers.warmup import warm_up
+from wasmq.broker.artifacts import Artifacts
+from wasmq.broker.celery_app import RUN_TASK
+from wasmq.broker.connections import get_redis
+from wasmq.broker.errors import WasmqError
+from wasmq.broker.limits import Limits
+from wasmq.broker.records import Status, TaskRecords
+from wasmq.broker.settings import MB, Settings
+from wasmq.broker.store import RedisStore
+from wasmq.workers.prefetch import Prefetcher
+from wasmq.workers.runtime import ModuleFailed, Runtime
+from wasmq.workers.warmup import warm_up
 
 log = logging.getLogger("wasmq.worker")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import wasmtime
 
-from broker.limits import Limits
-from broker.settings import MB
+from wasmq.broker.limits import Limits
+from wasmq.broker.settings import MB
 
 _CODE_TEXT = {
     wasmtime.TrapCode.STACK_OVERFLOW: "call stack exhausted (stack overflow)",

@@ -16,9 +16,9 @@ import time
 
 import wasmtime
 
-from broker.limits import Limits
-from broker.records import TaskRecords
-from workers.runtime import Runtime
+from wasmq.broker.limits import Limits
+from wasmq.broker.records import TaskRecords
+from wasmq.workers.runtime import Runtime
 
 log = logging.getLogger("wasmq.warmup")
 

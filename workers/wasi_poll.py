@@ -23,8 +23,8 @@ import time
 
 import wasmtime
 
-from workers.hostctx import CURRENT, OutOfTime
-from workers.wasi_unstable import (
+from wasmq.workers.hostctx import CURRENT, OutOfTime
+from wasmq.workers.wasi_unstable import (
     CLOCKS,
     EBADF,
     EINVAL,

@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 import wasmtime
 
-from workers.hostctx import CURRENT, BoundedBuffer, HostContext, ModuleExit
+from wasmq.workers.hostctx import CURRENT, BoundedBuffer, HostContext, ModuleExit
 
 NAMESPACE = "wasi_unstable"
 
