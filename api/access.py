@@ -26,8 +26,12 @@ def presented_key() -> str | None:
 
 def valid_key(settings: Settings) -> str | None:
     """The presented key if it is one of the server's, else None."""
-    key = presented_key()
-    if key is None:
+    return server_key(settings, presented_key())
+
+
+def server_key(settings: Settings, key: str | None) -> str | None:
+    """`key` if it is one of the server's (compared in constant time), else None."""
+    if not key:
         return None
     given = key.encode()
     return key if any(hmac.compare_digest(given, k.encode()) for k in settings.api_keys) \

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from wasmq.api.services import services
 from wasmq.broker import metrics
+from wasmq.broker.causes import Cause
 from wasmq.broker.errors import Unavailable
 
 bp = Blueprint("metrics", __name__)
@@ -41,8 +42,9 @@ class ClusterCollector(Collector):
                        snap.succeeded)
         failed = CounterMetricFamily("wasmq_tasks_failed",
                                      "Tasks that failed, by cause.", labels=["cause"])
-        for cause, count in sorted(snap.failed.items()):
-            failed.add_metric([cause], count)
+        # Every cause has its series from the start, so a rate() over it works.
+        for cause in sorted({c.value for c in Cause} | set(snap.failed)):
+            failed.add_metric([cause], snap.failed.get(cause, 0))
         yield failed
         yield _histogram("wasmq_task_execution_seconds",
                          "Time the module ran (instantiate to output), per task.",
@@ -75,7 +77,7 @@ def _histogram(name: str, doc: str, h: metrics.Histogram) -> HistogramMetricFami
 def scrape() -> ResponseReturnValue:
     svc = services()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ClusterCollector(svc.records.redis, svc.settings.queue))
+    registry.register(ClusterCollector(svc.tasks.redis, svc.settings.queue))
     # The text format (or OpenMetrics) the scraper asks for, as the library's
     # own HTTP handler negotiates it.
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from wasmq.broker.clock import iso
-from wasmq.broker.records import Status, TaskRecord
+from wasmq.broker.protocol.record import Status, TaskRecord
 
 DONE, FAILED, PENDING = 1, 0, 5
 
@@ -39,7 +39,7 @@ def task_reply(record: TaskRecord, result_url: str, *,
                      message=f"Result returned and available at {result_url}.",
                      **extra), 200
     if record.status == Status.FAILED:
-        return reply(FAILED, tid=record.tid, result_url=result_url,
+        return reply(FAILED, tid=record.tid, result_url=result_url, cause=record.cause,
                      message=f"Task failed: {record.message}", **extra), 200
     state = "is still queued" if record.status == Status.QUEUED else "is still running"
     return reply(PENDING, tid=record.tid, time_out=True, result_url=result_url,

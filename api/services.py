@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from celery import Celery
 from flask import current_app
 
-from wasmq.api.ratelimit import RateRules
 from wasmq.api.submission import Submissions
 from wasmq.api.waiter import CompletionListener
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.connections import get_redis
 from wasmq.broker.engine import make_engine
-from wasmq.broker.jobs import JobMessages
-from wasmq.broker.records import TaskRecords
+from wasmq.broker.protocol.messages import JobMessages
+from wasmq.broker.protocol.queue import TaskQueue
 from wasmq.broker.registry import Registry
 from wasmq.broker.settings import Settings
 from wasmq.broker.store import RedisStore
@@ -24,24 +22,20 @@ from wasmq.broker.store import RedisStore
 class Services:
     settings: Settings
     registry: Registry
-    records: TaskRecords
-    celery: Celery
-    jobs: JobMessages
+    tasks: TaskQueue
     listener: CompletionListener
     submissions: Submissions
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         client = get_redis(settings)
-        celery = make_celery(settings)
-        records = TaskRecords(client, settings.result_ttl)
+        tasks = TaskQueue.from_settings(client, settings)
+        jobs = JobMessages(make_celery(settings), settings.queue)
         return cls(settings=settings,
                    registry=Registry(client, RedisStore(client)),
-                   records=records,
-                   celery=celery,
-                   jobs=JobMessages(celery, settings.queue),
+                   tasks=tasks,
                    listener=CompletionListener(client),
-                   submissions=Submissions(records, RateRules(settings)))
+                   submissions=Submissions(settings, client, tasks, jobs))
 
     _engine = None
 

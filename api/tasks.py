@@ -5,21 +5,20 @@ from __future__ import annotations
 import math
 import time
 
-import msgpack
 from flask import Blueprint, request, url_for
 from flask.typing import ResponseReturnValue
 
 from wasmq.api.access import require_key_if_private
 from wasmq.api.envelope import parse_envelope, request_body
+from wasmq.api.front import handoff
 from wasmq.api.negotiation import respond, wants_msgpack
+from wasmq.api.ratelimit import caller
 from wasmq.api.replies import task_reply
 from wasmq.api.services import Services, services
 from wasmq.api.waiter import Waiter
-from wasmq.broker.errors import BadRequest, NotFound, TooLarge
-from wasmq.broker.limits import Limits
+from wasmq.broker.errors import BadRequest, NotFound
 from wasmq.broker.logs import bind_tid
-from wasmq.broker.records import TaskRecord, new_tid
-from wasmq.broker.registry import FunctionRecord
+from wasmq.broker.protocol.record import TaskRecord, new_tid
 
 bp = Blueprint("tasks", __name__)
 
@@ -48,38 +47,29 @@ def result_url(svc: Services, tid: str) -> str:
 def submit(cfid: str) -> ResponseReturnValue:
     svc = services()
     wait = parse_wait(request.args.get("wait"), svc.settings.sync_wait)
-    counted = svc.submissions.known(cfid) is None
-    if counted:  # a function new to this process: 404 or 429 before reading the body
-        svc.submissions.look_up(cfid)
+    svc.submissions.function(cfid)  # 404 before reading the body
     data = parse_envelope(request_body(), request.mimetype)
     tid = new_tid()
     bind_tid(tid)
-    inline = len(data) <= svc.settings.inline_input_kb * 1024
-
-    def build(function: FunctionRecord) -> tuple:
-        require_key_if_private(svc.settings, function.private, "calling this function")
-        limits = Limits.from_settings(svc.settings).narrowed(function.limits)
-        if len(data) > limits.max_input:
-            raise TooLarge(f"input.data is {len(data)} bytes; the input limit of this function "
-                           f"is {limits.max_input_mb:g} MB")
-        job = {"tid": tid, "sha256": function.sha256, "data": data if inline else None,
-               "limits": function.limits}
-        return (TaskRecord(tid=tid, cfid=cfid, private=function.private),
-                None if inline else data, msgpack.packb(job, use_bin_type=True),
-                (svc.settings.queue, svc.jobs.encode(job)))
-
+    front = handoff(request.environ)
     waiter = None
-    if wait > 0:  # listening before the task can finish, so no wake-up is missed
-        svc.listener.start()
+    if wait > 0 and (front is None or front.can_wait):
+        svc.listener.start()  # listening before the task can finish: no wake-up is missed
         waiter = svc.listener.register(tid)
+    handed_over = False
     try:
-        record = svc.submissions.create(cfid, build, counted=counted)[0]
-        if waiter is not None:
+        record = svc.submissions.submit(cfid, data, caller(svc.settings), tid=tid)
+        if waiter is not None and front is not None:  # the front waits, holding no thread
+            front.hold(tid, waiter, time.monotonic() + wait, result_url(svc, tid),
+                       wants_msgpack())
+            handed_over = True
+        elif waiter is not None:
             return _wait_for(svc, tid, waiter, time.monotonic() + wait)
     finally:
-        if waiter is not None:
+        if waiter is not None and not handed_over:
             svc.listener.unregister(tid, waiter)
-    # wait=0 promises an immediate 5, whatever a fast worker did meanwhile.
+    # The reply as it stands now (wait=0 promises an immediate 5, whatever a fast
+    # worker did meanwhile); the front replaces it if the task finishes in time.
     return _reply(svc, tid, record)
 
 
@@ -90,7 +80,7 @@ def _wait_for(svc: Services, tid: str, waiter: Waiter,
     while True:
         waiter.event.wait(max(0.0, deadline - time.monotonic()))
         waiter.event.clear()
-        record = waiter.record or svc.records.get(tid)
+        record = waiter.record or svc.tasks.get(tid)
         if record is None or record.status.finished or time.monotonic() >= deadline:
             return _reply(svc, tid, record)
 
@@ -101,7 +91,7 @@ def retrieve(tid: str) -> ResponseReturnValue:
 
 
 def _answer(svc: Services, tid: str) -> ResponseReturnValue:
-    return _reply(svc, tid, svc.records.get(tid))
+    return _reply(svc, tid, svc.tasks.get(tid))
 
 
 def _reply(svc: Services, tid: str, record: TaskRecord | None) -> ResponseReturnValue:

@@ -6,19 +6,21 @@ celery#3761, #6350, #4857 and redis-py#3184 for what goes wrong with
 channel and sets the Event of whoever waits for that tid. If the subscription
 drops, every waiter is woken so it re-reads its record: a lost wake-up can
 delay an answer to the next check, never lose it. A small finished record
-travels with its wake-up (broker/records.py), so its waiter answers without
+travels with its wake-up (broker/protocol/wakeup.py), so its waiter answers without
 reading it back.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
 
 from wasmq.broker import keys
-from wasmq.broker.records import TaskRecord, parse_wakeup, unpack_shipped
+from wasmq.broker.protocol.record import TaskRecord
+from wasmq.broker.protocol.wakeup import parse_wakeup, unpack_shipped
 from wasmq.broker.subscription import listen_forever
 
 
@@ -26,6 +28,14 @@ from wasmq.broker.subscription import listen_forever
 class Waiter:
     event: threading.Event = field(default_factory=threading.Event)
     record: TaskRecord | None = None  # the finished record, when it was shipped
+    on_wake: Callable[[], None] | None = None  # the ASGI front's, waiting on its event loop
+
+    def wake(self, record: TaskRecord | None) -> None:
+        if record is not None:
+            self.record = record
+        self.event.set()
+        if self.on_wake is not None:
+            self.on_wake()
 
 
 class CompletionListener:
@@ -66,9 +76,7 @@ class CompletionListener:
         # Every process hears every completion: unpack only what someone waits for.
         record = unpack_shipped(packed) if waiters and packed else None
         for waiter in waiters:
-            if record is not None:
-                waiter.record = record
-            waiter.event.set()
+            waiter.wake(record)
 
     def _run(self) -> None:
         def subscribed() -> None:

@@ -11,15 +11,37 @@ from enum import Enum
 
 
 class Cause(str, Enum):
-    TIMEOUT = "timeout"  # the task's wall-time limit
-    MEMORY = "memory"  # the linear memory limit
-    OUTPUT_LIMIT = "output_limit"  # the module wrote more than the output limit
-    PRED_FAILED = "pred_failed"  # pred() returned non-zero
-    EXIT = "exit"  # the module called proc_exit
-    TRAP = "trap"  # any other wasm trap
-    ABI = "abi"  # an export or pointer that breaks the ABI
-    MISSING_DATA = "missing_data"  # the input or binary was gone when the task ran
-    WORKER_LOST = "worker_lost"  # the run ended its worker process too many times
-    CANCELLED = "cancelled"  # an operator purged or cancelled it
-    MODULE_ERROR = "module_error"  # the module failed in a way not listed above
-    INTERNAL = "internal"  # a bug of wasmq's
+    TIMEOUT = "timeout"
+    MEMORY = "memory"
+    OUTPUT_LIMIT = "output_limit"
+    PRED_FAILED = "pred_failed"
+    EXIT = "exit"
+    TRAP = "trap"
+    ABI = "abi"
+    MISSING_DATA = "missing_data"
+    WORKER_LOST = "worker_lost"
+    CANCELLED = "cancelled"
+    MODULE_ERROR = "module_error"
+    INTERNAL = "internal"
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self]
+
+
+# What each cause means, for the README and /metrics' readers; a test checks
+# that every cause has one and is exported.
+DESCRIPTIONS = {
+    Cause.TIMEOUT: "the task's wall-time limit (or Celery's hard limit) was exceeded",
+    Cause.MEMORY: "the module needed more linear memory or table than its limit",
+    Cause.OUTPUT_LIMIT: "the module's output was larger than the output limit",
+    Cause.PRED_FAILED: "pred() returned non-zero",
+    Cause.EXIT: "the module called proc_exit",
+    Cause.TRAP: "a wasm trap (unreachable, out-of-bounds access, division by zero, ...)",
+    Cause.ABI: "the module broke the ABI (bad pointer or length, cannot be linked)",
+    Cause.MISSING_DATA: "the task's input or its function's binary was gone when it ran",
+    Cause.WORKER_LOST: "its runs ended their worker process WASMQ_MAX_ATTEMPTS times",
+    Cause.CANCELLED: "an operator cancelled or purged it before it ran",
+    Cause.MODULE_ERROR: "the module failed in a way none of the above names",
+    Cause.INTERNAL: "a bug of wasmq's in the worker",
+}

@@ -3,6 +3,8 @@ and a Scailable `statusCode 0` reply with its message, in one handler."""
 
 from __future__ import annotations
 
+from wasmq.broker.causes import Cause
+
 
 class WasmqError(Exception):
     http_status = 500
@@ -50,6 +52,10 @@ class RateLimited(WasmqError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class TooManyInFlight(RateLimited):
+    """The caller already has its cap of tasks queued or running."""
+
+
 class Unavailable(WasmqError):
     """Redis or another backing service cannot be reached."""
 
@@ -57,6 +63,10 @@ class Unavailable(WasmqError):
 
 
 class TaskFailed(WasmqError):
-    """The module failed its own task (trap, limit, non-zero pred)."""
+    """The module failed its own task (trap, limit, non-zero pred), for `cause`."""
 
     http_status = 200
+
+    def __init__(self, message: str, cause: Cause = Cause.MODULE_ERROR) -> None:
+        super().__init__(message)
+        self.cause = cause

@@ -50,3 +50,22 @@ KOMBU_UNACKED = "unacked"
 def loaded_replies(nonce: str) -> str:
     """List where worker processes say they are done with one upload announcement."""
     return f"{PREFIX}:loaded:{nonce}"
+
+
+# Each caller's accounting (a caller is an API key's digest or a client address).
+BACKLOGS = f"{PREFIX}:backlogs"  # set: callers with calls held back in their backlog
+
+
+def inflight(caller: str) -> str:
+    """Zset tid -> createdAt: the caller's tasks queued or running."""
+    return f"{PREFIX}:inflight:{caller}"
+
+
+def queued(caller: str) -> str:
+    """Set of the caller's tids whose message is in the Celery queue."""
+    return f"{PREFIX}:queued:{caller}"
+
+
+def backlog(caller: str) -> str:
+    """List of "<tid>\\n<message>": the caller's calls waiting for its queue share."""
+    return f"{PREFIX}:backlog:{caller}"

@@ -52,6 +52,20 @@ class Settings:
     # Task submissions per API key (or client address without one), in the
     # notation of the `limits` library ("100/second;2000/minute"); "off" disables.
     rate_limit: str = "500/second"
+    # Input bytes submitted per API key (or address), in the same notation.
+    rate_limit_bytes: str = "250000000/minute"
+    # Tasks one API key (or address) may have queued or running at once:
+    # OpenWhisk's default of 100 concurrent activations per namespace.
+    max_inflight: int = 100
+    # Messages one caller may have in the Celery queue at once; its other calls
+    # wait in its own backlog, so another caller's call waits behind at most
+    # this many of its calls, not its whole backlog.
+    queue_share: int = 1
+    # Runs of a task whose worker process died before it fails for good.
+    max_attempts: int = 3
+    # Calls one gateway process holds open waiting for their task; past it a
+    # call answers at once with statusCode 5 and its resultUrl.
+    max_waiting: int = 4096
     # One gateway process per two cores: a process serves about a thousand
     # calls a second, and on a small machine the workers need the other cores.
     gateway_processes: int = field(default_factory=lambda: max(1, available_cores() // 2))
@@ -100,24 +114,32 @@ class Settings:
             if getattr(self, name) < 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
-                     "max_module_mb", "module_cache_mb", "prefetch_multiplier"):
+                     "max_module_mb", "module_cache_mb", "prefetch_multiplier",
+                     "max_inflight", "queue_share", "max_attempts", "max_waiting"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
         if self.log_format not in ("json", "text"):
             raise ConfigError(f"WASMQ_LOG_FORMAT must be 'json' or 'text', got "
                               f"{self.log_format!r}")
-        if self.rate_limit_enabled:
+        for name in ("rate_limit", "rate_limit_bytes"):
+            rate = getattr(self, name)
+            if not rate_enabled(rate):
+                continue
             from limits import parse_many
 
             try:
-                parse_many(self.rate_limit)
+                parse_many(rate)
             except ValueError:
-                raise ConfigError(f"WASMQ_RATE_LIMIT={self.rate_limit!r} is not a rate such as "
+                raise ConfigError(f"WASMQ_{name.upper()}={rate!r} is not a rate such as "
                                   "'100/second' or '10/second;500/minute' (or 'off')") from None
 
     @property
     def rate_limit_enabled(self) -> bool:
-        return self.rate_limit.strip().lower() not in ("", "off", "none", "0")
+        return rate_enabled(self.rate_limit)
+
+
+def rate_enabled(rate: str) -> bool:
+    return rate.strip().lower() not in ("", "off", "none", "0")
 
 
 def _parse(name: str, kind: object, raw: str) -> object:

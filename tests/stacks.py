@@ -17,7 +17,7 @@ import requests
 
 from tests.support import Api, Proc, child_env, start_redis, wait_until, wasmq
 from wasmq.broker import keys
-from wasmq.broker.records import parse_wakeup
+from wasmq.broker.protocol.wakeup import parse_wakeup
 from wasmq.broker.redis_server import free_port
 from wasmq.localstack import start_worker
 

@@ -131,35 +131,43 @@ def test_task_ids_carry_128_random_bits(api: Api) -> None:
     assert all(re.fullmatch(r"wasmqt-[0-9a-f]{32}", tid) for tid in tids)
 
 
-def _submit(url: str, key: str | None = None, source: str = "127.0.0.1") -> urllib3.HTTPResponse:
+@pytest.fixture(scope="module")
+def echo(admin: Api) -> str:
+    return admin.deploy(modules.ECHO)
+
+
+def _submit(url: str, cfid: str, key: str | None = None,
+            source: str = "127.0.0.1") -> urllib3.HTTPResponse:
     host, port = url.removeprefix("http://").split(":")
     pool = urllib3.HTTPConnectionPool(host, int(port), source_address=(source, 0))
     headers = {"Content-Type": "application/json", **(bearer(key) if key else {})}
-    return pool.request("POST", "/task/no-such-function?wait=0",
+    return pool.request("POST", f"/task/{cfid}?wait=0",
                         body=json.dumps(envelope("x")), headers=headers)
 
 
-def test_submissions_are_rate_limited_per_key_with_retry_after(keyed: Stack) -> None:
-    answers = [_submit(keyed.url, BURST) for _ in range(RATE)]
-    assert [a.status for a in answers] == [404] * RATE
-    limited = _submit(keyed.url, BURST)
+def test_submissions_are_rate_limited_per_key_with_retry_after(keyed: Stack,
+                                                               echo: str) -> None:
+    answers = [_submit(keyed.url, echo, BURST) for _ in range(RATE)]
+    assert [a.status for a in answers] == [202] * RATE
+    limited = _submit(keyed.url, echo, BURST)
     assert limited.status == 429
     body = json.loads(limited.data)
     assert body["statusCode"] == 0 and "rate limit" in body["message"]
     assert 0 < int(limited.headers["Retry-After"]) <= 60
-    assert _submit(keyed.url, OTHER).status == 404  # another key has its own allowance
+    assert _submit(keyed.url, echo, OTHER).status == 202  # another key: its own allowance
 
 
-def test_submissions_without_a_key_are_rate_limited_per_address(keyed: Stack) -> None:
+def test_submissions_without_a_key_are_rate_limited_per_address(keyed: Stack,
+                                                               echo: str) -> None:
     # 127.0.0.2 is a loopback address of its own, so this test's count is its own.
     for _ in range(RATE):
-        assert _submit(keyed.url, source="127.0.0.2").status == 404
-    assert _submit(keyed.url, source="127.0.0.2").status == 429
+        assert _submit(keyed.url, echo, source="127.0.0.2").status == 202
+    assert _submit(keyed.url, echo, source="127.0.0.2").status == 429
     # An unknown key does not buy a fresh allowance: it counts against the address.
-    assert _submit(keyed.url, "made-up", source="127.0.0.2").status == 429
+    assert _submit(keyed.url, echo, "made-up", source="127.0.0.2").status == 429
 
 
-def test_rate_limit_counters_live_in_the_same_redis(keyed: Stack) -> None:
-    _submit(keyed.url, OTHER)
+def test_rate_limit_counters_live_in_the_same_redis(keyed: Stack, echo: str) -> None:
+    _submit(keyed.url, echo, OTHER)
     client = redis.Redis.from_url(keyed.redis_url)
     assert any(client.scan_iter(match="*wasmq:ratelimit*"))

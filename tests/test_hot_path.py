@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import time
 
-import msgpack
 import redis
 
 from tests import modules
@@ -14,14 +13,7 @@ from tests.support import Api, wait_until
 from wasmq.broker import keys
 from wasmq.broker.artifacts import Artifacts
 from wasmq.broker.limits import Limits
-from wasmq.broker.records import (
-    SHIP_LIMIT,
-    Status,
-    TaskRecord,
-    TaskRecords,
-    parse_wakeup,
-    unpack_shipped,
-)
+from wasmq.broker.protocol.queue import TaskQueue
 from wasmq.broker.store import RedisStore
 from wasmq.workers.runtime import Runtime
 from wasmq.workers.warmup import warm_up
@@ -59,7 +51,7 @@ def test_a_new_worker_process_preloads_the_hot_modules(redis_url: str) -> None:
     artifacts = Artifacts(client)
     Runtime(artifacts=artifacts).prepare(sha(wasm), lambda: wasm)  # compiles, stores, marks hot
     fresh = Runtime(artifacts=artifacts)
-    warm_up(fresh, TaskRecords(client, 60), preload_bytes=64 * 1024 * 1024)
+    warm_up(fresh, TaskQueue(client, ttl=60, queue="hot-path"), preload_bytes=64 * 1024 * 1024)
     assert sha(wasm) in fresh.cached()
     assert "warmup-probe" not in fresh.cached()
 
@@ -85,69 +77,3 @@ def test_an_inline_input_leaves_no_key_behind(api: Api, redis_url: str) -> None:
     tid = api.call(cfid, "small").json()["tid"]
     time.sleep(0.05)
     assert not client.exists(keys.task_input(tid))
-
-
-def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_not(
-        redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    records = TaskRecords(client, 60)
-    subscription = client.pubsub(ignore_subscribe_messages=True)
-    subscription.subscribe(keys.DONE_CHANNEL)
-    shipped = {}
-    for name, result in (("small", b"\x00[55]\xff"), ("large", b"x" * (SHIP_LIMIT + 1))):
-        tid = f"wasmqt-ship-{name}-{time.monotonic_ns()}"
-        records.create(TaskRecord(tid=tid, cfid="c"), job=b"job")
-        records.claim(tid, "node-1")
-        assert b"job" not in client.hgetall(keys.task(tid))  # claimed: nothing to resend
-        records.finish(tid, Status.SUCCEEDED, result=result, stdout="out", exec_ms=0.2)
-        message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
-        woken, packed = parse_wakeup(message["data"])
-        record = unpack_shipped(packed)
-        assert woken == tid
-        shipped[name] = record
-        if record is not None:
-            assert record == records.get(tid)
-    subscription.close()
-    assert shipped["small"] is not None and shipped["small"].result == b"\x00[55]\xff"
-    assert shipped["large"] is None  # the waiter reads it back instead
-
-
-def test_a_shipped_record_that_cannot_be_read_or_is_unfinished_is_not_used() -> None:
-    assert unpack_shipped(b"") is None
-    assert unpack_shipped(b"\xc1 not msgpack") is None
-    assert unpack_shipped(msgpack.packb([b"tid", b"t", b"status"])) is None  # odd list
-    running = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"running"])
-    assert unpack_shipped(running) is None  # the waiter reads the record instead
-    done = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"succeeded", b"result", b"1"])
-    assert unpack_shipped(done).result == b"1"
-
-
-def test_a_claim_sent_ahead_marks_the_task_running_and_its_answer_comes_later(
-        redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    records = TaskRecords(client, 60)
-    tid = f"wasmqt-sent-{time.monotonic_ns()}"
-    records.create(TaskRecord(tid=tid, cfid="c"))
-    records.load_scripts()
-    sent = records.claim_sent(tid, "node-1")
-    wait_until(lambda: client.hget(keys.task(tid), "status") == b"running", what="running")
-    assert sent.answer() == "running"
-    records.finish(tid, Status.SUCCEEDED, result=b"1")
-    again = records.claim_sent(tid, "node-2")  # a redelivered copy
-    assert again.answer() == "succeeded"
-    assert records.get(tid).node == "node-1"
-    client.script_flush()  # as after a Redis restart: the claim is made the slow way
-    missing = f"wasmqt-sent-missing-{time.monotonic_ns()}"
-    assert records.claim_sent(missing, "node-1").answer() == "missing"
-
-
-def test_creating_a_task_twice_queues_it_once(redis_url: str) -> None:
-    """As when redis-py resends the script after a dropped connection lost its answer."""
-    client = redis.Redis.from_url(redis_url)
-    records = TaskRecords(client, 60)
-    tid = f"wasmqt-twice-{time.monotonic_ns()}"
-    queue = f"test-twice-{tid}"
-    for _ in range(2):
-        assert records.create(TaskRecord(tid=tid, cfid="c"), message=(queue, b"m")) is None
-    assert client.llen(queue) == 1
-    client.delete(queue)

@@ -9,10 +9,11 @@ import redis
 from kombu.serialization import loads
 
 from wasmq.broker.celery_app import RUN_TASK, make_celery
-from wasmq.broker.jobs import JobMessages
+from wasmq.broker.protocol.messages import Job, JobMessages
 from wasmq.broker.settings import Settings
 
-JOB = {"tid": "wasmqt-0123", "sha256": "ab" * 32, "data": b"\x00bytes\xff", "limits": None}
+JOB = Job(tid="wasmqt-0123", sha256="ab" * 32, data=b"\x00bytes\xff", limits=None,
+          caller="addr:127.0.0.1")
 
 
 def decoded(raw: bytes) -> dict:
@@ -28,7 +29,7 @@ def test_the_message_matches_what_send_task_puts_on_the_queue(redis_url: str) ->
     app = make_celery(Settings(redis_url=redis_url, queue=queue))
     client = redis.Redis.from_url(redis_url)
     try:
-        app.send_task(RUN_TASK, args=[JOB], queue=queue, task_id=JOB["tid"])
+        app.send_task(RUN_TASK, args=[JOB.to_dict()], queue=queue, task_id=JOB.tid)
         theirs = decoded(client.rpop(queue))
         ours = decoded(JobMessages(app, queue).encode(JOB))
     finally:

@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgpack
 import pytest
 import redis
 
 from tests import modules
 from tests.support import Api, wait_until
-from wasmq.broker.records import Status, TaskRecord, TaskRecords, new_tid
+from wasmq.broker import keys
+from wasmq.broker.protocol.messages import Job
+from wasmq.broker.protocol.queue import Admission, NewTask, TaskQueue
+from wasmq.broker.protocol.record import Status, TaskRecord, new_tid
 from wasmq.broker.settings import Settings
 from wasmq.localstack import Stack, start_stack
 
@@ -30,12 +32,19 @@ def test_a_task_whose_message_was_lost_is_sent_again_and_runs(quick_stack: Stack
     api = Api(quick_stack.url)
     cfid = api.deploy(modules.ECHO)
     sha = api.http.get(f"{api.url}/functions/{cfid}").json()["sha256"]
-    records = TaskRecords(redis.Redis.from_url(quick_stack.redis_url), 600)
+    client = redis.Redis.from_url(quick_stack.redis_url)
+    # The record and its job exist, as after a submission, but its message went to a
+    # queue no worker reads: exactly what a message lost inside kombu leaves behind.
+    records = TaskQueue(client, ttl=600, queue="nowhere")
     tid = new_tid()
-    job = {"tid": tid, "sha256": sha, "data": b"found again", "limits": {}}
-    # The record and its job exist, as after a submission, but no message was
-    # ever queued: exactly what a lost message leaves behind.
-    records.create(TaskRecord(tid=tid, cfid=cfid), job=msgpack.packb(job, use_bin_type=True))
+    job = Job(tid=tid, sha256=sha, data=b"found again", limits={}, caller="addr:lost-test")
+    refusal = records.enqueue(
+        NewTask(record=TaskRecord(tid=tid, cfid=cfid, caller=job.caller), job=job,
+                message=b"lost"),
+        Admission(function_key=keys.function(cfid), expected=client.get(keys.function(cfid)),
+                  caller=job.caller))
+    assert refusal is None
+    client.delete("nowhere")
     visibility = Settings(task_timeout=1).visibility_timeout
     record = wait_until(lambda: (r := records.get(tid)) and r.status.finished and r,
                         timeout=2 * visibility + 30, interval=0.5, what="the resent task")

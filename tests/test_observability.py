@@ -17,10 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests import modules
 from tests.support import INTSUM, ROOT, Api, wait_until
-from wasmq.broker import metrics
 from wasmq.broker.celery_app import make_celery
-from wasmq.broker.connections import get_redis
-from wasmq.broker.records import Status, TaskRecord, TaskRecords
 from wasmq.broker.settings import Settings
 
 
@@ -68,40 +65,6 @@ def test_a_module_too_big_for_the_memory_limit_counts_as_memory(api: Api) -> Non
     body = api.call(cfid, "x").json()
     assert body["statusCode"] == 0 and "linear memory" in body["message"], body
     assert scrape(api)["wasmq_tasks_failed_total{cause=memory}"] == before + 1
-
-
-def test_a_task_finished_twice_is_counted_once(redis_url: str) -> None:
-    records = TaskRecords(get_redis(Settings(redis_url=redis_url)), ttl=60)
-    client = records.redis
-    record = TaskRecord(tid=f"wasmqt-twice-{time.time_ns()}", cfid="c")
-    before = metrics.read(client, "wasmq")
-    records.create(record)
-    records.finish(record.tid, Status.SUCCEEDED, result=b"1", exec_ms=2.0)
-    records.finish(record.tid, Status.SUCCEEDED, result=b"1", exec_ms=2.0)  # redelivered
-    after = metrics.read(client, "wasmq")
-    assert after.submitted == before.submitted + 1
-    assert after.succeeded == before.succeeded + 1
-    assert after.exec_seconds.count == before.exec_seconds.count + 1
-
-
-def test_failure_causes_follow_the_runtime_s_messages() -> None:
-    cases = {
-        "time limit of 2 s exceeded during pred()": "timeout",
-        "hard time limit of 5 s exceeded: the module could not be interrupted": "timeout",
-        "module needs more linear memory than the limit of 256 MB (x)": "memory",
-        "module trapped during pred(): integer division by zero": "trap",
-        "module trapped during pred(): unreachable (linear memory is at the limit of 1 MB)":
-            "memory",
-        "pred() returned 1 (failure)": "pred_failed",
-        "module called proc_exit(3) during pred()": "exit",
-        "output of 99 bytes exceeds the output limit of 1 MB": "output_limit",
-        "malloc_buffer(4) returned 0x0, which is not a usable buffer": "abi",
-        "the task's input has expired": "missing_data",
-        "internal error in the worker (KeyError)": "internal",
-        "module failed during instantiate(): something new": "module_error",
-    }
-    for message, cause in cases.items():
-        assert metrics.failure_cause(message) == cause, message
 
 
 def json_lines(text: str) -> list[dict]:

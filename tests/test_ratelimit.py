@@ -1,4 +1,4 @@
-"""Rate limits, counted in the script that creates a task: the `limits` notation, per window."""
+"""Rate rules in the `limits` notation, for calls and for input bytes, counted by enqueue.lua."""
 
 from __future__ import annotations
 
@@ -8,37 +8,43 @@ import pytest
 import redis
 from flask import Flask
 
-from wasmq.api.ratelimit import RateRules
-from wasmq.api.submission import Submissions
-from wasmq.broker.errors import NotFound, RateLimited
-from wasmq.broker.records import TaskRecords
+from tests.queue_bench import Bench, bench_fixture  # noqa: F401 - the fixture
+from wasmq.api.ratelimit import RateRules, caller
 from wasmq.broker.settings import Settings
 
+pytestmark = pytest.mark.fast
 
-def test_every_rule_counts_and_the_first_one_exceeded_refuses(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    settings = Settings(redis_url=redis_url, rate_limit="3/minute;5/hour")
-    submissions = Submissions(TaskRecords(client, 60), RateRules(settings))
-    cfid = f"missing-{uuid.uuid4()}"
+
+def test_every_rule_counts_and_the_first_one_exceeded_refuses(bench: Bench) -> None:
+    settings = Settings(rate_limit="3/minute;5/hour", rate_limit_bytes="off")
+    rules = RateRules(settings)
     source = {"REMOTE_ADDR": f"10.9.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"}
     with Flask(__name__).test_request_context(environ_base=source):
-        for _ in range(3):  # an unknown function still counts: the lookup comes second
-            with pytest.raises(NotFound):
-                submissions.look_up(cfid)
-        with pytest.raises(RateLimited) as refused:
-            submissions.look_up(cfid)
-    assert "3 per 1 minute" in refused.value.message
-    assert 0 < int(refused.value.headers["Retry-After"]) <= 60
-    counters = {k.decode(): int(client.get(k)) for k in
-                client.scan_iter(match=f"*{source['REMOTE_ADDR']}*")}
-    assert sorted(counters.values()) == [3, 4]  # the hour rule was not reached the 4th time
-    assert all(0 < client.ttl(k) <= 3600 for k in counters)
+        who = caller(settings)
+    counters = rules.counters(who, 10)
+    refusals = [bench.tasks.enqueue(bench.new(), bench.admission(counters=counters))
+                for _ in range(4)]
+    assert refusals[:3] == [None, None, None] and refusals[3].rule == 0
+    refused = rules.refused(refusals[3].rule, refusals[3].retry_after, who)
+    assert "3 per 1 minute" in refused.message and "client address" in refused.message
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    client: redis.Redis = bench.client
+    values = {k.decode(): int(client.get(k)) for k in
+              client.scan_iter(match=f"*{source['REMOTE_ADDR']}*")}
+    assert sorted(values.values()) == [3, 4]  # the hour rule was not reached the 4th time
+    assert all(0 < client.ttl(k) <= 3600 for k in values)
 
 
-def test_no_rules_count_nothing(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    rules = RateRules(Settings(redis_url=redis_url, rate_limit="off"))
+def test_byte_rules_count_each_call_s_input_size() -> None:
+    rules = RateRules(Settings(rate_limit="off", rate_limit_bytes="1000/minute"))
     with Flask(__name__).test_request_context():
-        assert rules.counters() == ([], [])
-        with pytest.raises(NotFound):
-            Submissions(TaskRecords(client, 60), rules).look_up(f"missing-{uuid.uuid4()}")
+        who = caller(Settings())
+    (counter,) = rules.counters(who, 700)
+    assert (counter.cost, counter.allowance, counter.window_s) == (700, 1000, 60)
+    assert "1000 input bytes per 60 s" in rules.refused(0, 5, who).message
+
+
+def test_no_rules_count_nothing() -> None:
+    rules = RateRules(Settings(rate_limit="off", rate_limit_bytes="off"))
+    with Flask(__name__).test_request_context():
+        assert rules.counters(caller(Settings()), 10) == ()

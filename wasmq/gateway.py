@@ -1,11 +1,9 @@
-"""Serve the gateway on Granian: HTTP in Rust, the Flask app on a pool of threads per process.
+"""Serve the gateway on Granian: HTTP in Rust, an ASGI front, Flask on a pool of threads.
 
-Until issue 6 the gateway ran on gunicorn's gthread worker. Under 64 keep-alive
-clients that cost about 0.35 ms of CPU per request before Flask saw it
-(accept loop, parser, thread hand-offs), a third of the gateway's CPU per
-task; Granian parses and keeps connections in Rust and costs about 0.2 ms
-(`python -m bench` shows the effect end to end). Threads, not an event loop,
-because a request waiting for its task blocks in `threading.Event.wait`.
+Granian parses and keeps connections in Rust (about 0.2 ms of CPU per request,
+against gunicorn gthread's 0.35 ms). Its ASGI interface runs `api/front.py` on
+an event loop in each process: calls waiting for their task wait there, holding
+no thread, and each caller gets a bounded share of the threads that run Flask.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from wasmq.broker.logs import setup_logging
 from wasmq.broker.settings import Settings
 
 # A factory: every server process builds its own app from the WASMQ_* environment.
-APP = "wasmq.api.app:create_app"
+APP = "wasmq.api.front:create_front"
 
 
 class _ThreadCountNotice(logging.Filter):
@@ -39,17 +37,21 @@ LOG_CONFIG = {
 
 
 # Open connections per process. Granian's `backpressure` counts connections,
-# idle keep-alive ones included, not requests: the threads bound the requests.
-CONNECTIONS = 1024
+# idle keep-alive ones included; calls waiting for their task each hold one, and
+# WASMQ_MAX_WAITING (4096) of them may wait per process.
+CONNECTIONS = 8192
+# Connections the kernel queues before the server accepts them (capped by
+# net.core.somaxconn). A burst beyond it drops SYNs, and the client's retry
+# waits 1 s, then 3 s: a flood of connects would stall everyone's.
+BACKLOG = 8192
 # An idle keep-alive connection is closed after this long, as gunicorn's was.
 KEEPALIVE_MS = 5000
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
     setup_logging(settings.log_format)  # before the fork: every process inherits it
-    Granian(APP, factory=True, address=host, port=port, interface=Interfaces.WSGI,
-            workers=settings.gateway_processes, blocking_threads=settings.gateway_threads,
-            backpressure=CONNECTIONS,
+    Granian(APP, factory=True, address=host, port=port, interface=Interfaces.ASGI,
+            workers=settings.gateway_processes, backpressure=CONNECTIONS, backlog=BACKLOG,
             http1_settings=HTTP1Settings(header_read_timeout=KEEPALIVE_MS),
             respawn_failed_workers=True,
             respawn_interval=0.5, workers_kill_timeout=10, log_level="warning",

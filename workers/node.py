@@ -12,18 +12,19 @@ import logging
 import threading
 from pathlib import Path
 
-import msgpack
 import redis
 from celery import Celery, bootsteps, signals
 from celery.exceptions import TimeLimitExceeded
 
 from wasmq.broker import metrics
+from wasmq.broker.causes import Cause
 from wasmq.broker.celery_app import make_celery
-from wasmq.broker.clock import now
 from wasmq.broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
-from wasmq.broker.jobs import JobMessages
 from wasmq.broker.logs import bind_tid, setup_logging
-from wasmq.broker.records import Status, TaskRecords
+from wasmq.broker.protocol.messages import Job
+from wasmq.broker.protocol.queue import Finished, TaskQueue
+from wasmq.broker.protocol.record import Status
+from wasmq.broker.protocol.resend import tend_queue
 from wasmq.broker.settings import Settings
 from wasmq.workers import events
 from wasmq.workers.tasks import register_tasks
@@ -49,7 +50,7 @@ def _connect_signals(settings: Settings) -> None:
     signals.task_prerun.connect(_bind_task_tid, weak=False, dispatch_uid="wasmq-tid")
     signals.task_postrun.connect(lambda **_: bind_tid(""), weak=False,
                                  dispatch_uid="wasmq-tid-reset")
-    records: list[TaskRecords] = []
+    queues: list[TaskQueue] = []
 
     def on_failure(exception: BaseException | None = None, args: tuple = (),
                    **_: object) -> None:
@@ -57,16 +58,18 @@ def _connect_signals(settings: Settings) -> None:
         without this the record would say "running" until it expired."""
         if not isinstance(exception, TimeLimitExceeded) or not args:
             return
-        if not records:
-            records.append(TaskRecords(_own_client(settings), settings.result_ttl))
-        tid = args[0].get("tid", "") if isinstance(args[0], dict) else ""
+        if not isinstance(args[0], dict) or "tid" not in args[0]:
+            return
+        if not queues:
+            queues.append(TaskQueue.from_settings(_own_client(settings), settings))
+        job = Job.from_dict(args[0])
         try:
-            records[0].finish(tid, Status.FAILED, message=(
+            queues[0].finish(job, Finished(Status.FAILED, cause=Cause.TIMEOUT, message=(
                 f"hard time limit of {settings.hard_time_limit:g} s exceeded: the module "
                 f"could not be interrupted (blocked in a host call or still compiling), "
-                f"so its worker process was replaced"))
+                f"so its worker process was replaced")))
         except redis.RedisError:
-            log.warning("could not record the hard time limit of %s", tid, exc_info=True)
+            log.warning("could not record the hard time limit of %s", job.tid, exc_info=True)
 
     signals.task_failure.connect(on_failure, weak=False, dispatch_uid="wasmq-hard-limit")
 
@@ -117,7 +120,7 @@ class Heartbeat(bootsteps.StartStopStep):
                 path.touch()
             try:
                 metrics.heartbeat(client, node, size)
-                resend_lost(app, client)
+                tend_queue(app, client)
                 warned = False
             except redis.RedisError as exc:
                 if not warned:
@@ -134,27 +137,3 @@ class Heartbeat(bootsteps.StartStopStep):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=SOCKET_TIMEOUT + 1)
-
-
-def resend_lost(app: Celery, client: redis.Redis) -> int:
-    """Send again the messages kombu lost, so no task stays queued forever.
-
-    kombu's Redis transport pops a message and then records it as unacknowledged
-    in a second step; a worker killed between the two loses the message. A task
-    still unclaimed two visibility timeouts after its message went out, while
-    the queue is empty (so it is not merely waiting its turn), was lost that way:
-    its job, kept with the record, is sent again. If the message was only slow,
-    the worst case is a second run, which at-least-once delivery allows.
-    """
-    settings: Settings = app.wasmq_settings  # type: ignore[attr-defined]
-    if client.llen(settings.queue):
-        return 0
-    records = TaskRecords(client, settings.result_ttl)
-    lost = records.unclaimed(now() - 2 * settings.visibility_timeout)
-    jobs = JobMessages(app, settings.queue)
-    for tid, job in lost:
-        log.warning("tid=%s: its message was lost before any worker claimed it; sending again",
-                    tid)
-        client.lpush(settings.queue, jobs.encode(msgpack.unpackb(job, raw=False)))
-        records.resent(tid)
-    return len(lost)

@@ -18,6 +18,7 @@ import wasmtime
 
 from wasmq.broker import abi
 from wasmq.broker.artifacts import Artifacts, load_module
+from wasmq.broker.causes import Cause
 from wasmq.broker.engine import EPOCH_TICK_S, make_engine
 from wasmq.broker.errors import TaskFailed
 from wasmq.broker.limits import Limits
@@ -48,8 +49,8 @@ class Outcome:
 class ModuleFailed(TaskFailed):
     """The module failed its task; the logs it wrote so far travel with it."""
 
-    def __init__(self, message: str, ctx: HostContext) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, ctx: HostContext, cause: Cause) -> None:
+        super().__init__(message, cause)
         self.stdout = ctx.stdout.text()
         self.stderr = ctx.stderr.text()
 
@@ -146,7 +147,8 @@ class Runtime:
                 pre = self.linker.instantiate_pre(module)
             except wasmtime.WasmtimeError as exc:  # e.g. a WASI import with the wrong signature
                 reason = str(exc).strip().splitlines()[0]
-                raise TaskFailed(f"module cannot be linked against WASI: {reason}") from None
+                raise TaskFailed(f"module cannot be linked against WASI: {reason}",
+                                 Cause.ABI) from None
         return Prepared(pre, info.entry, size)
 
     def cached(self) -> dict[str, int]:
@@ -217,7 +219,7 @@ class Runtime:
             if ptr == 0 or ptr + size > memory.data_len(store):
                 raise _AbiViolationError(f"malloc_buffer({size}) returned {ptr:#x}, which is "
                                          f"not a usable buffer in {memory.data_len(store)} "
-                                         f"bytes of memory")
+                                         f"bytes of memory", Cause.ABI)
             memory.write(store, data, ptr)  # no copy of a large input to append the NUL
             memory.write(store, b"\0", ptr + len(data))
             phase = "pred"
@@ -225,18 +227,20 @@ class Runtime:
             if rc != 0:
                 tail = ctx.stderr.text()[-500:].strip()
                 raise _AbiViolationError(f"pred() returned {rc} (failure)"
-                                         + (f"; module stderr: {tail}" if tail else ""))
+                                         + (f"; module stderr: {tail}" if tail else ""),
+                                         Cause.PRED_FAILED)
             phase = "get_out_len"
             out_len = ex["get_out_len"](store) & U32
             phase = "get_out_loc"
             out_loc = ex["get_out_loc"](store) & U32
             if out_len > limits.max_output:
                 raise ModuleFailed(f"output of {out_len} bytes exceeds the output limit of "
-                                   f"{limits.max_output_mb:g} MB", ctx)
+                                   f"{limits.max_output_mb:g} MB", ctx, Cause.OUTPUT_LIMIT)
             mem_len = memory.data_len(store)
             if out_loc + out_len > mem_len:
                 raise _AbiViolationError(f"output location {out_loc:#x} with length {out_len} "
-                                         f"lies outside linear memory ({mem_len} bytes)")
+                                         f"lies outside linear memory ({mem_len} bytes)",
+                                         Cause.ABI)
             output = bytes(memory.read(store, out_loc, out_loc + out_len))
             phase = "free_buffer"
             ex["free_buffer"](store, ptr)
@@ -245,15 +249,17 @@ class Runtime:
         except OutOfTime as exc:
             raise ModuleFailed(f"time limit of {limits.timeout_s:g} s exceeded during "
                                f"{phase}() (the module asked to wait {exc.asked_s:g} s)",
-                               ctx) from None
+                               ctx, Cause.TIMEOUT) from None
         except (_AbiViolationError, ModuleExit, wasmtime.ExitTrap) as exc:
-            text = (f"module exited with code {exc.code} during {phase}()"
-                    if isinstance(exc, (ModuleExit, wasmtime.ExitTrap)) else str(exc))
+            if isinstance(exc, _AbiViolationError):
+                text, cause = str(exc), exc.cause
+            else:
+                text, cause = f"module exited with code {exc.code} during {phase}()", Cause.EXIT
             hint = memory_hint(_size(memory, store), limits)
-            raise ModuleFailed(text + hint, ctx) from None
+            raise ModuleFailed(text + hint, ctx, Cause.MEMORY if hint else cause) from None
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise ModuleFailed(describe(exc, phase, limits, _size(memory, store),
-                                        TABLE_ELEMENTS), ctx) from None
+            failure = describe(exc, phase, limits, _size(memory, store), TABLE_ELEMENTS)
+            raise ModuleFailed(failure.message, ctx, failure.cause) from None
         finally:
             CURRENT.reset(token)
         return Outcome(output, ctx.stdout.text(), ctx.stderr.text(),
@@ -262,6 +268,10 @@ class Runtime:
 
 class _AbiViolationError(Exception):
     """The module broke the ABI contract (bad pointer, length, return code)."""
+
+    def __init__(self, message: str, cause: Cause) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def _size(memory: wasmtime.Memory | None, store: wasmtime.Store) -> int | None:

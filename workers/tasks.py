@@ -1,8 +1,9 @@
 """The Celery task that runs one compute-function call on this node.
 
-The job message carries the tid, the module's sha256, the input (or nothing
-when it travelled by reference) and the limits, so a task costs one claim
-round trip, a binary fetch only on a cache miss, and one finishing pipeline.
+The job message (broker/protocol/messages.py `Job`) carries the tid, the
+module's sha256, the input (or nothing when it travelled by reference), the
+limits and the caller, so a task costs one claim script, a binary fetch only on
+a cache miss, and one finish script.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ import socket
 from functools import lru_cache
 
 import redis
-from celery import Celery
+from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_process_init
 
 from wasmq.broker.artifacts import Artifacts
+from wasmq.broker.causes import Cause
 from wasmq.broker.celery_app import RUN_TASK
 from wasmq.broker.connections import get_redis
-from wasmq.broker.errors import WasmqError
+from wasmq.broker.errors import TaskFailed
 from wasmq.broker.limits import Limits
-from wasmq.broker.records import Status, TaskRecords
+from wasmq.broker.protocol.messages import Job
+from wasmq.broker.protocol.queue import Claim, Finished, TaskQueue
+from wasmq.broker.protocol.record import Status
 from wasmq.broker.settings import MB, Settings
 from wasmq.broker.store import RedisStore
+from wasmq.workers.lost import LOST_WORKER_REQUEST
 from wasmq.workers.prefetch import Prefetcher
 from wasmq.workers.runtime import ModuleFailed, Runtime
 from wasmq.workers.warmup import warm_up
@@ -38,7 +43,7 @@ class NodeState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         client = get_redis(settings)
-        self.records = TaskRecords(client, settings.result_ttl)
+        self.tasks = TaskQueue.from_settings(client, settings)
         self.store = RedisStore(client)
         self.limits = Limits.from_settings(settings)
         self.runtime = Runtime(settings.module_cache_mb * MB, Artifacts(client))
@@ -67,71 +72,88 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         st = state()
         st.prefetcher.start()
         try:
-            warm_up(st.runtime, st.records, st.runtime.cache_bytes // 2)
+            warm_up(st.runtime, st.tasks, st.runtime.cache_bytes // 2)
         except redis.RedisError:  # Redis is down: the first task connects, or is redelivered
             log.warning("warm: 0 hot modules preloaded; Redis unreachable at process start")
 
-    @app.task(name=RUN_TASK, acks_late=True, reject_on_worker_lost=True)
-    def run(job: dict) -> None:
+    @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
+              Request=LOST_WORKER_REQUEST)
+    def run(self: Task, job: dict) -> None:
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         try:
-            execute(state(), job)
+            execute(state(), Job.from_dict(job), redelivered=redelivered)
         except redis.RedisError as exc:
             # Failing would ack the message (acks_on_failure) and strand the
             # task as "running"; requeued, it runs again once Redis answers.
             raise Reject(exc, requeue=True) from exc
 
 
-def execute(st: NodeState, job: dict) -> None:
-    tid = job["tid"]
-    data = job.get("data")
-    if data is None:  # by reference: the claim hands the input over, so wait for it
-        claim, data = st.records.claim(tid, st.node)
-        if claim != "running":
-            log.info("tid=%s skipped: record is %s", tid, claim)
+def execute(st: NodeState, job: Job, *, redelivered: bool = False) -> None:
+    """Run one call. A first delivery with its input inline is run while its claim
+    is on its way; a redelivered one waits for the claim's answer, which may say its
+    runs already ended their worker process too often (a poison pill must not run
+    again to say so)."""
+    if job.data is None or redelivered:
+        claim = st.tasks.claim(job, st.node)
+        if claim.state == "exhausted":
+            st.tasks.finish(job, _exhausted(claim, st.tasks.max_attempts))
             return
-        outcome = _outcome(st, job, data)
+        if claim.state != "running":
+            log.info("tid=%s skipped: record is %s", job.tid, claim.state)
+            return
+        outcome = _outcome(st, job, job.data if job.data is not None else claim.data)
     else:
-        sent = st.records.claim_sent(tid, st.node)
+        sent = st.tasks.send_claim(job, st.node)
         try:
-            outcome = _outcome(st, job, data)
+            outcome = _outcome(st, job, job.data)
         finally:
             claim = sent.answer()
-        if claim != "running":  # ran anyway; a finished record is not written again
-            log.info("tid=%s skipped: record is %s", tid, claim)
+        if claim.state != "running":  # ran anyway; a finished record is not written again
+            log.info("tid=%s skipped: record is %s", job.tid, claim.state)
             return
-    status, fields = outcome
-    st.records.finish(tid, status, **fields)
+    if not st.tasks.finish(job, outcome):
+        log.info("tid=%s finished already (a redelivered run); its first answer stands",
+                 job.tid)
 
 
-def _outcome(st: NodeState, job: dict, data: bytes | None) -> tuple[Status, dict]:
-    """The task's result or failure, as `TaskRecords.finish` takes it."""
-    tid = job["tid"]
+def _exhausted(claim: Claim, max_attempts: int) -> Finished:
+    last = claim.lost or "its worker node stopped answering"
+    return Finished(Status.FAILED, cause=Cause.WORKER_LOST, message=(
+        f"the task's run ended its worker process {claim.attempts} times (last: {last}); "
+        f"it is not run again (WASMQ_MAX_ATTEMPTS={max_attempts})"))
+
+
+def _outcome(st: NodeState, job: Job, data: bytes | None) -> Finished:
+    tid = job.tid
     if data is None:
-        return Status.FAILED, {"message": "the task's input has expired"}
-    limits = st.limits.narrowed(job.get("limits"))
-    sha = job["sha256"]
+        return Finished(Status.FAILED, cause=Cause.MISSING_DATA,
+                        message="the task's input has expired")
+    limits = st.limits.narrowed(job.limits)
+    sha = job.sha256
     try:
         prepared = st.runtime.prepare(sha, lambda: _binary(st, sha))
         outcome = st.runtime.run(prepared, data, limits)
     except ModuleFailed as exc:
         log.info("tid=%s failed: %s", tid, exc.message)
-        return Status.FAILED, {"message": exc.message, "stdout": exc.stdout,
-                               "stderr": exc.stderr}
-    except WasmqError as exc:
+        return Finished(Status.FAILED, message=exc.message, cause=exc.cause,
+                        stdout=exc.stdout, stderr=exc.stderr)
+    except TaskFailed as exc:
         log.info("tid=%s failed: %s", tid, exc.message)
-        return Status.FAILED, {"message": exc.message}
+        return Finished(Status.FAILED, message=exc.message, cause=exc.cause)
     except redis.RedisError:
         raise  # the record cannot be written now; the message is redelivered
     except Exception as exc:  # a bug of ours must fail the task, not leave it running
         log.exception("tid=%s: internal error", tid)
-        return Status.FAILED, {"message": f"internal error in the worker ({type(exc).__name__})"}
+        return Finished(Status.FAILED, cause=Cause.INTERNAL,
+                        message=f"internal error in the worker ({type(exc).__name__})")
     log.info("tid=%s succeeded in %.2f ms", tid, outcome.exec_ms)
-    return Status.SUCCEEDED, {"result": outcome.output, "stdout": outcome.stdout,
-                              "stderr": outcome.stderr, "exec_ms": outcome.exec_ms}
+    return Finished(Status.SUCCEEDED, result=outcome.output, stdout=outcome.stdout,
+                    stderr=outcome.stderr, exec_ms=outcome.exec_ms)
 
 
 def _binary(st: NodeState, sha: str) -> bytes:
     data = st.store.get(sha)
     if data is None:
-        raise WasmqError("the function's binary was deleted before the task ran")
+        raise TaskFailed("the function's binary was deleted before the task ran",
+                         Cause.MISSING_DATA)
     return data

@@ -6,8 +6,11 @@ than flattened to a string early.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import wasmtime
 
+from wasmq.broker.causes import Cause
 from wasmq.broker.limits import Limits
 from wasmq.broker.settings import MB
 
@@ -73,26 +76,36 @@ def _cause(text: str) -> str:
     return lines[0] if lines else "unknown error"
 
 
+@dataclass(frozen=True)
+class Failure:
+    cause: Cause
+    message: str
+
+
 def describe(exc: Exception, phase: str, limits: Limits, memory_bytes: int | None,
-             table_elements: int = 0) -> str:
-    """One sentence: what went wrong, where, and which limit if any."""
+             table_elements: int = 0) -> Failure:
+    """One sentence: what went wrong, where, and which limit if any; and its cause."""
     if isinstance(exc, wasmtime.Trap):
         code = exc.trap_code
         if code == wasmtime.TrapCode.INTERRUPT:
-            return f"time limit of {limits.timeout_s:g} s exceeded during {phase}()"
+            return Failure(Cause.TIMEOUT,
+                           f"time limit of {limits.timeout_s:g} s exceeded during {phase}()")
         text = _CODE_TEXT.get(code, _cause(exc.message) if exc.message else "trap")
-        return (f"module trapped during {phase}(): {text}{first_frame(exc)}"
-                f"{memory_hint(memory_bytes, limits)}")
+        hint = memory_hint(memory_bytes, limits)
+        return Failure(Cause.MEMORY if hint else Cause.TRAP,
+                       f"module trapped during {phase}(): {text}{first_frame(exc)}{hint}")
     if isinstance(exc, wasmtime.WasmtimeError):
         text = _cause(str(exc))
         if "count too high" in text:
-            return (f"module refused at {phase}(): a task gets one instance with one linear "
-                    f"memory, and this module asks for more ({text})")
+            return Failure(Cause.ABI, f"module refused at {phase}(): a task gets one instance "
+                                      f"with one linear memory, and this module asks for more "
+                                      f"({text})")
         if "table" in text and "limit" in text:
-            return (f"module refused at {phase}(): its table is larger than the limit of "
-                    f"{table_elements:,} elements ({text})")
+            return Failure(Cause.MEMORY, f"module refused at {phase}(): its table is larger "
+                                         f"than the limit of {table_elements:,} elements "
+                                         f"({text})")
         if "memory" in text and ("limit" in text or "resource" in text or "grow" in text):
-            return (f"module needs more linear memory than the memory limit of "
-                    f"{limits.max_memory_mb:g} MB ({text})")
-        return f"module failed during {phase}(): {text}"
-    return f"module failed during {phase}(): {exc}"
+            return Failure(Cause.MEMORY, f"module needs more linear memory than the memory "
+                                         f"limit of {limits.max_memory_mb:g} MB ({text})")
+        return Failure(Cause.MODULE_ERROR, f"module failed during {phase}(): {text}")
+    return Failure(Cause.MODULE_ERROR, f"module failed during {phase}(): {exc}")

@@ -17,7 +17,7 @@ import time
 import wasmtime
 
 from wasmq.broker.limits import Limits
-from wasmq.broker.records import TaskRecords
+from wasmq.broker.protocol.queue import TaskQueue
 from wasmq.workers.runtime import Runtime
 
 log = logging.getLogger("wasmq.warmup")
@@ -47,11 +47,11 @@ def no_binary() -> bytes:
     raise NotCompiled
 
 
-def warm_up(runtime: Runtime, records: TaskRecords, preload_bytes: int) -> None:
+def warm_up(runtime: Runtime, tasks: TaskQueue, preload_bytes: int) -> None:
     runtime.run(runtime.prepare(PROBE_KEY, lambda: bytes(wasmtime.wat2wasm(PROBE_WAT))),
                 b"warm", Limits(timeout_s=1))
     runtime.forget(PROBE_KEY)
-    records.load_scripts()
+    tasks.load_scripts()
     if runtime.artifacts is None:
         return
     deadline = time.monotonic() + BUDGET_S

@@ -7,8 +7,8 @@ built here is the same one: Celery's protocol-2 headers from
 `AMQP.as_task_v2`, the body serialized by kombu, in the envelope kombu's Redis
 transport expects (`Channel.prepare_message` and `_inplace_augment_message`;
 tests/test_jobs.py compares the two field by field). Returned as bytes, it is
-LPUSHed in the same MULTI that creates the task record, so a record and its
-message exist together or not at all.
+queued by enqueue.lua, the script that creates the task record, so a record
+and its message exist together or not at all.
 """
 
 from __future__ import annotations
@@ -16,12 +16,46 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from dataclasses import asdict, dataclass
 
+import msgpack
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from kombu.serialization import dumps as serialize
 
 from wasmq.broker.celery_app import RUN_TASK
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to run one call: the message's only argument.
+
+    `data` is the input when it travels inline (None: by reference, handed over
+    by the claim); `limits` the function's own limits; `caller` who submitted
+    it, for the fair share and the tasks in flight that its claim and finish
+    account for."""
+
+    tid: str
+    sha256: str
+    data: bytes | None
+    limits: dict[str, float] | None
+    caller: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Job":
+        return cls(tid=raw["tid"], sha256=raw["sha256"], data=raw.get("data"),
+                   limits=raw.get("limits"), caller=raw.get("caller", ""))
+
+    def packed(self) -> bytes:
+        """The job as kept with its record until claimed, to resend a lost message."""
+        return msgpack.packb(self.to_dict(), use_bin_type=True)
+
+    @classmethod
+    def unpacked(cls, raw: bytes) -> "Job":
+        return cls.from_dict(msgpack.unpackb(raw, raw=False))
 
 
 class JobMessages:
@@ -30,12 +64,12 @@ class JobMessages:
         self.queue = queue  # kombu's key for priority 0 is the queue's name
         self.origin = anon_nodename()  # what send_task would work out for every message
 
-    def encode(self, job: dict) -> bytes:
-        tid = job["tid"]
+    def encode(self, job: Job) -> bytes:
+        tid = job.tid
         task = self.app.amqp.as_task_v2(
-            tid, RUN_TASK, args=[job], kwargs={},
+            tid, RUN_TASK, args=[job.to_dict()], kwargs={},
             # Flower shows these; a repr of the input would cost time and leak data.
-            argsrepr=f"[{{'tid': {tid!r}, 'sha256': {job.get('sha256')!r}}}]",
+            argsrepr=f"[{{'tid': {tid!r}, 'sha256': {job.sha256!r}}}]",
             kwargsrepr="{}", ignore_result=True, origin=self.origin)
         content_type, encoding, body = serialize(task.body, serializer="msgpack")
         properties = {**task.properties, "delivery_mode": 2,

@@ -1,0 +1,257 @@
+"""The queue protocol's one entry point: enqueue, claim, finish, resend, release.
+
+Each step is one script (the `.lua` files beside this module), called with
+keyword arguments and dataclasses; nothing else in wasmq writes a task record,
+its pending entry, its caller's accounting or its queue message.
+
+A task's life: `enqueue` (the gateway) creates its record and either queues
+its message or holds it in its caller's backlog; `claim` (the worker process
+that received the message) marks it running and releases the caller's next
+held-back message; `finish` stores the result, counts it and wakes the
+gateways; `unclaimed`/`resent` let nodes resend a message kombu lost;
+`release_backlogs` unblocks a backlog whose queued messages were lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis
+
+from wasmq.broker import keys, metrics
+from wasmq.broker.causes import Cause
+from wasmq.broker.clock import now
+from wasmq.broker.protocol import lua
+from wasmq.broker.protocol.messages import Job
+from wasmq.broker.protocol.record import Status, TaskRecord
+from wasmq.broker.protocol.wakeup import SHIP_LIMIT
+from wasmq.broker.settings import Settings
+
+
+@dataclass(frozen=True)
+class RateCounter:
+    """One rate rule's counter for this caller: `cost` counted in a fixed window."""
+
+    key: str
+    window_s: int
+    allowance: int
+    cost: int = 1
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a call is created under, checked by the script that creates it."""
+
+    function_key: str
+    expected: bytes  # the function's stored record that the call was validated against
+    caller: str
+    counters: tuple[RateCounter, ...] = ()  # empty when the call was counted already
+    max_inflight: int = 100
+
+
+@dataclass(frozen=True)
+class NewTask:
+    record: TaskRecord
+    job: Job
+    message: bytes  # the Celery message (JobMessages.encode)
+    input_by_ref: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a call was not created: a rate rule (its index) with the seconds left in
+    its window; the function changed (`stale`, with its stored form now, None if
+    gone); or the caller has `inflight` tasks queued or running already."""
+
+    rule: int | None = None
+    retry_after: int = 0
+    stale: bool = False
+    function: bytes | None = None
+    inflight: int | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the claim found: `running` (run it, with the input if it came by
+    reference), `succeeded`/`failed` (already finished), `missing` (expired), or
+    `exhausted` (its runs ended their worker process `attempts` times, the last
+    one as `lost` says)."""
+
+    state: str
+    data: bytes | None = None
+    attempts: int = 0
+    lost: str = ""
+
+
+@dataclass
+class Finished:
+    """A task's outcome, as the worker stores it."""
+
+    status: Status
+    result: bytes | None = None
+    message: str = ""
+    cause: Cause | None = None
+    stdout: str = ""
+    stderr: str = ""
+    exec_ms: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class TaskQueue:
+    def __init__(self, client: redis.Redis, *, ttl: int, queue: str, share: int = 1,
+                 max_attempts: int = 3) -> None:
+        self.redis = client
+        self.ttl, self.queue, self.share, self.max_attempts = ttl, queue, share, max_attempts
+        self._enqueue = lua.register(client, "enqueue")
+        self._claim = lua.register(client, "claim")
+        self._finish = lua.register(client, "finish")
+        self._release = lua.register(client, "release")
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> "TaskQueue":
+        return cls(client, ttl=settings.result_ttl, queue=settings.queue,
+                   share=settings.queue_share, max_attempts=settings.max_attempts)
+
+    def load_scripts(self) -> None:
+        """Spares a new worker process the NOSCRIPT round trip on its first task."""
+        for script in (self._enqueue, self._claim, self._finish, self._release):
+            self.redis.script_load(script.script)
+
+    # -- the gateway ------------------------------------------------------------
+
+    def enqueue(self, task: NewTask, admission: Admission) -> Refusal | None:
+        """Create the task, its input and its message together, if `admission` holds."""
+        record, caller = task.record, admission.caller
+        fields = record.to_hash()
+        fields["job"] = task.job.packed()  # kept until claimed, to resend a lost message
+        items = [x for pair in fields.items() for x in pair]
+        rules = [x for c in admission.counters for x in (c.window_s, c.allowance, c.cost)]
+        outcome, *detail = self._enqueue(
+            keys=[keys.task(record.tid), keys.task_input(record.tid), keys.PENDING,
+                  keys.METRIC_COUNTS, self.queue, admission.function_key,
+                  keys.inflight(caller), keys.queued(caller), keys.backlog(caller),
+                  keys.BACKLOGS, *(c.key for c in admission.counters)],
+            args=[self.ttl, now(), record.tid, admission.expected, task.input_by_ref or b"",
+                  task.message, admission.max_inflight, self.share, caller, len(items),
+                  *items, *rules])
+        if outcome in (b"queued", b"backlogged", b"duplicate"):
+            return None
+        if outcome == b"limited":
+            return Refusal(rule=int(detail[0]) - 1, retry_after=max(1, int(detail[1])))
+        if outcome == b"busy":
+            return Refusal(inflight=int(detail[0]), retry_after=1)
+        return Refusal(stale=True, function=detail[0] or None)
+
+    def get(self, tid: str) -> TaskRecord | None:
+        raw = self.redis.hgetall(keys.task(tid))
+        return TaskRecord.from_hash(raw) if raw else None
+
+    # -- the worker ---------------------------------------------------------------
+
+    def claim(self, job: Job, node: str) -> Claim:
+        return _claim_answer(self._claim(keys=self._claim_keys(job),
+                                         args=self._claim_args(job, node)))
+
+    def send_claim(self, job: Job, node: str) -> "SentClaim":
+        """Send the claim and return without its answer: Redis marks the task running
+        at once while the caller runs it; `SentClaim.answer()` then says whether it
+        should have. Spares a task the wait for a round trip before it starts."""
+        return SentClaim(self, job, node)
+
+    def _claim_keys(self, job: Job) -> list[str]:
+        return [keys.task(job.tid), keys.task_input(job.tid), keys.PENDING, self.queue,
+                keys.queued(job.caller), keys.backlog(job.caller), keys.BACKLOGS]
+
+    def _claim_args(self, job: Job, node: str) -> list:
+        return [node, now(), job.tid, self.max_attempts, self.share, job.caller]
+
+    def finish(self, job: Job, outcome: Finished) -> bool:
+        """Store the outcome unless the task already finished; True if stored."""
+        finished_at = now()
+        fields: dict[str, bytes | str | float] = {
+            "status": outcome.status.value, "finishedAt": finished_at,
+            "message": outcome.message, "stdout": outcome.stdout, "stderr": outcome.stderr,
+            **outcome.extra}
+        if outcome.result is not None:
+            fields["result"] = outcome.result
+        if outcome.exec_ms is not None:
+            fields["execMs"] = outcome.exec_ms
+        if outcome.status == Status.FAILED:
+            fields["cause"] = (outcome.cause or Cause.MODULE_ERROR).value
+        size = len(outcome.result or b"") + len(outcome.stdout) + len(outcome.stderr)
+        return bool(self._finish(
+            keys=[keys.task(job.tid), keys.task_input(job.tid), keys.PENDING,
+                  keys.inflight(job.caller), keys.METRIC_COUNTS, keys.METRIC_EXEC_SECONDS,
+                  keys.METRIC_E2E_SECONDS],
+            args=[job.tid, keys.DONE_CHANNEL, self.ttl, metrics.counter(outcome.status,
+                                                                       outcome.cause),
+                  "" if outcome.exec_ms is None else repr(outcome.exec_ms / 1000),
+                  repr(finished_at), "1" if size <= SHIP_LIMIT else "0",
+                  *(x for pair in fields.items() for x in pair)]))
+
+    # -- maintenance, run by every worker node's heartbeat ------------------------------
+
+    def unclaimed(self, older_than: float, limit: int = 100) -> list[Job]:
+        """Tasks still queued whose message went out before `older_than` (epoch
+        seconds); entries that finished or expired are dropped."""
+        tids = [t.decode() for t in self.redis.zrangebyscore(keys.PENDING, "-inf", older_than,
+                                                           start=0, num=limit)]
+        if not tids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for tid in tids:
+            pipe.hmget(keys.task(tid), "status", "job")
+        out, done = [], []
+        for tid, (status, job) in zip(tids, pipe.execute(), strict=True):
+            if status == Status.QUEUED.value.encode() and job:
+                out.append(Job.unpacked(job))
+            else:
+                done.append(tid)
+        if done:
+            self.redis.zrem(keys.PENDING, *done)
+        return out
+
+    def resent(self, tid: str) -> None:
+        self.redis.zadd(keys.PENDING, {tid: now()}, xx=True)
+
+    def release_backlogs(self) -> int:
+        """Held-back messages let into the queue because their caller's queued ones
+        were lost or cancelled; how many."""
+        return int(self._release(keys=[keys.BACKLOGS, keys.PENDING, self.queue],
+                                 args=[now(), self.share]))
+
+
+def _claim_answer(reply: list) -> Claim:
+    state, data, *rest = reply
+    state = state.decode()
+    if state == "exhausted":
+        return Claim(state, None, int(rest[0]), rest[1].decode(errors="replace"))
+    return Claim(state, data or None)
+
+
+class SentClaim:
+    """A claim written to its own connection, its answer read later (once)."""
+
+    def __init__(self, tasks: TaskQueue, job: Job, node: str) -> None:
+        self.tasks, self.job, self.node = tasks, job, node
+        self.pool = tasks.redis.connection_pool
+        self.conn = self.pool.get_connection()
+        try:
+            claim_keys = tasks._claim_keys(job)
+            self.conn.send_command("EVALSHA", tasks._claim.sha, len(claim_keys), *claim_keys,
+                                   *tasks._claim_args(job, node))
+        except BaseException:
+            self.pool.release(self.conn)
+            raise
+
+    def answer(self) -> Claim:
+        try:
+            reply = self.conn.read_response()
+        except redis.exceptions.NoScriptError:  # Redis restarted: nothing ran, claim now
+            return self.tasks.claim(self.job, self.node)
+        except BaseException:
+            self.conn.disconnect()  # an unread reply must not reach the next user
+            raise
+        finally:
+            self.pool.release(self.conn)
+        return _claim_answer(reply)

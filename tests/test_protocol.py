@@ -1,0 +1,231 @@
+"""The queue protocol's scripts against a real Redis: each step, each refusal, each guard."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from tests.queue_bench import Bench, bench_fixture  # noqa: F401 - the fixture
+from tests.support import wait_until
+from wasmq.broker import keys, metrics
+from wasmq.broker.causes import Cause
+from wasmq.broker.protocol import lua
+from wasmq.broker.protocol.queue import (
+    Admission,
+    Finished,
+    RateCounter,
+)
+from wasmq.broker.protocol.record import Status
+from wasmq.broker.protocol.wakeup import SHIP_LIMIT, parse_wakeup, unpack_shipped
+
+pytestmark = pytest.mark.fast
+SCRIPTS = sorted(Path(lua.__file__).parent.glob("*.lua"))
+
+
+def test_every_script_names_each_key_and_argument_it_uses_in_its_header() -> None:
+    for path in SCRIPTS:
+        text = path.read_text()
+        header = "\n".join(line for line in text.splitlines() if line.startswith("--"))
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+        for kind in ("KEYS", "ARGV"):
+            for index in set(re.findall(rf"{kind}\[(\d+)\]", body)):
+                assert f"{kind}[{index}]" in header, f"{path.name}: {kind}[{index}] unnamed"
+
+
+def test_the_key_names_the_scripts_build_are_those_of_broker_keys() -> None:
+    built = {"wasmq:task:": keys.task("x")[:-1], "wasmq:queued:": keys.queued("x")[:-1],
+             "wasmq:backlog:": keys.backlog("x")[:-1]}
+    for path in SCRIPTS:
+        for prefix in re.findall(r"'(wasmq:[a-z]+:)'", path.read_text()):
+            assert built[prefix] == prefix, f"{path.name} builds {prefix}"
+
+
+def test_the_finish_script_s_histogram_buckets_are_those_of_the_metrics() -> None:
+    text = lua.source("finish")
+    listed = re.search(r"local buckets = \{(.*?)\}", text, re.S).group(1)
+    assert tuple(re.findall(r"'([^']+)'", listed)) == metrics.BUCKET_LABELS
+
+
+def test_every_failure_cause_has_a_description_and_a_metric() -> None:
+    for cause in Cause:
+        assert cause.description.strip(), cause
+        assert metrics.counter(Status.FAILED, cause) == f"failed:{cause.value}"
+    assert metrics.counter(Status.SUCCEEDED, None) == "succeeded"
+
+
+def test_a_task_is_queued_claimed_and_finished_once(bench: Bench) -> None:
+    task = bench.new()
+    assert bench.tasks.enqueue(task, bench.admission()) is None
+    assert bench.queued() == [task.message]
+    assert bench.tasks.get(task.job.tid).status == Status.QUEUED
+    claim = bench.tasks.claim(task.job, "node-1")
+    assert claim.state == "running"
+    record = bench.tasks.get(task.job.tid)
+    assert (record.status, record.node, record.attempts) == (Status.RUNNING, "node-1", 1)
+    assert b"job" not in bench.client.hgetall(keys.task(task.job.tid))  # nothing to resend
+    assert bench.tasks.finish(task.job, Finished(Status.SUCCEEDED, result=b"first"))
+    # A redelivered run (its node presumed dead) finishing later changes nothing.
+    assert not bench.tasks.finish(task.job, Finished(Status.SUCCEEDED, result=b"second"))
+    assert bench.tasks.get(task.job.tid).result == b"first"
+    assert bench.tasks.claim(task.job, "node-2").state == "succeeded"
+    assert not bench.client.zscore(keys.inflight(bench.me), task.job.tid)
+
+
+def test_enqueueing_the_same_task_twice_queues_it_once(bench: Bench) -> None:
+    """As when redis-py resends the script after a dropped connection lost its answer."""
+    task = bench.new()
+    assert bench.tasks.enqueue(task, bench.admission()) is None
+    assert bench.tasks.enqueue(task, bench.admission()) is None
+    assert bench.queued() == [task.message]
+
+
+def test_a_changed_or_deleted_function_refuses_the_call_with_the_function_now(
+        bench: Bench) -> None:
+    task = bench.new()
+    stale = Admission(function_key=bench.function_key, expected=b"an older record",
+                      caller="addr:test")
+    refusal = bench.tasks.enqueue(task, stale)
+    assert refusal is not None and refusal.stale and refusal.function == b"function record"
+    bench.client.delete(bench.function_key)
+    refusal = bench.tasks.enqueue(task, bench.admission())
+    assert refusal is not None and refusal.stale and refusal.function is None
+    assert bench.tasks.get(task.job.tid) is None and bench.queued() == []
+
+
+def test_rate_rules_count_calls_and_bytes_and_refuse_past_their_allowance(
+        bench: Bench) -> None:
+    key = f"wasmq:ratelimit:test-{uuid.uuid4().hex}"
+    for cost, refused in ((40, False), (40, False), (40, True)):
+        refusal = bench.tasks.enqueue(bench.new(), bench.admission(
+            counters=(RateCounter(key=key, window_s=30, allowance=100, cost=cost),)))
+        assert (refusal is not None) == refused
+    assert refusal.rule == 0 and 1 <= refusal.retry_after <= 30
+    assert bench.client.zcard(keys.inflight(bench.me)) == 2  # the refused one is not created
+
+
+def test_a_caller_at_its_cap_of_tasks_in_flight_is_refused_until_one_finishes(
+        bench: Bench) -> None:
+    tasks = [bench.new() for _ in range(3)]
+    for task in tasks:
+        assert bench.tasks.enqueue(task, bench.admission(max_inflight=3)) is None
+    refusal = bench.tasks.enqueue(bench.new(), bench.admission(max_inflight=3))
+    assert refusal is not None and refusal.inflight == 3
+    other = bench.tasks.enqueue(bench.new(bench.me + ":other"), bench.admission(bench.me + ":other",
+                                                                          max_inflight=3))
+    assert other is None  # another caller has its own cap
+    bench.tasks.claim(tasks[0].job, "n")
+    bench.tasks.finish(tasks[0].job, Finished(Status.SUCCEEDED, result=b""))
+    assert bench.tasks.enqueue(bench.new(), bench.admission(max_inflight=3)) is None
+
+
+def test_an_expired_task_does_not_hold_a_place_in_flight_forever(bench: Bench) -> None:
+    first = bench.new()
+    bench.tasks.enqueue(first, bench.admission(max_inflight=1))
+    bench.client.delete(keys.task(first.job.tid))  # its record expired unseen
+    assert bench.tasks.enqueue(bench.new(), bench.admission(max_inflight=1)) is None
+
+
+def test_a_caller_s_calls_beyond_its_share_wait_in_its_backlog_not_in_the_queue(
+        bench: Bench) -> None:
+    mine = [bench.new(bench.me + ":flood") for _ in range(4)]
+    for task in mine:
+        bench.tasks.enqueue(task, bench.admission(bench.me + ":flood"))
+    theirs = bench.new(bench.me + ":polite")
+    bench.tasks.enqueue(theirs, bench.admission(bench.me + ":polite"))
+    # The queue (BRPOP takes from the right) holds one of each caller's calls.
+    assert bench.queued() == [theirs.message, mine[0].message]
+    assert bench.client.llen(keys.backlog(bench.me + ":flood")) == 3
+    for i, task in enumerate(mine):  # each claim lets the next held-back call in
+        bench.client.lrem(bench.tasks.queue, 1, task.message)  # what BRPOP does
+        assert bench.tasks.claim(task.job, "n").state == "running"
+        expected = [mine[i + 1].message] if i + 1 < len(mine) else []
+        assert [m for m in bench.queued() if m != theirs.message] == expected
+    assert not bench.client.sismember(keys.BACKLOGS, bench.me + ":flood")
+
+
+def test_a_backlog_whose_queued_call_was_lost_is_released_by_the_sweep(bench: Bench) -> None:
+    first, second = bench.new(bench.me + ":lost"), bench.new(bench.me + ":lost")
+    bench.tasks.enqueue(first, bench.admission(bench.me + ":lost"))
+    bench.tasks.enqueue(second, bench.admission(bench.me + ":lost"))
+    bench.client.delete(bench.tasks.queue, keys.task(first.job.tid))  # lost and expired
+    assert bench.tasks.release_backlogs() >= 1  # every caller's (one queue per installation)
+    assert second.message in bench.queued()
+    assert bench.client.zscore(keys.PENDING, second.job.tid)  # resendable if lost again
+
+
+def test_a_task_whose_runs_killed_their_worker_too_often_is_not_run_again(
+        bench: Bench) -> None:
+    task = bench.new()
+    bench.tasks.enqueue(task, bench.admission())
+    for _ in range(3):
+        assert bench.tasks.claim(task.job, "n").state == "running"
+    bench.client.hset(keys.task(task.job.tid), "lost", "signal 9 (SIGKILL)")
+    claim = bench.tasks.claim(task.job, "n")
+    assert (claim.state, claim.attempts, claim.lost) == ("exhausted", 3, "signal 9 (SIGKILL)")
+    assert bench.tasks.get(task.job.tid).attempts == 3
+
+
+def test_a_claim_sent_ahead_marks_the_task_running_and_its_answer_comes_later(
+        bench: Bench) -> None:
+    task = bench.new()
+    bench.tasks.enqueue(task, bench.admission())
+    bench.tasks.load_scripts()
+    sent = bench.tasks.send_claim(task.job, "node-1")
+    wait_until(lambda: bench.client.hget(keys.task(task.job.tid), "status") == b"running",
+               what="running")
+    assert sent.answer().state == "running"
+    bench.tasks.finish(task.job, Finished(Status.SUCCEEDED, result=b"1"))
+    assert bench.tasks.send_claim(task.job, "node-2").answer().state == "succeeded"
+    assert bench.tasks.get(task.job.tid).node == "node-1"
+    bench.client.script_flush()  # as after a Redis restart: the claim is made the slow way
+    missing = bench.new()
+    assert bench.tasks.send_claim(missing.job, "node-1").answer().state == "missing"
+
+
+def test_a_failure_is_stored_and_counted_with_its_cause(bench: Bench) -> None:
+    task = bench.new()
+    bench.tasks.enqueue(task, bench.admission())
+    before = metrics.read(bench.client, bench.tasks.queue).failed.get("trap", 0)
+    bench.tasks.finish(task.job, Finished(Status.FAILED, message="boom", cause=Cause.TRAP))
+    record = bench.tasks.get(task.job.tid)
+    assert (record.status, record.cause, record.message) == (Status.FAILED, "trap", "boom")
+    assert metrics.read(bench.client, bench.tasks.queue).failed["trap"] == before + 1
+
+
+def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_not(
+        bench: Bench) -> None:
+    subscription = bench.client.pubsub(ignore_subscribe_messages=True)
+    subscription.subscribe(keys.DONE_CHANNEL)
+    shipped = {}
+    for name, result in (("small", b"\x00[55]\xff"), ("large", b"x" * (SHIP_LIMIT + 1))):
+        task = bench.new()
+        bench.tasks.enqueue(task, bench.admission())
+        bench.tasks.claim(task.job, "node-1")
+        bench.tasks.finish(task.job, Finished(Status.SUCCEEDED, result=result, stdout="out",
+                                              exec_ms=0.2))
+        while True:
+            message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
+            woken, packed = parse_wakeup(message["data"])
+            if woken == task.job.tid:
+                break
+        record = unpack_shipped(packed)
+        shipped[name] = record
+        if record is not None:
+            assert record == bench.tasks.get(task.job.tid)
+    subscription.close()
+    assert shipped["small"] is not None and shipped["small"].result == b"\x00[55]\xff"
+    assert shipped["large"] is None  # the waiter reads it back instead
+
+
+def test_a_shipped_record_that_cannot_be_read_or_is_unfinished_is_not_used() -> None:
+    assert unpack_shipped(b"") is None
+    assert unpack_shipped(b"\xc1 not msgpack") is None
+    assert unpack_shipped(msgpack.packb([b"tid", b"t", b"status"])) is None  # odd list
+    running = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"running"])
+    assert unpack_shipped(running) is None  # the waiter reads the record instead
+    done = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"succeeded", b"result", b"1"])
+    assert unpack_shipped(done).result == b"1"
