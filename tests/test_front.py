@@ -1,0 +1,105 @@
+"""The ASGI front in process, against the session's real Redis, with no worker: its
+tasks stay queued, so every call that waits waits until its deadline or its client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from tests import modules
+from tests.support import envelope
+from wasmq.api.app import create_app
+from wasmq.api.front import Front
+from wasmq.broker.settings import Settings
+
+pytestmark = pytest.mark.fast
+
+
+def front(redis_url: str, **settings: object) -> Front:
+    config = Settings(redis_url=redis_url, queue=f"front-{time.monotonic_ns()}",
+                      rate_limit="off", **settings)
+    return Front(create_app(config), config)
+
+
+def deploy(app: Front) -> str:
+    flask = app.wsgi.app
+    response = flask.test_client().post("/functions", data={"file": (
+        __import__("io").BytesIO(modules.ECHO), "echo.wasm")})
+    assert response.status_code == 201, response.json
+    return response.json["cfid"]
+
+
+async def call(app: Front, path: str, *, hang_up_after: float | None = None,
+               method: str = "POST") -> tuple[int, dict, float]:
+    """One request through the front: (status, JSON body, seconds taken)."""
+    body = json.dumps(envelope("x")).encode()
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        if hang_up_after is None:
+            await asyncio.sleep(3600)
+        await asyncio.sleep(hang_up_after)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    path, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": query.encode(), "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"host", b"testserver"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.9", 5000), "server": ("testserver", 80)}
+    started = time.monotonic()
+    await app(scope, receive, send)
+    took = time.monotonic() - started
+    if not sent:
+        return 0, {}, took
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(payload) if payload else {}, took
+
+
+def test_a_client_that_hangs_up_ends_its_wait(redis_url: str) -> None:
+    app = front(redis_url)
+    cfid = deploy(app)
+    status, _, took = asyncio.run(call(app, f"/task/{cfid}?wait=30", hang_up_after=0.3))
+    assert status == 0 and took < 5  # nothing sent to a client that is gone
+    assert app.waiting == 0 and not app.listener._waiters
+
+
+def test_a_call_past_the_waiting_capacity_answers_5_at_once(redis_url: str) -> None:
+    app = front(redis_url, max_waiting=1)
+    cfid = deploy(app)
+
+    async def both() -> list[tuple[int, dict, float]]:
+        first = asyncio.ensure_future(call(app, f"/task/{cfid}?wait=2"))
+        await asyncio.sleep(0.5)  # the first is waiting now
+        second = await call(app, f"/task/{cfid}?wait=30")
+        return [await first, second]
+
+    (first, second) = asyncio.run(both())
+    assert first[0] == 202 and 1.5 < first[2] < 10  # waited for its deadline
+    assert second[0] == 202 and second[1]["statusCode"] == 5 and second[2] < 1.5
+    assert second[1]["resultUrl"].endswith(second[1]["tid"])
+
+
+def test_a_caller_beyond_its_queue_of_requests_gets_429_and_others_do_not(
+        redis_url: str) -> None:
+    app = front(redis_url, gateway_threads=2, max_inflight=1000)  # 2 threads a caller
+    cfid = deploy(app)
+
+    async def burst() -> list[tuple[int, dict, float]]:
+        return await asyncio.gather(*(call(app, f"/task/{cfid}?wait=0") for _ in range(600)))
+
+    answers = asyncio.run(burst())
+    statuses = [a[0] for a in answers]
+    assert statuses.count(202) >= 2 and statuses.count(429) >= 1, set(statuses)
+    refused = next(a for a in answers if a[0] == 429)
+    assert refused[1]["statusCode"] == 0 and "waiting to be served" in refused[1]["message"]
