@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import requests
@@ -59,3 +60,45 @@ class Api:
             return body if body["statusCode"] != 5 else None
 
         return wait_until(done, timeout=timeout, interval=0.1, what=f"task {tid}")
+
+
+class PeakRss:
+    """The highest resident memory of some processes (and their children), sampled
+    every 10 ms while the `with` block runs: what an attack made them hold."""
+
+    def __init__(self, *pids: int, children: bool = False) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(pid) for pid in pids]
+        if children:
+            self.procs += [c for p in self.procs for c in p.children(recursive=True)]
+        self.base = self._rss()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss(self) -> int:
+        total = 0
+        for proc in self.procs:
+            try:
+                total += proc.memory_info().rss
+            except Exception:  # gone: it holds nothing any more
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def grew_mb(self) -> float:
+        return (self.peak - self.base) / (1024 * 1024)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
