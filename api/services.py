@@ -12,12 +12,12 @@ from wasmq.api.submission import Submissions
 from wasmq.api.waiter import CompletionListener
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.connections import get_redis
-from wasmq.broker.engine import make_engine
 from wasmq.broker.jobs import JobMessages
 from wasmq.broker.records import TaskRecords
 from wasmq.broker.registry import Registry
 from wasmq.broker.settings import Settings
 from wasmq.broker.store import RedisStore
+from wasmq.toolchain.build import Builds
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Services:
     jobs: JobMessages
     listener: CompletionListener
     submissions: Submissions
+    builds: Builds
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -41,15 +42,8 @@ class Services:
                    celery=celery,
                    jobs=JobMessages(celery, settings.queue),
                    listener=CompletionListener(client),
-                   submissions=Submissions(records, RateRules(settings)))
-
-    _engine = None
-
-    @property
-    def engine(self):  # noqa: ANN201 - wasmtime.Engine, built on first upload
-        if Services._engine is None:
-            Services._engine = make_engine()
-        return Services._engine
+                   submissions=Submissions(records, RateRules(settings)),
+                   builds=Builds(settings))
 
 
 def services() -> Services:

@@ -57,6 +57,11 @@ class Settings:
     gateway_processes: int = field(default_factory=lambda: max(1, available_cores() // 2))
     gateway_threads: int = 64
     prefetch_multiplier: int = 1
+    # Builds of uploads (toolchain/build.py): CPU seconds and address space per
+    # build, and how many may wait for a slot (one slot per core) per gateway process.
+    compile_timeout: float = 10.0
+    compile_memory_mb: int = 1024
+    compile_queue: int = 16
     log_format: str = "json"
 
     @property
@@ -96,11 +101,12 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        for name in ("sync_wait", "task_timeout"):
+        for name in ("sync_wait", "task_timeout", "compile_queue"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
-                     "max_module_mb", "module_cache_mb", "prefetch_multiplier"):
+                     "max_module_mb", "module_cache_mb", "prefetch_multiplier",
+                     "compile_timeout", "compile_memory_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
         if self.log_format not in ("json", "text"):
