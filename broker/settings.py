@@ -31,6 +31,15 @@ def available_cores() -> int:
     return cores
 
 
+def default_redis_maxmemory_mb() -> int:
+    """A quarter of this machine's memory, at most 4 GB: what a laptop survives."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 1024
+    return max(64, min(4096, ram // MB // 4))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of wasmq; the env name of each is `WASMQ_<FIELD NAME>`."""
@@ -62,6 +71,9 @@ class Settings:
     compile_timeout: float = 10.0
     compile_memory_mb: int = 1024
     compile_queue: int = 16
+    # `maxmemory` of the embedded Redis (`wasmq up`), with `noeviction`: when full,
+    # writes are refused ("storage is full") and nothing stored is evicted.
+    redis_maxmemory_mb: int = field(default_factory=default_redis_maxmemory_mb)
     log_format: str = "json"
 
     @property
@@ -106,7 +118,7 @@ class Settings:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
                      "max_module_mb", "module_cache_mb", "prefetch_multiplier",
-                     "compile_timeout", "compile_memory_mb"):
+                     "compile_timeout", "compile_memory_mb", "redis_maxmemory_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
         if self.log_format not in ("json", "text"):

@@ -19,7 +19,7 @@ from celery.signals import worker_process_init
 
 from wasmq.broker.artifacts import Artifacts
 from wasmq.broker.celery_app import RUN_TASK
-from wasmq.broker.connections import get_redis
+from wasmq.broker.connections import get_redis, storage_full
 from wasmq.broker.errors import WasmqError
 from wasmq.broker.limits import Limits
 from wasmq.broker.records import Status, TaskRecords
@@ -100,7 +100,17 @@ def execute(st: NodeState, job: dict) -> None:
             log.info("tid=%s skipped: record is %s", tid, claim)
             return
     status, fields = outcome
-    st.records.finish(tid, status, **fields)
+    try:
+        st.records.finish(tid, status, **fields)
+    except redis.RedisError as exc:
+        if not storage_full(exc):
+            raise
+        # Say so in the record if a small write still fits; if not, the message is
+        # requeued (`run`) and the task runs again once Redis has room.
+        log.warning("tid=%s: storage is full, its result could not be stored: %s", tid, exc)
+        st.records.finish(tid, Status.FAILED, message=(
+            "storage is full: the task ran, but Redis refused to store its result "
+            "(WASMQ_REDIS_MAXMEMORY_MB); call it again later"))
 
 
 def _outcome(st: NodeState, job: dict, data: bytes | None) -> tuple[Status, dict]:
