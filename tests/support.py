@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -102,3 +109,30 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
+
+
+@contextmanager
+def run_up(workdir: Path, env: dict[str, str]) -> Iterator[str]:
+    """A live `wasmq up` (embedded Redis, its own data dir under `workdir`, output in
+    `workdir/up.log`), started the way a user starts it; yields its URL."""
+    from wasmq.broker.redis_server import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = workdir / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "wasmq", "up", "--port", str(port),
+                                 "--workers", "1", "--data-dir", str(workdir / "data")],
+                                cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: f"wasmq is up at {url}" in log.read_text(), timeout=60,
+                   what="wasmq up")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

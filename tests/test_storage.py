@@ -5,11 +5,7 @@ loses nothing already stored; a result a worker cannot store is not lost either.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +14,7 @@ import redis
 import requests
 
 from tests import modules
-from tests.support import ROOT, Api, child_env, wait_until
-from wasmq.broker.redis_server import free_port
+from tests.support import Api, child_env, run_up
 
 MAXMEMORY_MB = 24
 CHUNK = "z" * (1024 * 1024)  # 1 MB inputs, echoed: 1 MB results kept for a day
@@ -28,25 +23,10 @@ CHUNK = "z" * (1024 * 1024)  # 1 MB inputs, echoed: 1 MB results kept for a day
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, redis.Redis, Path]]:
     workdir = tmp_path_factory.mktemp("full")
-    port = free_port()
-    log = workdir / "up.log"
     env = child_env(WASMQ_REDIS_MAXMEMORY_MB=str(MAXMEMORY_MB), WASMQ_TASK_TIMEOUT="2")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "wasmq", "up", "--port", str(port),
-                                 "--workers", "1", "--data-dir", str(workdir / "data")],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        wait_until(lambda: "wasmq is up at" in log.read_text(), timeout=60, what="wasmq up")
-        redis_url = re.search(r"Redis (redis://\S+)", log.read_text()).group(1)
-        yield Api(f"http://127.0.0.1:{port}"), redis.Redis.from_url(redis_url), workdir
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with run_up(workdir, env) as url:
+        redis_url = re.search(r"Redis (redis://\S+)", (workdir / "up.log").read_text()).group(1)
+        yield Api(url), redis.Redis.from_url(redis_url), workdir
 
 
 def test_the_embedded_redis_has_a_memory_limit_and_never_evicts(small) -> None:
