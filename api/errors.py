@@ -14,9 +14,13 @@ from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from wasmq.api.replies import error_body
-from wasmq.broker.errors import WasmqError
+from wasmq.broker.connections import storage_full
+from wasmq.broker.errors import StorageFull, WasmqError
 
 log = logging.getLogger("wasmq.gateway")
+STORAGE_FULL = ("storage is full: Redis has reached its memory limit and refuses new writes "
+                "(nothing already stored is lost); try again once results expire "
+                "(WASMQ_RESULT_TTL), or ask the operator to raise WASMQ_REDIS_MAXMEMORY_MB")
 
 
 def _json(message: str, status: int):
@@ -53,6 +57,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        if storage_full(exc):  # before the outage test: a full Redis answers
+            log.warning("storage full: %s", exc)
+            return wasmq_error(StorageFull(STORAGE_FULL))
         if _is_broker_outage(exc):
             log.warning("broker unavailable: %s", exc)
             return _json("the queue backend (Redis) is unavailable; try again shortly", 503)

@@ -7,16 +7,17 @@ from flask.typing import ResponseReturnValue
 
 from wasmq.api.access import private_flag, require_key, require_key_if_private
 from wasmq.api.services import Services, services
-from wasmq.broker import abi
 from wasmq.broker.errors import BadRequest, TooLarge
 from wasmq.broker.limits import OVERRIDABLE, Limits
 from wasmq.broker.settings import MB
+from wasmq.toolchain.build import Built
 
 bp = Blueprint("functions", __name__)
 
 
-def _uploaded_module(svc: Services) -> tuple[bytes, abi.ModuleInfo, bytes]:
-    """The binary, what it exports and imports, and its compiled form for the workers."""
+def _uploaded_module(svc: Services) -> Built:
+    """The binary, what it exports and imports, and its compiled form for the workers,
+    built in a child process under the compile limits (toolchain/build.py)."""
     upload = request.files.get("file")
     if upload is None:
         raise BadRequest("send the module as a multipart form field named 'file'")
@@ -25,8 +26,7 @@ def _uploaded_module(svc: Services) -> tuple[bytes, abi.ModuleInfo, bytes]:
         raise TooLarge(f"module is larger than the limit of {svc.settings.max_module_mb} MB")
     if not wasm:
         raise BadRequest("the uploaded file is empty")
-    module = abi.compile_module(svc.engine, wasm)
-    return wasm, abi.inspect_module(module), bytes(module.serialize())
+    return svc.builds.build(wasm)
 
 
 def _text_field(name: str, limit: int = 64 * 1024) -> str:
@@ -49,11 +49,12 @@ def create() -> ResponseReturnValue:
     require_key(svc.settings, "uploading a function")
     private = private_flag(request.form.get("private"), svc.settings)
     limits = _requested_limits(svc)
-    wasm, info, artifact = _uploaded_module(svc)
+    built = _uploaded_module(svc)
     record = svc.registry.create(
-        wasm, imports=info.imports, exports=info.exports, name=_text_field("name", 200),
+        built.wasm, imports=built.info.imports, exports=built.info.exports,
+        name=_text_field("name", 200),
         documentation=_text_field("documentation"), exampleinput=_text_field("exampleinput"),
-        private=private, limits=limits, artifact=artifact)
+        private=private, limits=limits, artifact=built.artifact)
     return jsonify(record.public()), 201
 
 
@@ -92,9 +93,10 @@ def replace(cfid: str) -> ResponseReturnValue:
     raw_private = request.form.get("private")
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
     limits = _requested_limits(svc)
-    wasm, info, artifact = _uploaded_module(svc)
-    record = svc.registry.replace(cfid, wasm, imports=info.imports, exports=info.exports,
-                                  limits=limits, private=private, artifact=artifact)
+    built = _uploaded_module(svc)
+    record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
+                                  exports=built.info.exports, limits=limits, private=private,
+                                  artifact=built.artifact)
     return jsonify(record.public())
 
 

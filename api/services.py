@@ -10,12 +10,12 @@ from wasmq.api.submission import Submissions
 from wasmq.api.waiter import CompletionListener
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.connections import get_redis
-from wasmq.broker.engine import make_engine
 from wasmq.broker.protocol.messages import JobMessages
 from wasmq.broker.protocol.queue import TaskQueue
 from wasmq.broker.registry import Registry
 from wasmq.broker.settings import Settings
 from wasmq.broker.store import RedisStore
+from wasmq.toolchain.build import Builds
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Services:
     tasks: TaskQueue
     listener: CompletionListener
     submissions: Submissions
+    builds: Builds
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -35,15 +36,8 @@ class Services:
                    registry=Registry(client, RedisStore(client)),
                    tasks=tasks,
                    listener=CompletionListener(client),
-                   submissions=Submissions(settings, client, tasks, jobs))
-
-    _engine = None
-
-    @property
-    def engine(self):  # noqa: ANN201 - wasmtime.Engine, built on first upload
-        if Services._engine is None:
-            Services._engine = make_engine()
-        return Services._engine
+                   submissions=Submissions(settings, client, tasks, jobs),
+                   builds=Builds(settings))
 
 
 def services() -> Services:

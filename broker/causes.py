@@ -17,10 +17,12 @@ class Cause(str, Enum):
     PRED_FAILED = "pred_failed"
     EXIT = "exit"
     TRAP = "trap"
+    HOST_LIMIT = "host_limit"
     ABI = "abi"
     MISSING_DATA = "missing_data"
     WORKER_LOST = "worker_lost"
     CANCELLED = "cancelled"
+    STORAGE_FULL = "storage_full"
     MODULE_ERROR = "module_error"
     INTERNAL = "internal"
 
@@ -38,10 +40,12 @@ DESCRIPTIONS = {
     Cause.PRED_FAILED: "pred() returned non-zero",
     Cause.EXIT: "the module called proc_exit",
     Cause.TRAP: "a wasm trap (unreachable, out-of-bounds access, division by zero, ...)",
+    Cause.HOST_LIMIT: "a WASI call asked for more than its cap (iovecs, subscriptions, ...)",
     Cause.ABI: "the module broke the ABI (bad pointer or length, cannot be linked)",
     Cause.MISSING_DATA: "the task's input or its function's binary was gone when it ran",
     Cause.WORKER_LOST: "its runs ended their worker process WASMQ_MAX_ATTEMPTS times",
     Cause.CANCELLED: "an operator cancelled or purged it before it ran",
+    Cause.STORAGE_FULL: "Redis had no room left to store the task's result",
     Cause.MODULE_ERROR: "the module failed in a way none of the above names",
     Cause.INTERNAL: "a bug of wasmq's in the worker",
 }

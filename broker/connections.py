@@ -45,3 +45,14 @@ def reset_clients() -> None:
     """Drop pools inherited across fork so children open their own sockets."""
     with _lock:
         _clients.clear()
+
+
+# How Redis words a write refused for memory (maxmemory with noeviction); redis-py
+# raises OutOfMemoryError for it, or a ResponseError when a script's call was refused
+# (a pipeline's error drops the "OOM" prefix).
+OOM_REPLY = "command not allowed when used memory > 'maxmemory'"
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether Redis refused a write because it is full, not because it is unreachable."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or OOM_REPLY in str(exc)

@@ -27,10 +27,13 @@ SETTINGS: tuple[tuple[str, object], ...] = (
 )
 
 
-def make_engine() -> wasmtime.Engine:
+def make_engine(parallel_compilation: bool = True) -> wasmtime.Engine:
+    """`parallel_compilation` only changes how many threads compile a module, not
+    the compiled code, so it is not part of the fingerprint."""
     config = wasmtime.Config()
     for name, value in SETTINGS:
         setattr(config, name, value)
+    config.parallel_compilation = parallel_compilation
     return wasmtime.Engine(config)
 
 

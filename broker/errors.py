@@ -62,6 +62,19 @@ class Unavailable(WasmqError):
     http_status = 503
 
 
+class BuildsBusy(WasmqError):
+    """Every build slot is taken and the queue of waiting builds is full."""
+
+    http_status = 503
+    headers = {"Retry-After": "5"}
+
+
+class StorageFull(WasmqError):
+    """Redis refused a write for memory (maxmemory with noeviction)."""
+
+    http_status = 507
+
+
 class TaskFailed(WasmqError):
     """The module failed its own task (trap, limit, non-zero pred), for `cause`."""
 

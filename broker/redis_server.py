@@ -36,9 +36,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def redis_command(data_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+def redis_command(data_dir: Path, port: int, host: str = "127.0.0.1",
+                  maxmemory_mb: int | None = None) -> list[str]:
+    """With `maxmemory_mb`, Redis refuses writes past it ("OOM command not allowed")
+    rather than evict anything: a queued task or a stored result is never dropped."""
+    limit = ["--maxmemory", f"{maxmemory_mb}mb"] if maxmemory_mb else []
     return [
         redis_server_binary(),
+        *limit,
         "--bind", host,
         "--port", str(port),
         "--dir", str(data_dir),
@@ -50,4 +55,5 @@ def redis_command(data_dir: Path, port: int, host: str = "127.0.0.1") -> list[st
         "--protected-mode", "yes",
         "--loglevel", "warning",
         "--logfile", "",
+        "--maxmemory-policy", "noeviction",
     ]

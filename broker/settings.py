@@ -31,6 +31,15 @@ def available_cores() -> int:
     return cores
 
 
+def default_redis_maxmemory_mb() -> int:
+    """A quarter of this machine's memory, at most 4 GB: what a laptop survives."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 1024
+    return max(64, min(4096, ram // MB // 4))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob of wasmq; the env name of each is `WASMQ_<FIELD NAME>`."""
@@ -71,6 +80,14 @@ class Settings:
     gateway_processes: int = field(default_factory=lambda: max(1, available_cores() // 2))
     gateway_threads: int = 64
     prefetch_multiplier: int = 1
+    # Builds of uploads (toolchain/build.py): CPU seconds and address space per
+    # build, and how many may wait for a slot (one slot per core) per gateway process.
+    compile_timeout: float = 10.0
+    compile_memory_mb: int = 1024
+    compile_queue: int = 16
+    # `maxmemory` of the embedded Redis (`wasmq up`), with `noeviction`: when full,
+    # writes are refused ("storage is full") and nothing stored is evicted.
+    redis_maxmemory_mb: int = field(default_factory=default_redis_maxmemory_mb)
     log_format: str = "json"
 
     @property
@@ -110,12 +127,13 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        for name in ("sync_wait", "task_timeout"):
+        for name in ("sync_wait", "task_timeout", "compile_queue"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
                      "max_module_mb", "module_cache_mb", "prefetch_multiplier",
-                     "max_inflight", "queue_share", "max_attempts", "max_waiting"):
+                     "max_inflight", "queue_share", "max_attempts", "max_waiting",
+                     "compile_timeout", "compile_memory_mb", "redis_maxmemory_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
         if self.log_format not in ("json", "text"):

@@ -11,17 +11,47 @@ reconnect) gets a new client.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
 from kombu.transport import redis as kombu_redis
 
+from wasmq.broker.connections import storage_full
+
+log = logging.getLogger("wasmq.worker")
+# How often a message taken while Redis is full tries again to be recorded as unacked.
+FULL_RETRY_S = 0.5
+
 # What `broker_transport` names, so kombu loads this class for redis:// URLs.
 PATH = "wasmq.broker.transport:Transport"
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's unacked bookkeeping, which waits out a full Redis.
+
+    kombu takes a message off the queue (BRPOP) and then records it as unacked;
+    when Redis refuses that write for memory, kombu raises, the worker's consumer
+    dies ("Unrecoverable error"), and the message, in neither place, is lost. So the
+    write is retried until Redis has room again (results expire, an operator
+    raises maxmemory); the consumer takes nothing else meanwhile."""
+
+    def append(self, message: object, delivery_tag: str) -> None:
+        while True:
+            try:
+                return super().append(message, delivery_tag)
+            except redis.RedisError as exc:
+                if not storage_full(exc):
+                    raise
+                log.warning("storage is full: waiting to record message %s as unacked",
+                            delivery_tag)
+                time.sleep(FULL_RETRY_S)
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _shared_client: redis.Redis | None = None
 
     @contextmanager

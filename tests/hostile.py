@@ -134,3 +134,50 @@ def probe(ns: str = PREVIEW1) -> bytes:
       (i32.const 216)))
     (global.set $out (i32.const 400)) (global.set $outlen (i32.const 11))
     (i32.const 0)""")
+
+
+# Host-call floods (issue 14): a single WASI call asked to walk a list of millions,
+# all zeros in a 3,600-page (225 MiB) memory the module never touches: 28 M
+# zero-length iovecs at address 0 for fd_write, 3 M clock subscriptions (relative,
+# timeout 0) at address 0 for poll_oneoff. Run in `_start`, where the issue's flood
+# was blamed on the next phase, `malloc_buffer()`.
+FLOOD_PAGES = 3600
+FLOOD_IOVECS = 28_000_000
+FLOOD_SUBSCRIPTIONS = 3_000_000
+
+
+def fd_write_flood(ns: str = PREVIEW1, iovecs: int = FLOOD_IOVECS) -> bytes:
+    return wasm(imports=imp("fd_write", "i32 i32 i32 i32", ns=ns), pages=FLOOD_PAGES, start=f"""
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const {iovecs}) (i32.const 0)))""")
+
+
+def poll_flood(ns: str = PREVIEW1, subscriptions: int = FLOOD_SUBSCRIPTIONS) -> bytes:
+    return wasm(imports=imp("poll_oneoff", "i32 i32 i32 i32", ns=ns), pages=FLOOD_PAGES,
+                start=f"""
+    (drop (call $poll_oneoff (i32.const 0) (i32.const 0) (i32.const {subscriptions})
+                             (i32.const 0)))""")
+
+
+# The SLEEPER for wasi_unstable, whose clock subscription has an `identifier` u64
+# before the clock id (56-byte subscriptions).
+LEGACY_SLEEPER = wasm(imports=imp("poll_oneoff", "i32 i32 i32 i32", ns="wasi_unstable"), pred="""
+    (i64.store (i32.const 104) (i64.const 1))           ;; userdata
+    (i32.store8 (i32.const 112) (i32.const 0))          ;; tag: clock
+    (i32.store (i32.const 128) (i32.const 1))           ;; monotonic
+    (i64.store (i32.const 136) (i64.const 60000000000)) ;; 60 s
+    (drop (call $poll_oneoff (i32.const 104) (i32.const 200) (i32.const 1) (i32.const 300)))
+    (i32.const 0)""")
+
+# Sleeps 50 ms through wasi_unstable's poll_oneoff, then outputs the errno and the
+# event count it got: a legacy module's sleep() works.
+LEGACY_NAP = wasm(imports=imp("poll_oneoff", "i32 i32 i32 i32", ns="wasi_unstable"), pred="""
+    (i64.store (i32.const 104) (i64.const 7))
+    (i32.store8 (i32.const 112) (i32.const 0))
+    (i32.store (i32.const 128) (i32.const 1))
+    (i64.store (i32.const 136) (i64.const 50000000))
+    (i32.store8 (i32.const 400)
+      (call $poll_oneoff (i32.const 104) (i32.const 200) (i32.const 1) (i32.const 300)))
+    (i32.store8 (i32.const 401) (i32.load (i32.const 300)))
+    (i32.store8 (i32.const 402) (i32.load8_u (i32.const 200)))  ;; the event's userdata
+    (global.set $out (i32.const 400)) (global.set $outlen (i32.const 3))
+    (i32.const 0)""")

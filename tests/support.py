@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -59,3 +67,72 @@ class Api:
             return body if body["statusCode"] != 5 else None
 
         return wait_until(done, timeout=timeout, interval=0.1, what=f"task {tid}")
+
+
+class PeakRss:
+    """The highest resident memory of some processes (and their children), sampled
+    every 10 ms while the `with` block runs: what an attack made them hold."""
+
+    def __init__(self, *pids: int, children: bool = False) -> None:
+        import psutil
+
+        self.procs = [psutil.Process(pid) for pid in pids]
+        if children:
+            self.procs += [c for p in self.procs for c in p.children(recursive=True)]
+        self.base = self._rss()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _rss(self) -> int:
+        total = 0
+        for proc in self.procs:
+            try:
+                total += proc.memory_info().rss
+            except Exception:  # gone: it holds nothing any more
+                pass
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def grew_mb(self) -> float:
+        return (self.peak - self.base) / (1024 * 1024)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+@contextmanager
+def run_up(workdir: Path, env: dict[str, str]) -> Iterator[str]:
+    """A live `wasmq up` (embedded Redis, its own data dir under `workdir`, output in
+    `workdir/up.log`), started the way a user starts it; yields its URL."""
+    from wasmq.broker.redis_server import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = workdir / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "wasmq", "up", "--port", str(port),
+                                 "--workers", "1", "--data-dir", str(workdir / "data")],
+                                cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: f"wasmq is up at {url}" in log.read_text(), timeout=60,
+                   what="wasmq up")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

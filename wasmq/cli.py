@@ -40,12 +40,13 @@ def up(port: int, host: str, workers: int | None, data_dir: Path | None) -> None
     """Run everything on this machine: Redis, the gateway and workers."""
     from wasmq.supervisor import Supervisor
 
-    _settings()  # fail early on a malformed environment
+    settings = _settings()  # fail early on a malformed environment
     data_dir = (data_dir or Path(os.environ.get("WASMQ_DATA_DIR") or "wasmq-data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(port=port, host=host, workers=workers or available_cores(),
                             data_dir=data_dir, redis_url=os.environ.get("WASMQ_REDIS_URL"),
-                            env=dict(os.environ))
+                            env=dict(os.environ),
+                            redis_maxmemory_mb=settings.redis_maxmemory_mb)
     sys.exit(supervisor.run())
 
 

@@ -70,7 +70,8 @@ class Child:
 
 class Supervisor:
     def __init__(self, *, port: int, host: str, workers: int, data_dir: Path,
-                 redis_url: str | None, env: dict[str, str]) -> None:
+                 redis_url: str | None, env: dict[str, str],
+                 redis_maxmemory_mb: int | None = None) -> None:
         self.data_dir = data_dir
         self.host, self.port = host, port
         self.children: list[Child] = []
@@ -79,8 +80,8 @@ class Supervisor:
         if redis_url is None:
             redis_port = free_port()
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
-            self.children.append(Child("redis", redis_command(data_dir, redis_port), base,
-                                       log=data_dir / "redis.log"))
+            command = redis_command(data_dir, redis_port, maxmemory_mb=redis_maxmemory_mb)
+            self.children.append(Child("redis", command, base, log=data_dir / "redis.log"))
         base["WASMQ_REDIS_URL"] = redis_url
         base.setdefault("WASMQ_DATA_DIR", str(data_dir))
         base.setdefault("WASMQ_LOG_FORMAT", "text")  # one machine: a person reads these

@@ -22,7 +22,13 @@ from wasmq.broker.causes import Cause
 from wasmq.broker.engine import EPOCH_TICK_S, make_engine
 from wasmq.broker.errors import TaskFailed
 from wasmq.broker.limits import Limits
-from wasmq.workers.hostctx import CURRENT, HostContext, ModuleExit, OutOfTime
+from wasmq.workers.hostctx import (
+    CURRENT,
+    HostContext,
+    HostLimitExceeded,
+    ModuleExit,
+    OutOfTime,
+)
 from wasmq.workers.traps import describe, memory_hint
 from wasmq.workers.wasi_poll import define_bounded_poll
 from wasmq.workers.wasi_unstable import define_missing_stubs, define_wasi_unstable
@@ -247,9 +253,14 @@ class Runtime:
             if out_len and out_loc != ptr:
                 ex["free_buffer"](store, out_loc)
         except OutOfTime as exc:
+            where = f" in {exc.call}" if exc.call else ""
+            asked = (f" (the module asked to wait {exc.asked_s:g} s)"
+                     if exc.asked_s is not None else "")
             raise ModuleFailed(f"time limit of {limits.timeout_s:g} s exceeded during "
-                               f"{phase}() (the module asked to wait {exc.asked_s:g} s)",
-                               ctx, Cause.TIMEOUT) from None
+                               f"{phase}(){where}{asked}", ctx, Cause.TIMEOUT) from None
+        except HostLimitExceeded as exc:
+            raise ModuleFailed(f"module refused during {phase}(): {exc}", ctx,
+                               Cause.HOST_LIMIT) from None
         except (_AbiViolationError, ModuleExit, wasmtime.ExitTrap) as exc:
             if isinstance(exc, _AbiViolationError):
                 text, cause = str(exc), exc.cause

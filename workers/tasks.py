@@ -21,7 +21,7 @@ from celery.signals import worker_process_init
 from wasmq.broker.artifacts import Artifacts
 from wasmq.broker.causes import Cause
 from wasmq.broker.celery_app import RUN_TASK
-from wasmq.broker.connections import get_redis
+from wasmq.broker.connections import get_redis, storage_full
 from wasmq.broker.errors import TaskFailed
 from wasmq.broker.limits import Limits
 from wasmq.broker.protocol.messages import Job
@@ -111,7 +111,20 @@ def execute(st: NodeState, job: Job, *, redelivered: bool = False) -> None:
         if claim.state != "running":  # ran anyway; a finished record is not written again
             log.info("tid=%s skipped: record is %s", job.tid, claim.state)
             return
-    if not st.tasks.finish(job, outcome):
+    try:
+        stored = st.tasks.finish(job, outcome)
+    except redis.RedisError as exc:
+        if not storage_full(exc):
+            raise
+        # Say so in the record if a small write still fits; if not, the message is
+        # requeued (`run`) and the task runs again once Redis has room.
+        log.warning("tid=%s: storage is full, its result could not be stored: %s",
+                    job.tid, exc)
+        stored = st.tasks.finish(job, Finished(Status.FAILED, cause=Cause.STORAGE_FULL,
+                                               message=(
+            "storage is full: the task ran, but Redis refused to store its result "
+            "(WASMQ_REDIS_MAXMEMORY_MB); call it again later")))
+    if not stored:
         log.info("tid=%s finished already (a redelivered run); its first answer stands",
                  job.tid)
 

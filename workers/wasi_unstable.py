@@ -44,7 +44,15 @@ from collections.abc import Callable
 
 import wasmtime
 
-from wasmq.workers.hostctx import CURRENT, BoundedBuffer, HostContext, ModuleExit
+from wasmq.workers.hostctx import (
+    CURRENT,
+    MAX_IOVECS,
+    RANDOM_CHUNK,
+    BoundedBuffer,
+    HostContext,
+    HostLimitExceeded,
+    ModuleExit,
+)
 
 NAMESPACE = "wasi_unstable"
 
@@ -131,8 +139,10 @@ class _Mem:
     def u64(self, ptr: int, value: int) -> None:
         self.write(ptr, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
 
-    def iovecs(self, iovs: int, count: int) -> list[tuple[int, int]]:
+    def iovecs(self, iovs: int, count: int, call: str) -> list[tuple[int, int]]:
         """(ptr u32, len u32) pairs, each checked against the memory bounds."""
+        if _u32(count) > MAX_IOVECS:
+            raise HostLimitExceeded(call, _u32(count), "iovecs", MAX_IOVECS)
         raw = self.read(iovs, 8 * _u32(count))
         pairs = list(struct.iter_unpack("<II", raw))
         for ptr, n in pairs:
@@ -147,15 +157,24 @@ def _ctx() -> HostContext:
     return ctx
 
 
-def _errno_result(fn: Callable[..., int | None]) -> Callable[..., int | None]:
-    """Turn `_WasiError` into the function's return value (ModuleExit passes through)."""
+def _errno_result(fn: Callable[..., int | None], call: str) -> Callable[..., int | None]:
+    """Turn `_WasiError` into the function's return value (ModuleExit passes through),
+    and fail the task in `call` (e.g. "wasi_unstable.fd_write") once its deadline
+    has passed, on the way in and on the way out: wasm's epoch interruption would
+    only notice at the next function entry, and blame whatever runs there."""
 
     @functools.wraps(fn)
     def wrapper(*args: object) -> int | None:
+        ctx = CURRENT.get(None)
+        if ctx is not None:
+            ctx.check_deadline(call)
         try:
             return fn(*args)
         except _WasiError as e:
             return e.errno
+        finally:
+            if ctx is not None:
+                ctx.check_deadline(call)
 
     return wrapper
 
@@ -188,7 +207,7 @@ def fd_write(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nwritte
     m = _Mem(caller)
     m._check(nwritten_ptr, 4)  # fail before any output is taken
     total = 0
-    for ptr, n in m.iovecs(iovs, iovs_len):
+    for ptr, n in m.iovecs(iovs, iovs_len, f"{NAMESPACE}.fd_write"):
         keep = min(n, max(0, buf.cap - len(buf.data)))  # copy only what we keep
         buf.write(m.read(ptr, keep))
         buf.dropped += n - keep
@@ -201,7 +220,7 @@ def fd_read(caller: wasmtime.Caller, fd: int, iovs: int, iovs_len: int, nread_pt
     if fd != 0:
         raise _WasiError(EBADF)
     m = _Mem(caller)
-    m.iovecs(iovs, iovs_len)
+    m.iovecs(iovs, iovs_len, f"{NAMESPACE}.fd_read")
     m.u32(nread_ptr, 0)  # stdin is empty: immediate EOF
     return ESUCCESS
 
@@ -282,8 +301,11 @@ def clock_res_get(caller: wasmtime.Caller, clock_id: int, res_ptr: int) -> int:
 def random_get(caller: wasmtime.Caller, buf: int, buf_len: int) -> int:
     m = _Mem(caller)
     n = _u32(buf_len)
-    m._check(buf, n)  # before allocating n random bytes
-    m.write(buf, os.urandom(n))
+    ptr = m._check(buf, n)  # before any random byte is made
+    ctx = _ctx()
+    for at in range(ptr, ptr + n, RANDOM_CHUNK):  # never n bytes at once in the host
+        ctx.check_deadline(f"{NAMESPACE}.random_get")
+        m.write(at, os.urandom(min(RANDOM_CHUNK, ptr + n - at)))
     return ESUCCESS
 
 
@@ -294,7 +316,10 @@ def sched_yield(caller: wasmtime.Caller) -> int:
 def poll_oneoff(
     caller: wasmtime.Caller, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int
 ) -> int:
-    return ENOSYS
+    # wasi_poll builds on this module's helpers, so it is imported when first used.
+    from wasmq.workers.wasi_poll import SNAPSHOT0, poll
+
+    return poll(caller, SNAPSHOT0, in_ptr, out_ptr, nsubs, nevents_ptr)
 
 
 _Sig = tuple[Callable[..., "int | None"], list[wasmtime.ValType], list[wasmtime.ValType]]
@@ -343,7 +368,7 @@ def define_wasi_unstable(linker: wasmtime.Linker) -> None:
             NAMESPACE,
             name,
             wasmtime.FuncType(params, results),
-            _errno_result(fn),
+            _errno_result(fn, f"{NAMESPACE}.{name}"),
             access_caller=True,
         )
         defined.add(name)

@@ -1,0 +1,176 @@
+"""Builds of uploads, each in a child process with a CPU-time and a memory limit.
+
+A valid 500 KB module can cost minutes of CPU to compile, and 7.5 MB of nested
+blocks gigabytes of memory (issue 14): compiling is untrusted work. So the
+gateway never compiles. Each upload is built in a process of its own
+(`python -m wasmq.toolchain.build`: about 80 ms to start with wasmtime
+imported), which sets `RLIMIT_CPU` and `RLIMIT_AS` on itself before it reads a
+byte of the upload; the kernel ends it at either limit, and the gateway kills it
+past three times its CPU limit in wall time. Nothing is shared with the child
+but its pipes, so killing it harms nothing else (no pool to break, unlike
+`ProcessPoolExecutor`; no re-import of the gateway's main module, unlike
+`multiprocessing`'s spawn and forkserver). A gateway process runs at
+most one build per core it has (`Builds.slots`), lets `WASMQ_COMPILE_QUEUE`
+more wait for a slot, and refuses the rest at once.
+
+The child decides what to build from the content (`build_content`): today a
+`.wasm` is validated, compiled, checked against the ABI and serialized; an ONNX
+model (`wasmq.toolchain.model`, when installed) is first packed into a module.
+
+What it cannot do: a client that hangs up does not stop its build early (the
+request thread waits for the child), but no build outlives its limits. A build
+killed for memory cannot say where it was; the message names the limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import resource
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import msgpack
+
+from wasmq.broker import abi
+from wasmq.broker.engine import make_engine
+from wasmq.broker.errors import BuildsBusy, InvalidModule, WasmqError
+from wasmq.broker.settings import MB, Settings, available_cores
+
+log = logging.getLogger("wasmq.build")
+
+# Wall time a build may take beyond its CPU limit before it is killed anyway: a
+# child starved of CPU by a busy machine is not the module's fault, up to a point.
+WALL_FACTOR, WALL_SLACK_S = 3, 2.0
+
+
+@dataclass(frozen=True)
+class Built:
+    wasm: bytes  # the module to store and serve at /file (for a model: the packed one)
+    info: abi.ModuleInfo
+    artifact: bytes  # Module.serialize(), for workers with the same engine fingerprint
+
+
+def build_content(content: bytes) -> Built:
+    """Build whatever was uploaded; runs in the child, under its limits."""
+    wasm = _as_module(content)
+    # One thread per build: the slots count cores, and wasmtime would otherwise
+    # compile a module's functions on every core at once.
+    module = abi.compile_module(make_engine(parallel_compilation=False), wasm)
+    return Built(wasm, abi.inspect_module(module), bytes(module.serialize()))
+
+
+def _as_module(content: bytes) -> bytes:
+    """The WebAssembly module an upload stands for: itself, or a model packed into one."""
+    if content.startswith(abi.WASM_MAGIC):
+        return content
+    try:  # the model compiler is optional; without it only .wasm uploads are built
+        from wasmq.toolchain import model
+    except ImportError:
+        return content  # compile_module names what is wrong with it
+    if model.is_onnx(content):
+        return model.build_model(content).wasm
+    return content
+
+
+def _serve(cpu_s: int, memory: int) -> int:
+    """The child: limits first, then the upload from stdin, the build to stdout."""
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU at cpu_s
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    content = sys.stdin.buffer.read()
+    try:
+        built = build_content(content)
+        reply = {"wasm": built.wasm, "artifact": built.artifact,
+                 "info": dataclasses.asdict(built.info)}
+    except InvalidModule as exc:
+        reply = {"refused": exc.message}
+    except MemoryError:
+        reply = {"memory": True}
+    sys.stdout.buffer.write(msgpack.packb(reply))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+class Builds:
+    """A gateway process's builds: at most `slots` at once, `queue` more waiting."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.timeout_s = settings.compile_timeout
+        self.memory_mb = settings.compile_memory_mb
+        self.slots = max(1, available_cores() // max(1, settings.gateway_processes))
+        self.queue = settings.compile_queue
+        self._free = threading.Semaphore(self.slots)
+        self._lock = threading.Lock()
+        self._admitted = 0  # building or waiting for a slot
+
+    def build(self, content: bytes) -> Built:
+        with self._admit():
+            return self._run(content)
+
+    @contextmanager
+    def _admit(self) -> Iterator[None]:
+        with self._lock:
+            if self._admitted >= self.slots + self.queue:
+                raise BuildsBusy(
+                    f"the server is building {self.slots} uploads and {self.queue} more are "
+                    f"waiting (WASMQ_COMPILE_QUEUE); send this one again in a few seconds")
+            self._admitted += 1
+        try:
+            with self._free:
+                yield
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+    def _run(self, content: bytes) -> Built:
+        argv = [sys.executable, "-m", __name__, str(max(1, math.ceil(self.timeout_s))),
+                str(self.memory_mb * MB)]
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+        try:
+            out, err = child.communicate(content, self.timeout_s * WALL_FACTOR + WALL_SLACK_S)
+        except subprocess.TimeoutExpired:
+            raise self._over_time() from None
+        finally:
+            if child.poll() is None:  # over its wall time, or this thread was interrupted
+                child.kill()
+                child.wait()
+        reply = _unpack(out) if child.returncode == 0 else {}
+        if "wasm" in reply:
+            return Built(reply["wasm"], abi.ModuleInfo(**reply["info"]), reply["artifact"])
+        if "refused" in reply:
+            raise InvalidModule(reply["refused"])
+        if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+            raise self._over_time()
+        if "memory" in reply or b"memory allocation" in err or \
+                child.returncode in (-signal.SIGABRT, -signal.SIGSEGV):
+            # Rust aborts when an allocation fails under RLIMIT_AS.
+            raise InvalidModule(f"module refused: compiling it needs more memory than the "
+                                f"compile memory limit of {self.memory_mb} MB "
+                                f"(WASMQ_COMPILE_MEMORY_MB)")
+        log.error("build process ended with %s: %s", child.returncode,
+                  err.decode(errors="replace")[-2000:])
+        raise WasmqError(f"the build of this upload ended unexpectedly (exit code "
+                         f"{child.returncode}); it has been logged")
+
+    def _over_time(self) -> InvalidModule:
+        return InvalidModule(f"module refused: compiling it took longer than the compile "
+                             f"time limit of {self.timeout_s:g} s (WASMQ_COMPILE_TIMEOUT)")
+
+
+def _unpack(out: bytes) -> dict:
+    try:
+        reply = msgpack.unpackb(out)
+    except (ValueError, msgpack.UnpackException):
+        return {}
+    return reply if isinstance(reply, dict) else {}
+
+
+if __name__ == "__main__":
+    sys.exit(_serve(int(sys.argv[1]), int(sys.argv[2])))
