@@ -109,7 +109,7 @@ class Front:
         self.settings = settings
         self.services: Services = app.extensions["wasmq"]
         self.listener: CompletionListener = self.services.listener
-        self.wsgi = WSGIMiddleware(app, workers=settings.gateway_threads)
+        self.wsgi = WSGIMiddleware(_input_terminated(app), workers=settings.gateway_threads)
         self.per_caller = max(2, settings.gateway_threads // 16)
         self.slots: dict[str, _Slots] = {}
         self.waiting = 0
@@ -279,6 +279,18 @@ async def _send_refusal(send: Any, status: int, message: str, retry_after: int,
                     (b"access-control-expose-headers", b"Retry-After")]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
+
+
+def _input_terminated(app: Flask) -> Any:
+    """a2wsgi's input stream ends where the request body does (chunked ones too), but
+    it does not say so, and werkzeug then reads a body without Content-Length as
+    empty: say so for it."""
+    def wsgi(environ: dict, start_response: Any) -> Any:
+        environ["wsgi.input_terminated"] = True
+        return app(environ, start_response)
+
+    wsgi.app = app  # type: ignore[attr-defined]
+    return wsgi
 
 
 def _open_files_as_allowed() -> None:

@@ -57,7 +57,8 @@ def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Proc]) -> None:
     redis_port = 6379 if netns else free_port(redis_host.address)
     gateway_port = 8080 if netns else free_port(gateway_host.address)
     redis_url = f"redis://{redis_host.address}:{redis_port}/0"
-    env = child_env(WASMQ_REDIS_URL=redis_url, WASMQ_TASK_TIMEOUT=TASK_TIMEOUT)
+    env = child_env(WASMQ_REDIS_URL=redis_url, WASMQ_TASK_TIMEOUT=TASK_TIMEOUT,
+                    WASMQ_MAX_INFLIGHT="100000")  # 500 tasks from one client
     python = [sys.executable, "-m", "wasmq"]
 
     def start(host: str, argv: list[str], log: str) -> Proc:

@@ -35,7 +35,8 @@ def private(tmp_path: Path) -> Iterator[Callable[..., PrivateStack]]:
     stacks: list[PrivateStack] = []
 
     def make(**env: str) -> PrivateStack:
-        stacks.append(PrivateStack.start(tmp_path, **env))
+        # These tests queue hundreds of tasks from one client: past the default cap.
+        stacks.append(PrivateStack.start(tmp_path, **{"WASMQ_MAX_INFLIGHT": "100000", **env}))
         return stacks[-1]
 
     yield make
@@ -249,8 +250,9 @@ def test_a_hung_redis_answers_503_within_the_socket_timeout(private) -> None:
 
 
 def test_sigterm_lets_running_tasks_finish_and_puts_reserved_ones_back(private) -> None:
-    # Prefetching 4 makes the node reserve tasks beyond the one it runs.
-    stack = private(WASMQ_PREFETCH_MULTIPLIER="4")
+    # Prefetching 4 makes the node reserve tasks beyond the one it runs (and a queue
+    # share of 4 lets this one client have that many messages in the queue).
+    stack = private(WASMQ_PREFETCH_MULTIPLIER="4", WASMQ_QUEUE_SHARE="4")
     worker = stack.start_worker("a", concurrency=1)
     api = stack.api()
     cfid = api.deploy(modules.SLOW, name="slow")

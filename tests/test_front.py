@@ -25,7 +25,7 @@ def front(redis_url: str, **settings: object) -> Front:
 
 
 def deploy(app: Front) -> str:
-    flask = app.wsgi.app
+    flask = app.wsgi.app.app
     response = flask.test_client().post("/functions", data={"file": (
         __import__("io").BytesIO(modules.ECHO), "echo.wasm")})
     assert response.status_code == 201, response.json
