@@ -1,0 +1,97 @@
+"""A dead node's tasks come back in seconds, whatever the task time limit.
+
+Live nodes see a node's heartbeat stop and put its unacknowledged messages back
+on the queue at once (broker/nodes.py, broker/protocol/requeue_dead.lua); the
+visibility timeout (90 s at the default 30 s task limit) is only the last resort.
+Each test runs its own Redis, gateway and nodes (tests/stacks.py).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests import modules
+from tests.stacks import DoneWatcher, PrivateStack, node_pid, pool_pids, statuses
+from tests.support import Api, wait_until
+from wasmq.broker.settings import Settings
+
+# The default task limit: a visibility timeout of 90 s, far above what recovery may take.
+VISIBILITY = Settings().visibility_timeout
+# Generous: the README states ~6 s; only a design that waits for the visibility
+# timeout (or never restores) crosses this.
+RECOVERY_BOUND = 30.0
+
+
+@pytest.fixture()
+def private(tmp_path: Path) -> Iterator[Callable[..., PrivateStack]]:
+    stacks: list[PrivateStack] = []
+
+    def make(**env: str) -> PrivateStack:
+        stacks.append(PrivateStack.start(tmp_path, **env))
+        return stacks[-1]
+
+    yield make
+    for s in stacks:
+        s.stop()
+    for log in sorted(tmp_path.glob("*.log")):  # shown by pytest if the test failed
+        print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
+    def one(data: str) -> str:
+        response = api.call(cfid, data, wait=0)
+        assert response.status_code == 202, response.text
+        return response.json()["tid"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, inputs))
+
+
+def running_on(client, tids: list[str], pids: set[int]) -> list[str]:
+    """The tasks that processes `pids` (a node's pool) are running now."""
+    return [t for t, (status, where, _) in zip(tids, statuses(client, tids), strict=True)
+            if status == "running" and node_pid(where) in pids]
+
+
+def test_two_killed_nodes_tasks_finish_elsewhere_in_seconds_not_the_visibility_timeout(
+        private) -> None:
+    stack = private()  # the default task limit: a visibility timeout of 90 s
+    nodes = {name: stack.start_worker(name, concurrency=2) for name in ("a", "b", "c")}
+    api = stack.api()
+    cfid = api.deploy(modules.SLOW, name="slow")
+    client = stack.client()
+    pools = {name: pool_pids(proc) for name, proc in nodes.items()}
+    watcher = DoneWatcher(client)
+    try:
+        inputs = [f"700 queued {i}" for i in range(60)]
+        tids = submit_all(api, cfid, inputs)
+        held = wait_until(lambda: (h := running_on(client, tids, pools["a"]) +
+                                   running_on(client, tids, pools["b"])) and len(h) >= 3 and h,
+                          timeout=60, interval=0.02, what="nodes a and b mid-task")
+        for name in ("a", "b"):
+            nodes[name].signal(signal.SIGKILL)  # main process and pool, at once
+        killed_at = time.monotonic()
+        for name in ("a", "b"):
+            nodes[name].popen.wait(10)
+        watcher.wait_for(held, timeout=VISIBILITY + 60)
+        recovered = time.monotonic() - killed_at
+        watcher.wait_for(tids, timeout=120)
+        time.sleep(0.5)  # a doubled completion would be published by now
+    finally:
+        watcher.close()
+    print(f"nodes a and b killed running {len(held)} tasks; visibility timeout "
+          f"{VISIBILITY} s; they finished on node c {recovered:.1f} s after the kill")
+    for tid, data in zip(tids, inputs, strict=True):
+        body = api.retrieve(tid).json()
+        assert body["statusCode"] == 1 and body["result"] == data, body
+    for tid in held:
+        status, node, attempts = statuses(client, [tid])[0]
+        assert node_pid(node) in pools["c"] and attempts >= 2, (tid, node, attempts)
+    assert recovered < RECOVERY_BOUND, \
+        f"held tasks took {recovered:.1f} s: the visibility timeout, not the heartbeat"
