@@ -95,3 +95,45 @@ def test_two_killed_nodes_tasks_finish_elsewhere_in_seconds_not_the_visibility_t
         assert node_pid(node) in pools["c"] and attempts >= 2, (tid, node, attempts)
     assert recovered < RECOVERY_BOUND, \
         f"held tasks took {recovered:.1f} s: the visibility timeout, not the heartbeat"
+
+
+def test_a_node_paused_past_its_heartbeat_resumes_without_breaking_anything(private) -> None:
+    stack = private()
+    paused = stack.start_worker("paused", concurrency=2)
+    live = stack.start_worker("live", concurrency=2)
+    pools = {"paused": pool_pids(paused), "live": pool_pids(live)}
+    api = stack.api()
+    cfid = api.deploy(modules.SLOW, name="slow")
+    client = stack.client()
+    watcher = DoneWatcher(client)
+    try:
+        inputs = [f"2500 long {i}" for i in range(6)]
+        tids = submit_all(api, cfid, inputs)
+        held = wait_until(lambda: (h := running_on(client, tids, pools["paused"])) and h,
+                          timeout=60, interval=0.02, what="the node to pause mid-task")
+        paused.signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        watcher.wait_for(held, timeout=RECOVERY_BOUND)  # run again by the live node
+        recovered = time.monotonic() - stopped_at
+        time.sleep(max(0.0, 20 - (time.monotonic() - stopped_at)))
+        paused.signal(signal.SIGCONT)
+        # Its copies finish (or find the task finished) and are acknowledged late.
+        wait_until(lambda: "taken for dead" in paused.output(), timeout=15,
+                   what="the resumed node noticing")
+        watcher.wait_for(tids, timeout=60)
+        wait_until(lambda: client.hlen("unacked") == 0, timeout=30,
+                   what="every message acknowledged")
+    finally:
+        watcher.close()
+    print(f"node paused running {len(held)} tasks; they finished on the live node "
+          f"{recovered:.1f} s later")
+    for tid, data in zip(tids, inputs, strict=True):
+        body = api.retrieve(tid).json()
+        assert body["statusCode"] == 1 and body["result"] == data, body
+    for status, _, attempts in statuses(client, tids):
+        assert status == "succeeded" and attempts <= 2
+    # Nothing requeued a third time, nothing left held or queued.
+    assert client.llen("wasmq") == 0
+    assert not list(client.scan_iter(match="wasmq:held:*"))
+    assert paused.alive()
+    assert api.call(cfid, "10 after").json()["result"] == "10 after"
