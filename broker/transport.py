@@ -35,8 +35,10 @@ from kombu.utils.json import dumps
 from wasmq.broker import keys, nodes
 from wasmq.broker.protocol import lua
 
-# What `broker_transport` names, so kombu loads this class for redis:// URLs.
+# What `broker_transport` names, so kombu loads this class for redis:// URLs,
+# and the Sentinel flavour for sentinel:// ones.
 PATH = "wasmq.broker.transport:Transport"
+SENTINEL_PATH = "wasmq.broker.transport:SentinelTransport"
 
 
 class QoS(kombu_redis.QoS):
@@ -127,3 +129,12 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (it asks the sentinels for the primary), with the
+    held records and the shared client above."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

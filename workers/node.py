@@ -20,7 +20,7 @@ from celery.exceptions import TimeLimitExceeded
 from wasmq.broker import metrics, nodes
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.clock import now
-from wasmq.broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from wasmq.broker.connections import SOCKET_TIMEOUT, new_client
 from wasmq.broker.jobs import JobMessages
 from wasmq.broker.logs import bind_tid, setup_logging
 from wasmq.broker.records import Status, TaskRecords
@@ -79,8 +79,7 @@ def _bind_task_tid(args: tuple = (), **_: object) -> None:
 def _own_client(settings: Settings) -> redis.Redis:
     """Not the shared per-process client: its lock must never be held across a
     fork of a pool process by a thread of the main process."""
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
-                                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT)
+    return new_client(settings)
 
 
 class Heartbeat(bootsteps.StartStopStep):
@@ -92,7 +91,10 @@ class Heartbeat(bootsteps.StartStopStep):
     A thread rather than Celery's timer: the timer stops while the consumer
     waits for Redis to come back, and a node waiting for Redis is alive. It
     beats once before the consumer starts (Celery starts its Consumer step
-    last), so no message is held by a node that was never listed.
+    last), so no message is held by a node that was never listed, and it goes on
+    beating until the worker has shut down: Celery stops this step before the
+    pool, and a node that stopped beating while its last tasks finish would have
+    them put back and run twice.
     """
 
     label = "wasmq heartbeat"
@@ -116,6 +118,7 @@ class Heartbeat(bootsteps.StartStopStep):
         self._thread = threading.Thread(target=self._run, args=(client, node, size, path, app),
                                         name="wasmq-heartbeat", daemon=True)
         self._thread.start()
+        signals.worker_shutdown.connect(self._end, weak=False, dispatch_uid="wasmq-heartbeat")
 
     def _beat(self, client: redis.Redis) -> None:
         was_new, dead, restored = nodes.beat(client, nodes.identity())
@@ -157,7 +160,9 @@ class Heartbeat(bootsteps.StartStopStep):
         except redis.RedisError:
             pass  # it goes stale on its own, and live nodes restore what it held
 
-    def stop(self, worker: object) -> None:
+    def _end(self, **_: object) -> None:
+        """After the pool has stopped (Celery's worker_shutdown): what is still
+        held goes back to the queue, and the node is no longer listed."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=SOCKET_TIMEOUT + 1)
