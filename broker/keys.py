@@ -50,6 +50,7 @@ KOMBU_UNACKED_INDEX = "unacked_index"  # zset: delivery tag -> when delivered
 
 # Node liveness and who holds which message (broker/nodes.py).
 NODES = f"{PREFIX}:nodes"  # zset: node identity (one per process start) -> last beat
+NODES_BEATING_SINCE = f"{PREFIX}:nodes:since"  # hash: node -> start of its gapless beats
 HELD_PREFIX = f"{PREFIX}:held:"
 
 

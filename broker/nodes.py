@@ -7,7 +7,9 @@ who holds them. So each node also records the delivery tags it holds
 (broker/transport.py, in kombu's own pipeline) and beats every HEARTBEAT_S
 into one sorted set; every live node's beat is a script (requeue_dead.lua) that
 also finds the nodes silent for STALE_S and puts their messages back at the
-front of the queue, atomically. A node killed, or a whole host gone, has its
+front of the queue, atomically. A node judges others only after beating
+steadily for STALE_S itself, so a Redis outage (restart, failover) that
+silenced every node is not taken for their deaths. A node killed, or a whole host gone, has its
 tasks running elsewhere about STALE_S + HEARTBEAT_S after its death.
 
 A node's identity is made once per process start, so a node restarted under
@@ -34,6 +36,9 @@ HEARTBEAT_S = 1.0  # how often a node says it is alive
 # garbage collection or a Redis round trip is not taken for dead.
 STALE_S = 4.0
 MAX_DEAD_PER_BEAT = 16  # bounds how long one beat's script may run
+# A longer pause between two of its own beats (Redis unreachable, the node
+# paused) and a node first beats STALE_S again before it judges others.
+MAX_GAP_S = 2.5 * HEARTBEAT_S
 
 _identity: tuple[int, str] | None = None
 
@@ -67,5 +72,7 @@ def leave(client: redis.Redis, node: str) -> int:
 
 def _run(client: redis.Redis, beating: str, *forced: str) -> list[int]:
     script = lua.register(client, "requeue_dead")
-    return script(keys=[keys.NODES, keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX],
-                  args=[keys.HELD_PREFIX, beating, STALE_S, MAX_DEAD_PER_BEAT, *forced])
+    return script(keys=[keys.NODES, keys.NODES_BEATING_SINCE, keys.KOMBU_UNACKED,
+                        keys.KOMBU_UNACKED_INDEX],
+                  args=[keys.HELD_PREFIX, beating, STALE_S, MAX_DEAD_PER_BEAT, MAX_GAP_S,
+                        *forced])

@@ -185,12 +185,29 @@ def test_a_silent_node_s_messages_are_restored_by_the_next_live_beat(conn, clien
     assert client.llen(QUEUE) == 0
     seconds, micros = client.time()
     client.zadd(keys.NODES, {silent.name: seconds + micros / 1e6 - nodes.STALE_S - 1})
+    assert nodes.beat(client, "test:live") == (False, 0, 0)  # live only just started
+    client.hset(keys.NODES_BEATING_SINCE, "test:live", seconds - nodes.STALE_S)
     assert nodes.beat(client, "test:live") == (False, 1, 2)
     assert client.llen(QUEUE) == 2
     assert client.zscore(keys.NODES, silent.name) is None
     assert not client.exists(keys.KOMBU_UNACKED, keys.held(silent.name))
     # Back from a pause, it is listed again as new: its worker logs that.
     assert nodes.beat(client, silent.name)[0] is True
+
+
+def test_after_an_outage_that_silenced_everyone_no_node_is_taken_for_dead(conn,
+                                                                         client) -> None:
+    with Node("other") as other:
+        deliver(conn, {"n": 1})
+    nodes.beat(client, other.name)
+    seconds, _ = client.time()
+    # Both were beating steadily, then Redis was gone for twice STALE_S.
+    gone = seconds - 2 * nodes.STALE_S
+    client.zadd(keys.NODES, {other.name: gone, "test:first-back": gone})
+    client.hset(keys.NODES_BEATING_SINCE, mapping={other.name: gone - 60,
+                                                   "test:first-back": gone - 60})
+    assert nodes.beat(client, "test:first-back") == (False, 0, 0)
+    assert client.hexists(keys.KOMBU_UNACKED, client.hkeys(keys.held(other.name))[0])
 
 
 def test_each_process_start_is_a_new_node_identity(tmp_path: Path) -> None:
