@@ -71,8 +71,8 @@ def broker_url(settings: Settings) -> str:
     if not settings.redis_sentinels:
         return settings.redis_url
     auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
-    return ";".join(f"sentinel://{auth}{host}:{port}/{settings.redis_db}"
-                    for host, port in settings.sentinels)
+    return ";".join(f"sentinel://{auth}{f'[{host}]' if ':' in host else host}:{port}/"
+                    f"{settings.redis_db}" for host, port in settings.sentinels)
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:

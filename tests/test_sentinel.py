@@ -24,7 +24,12 @@ import redis
 import requests
 
 from tests.support import INTSUM, Api, Proc, child_env, wait_until, wasmq
+from wasmq.broker.celery_app import make_celery
+from wasmq.broker.connections import broker_url
+from wasmq.broker.errors import ConfigError
 from wasmq.broker.redis_server import free_port, redis_command, redis_server_binary
+from wasmq.broker.settings import Settings
+from wasmq.broker.transport import SENTINEL_PATH
 from wasmq.localstack import start_worker
 
 MASTER = "wasmq-primary"
@@ -191,3 +196,27 @@ def test_a_killed_primary_is_replaced_and_every_replicated_task_finishes(
             assert api.poll(c.body["tid"], timeout=60)["result"] == c.expected
     assert api.http.get(f"{api.url}/functions/{cfid}", timeout=10).status_code == 200
     assert gateway.alive() and cluster.procs["worker"].alive()
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"WASMQ_REDIS_SENTINELS": "s1:26379"}, "WASMQ_REDIS_MASTER"),
+    ({"WASMQ_REDIS_MASTER": "m"}, "WASMQ_REDIS_SENTINELS"),
+    ({"WASMQ_REDIS_SENTINELS": "s1", "WASMQ_REDIS_MASTER": "m"}, "'s1' is not host:port"),
+    ({"WASMQ_REDIS_SENTINELS": "s1:99999", "WASMQ_REDIS_MASTER": "m"}, "host:port"),
+])
+def test_a_sentinel_setting_without_its_partner_or_malformed_is_refused_by_name(
+        env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+
+
+def test_sentinel_settings_give_kombu_its_sentinel_urls_and_master_name() -> None:
+    settings = Settings.from_env({"WASMQ_REDIS_SENTINELS": "s1:26379, [::1]:26380",
+                                  "WASMQ_REDIS_MASTER": "m", "WASMQ_REDIS_URL": "redis://x/3",
+                                  "WASMQ_REDIS_PASSWORD": "p@ss"})
+    assert settings.sentinels == [("s1", 26379), ("::1", 26380)]
+    assert broker_url(settings) == \
+        "sentinel://:p%40ss@s1:26379/3;sentinel://:p%40ss@[::1]:26380/3"
+    app = make_celery(settings)
+    assert app.conf.broker_transport_options["master_name"] == "m"
+    assert app.conf.broker_transport == SENTINEL_PATH
