@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.stacks import private  # noqa: F401 - a fixture: private stacks for fault tests
 from tests.support import ROOT, Api, child_env, start_redis, wait_until
 from wasmq.broker.redis_server import free_port
 from wasmq.localstack import Stack, start_stack

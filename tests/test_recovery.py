@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-import pytest
 
 from tests import modules
-from tests.stacks import DoneWatcher, PrivateStack, node_pid, pool_pids, statuses
-from tests.support import Api, wait_until
+from tests.stacks import (
+    DoneWatcher,
+    assert_echoed,
+    node_pid,
+    pool_pids,
+    statuses,
+    submit_all,
+)
+from tests.support import wait_until
 from wasmq.broker.settings import Settings
 
 # The default task limit: a visibility timeout of 90 s, far above what recovery may take.
@@ -26,31 +28,6 @@ VISIBILITY = Settings().visibility_timeout
 # Generous: the README states ~6 s; only a design that waits for the visibility
 # timeout (or never restores) crosses this.
 RECOVERY_BOUND = 30.0
-
-
-@pytest.fixture()
-def private(tmp_path: Path) -> Iterator[Callable[..., PrivateStack]]:
-    stacks: list[PrivateStack] = []
-
-    def make(**env: str) -> PrivateStack:
-        stacks.append(PrivateStack.start(tmp_path, **env))
-        return stacks[-1]
-
-    yield make
-    for s in stacks:
-        s.stop()
-    for log in sorted(tmp_path.glob("*.log")):  # shown by pytest if the test failed
-        print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
-    def one(data: str) -> str:
-        response = api.call(cfid, data, wait=0)
-        assert response.status_code == 202, response.text
-        return response.json()["tid"]
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, inputs))
 
 
 def running_on(client, tids: list[str], pids: set[int]) -> list[str]:
@@ -87,9 +64,7 @@ def test_two_killed_nodes_tasks_finish_elsewhere_in_seconds_not_the_visibility_t
         watcher.close()
     print(f"nodes a and b killed running {len(held)} tasks; visibility timeout "
           f"{VISIBILITY} s; they finished on node c {recovered:.1f} s after the kill")
-    for tid, data in zip(tids, inputs, strict=True):
-        body = api.retrieve(tid).json()
-        assert body["statusCode"] == 1 and body["result"] == data, body
+    assert_echoed(api, tids, inputs)
     for tid in held:
         status, node, attempts = statuses(client, [tid])[0]
         assert node_pid(node) in pools["c"] and attempts >= 2, (tid, node, attempts)
@@ -127,9 +102,7 @@ def test_a_node_paused_past_its_heartbeat_resumes_without_breaking_anything(priv
         watcher.close()
     print(f"node paused running {len(held)} tasks; they finished on the live node "
           f"{recovered:.1f} s later")
-    for tid, data in zip(tids, inputs, strict=True):
-        body = api.retrieve(tid).json()
-        assert body["statusCode"] == 1 and body["result"] == data, body
+    assert_echoed(api, tids, inputs)
     for status, _, attempts in statuses(client, tids):
         assert status == "succeeded" and attempts <= 2
     # Nothing requeued a third time, nothing left held or queued.
