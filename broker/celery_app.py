@@ -11,7 +11,12 @@ from __future__ import annotations
 from celery import Celery
 
 from wasmq.broker import transport
-from wasmq.broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from wasmq.broker.connections import (
+    SOCKET_CONNECT_TIMEOUT,
+    SOCKET_TIMEOUT,
+    broker_transport_options,
+    broker_url,
+)
 from wasmq.broker.settings import Settings
 
 RUN_TASK = "wasmq.run"
@@ -33,9 +38,9 @@ def restore_interval(settings: Settings) -> int:
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("wasmq", broker=settings.redis_url)
+    app = Celery("wasmq", broker=broker_url(settings))
     app.conf.update(
-        broker_transport=transport.PATH,
+        broker_transport=transport.SENTINEL_PATH if settings.redis_sentinels else transport.PATH,
         task_serializer="msgpack",
         accept_content=["msgpack"],
         result_serializer="msgpack",
@@ -68,6 +73,7 @@ def make_celery(settings: Settings) -> Celery:
             "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT,
             "socket_timeout": SOCKET_TIMEOUT,  # above kombu's 1 s BRPOP timeout
             "health_check_interval": 10,
+            **broker_transport_options(settings),  # Sentinel's master name, if any
         },
         broker_pool_limit=64,
     )

@@ -43,8 +43,20 @@ METRIC_EXEC_SECONDS = f"{PREFIX}:metrics:exec"  # hash: histogram bucket -> coun
 METRIC_E2E_SECONDS = f"{PREFIX}:metrics:e2e"
 WORKERS_SEEN = f"{PREFIX}:workers"  # zset: "<node>\t<pool size>" -> last heartbeat
 
-# kombu's Redis transport keeps delivered, unacknowledged messages here.
-KOMBU_UNACKED = "unacked"
+# kombu's Redis transport keeps delivered, unacknowledged messages here
+# (tests/test_node_recovery.py pins these names to kombu's own).
+KOMBU_UNACKED = "unacked"  # hash: delivery tag -> JSON [payload, exchange, routing key]
+KOMBU_UNACKED_INDEX = "unacked_index"  # zset: delivery tag -> when delivered
+
+# Node liveness and who holds which message (broker/nodes.py).
+NODES = f"{PREFIX}:nodes"  # zset: node identity (one per process start) -> last beat
+NODES_BEATING_SINCE = f"{PREFIX}:nodes:since"  # hash: node -> start of its gapless beats
+HELD_PREFIX = f"{PREFIX}:held:"
+
+
+def held(node: str) -> str:
+    """Hash: delivery tag -> JSON list of queues, the messages `node` holds unacknowledged."""
+    return f"{HELD_PREFIX}{node}"
 
 
 def loaded_replies(nonce: str) -> str:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 from wasmq.broker.errors import ConfigError
 
@@ -45,6 +46,13 @@ class Settings:
     """Every knob of wasmq; the env name of each is `WASMQ_<FIELD NAME>`."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis behind Sentinel: "host:port,host:port" of the sentinels and the name
+    # they monitor. Then every client asks them for the current primary, and
+    # redis_url gives only the database number.
+    redis_sentinels: tuple[str, ...] = field(default_factory=tuple)
+    redis_master: str = ""
+    redis_password: str = ""  # the primary's and replicas' (requirepass)
+    redis_sentinel_password: str = ""  # the sentinels' own, if they require one
     result_ttl: int = 24 * 3600
     sync_wait: float = 10.0
     task_timeout: float = 30.0
@@ -126,7 +134,32 @@ class Settings:
         settings.check()
         return settings
 
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """(host, port) of each sentinel; empty without Sentinel."""
+        out = []
+        for item in self.redis_sentinels:
+            host, _, port = item.rpartition(":")
+            out.append((host.strip("[]"), int(port)))
+        return out
+
+    @property
+    def redis_db(self) -> int:
+        """The database number, from redis_url's path (Sentinel or not)."""
+        path = urlparse(self.redis_url).path.strip("/")
+        return int(path) if path.isdigit() else 0
+
     def check(self) -> None:
+        for item in self.redis_sentinels:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"WASMQ_REDIS_SENTINELS: {item!r} is not host:port "
+                                  "(e.g. 'sentinel-1:26379,sentinel-2:26379')")
+        if self.redis_sentinels and not self.redis_master:
+            raise ConfigError("WASMQ_REDIS_SENTINELS needs WASMQ_REDIS_MASTER: the name the "
+                              "sentinels monitor (their 'sentinel monitor <name> ...')")
+        if self.redis_master and not self.redis_sentinels:
+            raise ConfigError("WASMQ_REDIS_MASTER is set without WASMQ_REDIS_SENTINELS")
         for name in ("sync_wait", "task_timeout", "compile_queue"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")

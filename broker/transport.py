@@ -1,6 +1,17 @@
-"""kombu's Redis transport, with one Redis client per channel instead of one per command.
+"""kombu's Redis transport, with one Redis client per channel instead of one per command,
+and a record of which node holds each unacknowledged message.
 
-kombu's `Channel.conn_or_acquire` builds a new `redis.Redis` for every
+Who holds what: kombu's `unacked` entries do not say which consumer holds a
+message, so a dead node's messages wait for the visibility timeout. `QoS`
+records each delivery tag in a hash of this node (keys.held), in the same
+pipeline that writes kombu's entries, so that live nodes can put a dead
+node's messages back at once (broker/nodes.py). Acknowledging, rejecting and
+restoring at shutdown touch kombu's entries only while this node still holds
+the message: a node that was paused and taken for dead must not remove the
+entries of the node that now runs the message, nor push it back a second time.
+tests/test_node_recovery.py pins each override to kombu's own path.
+
+One client per channel: kombu's `Channel.conn_or_acquire` builds a new `redis.Redis` for every
 publish, fanout event and acknowledgement. Each build fills redis-py's table
 of response callbacks (a few hundred entries), which py-spy showed as the
 largest single cost in a worker's main process (about a quarter of its CPU
@@ -11,43 +22,114 @@ reconnect) gets a new client.
 
 from __future__ import annotations
 
+import json
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from time import sleep, time
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.json import dumps
 
+from wasmq.broker import keys, nodes
 from wasmq.broker.connections import storage_full
+from wasmq.broker.protocol import lua
 
+# What `broker_transport` names, so kombu loads this class for redis:// URLs,
+# and the Sentinel flavour for sentinel:// ones.
+PATH = "wasmq.broker.transport:Transport"
 log = logging.getLogger("wasmq.worker")
 # How often a message taken while Redis is full tries again to be recorded as unacked.
 FULL_RETRY_S = 0.5
-
-# What `broker_transport` names, so kombu loads this class for redis:// URLs.
-PATH = "wasmq.broker.transport:Transport"
+SENTINEL_PATH = "wasmq.broker.transport:SentinelTransport"
 
 
 class QoS(kombu_redis.QoS):
-    """kombu's unacked bookkeeping, which waits out a full Redis.
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._queues: dict[tuple[str, str, int], str] = {}
 
-    kombu takes a message off the queue (BRPOP) and then records it as unacked;
-    when Redis refuses that write for memory, kombu raises, the worker's consumer
-    dies ("Unrecoverable error"), and the message, in neither place, is lost. So the
-    write is retried until Redis has room again (results expire, an operator
-    raises maxmemory); the consumer takes nothing else meanwhile."""
+    @property
+    def held_key(self) -> str:
+        # Read per call: the identity changes in a forked child.
+        return keys.held(nodes.identity())
 
-    def append(self, message: object, delivery_tag: str) -> None:
+    def append(self, message: virtual.Message, delivery_tag: str) -> None:
+        """kombu's `append`, plus the held record in the same transaction.
+
+        kombu takes a message off the queue (BRPOP) and then records it as unacked;
+        when Redis refuses that write for memory, kombu raises, the worker's consumer
+        dies ("Unrecoverable error"), and the message, in neither place, is lost. So
+        the write is retried until Redis has room again (results expire, an operator
+        raises maxmemory); the consumer takes nothing else meanwhile."""
+        delivery = message.delivery_info
+        exchange, routing_key = delivery["exchange"], delivery["routing_key"]
+        queues = self._restore_queues(message._raw, exchange, routing_key)
         while True:
             try:
-                return super().append(message, delivery_tag)
+                with self.pipe_or_acquire() as pipe:
+                    pipe.zadd(self.unacked_index_key, {delivery_tag: time()}) \
+                        .hset(self.unacked_key, delivery_tag,
+                              dumps([message._raw, exchange, routing_key])) \
+                        .hset(self.held_key, delivery_tag, queues) \
+                        .execute()
+                break
             except redis.RedisError as exc:
                 if not storage_full(exc):
                     raise
                 log.warning("storage is full: waiting to record message %s as unacked",
                             delivery_tag)
-                time.sleep(FULL_RETRY_S)
+                sleep(FULL_RETRY_S)
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        self._release(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self._restore_if_held(delivery_tag, leftmost=True)
+        else:
+            self._release(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: redis.Redis | None = None) -> None:
+        with self.channel.conn_or_acquire(client) as client:
+            for tag in self._delivered:
+                self._restore_if_held(tag, client=client)
+        self._delivered.clear()
+
+    def _release(self, delivery_tag: str) -> bool:
+        with self.channel.conn_or_acquire() as client:
+            script = lua.register(client, "release_held")
+            return bool(script(keys=[self.held_key, self.unacked_key, self.unacked_index_key],
+                               args=[delivery_tag]))
+
+    def _restore_if_held(self, tag: str, client: redis.Redis | None = None,
+                         leftmost: bool = False) -> None:
+        """kombu's restore, for a message this node still holds.
+
+        Dropping the held record first means no live node can also restore
+        it; kombu's restore is a transaction on the unacked entry, so the
+        visibility sweep cannot push it twice either.
+        """
+        with self.channel.conn_or_acquire(client) as client:
+            if client.hdel(self.held_key, tag):
+                self.restore_by_tag(tag, client=client, leftmost=leftmost)
+
+    def _restore_queues(self, payload: dict, exchange: str, routing_key: str) -> str:
+        """The queues kombu's `_do_restore_message` would push this message into, as
+        JSON; bindings are looked up once per exchange, routing key and priority."""
+        channel = self.channel
+        priority = channel._get_message_priority(payload, reverse=False)
+        key = (exchange, routing_key, priority)
+        found = self._queues.get(key)
+        if found is None:
+            found = self._queues[key] = json.dumps(
+                [channel._q_for_pri(q, priority) for q in channel._lookup(exchange, routing_key)])
+        return found
 
 
 class Channel(kombu_redis.Channel):
@@ -67,3 +149,12 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (it asks the sentinels for the primary), with the
+    held records and the shared client above."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

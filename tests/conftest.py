@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.stacks import private  # noqa: F401 - a fixture: private stacks for fault tests
 from tests.support import Api, child_env, run_up, start_redis
 from wasmq.localstack import Stack, start_stack
 

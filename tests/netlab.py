@@ -15,8 +15,11 @@ import ipaddress
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass, field
+
+from wasmq.localstack import Proc
 
 NETNS = "netns"
 LOOPBACK = "loopback"
@@ -34,6 +37,20 @@ class Host:
             return command
         return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c",
                 'hostname "$0" && exec "$@"', self.name, *command]
+
+    def kill_all(self, proc: Proc) -> None:
+        """SIGKILL the host: every process in its namespace, at once (on a loopback
+        host, `proc`'s process group)."""
+        if self.netns:
+            pids = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True,
+                                  text=True, timeout=30).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        else:
+            proc.signal(signal.SIGKILL)
 
 
 @dataclass

@@ -8,10 +8,13 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import pytest
 import redis
 import requests
 
@@ -137,3 +140,38 @@ class DoneWatcher:
         self._stop.set()
         self._thread.join(2)
         self._pubsub.close()
+
+
+@pytest.fixture()
+def private(tmp_path: Path) -> Iterator[Callable[..., PrivateStack]]:
+    """Make private stacks (`private(**env)`); stopped after the test, logs printed."""
+    stacks: list[PrivateStack] = []
+
+    def make(**env: str) -> PrivateStack:
+        # Fault tests queue hundreds of tasks from one client: past the default cap.
+        stacks.append(PrivateStack.start(tmp_path, **{"WASMQ_MAX_INFLIGHT": "100000", **env}))
+        return stacks[-1]
+
+    yield make
+    for s in stacks:
+        s.stop()
+    for log in sorted(tmp_path.glob("*.log")):  # shown by pytest if the test failed
+        print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
+    """Submit each input without waiting; the tids, in order."""
+    def one(data: str) -> str:
+        response = api.call(cfid, data, wait=0)
+        assert response.status_code == 202, response.text
+        return response.json()["tid"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, inputs))
+
+
+def assert_echoed(api: Api, tids: list[str], inputs: list[str]) -> None:
+    """Each task succeeded with its own input as its result (the echoing modules)."""
+    for tid, data in zip(tids, inputs, strict=True):
+        body = api.retrieve(tid).json()
+        assert body["statusCode"] == 1 and body["result"] == data, body

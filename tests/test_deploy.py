@@ -297,3 +297,59 @@ def test_readme_cluster_section_matches_the_files() -> None:
     config = config[:config.index("\n## ")]
     names = set(re.findall(r"\bWASMQ_[A-Z_]+\b", section + config))
     assert names <= SETTING_NAMES, sorted(names - SETTING_NAMES)
+
+
+def sentinel_conf() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in (DEPLOY / "sentinel.conf").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            words = line.split()
+            key = " ".join(words[:2]) if words[0] == "sentinel" else words[0]
+            out[key] = words[2:] if words[0] == "sentinel" else words[1:]
+    return out
+
+
+def test_the_sentinel_compose_file_follows_the_primary_of_the_main_one() -> None:
+    base = compose()["services"]
+    override = yaml.safe_load((DEPLOY / "sentinel.compose.yml").read_text())["services"]
+    conf = sentinel_conf()
+    name, host, port, quorum = conf["sentinel monitor"]
+    assert (host, int(port)) == ("redis", redis_port()) and "redis" in base
+    sentinels = [s for s, svc in override.items()
+                 if "--sentinel" in " ".join(svc.get("command", []))]
+    assert len(sentinels) >= 3 and len(sentinels) // 2 < int(quorum) <= len(sentinels)
+    replica = override["redis-replica"]["command"]
+    assert replica[replica.index("--replicaof") + 1:] == ["redis", str(redis_port())]
+    for service in ("gateway", "worker"):
+        settings = check_env({**base[service]["environment"],
+                              **override[service]["environment"]})
+        assert settings.redis_master == name
+        assert sorted(h for h, _ in settings.sentinels) == sorted(sentinels)
+        assert {p for _, p in settings.sentinels} == {int(conf["port"][0])}
+        assert set(override[service]["depends_on"]) == set(sentinels)
+
+
+def test_sentinel_conf_starts_a_real_sentinel(tmp_path: Path) -> None:
+    # The same file, watching a real Redis on this machine instead of `redis`.
+    redis_port_here, sentinel_port = free_port(), free_port()
+    primary = subprocess.Popen([redis_server_binary(), "--port", str(redis_port_here),
+                                "--bind", "127.0.0.1", "--save", ""],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    text = (DEPLOY / "sentinel.conf").read_text()
+    text = re.sub(r"^port .*$", f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}",
+                  text, flags=re.M)
+    text = text.replace("wasmq redis 6379", f"wasmq 127.0.0.1 {redis_port_here}")
+    (tmp_path / "sentinel.conf").write_text(text)
+    sentinel = subprocess.Popen([redis_server_binary(), str(tmp_path / "sentinel.conf"),
+                                 "--sentinel"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT)
+    try:
+        client = redis.Redis(port=sentinel_port, socket_connect_timeout=0.5)
+        master = sentinel_conf()["sentinel monitor"][0]
+        address = wait_until(lambda: client.sentinel_get_master_addr_by_name(master),
+                             what="the sentinel watching the primary")
+        assert int(address[1]) == redis_port_here
+    finally:
+        for proc in (sentinel, primary):
+            proc.terminate()
+            proc.wait(10)

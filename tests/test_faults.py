@@ -11,16 +11,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
-import pytest
 import requests
 
 from tests import modules
-from tests.stacks import DoneWatcher, PrivateStack, node_pid, pool_pids, statuses
+from tests.stacks import (
+    DoneWatcher,
+    node_pid,
+    pool_pids,
+    statuses,
+    submit_all,
+)
 from tests.support import INTSUM, ROOT, Api, child_env, wait_until, wasmq
 from wasmq.broker import keys
 from wasmq.broker.connections import SOCKET_TIMEOUT
@@ -28,32 +31,6 @@ from wasmq.broker.redis_server import free_port
 from wasmq.broker.settings import Settings
 
 SHORT_TIMEOUT = "2"  # WASMQ_TASK_TIMEOUT for these stacks: seconds to redelivery
-
-
-@pytest.fixture()
-def private(tmp_path: Path) -> Iterator[Callable[..., PrivateStack]]:
-    stacks: list[PrivateStack] = []
-
-    def make(**env: str) -> PrivateStack:
-        # These tests queue hundreds of tasks from one client: past the default cap.
-        stacks.append(PrivateStack.start(tmp_path, **{"WASMQ_MAX_INFLIGHT": "100000", **env}))
-        return stacks[-1]
-
-    yield make
-    for s in stacks:
-        s.stop()
-    for log in sorted(tmp_path.glob("*.log")):  # shown by pytest if the test failed
-        print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
-    def one(data: str) -> str:
-        response = api.call(cfid, data, wait=0)
-        assert response.status_code == 202, response.text
-        return response.json()["tid"]
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, inputs))
 
 
 def test_a_killed_worker_process_reruns_its_task_and_nothing_is_lost_or_doubled(

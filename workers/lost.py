@@ -21,7 +21,7 @@ from celery.exceptions import WorkerLostError
 from celery.worker.request import Request
 
 from wasmq.broker import keys
-from wasmq.broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from wasmq.broker.connections import new_client
 from wasmq.broker.settings import Settings
 
 log = logging.getLogger("wasmq.node")
@@ -38,10 +38,9 @@ def how_it_ended(exc: WorkerLostError) -> str:
 
 
 @cache
-def _client(url: str) -> redis.Redis:
+def _client(settings: Settings) -> redis.Redis:
     """Not the pool processes' shared client: this runs in Celery's main process."""
-    return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT,
-                                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT)
+    return new_client(settings)
 
 
 class LostWorkerRequest(Request):
@@ -63,7 +62,7 @@ class LostWorkerRequest(Request):
             return
         log.warning("tid=%s: its worker process ended (%s) while running it", tid, how)
         try:
-            pipe = _client(settings.redis_url).pipeline(transaction=True)
+            pipe = _client(settings).pipeline(transaction=True)
             pipe.hset(keys.task(tid), "lost", how)
             pipe.expire(keys.task(tid), settings.result_ttl)  # never a key without a TTL
             pipe.execute()

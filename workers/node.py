@@ -16,10 +16,10 @@ import redis
 from celery import Celery, bootsteps, signals
 from celery.exceptions import TimeLimitExceeded
 
-from wasmq.broker import metrics
+from wasmq.broker import metrics, nodes
 from wasmq.broker.causes import Cause
 from wasmq.broker.celery_app import make_celery
-from wasmq.broker.connections import SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT
+from wasmq.broker.connections import SOCKET_TIMEOUT, new_client
 from wasmq.broker.logs import bind_tid, setup_logging
 from wasmq.broker.protocol.messages import Job
 from wasmq.broker.protocol.queue import Finished, TaskQueue
@@ -82,17 +82,22 @@ def _bind_task_tid(args: tuple = (), **_: object) -> None:
 def _own_client(settings: Settings) -> redis.Redis:
     """Not the shared per-process client: its lock must never be held across a
     fork of a pool process by a thread of the main process."""
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
-                                socket_connect_timeout=SOCKET_CONNECT_TIMEOUT)
+    return new_client(settings)
 
 
 class Heartbeat(bootsteps.StartStopStep):
-    """Says every few seconds that this node is alive: in Redis, where the
-    gateway's `/metrics` counts live workers, and by touching a file that a
-    liveness probe checks (`wasmq alive FILE`).
+    """Says every second that this node is alive, and puts back the messages of
+    nodes that stopped saying so (broker/nodes.py); every few seconds also in
+    the gateway's `/metrics` count of live workers, and by touching a file that
+    a liveness probe checks (`wasmq alive FILE`).
 
     A thread rather than Celery's timer: the timer stops while the consumer
-    waits for Redis to come back, and a node waiting for Redis is alive.
+    waits for Redis to come back, and a node waiting for Redis is alive. It
+    beats once before the consumer starts (Celery starts its Consumer step
+    last), so no message is held by a node that was never listed, and it goes on
+    beating until the worker has shut down: Celery stops this step before the
+    pool, and a node that stopped beating while its last tasks finish would have
+    them put back and run twice.
     """
 
     label = "wasmq heartbeat"
@@ -101,39 +106,66 @@ class Heartbeat(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._client: redis.Redis | None = None
 
     def start(self, worker: object) -> None:
         app = worker.app  # type: ignore[attr-defined]
         settings: Settings = app.wasmq_settings
         node, size = worker.hostname, worker.concurrency  # type: ignore[attr-defined]
         path: Path | None = app.wasmq_heartbeat_file
-        client = _own_client(settings)
+        client = self._client = _own_client(settings)
+        try:
+            self._beat(client)
+        except redis.RedisError:
+            pass  # the thread keeps trying
         self._thread = threading.Thread(target=self._run, args=(client, node, size, path, app),
                                         name="wasmq-heartbeat", daemon=True)
         self._thread.start()
+        signals.worker_shutdown.connect(self._end, weak=False, dispatch_uid="wasmq-heartbeat")
+
+    def _beat(self, client: redis.Redis) -> None:
+        was_new, dead, restored = nodes.beat(client, nodes.identity())
+        if dead:
+            log.warning("%d node(s) stopped beating for %g s: %d of their unacknowledged "
+                        "messages are back on the queue", dead, nodes.STALE_S, restored)
+        if was_new and self._beaten:
+            log.warning("this node (%s) was silent for over %g s and taken for dead: its "
+                        "messages went back to the queue, so tasks it is still running may "
+                        "also run elsewhere", nodes.identity(), nodes.STALE_S)
+        self._beaten = True
+
+    _beaten = False
 
     def _run(self, client: redis.Redis, node: str, size: int, path: Path | None,
              app: Celery) -> None:
         warned = False
+        beats_per_report = max(1, round(metrics.HEARTBEAT_S / nodes.HEARTBEAT_S))
+        count = 0
         while True:
             if path is not None:
                 path.touch()
             try:
-                metrics.heartbeat(client, node, size)
-                tend_queue(app, client)
+                self._beat(client)
+                if count % beats_per_report == 0:
+                    metrics.heartbeat(client, node, size)
+                    tend_queue(app, client)
                 warned = False
             except redis.RedisError as exc:
                 if not warned:
                     log.warning("heartbeat cannot reach Redis (%s); still trying", exc)
                 warned = True
-            if self._stop.wait(metrics.HEARTBEAT_S):
+            count += 1
+            if self._stop.wait(nodes.HEARTBEAT_S):
                 break
         try:
             metrics.forget_worker(client, node, size)
+            nodes.leave(client, nodes.identity())
         except redis.RedisError:
-            pass  # it goes stale on its own
+            pass  # it goes stale on its own, and live nodes restore what it held
 
-    def stop(self, worker: object) -> None:
+    def _end(self, **_: object) -> None:
+        """After the pool has stopped (Celery's worker_shutdown): what is still
+        held goes back to the queue, and the node is no longer listed."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=SOCKET_TIMEOUT + 1)
