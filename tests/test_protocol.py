@@ -26,14 +26,26 @@ pytestmark = pytest.mark.fast
 SCRIPTS = sorted(Path(lua.__file__).parent.glob("*.lua"))
 
 
+def _named(header: str, kind: str) -> int:
+    """How many KEYS or ARGV a header names: as `KEYS[n]` lines, or as a dramatiq-style
+    `keys=[a, b, ...]` list (a trailing `name...` names every one after it)."""
+    listed = re.search(rf"^-- {'keys' if kind == 'KEYS' else 'args'}=\[(.*?)\]", header, re.M)
+    if listed:
+        names = [n.strip() for n in listed.group(1).split(",")]
+        return 10**6 if names and names[-1].endswith("...") else len(names)
+    indexed = [int(i) for i in re.findall(rf"{kind}\[(\d+)\]", header)]
+    return max(indexed, default=0)
+
+
 def test_every_script_names_each_key_and_argument_it_uses_in_its_header() -> None:
     for path in SCRIPTS:
         text = path.read_text()
         header = "\n".join(line for line in text.splitlines() if line.startswith("--"))
         body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
         for kind in ("KEYS", "ARGV"):
-            for index in set(re.findall(rf"{kind}\[(\d+)\]", body)):
-                assert f"{kind}[{index}]" in header, f"{path.name}: {kind}[{index}] unnamed"
+            used = [int(i) for i in re.findall(rf"{kind}\[(\d+)\]", body)]
+            assert max(used, default=0) <= _named(header, kind), \
+                f"{path.name}: {kind}[{max(used)}] is not named in its header"
 
 
 def test_the_key_names_the_scripts_build_are_those_of_broker_keys() -> None:
