@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import requests
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from wasmq.localstack import (  # noqa: F401 - re-exported for the tests
     ROOT,
@@ -24,6 +27,14 @@ def envelope(data: str) -> dict[str, Any]:
     return {"input": {"content-type": "json", "location": "embedded", "data": data},
             "output": {"content-type": "json", "location": "echo"}, "control": 1,
             "properties": {"language": "WASM"}}
+
+
+def upload(client: FlaskClient, wasm: bytes, name: str | None = "fn", filename: str = "m.wasm",
+           method: str = "POST", path: str = "/functions", **fields: str) -> TestResponse:
+    """An upload form sent to the in-process app (the `client` fixture)."""
+    named = {} if name is None else {"name": name}
+    return client.open(path, method=method, content_type="multipart/form-data",
+                       data={"file": (io.BytesIO(wasm), filename), **named, **fields})
 
 
 class Api:
