@@ -102,7 +102,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        response = _json(f"{exc.name}: {exc.description}", exc.code or 500)
+        response = _json(_routing_message(exc), exc.code or 500)
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
@@ -114,6 +114,19 @@ def register_error_handlers(app: Flask) -> None:
             return _json("the queue backend (Redis) is unavailable; try again shortly", 503)
         log.exception("unexpected error")
         return _json("internal error in the gateway; it has been logged", 500)
+
+
+def _routing_message(exc: HTTPException) -> str:
+    """Unknown routes and methods in wasmq's words, so a client pointed at the
+    wrong path learns that it reached wasmq, and where the routes are."""
+    where = f"{request.method} {request.path}"
+    if exc.code == 404:
+        return (f"nothing at {where} on this wasmq gateway: its routes are /task/<cfid>, "
+                "/retrieve/<tid>, /functions, /file/<cfid>.wasm and the console at /")
+    if exc.code == 405 and exc.valid_methods:
+        allowed = ", ".join(m for m in exc.valid_methods if m not in ("HEAD", "OPTIONS"))
+        return f"{where} is not allowed: {request.path} answers {allowed}"
+    return f"{exc.name}: {exc.description}"
 
 
 def _is_broker_outage(exc: BaseException) -> bool:
