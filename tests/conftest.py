@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 import redis
-from werkzeug.serving import make_server
 
-from tests.support import ROOT, Api, child_env, start_redis, wait_until
+from tests.support import ROOT, Api, child_env, serve, start_redis, wait_until
 from wasmq.api.app import create_app
 from wasmq.broker.redis_server import free_port
 from wasmq.broker.settings import Settings
@@ -81,14 +80,10 @@ def client(app: Any) -> Any:
 
 @pytest.fixture()
 def live_app(app: Any) -> Iterator[str]:
-    """The in-process app served over real HTTP on loopback (werkzeug's threaded
-    server), for the CLI and the browser where no worker is needed; yields its URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    """The in-process app served over real HTTP on loopback, for the CLI and the
+    browser where no worker is needed; yields its URL."""
+    with serve(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

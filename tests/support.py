@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
+from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
 from wasmq.localstack import (  # noqa: F401 - re-exported for the tests
@@ -35,6 +40,19 @@ def upload(client: FlaskClient, wasm: bytes, name: str | None = "fn", filename: 
     named = {} if name is None else {"name": name}
     return client.open(path, method=method, content_type="multipart/form-data",
                        data={"file": (io.BytesIO(wasm), filename), **named, **fields})
+
+
+@contextmanager
+def serve(app: Flask) -> Iterator[str]:
+    """An app served by werkzeug's threaded server on a loopback port; yields its URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class Api:

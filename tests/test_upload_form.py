@@ -8,6 +8,7 @@ import pytest
 
 from tests import modules
 from tests.support import upload
+from wasmq.api import openapi, upload_form
 from wasmq.broker.settings import Settings
 
 pytestmark = pytest.mark.fast
@@ -57,3 +58,7 @@ def test_a_nameless_upload_takes_the_files_name_as_wasmq_deploy_does(client,
 def test_a_given_name_is_kept(client) -> None:
     response = upload(client, modules.ECHO, name="my sum", filename="intsum.wasm")
     assert response.get_json()["name"] == "my sum"
+
+
+def test_the_openapi_document_names_the_same_limit_fields_the_form_reads() -> None:
+    assert set(openapi.LIMIT_FIELDS) == set(upload_form.LIMIT_FIELDS)
