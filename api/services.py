@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from celery import Celery
 from flask import current_app
 
 from wasmq.api.ratelimit import RateRules
@@ -25,7 +24,6 @@ class Services:
     settings: Settings
     registry: Registry
     records: TaskRecords
-    celery: Celery
     jobs: JobMessages
     listener: CompletionListener
     submissions: Submissions
@@ -33,13 +31,11 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         client = get_redis(settings)
-        celery = make_celery(settings)
         records = TaskRecords(client, settings.result_ttl)
         return cls(settings=settings,
                    registry=Registry(client, RedisStore(client)),
                    records=records,
-                   celery=celery,
-                   jobs=JobMessages(celery, settings.queue),
+                   jobs=JobMessages(make_celery(settings), settings.queue),
                    listener=CompletionListener(client),
                    submissions=Submissions(records, RateRules(settings)))
 

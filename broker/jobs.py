@@ -7,8 +7,8 @@ built here is the same one: Celery's protocol-2 headers from
 `AMQP.as_task_v2`, the body serialized by kombu, in the envelope kombu's Redis
 transport expects (`Channel.prepare_message` and `_inplace_augment_message`;
 tests/test_jobs.py compares the two field by field). Returned as bytes, it is
-LPUSHed in the same MULTI that creates the task record, so a record and its
-message exist together or not at all.
+LPUSHed by the same Lua script that creates the task record, so a record and
+its message exist together or not at all.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Serve the gateway on Granian: HTTP in Rust, the Flask app on a pool of threads per process.
 
-Until issue 6 the gateway ran on gunicorn's gthread worker. Under 64 keep-alive
-clients that cost about 0.35 ms of CPU per request before Flask saw it
-(accept loop, parser, thread hand-offs), a third of the gateway's CPU per
-task; Granian parses and keeps connections in Rust and costs about 0.2 ms
-(`python -m bench` shows the effect end to end). Threads, not an event loop,
+Why Granian: under 64 keep-alive clients gunicorn's gthread worker costs
+about 0.35 ms of CPU per request before Flask sees it (accept loop, parser,
+thread hand-offs), a third of the gateway's CPU per task; Granian parses and
+keeps connections in Rust and costs about 0.2 ms (`python -m bench` shows
+the effect end to end). Threads, not an event loop,
 because a request waiting for its task blocks in `threading.Event.wait`.
 """
 
