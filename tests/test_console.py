@@ -59,6 +59,7 @@ def test_the_tutorial_in_the_browser_upload_list_run_and_copy_curl(api: Api,
 def test_the_python_and_fetch_snippets_give_the_same_answer(api: Api, page: Any) -> None:
     cfid = api.deploy(INTSUM.read_bytes(), name="intsum", exampleinput=TUTORIAL_INPUT)
     page.goto(f"{api.url}/run.html?cfid={cfid}")
+    page.wait_for_selector("#snippets", state="visible")  # written once the record is read
     python = page.inner_text("#snippet-python")
     ran = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True,
                          timeout=60)
@@ -126,6 +127,7 @@ def test_an_unknown_cfid_says_so(api: Api, page: Any) -> None:
 def test_an_api_key_goes_into_the_snippets(api: Api, page: Any) -> None:
     cfid = api.deploy(modules.ECHO, name="echo")
     page.goto(f"{api.url}/run.html?cfid={cfid}&exin=hi")
+    page.wait_for_selector("#snippets", state="visible")
     page.fill("#api-key", "k-123")
     page.press("#api-key", "Enter")
     assert "-H 'Authorization: Bearer k-123'" in page.inner_text("#snippet-curl")
