@@ -1,13 +1,21 @@
 """One place that turns every failure into the Scailable reply shape.
 
-Users never see a stack trace or an HTML error page: known errors carry their
-own HTTP code and message; Redis outages answer 503; anything unexpected is
-logged with its traceback and answers a plain 500 JSON.
+Users never see a stack trace or an HTML error page: a domain error answers
+the HTTP status and headers its class has in `HTTP_REPLIES`, with its message;
+Redis outages answer 503; anything unexpected is logged with its traceback and
+answers a plain 500 JSON.
+
+HTTP lives here, not in broker/errors.py, so the shared layer stays free of
+it. A new domain error gets its line in the table (tests/test_errors.py fails
+for a class of broker/errors.py without one); a subclass elsewhere answers
+as its nearest mapped base does.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis
 from flask import Flask, g, jsonify, request
@@ -15,12 +23,65 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from wasmq.api.replies import error_body
 from wasmq.broker.connections import storage_full
-from wasmq.broker.errors import StorageFull, WasmqError
+from wasmq.broker.errors import (
+    BadRequest,
+    BuildsBusy,
+    ConfigError,
+    Forbidden,
+    InvalidModule,
+    NotFound,
+    RateLimited,
+    StorageFull,
+    TaskFailed,
+    TooLarge,
+    TooManyInFlight,
+    Unauthorized,
+    Unavailable,
+    WasmqError,
+)
 
 log = logging.getLogger("wasmq.gateway")
 STORAGE_FULL = ("storage is full: Redis has reached its memory limit and refuses new writes "
                 "(nothing already stored is lost); try again once results expire "
                 "(WASMQ_RESULT_TTL), or ask the operator to raise WASMQ_REDIS_MAXMEMORY_MB")
+
+
+def _no_headers(exc: WasmqError) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    """The status a domain error answers with, and the headers built from it."""
+
+    status: int
+    headers: Callable[[WasmqError], dict[str, str]] = field(default=_no_headers)
+
+
+HTTP_REPLIES: dict[type[WasmqError], HttpReply] = {
+    WasmqError: HttpReply(500),
+    ConfigError: HttpReply(500),
+    BadRequest: HttpReply(400),
+    InvalidModule: HttpReply(400),
+    Unauthorized: HttpReply(401, lambda exc: {"WWW-Authenticate": 'Bearer realm="wasmq"'}),
+    Forbidden: HttpReply(403),
+    NotFound: HttpReply(404),
+    TooLarge: HttpReply(413),
+    RateLimited: HttpReply(429, lambda exc: {"Retry-After": str(exc.retry_after)}),
+    TooManyInFlight: HttpReply(429, lambda exc: {"Retry-After": str(exc.retry_after)}),
+    Unavailable: HttpReply(503),
+    BuildsBusy: HttpReply(503, lambda exc: {"Retry-After": str(exc.retry_after)}),
+    StorageFull: HttpReply(507),
+    TaskFailed: HttpReply(200),  # the task ran and failed: a Scailable statusCode 0
+}
+
+
+def http_reply(exc: WasmqError) -> HttpReply:
+    """The entry of the error's class, else of its nearest base in the table."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_REPLIES:
+            return HTTP_REPLIES[cls]
+    raise TypeError(f"{type(exc).__name__} is not a WasmqError")  # pragma: no cover
 
 
 def _json(message: str, status: int):
@@ -32,8 +93,9 @@ def _json(message: str, status: int):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(WasmqError)
     def wasmq_error(exc: WasmqError):
-        response = _json(exc.message, exc.http_status)
-        response.headers.update(exc.headers)
+        reply = http_reply(exc)
+        response = _json(exc.message, reply.status)
+        response.headers.update(reply.headers(exc))
         return response
 
     @app.errorhandler(RequestEntityTooLarge)
@@ -50,7 +112,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        response = _json(f"{exc.name}: {exc.description}", exc.code or 500)
+        response = _json(_routing_message(exc), exc.code or 500)
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
@@ -65,6 +127,19 @@ def register_error_handlers(app: Flask) -> None:
             return _json("the queue backend (Redis) is unavailable; try again shortly", 503)
         log.exception("unexpected error")
         return _json("internal error in the gateway; it has been logged", 500)
+
+
+def _routing_message(exc: HTTPException) -> str:
+    """Unknown routes and methods in wasmq's words, so a client pointed at the
+    wrong path learns that it reached wasmq, and where the routes are."""
+    where = f"{request.method} {request.path}"
+    if exc.code == 404:
+        return (f"nothing at {where} on this wasmq gateway: its routes are /task/<cfid>, "
+                "/retrieve/<tid>, /functions, /file/<cfid>.wasm and the console at /")
+    if exc.code == 405 and exc.valid_methods:
+        allowed = ", ".join(m for m in exc.valid_methods if m not in ("HEAD", "OPTIONS"))
+        return f"{where} is not allowed: {request.path} answers {allowed}"
+    return f"{exc.name}: {exc.description}"
 
 
 def _is_broker_outage(exc: BaseException) -> bool:

@@ -6,41 +6,11 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from wasmq.api.access import private_flag, require_key, require_key_if_private
-from wasmq.api.services import Services, services
-from wasmq.broker.errors import BadRequest, TooLarge
-from wasmq.broker.limits import OVERRIDABLE, Limits
-from wasmq.broker.settings import MB
-from wasmq.toolchain.build import Built
+from wasmq.api.services import services
+from wasmq.api.upload_form import function_name, requested_limits, text_field, uploaded_file
+from wasmq.broker.errors import BadRequest
 
 bp = Blueprint("functions", __name__)
-
-
-def _uploaded_module(svc: Services) -> Built:
-    """The binary, what it exports and imports, and its compiled form for the workers,
-    built in a child process under the compile limits (toolchain/build.py)."""
-    upload = request.files.get("file")
-    if upload is None:
-        raise BadRequest("send the module as a multipart form field named 'file'")
-    wasm = upload.read(svc.settings.max_module_mb * MB + 1)
-    if len(wasm) > svc.settings.max_module_mb * MB:
-        raise TooLarge(f"module is larger than the limit of {svc.settings.max_module_mb} MB")
-    if not wasm:
-        raise BadRequest("the uploaded file is empty")
-    return svc.builds.build(wasm)
-
-
-def _text_field(name: str, limit: int = 64 * 1024) -> str:
-    value = request.form.get(name, "")
-    if len(value) > limit:
-        raise BadRequest(f"form field '{name}' is longer than {limit} characters")
-    return value
-
-
-def _requested_limits(svc: Services) -> dict[str, float] | None:
-    """The form's limit fields capped at the server's; None when none were sent."""
-    if not any(name in request.form for name in OVERRIDABLE):
-        return None
-    return Limits.from_settings(svc.settings).requested(request.form)
 
 
 @bp.post("/functions")
@@ -48,13 +18,13 @@ def create() -> ResponseReturnValue:
     svc = services()
     require_key(svc.settings, "uploading a function")
     private = private_flag(request.form.get("private"), svc.settings)
-    limits = _requested_limits(svc)
-    built = _uploaded_module(svc)
+    limits = requested_limits(svc.settings)
+    built = svc.builds.build(uploaded_file(svc.settings))
     record = svc.registry.create(
         built.wasm, imports=built.info.imports, exports=built.info.exports,
-        name=_text_field("name", 200),
-        documentation=_text_field("documentation"), exampleinput=_text_field("exampleinput"),
-        private=private, limits=limits, artifact=built.artifact)
+        name=function_name(), documentation=text_field("documentation"),
+        exampleinput=text_field("exampleinput"), private=private, limits=limits,
+        artifact=built.artifact)
     return jsonify(record.public()), 201
 
 
@@ -92,8 +62,8 @@ def replace(cfid: str) -> ResponseReturnValue:
     svc.registry.get(cfid)  # 404 before reading a body we would throw away
     raw_private = request.form.get("private")
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
-    limits = _requested_limits(svc)
-    built = _uploaded_module(svc)
+    limits = requested_limits(svc.settings)
+    built = svc.builds.build(uploaded_file(svc.settings))
     record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
                                   exports=built.info.exports, limits=limits, private=private,
                                   artifact=built.artifact)

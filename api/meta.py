@@ -23,4 +23,4 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/openapi.json")
 def openapi() -> ResponseReturnValue:
-    return jsonify(spec())
+    return jsonify(spec(keys_configured=bool(services().settings.api_keys)))

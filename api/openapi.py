@@ -107,7 +107,20 @@ def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def spec() -> dict[str, Any]:
+def spec(keys_configured: bool) -> dict[str, Any]:
+    """The document; without API keys on the server nothing asks for one, so
+    Swagger UI shows no locks and no Authorize button."""
+    document = _document()
+    if not keys_configured:
+        del document["components"]
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation.pop("security", None)
+    return document
+
+
+def _document() -> dict[str, Any]:
     cfid, tid = _path_param("cfid"), _path_param("tid")
     return {
         "openapi": "3.0.3",

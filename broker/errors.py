@@ -1,5 +1,10 @@
-"""One exception hierarchy: each error a user can act on maps to an HTTP code
-and a Scailable `statusCode 0` reply with its message, in one handler."""
+"""One exception hierarchy for what gateway and workers share.
+
+These are domain errors: each says what went wrong, in a message a user can
+act on, and knows nothing of HTTP. The gateway maps each class to its status
+and headers in one table (api/errors.py); the workers store the message with
+the task.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,6 @@ from wasmq.broker.causes import Cause
 
 
 class WasmqError(Exception):
-    http_status = 500
-    headers: dict[str, str] = {}  # read-only, per class
-
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
@@ -20,7 +22,7 @@ class ConfigError(WasmqError):
 
 
 class BadRequest(WasmqError):
-    http_status = 400
+    """The request (envelope, parameter, form field) is wrong; the message says how."""
 
 
 class InvalidModule(BadRequest):
@@ -28,28 +30,27 @@ class InvalidModule(BadRequest):
 
 
 class TooLarge(WasmqError):
-    http_status = 413
+    """An input, module or field is over its limit."""
 
 
 class Unauthorized(WasmqError):
-    http_status = 401
-    headers = {"WWW-Authenticate": 'Bearer realm="wasmq"'}
+    """The action needs an API key and none was presented."""
 
 
 class Forbidden(WasmqError):
-    http_status = 403
+    """The key presented (or the lack of configured keys) does not allow the action."""
 
 
 class NotFound(WasmqError):
-    http_status = 404
+    """No such function or task, or its record has expired."""
 
 
 class RateLimited(WasmqError):
-    http_status = 429
+    """A client went over its submission rate; it may try again in `retry_after` seconds."""
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
-        self.headers = {"Retry-After": str(retry_after)}
+        self.retry_after = retry_after
 
 
 class TooManyInFlight(RateLimited):
@@ -59,26 +60,19 @@ class TooManyInFlight(RateLimited):
 class Unavailable(WasmqError):
     """Redis or another backing service cannot be reached."""
 
-    http_status = 503
-
 
 class BuildsBusy(WasmqError):
     """Every build slot is taken and the queue of waiting builds is full."""
 
-    http_status = 503
-    headers = {"Retry-After": "5"}
+    retry_after = 5
 
 
 class StorageFull(WasmqError):
     """Redis refused a write for memory (maxmemory with noeviction)."""
 
-    http_status = 507
-
 
 class TaskFailed(WasmqError):
     """The module failed its own task (trap, limit, non-zero pred), for `cause`."""
-
-    http_status = 200
 
     def __init__(self, message: str, cause: Cause = Cause.MODULE_ERROR) -> None:
         super().__init__(message)

@@ -1,21 +1,16 @@
 """Per-task limits as one object, applied in one place (the runtime).
 
 The gateway reads it too: it caps the limits a function asks for at upload
-and checks inputs against them, so both sides agree on the names and units.
+(api/upload_form.py reads them from the form) and checks inputs against them,
+so both sides agree on the names and units.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
-from wasmq.broker.errors import BadRequest
 from wasmq.broker.settings import MB, Settings
 
-# Names a function record may override at upload (also the form field names),
-# capped by the server's maximum.
-OVERRIDABLE = ("timeout_s", "max_memory_mb", "max_input_mb", "max_output_mb")
 # The WebAssembly page: the smallest unit a memory limit can express.
 PAGE_MB = 64 / 1024
 
@@ -49,28 +44,9 @@ class Limits:
         if not overrides:
             return self
         changes = {k: min(float(v), getattr(self, k)) for k, v in overrides.items()
-                   if k in OVERRIDABLE and v is not None and float(v) > 0}
+                   if k in NAMES and v is not None and float(v) > 0}
         return replace(self, **changes)
 
-    def requested(self, fields: Mapping[str, str]) -> dict[str, float]:
-        """The limits an upload form asks for, capped at these (the server's).
 
-        A value above the server's maximum is lowered to it, so one upload
-        works on servers configured differently; the record shows what holds.
-        """
-        out: dict[str, float] = {}
-        for name in OVERRIDABLE:
-            raw = fields.get(name)
-            if raw is None or str(raw).strip() == "":
-                continue
-            try:
-                value = float(raw)
-            except ValueError:
-                raise BadRequest(f"{name}={raw!r} is not a number") from None
-            if not math.isfinite(value) or value <= 0:
-                raise BadRequest(f"{name} must be a positive number, got {raw!r}")
-            if name == "max_memory_mb" and value < PAGE_MB:
-                raise BadRequest(f"max_memory_mb must be at least one 64 KiB page "
-                                 f"({PAGE_MB:g}), got {raw!r}")
-            out[name] = min(value, getattr(self, name))
-        return out
+# Every limit a function may narrow for itself, by name.
+NAMES = frozenset(f.name for f in fields(Limits))

@@ -1,6 +1,10 @@
 """One typed settings object, built from the environment once and passed down.
 
-No other module reads `os.environ`; tests build `Settings(...)` directly.
+Every setting is read here, from `WASMQ_*` variables; tests build
+`Settings(...)` directly. The command line is the one other reader of the
+environment: `wasmq up` hands it on to the processes it starts, and takes
+`WASMQ_REDIS_URL` and `WASMQ_DATA_DIR` from it to decide whether to start its
+own Redis and where it keeps its data.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Session fixtures: a real redis-server, a real gateway on loopback, and real
-Celery worker processes, started once and shared by the tests."""
+Celery worker processes, started once and shared by the tests; and, for
+request parsing and replies, the app in-process (`app`, `client`, as in
+Flask's tutorial) against the same redis-server."""
 
 from __future__ import annotations
 
@@ -11,10 +13,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from tests.stacks import private  # noqa: F401 - a fixture: private stacks for fault tests
-from tests.support import Api, child_env, run_up, start_redis
+from tests.support import Api, child_env, run_up, serve, start_redis
+from wasmq.api.app import create_app
+from wasmq.broker.settings import Settings
 from wasmq.localstack import Stack, start_stack
+
+# The in-process app's queue: no worker reads it, so what a request queued
+# stays there for the test to look at.
+INPROCESS_QUEUE = "wasmq-inprocess"
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +43,44 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture()
 def api(stack: Stack) -> Api:
     return Api(stack.url)
+
+
+@pytest.fixture()
+def settings(redis_url: str) -> Settings:
+    """The in-process app's settings: the session's Redis, in a database of its
+    own (db 1: the stack's workers never see these tasks), a queue nobody reads."""
+    return Settings(redis_url=redis_url.rsplit("/", 1)[0] + "/1", queue=INPROCESS_QUEUE,
+                    sync_wait=0.0, rate_limit="off")
+
+
+@pytest.fixture()
+def inprocess_redis(settings: Settings) -> Iterator[redis.Redis]:
+    """The in-process app's Redis database, emptied after each test."""
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture()
+def app(settings: Settings, inprocess_redis: redis.Redis) -> Any:
+    """The gateway's Flask app in this process (no HTTP server, no workers)."""
+    app = create_app(settings)
+    app.config.update(TESTING=True)
+    return app
+
+
+@pytest.fixture()
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+@pytest.fixture()
+def live_app(app: Any) -> Iterator[str]:
+    """The in-process app served over real HTTP on loopback, for the CLI and the
+    browser where no worker is needed; yields its URL."""
+    with serve(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.serving import make_server
+from werkzeug.test import TestResponse
 
 from wasmq.localstack import (  # noqa: F401 - re-exported for the tests
     ROOT,
@@ -32,6 +37,27 @@ def envelope(data: str) -> dict[str, Any]:
     return {"input": {"content-type": "json", "location": "embedded", "data": data},
             "output": {"content-type": "json", "location": "echo"}, "control": 1,
             "properties": {"language": "WASM"}}
+
+
+def upload(client: FlaskClient, wasm: bytes, name: str | None = "fn", filename: str = "m.wasm",
+           method: str = "POST", path: str = "/functions", **fields: str) -> TestResponse:
+    """An upload form sent to the in-process app (the `client` fixture)."""
+    named = {} if name is None else {"name": name}
+    return client.open(path, method=method, content_type="multipart/form-data",
+                       data={"file": (io.BytesIO(wasm), filename), **named, **fields})
+
+
+@contextmanager
+def serve(app: Flask) -> Iterator[str]:
+    """An app served by werkzeug's threaded server on a loopback port; yields its URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class Api:

@@ -3,16 +3,22 @@ stdout, stderr and exit codes (0 done, 1 failed, 2 usage/connection, 3 pending).
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
+import os
+import pty
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from tests import modules
 from tests.conftest import Recorder
-from tests.support import INTSUM, ROOT, TUTORIAL_INPUT, child_env
+from tests.support import INTSUM, ROOT, TUTORIAL_INPUT, child_env, upload
 from wasmq.broker.redis_server import free_port
 
 
@@ -110,7 +116,7 @@ def test_a_failed_task_exits_1_with_the_servers_message(up: str, tmp_path: Path)
 
 def test_ls_lists_functions_newest_first(up: str, intsum: str, tmp_path: Path) -> None:
     newest = deploy(up, modules.ECHO, tmp_path, "echo-for-ls")
-    listed = json.loads(out(wasmq(up, "ls", "--json")))
+    listed = json.loads(out(wasmq(up, "ls", "--json")))["functions"]
     assert listed[0]["cfid"] == newest
     assert intsum in {f["cfid"] for f in listed}
     table = out(wasmq(up, "ls"))
@@ -171,3 +177,96 @@ def test_the_key_from_the_environment_is_sent_as_a_bearer_token(recorder: Record
     assert wasmq(recorder.url, "ls", "--key", "from-flag").returncode == 0
     assert wasmq(recorder.url, "ls").returncode == 0
     assert recorder.authorization == ["Bearer from-env", "Bearer from-flag", None]
+
+
+def on_a_terminal(url: str, *args: str) -> bytes:
+    """Run the CLI with its stdout on a pseudo-terminal, as a person at a shell sees it."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "wasmq", *args], cwd=ROOT,
+                            env=child_env(WASMQ_URL=url), stdout=follower,
+                            stderr=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks)
+
+
+def test_run_on_a_terminal_ends_its_output_with_a_newline(up: str, intsum: str) -> None:
+    assert on_a_terminal(up, "run", intsum, TUTORIAL_INPUT) == b'{"output": [55]}\r\n'
+
+
+def test_the_readmes_terminal_example_runs_as_written(up: str, tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("**From a terminal.**", 1)[1].split("```sh\n", 1)[1].split("```")[0]
+    # All but the line naming a task id by its shape (`wasmqt-…`).
+    script = "\n".join(line for line in block.splitlines() if "…" not in line)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    ran = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True,
+                         env=child_env(WASMQ_URL=up, PATH=path), timeout=120)
+    assert ran.returncode == 0, ran.stderr.decode()
+    lines = ran.stdout.decode().splitlines()
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                        lines[0]), "the README shows a cfid of this shape"
+    assert re.search(r"# [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", block)
+    assert '{"output": [55]}{"output": [6]}' in ran.stdout.decode()  # piped: no newline added
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(("url", "says"), [
+    ("127.0.0.1:8080", "has no scheme: write http://127.0.0.1:8080"),
+    ("localhost:8080", "has no scheme: write http://localhost:8080"),
+    ("ftp://127.0.0.1", "must start with http:// or https://, not ftp://"),
+    ("http://", "names no host"),
+    ("http://127.0.0.1:port", "has a port that is not a number"),
+])
+def test_a_gateway_url_that_cannot_work_is_named_in_wasmqs_words(url: str, says: str) -> None:
+    result = wasmq(url, "ls")
+    assert result.returncode == 2
+    assert says in err(result) and "--url (or WASMQ_URL)" in err(result), err(result)
+    assert "adapter" not in err(result) and "Traceback" not in err(result)
+
+
+@pytest.mark.fast
+def test_a_url_with_a_wrong_path_says_it_reached_wasmq_and_where_its_routes_are(
+        live_app: str) -> None:
+    result = wasmq(f"{live_app}/wrong", "ls")
+    assert result.returncode == 2
+    assert "nothing at GET /wrong/functions on this wasmq gateway" in err(result), err(result)
+    assert "requested URL" not in err(result)
+
+
+@pytest.mark.fast
+def test_a_url_that_reaches_something_else_says_it_is_not_a_wasmq_gateway(
+        tmp_path: Path) -> None:
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/wrong"
+        result = wasmq(url, "ls")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2
+    assert f"GET {url}/functions answered HTTP 404" in err(result)
+    assert "not as a wasmq gateway does" in err(result)
+
+
+@pytest.mark.fast
+def test_ls_json_prints_what_the_api_returns(live_app: str, client) -> None:
+    for name in ("first", "second"):
+        assert upload(client, modules.ECHO, name=name).status_code == 201
+    listed = json.loads(out(wasmq(live_app, "ls", "--json")))
+    assert listed == client.get("/functions?offset=0&limit=1000").get_json()
+    assert [f["name"] for f in listed["functions"]] == ["second", "first"]

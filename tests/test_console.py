@@ -8,12 +8,15 @@ import re
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import requests
 
 from tests import modules
-from tests.support import INTSUM, TUTORIAL_INPUT, Api
+from tests.support import INTSUM, TUTORIAL_INPUT, Api, serve, upload
+from wasmq.api.app import create_app
+from wasmq.broker.settings import Settings
 
 ANSWER = '{"output": [55]}'
 
@@ -56,6 +59,7 @@ def test_the_tutorial_in_the_browser_upload_list_run_and_copy_curl(api: Api,
 def test_the_python_and_fetch_snippets_give_the_same_answer(api: Api, page: Any) -> None:
     cfid = api.deploy(INTSUM.read_bytes(), name="intsum", exampleinput=TUTORIAL_INPUT)
     page.goto(f"{api.url}/run.html?cfid={cfid}")
+    page.wait_for_selector("#snippets", state="visible")  # written once the record is read
     python = page.inner_text("#snippet-python")
     ran = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True,
                          timeout=60)
@@ -123,6 +127,7 @@ def test_an_unknown_cfid_says_so(api: Api, page: Any) -> None:
 def test_an_api_key_goes_into_the_snippets(api: Api, page: Any) -> None:
     cfid = api.deploy(modules.ECHO, name="echo")
     page.goto(f"{api.url}/run.html?cfid={cfid}&exin=hi")
+    page.wait_for_selector("#snippets", state="visible")
     page.fill("#api-key", "k-123")
     page.press("#api-key", "Enter")
     assert "-H 'Authorization: Bearer k-123'" in page.inner_text("#snippet-curl")
@@ -138,3 +143,66 @@ def test_the_api_page_renders_the_openapi_document(api: Api, page: Any) -> None:
     spec = requests.get(f"{api.url}/openapi.json", timeout=10).json()
     documented = {p.replace("\u200b", "") for p in paths}
     assert documented == set(spec["paths"])
+
+
+def test_a_slow_calls_time_taken_is_the_tasks_own_not_the_polling(api: Api,
+                                                                   page: Any) -> None:
+    cfid = api.deploy(modules.SLOW, name="slow")
+    page.goto(f"{api.url}/run.html?cfid={cfid}&exin=700&wait=0")
+    page.click("#run")
+    page.wait_for_selector("#status-code.code-1")
+    shown = int(page.inner_text("#elapsed").removesuffix(" ms"))
+    record = api.retrieve(page.inner_text("#tid")).json()
+    assert abs(shown - record["timings"]["totalMs"]) <= 1, (shown, record["timings"])
+
+
+# In-process gateway (no workers) for what the pages do before any task runs.
+
+def test_the_upload_name_is_empty_and_a_nameless_upload_takes_the_files_name(
+        live_app: str, page: Any) -> None:
+    page.goto(f"{live_app}/upload.html")
+    assert page.input_value("#name") == ""
+    page.set_input_files("#file", str(INTSUM))
+    assert page.get_attribute("#name", "placeholder") == "intsum"
+    page.click("#submit")
+    cfid = page.locator("#new-cfid").inner_text()
+    assert requests.get(f"{live_app}/functions/{cfid}", timeout=10).json()["name"] == "intsum"
+
+
+def test_an_unknown_cfid_shows_only_the_error(live_app: str, page: Any) -> None:
+    page.goto(f"{live_app}/run.html?cfid=no-such-function")
+    page.wait_for_selector("#run-status.error")
+    assert "no compute function with cfid 'no-such-function'" in page.inner_text("#run-status")
+    for part in ("#function", "#run-form", "#outcome", "#snippets"):
+        assert page.is_hidden(part), part
+
+
+def test_every_page_fits_a_390_px_phone(live_app: str, client, browser: Any) -> None:
+    cfid = upload(client, INTSUM.read_bytes(), name="intsum",
+                  exampleinput=TUTORIAL_INPUT).get_json()["cfid"]
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    phone = context.new_page()
+    try:
+        for path, ready in (("/", "#functions tr[data-cfid]"), ("/upload.html", "#submit"),
+                            (f"/run.html?cfid={cfid}", "#snippet-cli"),
+                            ("/api.html", ".opblock")):
+            phone.goto(live_app + path)
+            phone.wait_for_selector(ready)
+            width = phone.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} is {width} px wide"
+            key = phone.locator("#api-key").bounding_box()
+            assert key["x"] + key["width"] <= 390, f"the key box sticks out on {path}"
+            if path == "/":
+                assert phone.locator(f'tr[data-cfid="{cfid}"] .fn-name').is_visible()
+    finally:
+        context.close()
+
+
+def test_the_api_page_shows_locks_only_when_the_server_has_keys(
+        app, settings: Settings, page: Any) -> None:
+    for keys, locked in (((), False), (("k-1",), True)):
+        with serve(create_app(replace(settings, api_keys=keys))) as url:
+            page.goto(f"{url}/api.html")
+            page.wait_for_selector(".opblock")
+            assert (page.locator(".authorization__btn").count() > 0) is locked, keys
+            assert (page.locator(".btn.authorize").count() > 0) is locked, keys

@@ -26,7 +26,8 @@ def test_upload_answers_201_with_the_function_record(api: Api) -> None:
     assert record["sha256"] == hashlib.sha256(wasm).hexdigest()
     assert record["size"] == len(wasm)
     assert "pred" in record["exports"] and "memory" in record["exports"]
-    assert all(i.startswith("wasi_snapshot_preview1.") for i in record["imports"])
+    assert record["imports"] and all(i.startswith("wasi_snapshot_preview1.")
+                                     for i in record["imports"])
 
 
 def test_list_is_newest_first_with_total_and_paging(api: Api) -> None:

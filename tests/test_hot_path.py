@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import time
+import json
 
+import pytest
 import redis
+from kombu.serialization import loads
 
 from tests import modules
+from tests.conftest import INPROCESS_QUEUE
 from tests.modules import variant
-from tests.support import Api, wait_until
+from tests.support import Api, envelope, upload, wait_until
 from wasmq.broker import keys
 from wasmq.broker.artifacts import Artifacts
 from wasmq.broker.limits import Limits
@@ -23,6 +27,7 @@ def sha(wasm: bytes) -> str:
     return hashlib.sha256(wasm).hexdigest()
 
 
+@pytest.mark.fast
 def test_the_module_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used() -> None:
     probe = Runtime()
     one = probe.prepare("probe", lambda: modules.ECHO).size
@@ -37,6 +42,7 @@ def test_the_module_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used
     assert runtime.run(runtime.prepare(sha(a), lambda: a), b"still", Limits()).output == b"still"
 
 
+@pytest.mark.fast
 def test_a_module_larger_than_the_cache_still_runs() -> None:
     runtime = Runtime(cache_bytes=1)
     prepared = runtime.prepare(sha(modules.ECHO), lambda: modules.ECHO)
@@ -44,6 +50,7 @@ def test_a_module_larger_than_the_cache_still_runs() -> None:
     assert list(runtime.cached()) == [sha(modules.ECHO)]
 
 
+@pytest.mark.fast
 def test_a_new_worker_process_preloads_the_hot_modules(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     wasm = variant(modules.ECHO)
@@ -56,7 +63,42 @@ def test_a_new_worker_process_preloads_the_hot_modules(redis_url: str) -> None:
     assert "warmup-probe" not in fresh.cached()
 
 
-def test_an_input_over_256_kib_travels_by_reference_and_is_deleted_after_the_task(
+def queued_jobs(client: redis.Redis) -> list[dict]:
+    """The wasmq.run jobs waiting in the in-process app's queue, as a worker reads them."""
+    jobs = []
+    for raw in client.lrange(INPROCESS_QUEUE, 0, -1):
+        message = json.loads(raw)
+        args, _, _ = loads(base64.b64decode(message["body"]), message["content-type"],
+                           message["content-encoding"], accept={message["content-type"]})
+        jobs.append({"size": len(raw), **args[0]})
+    return jobs
+
+
+@pytest.mark.fast
+def test_an_input_over_256_kib_waits_in_redis_and_its_message_stays_small(
+        client, inprocess_redis: redis.Redis) -> None:
+    cfid = upload(client, modules.ECHO).get_json()["cfid"]
+    data = "x" * (300 * 1024)
+    body = client.post(f"/task/{cfid}?wait=0", json=envelope(data)).get_json()
+    assert body["statusCode"] == 5
+    assert inprocess_redis.get(keys.task_input(body["tid"])) == data.encode()
+    [job] = queued_jobs(inprocess_redis)  # no worker reads this queue: it is still there
+    assert job["tid"] == body["tid"] and job["data"] is None and job["size"] < 64 * 1024
+
+
+@pytest.mark.fast
+def test_an_inline_input_travels_in_its_message_and_writes_no_input_key(
+        client, inprocess_redis: redis.Redis) -> None:
+    """Checked while the task is still queued: the finish script would delete the key."""
+    cfid = upload(client, modules.ECHO).get_json()["cfid"]
+    body = client.post(f"/task/{cfid}?wait=0", json=envelope("small")).get_json()
+    [job] = queued_jobs(inprocess_redis)
+    assert job["tid"] == body["tid"] and job["data"] == b"small"
+    assert inprocess_redis.hget(keys.task(body["tid"]), "status") == b"queued"
+    assert not inprocess_redis.exists(keys.task_input(body["tid"]))
+
+
+def test_an_input_by_reference_is_read_by_the_worker_and_deleted_after_the_task(
         api: Api, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     cfid = api.deploy(modules.SLOW)
@@ -64,16 +106,6 @@ def test_an_input_over_256_kib_travels_by_reference_and_is_deleted_after_the_tas
     body = api.call(cfid, data, wait=0).json()
     ref = keys.task_input(body["tid"])
     assert client.strlen(ref) == len(data), "the input waits in Redis, not in the message"
-    queued = [m for m in client.lrange("wasmq", 0, -1)]
-    assert all(len(m) < 64 * 1024 for m in queued)
     final = api.poll(body["tid"])
     assert final["statusCode"] == 1 and final["result"] == data
     wait_until(lambda: not client.exists(ref), timeout=5, what="input deleted")
-
-
-def test_an_inline_input_leaves_no_key_behind(api: Api, redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    cfid = api.deploy(modules.ECHO)
-    tid = api.call(cfid, "small").json()["tid"]
-    time.sleep(0.05)
-    assert not client.exists(keys.task_input(tid))

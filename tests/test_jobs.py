@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import json
 
+import pytest
 import redis
 from kombu.serialization import loads
 
 from wasmq.broker.celery_app import RUN_TASK, make_celery
 from wasmq.broker.protocol.messages import Job, JobMessages
 from wasmq.broker.settings import Settings
+
+pytestmark = pytest.mark.fast
 
 JOB = Job(tid="wasmqt-0123", sha256="ab" * 32, data=b"\x00bytes\xff", limits=None,
           caller="addr:127.0.0.1")

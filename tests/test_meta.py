@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
+import pytest
 import requests
 
 from tests.support import Api
+from wasmq.api.app import create_app
 
 
 def test_healthz_reports_redis_reachable(api: Api) -> None:
@@ -21,3 +26,15 @@ def test_openapi_describes_every_route(api: Api) -> None:
     for path in ("/task/{cfid}", "/retrieve/{tid}", "/file/{cfid}.wasm", "/healthz",
                  "/openapi.json"):
         assert path in paths
+
+
+@pytest.mark.fast
+def test_openapi_asks_for_a_key_only_when_the_server_has_keys(client, settings) -> None:
+    open_doc = client.get("/openapi.json").get_json()
+    assert "security" not in json.dumps(open_doc) and "securitySchemes" not in json.dumps(open_doc)
+    keyed = create_app(replace(settings, api_keys=("k",))).test_client()
+    doc = keyed.get("/openapi.json").get_json()
+    assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert doc["paths"]["/functions"]["post"]["security"] == [{"apiKey": []}]
+    assert {"security"} | set(doc["paths"]["/functions"]["post"]) == set(
+        open_doc["paths"]["/functions"]["post"]) | {"security"}

@@ -1,5 +1,9 @@
 """Hostile requests: whatever arrives, the answer is JSON with statusCode 0, a
-message naming the problem and the right HTTP code, never a 500 or HTML."""
+message naming the problem and the right HTTP code, never a 500 or HTML.
+
+Parsing is tested in-process (`client`: the app's test client on the real
+Redis); what needs workers or the HTTP server stays end to end (`api`).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,18 @@ import pytest
 import requests
 
 from tests import modules
-from tests.support import Api, envelope
+from tests.support import Api, envelope, upload
+
+
+@pytest.fixture()
+def echo(client) -> str:
+    response = upload(client, modules.ECHO, name="echo")
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["cfid"]
 
 
 @pytest.fixture(scope="module")
-def echo(stack) -> str:  # noqa: ANN001 - the session Stack
+def live_echo(stack) -> str:  # noqa: ANN001 - the session Stack
     return Api(stack.url).deploy(modules.ECHO, name="echo")
 
 
@@ -40,11 +51,12 @@ def _with(path: str, value: object) -> str:
     ("input.data", None, "'input.data' must be a string, got null"),
     ("input.location", "s3", "input.location 's3' is not supported"),
 ])
-def test_wrong_types_anywhere_in_the_envelope_answer_400(api: Api, echo: str, path: str,
+@pytest.mark.fast
+def test_wrong_types_anywhere_in_the_envelope_answer_400(client, echo: str, path: str,
                                                          value: object, expected: str) -> None:
-    response = requests.post(f"{api.url}/task/{echo}", data=_with(path, value))
+    response = client.post(f"/task/{echo}", data=_with(path, value))
     assert response.status_code == 400
-    body = response.json()
+    body = response.get_json()
     assert body["statusCode"] == 0 and expected in body["message"], body
 
 
@@ -55,37 +67,39 @@ def test_wrong_types_anywhere_in_the_envelope_answer_400(api: Api, echo: str, pa
     (b"\xff\xfe\x00garbage", "not valid JSON"),
     (b'{"input": {"data": "x"}', "not valid JSON"),
 ])
-def test_bodies_that_break_json_parsers_answer_400(api: Api, echo: str, raw: bytes,
+@pytest.mark.fast
+def test_bodies_that_break_json_parsers_answer_400(client, echo: str, raw: bytes,
                                                    expected: str) -> None:
-    response = requests.post(f"{api.url}/task/{echo}", data=raw)
-    assert response.status_code == 400, response.text[:200]
-    assert response.json()["statusCode"] == 0
-    assert expected in response.json()["message"]
+    response = client.post(f"/task/{echo}", data=raw)
+    assert response.status_code == 400, response.get_data()[:200]
+    assert response.get_json()["statusCode"] == 0
+    assert expected in response.get_json()["message"]
 
 
-def test_errors_are_json_even_for_routes_and_methods_that_do_not_exist(api: Api) -> None:
+@pytest.mark.fast
+def test_errors_are_json_even_for_routes_and_methods_that_do_not_exist(client) -> None:
     for method, path, code in [("GET", "/task/x", 405), ("PATCH", "/functions", 405),
                                ("GET", "/wp-admin.php", 404), ("POST", "/retrieve/x", 405),
                                ("GET", "/file/x", 404)]:
-        response = requests.request(method, f"{api.url}{path}")
+        response = client.open(path, method=method)
         assert response.status_code == code, (method, path)
-        assert response.headers["Content-Type"].startswith("application/json")
-        assert response.json()["statusCode"] == 0 and response.json()["message"]
+        assert response.content_type.startswith("application/json")
+        assert response.get_json()["statusCode"] == 0 and response.get_json()["message"]
 
 
-def test_an_oversized_form_field_is_refused_with_a_message(api: Api) -> None:
-    long_doc = api.upload(modules.ECHO, documentation="d" * 70_000)
+@pytest.mark.fast
+def test_an_oversized_form_field_is_refused_with_a_message(client) -> None:
+    long_doc = upload(client, modules.ECHO, documentation="d" * 70_000)
     assert long_doc.status_code == 400
-    assert "'documentation' is longer than" in long_doc.json()["message"]
-    huge = requests.post(f"{api.url}/functions", files={"file": ("m", modules.ECHO)},
-                         data={"documentation": "d" * 600_000})
-    assert huge.status_code == 413 and huge.json()["statusCode"] == 0
+    assert "'documentation' is longer than" in long_doc.get_json()["message"]
+    huge = upload(client, modules.ECHO, documentation="d" * 600_000)
+    assert huge.status_code == 413 and huge.get_json()["statusCode"] == 0
 
 
-def test_a_failed_request_loses_nothing_already_stored(api: Api, echo: str) -> None:
-    requests.post(f"{api.url}/task/{echo}", data=b"[" * 100_000)
-    requests.put(f"{api.url}/functions/{echo}", files={"file": ("m", b"\0asm junk")})
-    assert api.call(echo, "intact").json()["result"] == "intact"
+def test_a_failed_request_loses_nothing_already_stored(api: Api, live_echo: str) -> None:
+    requests.post(f"{api.url}/task/{live_echo}", data=b"[" * 100_000)
+    requests.put(f"{api.url}/functions/{live_echo}", files={"file": ("m", b"\0asm junk")})
+    assert api.call(live_echo, "intact").json()["result"] == "intact"
 
 
 def test_idle_keep_alive_connections_beyond_the_thread_count_do_not_lock_others_out(

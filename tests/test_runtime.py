@@ -13,6 +13,8 @@ from wasmq.broker.errors import TaskFailed
 from wasmq.broker.limits import Limits
 from wasmq.workers.runtime import Outcome, Runtime
 
+pytestmark = pytest.mark.fast
+
 LEGACY = wasmtime.wat2wasm((Path(__file__).parent / "wasm" / "legacy.wat").read_text())
 LIMITS = Limits(timeout_s=5)
 

@@ -127,24 +127,6 @@ def test_a_module_has_no_files_environment_arguments_sockets_or_stdin(api: Api,
     assert stdin_n == 0
 
 
-def test_upload_limits_are_capped_by_the_server_maximum(api: Api) -> None:
-    response = api.upload(modules.ECHO, timeout_s="3600", max_memory_mb="4",
-                          max_output_mb="0.5", max_input_mb="99")
-    assert response.status_code == 201, response.text
-    assert response.json()["limits"] == {"timeout_s": TIMEOUT_S, "max_memory_mb": 4,
-                                         "max_input_mb": 1, "max_output_mb": 0.5}
-
-
-@pytest.mark.parametrize("fields", [{"timeout_s": "soon"}, {"max_memory_mb": "-1"},
-                                    {"max_output_mb": "nan"}, {"max_memory_mb": "0.01"}])
-def test_upload_refuses_limits_that_are_not_positive_numbers(api: Api,
-                                                             fields: dict[str, str]) -> None:
-    response = api.upload(modules.ECHO, **fields)
-    assert response.status_code == 400
-    assert response.json()["statusCode"] == 0
-    assert next(iter(fields)) in response.json()["message"]
-
-
 def test_an_input_over_the_function_limit_is_refused_with_413(api: Api) -> None:
     cfid = api.deploy(modules.ECHO, max_input_mb="0.25")
     assert api.call(cfid, "y" * (200 * 1024)).json()["statusCode"] == 1

@@ -19,6 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgpack
 import requests
@@ -125,7 +126,7 @@ class Client:
     """Talks to one gateway; `key` is sent as `Authorization: Bearer <key>`."""
 
     def __init__(self, url: str, key: str | None = None, *, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
+        self.url = gateway_url(url)
         self.timeout = timeout
         self.http = requests.Session()
         self.http.headers["User-Agent"] = USER_AGENT
@@ -154,13 +155,19 @@ class Client:
 
     def functions(self) -> list[Function]:
         """Every function, newest first (fetched a page at a time)."""
-        found: list[Function] = []
+        return [Function.from_record(r) for r in self.listing()["functions"]]
+
+    def listing(self) -> dict[str, Any]:
+        """`GET /functions` as the gateway answers it, with every page in one."""
+        records: list[dict[str, Any]] = []
+        first: dict[str, Any] | None = None
         while True:
             page = self._decode(self._request("GET", "/functions",
-                                              params={"offset": len(found), "limit": PAGE}))
-            found += [Function.from_record(r) for r in page["functions"]]
-            if not page["functions"] or len(found) >= page["total"]:
-                return found
+                                              params={"offset": len(records), "limit": PAGE}))
+            first = first or page
+            records += page["functions"]
+            if not page["functions"] or len(records) >= page["total"]:
+                return {**first, "functions": records}
 
     def delete(self, cfid: str) -> None:
         self._request("DELETE", f"/functions/{cfid}")
@@ -245,8 +252,9 @@ class Client:
     def _decode(response: requests.Response) -> dict[str, Any]:
         body = _body(response)
         if body is None:
-            raise errors.ApiError(f"the gateway answered HTTP {response.status_code} with "
-                                  f"a body that is neither JSON nor msgpack",
+            raise errors.ApiError(f"{response.url} answered HTTP {response.status_code} with "
+                                  "a body that is neither JSON nor msgpack, not as a wasmq "
+                                  "gateway does: is the gateway's URL right?",
                                   response.status_code)
         return body
 
@@ -263,8 +271,38 @@ def _body(response: requests.Response) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def gateway_url(url: str) -> str:
+    """The gateway's base URL, or a message saying what is wrong with it."""
+    url = url.strip()
+    if "://" not in url:
+        raise errors.InvalidUrl(f"the gateway URL {url!r} has no scheme: write "
+                                f"http://{url} or https://{url}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise errors.InvalidUrl(f"the gateway URL {url!r} must start with http:// or "
+                                f"https://, not {parts.scheme}://")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise errors.InvalidUrl(f"the gateway URL {url!r} has a port that is not a number "
+                                "from 0 to 65535") from None
+    if not parts.hostname:
+        raise errors.InvalidUrl(f"the gateway URL {url!r} names no host; write one such as "
+                                "http://127.0.0.1:8080")
+    if parts.query or parts.fragment:
+        raise errors.InvalidUrl(f"the gateway URL {url!r} has a query or fragment; give "
+                                "only the gateway's base, such as http://127.0.0.1:8080")
+    return url.rstrip("/")
+
+
 def _api_error(response: requests.Response) -> errors.ApiError:
-    body = _body(response) or {}
+    body = _body(response)
+    if body is None or "statusCode" not in body:  # not a wasmq reply: a wrong URL
+        return errors.for_status(response.status_code)(
+            f"{response.request.method} {response.url.split('?')[0]} answered HTTP "
+            f"{response.status_code} "
+            f"{response.reason}, and not as a wasmq gateway does: is the gateway's URL right?",
+            response.status_code, body)
     message = body.get("message") or f"HTTP {response.status_code} {response.reason}"
     kind = errors.for_status(response.status_code)
     if kind is errors.RateLimited:

@@ -80,6 +80,9 @@ def client_command(fn: Callable[..., int | None]) -> Callable[..., None]:
                           "message": exc.message})
             out.say(f"wasmq: {exc.message}\nfetch it later with: wasmq result {exc.tid}")
             code = PENDING
+        except errors.InvalidUrl as exc:
+            out.say(f"wasmq: --url (or WASMQ_URL): {exc.message}")
+            code = USAGE
         except errors.ClientError as exc:
             out.say(f"wasmq: {exc.message}")
             code = USAGE
@@ -145,10 +148,11 @@ def deploy(client: Client, out: Out, module: Path, name: str | None, documentati
 @client_command
 def list_functions(client: Client, out: Out) -> None:
     """List the endpoints, newest first."""
-    functions = client.functions()
+    listing = client.listing()
     if out.as_json:
-        out.json([fn.record for fn in functions])
+        out.json(listing)
         return
+    functions = [Function.from_record(record) for record in listing["functions"]]
     table = Table("name", "cfid", "size", "created", "example input", box=None,
                   header_style="bold")
     for fn in functions:

@@ -14,6 +14,10 @@ class ClientError(Exception):
         self.message = message
 
 
+class InvalidUrl(ClientError, ValueError):
+    """The gateway's URL cannot be used as given (no http:// or https://, no host)."""
+
+
 class ConnectError(ClientError):
     """The gateway could not be reached or did not answer in time."""
 

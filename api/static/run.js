@@ -87,12 +87,15 @@
 
   function showReply(body, started) {
     show("outcome");
-    const ms = performance.now() - started;
+    const t = body.timings || {};
+    // A finished task's own time, from its record (queued to finished); while it
+    // runs, how long this page has waited (polling would round a finished one up).
+    const ms = body.statusCode !== 5 && t.totalMs != null ? t.totalMs
+      : performance.now() - started;
     $("status-code").textContent = String(body.statusCode);
     $("status-word").textContent = WORDS[body.statusCode] || "";
     $("status-code").className = `code-${body.statusCode}`;
     $("elapsed").textContent = `${ms.toFixed(0)} ms`;
-    const t = body.timings || {};
     $("timings").textContent = t.execMs != null
       ? `(module ran ${t.execMs} ms, queued ${t.queueMs ?? "?"} ms)` : "";
     $("message").textContent = body.message || "";
@@ -151,20 +154,20 @@
       return;
     }
     const { ok, body } = await wasmq.call(`functions/${encodeURIComponent(cfid)}`);
-    if (ok) {
-      show("function");
-      $("fn-name").textContent = body.name;
-      $("fn-doc").textContent = body.documentation || "";
-      $("fn-size").textContent = wasmq.bytes(body.size);
-      document.title = `${body.name} · wasmq`;
-    } else {
+    if (!ok) {  // an unknown cfid (or a private one without a key): only the error
       say(body.message, "error");
+      return;
     }
+    show("function");
+    $("fn-name").textContent = body.name;
+    $("fn-doc").textContent = body.documentation || "";
+    $("fn-size").textContent = wasmq.bytes(body.size);
+    document.title = `${body.name} · wasmq`;
     $("fn-cfid").textContent = cfid;
     $("fn-endpoint").textContent = `POST ${wasmq.api}/task/${cfid}`;
     $("download").href = `file/${encodeURIComponent(cfid)}.wasm`;
     $("download").setAttribute("download", `${cfid}.wasm`);
-    $("input").value = params.get("exin") ?? (ok ? body.exampleinput : "");
+    $("input").value = params.get("exin") ?? body.exampleinput;
     $("wait").value = params.get("wait") ?? "";
     show("run-form");
     show("snippets");
@@ -174,7 +177,8 @@
   $("run-form").addEventListener("submit", run);
   $("input").addEventListener("input", snippets);
   $("wait").addEventListener("input", snippets);
-  document.addEventListener("wasmq:key", snippets);
+  // A key may open a private function that was refused without one.
+  document.addEventListener("wasmq:key", () => ($("function").hidden ? init() : snippets()));
   for (const button of document.querySelectorAll("button.copy")) {
     button.addEventListener("click", async () => {
       const text = $(button.dataset.for).textContent;

@@ -7,6 +7,14 @@
   const out = document.getElementById("upload-result");
   const button = document.getElementById("submit");
   const { el } = wasmq;
+  const file = document.getElementById("file");
+  const name = document.getElementById("name");
+
+  // Left empty, the server names the function after the file, as `wasmq deploy` does.
+  file.addEventListener("change", () => {
+    const chosen = file.files[0];
+    name.placeholder = chosen ? chosen.name.replace(/\.wasm$/i, "") : "the file's name";
+  });
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();

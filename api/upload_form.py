@@ -1,0 +1,86 @@
+"""Reading the upload form of `POST /functions` and `PUT /functions/<cfid>`.
+
+The form's field names and their parsing belong to HTTP, so they live here;
+broker/limits.py only knows the limits themselves and how a function's own
+ones narrow the server's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import fields
+
+from flask import request
+
+from wasmq.broker.errors import BadRequest, TooLarge
+from wasmq.broker.limits import PAGE_MB, Limits
+from wasmq.broker.settings import MB, Settings
+
+# The form fields a function asks for its own limits with: the fields of Limits.
+LIMIT_FIELDS = tuple(f.name for f in fields(Limits))  # in the order of Limits
+TEXT_LIMIT = 64 * 1024
+NAME_LIMIT = 200
+
+
+def uploaded_file(settings: Settings) -> bytes:
+    """The uploaded file's bytes, within the module size limit; the build step
+    (toolchain/build.py) decides what they are."""
+    upload = request.files.get("file")
+    if upload is None:
+        raise BadRequest("send the module as a multipart form field named 'file'")
+    wasm = upload.read(settings.max_module_mb * MB + 1)
+    if len(wasm) > settings.max_module_mb * MB:
+        raise TooLarge(f"module is larger than the limit of {settings.max_module_mb} MB")
+    if not wasm:
+        raise BadRequest("the uploaded file is empty")
+    return wasm
+
+
+def text_field(name: str, limit: int = TEXT_LIMIT) -> str:
+    value = request.form.get(name, "")
+    if len(value) > limit:
+        raise BadRequest(f"form field '{name}' is longer than {limit} characters")
+    return value
+
+
+def function_name() -> str:
+    """The `name` field, or the uploaded file's name without `.wasm`, as `wasmq deploy` does."""
+    name = text_field("name", NAME_LIMIT).strip()
+    if name:
+        return name
+    upload = request.files.get("file")
+    filename = os.path.basename((upload.filename or "") if upload else "")
+    return os.path.splitext(filename)[0][:NAME_LIMIT]
+
+
+def requested_limits(settings: Settings) -> dict[str, float] | None:
+    """The form's limit fields capped at the server's; None when none were sent."""
+    if not any(name in request.form for name in LIMIT_FIELDS):
+        return None
+    return parse_limits(request.form, Limits.from_settings(settings))
+
+
+def parse_limits(form: Mapping[str, str], server: Limits) -> dict[str, float]:
+    """The limits a form asks for, each capped at the server's.
+
+    A value above the server's maximum is lowered to it, so one upload works
+    on servers configured differently; the record shows what holds.
+    """
+    out: dict[str, float] = {}
+    for name in LIMIT_FIELDS:
+        raw = form.get(name)
+        if raw is None or str(raw).strip() == "":
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise BadRequest(f"{name}={raw!r} is not a number") from None
+        if not math.isfinite(value) or value <= 0:
+            raise BadRequest(f"{name} must be a positive number, got {raw!r}")
+        if name == "max_memory_mb" and value < PAGE_MB:
+            raise BadRequest(f"max_memory_mb must be at least one 64 KiB page "
+                             f"({PAGE_MB:g}), got {raw!r}")
+        out[name] = min(value, getattr(server, name))
+    return out
