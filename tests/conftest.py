@@ -6,18 +6,14 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support import ROOT, Api, child_env, start_redis, wait_until
-from wasmq.broker.redis_server import free_port
-from wasmq.localstack import Stack, start_stack
+from tests.localstack import Stack, start_stack
+from tests.support import Api, start_redis, start_up
 
 
 @pytest.fixture(scope="session")
@@ -43,26 +39,9 @@ def api(stack: Stack) -> Api:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One live `wasmq up` (embedded Redis, its own data dir) for the client and
     CLI tests, started the way a user starts it; yields its URL."""
-    workdir = tmp_path_factory.mktemp("up")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = workdir / "up.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "wasmq", "up", "--port", str(port),
-                                 "--workers", "1", "--data-dir", str(workdir / "data")],
-                                cwd=ROOT, env=child_env(), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(lambda: f"wasmq is up at {url}" in log.read_text(), timeout=60,
-                   what="wasmq up")
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    running = start_up(tmp_path_factory.mktemp("up"))
+    yield running.url
+    running.stop()
 
 
 CHROMIUM = "/usr/bin/chromium"

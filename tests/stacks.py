@@ -13,13 +13,12 @@ from pathlib import Path
 
 import psutil
 import redis
-import requests
 
-from tests.support import Api, Proc, child_env, start_redis, wait_until, wasmq
+from tests.localstack import start_gateway, start_worker
+from tests.support import Api, Child, child_env, start_redis
 from wasmq.broker import keys
 from wasmq.broker.records import parse_wakeup
 from wasmq.broker.redis_server import free_port
-from wasmq.localstack import start_worker
 
 
 @dataclass
@@ -27,10 +26,10 @@ class PrivateStack:
     workdir: Path
     env: dict[str, str]
     redis_port: int
-    redis_proc: Proc
-    gateway: Proc | None = None
+    redis_proc: Child
+    gateway: Child | None = None
     gateway_port: int = 0
-    workers: dict[str, Proc] = field(default_factory=dict)
+    workers: dict[str, Child] = field(default_factory=dict)
 
     @classmethod
     def start(cls, workdir: Path, **env: str) -> "PrivateStack":
@@ -55,13 +54,10 @@ class PrivateStack:
         return redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
 
     def start_gateway(self) -> None:
-        self.gateway_port = free_port()
-        self.gateway = wasmq(["gateway", "--port", str(self.gateway_port)], self.env,
-                             self.workdir / "gateway.log")
-        wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok,
-                   what="gateway")
+        self.gateway, url = start_gateway(self.env, self.workdir / "gateway.log")
+        self.gateway_port = int(url.rsplit(":", 1)[1])
 
-    def start_worker(self, name: str, concurrency: int = 2) -> Proc:
+    def start_worker(self, name: str, concurrency: int = 2) -> Child:
         """A node named `name`, returned once it consumes and its processes are warm."""
         proc = start_worker(self.env, self.workdir / f"worker-{name}.log", concurrency,
                             f"{name}@%h")
@@ -83,7 +79,7 @@ class PrivateStack:
         self.redis_proc.stop()
 
 
-def pool_pids(worker: Proc) -> set[int]:
+def pool_pids(worker: Child) -> set[int]:
     """The pids of a worker node's pool processes (the ones that run tasks)."""
     try:
         return {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}

@@ -1,4 +1,4 @@
-"""What tests share: the real-process helpers (from wasmq.localstack) and a tiny HTTP helper."""
+"""What tests share: the real-process helpers (from tests/localstack.py) and a tiny HTTP helper."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from typing import Any
 
 import requests
 
-from wasmq.localstack import (  # noqa: F401 - re-exported for the tests
+from tests.localstack import (  # noqa: F401 - re-exported for the tests
     ROOT,
-    Proc,
     child_env,
+    spawn,
     start_redis,
+    start_up,
     wait_until,
     wasmq,
 )
+from wasmq.process import Child  # noqa: F401 - re-exported for the tests
 
 INTSUM = ROOT / "examples" / "intsum" / "intsum.wasm"
 TUTORIAL_INPUT = '{"input": [[1,2,3,4,5,6,7,8,9,10]]}'

@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from tests import modules
+from tests.localstack import Stack, start_stack
 from tests.support import Api, wait_until
 from wasmq.broker.records import Status, TaskRecord, TaskRecords, new_tid
 from wasmq.broker.settings import Settings
-from wasmq.localstack import Stack, start_stack
 
 
 @pytest.fixture()

@@ -11,16 +11,32 @@ because a request waiting for its task blocks in `threading.Event.wait`.
 from __future__ import annotations
 
 import logging
+import os
 
+from flask import Flask
 from granian import Granian
 from granian.constants import Interfaces
 from granian.http import HTTP1Settings
 
 from wasmq.broker.logs import setup_logging
 from wasmq.broker.settings import Settings
+from wasmq.instance import claim_port
+from wasmq.process import die_with_parent
 
 # A factory: every server process builds its own app from the WASMQ_* environment.
-APP = "wasmq.api.app:create_app"
+APP = "wasmq.gateway:create_app"
+
+
+def create_app() -> Flask:
+    """The app of one server process, which must not outlive the gateway's main
+    process: killed alone, the main process would leave it serving the port."""
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the main process died before we asked to follow it
+        os._exit(1)
+    from wasmq.api.app import create_app as build
+
+    return build()
 
 
 class _ThreadCountNotice(logging.Filter):
@@ -46,6 +62,8 @@ KEEPALIVE_MS = 5000
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
+    """Serve until stopped; `InUse` before anything starts if the port is taken."""
+    port_lock = claim_port(host, port)  # held until this process exits
     setup_logging(settings.log_format)  # before the fork: every process inherits it
     Granian(APP, factory=True, address=host, port=port, interface=Interfaces.WSGI,
             workers=settings.gateway_processes, blocking_threads=settings.gateway_threads,
@@ -54,3 +72,4 @@ def serve(settings: Settings, host: str, port: int) -> None:
             respawn_failed_workers=True,
             respawn_interval=0.5, workers_kill_timeout=10, log_level="warning",
             log_dictconfig=LOG_CONFIG, log_access=False).serve()
+    port_lock.release()
