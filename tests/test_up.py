@@ -55,7 +55,13 @@ def test_wasmq_up_serves_the_tutorial_says_where_it_logs_and_stops_cleanly(
         assert f"workers: {up.data_dir / 'worker.log'}" in banner
         assert f"Redis {up.data_dir / 'redis.log'}" in banner
         assert "gateway: this terminal" in banner
-        assert "wasmq up" not in (up.data_dir / "worker.log").read_text()  # it is the worker's
+        # Text logs (wasmq up's default): a tid only on lines about a task, once.
+        tid = api.call(cfid, "[1,1]").json()["tid"]
+        logs = (up.data_dir / "worker.log").read_text() + up.output()
+        assert "ready" in logs
+        for line in logs.splitlines():
+            assert not line.rstrip().endswith("tid="), line
+            assert line.count(tid) <= 1, line
         assert up.stop() == 0
         assert wait_until(lambda: gone(procs), timeout=10, what="every child gone")
         with pytest.raises(requests.ConnectionError):
