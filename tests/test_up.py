@@ -62,6 +62,9 @@ def test_wasmq_up_serves_the_tutorial_says_where_it_logs_and_stops_cleanly(
         for line in logs.splitlines():
             assert not line.rstrip().endswith("tid="), line
             assert line.count(tid) <= 1, line
+        # `wasmq purge` finds this instance's Redis through its data directory.
+        purged = wasmq_cli("purge", "--data-dir", str(up.data_dir))
+        assert purged.stdout.startswith("cancelled 0 queued tasks"), purged.stderr
         assert up.stop() == 0
         assert wait_until(lambda: gone(procs), timeout=10, what="every child gone")
         with pytest.raises(requests.ConnectionError):

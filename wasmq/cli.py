@@ -7,12 +7,16 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from wasmq.broker.errors import ConfigError
 from wasmq.broker.settings import Settings, available_cores
 from wasmq.commands import register as register_client_commands
+
+if TYPE_CHECKING:
+    from wasmq.broker.protocol.purge import Purger
 
 
 def _settings() -> Settings:
@@ -116,6 +120,69 @@ def worker(concurrency: int | None, name: str, heartbeat_file: Path | None,
     app.worker_main(["worker", "--loglevel", "INFO", "-Q", settings.queue,
                      "--concurrency", str(concurrency or available_cores()),
                      "-n", name, "-E", "--without-mingle"])
+
+
+DATA_DIR_HELP = ("The data directory of the running `wasmq up` whose Redis to use when "
+                 "WASMQ_REDIS_URL is not set [default: $WASMQ_DATA_DIR or ./wasmq-data].")
+
+
+def _purger(data_dir: Path | None) -> Purger:
+    """A Purger on WASMQ_REDIS_URL, or else on the Redis of the `wasmq up` running
+    on `data_dir` (its lock file names it)."""
+    import redis
+
+    from wasmq.broker.protocol.purge import Purger
+    from wasmq.instance import read_instance
+
+    settings = _settings()
+    url = os.environ.get("WASMQ_REDIS_URL")
+    if not url:
+        folder = (data_dir or Path(settings.data_dir or "wasmq-data")).resolve()
+        running = read_instance(folder)
+        if running is None:
+            _refuse(f"no Redis to purge: set WASMQ_REDIS_URL, or give the --data-dir of a "
+                    f"running wasmq up (none runs on {folder})")
+        url = running.redis_url
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        _refuse(f"cannot reach Redis at {url}: {exc}")
+    return Purger(client, queue=settings.queue, ttl=settings.result_ttl)
+
+
+@main.command()
+@click.option("--function", "cfid", default="", help="Only the tasks of this cfid.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=DATA_DIR_HELP)
+def purge(cfid: str, data_dir: Path | None) -> None:
+    """Cancel every queued task (of one function with --function).
+
+    Their messages leave the queue, and their records answer statusCode 0
+    "cancelled". Tasks already running are not touched."""
+    done = _purger(data_dir).purge(cfid)
+    scope = f" of {cfid}" if cfid else ""
+    click.echo(f"cancelled {done.tasks} queued task{'s' * (done.tasks != 1)}{scope} "
+               f"({done.messages} queue message{'s' * (done.messages != 1)} removed)")
+
+
+@main.command()
+@click.argument("tid")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=DATA_DIR_HELP)
+def cancel(tid: str, data_dir: Path | None) -> None:
+    """Cancel task TID if it is still queued (a running task cannot be stopped)."""
+    outcome = _purger(data_dir).cancel(tid)
+    if outcome.cancelled:
+        click.echo(f"cancelled {tid}")
+    elif outcome.status is None:
+        raise click.ClickException(f"no task {tid} (unknown, or expired)")
+    elif outcome.status == "running":
+        raise click.ClickException(
+            f"task {tid} is already running on {outcome.node or 'a worker'} and cannot be "
+            f"stopped; it ends by itself or at its time limit")
+    else:
+        raise click.ClickException(f"task {tid} has already {outcome.status}")
 
 
 @main.command()
