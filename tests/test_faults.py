@@ -10,7 +10,6 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -19,7 +18,7 @@ import requests
 
 from tests import modules
 from tests.stacks import DoneWatcher, PrivateStack, node_pid, pool_pids, statuses
-from tests.support import INTSUM, Api, start_up, wait_until, wasmq
+from tests.support import INTSUM, Api, start_up, submit_all, wait_until, wasmq
 from wasmq.broker import keys
 from wasmq.broker.connections import SOCKET_TIMEOUT
 from wasmq.broker.redis_server import free_port
@@ -41,16 +40,6 @@ def private(tmp_path: Path) -> Iterator[Callable[..., PrivateStack]]:
         s.stop()
     for log in sorted(tmp_path.glob("*.log")):  # shown by pytest if the test failed
         print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
-    def one(data: str) -> str:
-        response = api.call(cfid, data, wait=0)
-        assert response.status_code == 202, response.text
-        return response.json()["tid"]
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, inputs))
 
 
 def test_a_killed_worker_process_reruns_its_task_and_nothing_is_lost_or_doubled(

@@ -14,7 +14,7 @@ import requests
 
 from tests import modules
 from tests.stacks import PrivateStack
-from tests.support import INTSUM, ROOT, Api, child_env, wait_until
+from tests.support import INTSUM, ROOT, child_env, submit_all, wait_until
 from wasmq.broker import keys
 from wasmq.broker.clock import now
 from wasmq.broker.records import TaskRecords
@@ -28,16 +28,6 @@ def idle(tmp_path: Path) -> Iterator[PrivateStack]:
     stack.stop()
 
 
-def submit(api: Api, cfid: str, inputs: list[str]) -> list[str]:
-    def one(data: str) -> str:
-        response = api.call(cfid, data, wait=0)
-        assert response.status_code == 202, response.text
-        return response.json()["tid"]
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, inputs))
-
-
 def cli(stack: PrivateStack, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "wasmq", *args], cwd=ROOT,
                           env=child_env(WASMQ_REDIS_URL=stack.redis_url),
@@ -49,8 +39,8 @@ def test_purge_of_one_function_cancels_its_queued_tasks_and_leaves_the_others(
     api, client = idle.api(), idle.client()
     flood = api.deploy(INTSUM.read_bytes(), name="flood")
     other = api.deploy(modules.SLOW, name="other")
-    flooded = submit(api, flood, [f"[{i},1]" for i in range(300)])
-    kept = submit(api, other, [f"10 kept {i}" for i in range(20)])
+    flooded = submit_all(api, flood, [f"[{i},1]" for i in range(300)])
+    kept = submit_all(api, other, [f"10 kept {i}" for i in range(20)])
     assert client.llen("wasmq") == 320
     with ThreadPoolExecutor(max_workers=1) as pool:
         waiting = pool.submit(api.call, flood, "[5,5]", 30)  # a caller waiting for its answer
@@ -62,7 +52,8 @@ def test_purge_of_one_function_cancels_its_queued_tasks_and_leaves_the_others(
         answer = waiting.result(timeout=30)
         assert time.monotonic() - started < 10  # woken, not waiting out its 30 s
     body = answer.json()
-    assert (answer.status_code, body["statusCode"], body["message"]) == (200, 0, "Task failed: cancelled")
+    cancelled = (200, 0, "Task failed: cancelled")
+    assert (answer.status_code, body["statusCode"], body["message"]) == cancelled
     for tid in flooded[::50]:
         body = api.retrieve(tid).json()
         assert (body["statusCode"], body["message"]) == (0, "Task failed: cancelled"), body
@@ -86,7 +77,7 @@ def test_cancel_takes_one_queued_task_and_says_why_it_cannot_take_others(
         idle: PrivateStack) -> None:
     api, client = idle.api(), idle.client()
     slow = api.deploy(modules.SLOW, name="slow")
-    first, second = submit(api, slow, ["10 first", "10 second"])
+    first, second = submit_all(api, slow, ["10 first", "10 second"])
     result = cli(idle, "cancel", second)
     assert result.returncode == 0 and f"cancelled {second}" in result.stdout, result.stderr
     assert client.llen("wasmq") == 1
