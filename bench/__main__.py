@@ -19,8 +19,8 @@ from bench import inprocess, modules, report
 from bench.floor import Floor
 from bench.load import BENCH_ENV, Client, closed_loop, request_bytes
 from bench.stats import loadavg, machine, median_ms, ms, percentile
+from tests.localstack import Stack, start_redis, start_stack
 from tests.support import Api, envelope
-from wasmq.localstack import Stack, start_redis, start_stack
 
 RESULTS = Path(__file__).with_name("results.json")
 MB4 = 4 * 1024 * 1024

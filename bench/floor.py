@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from bench.floor_app import QUEUE, make_floor_app
+from tests.localstack import child_env, spawn, wait_until
 from wasmq.broker.settings import Settings
-from wasmq.localstack import Proc, child_env, wait_until
 
 
 class Floor:
@@ -19,8 +19,8 @@ class Floor:
         argv = [sys.executable, "-m", "celery", "-A", "bench.floor_app", "worker",
                 "-Q", self.queue, "--concurrency", "2", "--loglevel", "WARNING",
                 "--without-mingle", "-n", f"{self.queue}@%h"] + (["-E"] if events else [])
-        self.worker = Proc(argv, child_env(WASMQ_REDIS_URL=redis_url),
-                           workdir / f"{self.queue}.log")
+        self.worker = spawn(argv, child_env(WASMQ_REDIS_URL=redis_url),
+                            workdir / f"{self.queue}.log")
         self.app = make_floor_app(Settings(redis_url=redis_url))
         self.noop = self.app.tasks["bench.noop"]
         wait_until(lambda: self._call(0, timeout=1) == 0, timeout=60, what="floor worker")

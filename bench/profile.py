@@ -19,8 +19,8 @@ from pathlib import Path
 from bench import modules
 from bench.__main__ import call_bytes
 from bench.load import BENCH_ENV, Client, closed_loop
+from tests.localstack import start_redis, start_stack
 from tests.support import Api
-from wasmq.localstack import start_redis, start_stack
 
 
 def record(pid: int, seconds: float, out: Path, gil: bool) -> subprocess.Popen:

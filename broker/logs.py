@@ -19,7 +19,7 @@ from pythonjsonlogger.json import JsonFormatter
 TID: ContextVar[str] = ContextVar("wasmq_tid", default="")
 
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
-TEXT_FORMAT = "[%(asctime)s %(levelname)s %(name)s %(process)d] %(message)s tid=%(tid)s"
+TEXT_FORMAT = "[%(asctime)s %(levelname)s %(name)s %(process)d] %(message)s"
 
 
 def bind_tid(tid: str) -> None:
@@ -41,13 +41,25 @@ class TidFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """Plain lines that end in ` tid=<tid>` when they are about a task and do not
+    name it already (Celery's own lines say `wasmq.run[<tid>]`, ours `tid=...`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        tid = getattr(record, "tid", "")
+        if tid and tid not in record.getMessage():
+            line = f"{line} tid={tid}"
+        return line
+
+
 def setup_logging(fmt: str = "json", level: int | str = logging.INFO,
                   stream: TextIO | None = None) -> None:
     """Configure the root logger of this process (children forked later inherit it)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(TidFilter())
     if fmt == "text":
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
     else:
         handler.setFormatter(JsonFormatter(
             JSON_FIELDS, rename_fields={"asctime": "time", "levelname": "level",

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import redis
 
+from tests.localstack import Stack, start_stack
 from tests.stacks import private  # noqa: F401 - a fixture: private stacks for fault tests
-from tests.support import Api, child_env, run_up, serve, start_redis
+from tests.support import Api, serve, start_redis, start_up
 from wasmq.api.app import create_app
 from wasmq.broker.settings import Settings
-from wasmq.localstack import Stack, start_stack
 
 # The in-process app's queue: no worker reads it, so what a request queued
 # stays there for the test to look at.
@@ -87,8 +87,9 @@ def live_app(app: Any) -> Iterator[str]:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One live `wasmq up` (embedded Redis, its own data dir) for the client and
     CLI tests, started the way a user starts it; yields its URL."""
-    with run_up(tmp_path_factory.mktemp("up"), child_env()) as url:
-        yield url
+    running = start_up(tmp_path_factory.mktemp("up"))
+    yield running.url
+    running.stop()
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -9,20 +9,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
 import redis
-import requests
 
-from tests.support import Api, Proc, child_env, start_redis, wait_until, wasmq
+from tests.localstack import start_gateway, start_worker
+from tests.support import Api, Child, child_env, start_redis
 from wasmq.broker import keys
 from wasmq.broker.protocol.wakeup import parse_wakeup
 from wasmq.broker.redis_server import free_port
-from wasmq.localstack import start_worker
 
 
 @dataclass
@@ -30,10 +28,10 @@ class PrivateStack:
     workdir: Path
     env: dict[str, str]
     redis_port: int
-    redis_proc: Proc
-    gateway: Proc | None = None
+    redis_proc: Child
+    gateway: Child | None = None
     gateway_port: int = 0
-    workers: dict[str, Proc] = field(default_factory=dict)
+    workers: dict[str, Child] = field(default_factory=dict)
 
     @classmethod
     def start(cls, workdir: Path, **env: str) -> "PrivateStack":
@@ -58,13 +56,10 @@ class PrivateStack:
         return redis.Redis.from_url(self.redis_url, socket_connect_timeout=1)
 
     def start_gateway(self) -> None:
-        self.gateway_port = free_port()
-        self.gateway = wasmq(["gateway", "--port", str(self.gateway_port)], self.env,
-                             self.workdir / "gateway.log")
-        wait_until(lambda: requests.get(f"{self.url}/healthz", timeout=1).ok,
-                   what="gateway")
+        self.gateway, url = start_gateway(self.env, self.workdir / "gateway.log")
+        self.gateway_port = int(url.rsplit(":", 1)[1])
 
-    def start_worker(self, name: str, concurrency: int = 2) -> Proc:
+    def start_worker(self, name: str, concurrency: int = 2) -> Child:
         """A node named `name`, returned once it consumes and its processes are warm."""
         proc = start_worker(self.env, self.workdir / f"worker-{name}.log", concurrency,
                             f"{name}@%h")
@@ -86,7 +81,7 @@ class PrivateStack:
         self.redis_proc.stop()
 
 
-def pool_pids(worker: Proc) -> set[int]:
+def pool_pids(worker: Child) -> set[int]:
     """The pids of a worker node's pool processes (the ones that run tasks)."""
     try:
         return {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}
@@ -158,16 +153,6 @@ def private(tmp_path: Path) -> Iterator[Callable[..., PrivateStack]]:
     for log in sorted(tmp_path.glob("*.log")):  # shown by pytest if the test failed
         print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
 
-
-def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
-    """Submit each input without waiting; the tids, in order."""
-    def one(data: str) -> str:
-        response = api.call(cfid, data, wait=0)
-        assert response.status_code == 202, response.text
-        return response.json()["tid"]
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, inputs))
 
 
 def assert_echoed(api: Api, tids: list[str], inputs: list[str]) -> None:

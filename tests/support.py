@@ -1,17 +1,13 @@
-"""What tests share: the real-process helpers (from wasmq.localstack) and a tiny HTTP helper."""
+"""What tests share: the real-process helpers (from tests/localstack.py) and a tiny HTTP helper."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import requests
@@ -20,14 +16,16 @@ from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
-from wasmq.localstack import (  # noqa: F401 - re-exported for the tests
+from tests.localstack import (  # noqa: F401 - re-exported for the tests
     ROOT,
-    Proc,
     child_env,
+    spawn,
     start_redis,
+    start_up,
     wait_until,
     wasmq,
 )
+from wasmq.process import Child  # noqa: F401 - re-exported for the tests
 
 INTSUM = ROOT / "examples" / "intsum" / "intsum.wasm"
 TUTORIAL_INPUT = '{"input": [[1,2,3,4,5,6,7,8,9,10]]}'
@@ -137,28 +135,12 @@ class PeakRss:
         self.peak = max(self.peak, self._rss())
 
 
-@contextmanager
-def run_up(workdir: Path, env: dict[str, str]) -> Iterator[str]:
-    """A live `wasmq up` (embedded Redis, its own data dir under `workdir`, output in
-    `workdir/up.log`), started the way a user starts it; yields its URL."""
-    from wasmq.broker.redis_server import free_port
+def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
+    """Submit every input at once (wait=0), 8 at a time; their tids, in order."""
+    def one(data: str) -> str:
+        response = api.call(cfid, data, wait=0)
+        assert response.status_code == 202, response.text
+        return response.json()["tid"]
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = workdir / "up.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "wasmq", "up", "--port", str(port),
-                                 "--workers", "1", "--data-dir", str(workdir / "data")],
-                                cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(lambda: f"wasmq is up at {url}" in log.read_text(), timeout=60,
-                   what="wasmq up")
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, inputs))

@@ -17,9 +17,10 @@ import redis
 import requests
 
 from tests import modules
+from tests.localstack import worker_ready
 from tests.netlab import NETNS, Lab
 from tests.stacks import DoneWatcher, node_pid, pool_pids, statuses
-from tests.support import INTSUM, Api, Proc, child_env, wait_until
+from tests.support import INTSUM, Api, Child, child_env, spawn, wait_until
 from wasmq.broker.redis_server import free_port, redis_command
 from wasmq.broker.settings import Settings
 
@@ -43,7 +44,7 @@ def lab() -> Iterator[Lab]:
 
 def test_500_tasks_on_three_nodes_survive_losing_one(lab: Lab, tmp_path: Path) -> None:
     print(f"\nhosts: {lab.describe()}")
-    procs: list[Proc] = []
+    procs: list[Child] = []
     try:
         _run_cluster(lab, tmp_path, procs)
     finally:
@@ -53,7 +54,7 @@ def test_500_tasks_on_three_nodes_survive_losing_one(lab: Lab, tmp_path: Path) -
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}")
 
 
-def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Proc]) -> None:
+def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Child]) -> None:
     netns = lab.mode == NETNS
     redis_host, gateway_host = lab.hosts["redis"], lab.hosts["gateway"]
     redis_port = 6379 if netns else free_port(redis_host.address)
@@ -63,8 +64,8 @@ def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Proc]) -> None:
                     WASMQ_MAX_INFLIGHT="100000")  # 500 tasks from one client
     python = [sys.executable, "-m", "wasmq"]
 
-    def start(host: str, argv: list[str], log: str) -> Proc:
-        procs.append(Proc(lab.hosts[host].argv(argv), env, tmp_path / log))
+    def start(host: str, argv: list[str], log: str) -> Child:
+        procs.append(spawn(lab.hosts[host].argv(argv), env, tmp_path / log))
         return procs[-1]
 
     (tmp_path / "redis").mkdir()
@@ -74,13 +75,15 @@ def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Proc]) -> None:
     wait_until(client.ping, what="redis on its host")
     start("gateway", python + ["gateway", "--host", gateway_host.address, "--port",
                                str(gateway_port)], "gateway.log")
-    nodes = {n: start(n, python + ["worker", "--concurrency", "2", "--name", f"{n}@%h"],
+    nodes = {n: start(n, python + ["worker", "--concurrency", "2", "--name", f"{n}@%h",
+                                   "--ready-file", str(tmp_path / f"{n}.ready")],
                       f"{n}.log") for n in NODES}
     api = Api(f"http://{gateway_host.address}:{gateway_port}")
     wait_until(lambda: requests.get(f"{api.url}/healthz", timeout=1).ok, timeout=60,
                what="gateway on its host")
     for name, proc in nodes.items():
-        wait_until(lambda p=proc: "ready." in p.output(), timeout=60, what=f"{name} ready")
+        wait_until(lambda p=proc, n=name: worker_ready(p, tmp_path / f"{n}.ready", 2),
+                   timeout=60, what=f"{name} ready")
     pools = {name: pool_pids(proc) for name, proc in nodes.items()}
 
     def node_of(record_node: str) -> str:

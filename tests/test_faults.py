@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,14 +15,8 @@ import psutil
 import requests
 
 from tests import modules
-from tests.stacks import (
-    DoneWatcher,
-    node_pid,
-    pool_pids,
-    statuses,
-    submit_all,
-)
-from tests.support import INTSUM, ROOT, Api, child_env, wait_until, wasmq
+from tests.stacks import DoneWatcher, node_pid, pool_pids, statuses
+from tests.support import INTSUM, Api, start_up, submit_all, wait_until, wasmq
 from wasmq.broker import keys
 from wasmq.broker.connections import SOCKET_TIMEOUT
 from wasmq.broker.redis_server import free_port
@@ -111,16 +103,9 @@ def test_a_killed_node_s_tasks_finish_on_another_node_within_the_visibility_time
 
 def test_redis_killed_under_wasmq_up_is_restarted_with_functions_results_and_queue(
         tmp_path: Path) -> None:
-    port = free_port()
-    log = tmp_path / "up.log"
-    with open(log, "wb") as out:
-        up = subprocess.Popen([sys.executable, "-m", "wasmq", "up", "--port", str(port),
-                               "--workers", "1", "--data-dir", str(tmp_path / "data")],
-                              cwd=ROOT, env=child_env(WASMQ_TASK_TIMEOUT=SHORT_TIMEOUT),
-                              stdout=out, stderr=subprocess.STDOUT)
+    up = start_up(tmp_path, WASMQ_TASK_TIMEOUT=SHORT_TIMEOUT)
     try:
-        api = Api(f"http://127.0.0.1:{port}")
-        wait_until(lambda: "wasmq is up" in log.read_text(), timeout=60, what="wasmq up")
+        api = Api(up.url)
         intsum = api.deploy(INTSUM.read_bytes(), name="intsum")
         slow = api.deploy(modules.SLOW, name="slow")
         done = api.call(intsum, "[20,22]").json()
@@ -130,7 +115,7 @@ def test_redis_killed_under_wasmq_up_is_restarted_with_functions_results_and_que
         time.sleep(1.5)  # appendfsync everysec: what is older than a second is on disk
 
         def redis_child() -> psutil.Process:
-            return next(p for p in psutil.Process(up.pid).children()
+            return next(p for p in psutil.Process(up.proc.pid).children()
                         if "redis-server" in " ".join(p.cmdline()))
 
         old = redis_child()
@@ -144,13 +129,9 @@ def test_redis_killed_under_wasmq_up_is_restarted_with_functions_results_and_que
             assert api.poll(tid, timeout=60)["result"] == f'{{"output": [{i + 1}]}}'
         assert api.poll(running, timeout=60)["result"] == "1500 running"
         assert api.call(intsum, "[1,1]").json()["result"] == '{"output": [2]}'
-        assert "redis exited" in log.read_text()
+        assert "redis exited" in up.output()
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(40)
-        except subprocess.TimeoutExpired:
-            up.kill()
+        up.stop()
 
 
 def test_task_ids_handed_out_before_a_gateway_restart_stay_retrievable(stack,

@@ -10,13 +10,13 @@ import pytest
 import redis
 
 from tests import modules
+from tests.localstack import Stack, start_stack
 from tests.support import Api, wait_until
 from wasmq.broker import keys
 from wasmq.broker.protocol.messages import Job
 from wasmq.broker.protocol.queue import Admission, NewTask, TaskQueue
 from wasmq.broker.protocol.record import Status, TaskRecord, new_tid
 from wasmq.broker.settings import Settings
-from wasmq.localstack import Stack, start_stack
 
 
 @pytest.fixture()

@@ -10,13 +10,13 @@ import pytest
 import redis
 
 from tests import modules
+from tests.localstack import Stack
 from tests.modules import variant
 from tests.support import Api, wait_until
 from wasmq.broker import abi, keys
 from wasmq.broker.artifacts import Artifacts, Uploaded
 from wasmq.broker.limits import Limits
 from wasmq.broker.store import RedisStore
-from wasmq.localstack import Stack
 from wasmq.workers.prefetch import Prefetcher
 from wasmq.workers.runtime import Runtime
 

@@ -5,7 +5,6 @@ loses nothing already stored; a result a worker cannot store is not lost either.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import redis
 import requests
 
 from tests import modules
-from tests.support import Api, child_env, run_up
+from tests.support import Api, start_up
+from wasmq.instance import read_instance
 
 MAXMEMORY_MB = 24
 CHUNK = "z" * (1024 * 1024)  # 1 MB inputs, echoed: 1 MB results kept for a day
@@ -23,10 +23,12 @@ CHUNK = "z" * (1024 * 1024)  # 1 MB inputs, echoed: 1 MB results kept for a day
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, redis.Redis, Path]]:
     workdir = tmp_path_factory.mktemp("full")
-    env = child_env(WASMQ_REDIS_MAXMEMORY_MB=str(MAXMEMORY_MB), WASMQ_TASK_TIMEOUT="2")
-    with run_up(workdir, env) as url:
-        redis_url = re.search(r"Redis (redis://\S+)", (workdir / "up.log").read_text()).group(1)
-        yield Api(url), redis.Redis.from_url(redis_url), workdir
+    up = start_up(workdir, WASMQ_REDIS_MAXMEMORY_MB=str(MAXMEMORY_MB), WASMQ_TASK_TIMEOUT="2")
+    try:
+        redis_url = read_instance(up.data_dir).redis_url
+        yield Api(up.url), redis.Redis.from_url(redis_url), workdir
+    finally:
+        up.stop()
 
 
 def test_the_embedded_redis_has_a_memory_limit_and_never_evicts(small) -> None:

@@ -9,6 +9,8 @@ no thread, and each caller gets a bounded share of the threads that run Flask.
 from __future__ import annotations
 
 import logging
+import os
+from typing import TYPE_CHECKING
 
 from granian import Granian
 from granian.constants import Interfaces
@@ -16,9 +18,27 @@ from granian.http import HTTP1Settings
 
 from wasmq.broker.logs import setup_logging
 from wasmq.broker.settings import Settings
+from wasmq.instance import claim_port
+from wasmq.process import die_with_parent
+
+if TYPE_CHECKING:
+    from wasmq.api.front import Front
 
 # A factory: every server process builds its own app from the WASMQ_* environment.
-APP = "wasmq.api.front:create_front"
+APP = "wasmq.gateway:create_app"
+
+
+def create_app() -> Front:
+    """The app of one server process (the ASGI front and its Flask app), which must
+    not outlive the gateway's main process: killed alone, the main process would
+    leave it serving the port."""
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # the main process died before we asked to follow it
+        os._exit(1)
+    from wasmq.api.front import create_front
+
+    return create_front()
 
 
 class _ThreadCountNotice(logging.Filter):
@@ -49,6 +69,8 @@ KEEPALIVE_MS = 5000
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
+    """Serve until stopped; `InUse` before anything starts if the port is taken."""
+    port_lock = claim_port(host, port)  # held until this process exits
     setup_logging(settings.log_format)  # before the fork: every process inherits it
     Granian(APP, factory=True, address=host, port=port, interface=Interfaces.ASGI,
             workers=settings.gateway_processes, backpressure=CONNECTIONS, backlog=BACKLOG,
@@ -56,3 +78,4 @@ def serve(settings: Settings, host: str, port: int) -> None:
             respawn_failed_workers=True,
             respawn_interval=0.5, workers_kill_timeout=10, log_level="warning",
             log_dictconfig=LOG_CONFIG, log_access=False).serve()
+    port_lock.release()

@@ -3,77 +3,39 @@ stop all of them on SIGINT or SIGTERM with no orphans left behind."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 import requests
 
 from wasmq.broker.redis_server import free_port, redis_command
+from wasmq.instance import Instance, InUse, Lock, claim_port, publish
+from wasmq.process import Child
+from wasmq.workers.readiness import Readiness
 
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the supervisor itself is killed (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: Ctrl-C still stops every child through the supervisor
-        pass
-    os.setpgrp()
+USAGE_EXIT = 2  # what `wasmq gateway` exits with when its port is taken
 
 
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    proc: subprocess.Popen | None = None
-    restarts: int = 0
-    started_at: float = 0.0
-    log: Path | None = field(default=None)
+class StartFailed(Exception):
+    """A part did not come up; the message says which and where to look."""
 
-    def start(self) -> None:
-        out = open(self.log, "ab") if self.log else None
-        try:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT if out else None,
-                                         stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        finally:
-            if out is not None:  # the child has its own descriptor; a restart must not leak ours
-                out.close()
-        self.started_at = time.monotonic()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if not self.alive():
-            return
-        assert self.proc is not None
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+WORKERS_START_S = 90.0  # a loaded machine may take this long to warm every process
 
 
 class Supervisor:
     def __init__(self, *, port: int, host: str, workers: int, data_dir: Path,
-                 redis_url: str | None, env: dict[str, str],
+                 redis_url: str | None, env: dict[str, str], lock: Lock,
                  redis_maxmemory_mb: int | None = None) -> None:
         self.data_dir = data_dir
         self.host, self.port = host, port
+        self.lock = lock
         self.children: list[Child] = []
         self._stopping = False
         base = dict(env)
@@ -87,27 +49,49 @@ class Supervisor:
         base.setdefault("WASMQ_LOG_FORMAT", "text")  # one machine: a person reads these
         self.redis_url = redis_url
         py = [sys.executable, "-m", "wasmq"]
-        self.children.append(Child("gateway", py + ["gateway", "--host", host, "--port",
-                                                    str(port)], base))
-        self.children.append(Child("worker", py + ["worker", "--concurrency", str(workers)],
-                                   base, log=data_dir / "worker.log"))
+        self.gateway = Child("gateway", py + ["gateway", "--host", host, "--port", str(port)],
+                             base)
+        self.workers = workers
+        self.ready_file = data_dir / "worker.ready"
+        self.worker = Child("worker", py + ["worker", "--concurrency", str(workers),
+                                            "--ready-file", str(self.ready_file)], base,
+                            log=data_dir / "worker.log")
+        self.children += [self.gateway, self.worker]
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"http://{host}:{self.port}"
 
+    def banner(self) -> str:
+        redis_log = (f"Redis {self.data_dir / 'redis.log'}" if self.children[0].name == "redis"
+                     else f"Redis is yours ({self.redis_url})")
+        return (f"wasmq is up at {self.url}\n"
+                f"  Redis   {self.redis_url}, data in {self.data_dir}\n"
+                f"  logs    gateway: this terminal; workers: {self.worker.log}; {redis_log}\n"
+                f"  Ctrl-C stops it")
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
-            for child in self.children:
-                child.start()
-                if child.name == "redis":
-                    self._wait_redis()
-            self._wait_gateway()
-            print(f"wasmq is up at {self.url}  (Redis {self.redis_url}, data in "
-                  f"{self.data_dir}); Ctrl-C stops it", flush=True)
+            try:
+                # Not only the port: another gateway may be starting on it right now.
+                claim_port(self.host, self.port).release()
+                self._start()
+            except InUse as exc:
+                print(f"wasmq: {exc.message}", file=sys.stderr, flush=True)
+                return USAGE_EXIT
+            except StartFailed as exc:
+                if self._stopping:
+                    return 0
+                print(f"wasmq: {exc.message}", file=sys.stderr, flush=True)
+                return exc.code
+            if self._stopping:  # SIGTERM during start-up
+                return 0
+            publish(self.lock, Instance(pid=os.getpid(), url=self.url,
+                                        redis_url=self.redis_url))
+            print(self.banner(), flush=True)
             while not self._stopping:
                 for child in self.children:
                     if not child.alive() and not self._stopping:
@@ -115,10 +99,22 @@ class Supervisor:
                 time.sleep(0.5)
         finally:
             self.stop()
+            self.lock.release()
         return 0
 
+    def _start(self) -> None:
+        for child in self.children:
+            if self._stopping:
+                return
+            child.start()
+            if child.name == "redis":
+                self._wait_redis()
+        self._wait_gateway()
+        self._wait_workers()
+
     def _restart(self, child: Child) -> None:
-        code = child.proc.returncode if child.proc else None
+        code = child.returncode
+        child.stop()  # what it left behind (its server or pool processes) goes with it
         # Back off when a child dies right after starting, so a broken config
         # does not spin.
         if time.monotonic() - child.started_at < 5:
@@ -130,7 +126,10 @@ class Supervisor:
               flush=True)
         child.start()
         if child.name == "redis":
-            self._wait_redis()
+            try:
+                self._wait_redis()
+            except StartFailed as exc:
+                print(f"wasmq: {exc.message}", file=sys.stderr, flush=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True
@@ -149,12 +148,20 @@ class Supervisor:
                 return
             except redis.RedisError:
                 time.sleep(0.05)
-        raise SystemExit(f"wasmq: Redis did not start within {timeout:g} s; "
-                         f"see {self.data_dir / 'redis.log'}")
+        if not self._stopping:
+            raise StartFailed(f"Redis did not start within {timeout:g} s; see "
+                              f"{self.data_dir / 'redis.log'}")
 
     def _wait_gateway(self, timeout: float = 30.0) -> None:
+        """Until our own gateway answers its health check (the port was free, so
+        what answers there is ours)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._stopping:
+            if not self.gateway.alive():
+                code = self.gateway.returncode
+                raise StartFailed(f"the gateway exited with {code} while starting (its "
+                                  f"message is above)",
+                                  USAGE_EXIT if code == USAGE_EXIT else 1)
             try:
                 if requests.get(f"{self.url}/healthz", timeout=1).ok:
                     return
@@ -162,5 +169,19 @@ class Supervisor:
                 pass
             time.sleep(0.1)
         if not self._stopping:
-            raise SystemExit(f"wasmq: the gateway did not answer on {self.url} "
-                             f"within {timeout:g} s")
+            raise StartFailed(f"the gateway did not answer on {self.url} within {timeout:g} s")
+
+    def _wait_workers(self, timeout: float = WORKERS_START_S) -> None:
+        """Until the node consumes and each of its processes is warm, as it writes
+        in its readiness file: then a first call is served at once."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stopping:
+            if not self.worker.alive():
+                raise StartFailed(f"the workers exited with {self.worker.returncode} while "
+                                  f"starting; see {self.worker.log}")
+            if Readiness.read(self.ready_file).ready(self.worker.pid, self.workers):
+                return
+            time.sleep(0.1)
+        if not self._stopping:
+            raise StartFailed(f"the workers were not ready within {timeout:g} s; see "
+                              f"{self.worker.log}")
