@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -157,6 +158,16 @@ def test_a_caller_s_calls_beyond_its_share_wait_in_its_backlog_not_in_the_queue(
         expected = [mine[i + 1].message] if i + 1 < len(mine) else []
         assert [m for m in bench.queued() if m != theirs.message] == expected
     assert not bench.client.sismember(keys.BACKLOGS, bench.me + ":flood")
+
+
+def test_a_held_back_call_is_pending_for_a_purge_but_never_resent_as_lost(
+        bench: Bench) -> None:
+    first, second = bench.new(), bench.new()
+    bench.tasks.enqueue(first, bench.admission())
+    bench.tasks.enqueue(second, bench.admission())  # held back: the caller's share is 1
+    assert bench.client.zscore(keys.PENDING, second.job.tid) is not None
+    lost = [job.tid for job in bench.tasks.unclaimed(older_than=time.time() + 1, limit=1000)]
+    assert first.job.tid in lost and second.job.tid not in lost
 
 
 def test_a_backlog_whose_queued_call_was_lost_is_released_by_the_sweep(bench: Bench) -> None:

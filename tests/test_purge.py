@@ -17,13 +17,22 @@ from tests.stacks import PrivateStack
 from tests.support import INTSUM, ROOT, child_env, submit_all, wait_until
 from wasmq.broker import keys
 from wasmq.broker.clock import now
-from wasmq.broker.records import TaskRecords
+from wasmq.broker.protocol.queue import TaskQueue
 
 
 @pytest.fixture()
 def idle(tmp_path: Path) -> Iterator[PrivateStack]:
-    """Redis and a gateway, with no worker yet: whatever is submitted stays queued."""
-    stack = PrivateStack.start(tmp_path)
+    """Redis and a gateway, with no worker yet: whatever is submitted stays queued (all
+    of it in the Celery queue: one client submits hundreds of calls)."""
+    stack = PrivateStack.start(tmp_path, WASMQ_MAX_INFLIGHT="100000", WASMQ_QUEUE_SHARE="100000")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture()
+def fair(tmp_path: Path) -> Iterator[PrivateStack]:
+    """As shipped: one message of a client in the queue, the rest in its backlog."""
+    stack = PrivateStack.start(tmp_path / "fair")
     yield stack
     stack.stop()
 
@@ -61,8 +70,8 @@ def test_purge_of_one_function_cancels_its_queued_tasks_and_leaves_the_others(
     assert client.zcard(keys.PENDING) == 20
     assert not any(client.hexists(keys.task(t), "job") for t in flooded)
     # What resend_lost would send again (tasks unclaimed for however long): none of them.
-    lost = TaskRecords(client, 3600).unclaimed(now() + 10 ** 6, limit=1000)
-    assert sorted(t for t, _ in lost) == sorted(kept)
+    lost = TaskQueue(client, ttl=3600, queue="wasmq").unclaimed(now() + 10 ** 6, limit=1000)
+    assert sorted(job.tid for job in lost) == sorted(kept)
     metrics = requests.get(f"{api.url}/metrics", timeout=10).text
     assert 'wasmq_tasks_failed_total{cause="cancelled"} 301.0' in metrics
     # A worker now runs the others, and the cancelled ones stay cancelled.
@@ -105,3 +114,19 @@ def test_purge_without_redis_says_where_it_looked(tmp_path: Path) -> None:
                             text=True, timeout=30)
     assert result.returncode == 2
     assert f"none runs on {tmp_path}" in result.stderr and "WASMQ_REDIS_URL" in result.stderr
+
+
+def test_purge_cancels_calls_held_back_in_a_caller_s_backlog_too(fair: PrivateStack) -> None:
+    api, client = fair.api(), fair.client()
+    flood = api.deploy(INTSUM.read_bytes(), name="flood")
+    tids = submit_all(api, flood, [f"[{i},1]" for i in range(40)])
+    assert client.llen("wasmq") == 1  # the rest wait in the client's backlog
+    result = cli(fair, "purge", "--function", flood)
+    assert result.returncode == 0, result.stderr
+    assert "cancelled 40 queued tasks of" in result.stdout
+    fair.start_worker("after")
+    wait_until(lambda: client.llen("wasmq") == 0 and not client.scard(keys.BACKLOGS),
+               timeout=30, what="the held-back messages released and skipped")
+    for tid in tids:
+        body = api.retrieve(tid).json()
+        assert (body["statusCode"], body["message"]) == (0, "Task failed: cancelled"), body

@@ -9,7 +9,9 @@
 --
 -- KEYS[1]  record    hash    wasmq:task:<tid>
 -- KEYS[2]  input     string  wasmq:input:<tid>: the input, when it travels by reference
--- KEYS[3]  pending   zset    wasmq:pending: tid -> when its message went into the queue
+-- KEYS[3]  pending   zset    wasmq:pending: tid -> when it was queued or held back (an
+--                            operator's purge walks it; resend.py resends only tids
+--                            in `queued`, never a held-back one)
 -- KEYS[4]  counts    hash    wasmq:metrics:counts ('submitted' is counted here)
 -- KEYS[5]  queue     list    the Celery queue (LPUSH here, workers BRPOP)
 -- KEYS[6]  function  string  wasmq:function:<cfid>: the function's stored record
@@ -95,6 +97,7 @@ if redis.call('SCARD', queued_key) < share and redis.call('LLEN', backlog_key) =
   redis.call('LPUSH', queue_key, message)
   return {'queued'}
 end
+redis.call('ZADD', pending_key, now, tid)
 redis.call('RPUSH', backlog_key, tid .. '\n' .. message)
 redis.call('EXPIRE', backlog_key, ttl)
 redis.call('SADD', backlogs_key, caller)

@@ -192,19 +192,24 @@ class TaskQueue:
     # -- maintenance, run by every worker node's heartbeat ------------------------------
 
     def unclaimed(self, older_than: float, limit: int = 100) -> list[Job]:
-        """Tasks still queued whose message went out before `older_than` (epoch
-        seconds); entries that finished or expired are dropped."""
+        """Tasks still queued whose message went into the queue before `older_than`
+        (epoch seconds) and was not claimed since; entries that finished or expired
+        are dropped."""
         tids = [t.decode() for t in self.redis.zrangebyscore(keys.PENDING, "-inf", older_than,
                                                            start=0, num=limit)]
         if not tids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for tid in tids:
-            pipe.hmget(keys.task(tid), "status", "job")
+            pipe.hmget(keys.task(tid), "status", "job", "caller")
+        records = pipe.execute()
+        for tid, (_, _, caller) in zip(tids, records, strict=True):
+            pipe.sismember(keys.queued((caller or b"").decode()), tid)
         out, done = [], []
-        for tid, (status, job) in zip(tids, pipe.execute(), strict=True):
+        for tid, (status, job, _), in_queue in zip(tids, records, pipe.execute(), strict=True):
             if status == Status.QUEUED.value.encode() and job:
-                out.append(Job.unpacked(job))
+                if in_queue:  # held back in its caller's backlog: not lost, only waiting
+                    out.append(Job.unpacked(job))
             else:
                 done.append(tid)
         if done:
