@@ -59,6 +59,7 @@ class Handoff:
     deadline: float = 0.0  # time.monotonic()
     result_url: str = ""
     as_msgpack: bool = False
+    line: Any = None  # the request's log line (api/request_log.py), logged once answered
 
     def hold(self, tid: str, waiter: Waiter, deadline: float, result_url: str,
              as_msgpack: bool) -> None:
@@ -202,6 +203,7 @@ class Front:
         if record is None:  # the wait ended first: the reply made when it was submitted
             await send(start)
             await send({"type": "http.response.body", "body": b"".join(body)})
+            _log(hoff, start["status"])
             return
         reply, status = task_reply(record, hoff.result_url, as_bytes=hoff.as_msgpack)
         content = msgpack.packb(reply, use_bin_type=True) if hoff.as_msgpack else \
@@ -212,6 +214,7 @@ class Front:
                      else b"application/json"), (b"content-length", str(len(content)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
+        _log(hoff, status)
 
     async def _await(self, hoff: Handoff, receive: Any) -> TaskRecord | None:
         """The finished record, or None when the deadline came first."""
@@ -243,6 +246,11 @@ class Front:
 
 class _Disconnected(Exception):
     pass
+
+
+def _log(hoff: Handoff, status: int) -> None:
+    if hoff.line is not None:
+        hoff.line.log(status)
 
 
 async def _disconnect(receive: Any) -> None:

@@ -9,14 +9,31 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from flask import Flask, Response, g, request
 
+from wasmq.api.front import handoff
 from wasmq.broker.logs import TID, bind_tid
 
 log = logging.getLogger("wasmq.gateway.request")
 
 QUIET = frozenset({"meta.healthz", "metrics.scrape"})
+
+
+@dataclass(frozen=True)
+class RequestLine:
+    method: str
+    path: str
+    cfid: str
+    tid: str
+    started: float  # time.perf_counter()
+
+    def log(self, status: int) -> None:
+        ms = (time.perf_counter() - self.started) * 1000
+        log.info("%s %s %s", self.method, self.path, status,
+                 extra={"status": status, "ms": round(ms, 3), "cfid": self.cfid,
+                        "tid": self.tid})
 
 
 def register_request_log(app: Flask) -> None:
@@ -27,12 +44,16 @@ def register_request_log(app: Flask) -> None:
 
     @app.after_request
     def finished(response: Response) -> Response:
-        if request.endpoint not in QUIET:
-            ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-            log.info("%s %s %s", request.method, request.path, response.status_code,
-                     extra={"status": response.status_code, "ms": round(ms, 3),
-                            "cfid": (request.view_args or {}).get("cfid", ""),
-                            "tid": TID.get()})
+        if request.endpoint in QUIET:
+            return response
+        line = RequestLine(request.method, request.path,
+                           (request.view_args or {}).get("cfid", ""), TID.get(),
+                           g.get("started", time.perf_counter()))
+        waited = handoff(request.environ)
+        if waited is not None and waited.waiter is not None:
+            waited.line = line  # the front logs it with the status it answers in the end
+        else:
+            line.log(response.status_code)
         return response
 
     @app.teardown_request

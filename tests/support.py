@@ -144,3 +144,12 @@ def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, inputs))
+
+
+def run_async(coroutine: Any) -> Any:
+    """`asyncio.run` on a thread of its own: Playwright's sync API (the browser tests)
+    leaves an event loop running on the main thread for the rest of the session."""
+    import asyncio
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

@@ -3,7 +3,6 @@ polls and another caller's fast calls keep being answered (bench/flood.py measur
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from bench.flood import SLOW_MS, allow_connections, flood
 from tests import modules
 from tests.stacks import PrivateStack
-from tests.support import Api
+from tests.support import Api, run_async
 
 CONNECTIONS = 2000
 
@@ -31,7 +30,7 @@ def test_two_thousand_waiting_calls_leave_everyone_else_served(flooded: PrivateS
     api.http.headers["Authorization"] = "Bearer other"
     slow, fast = api.deploy(modules.SLOW), api.deploy(modules.ECHO)
     tid = api.call(fast, "x", wait=10).json()["tid"]
-    figures = asyncio.run(flood(flooded.url, slow=slow, fast=fast, tid=tid,
+    figures = run_async(flood(flooded.url, slow=slow, fast=fast, tid=tid,
                                 attacker_key="attacker", other_key="other",
                                 n=CONNECTIONS, seconds=8))
     summary = figures.summary()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests import modules
-from tests.support import envelope
+from tests.support import envelope, run_async
 from wasmq.api.app import create_app
 from wasmq.api.front import Front
 from wasmq.broker.settings import Settings
@@ -69,7 +69,7 @@ async def call(app: Front, path: str, *, hang_up_after: float | None = None,
 def test_a_client_that_hangs_up_ends_its_wait(redis_url: str) -> None:
     app = front(redis_url)
     cfid = deploy(app)
-    status, _, took = asyncio.run(call(app, f"/task/{cfid}?wait=30", hang_up_after=0.3))
+    status, _, took = run_async(call(app, f"/task/{cfid}?wait=30", hang_up_after=0.3))
     assert status == 0 and took < 5  # nothing sent to a client that is gone
     assert app.waiting == 0 and not app.listener._waiters
 
@@ -84,7 +84,7 @@ def test_a_call_past_the_waiting_capacity_answers_5_at_once(redis_url: str) -> N
         second = await call(app, f"/task/{cfid}?wait=30")
         return [await first, second]
 
-    (first, second) = asyncio.run(both())
+    (first, second) = run_async(both())
     assert first[0] == 202 and 1.5 < first[2] < 10  # waited for its deadline
     assert second[0] == 202 and second[1]["statusCode"] == 5 and second[2] < 1.5
     assert second[1]["resultUrl"].endswith(second[1]["tid"])
@@ -98,7 +98,7 @@ def test_a_caller_beyond_its_queue_of_requests_gets_429_and_others_do_not(
     async def burst() -> list[tuple[int, dict, float]]:
         return await asyncio.gather(*(call(app, f"/task/{cfid}?wait=0") for _ in range(600)))
 
-    answers = asyncio.run(burst())
+    answers = run_async(burst())
     statuses = [a[0] for a in answers]
     assert statuses.count(202) >= 2 and statuses.count(429) >= 1, set(statuses)
     refused = next(a for a in answers if a[0] == 429)
