@@ -144,7 +144,7 @@ def run(connections: int = 2000, seconds: float = 15) -> dict[str, object]:
     import requests
 
     from tests import modules
-    from wasmq.localstack import start_redis, start_stack
+    from tests.localstack import start_redis, start_stack
 
     allow_connections(connections)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 
-from wasmq.localstack import Proc
+from wasmq.process import Child
 
 NETNS = "netns"
 LOOPBACK = "loopback"
@@ -38,7 +38,7 @@ class Host:
         return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "sh", "-c",
                 'hostname "$0" && exec "$@"', self.name, *command]
 
-    def kill_all(self, proc: Proc) -> None:
+    def kill_all(self, proc: Child) -> None:
         """SIGKILL the host: every process in its namespace, at once (on a loopback
         host, `proc`'s process group)."""
         if self.netns:

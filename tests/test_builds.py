@@ -19,13 +19,13 @@ import requests
 from tests import bombs, modules
 from tests.support import Api, PeakRss, child_env, wait_until, wasmq
 from wasmq.broker.redis_server import free_port
-from wasmq.localstack import Proc
+from wasmq.process import Child
 
 LOCALS_BOMB = bombs.many_locals()  # 20,000 i64 locals, 50,000 local.set in a loop
 BLOCKS_BOMB = bombs.nested_blocks()  # 2.5 M nested blocks, 7.5 MB
 
 
-def _gateway(workdir: Path, redis_url: str, **env: str) -> Iterator[tuple[Api, Proc]]:
+def _gateway(workdir: Path, redis_url: str, **env: str) -> Iterator[tuple[Api, Child]]:
     """A gateway alone: refusing an upload needs no worker."""
     port = free_port()
     proc = wasmq(["gateway", "--port", str(port)], child_env(WASMQ_REDIS_URL=redis_url, **env),
@@ -39,20 +39,20 @@ def _gateway(workdir: Path, redis_url: str, **env: str) -> Iterator[tuple[Api, P
 
 
 @pytest.fixture(scope="module")
-def quick(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Proc]]:
+def quick(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Child]]:
     # A 1 s CPU limit and room in memory: the locals bomb crosses the time limit.
     yield from _gateway(tmp_path_factory.mktemp("quick"), redis_url, WASMQ_COMPILE_TIMEOUT="1",
                         WASMQ_COMPILE_MEMORY_MB="4096", WASMQ_COMPILE_QUEUE="1")
 
 
 @pytest.fixture(scope="module")
-def lean(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Proc]]:
+def lean(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Child]]:
     # 512 MB and time enough: the blocks bomb crosses the memory limit.
     yield from _gateway(tmp_path_factory.mktemp("lean"), redis_url, WASMQ_COMPILE_TIMEOUT="10",
                         WASMQ_COMPILE_MEMORY_MB="512")
 
 
-def _builds(gateway: Proc) -> list[psutil.Process]:
+def _builds(gateway: Child) -> list[psutil.Process]:
     procs = psutil.Process(gateway.pid).children(recursive=True)
     return [p for p in procs if "wasmq.toolchain.build" in " ".join(_cmdline(p))]
 
@@ -89,7 +89,7 @@ class Healthz:
         self._thread.join()
 
 
-def _gateway_processes(gateway: Proc) -> list[int]:
+def _gateway_processes(gateway: Child) -> list[int]:
     """Granian's processes: the gateway and its server processes, not the builds."""
     procs = [psutil.Process(gateway.pid), *psutil.Process(gateway.pid).children(recursive=True)]
     return [p.pid for p in procs if "wasmq.toolchain.build" not in " ".join(_cmdline(p))]

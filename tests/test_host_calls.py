@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from tests import hostile, modules
+from tests.localstack import Stack, start_stack
 from tests.support import Api, PeakRss
-from wasmq.localstack import Stack, start_stack
 
 TIMEOUT_S = 2
 MEMORY_MB = 256

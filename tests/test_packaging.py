@@ -68,9 +68,6 @@ def test_the_wheel_holds_no_test_or_bench_scaffolding(wheel) -> None:
     assert not [n for n in shipped if Path(n).name.startswith("test_")]
 
 
-@pytest.mark.xfail((ROOT / "wasmq" / "localstack.py").exists(), strict=True,
-                   reason="wasmq/localstack.py (test scaffolding) moves out of the package in "
-                          "another branch of issue 10; this passes once it has landed")
 def test_the_local_process_helpers_of_tests_and_bench_are_not_shipped(wheel) -> None:
     assert "wasmq/localstack.py" not in names(wheel)
 

@@ -18,9 +18,8 @@ from tests.stacks import (
     node_pid,
     pool_pids,
     statuses,
-    submit_all,
 )
-from tests.support import wait_until
+from tests.support import submit_all, wait_until
 from wasmq.broker.settings import Settings
 
 # The default task limit: a visibility timeout of 90 s, far above what recovery may take.

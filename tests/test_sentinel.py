@@ -23,14 +23,15 @@ import pytest
 import redis
 import requests
 
-from tests.support import INTSUM, Api, Proc, child_env, wait_until, wasmq
+from tests.localstack import start_worker
+from tests.support import INTSUM, Api, child_env, spawn, wait_until, wasmq
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.connections import broker_url
 from wasmq.broker.errors import ConfigError
 from wasmq.broker.redis_server import free_port, redis_command, redis_server_binary
 from wasmq.broker.settings import Settings
 from wasmq.broker.transport import SENTINEL_PATH
-from wasmq.localstack import start_worker
+from wasmq.process import Child
 
 MASTER = "wasmq-primary"
 ANSWERED_AGAIN_BOUND = 30.0  # seconds from the kill: the bound
@@ -40,14 +41,14 @@ CALL_TIMEOUT = 20.0  # a call taking longer counts as a hang
 @dataclass
 class Cluster:
     workdir: Path
-    procs: dict[str, Proc] = field(default_factory=dict)
+    procs: dict[str, Child] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
     def start_redis(self, name: str, *extra: str) -> None:
         port = self.ports[name] = free_port()
         data = self.workdir / name
         data.mkdir()
-        self.procs[name] = Proc(redis_command(data, port) + list(extra), child_env(),
+        self.procs[name] = spawn(redis_command(data, port) + list(extra), child_env(),
                                 data / "redis.log")
         wait_until(redis.Redis(port=port, socket_connect_timeout=0.5).ping, what=name)
 
@@ -61,7 +62,7 @@ class Cluster:
                         f"sentinel down-after-milliseconds {MASTER} 1000\n"
                         f"sentinel failover-timeout {MASTER} 10000\n"
                         f"sentinel parallel-syncs {MASTER} 1\n")
-        self.procs[name] = Proc([redis_server_binary(), str(conf), "--sentinel"], child_env(),
+        self.procs[name] = spawn([redis_server_binary(), str(conf), "--sentinel"], child_env(),
                                 data / "sentinel.log")
         wait_until(redis.Redis(port=port, socket_connect_timeout=0.5).ping, what=name)
 
