@@ -91,9 +91,17 @@ def single(op: str, inputs: list[tuple[str, list[int], int]], outputs: list[str]
     order = attrs.pop("input_order", None)
     node = h.make_node(op, order or names, outputs, domain="ai.onnx.ml" if ml else "", **attrs)
     graph = h.make_graph([node], op, [tensor(n, s, e) for n, s, e in inputs],
-                         [h.make_tensor_value_info(o, 0, None) for o in outputs],
+                         [onnx.ValueInfoProto(name=o) for o in outputs],
                          initializer=[numpy_helper.from_array(v, k) for k, v in consts.items()])
     imports = [h.make_opsetid("", opset)] + ([h.make_opsetid("ai.onnx.ml", 3)] if ml else [])
     model = h.make_model(graph, opset_imports=imports)
     model.ir_version = 8
+    return typed_outputs(model)
+
+
+def typed_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Output types filled in by onnx's shape inference (onnxruntime needs them)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
     return model
