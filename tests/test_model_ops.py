@@ -276,3 +276,34 @@ def test_constant_folding_of_shape_arithmetic() -> None:
                          [h.make_tensor_value_info("z", F, None)], initializer=inits)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
     check(model, {"x": rand(1, 3, 4)})
+
+
+@pytest.mark.parametrize("norm", ["MAX", "L1", "L2"])
+def test_ml_normalizer(norm: str) -> None:
+    x = np.abs(rand(4, 5)) + 0.1
+    check(single("Normalizer", [("x", [4, 5], F)], ["y"], ml=True, norm=norm), {"x": x})
+
+
+def test_ml_scaler_regressor_and_feature_extractor() -> None:
+    check(single("Scaler", [("x", [4, 3], F)], ["y"], ml=True, offset=[0.5, -1.0, 2.0],
+                 scale=[2.0, 0.5, 3.0]), {"x": rand(4, 3)})
+    check(single("LinearRegressor", [("x", [4, 3], F)], ["y"], ml=True,
+                 coefficients=rand(6).tolist(), intercepts=[0.5, -0.25], targets=2),
+          {"x": rand(4, 3)})
+    check(single("ArrayFeatureExtractor", [("x", [4, 5], F)], ["y"],
+                 {"i": np.array([4, 0, 2], np.int64)}, ml=True), {"x": rand(4, 5)})
+
+
+def test_ml_tree_regressor_average_with_missing_values() -> None:
+    attrs = dict(nodes_treeids=[0, 0, 0, 1, 1, 1], nodes_nodeids=[0, 1, 2, 0, 1, 2],
+                 nodes_featureids=[0, 0, 0, 1, 0, 0], nodes_values=[0.0, 0, 0, 0.5, 0, 0],
+                 nodes_modes=["BRANCH_LT", "LEAF", "LEAF", "BRANCH_GTE", "LEAF", "LEAF"],
+                 nodes_truenodeids=[1, 0, 0, 1, 0, 0], nodes_falsenodeids=[2, 0, 0, 2, 0, 0],
+                 nodes_missing_value_tracks_true=[1, 0, 0, 0, 0, 0],
+                 target_treeids=[0, 0, 1, 1], target_nodeids=[1, 2, 1, 2],
+                 target_ids=[0, 0, 0, 0], target_weights=[1.0, 2.0, 10.0, 20.0], n_targets=1,
+                 aggregate_function="AVERAGE", base_values=[0.5])
+    x = rand(6, 2)
+    x[0, 0] = np.nan
+    check(single("TreeEnsembleRegressor", [("x", [6, 2], F)], ["y"], ml=True, **attrs),
+          {"x": x})

@@ -144,6 +144,13 @@ def elementwise(b: object, op: int, ins: list[Tensor], dtype: int | None = None,
     return out
 
 
+def elementwise_to(b: object, op: int, x: Tensor, dtype: int) -> Tensor:
+    """A fresh runtime tensor: op applied to x, of type dtype (a Cast inside a lowering)."""
+    out = b.prog.new(f"{x.name}:{pg.NAMES[dtype]}", x.shape, dtype)
+    elt(b, op, [(x, contiguous(x.shape), 0)], out, x.shape)
+    return out
+
+
 def copy_view(b: object, src: Tensor, dims: tuple[int, ...], strides: list[int], extra: int,
               out: Tensor, out_strides: list[int] | None = None, out_extra: int = 0) -> None:
     elt(b, E["COPY"], [(src, strides, extra)], out, dims, out_strides, out_extra)

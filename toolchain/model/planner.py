@@ -27,7 +27,7 @@ from wasmq.toolchain.model.wasmfile import Kernel
 KERNELS = Path(__file__).with_name("kernels.wasm")
 DEFAULT_DOMAINS = ("", "ai.onnx")
 ML_DOMAIN = "ai.onnx.ml"
-MIN_OPSET, MAX_OPSET = 7, 21
+MIN_OPSET, MAX_OPSET = 7, 22  # 22 only widened types; skl2onnx emits it
 ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL}
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 # Folding these could allocate their whole output: only when it is small.
