@@ -16,7 +16,8 @@ SOURCE = HERE / "kernels.c"
 TARGET = HERE / "kernels.wasm"
 
 FLAGS = [
-    "--target=wasm32-freestanding", "-O3", "-msimd128", "-mbulk-memory", "-mnontrapping-fptoint",
+    "--target=wasm32-freestanding", "-O3", "-msimd128", "-mrelaxed-simd", "-mbulk-memory",
+    "-mnontrapping-fptoint",
     "-nostdlib", "-ffreestanding", "-Wall", "-Werror",
     "-Wl,--no-entry", "-Wl,-z,stack-size=1048576", "-Wl,--strip-all", "-Wl,--export=__heap_base",
     "-Wl,--initial-memory=2162688",

@@ -182,54 +182,65 @@ static inline float sact(float v, act_t a) {
 
 #define SPL(a, i) wasm_i32x4_shuffle(a, a, i, i, i, i)
 
-/* Rows m0..m0+3 of packed A times B, for columns [0, N). */
-static void gemm_block4(const float *Ap, int K, const float *B, int N, float *C, int ldc,
+/* a*b + c: one fused multiply-add where the engine has FMA (relaxed SIMD) */
+#define MADD(a, b, c) wasm_f32x4_relaxed_madd(a, b, c)
+#define STEP(a, x0, x1) \
+    c00 = MADD(SPL(a, 0), x0, c00); c01 = MADD(SPL(a, 0), x1, c01); \
+    c10 = MADD(SPL(a, 1), x0, c10); c11 = MADD(SPL(a, 1), x1, c11); \
+    c20 = MADD(SPL(a, 2), x0, c20); c21 = MADD(SPL(a, 2), x1, c21); \
+    c30 = MADD(SPL(a, 3), x0, c30); c31 = MADD(SPL(a, 3), x1, c31)
+
+/* Rows m..m+3 of packed A times panel-packed B: B holds N8/8 panels of [K][8]
+ * (columns padded to a multiple of 8 with zeros), so the inner loop reads
+ * both operands contiguously. C gets the N valid columns. */
+static void gemm_block4(const float *Ap, int K, const float *Bp, int N, float *C, int ldc,
                         int rows, const float *bias, act_t act) {
-    int n = 0;
     float b0 = bias ? bias[0] : 0, b1 = (bias && rows > 1) ? bias[1] : 0;
     float b2 = (bias && rows > 2) ? bias[2] : 0, b3 = (bias && rows > 3) ? bias[3] : 0;
-    for (; n + 8 <= N; n += 8) {
+    for (int n = 0; n < N; n += 8) {
         v128_t c00 = wasm_f32x4_splat(b0), c01 = c00, c10 = wasm_f32x4_splat(b1), c11 = c10;
         v128_t c20 = wasm_f32x4_splat(b2), c21 = c20, c30 = wasm_f32x4_splat(b3), c31 = c30;
-        const float *bp = B + n;
+        const float *bp = Bp + (size_t)n * K;
         const float *ap = Ap;
-        for (int k = 0; k < K; k++, ap += 4, bp += N) {
+        int k = 0;
+        for (; k + 4 <= K; k += 4, ap += 16, bp += 32) {
             v128_t a = wasm_v128_load(ap);
             v128_t x0 = wasm_v128_load(bp), x1 = wasm_v128_load(bp + 4);
-            v128_t s = SPL(a, 0);
-            c00 = wasm_f32x4_add(c00, wasm_f32x4_mul(s, x0)); c01 = wasm_f32x4_add(c01, wasm_f32x4_mul(s, x1));
-            s = SPL(a, 1);
-            c10 = wasm_f32x4_add(c10, wasm_f32x4_mul(s, x0)); c11 = wasm_f32x4_add(c11, wasm_f32x4_mul(s, x1));
-            s = SPL(a, 2);
-            c20 = wasm_f32x4_add(c20, wasm_f32x4_mul(s, x0)); c21 = wasm_f32x4_add(c21, wasm_f32x4_mul(s, x1));
-            s = SPL(a, 3);
-            c30 = wasm_f32x4_add(c30, wasm_f32x4_mul(s, x0)); c31 = wasm_f32x4_add(c31, wasm_f32x4_mul(s, x1));
+            STEP(a, x0, x1);
+            a = wasm_v128_load(ap + 4); x0 = wasm_v128_load(bp + 8); x1 = wasm_v128_load(bp + 12);
+            STEP(a, x0, x1);
+            a = wasm_v128_load(ap + 8); x0 = wasm_v128_load(bp + 16); x1 = wasm_v128_load(bp + 20);
+            STEP(a, x0, x1);
+            a = wasm_v128_load(ap + 12); x0 = wasm_v128_load(bp + 24); x1 = wasm_v128_load(bp + 28);
+            STEP(a, x0, x1);
         }
-        float *cp = C + n;
-        wasm_v128_store(cp, vact(c00, act)); wasm_v128_store(cp + 4, vact(c01, act));
-        if (rows > 1) { cp += ldc; wasm_v128_store(cp, vact(c10, act)); wasm_v128_store(cp + 4, vact(c11, act)); }
-        if (rows > 2) { cp += ldc; wasm_v128_store(cp, vact(c20, act)); wasm_v128_store(cp + 4, vact(c21, act)); }
-        if (rows > 3) { cp += ldc; wasm_v128_store(cp, vact(c30, act)); wasm_v128_store(cp + 4, vact(c31, act)); }
-    }
-    for (; n < N; n++) {
-        float s0 = b0, s1 = b1, s2 = b2, s3 = b3;
-        const float *ap = Ap;
-        for (int k = 0; k < K; k++, ap += 4) {
-            float x = B[(size_t)k * N + n];
-            s0 += ap[0] * x; s1 += ap[1] * x; s2 += ap[2] * x; s3 += ap[3] * x;
+        for (; k < K; k++, ap += 4, bp += 8) {
+            v128_t a = wasm_v128_load(ap);
+            v128_t x0 = wasm_v128_load(bp), x1 = wasm_v128_load(bp + 4);
+            STEP(a, x0, x1);
         }
-        C[n] = sact(s0, act);
-        if (rows > 1) C[ldc + n] = sact(s1, act);
-        if (rows > 2) C[2 * ldc + n] = sact(s2, act);
-        if (rows > 3) C[3 * ldc + n] = sact(s3, act);
+        v128_t r[8] = {vact(c00, act), vact(c01, act), vact(c10, act), vact(c11, act),
+                       vact(c20, act), vact(c21, act), vact(c30, act), vact(c31, act)};
+        if (n + 8 <= N) {
+            for (int i = 0; i < rows; i++) {
+                wasm_v128_store(C + (size_t)i * ldc + n, r[2 * i]);
+                wasm_v128_store(C + (size_t)i * ldc + n + 4, r[2 * i + 1]);
+            }
+        } else {
+            float tmp[8];
+            for (int i = 0; i < rows; i++) {
+                wasm_v128_store(tmp, r[2 * i]); wasm_v128_store(tmp + 4, r[2 * i + 1]);
+                for (int j = 0; j < N - n; j++) C[(size_t)i * ldc + n + j] = tmp[j];
+            }
+        }
     }
 }
 
-static void gemm_packed(int M, int N, int K, const float *Ap, const float *B, float *C,
+static void gemm_packed(int M, int N, int K, const float *Ap, const float *Bp, float *C,
                         const float *bias, act_t act) {
     for (int m = 0; m < M; m += 4) {
         int rows = M - m < 4 ? M - m : 4;
-        gemm_block4(Ap + (size_t)m * K, K, B, N, C + (size_t)m * N, N, rows,
+        gemm_block4(Ap + (size_t)m * K, K, Bp, N, C + (size_t)m * N, N, rows,
                     bias ? bias + m : 0, act);
     }
 }
@@ -285,38 +296,58 @@ static void op_conv(const int32_t *p) {
     float *y = (float *)(uintptr_t)p[19];
     act_t act = read_act(p + 20);
     float *col = (float *)(uintptr_t)p[23];
-    int direct = p[24];   /* 1x1, stride 1, no pad: the input is already the column matrix */
+    float *padded = (float *)(uintptr_t)p[24];  /* 0 when there is no padding */
+    int Hp = p[25], Wp = p[26];
     int Cg = C / G, Mg = M / G, Kg = Cg * KH * KW, P = OH * OW;
     int Mg4 = (Mg + 3) & ~3;
     for (int n = 0; n < N; n++) {
         for (int g = 0; g < G; g++) {
             const float *xg = x + ((size_t)n * C + (size_t)g * Cg) * H * W;
-            const float *B = xg;
-            if (!direct) {
-                float *cp = col;
+            /* the input with its padding made real, so the loop below checks no bounds */
+            const float *src = xg;
+            int Ws = W;
+            if (padded) {
+                for (size_t i = 0; i < (size_t)Cg * Hp * Wp; i++) padded[i] = 0;
                 for (int c = 0; c < Cg; c++)
-                    for (int kh = 0; kh < KH; kh++)
-                        for (int kw = 0; kw < KW; kw++) {
-                            const float *xc = xg + (size_t)c * H * W;
-                            for (int oh = 0; oh < OH; oh++) {
-                                int ih = oh * sh - pt + kh * dh;
-                                if (ih < 0 || ih >= H) {
-                                    for (int ow = 0; ow < OW; ow++) *cp++ = 0;
-                                    continue;
-                                }
-                                const float *row = xc + (size_t)ih * W;
-                                int iw = -pl + kw * dw;
-                                if (sw == 1 && iw >= 0 && iw + OW <= W) {
-                                    __builtin_memcpy(cp, row + iw, (size_t)OW * 4);
-                                    cp += OW;
-                                    continue;
-                                }
-                                for (int ow = 0; ow < OW; ow++, iw += sw)
-                                    *cp++ = (iw >= 0 && iw < W) ? row[iw] : 0;
-                            }
-                        }
-                B = col;
+                    for (int h = 0; h < H; h++) {
+                        const float *from = xg + ((size_t)c * H + h) * W;
+                        float *to = padded + ((size_t)c * Hp + h + pt) * Wp + pl;
+                        int w0 = 0;
+                        for (; w0 + 4 <= W; w0 += 4) wasm_v128_store(to + w0, wasm_v128_load(from + w0));
+                        for (; w0 < W; w0++) to[w0] = from[w0];
+                    }
+                src = padded;
+                Ws = Wp;
             }
+            int Hs = padded ? Hp : H;
+            /* the column matrix, panel-packed: element (k, p) at (p/8)*Kg*8 + k*8 + p%8 */
+            float *cp = col;
+            int k = 0;
+            for (int c = 0; c < Cg; c++)
+                for (int kh = 0; kh < KH; kh++)
+                    for (int kw = 0; kw < KW; kw++, k++) {
+                        const float *xc = src + (size_t)c * Hs * Ws + (size_t)kh * dh * Ws + kw * dw;
+                        float *dst = cp + (size_t)k * 8;
+                        int p = 0;
+                        if (sw == 1 && (OW & 7) == 0) {  /* whole blocks of 8 within a row */
+                            for (int oh = 0; oh < OH; oh++) {
+                                const float *row = xc + (size_t)oh * sh * Ws;
+                                for (int ow = 0; ow < OW; ow += 8, p += 8) {
+                                    float *d = dst + (size_t)(p >> 3) * Kg * 8;
+                                    wasm_v128_store(d, wasm_v128_load(row + ow));
+                                    wasm_v128_store(d + 4, wasm_v128_load(row + ow + 4));
+                                }
+                            }
+                        } else {
+                            for (int oh = 0; oh < OH; oh++) {
+                                const float *row = xc + (size_t)oh * sh * Ws;
+                                for (int ow = 0; ow < OW; ow++, p++)
+                                    dst[(size_t)(p >> 3) * Kg * 8 + (p & 7)] = row[(size_t)ow * sw];
+                            }
+                            for (; p & 7; p++) dst[(size_t)(p >> 3) * Kg * 8 + (p & 7)] = 0;
+                        }
+                    }
+            const float *B = col;
             gemm_packed(Mg, P, Kg, w + (size_t)g * Mg4 * Kg, B,
                         y + ((size_t)n * M + (size_t)g * Mg) * P,
                         bias ? bias + g * Mg : 0, act);
@@ -336,12 +367,8 @@ static void op_gemm(const int32_t *p) {
     int sbm = p[14], sbn = p[15];
     float alpha = as_f(p[16]), beta = as_f(p[17]);
     act_t act = read_act(p + 18);
-    int packed = p[21];
     for (int b = 0; b < batch; b++) {
-        if (packed)
-            gemm_packed(M, N, K, A, B + (size_t)b * sbb, C + (size_t)b * scb, bias, act);
-        else
-            gemm_general(M, N, K, A + (size_t)b * sab, sam, sak, B + (size_t)b * sbb, ldb,
+        gemm_general(M, N, K, A + (size_t)b * sab, sam, sak, B + (size_t)b * sbb, ldb,
                          C + (size_t)b * scb, N, bias, sbm, sbn, alpha, beta, act);
     }
 }
