@@ -184,11 +184,16 @@ static inline float sact(float v, act_t a) {
 
 /* a*b + c: one fused multiply-add where the engine has FMA (relaxed SIMD) */
 #define MADD(a, b, c) wasm_f32x4_relaxed_madd(a, b, c)
-#define STEP(a, x0, x1) \
-    c00 = MADD(SPL(a, 0), x0, c00); c01 = MADD(SPL(a, 0), x1, c01); \
-    c10 = MADD(SPL(a, 1), x0, c10); c11 = MADD(SPL(a, 1), x1, c11); \
-    c20 = MADD(SPL(a, 2), x0, c20); c21 = MADD(SPL(a, 2), x1, c21); \
-    c30 = MADD(SPL(a, 3), x0, c30); c31 = MADD(SPL(a, 3), x1, c31)
+/* broadcast loads (vbroadcastss on x86): no shuffle competes with the FMAs */
+#define STEP(a, x0, x1) do { \
+    v128_t a_ = wasm_v128_load(a), s_ = SPL(a_, 0); \
+    c00 = MADD(s_, x0, c00); c01 = MADD(s_, x1, c01); \
+    s_ = SPL(a_, 1); \
+    c10 = MADD(s_, x0, c10); c11 = MADD(s_, x1, c11); \
+    s_ = SPL(a_, 2); \
+    c20 = MADD(s_, x0, c20); c21 = MADD(s_, x1, c21); \
+    s_ = SPL(a_, 3); \
+    c30 = MADD(s_, x0, c30); c31 = MADD(s_, x1, c31); } while (0)
 
 /* Rows m..m+3 of packed A times panel-packed B: B holds N8/8 panels of [K][8]
  * (columns padded to a multiple of 8 with zeros), so the inner loop reads
@@ -204,20 +209,18 @@ static void gemm_block4(const float *Ap, int K, const float *Bp, int N, float *C
         const float *ap = Ap;
         int k = 0;
         for (; k + 4 <= K; k += 4, ap += 16, bp += 32) {
-            v128_t a = wasm_v128_load(ap);
             v128_t x0 = wasm_v128_load(bp), x1 = wasm_v128_load(bp + 4);
-            STEP(a, x0, x1);
-            a = wasm_v128_load(ap + 4); x0 = wasm_v128_load(bp + 8); x1 = wasm_v128_load(bp + 12);
-            STEP(a, x0, x1);
-            a = wasm_v128_load(ap + 8); x0 = wasm_v128_load(bp + 16); x1 = wasm_v128_load(bp + 20);
-            STEP(a, x0, x1);
-            a = wasm_v128_load(ap + 12); x0 = wasm_v128_load(bp + 24); x1 = wasm_v128_load(bp + 28);
-            STEP(a, x0, x1);
+            STEP(ap, x0, x1);
+            x0 = wasm_v128_load(bp + 8); x1 = wasm_v128_load(bp + 12);
+            STEP(ap + 4, x0, x1);
+            x0 = wasm_v128_load(bp + 16); x1 = wasm_v128_load(bp + 20);
+            STEP(ap + 8, x0, x1);
+            x0 = wasm_v128_load(bp + 24); x1 = wasm_v128_load(bp + 28);
+            STEP(ap + 12, x0, x1);
         }
         for (; k < K; k++, ap += 4, bp += 8) {
-            v128_t a = wasm_v128_load(ap);
             v128_t x0 = wasm_v128_load(bp), x1 = wasm_v128_load(bp + 4);
-            STEP(a, x0, x1);
+            STEP(ap, x0, x1);
         }
         v128_t r[8] = {vact(c00, act), vact(c01, act), vact(c10, act), vact(c11, act),
                        vact(c20, act), vact(c21, act), vact(c30, act), vact(c31, act)};
@@ -237,10 +240,10 @@ static void gemm_block4(const float *Ap, int K, const float *Bp, int N, float *C
 }
 
 static void gemm_packed(int M, int N, int K, const float *Ap, const float *Bp, float *C,
-                        const float *bias, act_t act) {
+                        int ldc, const float *bias, act_t act) {
     for (int m = 0; m < M; m += 4) {
         int rows = M - m < 4 ? M - m : 4;
-        gemm_block4(Ap + (size_t)m * K, K, Bp, N, C + (size_t)m * N, N, rows,
+        gemm_block4(Ap + (size_t)m * K, K, Bp, N, C + (size_t)m * ldc, ldc, rows,
                     bias ? bias + m : 0, act);
     }
 }
@@ -297,7 +300,7 @@ static void op_conv(const int32_t *p) {
     act_t act = read_act(p + 20);
     float *col = (float *)(uintptr_t)p[23];
     float *padded = (float *)(uintptr_t)p[24];  /* 0 when there is no padding */
-    int Hp = p[25], Wp = p[26];
+    int Hp = p[25], Wp = p[26], NT = p[27];  /* NT: columns a chunk, a multiple of 8 */
     int Cg = C / G, Mg = M / G, Kg = Cg * KH * KW, P = OH * OW;
     int Mg4 = (Mg + 3) & ~3;
     for (int n = 0; n < N; n++) {
@@ -320,37 +323,37 @@ static void op_conv(const int32_t *p) {
                 Ws = Wp;
             }
             int Hs = padded ? Hp : H;
-            /* the column matrix, panel-packed: element (k, p) at (p/8)*Kg*8 + k*8 + p%8 */
-            float *cp = col;
-            int k = 0;
-            for (int c = 0; c < Cg; c++)
-                for (int kh = 0; kh < KH; kh++)
-                    for (int kw = 0; kw < KW; kw++, k++) {
-                        const float *xc = src + (size_t)c * Hs * Ws + (size_t)kh * dh * Ws + kw * dw;
-                        float *dst = cp + (size_t)k * 8;
-                        int p = 0;
-                        if (sw == 1 && (OW & 7) == 0) {  /* whole blocks of 8 within a row */
-                            for (int oh = 0; oh < OH; oh++) {
-                                const float *row = xc + (size_t)oh * sh * Ws;
-                                for (int ow = 0; ow < OW; ow += 8, p += 8) {
-                                    float *d = dst + (size_t)(p >> 3) * Kg * 8;
-                                    wasm_v128_store(d, wasm_v128_load(row + ow));
-                                    wasm_v128_store(d + 4, wasm_v128_load(row + ow + 4));
+            /* The column matrix, a chunk of NT columns at a time (it stays in cache and
+             * touches few pages), panel-packed: element (k, p) at (p/8)*Kg*8 + k*8 + p%8. */
+            float *yg = y + ((size_t)n * M + (size_t)g * Mg) * P;
+            for (int p0 = 0; p0 < P; p0 += NT) {
+                int p1 = p0 + NT < P ? p0 + NT : P;
+                int k = 0;
+                for (int c = 0; c < Cg; c++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++, k++) {
+                            const float *xc = src + (size_t)c * Hs * Ws + (size_t)kh * dh * Ws + kw * dw;
+                            float *dst = col + (size_t)k * 8;
+                            if (sw == 1 && (OW & 7) == 0) {  /* whole blocks of 8 within a row */
+                                for (int q = p0; q < p1; q += 8) {
+                                    const float *row = xc + (size_t)(q / OW) * sh * Ws + q % OW;
+                                    float *d = dst + (size_t)((q - p0) >> 3) * Kg * 8;
+                                    wasm_v128_store(d, wasm_v128_load(row));
+                                    wasm_v128_store(d + 4, wasm_v128_load(row + 4));
                                 }
+                                continue;
                             }
-                        } else {
-                            for (int oh = 0; oh < OH; oh++) {
-                                const float *row = xc + (size_t)oh * sh * Ws;
-                                for (int ow = 0; ow < OW; ow++, p++)
-                                    dst[(size_t)(p >> 3) * Kg * 8 + (p & 7)] = row[(size_t)ow * sw];
+                            int q = p0;
+                            for (; q < p1; q++) {
+                                const float *row = xc + (size_t)(q / OW) * sh * Ws;
+                                dst[(size_t)((q - p0) >> 3) * Kg * 8 + ((q - p0) & 7)] =
+                                    row[(size_t)(q % OW) * sw];
                             }
-                            for (; p & 7; p++) dst[(size_t)(p >> 3) * Kg * 8 + (p & 7)] = 0;
+                            for (; (q - p0) & 7; q++) dst[(size_t)((q - p0) >> 3) * Kg * 8 + ((q - p0) & 7)] = 0;
                         }
-                    }
-            const float *B = col;
-            gemm_packed(Mg, P, Kg, w + (size_t)g * Mg4 * Kg, B,
-                        y + ((size_t)n * M + (size_t)g * Mg) * P,
-                        bias ? bias + g * Mg : 0, act);
+                gemm_packed(Mg, p1 - p0, Kg, w + (size_t)g * Mg4 * Kg, col, yg + p0, P,
+                            bias ? bias + g * Mg : 0, act);
+            }
         }
     }
 }
@@ -1003,20 +1006,33 @@ static int read_array(cur_t *c, const io_t *io, int *got, int depth) {
     }
 }
 
-static int b64v(char ch) {
-    if (ch >= 'A' && ch <= 'Z') return ch - 'A';
-    if (ch >= 'a' && ch <= 'z') return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9') return ch - '0' + 52;
-    if (ch == '+' || ch == '-') return 62;
-    if (ch == '/' || ch == '_') return 63;
-    return -1;
+/* base64 (standard or URL-safe alphabet) digit values; 64 = not a digit */
+static unsigned char B64[256];
+static void b64_init(void) {
+    if (B64['A'] == 0 && B64[0] == 64) return;
+    for (int i = 0; i < 256; i++) B64[i] = 64;
+    for (int i = 0; i < 26; i++) { B64['A' + i] = (unsigned char)i; B64['a' + i] = (unsigned char)(26 + i); }
+    for (int i = 0; i < 10; i++) B64['0' + i] = (unsigned char)(52 + i);
+    B64['+'] = B64['-'] = 62; B64['/'] = B64['_'] = 63;
 }
+static int b64v(char ch) { int v = B64[(unsigned char)ch]; return v == 64 ? -1 : v; }
 
 static int read_raw(cur_t *c, const io_t *io) {
     c->s++;  /* opening quote */
     size_t want = (size_t)io->count * ESIZE[io->dtype], n = 0;
     uint32_t acc = 0; int bits = 0;
     unsigned char *out = (unsigned char *)io->addr;
+    b64_init();
+    /* four digits at a time while they are all digits and the tensor has room */
+    const unsigned char *u = (const unsigned char *)c->s;
+    while (n + 3 <= want) {
+        unsigned a = B64[u[0]], b = B64[u[1]], d = B64[u[2]], e = B64[u[3]];
+        if ((a | b | d | e) & 64) break;
+        uint32_t v = (a << 18) | (b << 12) | (d << 6) | e;
+        out[n] = (unsigned char)(v >> 16); out[n + 1] = (unsigned char)(v >> 8); out[n + 2] = (unsigned char)v;
+        n += 3; u += 4;
+    }
+    c->s = (const char *)u;
     while (*c->s && *c->s != '"') {
         char ch = *c->s++;
         if (ch == '=' || ch == '\\' || ch == '\n' || ch == '\r') {

@@ -831,14 +831,17 @@ def conv(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     wp = max(hw[1] + begin[1], (ohw[1] - 1) * st[1] + (kk[1] - 1) * dl[1] + 1)
     pads = any(begin) or hp > hw[0] or wp > hw[1]
     padded = b.prog.scratch((c // groups) * hp * wp * 4) if pads else None
-    # the column matrix, panel-packed for the GEMM: columns padded to a multiple of 8
-    col = b.prog.scratch(kg * ((ohw[0] * ohw[1] + 7) // 8 * 8) * 4)
+    # the column matrix, panel-packed for the GEMM, built a chunk of columns at a time
+    # (a multiple of 8, about 64 KB of columns: it stays in cache and touches few pages)
+    cols = ohw[0] * ohw[1]
+    chunk = min((cols + 7) // 8 * 8, max(8, (16384 // kg) // 8 * 8))
+    col = b.prog.scratch(kg * chunk * 4)
     wi = b.prog.constant(pack_conv_weights(w, groups))
     bi = b.prog.constant(bias)
     words = [n, c, hw[0], hw[1], m, kk[0], kk[1], ohw[0], ohw[1], st[0], st[1], begin[0],
              begin[1], dl[0], dl[1], groups, b.ref(x), Ref(const=wi), Ref(const=bi),
              b.prog.ref(out), ACT_NONE, 0, 0, b.prog.ref(col),
-             b.prog.ref(padded) if padded is not None else 0, hp, wp]
+             b.prog.ref(padded) if padded is not None else 0, hp, wp, chunk]
     instr = b.prog.emit(pg.OP_CONV, words, "conv", w=w, bias=bias, wi=wi, bi=bi, groups=groups,
                         act=0)
     b.producer(out, instr)

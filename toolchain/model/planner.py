@@ -399,7 +399,8 @@ def build(data: bytes, max_bytes: int,
     inputs, outputs = b.run()
     k = kernel()
     blob, end = b.prog.pack(k.plan_address, inputs, outputs)
-    wasm = k.pack(blob, end)
+    io_bytes = sum(t.size * pg.ESIZE[t.dtype] for t in inputs + outputs)
+    wasm = k.pack(blob, end, slack=min(64 << 20, (1 << 20) + 8 * io_bytes))
 
     def info(t: Tensor) -> TensorInfo:
         return TensorInfo(t.name, t.shape, pg.NAMES[t.dtype])

@@ -81,9 +81,11 @@ class Kernel:
         """Where the plan goes: the first 64-byte boundary at or after __heap_base."""
         return (self.heap_base + 63) & ~63
 
-    def pack(self, blob: bytes, memory_end: int) -> bytes:
-        """A copy of the module with `blob` at plan_address and memory_end bytes of memory."""
-        pages = (memory_end + PAGE - 1) // PAGE
+    def pack(self, blob: bytes, memory_end: int, slack: int = 0) -> bytes:
+        """A copy of the module with `blob` at plan_address and memory_end bytes of memory,
+        plus `slack` for the request and the reply: growing memory during a call costs
+        more than pages never touched."""
+        pages = (memory_end + slack + PAGE - 1) // PAGE
         out = bytearray(b"\0asm\x01\0\0\0")
         for sid, body in self.sections:
             if sid == MEMORY:
