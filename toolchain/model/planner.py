@@ -61,12 +61,13 @@ class BuiltModel:
     operators: dict[str, int] = field(default_factory=dict)
     weights_bytes: int = 0
     memory_bytes: int = 0
+    instructions: int = 0
 
     def describe(self) -> dict:
         return {"inputs": [t.as_dict() for t in self.inputs],
                 "outputs": [t.as_dict() for t in self.outputs], "opsets": self.opsets,
                 "operators": self.operators, "weightsBytes": self.weights_bytes,
-                "memoryBytes": self.memory_bytes}
+                "memoryBytes": self.memory_bytes, "instructions": self.instructions}
 
 
 def load(data: bytes) -> onnx.ModelProto:
@@ -407,4 +408,5 @@ def build(data: bytes, max_bytes: int,
 
     return BuiltModel(wasm, [info(t) for t in inputs], [info(t) for t in outputs],
                       {(d or "ai.onnx"): v for d, v in b.opsets.items() if v},
-                      dict(b.op_counts), sum(len(c) for c in b.prog.consts), end)
+                      dict(b.op_counts), sum(len(c) for c in b.prog.consts), end,
+                      len(b.prog.instrs))
