@@ -87,9 +87,9 @@ def test_small_cnn_with_every_cnn_operator_matches_onnxruntime() -> None:
 def test_conv_batchnorm_relu_and_matmul_bias_relu_are_fused() -> None:
     built = build_model(small_cnn().SerializeToString(), max_bytes=MAX_BYTES)
     plan = built.describe()
-    # 25 nodes: both BatchNormalizations, the Relu, LeakyRelu and Clip after a Conv, the
-    # MatMul's Add and Relu join the instruction before them; Flatten and Reshape are views;
-    # Concat is one copy an input: 25 - 7 - 2 + 0 = 16.
+    # 25 nodes; 8 join the instruction before them (both BatchNormalizations, the two Relu,
+    # LeakyRelu and Clip after a Conv, the MatMul's Add and Relu); Flatten and Reshape are
+    # views; Concat is one copy an input: 25 - 8 - 2 + 1 = 16.
     assert plan["instructions"] == 16, plan
 
 
