@@ -326,31 +326,43 @@ static void op_conv(const int32_t *p) {
             /* The column matrix, a chunk of NT columns at a time (it stays in cache and
              * touches few pages), panel-packed: element (k, p) at (p/8)*Kg*8 + k*8 + p%8. */
             float *yg = y + ((size_t)n * M + (size_t)g * Mg) * P;
-            for (int p0 = 0; p0 < P; p0 += NT) {
-                int p1 = p0 + NT < P ? p0 + NT : P;
+            int32_t *off = (int32_t *)(col + (size_t)Kg * NT);  /* each tap's input offset */
+            {
                 int k = 0;
                 for (int c = 0; c < Cg; c++)
                     for (int kh = 0; kh < KH; kh++)
-                        for (int kw = 0; kw < KW; kw++, k++) {
-                            const float *xc = src + (size_t)c * Hs * Ws + (size_t)kh * dh * Ws + kw * dw;
-                            float *dst = col + (size_t)k * 8;
-                            if (sw == 1 && (OW & 7) == 0) {  /* whole blocks of 8 within a row */
-                                for (int q = p0; q < p1; q += 8) {
-                                    const float *row = xc + (size_t)(q / OW) * sh * Ws + q % OW;
-                                    float *d = dst + (size_t)((q - p0) >> 3) * Kg * 8;
-                                    wasm_v128_store(d, wasm_v128_load(row));
-                                    wasm_v128_store(d + 4, wasm_v128_load(row + 4));
-                                }
-                                continue;
-                            }
-                            int q = p0;
-                            for (; q < p1; q++) {
-                                const float *row = xc + (size_t)(q / OW) * sh * Ws;
-                                dst[(size_t)((q - p0) >> 3) * Kg * 8 + ((q - p0) & 7)] =
-                                    row[(size_t)(q % OW) * sw];
-                            }
-                            for (; (q - p0) & 7; q++) dst[(size_t)((q - p0) >> 3) * Kg * 8 + ((q - p0) & 7)] = 0;
+                        for (int kw = 0; kw < KW; kw++)
+                            off[k++] = c * Hs * Ws + kh * dh * Ws + kw * dw;
+            }
+            for (int p0 = 0; p0 < P; p0 += NT) {
+                int p1 = p0 + NT < P ? p0 + NT : P;
+                int oh = p0 / OW, ow = p0 % OW;  /* then stepped, not divided */
+                if (sw == 1 && (OW & 7) == 0) {
+                    /* 8 output columns within a row at a time: each panel written in order */
+                    for (int q = p0; q < p1; q += 8) {
+                        const float *base = src + (size_t)oh * sh * Ws + ow;
+                        float *d = col + (size_t)((q - p0) >> 3) * Kg * 8;
+                        for (int k = 0; k < Kg; k++, d += 8) {
+                            const float *from = base + off[k];
+                            wasm_v128_store(d, wasm_v128_load(from));
+                            wasm_v128_store(d + 4, wasm_v128_load(from + 4));
                         }
+                        ow += 8;
+                        if (ow == OW) { ow = 0; oh++; }
+                    }
+                } else {
+                    int q = p0;
+                    for (; q < p1; q++) {
+                        const float *base = src + (size_t)oh * sh * Ws + (size_t)ow * sw;
+                        float *d = col + (size_t)((q - p0) >> 3) * Kg * 8 + ((q - p0) & 7);
+                        for (int k = 0; k < Kg; k++) d[(size_t)k * 8] = base[off[k]];
+                        if (++ow == OW) { ow = 0; oh++; }
+                    }
+                    for (; (q - p0) & 7; q++) {
+                        float *d = col + (size_t)((q - p0) >> 3) * Kg * 8 + ((q - p0) & 7);
+                        for (int k = 0; k < Kg; k++) d[(size_t)k * 8] = 0;
+                    }
+                }
                 gemm_packed(Mg, p1 - p0, Kg, w + (size_t)g * Mg4 * Kg, col, yg + p0, P,
                             bias ? bias + g * Mg : 0, act);
             }

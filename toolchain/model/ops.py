@@ -832,10 +832,10 @@ def conv(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     pads = any(begin) or hp > hw[0] or wp > hw[1]
     padded = b.prog.scratch((c // groups) * hp * wp * 4) if pads else None
     # the column matrix, panel-packed for the GEMM, built a chunk of columns at a time
-    # (a multiple of 8, about 64 KB of columns: it stays in cache and touches few pages)
+    # (a multiple of 8, about 32 KB of columns: it stays in cache and touches few pages)
     cols = ohw[0] * ohw[1]
-    chunk = min((cols + 7) // 8 * 8, max(8, (16384 // kg) // 8 * 8))
-    col = b.prog.scratch(kg * chunk * 4)
+    chunk = min((cols + 7) // 8 * 8, max(8, (8192 // kg) // 8 * 8))
+    col = b.prog.scratch(kg * chunk * 4 + kg * 4)  # and each tap's offset
     wi = b.prog.constant(pack_conv_weights(w, groups))
     bi = b.prog.constant(bias)
     words = [n, c, hw[0], hw[1], m, kk[0], kk[1], ohw[0], ohw[1], st[0], st[1], begin[0],
