@@ -152,3 +152,28 @@ def test_refusals_name_the_problem() -> None:
 def test_a_module_without_a_plan_says_so() -> None:
     with pytest.raises(ModuleFailed, match="holds no model plan"):
         run_wasm(build_kernels.TARGET.read_bytes(), b'{"input": []}')
+
+
+def test_external_weights_are_refused_not_read_from_disk(tmp_path) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    model = single("Add", [("x", [4], F)], ["y"], {"w": np.zeros(4, np.float32)})
+    init = model.graph.initializer[0]
+    init.ClearField("raw_data")
+    init.data_location = onnx.TensorProto.EXTERNAL
+    init.external_data.add(key="location", value=str(secret))
+    with pytest.raises(ModelError, match="keeps its data in an external file"):
+        build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+
+
+def test_constant_control_flow_is_not_run_at_build_time() -> None:
+    h = onnx.helper
+    body = h.make_graph([h.make_node("Identity", ["c"], ["c_out"])], "body",
+                        [h.make_tensor_value_info("i", INT, []),
+                         h.make_tensor_value_info("c", B, [])],
+                        [h.make_tensor_value_info("c_out", B, [])])
+    model = single("Relu", [("x", [2], F)], ["y"])
+    model.graph.node.append(h.make_node("Loop", ["", "forever"], [], body=body))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(True), "forever"))
+    with pytest.raises(ModelError, match=r"unsupported operators: Loop \(domain ai.onnx"):
+        build_model(model.SerializeToString(), max_bytes=MAX_BYTES)

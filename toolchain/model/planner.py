@@ -31,7 +31,9 @@ MIN_OPSET, MAX_OPSET = 7, 22  # 22 only widened types; skl2onnx emits it
 ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL}
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 # Folding these could allocate their whole output: only when it is small.
-GROWING = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample"}
+GROWING = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot",
+           "EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"}
+NEVER_FOLD = {"If", "Loop", "Scan", "SequenceMap"}  # could run without end at build time
 FOLD_LIMIT = 1 << 20
 
 
@@ -347,6 +349,10 @@ class Builder:
             return False  # the handler knows shapes of runtime tensors too
         if node.op_type in GROWING and not self._small(node, ins):
             return False
+        if node.op_type in NEVER_FOLD or any(a.type in (onnx.AttributeProto.GRAPH,
+                                                         onnx.AttributeProto.GRAPHS)
+                                             for a in node.attribute):
+            return False
         from onnx.reference import ReferenceEvaluator
 
         feeds = {n: t.const for n, t in zip(node.input, ins, strict=False) if n and t is not None}
@@ -377,6 +383,10 @@ class Builder:
                 return int(np.prod(shape)) <= FOLD_LIMIT
             if node.op_type == "Tile":
                 return ins[0].size * int(np.prod(ins[1].const)) <= FOLD_LIMIT
+            if node.op_type == "Pad" and len(ins) > 1 and ins[1] is not None:
+                pads = [int(p) for p in ins[1].const.reshape(-1)]
+                grown = ins[0].size + sum(abs(p) for p in pads) * max(ins[0].shape or (1,))
+                return grown <= FOLD_LIMIT
         except (TypeError, ValueError, AttributeError):
             return False
         return False
@@ -389,13 +399,42 @@ def _dims_text(dims: list | None) -> str:
                            (d.dim_param or "?") for d in dims) + "]"
 
 
+def tensors_in(graph: onnx.GraphProto):  # noqa: ANN201 - a generator of TensorProto
+    """Every tensor stored in the graph: initializers, Constant values, subgraphs' too."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from tensors_in(sub)
+
+
+def check_self_contained(model: onnx.ModelProto) -> None:
+    """Weights must be in the file: external data would be read from the server's disk."""
+    for t in tensors_in(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+            raise ModelError(f"tensor '{t.name}' keeps its data in an external file; save the "
+                             f"model with its weights inside (onnx.save_model(model, path, "
+                             f"save_as_external_data=False))")
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if any(ord(ch) < 0x20 for ch in vi.name) or not vi.name:
+            raise ModelError(f"the input or output name {vi.name!r} is empty or holds control "
+                             f"characters")
+
+
 def build(data: bytes, max_bytes: int,
           input_shapes: dict[str, tuple[int, ...]] | None = None) -> BuiltModel:
     if len(data) > max_bytes:
         raise ModelError(f"the model file is {len(data)} bytes, over the limit of {max_bytes}")
     model = load(data)
-    if model.graph.node and any(n.op_type in ("If", "Loop", "Scan") for n in model.graph.node):
-        pass  # reported with the other unsupported operators
+    check_self_contained(model)
     b = Builder(model, max_bytes, input_shapes)
     inputs, outputs = b.run()
     k = kernel()
