@@ -8,24 +8,14 @@ noise without parsing a possibly huge model.
 
 from __future__ import annotations
 
+from wasmq.toolchain.model.wasmfile import read_leb as _varint
+
 VARINT, LEN = 0, 2
 # ModelProto: ir_version, producer_name, producer_version, domain, model_version,
 # doc_string, graph, opset_import, metadata_props, training_info, functions, configuration
 FIELDS = {1: VARINT, 2: LEN, 3: LEN, 4: LEN, 5: VARINT, 6: LEN, 7: LEN, 8: LEN, 14: LEN,
           20: LEN, 25: LEN, 26: LEN}
 GRAPH = 7
-
-
-def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while pos < len(data) and shift < 64:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-    raise ValueError("truncated varint")
 
 
 def is_onnx(data: bytes) -> bool:

@@ -37,28 +37,28 @@ def sleb(value: int) -> bytes:
             return bytes(out)
 
 
-def read_uleb(data: bytes, pos: int) -> tuple[int, int]:
+def read_leb(data: bytes | memoryview, pos: int, signed: bool = False) -> tuple[int, int]:
+    """A LEB128 number at pos (and the position after it); protobuf varints are the same."""
     value = shift = 0
     while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong LEB128 number")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
+            if signed and byte & 0x40:
+                value -= 1 << shift
             return value, pos
+
+
+def read_uleb(data: bytes, pos: int) -> tuple[int, int]:
+    return read_leb(data, pos)
 
 
 def read_sleb(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if byte & 0x40:
-                value -= 1 << shift
-            return value, pos
+    return read_leb(data, pos, signed=True)
 
 
 @dataclass(frozen=True)
