@@ -1116,7 +1116,10 @@ static void out_f(float f) {
     if (f == 0) { out_s((1.0f / f) < 0 ? "-0.0" : "0.0"); return; }
     double d = f;
     if (d < 0) { *op_++ = '-'; d = -d; }
-    int e = 0;
+    /* the decimal exponent from the binary one, then corrected by at most a step */
+    union { double d; uint64_t u; } bits = {d};
+    int e2 = (int)((bits.u >> 52) & 0x7ff) - 1023;
+    int e = (int)__builtin_floor(e2 * 0.30102999566398120);
     while (scale10(1.0, e) > d) e--;
     while (scale10(1.0, e + 1) <= d) e++;
     uint64_t m = 0;
