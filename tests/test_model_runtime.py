@@ -177,3 +177,14 @@ def test_constant_control_flow_is_not_run_at_build_time() -> None:
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(True), "forever"))
     with pytest.raises(ModelError, match=r"unsupported operators: Loop \(domain ai.onnx"):
         build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+
+
+def test_a_model_with_too_many_nodes_is_refused_before_planning() -> None:
+    h = onnx.helper
+    n = 20_001
+    nodes = [h.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(n)]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("t0", F, [1])],
+                         [h.make_tensor_value_info(f"t{n}", F, None)])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    with pytest.raises(ModelError, match="the model has 20001 nodes; at most 20000"):
+        build_model(model.SerializeToString(), max_bytes=MAX_BYTES)

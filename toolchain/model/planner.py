@@ -35,6 +35,7 @@ GROWING = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "
            "EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"}
 NEVER_FOLD = {"If", "Loop", "Scan", "SequenceMap"}  # could run without end at build time
 FOLD_LIMIT = 1 << 20
+MAX_NODES = 20_000  # ResNet-152 has about 500, BERT-base about 2,000; planning is quadratic
 
 
 @lru_cache(maxsize=1)
@@ -435,6 +436,9 @@ def build(data: bytes, max_bytes: int,
         raise ModelError(f"the model file is {len(data)} bytes, over the limit of {max_bytes}")
     model = load(data)
     check_self_contained(model)
+    if len(model.graph.node) > MAX_NODES:
+        raise ModelError(f"the model has {len(model.graph.node)} nodes; at most {MAX_NODES} "
+                         f"are supported")
     b = Builder(model, max_bytes, input_shapes)
     inputs, outputs = b.run()
     k = kernel()

@@ -149,19 +149,25 @@ class Program:
         for t in live_to_end:
             if t.storage is not None:
                 t.storage.last = 1 << 30
-        placed: list[Storage] = []
+        order = sorted(self.storages, key=lambda s: (-s.nbytes, s.first))
+        count = len(order)
+        # what is placed so far, as arrays: the overlap test is one vectorised pass
+        firsts = np.zeros(count, np.int64)
+        lasts = np.zeros(count, np.int64)
+        starts = np.zeros(count, np.int64)
+        ends = np.zeros(count, np.int64)
         total = 0
-        for s in sorted(self.storages, key=lambda s: (-s.nbytes, s.first)):
+        for i, s in enumerate(order):
             size = (s.nbytes + 63) & ~63
-            busy = sorted((p.offset, p.offset + ((p.nbytes + 63) & ~63)) for p in placed
-                          if not (p.last < s.first or s.last < p.first))
+            live = (lasts[:i] >= s.first) & (firsts[:i] <= s.last)
+            busy = sorted(zip(starts[:i][live].tolist(), ends[:i][live].tolist(), strict=True))
             offset = 0
             for lo, hi in busy:
                 if offset + size <= lo:
                     break
                 offset = max(offset, hi)
             s.offset = offset
-            placed.append(s)
+            firsts[i], lasts[i], starts[i], ends[i] = s.first, s.last, offset, offset + size
             total = max(total, offset + size)
         return total
 
