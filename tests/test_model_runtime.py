@@ -188,3 +188,10 @@ def test_a_model_with_too_many_nodes_is_refused_before_planning() -> None:
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
     with pytest.raises(ModelError, match="the model has 20001 nodes; at most 20000"):
         build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+
+
+def test_an_input_named_input_is_found_by_name_among_several() -> None:
+    model = single("Sub", [("input", [2], F), ("other", [2], F)], ["d"])
+    built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+    out = run_wasm(built.wasm, b'{"input": [5, 5], "other": [1, 2]}').output
+    assert json.loads(out)["d"] == [4.0, 3.0]

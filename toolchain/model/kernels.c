@@ -1217,7 +1217,9 @@ static int read_request(const char *text, const io_t *ins, int n_in) {
         ws(&c);
         int used = 0;
         if (klen == 5 && streq_json(key, 5, "input")) {
-            if (*c.s == '{' && !(n_in == 1 && 0)) {  /* inputs by name */
+            int named_input = 0;  /* an input the model itself calls "input" */
+            for (int i = 0; i < n_in; i++) if (streq_json("input", 5, ins[i].name)) named_input = 1;
+            if (*c.s == '{') {  /* inputs by name */
                 cur_t d = {c.s + 1};
                 ws(&d);
                 if (*d.s != '}') for (;;) {
@@ -1238,7 +1240,7 @@ static int read_request(const char *text, const io_t *ins, int n_in) {
                     goto malformed;
                 }
             } else if (n_in == 1) { where[0] = c.s; used = 1; }
-            else {
+            else if (!named_input) {
                 err_s("the model has ");
                 err_u((uint64_t)n_in);
                 err_s(" inputs; send them by name, {\"input\": {");
