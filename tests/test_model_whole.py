@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import helper as h
 from onnx import numpy_helper
 
@@ -153,3 +154,23 @@ def test_resnet20_matches_onnxruntime_in_the_worker_runtime() -> None:
         got = run_model(model, {"input": x})["logits"]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         assert got.argmax() == want.argmax()
+
+
+@pytest.mark.parametrize("opset", [7, 9, 11, 13, 15, 17, 19, 21])
+def test_an_mlp_at_every_opset_matches_onnxruntime(opset: int) -> None:
+    r = lambda *s: (RNG.standard_normal(s) * 0.5).astype(np.float32)  # noqa: E731
+    nodes = [h.make_node("Gemm", ["x", "w1", "b1"], ["g1"]),
+             h.make_node("Relu", ["g1"], ["h1"]),
+             h.make_node("Gemm", ["h1", "w2", "b2"], ["g2"], transB=1),
+             h.make_node("Sigmoid", ["g2"], ["s2"]),
+             h.make_node("Softmax", ["s2"], ["probs"], axis=1)]
+    inits = [const("w1", r(6, 16)), const("b1", r(16)), const("w2", r(4, 16)),
+             const("b2", r(4))]
+    graph = h.make_graph(nodes, "mlp", [h.make_tensor_value_info("x", F, [2, 6])],
+                         [onnx.ValueInfoProto(name="probs")], initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+    model.ir_version = 3 if opset < 8 else 8
+    model = typed_outputs(model)
+    x = RNG.standard_normal((2, 6)).astype(np.float32)
+    np.testing.assert_allclose(run_model(model, {"x": x})["probs"],
+                               reference(model, {"x": x})["probs"], rtol=1e-5, atol=1e-6)
