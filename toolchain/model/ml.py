@@ -8,6 +8,8 @@ skl2onnx are checked against.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from wasmq.toolchain.model import ops
@@ -22,7 +24,7 @@ MODES = {"LEAF": 0, "BRANCH_LEQ": 1, "BRANCH_LT": 2, "BRANCH_GTE": 3, "BRANCH_GT
 AGGREGATE = {"SUM": 0, "AVERAGE": 1, "MIN": 2, "MAX": 3}
 
 
-def handler(*names: str) -> callable:
+def handler(*names: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         for name in names:
             HANDLERS[name] = fn

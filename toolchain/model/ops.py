@@ -10,7 +10,6 @@ is folded into its weights, an Add of a bias after MatMul becomes its bias.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -924,7 +923,3 @@ def shape(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tenso
 @handler("Size")
 def size(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     return [b.const(0, np.array(ins[0].size, np.int64))]
-
-
-def math_ok(value: float) -> bool:
-    return math.isfinite(value)

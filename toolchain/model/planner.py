@@ -115,9 +115,6 @@ class Builder:
         if not MIN_OPSET <= opsets[""] <= MAX_OPSET and opsets[""]:
             raise ModelError(f"the model uses ai.onnx opset {opsets['']}; opsets {MIN_OPSET} "
                              f"to {MAX_OPSET} are supported")
-        for domain in opsets:
-            if domain not in ("", ML_DOMAIN):
-                pass  # operators from it are reported as unsupported, with their names
         return opsets
 
     def const_tensor(self, name: str, array: np.ndarray) -> Tensor:
@@ -274,7 +271,6 @@ class Builder:
             instr.words[14:16] = [0, 1]
             instr.words[17] = f32_bits(1.0)
             instr.fields["has_bias"] = True
-            self.node_output_alias = True
             return self.alias(mat, 0, mat.shape)
         return None
 
@@ -369,7 +365,6 @@ class Builder:
                     raise ModelError(f"{ops._where(node)}: its constant result is over the "
                                      f"model limit")
                 self.values[name] = self.const_tensor(name, value)
-        self.op_counts[node.op_type] += 0
         return True
 
     def _small(self, node: onnx.NodeProto, ins: list[Tensor | None]) -> bool:

@@ -69,9 +69,6 @@ class Ref:
     extra: int = 0   # bytes past the start
 
 
-NULL = 0
-
-
 def f32_bits(value: float) -> int:
     return struct.unpack("<i", struct.pack("<f", float(value)))[0]
 
