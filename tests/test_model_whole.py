@@ -174,3 +174,26 @@ def test_an_mlp_at_every_opset_matches_onnxruntime(opset: int) -> None:
     x = RNG.standard_normal((2, 6)).astype(np.float32)
     np.testing.assert_allclose(run_model(model, {"x": x})["probs"],
                                reference(model, {"x": x})["probs"], rtol=1e-5, atol=1e-6)
+
+
+def test_no_fusion_into_a_tensor_that_something_else_reads() -> None:
+    """Conv -> Reshape -> Relu may not fold the Relu into the Conv when the Conv's output
+    also feeds a Sigmoid, nor Conv -> BatchNormalization when the Conv's output is a model
+    output."""
+    w = (RNG.standard_normal((4, 2, 3, 3)) * 0.5).astype(np.float32)
+    stats = [const("s", np.ones(4, np.float32) * 2), const("b", np.ones(4, np.float32)),
+             const("m", np.zeros(4, np.float32)), const("v", np.ones(4, np.float32))]
+    nodes = [h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             h.make_node("Reshape", ["c", "shape"], ["flat"]),
+             h.make_node("Relu", ["flat"], ["relu"]),
+             h.make_node("Sigmoid", ["c"], ["sig"]),
+             h.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["bn"])]
+    graph = h.make_graph(nodes, "shared", [h.make_tensor_value_info("x", F, [1, 2, 5, 5])],
+                         [onnx.ValueInfoProto(name=n) for n in ("relu", "sig", "bn", "c")],
+                         initializer=[const("w", w), const("shape", np.array([1, -1], np.int64)),
+                                      *stats])
+    model = typed_outputs(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]))
+    x = RNG.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    want, got = reference(model, {"x": x}), run_model(model, {"x": x})
+    for name in ("relu", "sig", "bn", "c"):
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)

@@ -198,7 +198,9 @@ class Builder:
 
     def alias(self, src: Tensor, i: int, shape: tuple[int, ...]) -> Tensor:
         t = self.prog.alias(src, self.node.output[i], shape)
-        if src.name in self.producers:
+        # a view of a tensor nothing else reads may still take a fused activation
+        if src.name in self.producers and self.consumers[src.name] == 1 and \
+                src.name not in self.outputs:
             self.producers[t.name] = self.producers[src.name]
         return t
 
