@@ -195,3 +195,12 @@ def test_an_input_named_input_is_found_by_name_among_several() -> None:
     built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
     out = run_wasm(built.wasm, b'{"input": [5, 5], "other": [1, 2]}').output
     assert json.loads(out)["d"] == [4.0, 3.0]
+
+
+def test_a_malformed_node_is_a_model_error_naming_it() -> None:
+    model = single("MaxPool", [("x", [1, 1, 4, 4], F)], ["y"])  # no kernel_shape
+    with pytest.raises(ModelError, match="MaxPool node 'y' is malformed"):
+        build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+    model = single("Conv", [("x", [1, 1, 4, 4], F)], ["y"])  # no weights
+    with pytest.raises(ModelError, match="Conv node 'y' is malformed"):
+        build_model(model.SerializeToString(), max_bytes=MAX_BYTES)

@@ -329,7 +329,14 @@ class Builder:
         self.opset = self.opsets.get(domain, 1)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         table = ml.HANDLERS if domain == ML_DOMAIN else ops.HANDLERS
-        outs = table[node.op_type](self, node, ins, attrs)
+        try:
+            outs = table[node.op_type](self, node, ins, attrs)
+        except ModelError:
+            raise
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            # a node without an attribute or input its operator needs
+            raise ModelError(f"{self.where} is malformed ({type(exc).__name__}: {exc}); "
+                             f"onnx.checker.check_model(model) says more") from None
         self.op_counts[node.op_type] += 1
         for name, t in zip(node.output, outs, strict=False):
             if name:
