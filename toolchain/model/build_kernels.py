@@ -1,7 +1,8 @@
 """Build kernels.wasm from kernels.c with ziglang: `python -m wasmq.toolchain.model.build_kernels`.
 
 The built module is committed, so an upload never needs a compiler; a test
-rebuilds it and compares bytes, so the committed binary is the source's.
+rebuilds it and compares bytes, so the committed binary is the source's. The
+bytes depend on the compiler's version: pyproject pins ziglang exactly.
 """
 
 from __future__ import annotations
