@@ -8,8 +8,6 @@ skl2onnx are checked against.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from wasmq.toolchain.model import ops
@@ -22,14 +20,7 @@ HANDLERS: dict[str, Handler] = {}
 MODES = {"LEAF": 0, "BRANCH_LEQ": 1, "BRANCH_LT": 2, "BRANCH_GTE": 3, "BRANCH_GT": 4,
          "BRANCH_EQ": 5, "BRANCH_NEQ": 6}
 AGGREGATE = {"SUM": 0, "AVERAGE": 1, "MIN": 2, "MAX": 3}
-
-
-def handler(*names: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        for name in names:
-            HANDLERS[name] = fn
-        return fn
-    return register
+handler = ops.registrar(HANDLERS)
 
 
 def text(value: object, default: str = "") -> str:

@@ -33,12 +33,18 @@ R = dict(ReduceSum=0, ReduceMean=1, ReduceMax=2, ReduceMin=3, ReduceProd=4, Redu
          ReduceL2=6, ReduceLogSumExp=7, ReduceSumSquare=8, ReduceLogSum=9)
 
 
-def handler(*names: str) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        for name in names:
-            HANDLERS[name] = fn
-        return fn
-    return register
+def registrar(table: dict[str, Handler]) -> Callable[..., Callable[[Handler], Handler]]:
+    """A decorator factory: @handler("Add", "Sub") files the function under those names."""
+    def handler(*names: str) -> Callable[[Handler], Handler]:
+        def register(fn: Handler) -> Handler:
+            for name in names:
+                table[name] = fn
+            return fn
+        return register
+    return handler
+
+
+handler = registrar(HANDLERS)
 
 
 # ---------------------------------------------------------------- shapes and strides
