@@ -150,6 +150,55 @@ class Client:
                                                  "application/wasm")})
         return Function.from_record(self._decode(response))
 
+    def deploy_model(self, model: Any, *, name: str | None = None, example: Any = None,
+                     documentation: str = "", timeout: float = 300.0) -> Function:
+        """Upload a model (ONNX path or bytes, onnx.ModelProto, or a fitted scikit-learn
+        estimator, converted here with skl2onnx), wait for the server to build it, and
+        return the function.
+
+        `example`, one feature vector, fixes the input's width; it is run locally with
+        onnxruntime and on the new endpoint, and a disagreement raises ModelMismatch.
+        """
+        import numpy as np
+
+        from wasmq import modelfile
+
+        sample = None if example is None else np.asarray(example)
+        data = modelfile.onnx_bytes(model, sample)
+        label = name or (os.path.splitext(os.path.basename(model))[0]
+                         if isinstance(model, (str, os.PathLike)) else type(model).__name__)
+        fields = {"name": label, "documentation": documentation,
+                  "exampleinput": modelfile.request(sample) if sample is not None else ""}
+        response = self._request("POST", "/functions", data=fields,
+                                 files={"file": (f"{label}.onnx", data,
+                                                 "application/octet-stream")})
+        record = self._built(self._decode(response), timeout)
+        function = Function.from_record(record)
+        if sample is not None:
+            local = modelfile.local_outputs(data, sample)
+            remote = self.run(function.cfid, modelfile.request(sample)).json
+            why = modelfile.disagreement(local, remote if isinstance(remote, dict) else {})
+            if why:
+                raise errors.ModelMismatch(f"the endpoint {function.cfid} disagrees with the "
+                                           f"model run locally: {why}")
+        return function
+
+    def _built(self, record: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """The record once its build is over: ready, or BuildFailed with the server's why."""
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while record.get("status") == "building":
+            if time.monotonic() > deadline:
+                raise errors.TaskTimeout(f"the model {record.get('cfid')} was still building "
+                                         f"after {timeout:g} s", "", "")
+            time.sleep(delay)
+            delay = min(1.0, delay * 1.5)
+            record = self._decode(self._request("GET", f"/functions/{record['cfid']}"))
+        if record.get("status") == "failed":
+            why = record.get("error") or record.get("message") or "no reason given"
+            raise errors.BuildFailed(f"the server could not build the model: {why}", record)
+        return record
+
     def function(self, cfid: str) -> Function:
         return Function.from_record(self._decode(self._request("GET", f"/functions/{cfid}")))
 

@@ -60,6 +60,18 @@ class ServerError(ApiError):
     """5xx: the gateway or its Redis is in trouble; retrying later may help."""
 
 
+class BuildFailed(ClientError):
+    """The server could not build the uploaded model; the message says why."""
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class ModelMismatch(ClientError):
+    """The endpoint answered the example differently from the model run locally."""
+
+
 class TaskFailed(ClientError):
     """The task ran and failed (statusCode 0): a trap, a limit, pred() non-zero."""
 

@@ -1,0 +1,32 @@
+"""The model compiler: an ONNX model in, a Scailable-ABI module out.
+
+`build_model` is what the bounded build step calls; it raises only ModelError,
+whose message is written for the person who uploaded the model.
+"""
+
+from __future__ import annotations
+
+from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.planner import BuiltModel, TensorInfo
+from wasmq.toolchain.model.sniff import is_onnx
+
+__all__ = ["BuiltModel", "ModelError", "TensorInfo", "build_model", "is_onnx"]
+
+
+def build_model(model: bytes, *, max_bytes: int,
+                input_shapes: dict[str, tuple[int, ...]] | None = None) -> BuiltModel:
+    """Plan and pack `model` (ONNX bytes) into a module of at most `max_bytes` of memory.
+
+    `input_shapes` pins dynamic dimensions by input name; without it a dynamic
+    first dimension (the batch) becomes 1 and any other dynamic one is refused.
+    """
+    from wasmq.toolchain.model import planner
+
+    try:
+        return planner.build(model, max_bytes, input_shapes)
+    except ModelError:
+        raise
+    except RecursionError:
+        raise ModelError("the model is nested too deeply to plan") from None
+    except MemoryError:
+        raise ModelError("the model needs more memory to plan than the build may use") from None

@@ -1,0 +1,1309 @@
+/* wasmq model runtime: the Scailable ABI around a plan interpreter.
+ *
+ * Compiled once (build_kernels.py) to kernels.wasm; the Python planner packs a
+ * model's plan, input/output descriptions and weights as one data segment at
+ * PLAN_BASE (the first 64-byte boundary after __heap_base) in a copy of the
+ * module. Every address in the plan is absolute, so the interpreter only
+ * follows pointers. Freestanding: no libc; the one import is WASI fd_write,
+ * used only to say on stderr why pred() failed.
+ */
+#include <stdint.h>
+#include <stddef.h>
+#include <wasm_simd128.h>
+
+#define EXPORT(name) __attribute__((export_name(name)))
+#define MAGIC 0x314d5157u /* "WQM1" */
+
+typedef struct { const void *buf; size_t len; } ciovec;
+__attribute__((import_module("wasi_snapshot_preview1"), import_name("fd_write")))
+int32_t fd_write(int32_t fd, const ciovec *iovs, int32_t n, int32_t *written);
+
+extern unsigned char __heap_base;
+
+/* ---------------------------------------------------------------- memory */
+void *memset(void *d, int c, size_t n) { return __builtin_memset(d, c, n); }
+void *memcpy(void *d, const void *s, size_t n) { return __builtin_memcpy(d, s, n); }
+void *memmove(void *d, const void *s, size_t n) { return __builtin_memmove(d, s, n); }
+
+static uintptr_t heap_top;
+
+static uintptr_t plan_base(void) { return ((uintptr_t)&__heap_base + 63) & ~(uintptr_t)63; }
+
+static void *alloc(size_t n) {
+    uintptr_t p = (heap_top + 15) & ~(uintptr_t)15;
+    uintptr_t end = p + n;
+    uintptr_t have = __builtin_wasm_memory_size(0) * 65536u;
+    if (end < p) return 0;
+    if (end > have) {
+        size_t pages = (end - have + 65535u) / 65536u;
+        if (__builtin_wasm_memory_grow(0, pages) == (size_t)-1) return 0;
+    }
+    heap_top = end;
+    return (void *)p;
+}
+
+/* ---------------------------------------------------------------- errors */
+static char errbuf[1024];
+static int errlen;
+
+static void err_s(const char *s) { while (*s && errlen < (int)sizeof errbuf - 1) errbuf[errlen++] = *s++; }
+static void err_u(uint64_t v) {
+    char t[24]; int n = 0;
+    do { t[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+    while (n && errlen < (int)sizeof errbuf - 1) errbuf[errlen++] = t[--n];
+}
+static int fail(void) {
+    errbuf[errlen++] = '\n';
+    ciovec v = {errbuf, (size_t)errlen};
+    int32_t w;
+    fd_write(2, &v, 1, &w);
+    errlen = 0;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- plan layout */
+enum { F32 = 0, I64 = 1, BOOL = 2 };
+static const int ESIZE[3] = {4, 8, 1};
+static const char *TNAME[3] = {"float32", "int64", "bool"};
+
+typedef struct {           /* one model input or output, 16 words */
+    const char *name;
+    int32_t dtype, ndim, count;
+    void *addr;
+    int32_t dims[8];
+    int32_t pad[3];
+} io_t;
+
+typedef struct {
+    uint32_t magic, size, arena_end, n_in, n_out, io_off, code_off, code_words;
+} header_t;
+
+/* ---------------------------------------------------------------- math */
+static const double LN2 = 0.6931471805599453;
+static double d_exp(double x) {
+    if (x > 709.0) return __builtin_inf();
+    if (x < -745.0) return 0.0;
+    double k = __builtin_rint(x / LN2);
+    double r = x - k * 0.6931471803691238 - k * 1.9082149292705877e-10;
+    double p = 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0; p = p * r + 1.0 / 362880.0; p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0; p = p * r + 1.0 / 720.0; p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0; p = p * r + 1.0 / 6.0; p = p * r + 0.5; p = p * r + 1.0;
+    p = p * r + 1.0;
+    int64_t ki = (int64_t)k;
+    /* scale by 2^k in two steps so that subnormal results survive */
+    int64_t k1 = ki / 2, k2 = ki - k1;
+    union { double d; uint64_t u; } a = {0}, b = {0};
+    a.u = (uint64_t)(k1 + 1023) << 52; b.u = (uint64_t)(k2 + 1023) << 52;
+    return p * a.d * b.d;
+}
+static double d_log(double x) {
+    if (x < 0 || x != x) return __builtin_nan("");
+    if (x == 0) return -__builtin_inf();
+    if (x == __builtin_inf()) return x;
+    union { double d; uint64_t u; } v = {x};
+    int e = 0;
+    if ((v.u >> 52) == 0) { v.d *= 4503599627370496.0; e = -52; } /* subnormal */
+    e += (int)(v.u >> 52) - 1023;
+    v.u = (v.u & 0x000fffffffffffffull) | 0x3ff0000000000000ull;
+    if (v.d > 1.4142135623730951) { v.d *= 0.5; e++; }
+    double s = (v.d - 1) / (v.d + 1), s2 = s * s, t = s2, sum = 1.0;
+    for (int i = 3; i < 31; i += 2) { sum += t / i; t *= s2; }
+    return 2 * s * sum + e * LN2;
+}
+static double d_pow(double x, double y) {
+    if (y == 0) return 1.0;
+    if (x == 0) return y > 0 ? 0.0 : __builtin_inf();
+    if (x < 0) {
+        double yi = __builtin_trunc(y);
+        if (yi != y) return __builtin_nan("");
+        double r = d_exp(y * d_log(-x));
+        return __builtin_trunc(yi / 2.0) * 2.0 != yi ? -r : r;
+    }
+    return d_exp(y * d_log(x));
+}
+static float f_fmod(float x, float y) {
+    if (y == 0 || x != x || y != y || x == __builtin_inff() || x == -__builtin_inff()) return __builtin_nanf("");
+    double q = __builtin_trunc((double)x / (double)y);
+    return (float)((double)x - q * (double)y);
+}
+static float f_tanh(float xf) {
+    double x = xf;
+    if (x > 20) return 1.0f;
+    if (x < -20) return -1.0f;
+    double e = d_exp(2 * x);
+    return (float)((e - 1) / (e + 1));
+}
+static float f_sigmoid(float x) {
+    return (float)(1.0 / (1.0 + d_exp(-(double)x)));
+}
+static float f_erf(float xf) {  /* erf through its continued series; |error| < 1e-7 */
+    double x = xf, ax = x < 0 ? -x : x, r;
+    if (ax < 2.5) {
+        double term = ax, sum = ax, x2 = ax * ax;
+        for (int n = 1; n < 60; n++) { term *= -x2 / n; sum += term / (2 * n + 1); }
+        r = sum * 1.1283791670955126;
+    } else {
+        double t = 1.0 / (1.0 + 0.5 * ax);
+        double y = t * d_exp(-ax * ax - 1.26551223 + t * (1.00002368 + t * (0.37409196 +
+                   t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 +
+                   t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+        r = 1 - y;
+    }
+    return (float)(x < 0 ? -r : r);
+}
+
+/* ---------------------------------------------------------------- GEMM */
+/* C[m][n] = act(sum_k A[m][k] B[k][n] + bias), B rows contiguous.
+ * Packed A (constant weights): blocks of 4 rows, [M/4][K][4]. */
+typedef struct { int32_t act; float alpha, beta; } act_t;
+enum { ACT_NONE = 0, ACT_RELU, ACT_LEAKY, ACT_CLIP };
+
+static inline v128_t vact(v128_t v, act_t a) {
+    switch (a.act) {
+    case ACT_RELU: return wasm_f32x4_max(v, wasm_f32x4_splat(0.0f));
+    case ACT_LEAKY: {
+        v128_t neg = wasm_f32x4_lt(v, wasm_f32x4_splat(0.0f));
+        return wasm_v128_bitselect(wasm_f32x4_mul(v, wasm_f32x4_splat(a.alpha)), v, neg);
+    }
+    case ACT_CLIP:
+        return wasm_f32x4_min(wasm_f32x4_max(v, wasm_f32x4_splat(a.alpha)), wasm_f32x4_splat(a.beta));
+    }
+    return v;
+}
+static inline float sact(float v, act_t a) {
+    switch (a.act) {
+    case ACT_RELU: return v > 0 ? v : 0;
+    case ACT_LEAKY: return v < 0 ? v * a.alpha : v;
+    case ACT_CLIP: return v < a.alpha ? a.alpha : (v > a.beta ? a.beta : v);
+    }
+    return v;
+}
+
+#define SPL(a, i) wasm_i32x4_shuffle(a, a, i, i, i, i)
+
+/* a*b + c: one fused multiply-add where the engine has FMA (relaxed SIMD) */
+#define MADD(a, b, c) wasm_f32x4_relaxed_madd(a, b, c)
+/* broadcast loads (vbroadcastss on x86): no shuffle competes with the FMAs */
+#define STEP(a, x0, x1) do { \
+    v128_t a_ = wasm_v128_load(a), s_ = SPL(a_, 0); \
+    c00 = MADD(s_, x0, c00); c01 = MADD(s_, x1, c01); \
+    s_ = SPL(a_, 1); \
+    c10 = MADD(s_, x0, c10); c11 = MADD(s_, x1, c11); \
+    s_ = SPL(a_, 2); \
+    c20 = MADD(s_, x0, c20); c21 = MADD(s_, x1, c21); \
+    s_ = SPL(a_, 3); \
+    c30 = MADD(s_, x0, c30); c31 = MADD(s_, x1, c31); } while (0)
+
+/* Rows m..m+3 of packed A times panel-packed B: B holds N8/8 panels of [K][8]
+ * (columns padded to a multiple of 8 with zeros), so the inner loop reads
+ * both operands contiguously. C gets the N valid columns. */
+static void gemm_block4(const float *Ap, int K, const float *Bp, int N, float *C, int ldc,
+                        int rows, const float *bias, act_t act) {
+    float b0 = bias ? bias[0] : 0, b1 = (bias && rows > 1) ? bias[1] : 0;
+    float b2 = (bias && rows > 2) ? bias[2] : 0, b3 = (bias && rows > 3) ? bias[3] : 0;
+    for (int n = 0; n < N; n += 8) {
+        v128_t c00 = wasm_f32x4_splat(b0), c01 = c00, c10 = wasm_f32x4_splat(b1), c11 = c10;
+        v128_t c20 = wasm_f32x4_splat(b2), c21 = c20, c30 = wasm_f32x4_splat(b3), c31 = c30;
+        const float *bp = Bp + (size_t)n * K;
+        const float *ap = Ap;
+        int k = 0;
+        for (; k + 4 <= K; k += 4, ap += 16, bp += 32) {
+            v128_t x0 = wasm_v128_load(bp), x1 = wasm_v128_load(bp + 4);
+            STEP(ap, x0, x1);
+            x0 = wasm_v128_load(bp + 8); x1 = wasm_v128_load(bp + 12);
+            STEP(ap + 4, x0, x1);
+            x0 = wasm_v128_load(bp + 16); x1 = wasm_v128_load(bp + 20);
+            STEP(ap + 8, x0, x1);
+            x0 = wasm_v128_load(bp + 24); x1 = wasm_v128_load(bp + 28);
+            STEP(ap + 12, x0, x1);
+        }
+        for (; k < K; k++, ap += 4, bp += 8) {
+            v128_t x0 = wasm_v128_load(bp), x1 = wasm_v128_load(bp + 4);
+            STEP(ap, x0, x1);
+        }
+        v128_t r[8] = {vact(c00, act), vact(c01, act), vact(c10, act), vact(c11, act),
+                       vact(c20, act), vact(c21, act), vact(c30, act), vact(c31, act)};
+        if (n + 8 <= N) {
+            for (int i = 0; i < rows; i++) {
+                wasm_v128_store(C + (size_t)i * ldc + n, r[2 * i]);
+                wasm_v128_store(C + (size_t)i * ldc + n + 4, r[2 * i + 1]);
+            }
+        } else {
+            float tmp[8];
+            for (int i = 0; i < rows; i++) {
+                wasm_v128_store(tmp, r[2 * i]); wasm_v128_store(tmp + 4, r[2 * i + 1]);
+                for (int j = 0; j < N - n; j++) C[(size_t)i * ldc + n + j] = tmp[j];
+            }
+        }
+    }
+}
+
+static void gemm_packed(int M, int N, int K, const float *Ap, const float *Bp, float *C,
+                        int ldc, const float *bias, act_t act) {
+    for (int m = 0; m < M; m += 4) {
+        int rows = M - m < 4 ? M - m : 4;
+        gemm_block4(Ap + (size_t)m * K, K, Bp, N, C + (size_t)m * ldc, ldc, rows,
+                    bias ? bias + m : 0, act);
+    }
+}
+
+/* General GEMM: A with any strides, B rows contiguous (ldb), C contiguous rows. */
+static void gemm_general(int M, int N, int K, const float *A, int sam, int sak,
+                         const float *B, int ldb, float *C, int ldc,
+                         const float *bias, int sbm, int sbn, float alpha, float beta, act_t act) {
+    for (int m = 0; m < M; m++) {
+        float *c = C + (size_t)m * ldc;
+        for (int n = 0; n < N; n++) c[n] = 0;
+        const float *a = A + (size_t)m * sam;
+        for (int k = 0; k < K; k++) {
+            float av = a[(size_t)k * sak];
+            const float *b = B + (size_t)k * ldb;
+            v128_t s = wasm_f32x4_splat(av);
+            int n = 0;
+            for (; n + 4 <= N; n += 4)
+                wasm_v128_store(c + n, wasm_f32x4_add(wasm_v128_load(c + n),
+                                                      wasm_f32x4_mul(s, wasm_v128_load(b + n))));
+            for (; n < N; n++) c[n] += av * b[n];
+        }
+        for (int n = 0; n < N; n++) {
+            float v = alpha * c[n];
+            if (bias) v += beta * bias[(size_t)m * sbm + (size_t)n * sbn];
+            c[n] = sact(v, act);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- ops */
+enum {
+    OP_CONV = 1, OP_GEMM = 2, OP_POOL = 3, OP_ELT = 4, OP_SOFTMAX = 5, OP_REDUCE = 6,
+    OP_ARG = 7, OP_GATHER = 8, OP_TREES = 9, OP_FILL = 10,
+};
+
+static act_t read_act(const int32_t *p) {
+    act_t a; a.act = p[0];
+    union { int32_t i; float f; } u;
+    u.i = p[1]; a.alpha = u.f; u.i = p[2]; a.beta = u.f;
+    return a;
+}
+static float as_f(int32_t i) { union { int32_t i; float f; } u = {i}; return u.f; }
+
+/* Conv, NCHW, weights packed per group as [Mg/4][Kg][4], Kg = Cg*KH*KW. */
+static void op_conv(const int32_t *p) {
+    int N = p[0], C = p[1], H = p[2], W = p[3], M = p[4], KH = p[5], KW = p[6];
+    int OH = p[7], OW = p[8], sh = p[9], sw = p[10], pt = p[11], pl = p[12];
+    int dh = p[13], dw = p[14], G = p[15];
+    const float *x = (const float *)(uintptr_t)p[16];
+    const float *w = (const float *)(uintptr_t)p[17];
+    const float *bias = (const float *)(uintptr_t)p[18];
+    float *y = (float *)(uintptr_t)p[19];
+    act_t act = read_act(p + 20);
+    float *col = (float *)(uintptr_t)p[23];
+    float *padded = (float *)(uintptr_t)p[24];  /* 0 when there is no padding */
+    int Hp = p[25], Wp = p[26], NT = p[27];  /* NT: columns a chunk, a multiple of 8 */
+    int Cg = C / G, Mg = M / G, Kg = Cg * KH * KW, P = OH * OW;
+    int Mg4 = (Mg + 3) & ~3;
+    for (int n = 0; n < N; n++) {
+        for (int g = 0; g < G; g++) {
+            const float *xg = x + ((size_t)n * C + (size_t)g * Cg) * H * W;
+            /* the input with its padding made real, so the loop below checks no bounds */
+            const float *src = xg;
+            int Ws = W;
+            if (padded) {
+                for (size_t i = 0; i < (size_t)Cg * Hp * Wp; i++) padded[i] = 0;
+                for (int c = 0; c < Cg; c++)
+                    for (int h = 0; h < H; h++) {
+                        const float *from = xg + ((size_t)c * H + h) * W;
+                        float *to = padded + ((size_t)c * Hp + h + pt) * Wp + pl;
+                        int w0 = 0;
+                        for (; w0 + 4 <= W; w0 += 4) wasm_v128_store(to + w0, wasm_v128_load(from + w0));
+                        for (; w0 < W; w0++) to[w0] = from[w0];
+                    }
+                src = padded;
+                Ws = Wp;
+            }
+            int Hs = padded ? Hp : H;
+            /* The column matrix, a chunk of NT columns at a time (it stays in cache and
+             * touches few pages), panel-packed: element (k, p) at (p/8)*Kg*8 + k*8 + p%8. */
+            float *yg = y + ((size_t)n * M + (size_t)g * Mg) * P;
+            int32_t *off = (int32_t *)(col + (size_t)Kg * NT);  /* each tap's input offset */
+            {
+                int k = 0;
+                for (int c = 0; c < Cg; c++)
+                    for (int kh = 0; kh < KH; kh++)
+                        for (int kw = 0; kw < KW; kw++)
+                            off[k++] = c * Hs * Ws + kh * dh * Ws + kw * dw;
+            }
+            for (int p0 = 0; p0 < P; p0 += NT) {
+                int p1 = p0 + NT < P ? p0 + NT : P;
+                int oh = p0 / OW, ow = p0 % OW;  /* then stepped, not divided */
+                if (sw == 1 && (OW & 7) == 0) {
+                    /* 8 output columns within a row at a time: each panel written in order */
+                    for (int q = p0; q < p1; q += 8) {
+                        const float *base = src + (size_t)oh * sh * Ws + ow;
+                        float *d = col + (size_t)((q - p0) >> 3) * Kg * 8;
+                        for (int k = 0; k < Kg; k++, d += 8) {
+                            const float *from = base + off[k];
+                            wasm_v128_store(d, wasm_v128_load(from));
+                            wasm_v128_store(d + 4, wasm_v128_load(from + 4));
+                        }
+                        ow += 8;
+                        if (ow == OW) { ow = 0; oh++; }
+                    }
+                } else {
+                    int q = p0;
+                    for (; q < p1; q++) {
+                        const float *base = src + (size_t)oh * sh * Ws + (size_t)ow * sw;
+                        float *d = col + (size_t)((q - p0) >> 3) * Kg * 8 + ((q - p0) & 7);
+                        for (int k = 0; k < Kg; k++) d[(size_t)k * 8] = base[off[k]];
+                        if (++ow == OW) { ow = 0; oh++; }
+                    }
+                    for (; (q - p0) & 7; q++) {
+                        float *d = col + (size_t)((q - p0) >> 3) * Kg * 8 + ((q - p0) & 7);
+                        for (int k = 0; k < Kg; k++) d[(size_t)k * 8] = 0;
+                    }
+                }
+                gemm_packed(Mg, p1 - p0, Kg, w + (size_t)g * Mg4 * Kg, col, yg + p0, P,
+                            bias ? bias + g * Mg : 0, act);
+            }
+        }
+    }
+}
+
+static void op_gemm(const int32_t *p) {
+    int batch = p[0], M = p[1], N = p[2], K = p[3];
+    const float *A = (const float *)(uintptr_t)p[4];
+    int sam = p[5], sak = p[6], sab = p[7];
+    const float *B = (const float *)(uintptr_t)p[8];
+    int ldb = p[9], sbb = p[10];
+    float *C = (float *)(uintptr_t)p[11];
+    int scb = p[12];
+    const float *bias = (const float *)(uintptr_t)p[13];
+    int sbm = p[14], sbn = p[15];
+    float alpha = as_f(p[16]), beta = as_f(p[17]);
+    act_t act = read_act(p + 18);
+    for (int b = 0; b < batch; b++) {
+        gemm_general(M, N, K, A + (size_t)b * sab, sam, sak, B + (size_t)b * sbb, ldb,
+                         C + (size_t)b * scb, N, bias, sbm, sbn, alpha, beta, act);
+    }
+}
+
+static void op_pool(const int32_t *p) {
+    int planes = p[0], H = p[1], W = p[2], OH = p[3], OW = p[4], KH = p[5], KW = p[6];
+    int sh = p[7], sw = p[8], pt = p[9], pl = p[10], pb = p[11], pr = p[12];
+    int dh = p[13], dw = p[14], mode = p[15], include_pad = p[16];
+    const float *x = (const float *)(uintptr_t)p[17];
+    float *y = (float *)(uintptr_t)p[18];
+    for (int c = 0; c < planes; c++) {
+        const float *xc = x + (size_t)c * H * W;
+        for (int oh = 0; oh < OH; oh++)
+            for (int ow = 0; ow < OW; ow++) {
+                int h0 = oh * sh - pt, w0 = ow * sw - pl;
+                float acc = mode == 0 ? -__builtin_inff() : 0.0f;
+                int cnt = 0;
+                for (int kh = 0; kh < KH; kh++) {
+                    int ih = h0 + kh * dh;
+                    if (ih < 0 || ih >= H) continue;
+                    const float *row = xc + (size_t)ih * W;
+                    for (int kw = 0; kw < KW; kw++) {
+                        int iw = w0 + kw * dw;
+                        if (iw < 0 || iw >= W) continue;
+                        float v = row[iw];
+                        if (mode == 0) { if (v > acc || v != v) acc = v; }
+                        else acc += v;
+                        cnt++;
+                    }
+                }
+                if (mode == 1) {
+                    if (include_pad) {
+                        int hs = h0 < -pt ? -pt : h0, ws = w0 < -pl ? -pl : w0;
+                        int he = h0 + (KH - 1) * dh + 1, we = w0 + (KW - 1) * dw + 1;
+                        if (he > H + pb) he = H + pb;
+                        if (we > W + pr) we = W + pr;
+                        cnt = ((he - hs + dh - 1) / dh) * ((we - ws + dw - 1) / dw);
+                    }
+                    acc = cnt ? acc / cnt : 0;
+                }
+                *y++ = acc;
+            }
+    }
+}
+
+/* Elementwise over up to 6 dims with strides (in elements) for every operand. */
+enum {
+    E_COPY = 0, E_ADD, E_SUB, E_MUL, E_DIV, E_POW, E_MAX, E_MIN, E_MOD, E_FMOD,
+    E_LT = 20, E_GT, E_EQ, E_LE, E_GE, E_AND, E_OR, E_XOR, E_WHERE = 30,
+    E_RELU = 40, E_LEAKY, E_SIGMOID, E_TANH, E_EXP, E_LOG, E_SQRT, E_ABS, E_NEG, E_CLIP,
+    E_RECIP, E_FLOOR, E_CEIL, E_ERF, E_NOT, E_CAST, E_SOFTPLUS, E_HARDSIGMOID, E_ROUND,
+    E_SIGN, E_ELU, E_SELU, E_HARDSWISH, E_SIN, E_COS, E_ISNAN, E_ISINF, E_PROBIT,
+};
+
+static int64_t ld_i(const void *p, int dt) {
+    if (dt == I64) return *(const int64_t *)p;
+    if (dt == BOOL) return *(const uint8_t *)p;
+    return (int64_t)*(const float *)p;
+}
+static float ld_f(const void *p, int dt) {
+    if (dt == F32) return *(const float *)p;
+    if (dt == I64) return (float)*(const int64_t *)p;
+    return (float)*(const uint8_t *)p;
+}
+
+static float probit(float p) {  /* the inverse of the normal CDF, as ONNX-ML defines it */
+    double x = 2.0 * p - 1.0, w = -d_log((1.0 - x) * (1.0 + x)), r;
+    if (w < 5.0) {
+        w -= 2.5;
+        r = 2.81022636e-08; r = 3.43273939e-07 + r * w; r = -3.5233877e-06 + r * w;
+        r = -4.39150654e-06 + r * w; r = 0.00021858087 + r * w; r = -0.00125372503 + r * w;
+        r = -0.00417768164 + r * w; r = 0.246640727 + r * w; r = 1.50140941 + r * w;
+    } else {
+        w = __builtin_sqrt(w) - 3.0;
+        r = -0.000200214257; r = 0.000100950558 + r * w; r = 0.00134934322 + r * w;
+        r = -0.00367342844 + r * w; r = 0.00573950773 + r * w; r = -0.0076224613 + r * w;
+        r = 0.00943887047 + r * w; r = 1.00167406 + r * w; r = 2.83297682 + r * w;
+    }
+    return (float)(r * x * 1.4142135623730951);
+}
+
+static float un_f(int op, float v, float a, float b) {
+    switch (op) {
+    case E_RELU: return v > 0 ? v : 0;
+    case E_LEAKY: return v < 0 ? v * a : v;
+    case E_SIGMOID: return f_sigmoid(v);
+    case E_TANH: return f_tanh(v);
+    case E_EXP: return (float)d_exp(v);
+    case E_LOG: return (float)d_log(v);
+    case E_SQRT: return __builtin_sqrtf(v);
+    case E_ABS: return __builtin_fabsf(v);
+    case E_NEG: return -v;
+    case E_CLIP: return v < a ? a : (v > b ? b : v);
+    case E_RECIP: return 1.0f / v;
+    case E_FLOOR: return __builtin_floorf(v);
+    case E_CEIL: return __builtin_ceilf(v);
+    case E_ERF: return f_erf(v);
+    case E_SOFTPLUS: return v > 20 ? v : (float)d_log(1.0 + d_exp(v));
+    case E_HARDSIGMOID: { float r = a * v + b; return r < 0 ? 0 : (r > 1 ? 1 : r); }
+    case E_ROUND: return __builtin_rintf(v);
+    case E_SIGN: return v > 0 ? 1.0f : (v < 0 ? -1.0f : 0.0f);
+    case E_ELU: return v < 0 ? (float)(a * (d_exp(v) - 1)) : v;
+    case E_SELU: return v <= 0 ? (float)(b * (a * d_exp(v) - a)) : b * v;
+    case E_HARDSWISH: { float r = v / 6 + 0.5f; r = r < 0 ? 0 : (r > 1 ? 1 : r); return v * r; }
+    case E_PROBIT: return probit(v);
+    }
+    return v;
+}
+static float bin_f(int op, float x, float y) {
+    switch (op) {
+    case E_ADD: return x + y;
+    case E_SUB: return x - y;
+    case E_MUL: return x * y;
+    case E_DIV: return x / y;
+    case E_POW:
+        if (y == 2.0f) return x * x;
+        if (y == 1.0f) return x;
+        if (y == 0.5f && x >= 0) return __builtin_sqrtf(x);
+        return (float)d_pow(x, y);
+    case E_MAX: return (x != x || x > y) ? x : y;
+    case E_MIN: return (x != x || x < y) ? x : y;
+    case E_FMOD: return f_fmod(x, y);
+    case E_MOD: { float r = f_fmod(x, y); if (r != 0 && ((r < 0) != (y < 0))) r += y; return r; }
+    }
+    return 0;
+}
+static int bin_i(int op, int64_t x, int64_t y, int64_t *out) {
+    switch (op) {
+    case E_ADD: *out = (int64_t)((uint64_t)x + (uint64_t)y); return 0;
+    case E_SUB: *out = (int64_t)((uint64_t)x - (uint64_t)y); return 0;
+    case E_MUL: *out = (int64_t)((uint64_t)x * (uint64_t)y); return 0;
+    case E_DIV: case E_MOD: case E_FMOD:
+        if (y == 0 || (x == INT64_MIN && y == -1)) return 1;
+        if (op == E_DIV) *out = x / y;
+        else { int64_t r = x % y; if (op == E_MOD && r != 0 && ((r < 0) != (y < 0))) r += y; *out = r; }
+        return 0;
+    case E_MAX: *out = x > y ? x : y; return 0;
+    case E_MIN: *out = x < y ? x : y; return 0;
+    }
+    return 0;
+}
+
+static int op_elt(const int32_t *p) {
+    int op = p[0], nin = p[1], dto = p[2], ndim = p[3];
+    float a = as_f(p[4]), b = as_f(p[5]);
+    const int32_t *dims = p + 6;            /* 6 */
+    char *out = (char *)(uintptr_t)p[12];
+    const int32_t *so = p + 13;             /* 6 */
+    const char *in[3]; const int32_t *si[3]; int dti[3];
+    for (int i = 0; i < 3; i++) {
+        const int32_t *q = p + 19 + i * 8;
+        in[i] = (const char *)(uintptr_t)q[0]; dti[i] = q[1]; si[i] = q + 2;
+    }
+    int eo = ESIZE[dto], e0 = ESIZE[dti[0]], e1 = ESIZE[dti[1]], e2 = ESIZE[dti[2]];
+    int32_t idx[6] = {0, 0, 0, 0, 0, 0};
+    int inner = dims[ndim - 1];
+    int s0 = si[0][ndim - 1], s1 = si[1][ndim - 1], s2 = si[2][ndim - 1], sO = so[ndim - 1];
+    int dt0 = dti[0];
+    for (;;) {
+        size_t oo = 0, o0 = 0, o1 = 0, o2 = 0;
+        for (int d = 0; d < ndim - 1; d++) {
+            oo += (size_t)idx[d] * so[d]; o0 += (size_t)idx[d] * si[0][d];
+            o1 += (size_t)idx[d] * si[1][d]; o2 += (size_t)idx[d] * si[2][d];
+        }
+        char *po = out + oo * eo;
+        const char *p0 = in[0] + o0 * e0, *p1 = in[1] + o1 * e1, *p2 = in[2] + o2 * e2;
+        if (op == E_COPY || (op == E_CAST && dto == dt0)) {
+            if (sO == 1 && s0 == 1) __builtin_memcpy(po, p0, (size_t)inner * eo);
+            else if (eo == 4) for (int i = 0; i < inner; i++) ((int32_t *)po)[i * sO] = ((const int32_t *)p0)[i * s0];
+            else if (eo == 8) for (int i = 0; i < inner; i++) ((int64_t *)po)[i * sO] = ((const int64_t *)p0)[i * s0];
+            else for (int i = 0; i < inner; i++) po[i * sO] = p0[i * s0];
+        } else if (op == E_CAST) {
+            for (int i = 0; i < inner; i++) {
+                const char *q = p0 + (size_t)i * s0 * e0;
+                char *r = po + (size_t)i * sO * eo;
+                if (dto == F32) *(float *)r = ld_f(q, dt0);
+                else if (dto == I64) {
+                    if (dt0 == F32) {
+                        float f = *(const float *)q;
+                        *(int64_t *)r = (f != f) ? INT64_MIN : (f >= 9.2233720e18f ? INT64_MAX :
+                                        (f <= -9.2233720e18f ? INT64_MIN : (int64_t)f));
+                    } else *(int64_t *)r = ld_i(q, dt0);
+                } else *(uint8_t *)r = dt0 == F32 ? (*(const float *)q != 0) : (ld_i(q, dt0) != 0);
+            }
+        } else if (op == E_WHERE) {
+            for (int i = 0; i < inner; i++) {
+                const char *src = p0[(size_t)i * s0] ? p1 + (size_t)i * s1 * e1 : p2 + (size_t)i * s2 * e2;
+                __builtin_memcpy(po + (size_t)i * sO * eo, src, (size_t)eo);
+            }
+        } else if (op == E_NOT) {
+            for (int i = 0; i < inner; i++) po[i * sO] = !p0[i * s0];
+        } else if (op == E_ISNAN || op == E_ISINF) {
+            for (int i = 0; i < inner; i++) {
+                float v = ((const float *)p0)[i * s0];
+                po[i * sO] = op == E_ISNAN ? (v != v) : (v == __builtin_inff() || v == -__builtin_inff());
+            }
+        } else if (op >= E_RELU) {
+            if (dt0 == F32) {
+                const float *x = (const float *)p0; float *y = (float *)po;
+                if (op == E_RELU && s0 == 1 && sO == 1) {
+                    int i = 0;
+                    for (; i + 4 <= inner; i += 4)
+                        wasm_v128_store(y + i, wasm_f32x4_max(wasm_v128_load(x + i), wasm_f32x4_splat(0)));
+                    for (; i < inner; i++) y[i] = x[i] > 0 ? x[i] : 0;
+                } else
+                    for (int i = 0; i < inner; i++) y[i * sO] = un_f(op, x[i * s0], a, b);
+            } else {  /* int64 abs, neg, relu, sign */
+                const int64_t *x = (const int64_t *)p0; int64_t *y = (int64_t *)po;
+                for (int i = 0; i < inner; i++) {
+                    int64_t v = x[i * s0];
+                    y[i * sO] = op == E_ABS ? (v < 0 ? -v : v) : op == E_NEG ? -v :
+                                op == E_RELU ? (v > 0 ? v : 0) : op == E_SIGN ? (v > 0) - (v < 0) : v;
+                }
+            }
+        } else if (op >= E_LT) {   /* comparisons and logic: bool out */
+            for (int i = 0; i < inner; i++) {
+                const char *q0 = p0 + (size_t)i * s0 * e0, *q1 = p1 + (size_t)i * s1 * e1;
+                int r = 0;
+                if (dt0 == F32) {
+                    float x = *(const float *)q0, y = *(const float *)q1;
+                    r = op == E_LT ? x < y : op == E_GT ? x > y : op == E_EQ ? x == y :
+                        op == E_LE ? x <= y : x >= y;
+                } else {
+                    int64_t x = ld_i(q0, dt0), y = ld_i(q1, dti[1]);
+                    r = op == E_LT ? x < y : op == E_GT ? x > y : op == E_EQ ? x == y :
+                        op == E_LE ? x <= y : op == E_GE ? x >= y : op == E_AND ? (x && y) :
+                        op == E_OR ? (x || y) : ((x != 0) != (y != 0));
+                }
+                po[i * sO] = (char)r;
+            }
+        } else if (dto == F32) {
+            const float *x = (const float *)p0, *y = (const float *)p1; float *z = (float *)po;
+            if (s0 == 1 && s1 == 1 && sO == 1 && op <= E_DIV) {
+                int i = 0;
+                for (; i + 4 <= inner; i += 4) {
+                    v128_t u = wasm_v128_load(x + i), v = wasm_v128_load(y + i);
+                    v128_t r = op == E_ADD ? wasm_f32x4_add(u, v) : op == E_SUB ? wasm_f32x4_sub(u, v) :
+                               op == E_MUL ? wasm_f32x4_mul(u, v) : wasm_f32x4_div(u, v);
+                    if (a != 0) r = wasm_f32x4_max(r, wasm_f32x4_splat(0));  /* fused Relu */
+                    wasm_v128_store(z + i, r);
+                }
+                for (; i < inner; i++) { float r = bin_f(op, x[i], y[i]); z[i] = (a != 0 && r < 0) ? 0 : r; }
+            } else
+                for (int i = 0; i < inner; i++) {
+                    float r = bin_f(op, x[i * s0], y[i * s1]);
+                    z[i * sO] = (a != 0 && r < 0) ? 0 : r;
+                }
+        } else {
+            const int64_t *x = (const int64_t *)p0, *y = (const int64_t *)p1; int64_t *z = (int64_t *)po;
+            for (int i = 0; i < inner; i++)
+                if (bin_i(op, x[i * s0], y[i * s1], z + (size_t)i * sO)) {
+                    err_s("integer division by zero"); return 1;
+                }
+        }
+        (void)nin;
+        int d = ndim - 2;
+        for (; d >= 0; d--) {
+            if (++idx[d] < dims[d]) break;
+            idx[d] = 0;
+        }
+        if (d < 0) break;
+    }
+    return 0;
+}
+
+static void op_softmax(const int32_t *p) {
+    int outer = p[0], n = p[1], inner = p[2], logsm = p[3];
+    const float *x = (const float *)(uintptr_t)p[4];
+    float *y = (float *)(uintptr_t)p[5];
+    for (int o = 0; o < outer; o++)
+        for (int i = 0; i < inner; i++) {
+            const float *xi = x + (size_t)o * n * inner + i;
+            float *yi = y + (size_t)o * n * inner + i;
+            float mx = -__builtin_inff();
+            for (int k = 0; k < n; k++) if (xi[k * inner] > mx) mx = xi[k * inner];
+            double sum = 0;
+            for (int k = 0; k < n; k++) {
+                double e = d_exp((double)xi[k * inner] - mx);
+                sum += e;
+                if (!logsm) yi[k * inner] = (float)e;
+            }
+            if (logsm) {
+                double ls = d_log(sum);
+                for (int k = 0; k < n; k++) yi[k * inner] = (float)((double)xi[k * inner] - mx - ls);
+            } else
+                for (int k = 0; k < n; k++) yi[k * inner] = (float)(yi[k * inner] / sum);
+        }
+}
+
+enum { R_SUM = 0, R_MEAN, R_MAX, R_MIN, R_PROD, R_L1, R_L2, R_LOGSUMEXP, R_SUMSQ, R_LOGSUM };
+
+static void op_reduce(const int32_t *p) {
+    int outer = p[0], r = p[1], inner = p[2], mode = p[3], dt = p[4];
+    const char *x = (const char *)(uintptr_t)p[5];
+    char *y = (char *)(uintptr_t)p[6];
+    for (int o = 0; o < outer; o++)
+        for (int i = 0; i < inner; i++) {
+            size_t base = (size_t)o * r * inner + i;
+            if (dt == I64) {
+                const int64_t *xi = (const int64_t *)x + base;
+                int64_t acc = mode == R_PROD ? 1 : mode == R_MAX ? INT64_MIN : mode == R_MIN ? INT64_MAX : 0;
+                for (int k = 0; k < r; k++) {
+                    int64_t v = xi[(size_t)k * inner];
+                    if (mode == R_MAX) { if (v > acc) acc = v; }
+                    else if (mode == R_MIN) { if (v < acc) acc = v; }
+                    else if (mode == R_PROD) acc *= v;
+                    else if (mode == R_L1) acc += v < 0 ? -v : v;
+                    else if (mode == R_SUMSQ) acc += v * v;
+                    else acc += v;
+                }
+                if (mode == R_MEAN && r) acc /= r;
+                ((int64_t *)y)[(size_t)o * inner + i] = acc;
+                continue;
+            }
+            const float *xi = (const float *)x + base;
+            double acc = mode == R_PROD ? 1 : mode == R_MAX ? -__builtin_inf() : mode == R_MIN ? __builtin_inf() : 0;
+            double mx = 0;
+            if (mode == R_LOGSUMEXP) {
+                mx = -__builtin_inf();
+                for (int k = 0; k < r; k++) if (xi[(size_t)k * inner] > mx) mx = xi[(size_t)k * inner];
+            }
+            for (int k = 0; k < r; k++) {
+                double v = xi[(size_t)k * inner];
+                switch (mode) {
+                case R_MAX: if (v > acc || v != v) acc = v; break;
+                case R_MIN: if (v < acc || v != v) acc = v; break;
+                case R_PROD: acc *= v; break;
+                case R_L1: acc += v < 0 ? -v : v; break;
+                case R_L2: case R_SUMSQ: acc += v * v; break;
+                case R_LOGSUMEXP: acc += d_exp(v - mx); break;
+                default: acc += v;
+                }
+            }
+            if (mode == R_MEAN) acc /= r;
+            else if (mode == R_L2) acc = __builtin_sqrt(acc);
+            else if (mode == R_LOGSUMEXP) acc = d_log(acc) + mx;
+            else if (mode == R_LOGSUM) acc = d_log(acc);
+            ((float *)y)[(size_t)o * inner + i] = (float)acc;
+        }
+}
+
+static void op_arg(const int32_t *p) {
+    int outer = p[0], r = p[1], inner = p[2], is_min = p[3], last = p[4], dt = p[5];
+    const char *x = (const char *)(uintptr_t)p[6];
+    int64_t *y = (int64_t *)(uintptr_t)p[7];
+    for (int o = 0; o < outer; o++)
+        for (int i = 0; i < inner; i++) {
+            size_t base = (size_t)o * r * inner + i;
+            int best = 0;
+            for (int k = 1; k < r; k++) {
+                size_t a = base + (size_t)k * inner, b = base + (size_t)best * inner;
+                int better;
+                if (dt == F32) {
+                    float u = ((const float *)x)[a], v = ((const float *)x)[b];
+                    better = is_min ? (last ? u <= v : u < v) : (last ? u >= v : u > v);
+                } else {
+                    int64_t u = ld_i(x + a * ESIZE[dt], dt), v = ld_i(x + b * ESIZE[dt], dt);
+                    better = is_min ? (last ? u <= v : u < v) : (last ? u >= v : u > v);
+                }
+                if (better) best = k;
+            }
+            y[(size_t)o * inner + i] = best;
+        }
+}
+
+static int op_gather(const int32_t *p) {
+    int outer = p[0], axis = p[1], inner = p[2], nidx = p[3], es = p[4];
+    const char *data = (const char *)(uintptr_t)p[5];
+    const int64_t *idx = (const int64_t *)(uintptr_t)p[6];
+    char *y = (char *)(uintptr_t)p[7];
+    size_t row = (size_t)inner * es;
+    for (int o = 0; o < outer; o++)
+        for (int j = 0; j < nidx; j++) {
+            int64_t k = idx[j];
+            if (k < 0) k += axis;
+            if (k < 0 || k >= axis) {
+                err_s("Gather: index "); err_u((uint64_t)(idx[j] < 0 ? -idx[j] : idx[j]));
+                err_s(" is out of range for an axis of "); err_u((uint64_t)axis);
+                return 1;
+            }
+            __builtin_memcpy(y, data + ((size_t)o * axis + (size_t)k) * row, row);
+            y += row;
+        }
+    return 0;
+}
+
+/* Tree ensembles. Nodes: 6 words each {feature, threshold(f32), mode, true, false, leaf}
+ * where leaf indexes the leaf table of {n, (target, weight)*n} or is -1. */
+enum { T_LEAF = 0, T_LEQ, T_LT, T_GTE, T_GT, T_EQ, T_NEQ };
+static void op_trees(const int32_t *p) {
+    int N = p[0], F = p[1], T = p[2], ntrees = p[3], agg = p[4];
+    const float *x = (const float *)(uintptr_t)p[5];
+    float *y = (float *)(uintptr_t)p[6];
+    const int32_t *roots = (const int32_t *)(uintptr_t)p[7];
+    const int32_t *nodes = (const int32_t *)(uintptr_t)p[8];
+    const int32_t *leaves = (const int32_t *)(uintptr_t)p[9];
+    const float *base = (const float *)(uintptr_t)p[10];
+    float *acc = (float *)(uintptr_t)p[11];   /* scratch: 2*T floats */
+    for (int n = 0; n < N; n++) {
+        const float *xs = x + (size_t)n * F;
+        int *seen = (int *)(acc + T);
+        for (int t = 0; t < T; t++) { acc[t] = agg == 2 ? __builtin_inff() : agg == 3 ? -__builtin_inff() : 0; seen[t] = 0; }
+        for (int t = 0; t < ntrees; t++) {
+            int i = roots[t];
+            for (;;) {
+                const int32_t *nd = nodes + (size_t)i * 6;
+                int mode = nd[2];
+                if (mode == T_LEAF) break;
+                float v = xs[nd[0]], th = as_f(nd[1]);
+                int go;
+                if (v != v) go = (mode >> 8) & 1;   /* missing value tracks true */
+                else switch (mode & 255) {
+                    case T_LEQ: go = v <= th; break;
+                    case T_LT: go = v < th; break;
+                    case T_GTE: go = v >= th; break;
+                    case T_GT: go = v > th; break;
+                    case T_EQ: go = v == th; break;
+                    default: go = v != th;
+                }
+                i = go ? nd[3] : nd[4];
+            }
+            const int32_t *lf = leaves + nodes[(size_t)i * 6 + 5];
+            int cnt = lf[0];
+            for (int j = 0; j < cnt; j++) {
+                int tg = lf[1 + 2 * j];
+                float w = as_f(lf[2 + 2 * j]);
+                if (agg == 2) { if (w < acc[tg]) acc[tg] = w; }
+                else if (agg == 3) { if (w > acc[tg]) acc[tg] = w; }
+                else acc[tg] += w;
+                seen[tg] = 1;
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            float v = acc[t];
+            if (!seen[t] && (agg == 2 || agg == 3)) v = 0;
+            if (agg == 1) v /= ntrees;
+            y[(size_t)n * T + t] = v + base[t];
+        }
+    }
+}
+
+static void op_fill(const int32_t *p) {
+    int count = p[0], es = p[1];
+    char *y = (char *)(uintptr_t)p[2];
+    const char *v = (const char *)(p + 3);
+    for (int i = 0; i < count; i++) __builtin_memcpy(y + (size_t)i * es, v, (size_t)es);
+}
+
+static int run_plan(const header_t *h) {
+    const int32_t *pc = (const int32_t *)((const char *)h + h->code_off);
+    const int32_t *end = pc + h->code_words;
+    while (pc < end) {
+        int op = pc[0], len = pc[1];
+        const int32_t *p = pc + 2;
+        int rc = 0;
+        switch (op) {
+        case OP_CONV: op_conv(p); break;
+        case OP_GEMM: op_gemm(p); break;
+        case OP_POOL: op_pool(p); break;
+        case OP_ELT: rc = op_elt(p); break;
+        case OP_SOFTMAX: op_softmax(p); break;
+        case OP_REDUCE: op_reduce(p); break;
+        case OP_ARG: op_arg(p); break;
+        case OP_GATHER: rc = op_gather(p); break;
+        case OP_TREES: op_trees(p); break;
+        case OP_FILL: op_fill(p); break;
+        default: err_s("corrupt plan: unknown operation"); rc = 1;
+        }
+        if (rc) return rc;
+        pc += len;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- JSON in */
+typedef struct { const char *s; } cur_t;
+
+static void ws(cur_t *c) { while (*c->s == ' ' || *c->s == '\n' || *c->s == '\r' || *c->s == '\t') c->s++; }
+
+static int streq_json(const char *js, int n, const char *name) {  /* a key without escapes */
+    int i = 0;
+    for (; i < n; i++) if (name[i] != js[i]) return 0;
+    return name[i] == 0;
+}
+
+/* Skip one JSON value; 0 on malformed input. */
+static int skip_value(cur_t *c, int depth) {
+    ws(c);
+    char ch = *c->s;
+    if (depth > 64) return 0;
+    if (ch == '"') {
+        c->s++;
+        while (*c->s && *c->s != '"') { if (*c->s == '\\' && c->s[1]) c->s++; c->s++; }
+        if (*c->s != '"') return 0;
+        c->s++; return 1;
+    }
+    if (ch == '[' || ch == '{') {
+        char close = ch == '[' ? ']' : '}';
+        c->s++; ws(c);
+        if (*c->s == close) { c->s++; return 1; }
+        for (;;) {
+            if (close == '}') {
+                if (!skip_value(c, depth + 1)) return 0;
+                ws(c); if (*c->s != ':') return 0; c->s++;
+            }
+            if (!skip_value(c, depth + 1)) return 0;
+            ws(c);
+            if (*c->s == ',') { c->s++; continue; }
+            if (*c->s == close) { c->s++; return 1; }
+            return 0;
+        }
+    }
+    const char *st = c->s;
+    while (*c->s && *c->s != ',' && *c->s != ']' && *c->s != '}' && *c->s != ' ' &&
+           *c->s != '\n' && *c->s != '\r' && *c->s != '\t' && *c->s != ':') c->s++;
+    return c->s > st;
+}
+
+static const double P10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+                             1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+static double scale10(double m, int e) {
+    while (e > 22) { m *= 1e22; e -= 22; }
+    while (e < -22) { m /= 1e22; e += 22; }
+    return e >= 0 ? m * P10[e] : m / P10[-e];
+}
+
+/* A JSON number (or true/false) into the input's type. 0: not a number; 2: not an integer. */
+static int parse_number(cur_t *c, int dt, void *out) {
+    const char *s = c->s;
+    if (s[0] == 't' && s[1] == 'r' && s[2] == 'u' && s[3] == 'e') { c->s += 4; goto set_one; }
+    if (s[0] == 'f' && s[1] == 'a' && s[2] == 'l' && s[3] == 's' && s[4] == 'e') { c->s += 5; goto set_zero; }
+    {
+        int neg = 0, digits = 0, exp10 = 0, frac = 0;
+        uint64_t m = 0;
+        if (*s == '-') { neg = 1; s++; }
+        if (s[0] == 'N' && s[1] == 'a' && s[2] == 'N') {
+            c->s = s + 3;
+            if (dt != F32) return 2;
+            *(float *)out = __builtin_nanf(""); return 1;
+        }
+        if (s[0] == 'I' && s[1] == 'n' && s[2] == 'f') {
+            s += 3;
+            if (s[0] == 'i' && s[1] == 'n' && s[2] == 'i' && s[3] == 't' && s[4] == 'y') s += 5;
+            c->s = s;
+            if (dt != F32) return 2;
+            *(float *)out = neg ? -__builtin_inff() : __builtin_inff(); return 1;
+        }
+        while (*s >= '0' && *s <= '9') {
+            if (m < 1000000000000000000ull) { m = m * 10 + (uint64_t)(*s - '0'); digits++; }
+            else exp10++;
+            s++;
+        }
+        int intdigits = digits;
+        if (*s == '.') {
+            s++;
+            while (*s >= '0' && *s <= '9') {
+                if (*s != '0') frac = 1;
+                if (m < 1000000000000000000ull) { m = m * 10 + (uint64_t)(*s - '0'); exp10--; digits++; }
+                s++;
+            }
+        }
+        if (!digits && !intdigits) return 0;
+        if (*s == 'e' || *s == 'E') {
+            s++;
+            int eneg = 0, e = 0;
+            if (*s == '+' || *s == '-') { eneg = *s == '-'; s++; }
+            if (!(*s >= '0' && *s <= '9')) return 0;
+            while (*s >= '0' && *s <= '9') { if (e < 10000) e = e * 10 + (*s - '0'); s++; }
+            exp10 += eneg ? -e : e;
+        }
+        c->s = s;
+        if (dt == F32) {
+            double v = m ? scale10((double)m, exp10) : 0.0;
+            *(float *)out = (float)(neg ? -v : v);
+            return 1;
+        }
+        /* integers: exact, so no fraction */
+        if (frac) return 2;
+        while (exp10 < 0) { if (m % 10) return 2; m /= 10; exp10++; }
+        while (exp10 > 0) { if (m > 922337203685477580ull) return 2; m *= 10; exp10--; }
+        if (m > 9223372036854775807ull + (uint64_t)neg) return 2;
+        if (dt == I64) { *(int64_t *)out = neg ? (int64_t)(0 - m) : (int64_t)m; return 1; }
+        if (m > 1) return 2;
+        *(uint8_t *)out = (uint8_t)m;
+        return 1;
+    }
+set_one:
+    if (dt == F32) *(float *)out = 1.0f; else if (dt == I64) *(int64_t *)out = 1; else *(uint8_t *)out = 1;
+    return 1;
+set_zero:
+    if (dt == F32) *(float *)out = 0.0f; else if (dt == I64) *(int64_t *)out = 0; else *(uint8_t *)out = 0;
+    return 1;
+}
+
+static void err_shape(const io_t *io) {
+    err_s(" (shape ");
+    for (int d = 0; d < io->ndim; d++) { if (d) err_s("x"); err_u((uint64_t)io->dims[d]); }
+    if (!io->ndim) err_s("scalar");
+    err_s(", "); err_s(TNAME[io->dtype]); err_s(")");
+}
+
+static int bad_input(const io_t *io, const char *what) {
+    err_s("input '"); err_s(io->name); err_s("': "); err_s(what);
+    err_s("; the model expects "); err_u((uint64_t)io->count); err_s(" ");
+    err_s(TNAME[io->dtype]); err_s(io->count == 1 ? " value" : " values");
+    err_shape(io);
+    err_s(", as nested or flat JSON arrays, or base64 of the raw little-endian tensor with \"type\": \"raw\"");
+    return fail();
+}
+
+/* Numbers in nested arrays, in order, into the input's buffer. */
+static int read_array(cur_t *c, const io_t *io, int *got, int depth) {
+    ws(c);
+    if (*c->s != '[') {
+        if (*got >= io->count) { (*got)++; return skip_value(c, depth) ? 1 : 0; }
+        int r = parse_number(c, io->dtype, (char *)io->addr + (size_t)*got * ESIZE[io->dtype]);
+        if (r == 0) return 0;
+        if (r == 2) return 2;
+        (*got)++;
+        return 1;
+    }
+    if (depth > 32) return 0;
+    c->s++; ws(c);
+    if (*c->s == ']') { c->s++; return 1; }
+    for (;;) {
+        int r = read_array(c, io, got, depth + 1);
+        if (r != 1) return r;
+        ws(c);
+        if (*c->s == ',') { c->s++; continue; }
+        if (*c->s == ']') { c->s++; return 1; }
+        return 0;
+    }
+}
+
+/* base64 (standard or URL-safe alphabet) digit values; 64 = not a digit */
+static unsigned char B64[256];
+static void b64_init(void) {
+    if (B64['A'] == 0 && B64[0] == 64) return;
+    for (int i = 0; i < 256; i++) B64[i] = 64;
+    for (int i = 0; i < 26; i++) { B64['A' + i] = (unsigned char)i; B64['a' + i] = (unsigned char)(26 + i); }
+    for (int i = 0; i < 10; i++) B64['0' + i] = (unsigned char)(52 + i);
+    B64['+'] = B64['-'] = 62; B64['/'] = B64['_'] = 63;
+}
+static int b64v(char ch) { int v = B64[(unsigned char)ch]; return v == 64 ? -1 : v; }
+
+static int read_raw(cur_t *c, const io_t *io) {
+    c->s++;  /* opening quote */
+    size_t want = (size_t)io->count * ESIZE[io->dtype], n = 0;
+    uint32_t acc = 0; int bits = 0;
+    unsigned char *out = (unsigned char *)io->addr;
+    b64_init();
+    /* four digits at a time while they are all digits and the tensor has room */
+    const unsigned char *u = (const unsigned char *)c->s;
+    while (n + 3 <= want) {
+        unsigned a = B64[u[0]], b = B64[u[1]], d = B64[u[2]], e = B64[u[3]];
+        if ((a | b | d | e) & 64) break;
+        uint32_t v = (a << 18) | (b << 12) | (d << 6) | e;
+        out[n] = (unsigned char)(v >> 16); out[n + 1] = (unsigned char)(v >> 8); out[n + 2] = (unsigned char)v;
+        n += 3; u += 4;
+    }
+    c->s = (const char *)u;
+    while (*c->s && *c->s != '"') {
+        char ch = *c->s++;
+        if (ch == '=' || ch == '\\' || ch == '\n' || ch == '\r') {
+            if (ch == '\\' && *c->s) c->s++;  /* an escaped newline in the JSON string */
+            continue;
+        }
+        int v = b64v(ch);
+        if (v < 0) return bad_input(io, "the string is not base64");
+        acc = (acc << 6) | (uint32_t)v; bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n < want) out[n] = (unsigned char)(acc >> bits);
+            n++;
+        }
+    }
+    if (*c->s != '"') return bad_input(io, "unterminated string");
+    c->s++;
+    if (n != want) {
+        err_s("input '"); err_s(io->name); err_s("': the raw tensor has "); err_u(n);
+        err_s(" bytes, the model expects "); err_u(want); err_s(" (");
+        err_u((uint64_t)io->count); err_s(" x "); err_s(TNAME[io->dtype]); err_s(")");
+        err_shape(io);
+        return fail();
+    }
+    return 0;
+}
+
+static int read_input(cur_t *c, const io_t *io) {
+    ws(c);
+    if (*c->s == '"') return read_raw(c, io);
+    int got = 0;
+    int r = read_array(c, io, &got, 0);
+    if (r == 2) {
+        char what[64] = "a value is not ";
+        int l = 15;
+        const char *t = io->dtype == I64 ? "an integer" : "true, false, 0 or 1";
+        while (*t) what[l++] = *t++;
+        what[l] = 0;
+        return bad_input(io, what);
+    }
+    if (r == 0) return bad_input(io, "expected numbers in (nested) JSON arrays");
+    if (got != io->count) {
+        err_s("input '"); err_s(io->name); err_s("': got "); err_u((uint64_t)got);
+        err_s(got == 1 ? " value" : " values"); err_s(", the model expects ");
+        err_u((uint64_t)io->count); err_shape(io);
+        return fail();
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- JSON out */
+static char *op_;  /* output cursor */
+
+static void out_s(const char *s) { while (*s) *op_++ = *s++; }
+static void out_u(uint64_t v) {
+    char t[24]; int n = 0;
+    do { t[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+    while (n) *op_++ = t[--n];
+}
+static void out_i(int64_t v) {
+    if (v < 0) { *op_++ = '-'; out_u(0 - (uint64_t)v); } else out_u((uint64_t)v);
+}
+
+/* The shortest decimal that reads back to the same float32. */
+static void out_f(float f) {
+    if (f != f) { out_s("NaN"); return; }
+    if (f == __builtin_inff()) { out_s("Infinity"); return; }
+    if (f == -__builtin_inff()) { out_s("-Infinity"); return; }
+    if (f == 0) { out_s((1.0f / f) < 0 ? "-0.0" : "0.0"); return; }
+    double d = f;
+    if (d < 0) { *op_++ = '-'; d = -d; }
+    /* the decimal exponent from the binary one, then corrected by at most a step */
+    union { double d; uint64_t u; } bits = {d};
+    int e2 = (int)((bits.u >> 52) & 0x7ff) - 1023;
+    int e = (int)__builtin_floor(e2 * 0.30102999566398120);
+    while (scale10(1.0, e) > d) e--;
+    while (scale10(1.0, e + 1) <= d) e++;
+    uint64_t m = 0;
+    int prec = 1;
+    for (; prec <= 9; prec++) {
+        double sc = scale10(d, prec - 1 - e);
+        m = (uint64_t)__builtin_rint(sc);
+        int ee = e;
+        if (m >= (uint64_t)P10[prec]) { m /= 10; ee++; }
+        float back = (float)scale10((double)m, ee - prec + 1);
+        if (back == (float)d) { e = ee; break; }
+    }
+    if (prec > 9) prec = 9;
+    char dig[12];
+    for (int i = prec - 1; i >= 0; i--) { dig[i] = (char)('0' + m % 10); m /= 10; }
+    while (prec > 1 && dig[prec - 1] == '0') prec--;
+    if (e >= -5 && e < 16) {
+        if (e < 0) {
+            out_s("0.");
+            for (int i = 0; i < -e - 1; i++) *op_++ = '0';
+            for (int i = 0; i < prec; i++) *op_++ = dig[i];
+        } else {
+            for (int i = 0; i <= e; i++) *op_++ = i < prec ? dig[i] : '0';
+            *op_++ = '.';
+            if (prec > e + 1) for (int i = e + 1; i < prec; i++) *op_++ = dig[i];
+            else *op_++ = '0';
+        }
+    } else {
+        *op_++ = dig[0];
+        if (prec > 1) { *op_++ = '.'; for (int i = 1; i < prec; i++) *op_++ = dig[i]; }
+        *op_++ = 'e';
+        if (e < 0) { *op_++ = '-'; e = -e; } else *op_++ = '+';
+        if (e < 10) *op_++ = '0';
+        out_u((uint64_t)e);
+    }
+}
+
+static void out_tensor(const io_t *io) {
+    *op_++ = '[';
+    for (int i = 0; i < io->count; i++) {
+        if (i) { *op_++ = ','; *op_++ = ' '; }
+        if (io->dtype == F32) out_f(((const float *)io->addr)[i]);
+        else if (io->dtype == I64) out_i(((const int64_t *)io->addr)[i]);
+        else out_s(((const uint8_t *)io->addr)[i] ? "true" : "false");
+    }
+    *op_++ = ']';
+}
+
+/* ---------------------------------------------------------------- the ABI */
+static unsigned char *in_buf;
+static char *out_buf;
+static int32_t out_len;
+
+EXPORT("_initialize") void _initialize(void) { heap_top = (uintptr_t)&__heap_base; }
+
+EXPORT("malloc_buffer") int32_t malloc_buffer(int32_t length) {
+    const header_t *h = (const header_t *)plan_base();
+    uintptr_t floor = h->magic == MAGIC ? h->arena_end : (uintptr_t)&__heap_base;
+    if (heap_top < floor) heap_top = floor;
+    in_buf = (unsigned char *)alloc((size_t)(uint32_t)length);
+    return (int32_t)(uintptr_t)in_buf;
+}
+
+EXPORT("free_buffer") void free_buffer(int32_t p) { (void)p; /* one task per instance */ }
+EXPORT("get_out_len") int32_t get_out_len(void) { return out_len; }
+EXPORT("get_out_loc") int32_t get_out_loc(void) { return (int32_t)(uintptr_t)out_buf; }
+
+static int is_key(cur_t *c, const char **key, int *klen) {
+    ws(c);
+    if (*c->s != '"') return 0;
+    *key = ++c->s;
+    while (*c->s && *c->s != '"') { if (*c->s == '\\' && c->s[1]) c->s++; c->s++; }
+    if (*c->s != '"') return 0;
+    *klen = (int)(c->s - *key);
+    c->s++; ws(c);
+    if (*c->s != ':') return 0;
+    c->s++;
+    return 1;
+}
+
+/* Find each input's value in the request: by its name at the top, under "input"
+ * when the model has one input, or by name inside an "input" object. */
+static int read_request(const char *text, const io_t *ins, int n_in) {
+    const char *where[16] = {0};
+    cur_t c = {text};
+    ws(&c);
+    if (*c.s != '{') {
+        err_s("the input is not a JSON object; send {\"input\": [...]}");
+        return fail();
+    }
+    c.s++; ws(&c);
+    if (*c.s != '}') for (;;) {
+        const char *key; int klen;
+        if (!is_key(&c, &key, &klen)) goto malformed;
+        ws(&c);
+        int used = 0;
+        if (klen == 5 && streq_json(key, 5, "input")) {
+            int named_input = 0;  /* an input the model itself calls "input" */
+            for (int i = 0; i < n_in; i++) if (streq_json("input", 5, ins[i].name)) named_input = 1;
+            if (*c.s == '{') {  /* inputs by name */
+                cur_t d = {c.s + 1};
+                ws(&d);
+                if (*d.s != '}') for (;;) {
+                    const char *k2; int l2;
+                    if (!is_key(&d, &k2, &l2)) goto malformed;
+                    ws(&d);
+                    int found = 0;
+                    for (int i = 0; i < n_in; i++) if (streq_json(k2, l2, ins[i].name)) { where[i] = d.s; found = 1; }
+                    if (!found) {
+                        err_s("unknown input name in \"input\"; the model's inputs are:");
+                        for (int i = 0; i < n_in; i++) { err_s(" '"); err_s(ins[i].name); err_s("'"); }
+                        return fail();
+                    }
+                    if (!skip_value(&d, 1)) goto malformed;
+                    ws(&d);
+                    if (*d.s == ',') { d.s++; continue; }
+                    if (*d.s == '}') break;
+                    goto malformed;
+                }
+            } else if (n_in == 1) { where[0] = c.s; used = 1; }
+            else if (!named_input) {
+                err_s("the model has ");
+                err_u((uint64_t)n_in);
+                err_s(" inputs; send them by name, {\"input\": {");
+                for (int i = 0; i < n_in; i++) { if (i) err_s(", "); err_s("\""); err_s(ins[i].name); err_s("\": [...]"); }
+                err_s("}}");
+                return fail();
+            }
+        }
+        for (int i = 0; i < n_in && !used; i++) if (streq_json(key, klen, ins[i].name)) where[i] = c.s;
+        if (!skip_value(&c, 0)) goto malformed;
+        ws(&c);
+        if (*c.s == ',') { c.s++; continue; }
+        if (*c.s == '}') break;
+        goto malformed;
+    }
+    for (int i = 0; i < n_in; i++) {
+        if (!where[i]) {
+            err_s("missing input '"); err_s(ins[i].name); err_s("'");
+            err_shape(&ins[i]);
+            err_s("; send {\"input\": [...]}");
+            if (n_in > 1) err_s(" with an object of the inputs by name");
+            return fail();
+        }
+        cur_t v = {where[i]};
+        if (read_input(&v, &ins[i])) return 1;
+    }
+    return 0;
+malformed:
+    err_s("the input is not valid JSON near byte ");
+    err_u((uint64_t)(c.s - text));
+    return fail();
+}
+
+EXPORT("pred") int32_t pred(void) {
+    const header_t *h = (const header_t *)plan_base();
+    if (h->magic != MAGIC) { err_s("this module holds no model plan"); return fail(); }
+    if (!in_buf) { err_s("no input"); return fail(); }
+    const io_t *ios = (const io_t *)((const char *)h + h->io_off);
+    const io_t *outs = ios + h->n_in;
+    if (read_request((const char *)in_buf, ios, (int)h->n_in)) return 1;
+    if (run_plan(h)) return fail();
+    size_t cap = 32;
+    for (uint32_t i = 0; i < h->n_out; i++) {
+        size_t per = outs[i].dtype == F32 ? 18 : outs[i].dtype == I64 ? 22 : 7;
+        size_t names = 8; for (const char *s = outs[i].name; *s; s++) names += 2;
+        cap += (size_t)outs[i].count * per * (i == 0 ? 2 : 1) + names + 16;
+    }
+    out_buf = (char *)alloc(cap);
+    if (!out_buf) { err_s("out of memory for the output"); return fail(); }
+    op_ = out_buf;
+    out_s("{\"output\": ");
+    out_tensor(&outs[0]);
+    for (uint32_t i = 0; i < h->n_out; i++) {
+        if (streq_json("output", 6, outs[i].name)) continue;
+        out_s(", \"");
+        for (const char *s = outs[i].name; *s; s++) {
+            if (*s == '"' || *s == '\\') *op_++ = '\\';
+            *op_++ = *s;
+        }
+        out_s("\": ");
+        out_tensor(&outs[i]);
+    }
+    out_s("}");
+    out_len = (int32_t)(op_ - out_buf);
+    return 0;
+}

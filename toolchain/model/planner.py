@@ -1,0 +1,459 @@
+"""From ONNX bytes to a packed Scailable-ABI module: load, pin shapes, fold, plan, pack.
+
+The graph is walked once in its (topological) order. A node whose inputs are
+all known constants is evaluated by onnx's reference evaluator (Shape, Gather
+on shapes, Concat of dims, Constant... all disappear this way); any other node
+goes to its handler, which emits kernel instructions. Unsupported operators
+are collected over the whole graph so the refusal names them all at once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from wasmq.toolchain.model import ml, ops
+from wasmq.toolchain.model import program as pg
+from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.program import Instr, Program, Ref, Tensor, f32_bits
+from wasmq.toolchain.model.wasmfile import Kernel
+
+KERNELS = Path(__file__).with_name("kernels.wasm")
+DEFAULT_DOMAINS = ("", "ai.onnx")
+ML_DOMAIN = "ai.onnx.ml"
+MIN_OPSET, MAX_OPSET = 7, 22  # 22 only widened types; skl2onnx emits it
+ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL}
+TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
+# Folding these could allocate their whole output: only when it is small.
+GROWING = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot",
+           "EyeLike", "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"}
+NEVER_FOLD = {"If", "Loop", "Scan", "SequenceMap"}  # could run without end at build time
+FOLD_LIMIT = 1 << 20
+MAX_NODES = 20_000  # ResNet-152 has about 500, BERT-base about 2,000; planning is quadratic
+
+
+@lru_cache(maxsize=1)
+def kernel() -> Kernel:
+    return Kernel.parse(KERNELS.read_bytes())
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "type": self.dtype}
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """The module and what a record says about it."""
+
+    wasm: bytes
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    opsets: dict[str, int]
+    operators: dict[str, int] = field(default_factory=dict)
+    weights_bytes: int = 0
+    memory_bytes: int = 0
+    instructions: int = 0
+
+    def describe(self) -> dict:
+        return {"inputs": [t.as_dict() for t in self.inputs],
+                "outputs": [t.as_dict() for t in self.outputs], "opsets": self.opsets,
+                "operators": self.operators, "weightsBytes": self.weights_bytes,
+                "memoryBytes": self.memory_bytes, "instructions": self.instructions}
+
+
+def load(data: bytes) -> onnx.ModelProto:
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception:  # noqa: BLE001 - protobuf raises several kinds
+        raise ModelError("the file is not a valid ONNX model (it does not parse as an ONNX "
+                         "ModelProto)") from None
+    if not model.HasField("graph"):
+        raise ModelError("the ONNX model has no graph")
+    return model
+
+
+class Builder:
+    def __init__(self, model: onnx.ModelProto, max_bytes: int,
+                 input_shapes: dict[str, tuple[int, ...]] | None) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.prog = Program(max_bytes)
+        self.values: dict[str, Tensor | None] = {}
+        self.producers: dict[str, Instr] = {}
+        self.opsets = self._opsets()
+        self.input_shapes = input_shapes or {}
+        self.outputs = {o.name for o in self.graph.output}
+        self.consumers: Counter[str] = Counter()
+        for node in self.graph.node:
+            self.consumers.update(n for n in node.input if n)
+        self.consumers.update(self.outputs)
+        self.node: onnx.NodeProto | None = None
+        self.opset = 0
+        self.unsupported: dict[str, int] = {}
+        self.op_counts: Counter[str] = Counter()
+
+    # ---------------------------------------------------------------- setup
+    def _opsets(self) -> dict[str, int]:
+        opsets = {}
+        for imp in self.model.opset_import:
+            domain = "" if imp.domain in DEFAULT_DOMAINS else imp.domain
+            opsets[domain] = int(imp.version)
+        if "" not in opsets:
+            opsets[""] = MAX_OPSET if ML_DOMAIN in opsets else 0
+        if not MIN_OPSET <= opsets[""] <= MAX_OPSET and opsets[""]:
+            raise ModelError(f"the model uses ai.onnx opset {opsets['']}; opsets {MIN_OPSET} "
+                             f"to {MAX_OPSET} are supported")
+        return opsets
+
+    def const_tensor(self, name: str, array: np.ndarray) -> Tensor:
+        array = np.asarray(array)
+        kind = array.dtype.kind
+        dtype = {"f": pg.F32, "i": pg.I64, "u": pg.I64, "b": pg.BOOL}.get(kind, -1)
+        return Tensor(name, tuple(int(d) for d in array.shape), dtype, const=array)
+
+    def _inputs(self) -> list[Tensor]:
+        inits = {i.name for i in self.graph.initializer}
+        for init in self.graph.initializer:
+            self.values[init.name] = self.const_tensor(init.name, numpy_helper.to_array(init))
+        for sparse in self.graph.sparse_initializer:
+            arr = numpy_helper.to_array(sparse.values)
+            dense = np.zeros(tuple(sparse.dims), arr.dtype).reshape(-1)
+            dense[numpy_helper.to_array(sparse.indices).reshape(-1)] = arr
+            self.values[sparse.values.name] = self.const_tensor(
+                sparse.values.name, dense.reshape(tuple(sparse.dims)))
+        inputs = []
+        for vi in self.graph.input:
+            if vi.name in inits:
+                continue
+            inputs.append(self._input(vi))
+        if not inputs:
+            raise ModelError("the model has no inputs")
+        if len(inputs) > 16:
+            raise ModelError(f"the model has {len(inputs)} inputs; at most 16 are supported")
+        return inputs
+
+    def _input(self, vi: onnx.ValueInfoProto) -> Tensor:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ModelError(f"input '{vi.name}' is not a tensor (sequences and maps are not "
+                             f"supported as inputs)")
+        if tt.elem_type not in ONNX_INPUT_TYPES:
+            name = TYPE_NAMES.get(tt.elem_type, str(tt.elem_type))
+            raise ModelError(f"input '{vi.name}' has type {name}; inputs must be float32, "
+                             f"int64 or bool (skl2onnx: FloatTensorType)")
+        given = self.input_shapes.get(vi.name)
+        dims = list(tt.shape.dim) if tt.HasField("shape") else None
+        if given is not None:
+            shape = tuple(int(d) for d in given)
+            fixed = [d.dim_value if d.HasField("dim_value") else None for d in dims or []]
+            if dims is not None and (len(dims) != len(shape) or any(
+                    f is not None and f != s for f, s in zip(fixed, shape, strict=False))):
+                raise ModelError(f"input '{vi.name}': the shape {list(shape)} given does not "
+                                 f"match the model's {_dims_text(dims)}")
+        elif dims is None:
+            raise ModelError(f"input '{vi.name}' has no shape in the model; give its shape")
+        else:
+            shape_list = []
+            for axis, d in enumerate(dims):
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    shape_list.append(int(d.dim_value))
+                elif axis == 0:
+                    shape_list.append(1)  # the batch: one sample a call
+                else:
+                    label = d.dim_param or "?"
+                    raise ModelError(f"input '{vi.name}' has a dynamic dimension '{label}' at "
+                                     f"axis {axis} ({_dims_text(dims)}) that wasmq cannot pin; "
+                                     f"export the model with a fixed size there or give the "
+                                     f"input's shape")
+            shape = tuple(shape_list)
+        t = self.prog.new(vi.name, shape, ONNX_INPUT_TYPES[tt.elem_type])
+        t.storage.first = -1
+        self.values[vi.name] = t
+        return t
+
+    # ---------------------------------------------------------------- what handlers call
+    @property
+    def where(self) -> str:
+        return ops._where(self.node)
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.node.output[0]
+
+    def out(self, i: int, shape: tuple[int, ...], dtype: int) -> Tensor:
+        t = self.prog.new(self.node.output[i], shape, dtype)
+        return t
+
+    def alias(self, src: Tensor, i: int, shape: tuple[int, ...]) -> Tensor:
+        t = self.prog.alias(src, self.node.output[i], shape)
+        # a view of a tensor nothing else reads may still take a fused activation
+        if src.name in self.producers and self.consumers[src.name] == 1 and \
+                src.name not in self.outputs:
+            self.producers[t.name] = self.producers[src.name]
+        return t
+
+    def const(self, i: int, array: np.ndarray) -> Tensor:
+        return self.const_tensor(self.node.output[i], array)
+
+    def used(self, name: str) -> bool:
+        return self.consumers[name] > 0
+
+    def ref(self, t: Tensor, extra: int = 0) -> Ref:
+        if t.is_const:
+            if t.dtype < 0:
+                raise ModelError(f"{self.where}: constant '{t.name}' has type "
+                                 f"{t.const.dtype}, which the kernels cannot use")
+            return Ref(const=self.prog.constant(t.const.astype(pg.NUMPY[t.dtype])), extra=extra)
+        return self.prog.ref(t, extra)
+
+    def producer(self, t: Tensor, instr: Instr) -> None:
+        self.producers[t.name] = instr
+
+    def _fusable(self, x: Tensor, *kinds: str) -> Instr | None:
+        instr = self.producers.get(x.name)
+        if instr is None or instr.kind not in kinds or x.is_const:
+            return None
+        if self.consumers[x.name] != 1 or x.name in self.outputs:
+            return None
+        return instr
+
+    def fuse_act(self, x: Tensor, act: int, a: float, c: float) -> Tensor | None:
+        instr = self._fusable(x, "conv", "gemm", "elt")
+        if instr is None:
+            return None
+        if instr.kind == "elt":
+            if act != ops.ACT_RELU or instr.words[0] not in (ops.E["ADD"], ops.E["SUB"],
+                                                             ops.E["MUL"], ops.E["DIV"]) \
+                    or instr.words[2] != pg.F32 or instr.words[4] != 0:
+                return None
+            instr.words[4] = f32_bits(1.0)
+        else:
+            if instr.fields["act"]:
+                return None
+            at = 20 if instr.kind == "conv" else 18
+            instr.words[at:at + 3] = [act, f32_bits(a), f32_bits(c)]
+            instr.fields["act"] = act
+        return self.alias(x, 0, x.shape)
+
+    def fuse_batchnorm(self, x: Tensor, s: np.ndarray, t: np.ndarray) -> Tensor | None:
+        instr = self._fusable(x, "conv")
+        if instr is None or instr.fields["act"]:
+            return None
+        f = instr.fields
+        w = (f["w"].astype(np.float64) * s.reshape(-1, *([1] * (f["w"].ndim - 1)))).astype(
+            np.float32)
+        bias = (f["bias"].astype(np.float64) * s + t).astype(np.float32)
+        f["w"], f["bias"] = w, bias
+        self.prog.consts[f["wi"]] = ops.pack_conv_weights(w, f["groups"]).tobytes()
+        self.prog.consts[f["bi"]] = bias.tobytes()
+        return self.alias(x, 0, x.shape)
+
+    def fuse_bias(self, x: Tensor, y: Tensor) -> Tensor | None:
+        for mat, bias in ((x, y), (y, x)):
+            instr = self._fusable(mat, "gemm")
+            if instr is None or instr.fields["has_bias"] or not bias.is_const:
+                continue
+            n = instr.words[2]
+            if bias.size != n or mat.shape[-1:] != (n,) or bias.dtype != pg.F32 or \
+                    len(bias.shape) > len(mat.shape):
+                continue
+            instr.words[13] = self.prog.cref(bias.const.astype(np.float32).reshape(-1))
+            instr.words[14:16] = [0, 1]
+            instr.words[17] = f32_bits(1.0)
+            instr.fields["has_bias"] = True
+            return self.alias(mat, 0, mat.shape)
+        return None
+
+    # ---------------------------------------------------------------- the walk
+    def run(self) -> tuple[list[Tensor], list[Tensor]]:
+        inputs = self._inputs()
+        for step, node in enumerate(self.graph.node):
+            self.prog.step = step
+            self.node = node
+            self._node(node)
+        if self.unsupported:
+            listed = ", ".join(f"{k} ({n}x)" if n > 1 else k for k, n in self.unsupported.items())
+            raise ModelError(f"unsupported operators: {listed}")
+        self.prog.step = len(self.graph.node)
+        outputs = []
+        for vi in self.graph.output:
+            t = self.values.get(vi.name)
+            if t is None:
+                raise ModelError(f"output '{vi.name}' is not computed by any node")
+            if t.is_const:  # nothing of the input flows there: answer the constant
+                self.node = onnx.helper.make_node("Identity", [], [vi.name], name=vi.name)
+                src = t
+                t = self.prog.new(vi.name, t.shape, t.dtype if t.dtype >= 0 else pg.F32)
+                ops.copy_view(self, src, t.shape, ops.contiguous(t.shape), 0, t)
+            elif t.name != vi.name:
+                t = Tensor(vi.name, t.shape, t.dtype, storage=t.storage, offset=t.offset)
+            if t.size == 0:
+                raise ModelError(f"output '{vi.name}' is empty")
+            outputs.append(t)
+        return inputs, outputs
+
+    def _node(self, node: onnx.NodeProto) -> None:
+        domain = "" if node.domain in DEFAULT_DOMAINS else node.domain
+        ins = [self.values.get(n) if n else None for n in node.input]
+        missing = [n for n, t in zip(node.input, ins, strict=False) if n and t is None]
+        if missing:
+            if any(n not in self.values for n in missing):
+                # produced by an unsupported node: check this one's support and move on
+                if not self._known(domain, node.op_type):
+                    self._unsupported(domain, node)
+                for name in node.output:
+                    self.values[name] = None
+                return
+        known = self._known(domain, node.op_type)
+        if node.op_type in ("If", "Loop", "Scan"):
+            known = False
+        if all(t is None or t.is_const for t in ins) and self._fold(node, ins, domain):
+            return
+        if not known:
+            self._unsupported(domain, node)
+            for name in node.output:
+                self.values[name] = None
+            return
+        self.opset = self.opsets.get(domain, 1)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        table = ml.HANDLERS if domain == ML_DOMAIN else ops.HANDLERS
+        try:
+            outs = table[node.op_type](self, node, ins, attrs)
+        except ModelError:
+            raise
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            # a node without an attribute or input its operator needs
+            raise ModelError(f"{self.where} is malformed ({type(exc).__name__}: {exc}); "
+                             f"onnx.checker.check_model(model) says more") from None
+        self.op_counts[node.op_type] += 1
+        for name, t in zip(node.output, outs, strict=False):
+            if name:
+                self.values[name] = t
+
+    def _known(self, domain: str, op: str) -> bool:
+        return (domain == "" and op in ops.HANDLERS) or (domain == ML_DOMAIN
+                                                        and op in ml.HANDLERS)
+
+    def _unsupported(self, domain: str, node: onnx.NodeProto) -> None:
+        key = f"{node.op_type} (domain {domain or 'ai.onnx'}, opset {self.opsets.get(domain, '?')})"
+        self.unsupported[key] = self.unsupported.get(key, 0) + 1
+
+    def _fold(self, node: onnx.NodeProto, ins: list[Tensor | None], domain: str) -> bool:
+        if node.op_type == "Shape" or node.op_type == "Size":
+            return False  # the handler knows shapes of runtime tensors too
+        if node.op_type in GROWING and not self._small(node, ins):
+            return False
+        if node.op_type in NEVER_FOLD or any(a.type in (onnx.AttributeProto.GRAPH,
+                                                         onnx.AttributeProto.GRAPHS)
+                                             for a in node.attribute):
+            return False
+        from onnx.reference import ReferenceEvaluator
+
+        feeds = {n: t.const for n, t in zip(node.input, ins, strict=False) if n and t is not None}
+        try:
+            ref = ReferenceEvaluator(node, opsets={k or "": v for k, v in self.opsets.items()})
+            results = ref.run(None, feeds)
+        except Exception:  # noqa: BLE001 - an evaluator failure: the handler decides
+            return False
+        for name, value in zip(node.output, results, strict=False):
+            if name:
+                value = np.asarray(value)
+                if value.nbytes > self.prog.max_bytes:
+                    raise ModelError(f"{ops._where(node)}: its constant result is over the "
+                                     f"model limit")
+                self.values[name] = self.const_tensor(name, value)
+        return True
+
+    def _small(self, node: onnx.NodeProto, ins: list[Tensor | None]) -> bool:
+        try:
+            if node.op_type == "ConstantOfShape":
+                return int(np.prod(ins[0].const)) <= FOLD_LIMIT
+            if node.op_type == "Range":
+                start, limit, delta = (float(t.const) for t in ins)
+                return delta != 0 and abs((limit - start) / delta) <= FOLD_LIMIT
+            if node.op_type == "Expand":
+                shape = np.broadcast_shapes(ins[0].shape, tuple(int(d) for d in ins[1].const))
+                return int(np.prod(shape)) <= FOLD_LIMIT
+            if node.op_type == "Tile":
+                return ins[0].size * int(np.prod(ins[1].const)) <= FOLD_LIMIT
+            if node.op_type == "Pad" and len(ins) > 1 and ins[1] is not None:
+                pads = [int(p) for p in ins[1].const.reshape(-1)]
+                grown = ins[0].size + sum(abs(p) for p in pads) * max(ins[0].shape or (1,))
+                return grown <= FOLD_LIMIT
+        except (TypeError, ValueError, AttributeError):
+            return False
+        return False
+
+
+def _dims_text(dims: list | None) -> str:
+    if dims is None:
+        return "no shape"
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else
+                           (d.dim_param or "?") for d in dims) + "]"
+
+
+def tensors_in(graph: onnx.GraphProto):  # noqa: ANN201 - a generator of TensorProto
+    """Every tensor stored in the graph: initializers, Constant values, subgraphs' too."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from tensors_in(sub)
+
+
+def check_self_contained(model: onnx.ModelProto) -> None:
+    """Weights must be in the file: external data would be read from the server's disk."""
+    for t in tensors_in(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+            raise ModelError(f"tensor '{t.name}' keeps its data in an external file; save the "
+                             f"model with its weights inside (onnx.save_model(model, path, "
+                             f"save_as_external_data=False))")
+    for vi in list(model.graph.input) + list(model.graph.output):
+        if any(ord(ch) < 0x20 for ch in vi.name) or not vi.name:
+            raise ModelError(f"the input or output name {vi.name!r} is empty or holds control "
+                             f"characters")
+
+
+def build(data: bytes, max_bytes: int,
+          input_shapes: dict[str, tuple[int, ...]] | None = None) -> BuiltModel:
+    if len(data) > max_bytes:
+        raise ModelError(f"the model file is {len(data)} bytes, over the limit of {max_bytes}")
+    model = load(data)
+    check_self_contained(model)
+    if len(model.graph.node) > MAX_NODES:
+        raise ModelError(f"the model has {len(model.graph.node)} nodes; at most {MAX_NODES} "
+                         f"are supported")
+    b = Builder(model, max_bytes, input_shapes)
+    inputs, outputs = b.run()
+    k = kernel()
+    blob, end = b.prog.pack(k.plan_address, inputs, outputs)
+    io_bytes = sum(t.size * pg.ESIZE[t.dtype] for t in inputs + outputs)
+    wasm = k.pack(blob, end, slack=min(64 << 20, (1 << 20) + 8 * io_bytes))
+
+    def info(t: Tensor) -> TensorInfo:
+        return TensorInfo(t.name, t.shape, pg.NAMES[t.dtype])
+
+    return BuiltModel(wasm, [info(t) for t in inputs], [info(t) for t in outputs],
+                      {(d or "ai.onnx"): v for d, v in b.opsets.items() if v},
+                      dict(b.op_counts), sum(len(c) for c in b.prog.consts), end,
+                      len(b.prog.instrs))
