@@ -24,7 +24,7 @@ def create() -> ResponseReturnValue:
         built.wasm, imports=built.info.imports, exports=built.info.exports,
         name=function_name(), documentation=text_field("documentation"),
         exampleinput=text_field("exampleinput"), private=private, limits=limits,
-        artifact=built.artifact)
+        artifact=built.artifact, kind=built.kind, model=built.model)
     return jsonify(record.public()), 201
 
 
@@ -66,7 +66,7 @@ def replace(cfid: str) -> ResponseReturnValue:
     built = svc.builds.build(uploaded_file(svc.settings))
     record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
                                   exports=built.info.exports, limits=limits, private=private,
-                                  artifact=built.artifact)
+                                  artifact=built.artifact, kind=built.kind, model=built.model)
     return jsonify(record.public())
 
 

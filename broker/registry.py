@@ -35,6 +35,9 @@ class FunctionRecord:
     updatedAt: str
     private: bool = False
     limits: dict[str, float] = field(default_factory=dict)
+    kind: str = "wasm"  # "onnx": a model the build step packed into a module
+    status: str = "ready"  # builds finish before the record exists (toolchain/build.py)
+    model: dict | None = None  # a model's inputs, outputs, operators and sizes
 
     def public(self) -> dict:
         return asdict(self)
@@ -55,7 +58,8 @@ class Registry:
     def create(self, wasm: bytes, *, imports: list[str], exports: list[str],
                name: str = "", documentation: str = "", exampleinput: str = "",
                private: bool = False, limits: dict[str, float] | None = None,
-               cfid: str | None = None, artifact: bytes | None = None) -> FunctionRecord:
+               cfid: str | None = None, artifact: bytes | None = None, kind: str = "wasm",
+               model: dict | None = None) -> FunctionRecord:
         """`artifact`: the module as compiled by this process's engine, kept for workers."""
         cfid = cfid or str(uuid.uuid4())
         stamp = iso(now())
@@ -63,7 +67,7 @@ class Registry:
             cfid=cfid, name=name or cfid, documentation=documentation,
             exampleinput=exampleinput, sha256=sha256_hex(wasm), size=len(wasm),
             imports=imports, exports=exports, createdAt=stamp, updatedAt=stamp,
-            private=private, limits=dict(limits or {}))
+            private=private, limits=dict(limits or {}), kind=kind, model=model)
         uploaded = self._store_binary(cfid, wasm, artifact)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
@@ -93,8 +97,10 @@ class Registry:
 
     def replace(self, cfid: str, wasm: bytes, *, imports: list[str], exports: list[str],
                 limits: dict[str, float] | None = None, private: bool | None = None,
-                artifact: bytes | None = None) -> FunctionRecord:
+                artifact: bytes | None = None, kind: str = "wasm",
+                model: dict | None = None) -> FunctionRecord:
         record = self.get(cfid)
+        record.kind, record.model = kind, model
         if limits is not None:
             record.limits = dict(limits)
         if private is not None:

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from tests.model_runner import MAX_BYTES, run_wasm
-from wasmq import errors, modelfile
+from wasmq import modelfile
 from wasmq.client import Client
 from wasmq.toolchain.model import build_model, is_onnx
 
@@ -59,11 +59,6 @@ def test_the_endpoint_answer_is_compared_with_onnxruntime(fitted) -> None:
 def test_deploy_model_end_to_end(up: str, fitted) -> None:
     model, x = fitted
     client = Client(up)
-    try:
-        fn = client.deploy_model(model, name="iris", example=x[3], documentation="iris")
-    except errors.BadRequest as exc:
-        if "WebAssembly" in exc.message:
-            pytest.skip(f"this gateway does not take ONNX uploads yet: {exc.message}")
-        raise
-    answer = client.run(fn.cfid, modelfile.request(x[10])).json
+    fn = client.deploy_model(model, name="iris", example=x[3], documentation="iris")
+    answer = client.run(fn.cfid, modelfile.request(x[10])).json()
     assert answer["output_label"] == model.predict(x[10:11]).tolist()

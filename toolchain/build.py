@@ -15,7 +15,8 @@ more wait for a slot, and refuses the rest at once.
 
 The child decides what to build from the content (`build_content`): today a
 `.wasm` is validated, compiled, checked against the ABI and serialized; an ONNX
-model (`wasmq.toolchain.model`, when installed) is first packed into a module.
+model (told apart by its content) is first planned and packed into a module by
+`wasmq.toolchain.model`, whose refusals name the operator, dimension or limit.
 
 What it cannot do: a client that hangs up does not stop its build early (the
 request thread waits for the child), but no build outlives its limits. A build
@@ -55,39 +56,53 @@ class Built:
     wasm: bytes  # the module to store and serve at /file (for a model: the packed one)
     info: abi.ModuleInfo
     artifact: bytes  # Module.serialize(), for workers with the same engine fingerprint
+    kind: str = "wasm"  # "onnx" for a model packed into a module
+    model: dict | None = None  # a model's inputs, outputs, operators and sizes
 
 
-def build_content(content: bytes) -> Built:
+@dataclass(frozen=True)
+class _Module:
+    wasm: bytes
+    kind: str = "wasm"
+    model: dict | None = None
+
+
+def build_content(content: bytes, *, max_memory: int) -> Built:
     """Build whatever was uploaded; runs in the child, under its limits."""
-    wasm = _as_module(content)
+    source = _as_module(content, max_memory)
     # One thread per build: the slots count cores, and wasmtime would otherwise
     # compile a module's functions on every core at once.
-    module = abi.compile_module(make_engine(parallel_compilation=False), wasm)
-    return Built(wasm, abi.inspect_module(module), bytes(module.serialize()))
+    module = abi.compile_module(make_engine(parallel_compilation=False), source.wasm)
+    return Built(source.wasm, abi.inspect_module(module), bytes(module.serialize()),
+                 source.kind, source.model)
 
 
-def _as_module(content: bytes) -> bytes:
-    """The WebAssembly module an upload stands for: itself, or a model packed into one."""
+def _as_module(content: bytes, max_memory: int) -> _Module:
+    """The WebAssembly module an upload stands for: itself, or a model packed into one
+    whose memory fits the task memory limit."""
     if content.startswith(abi.WASM_MAGIC):
-        return content
-    try:  # the model compiler is optional; without it only .wasm uploads are built
-        from wasmq.toolchain import model
-    except ImportError:
-        return content  # compile_module names what is wrong with it
-    if model.is_onnx(content):
-        return model.build_model(content).wasm
-    return content
+        return _Module(content)
+    from wasmq.toolchain import model
+
+    if not model.is_onnx(content):
+        return _Module(content)  # compile_module names what is wrong with it
+    try:
+        built = model.build_model(content, max_bytes=max_memory)
+    except model.ModelError as exc:
+        raise InvalidModule(f"model refused: {exc}") from None
+    return _Module(built.wasm, "onnx", built.describe())
 
 
-def _serve(cpu_s: int, memory: int) -> int:
+def _serve(cpu_s: int, memory: int, max_memory: int) -> int:
     """The child: limits first, then the upload from stdin, the build to stdout."""
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU at cpu_s
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     content = sys.stdin.buffer.read()
     try:
-        built = build_content(content)
+        built = build_content(content, max_memory=max_memory)
         reply = {"wasm": built.wasm, "artifact": built.artifact,
-                 "info": dataclasses.asdict(built.info)}
+                 "info": dataclasses.asdict(built.info), "kind": built.kind,
+                 "model": built.model}
     except InvalidModule as exc:
         reply = {"refused": exc.message}
     except MemoryError:
@@ -103,6 +118,7 @@ class Builds:
     def __init__(self, settings: Settings) -> None:
         self.timeout_s = settings.compile_timeout
         self.memory_mb = settings.compile_memory_mb
+        self.max_memory = settings.max_memory_mb * MB  # what a built model may use
         self.slots = max(1, available_cores() // max(1, settings.gateway_processes))
         self.queue = settings.compile_queue
         self._free = threading.Semaphore(self.slots)
@@ -130,7 +146,7 @@ class Builds:
 
     def _run(self, content: bytes) -> Built:
         argv = [sys.executable, "-m", __name__, str(max(1, math.ceil(self.timeout_s))),
-                str(self.memory_mb * MB)]
+                str(self.memory_mb * MB), str(self.max_memory)]
         child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
         try:
@@ -143,7 +159,8 @@ class Builds:
                 child.wait()
         reply = _unpack(out) if child.returncode == 0 else {}
         if "wasm" in reply:
-            return Built(reply["wasm"], abi.ModuleInfo(**reply["info"]), reply["artifact"])
+            return Built(reply["wasm"], abi.ModuleInfo(**reply["info"]), reply["artifact"],
+                         reply.get("kind", "wasm"), reply.get("model"))
         if "refused" in reply:
             raise InvalidModule(reply["refused"])
         if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
@@ -173,4 +190,4 @@ def _unpack(out: bytes) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(_serve(int(sys.argv[1]), int(sys.argv[2])))
+    sys.exit(_serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))

@@ -176,7 +176,7 @@ class Client:
         function = Function.from_record(record)
         if sample is not None:
             local = modelfile.local_outputs(data, sample)
-            remote = self.run(function.cfid, modelfile.request(sample)).json
+            remote = self.run(function.cfid, modelfile.request(sample)).json()
             why = modelfile.disagreement(local, remote if isinstance(remote, dict) else {})
             if why:
                 raise errors.ModelMismatch(f"the endpoint {function.cfid} disagrees with the "

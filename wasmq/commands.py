@@ -132,8 +132,10 @@ def _try_url(client: Client, fn: Function) -> str:
 @client_command
 def deploy(client: Client, out: Out, module: Path, name: str | None, documentation: str,
            exampleinput: str) -> None:
-    """Upload MODULE (.wasm) as a new endpoint; prints its cfid."""
-    with out.spinner(f"uploading {module.name}"):
+    """Upload MODULE (a .wasm, or an ONNX model the server builds into one) as a new
+    endpoint; prints its cfid."""
+    with out.spinner(f"uploading {module.name}" + ("" if module.suffix == ".wasm"
+                                                   else " (the server builds it)")):
         fn = client.deploy(module, name=name, documentation=documentation,
                            exampleinput=exampleinput)
     if out.as_json:
