@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.stats import percentile
+from bench.stats import percentile, run_async
 from tests.support import envelope as scailable_envelope
 
 SLOW_MS = 3000
@@ -162,7 +162,7 @@ def run(connections: int = 2000, seconds: float = 15) -> dict[str, object]:
             slow, fast = deploy(modules.SLOW), deploy(modules.ECHO)
             tid = requests.post(f"{stack.url}/task/{fast}?wait=10", data=envelope("x"),
                                 headers=auth, timeout=30).json()["tid"]
-            figures = asyncio.run(flood(stack.url, slow=slow, fast=fast, tid=tid,
+            figures = run_async(flood(stack.url, slow=slow, fast=fast, tid=tid,
                                         attacker_key="attacker", other_key="other",
                                         n=connections, seconds=seconds))
             return {"connections": connections, "slow_task_ms": SLOW_MS, **figures.summary()}

@@ -31,7 +31,7 @@ import redis
 
 from bench import modules
 from bench.load import BENCH_ENV, Connection, request_bytes
-from bench.stats import ms, percentile
+from bench.stats import ms, percentile, run_async
 from tests.localstack import start_redis, start_stack
 from tests.support import Api, envelope
 from wasmq.process import Child
@@ -153,7 +153,7 @@ def run(seconds: float, rate: float, sample_every: float = 5.0,
         tally = Tally()
         sampler.start()
         started = time.monotonic()
-        asyncio.run(drive(stack.url, cfid, rate, seconds, tally))
+        run_async(drive(stack.url, cfid, rate, seconds, tally))
         elapsed = time.monotonic() - started
         sampler.halt.set()
         sampler.join()

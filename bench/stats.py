@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from typing import Any
 
 import wasmtime
 
@@ -57,3 +58,13 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return getattr(wasmtime, "__version__", "?") if package == "wasmtime" else "?"
+
+
+def run_async(coroutine: Any) -> Any:
+    """`asyncio.run` on a thread of its own: Playwright's sync API (the browser tests)
+    leaves an event loop running on the main thread for the rest of a test session."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

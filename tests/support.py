@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 from werkzeug.test import TestResponse
 
+from bench.stats import run_async  # noqa: F401 - re-exported for the tests
 from tests.localstack import (  # noqa: F401 - re-exported for the tests
     ROOT,
     child_env,
@@ -144,12 +145,3 @@ def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return list(pool.map(one, inputs))
-
-
-def run_async(coroutine: Any) -> Any:
-    """`asyncio.run` on a thread of its own: Playwright's sync API (the browser tests)
-    leaves an event loop running on the main thread for the rest of the session."""
-    import asyncio
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()

@@ -36,12 +36,13 @@ def test_two_thousand_waiting_calls_leave_everyone_else_served(flooded: PrivateS
     summary = figures.summary()
     print(summary)
     statuses = figures.attacker
-    # In flight: at most 100 (WASMQ_MAX_INFLIGHT); the rest were refused, not queued.
-    assert statuses[429] >= CONNECTIONS - 100 - statuses[0], summary
+    # In flight: at most 100 (WASMQ_MAX_INFLIGHT), and one more for each that finished;
+    # the rest were refused at once, not queued.
+    assert statuses[429] >= CONNECTIONS - 100 - 2 * statuses[200] - statuses[0], summary
     # Generous bounds that only a frozen gateway crosses (the figures go to bench/):
     for probe in ("healthz", "functions", "retrieve"):
         assert summary[f"{probe}_count"] >= 5, summary
-        assert summary[f"{probe}_p99_ms"] < 1000, summary
+        assert summary[f"{probe}_p99_ms"] < 3000, summary  # frozen, it took 20 s and more
     # The other caller's fast call waits for about one of the attacker's tasks, not its
     # backlog of 100 (which would be 100 x 3 s / 2 processes = 150 s).
     assert summary["fast_call_max_ms"] < 3 * SLOW_MS, summary

@@ -30,9 +30,10 @@ SCRIPTS = sorted(Path(lua.__file__).parent.glob("*.lua"))
 def _named(header: str, kind: str) -> int:
     """How many KEYS or ARGV a header names: as `KEYS[n]` lines, or as a dramatiq-style
     `keys=[a, b, ...]` list (a trailing `name...` names every one after it)."""
-    listed = re.search(rf"^-- {'keys' if kind == 'KEYS' else 'args'}=\[(.*?)\]", header, re.M)
+    text = "\n".join(line.removeprefix("--").strip() for line in header.splitlines())
+    listed = re.search(rf"^{'keys' if kind == 'KEYS' else 'args'}=\[(.*?)\]", text, re.M | re.S)
     if listed:
-        names = [n.strip() for n in listed.group(1).split(",")]
+        names = [n.strip() for n in listed.group(1).split(",") if n.strip()]
         return 10**6 if names and names[-1].endswith("...") else len(names)
     indexed = [int(i) for i in re.findall(rf"{kind}\[(\d+)\]", header)]
     return max(indexed, default=0)
