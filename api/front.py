@@ -19,6 +19,8 @@ event loop:
   the call rate rules in this process before they queue for a thread (the
   cluster-wide count is enqueue.lua's), so a flood is refused before it costs a
   thread.
+* A caller's submission refused with 429 (tasks in flight, a rate rule) is answered the
+  same way, without a thread, for the next REFUSED_HOLD_S.
 * `/healthz` skips the per-caller queue.
 """
 
@@ -47,6 +49,11 @@ from wasmq.broker.settings import Settings
 
 HANDOFF = "wasmq.handoff"  # the scope key a2wsgi passes to the view as environ["asgi.scope"]
 QUEUED_PER_CALLER = 512  # requests of one caller waiting for a thread
+# A caller whose submission was just refused (429: its tasks in flight, a rate rule) gets
+# the same answer, without a thread, for this long: a flood's burst is refused on the
+# event loop instead of costing each call a thread and a round trip to learn it.
+REFUSED_HOLD_S = 0.25
+REFUSALS_KEPT = 100_000
 
 
 @dataclass
@@ -114,6 +121,7 @@ class Front:
         self.per_caller = max(2, settings.gateway_threads // 16)
         self.slots: dict[str, _Slots] = {}
         self.waiting = 0
+        self.refused: dict[str, tuple[float, dict, bytes]] = {}  # caller -> until, reply
         self.limiter = FixedWindowRateLimiter(MemoryStorage())
         self.rules = parse_many(settings.rate_limit) if settings.rate_limit_enabled else []
 
@@ -134,6 +142,10 @@ class Front:
             return
         who = identity(self.settings, _bearer(scope), (scope.get("client") or ("",))[0])
         is_task = scope["method"] == "POST" and scope["path"].startswith("/task/")
+        if is_task and (held_reply := self._still_refused(who)) is not None:
+            await send(held_reply[0])
+            await send({"type": "http.response.body", "body": held_reply[1]})
+            return
         if is_task and (retry := self._over_rate(who)) is not None:
             await _send_refusal(send, 429, f"rate limit of {self.rules[0]} exceeded for this "
                                            f"caller; retry after the time in Retry-After",
@@ -153,7 +165,7 @@ class Front:
             slots.queued -= 1
         slots.busy += 1
         try:
-            held = await self._serve(scope, receive, send)
+            held = await self._serve(scope, receive, send, refused_for=who if is_task else None)
         finally:
             slots.busy -= 1
             slots.free.release()
@@ -161,6 +173,20 @@ class Front:
                 del self.slots[who]  # the table holds only callers being served
         if held is not None:
             await self._wait_and_answer(held, receive, send)
+
+    def _still_refused(self, who: str) -> tuple[dict, bytes] | None:
+        entry = self.refused.get(who)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self.refused[who]
+            return None
+        return entry[1], entry[2]
+
+    def _remember_refusal(self, who: str, start: dict, body: bytes) -> None:
+        if len(self.refused) >= REFUSALS_KEPT:
+            self.refused.clear()
+        self.refused[who] = (time.monotonic() + REFUSED_HOLD_S, start, body)
 
     def _over_rate(self, who: str) -> int | None:
         """Seconds to wait when this process has seen too many of the caller's calls."""
@@ -170,20 +196,31 @@ class Front:
                 return max(1, int(reset - time.time()) + 1)
         return None
 
-    async def _serve(self, scope: dict, receive: Any,
-                     send: Any) -> tuple[Handoff, dict, list[bytes]] | None:
-        """Run Flask; the reply it made, held back, when the view handed a wait over."""
+    async def _serve(self, scope: dict, receive: Any, send: Any,
+                     refused_for: str | None = None) -> tuple[Handoff, dict, list[bytes]] | None:
+        """Run Flask; the reply it made, held back, when the view handed a wait over.
+        A 429 to a submission (`refused_for` names its caller) is remembered."""
         scope[HANDOFF] = hoff = Handoff(can_wait=self.waiting < self.settings.max_waiting)
         start: dict | None = None
         body: list[bytes] = []
+        refusal: dict | None = None
+        refusal_body: list[bytes] = []
 
         async def capture(message: dict) -> None:
-            nonlocal start
+            nonlocal start, refusal
             if message["type"] == "http.response.start" and hoff.waiter is not None:
                 start = message  # the immediate reply, sent only if the wait ends unfinished
             elif start is not None and message["type"] == "http.response.body":
                 body.append(message.get("body", b""))
             else:
+                if message["type"] == "http.response.start" and message["status"] == 429 \
+                        and refused_for is not None:
+                    refusal = message
+                elif refusal is not None:
+                    refusal_body.append(message.get("body", b""))
+                    if not message.get("more_body"):
+                        self._remember_refusal(refused_for, refusal,  # type: ignore[arg-type]
+                                               b"".join(refusal_body))
                 await send(message)
 
         await self.wsgi(scope, receive, capture)

@@ -15,7 +15,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from bench import inprocess, modules, report
+from bench import flood, inprocess, modules, report
 from bench.floor import Floor
 from bench.load import BENCH_ENV, Client, closed_loop, request_bytes
 from bench.stats import loadavg, machine, median_ms, ms, percentile
@@ -171,9 +171,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs, noisier figures")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument("--no-flood", action="store_true",
+                        help="skip the flood (one client's 2,000 waiting calls)")
     args = parser.parse_args()
     results = run(args)
+    if not args.no_flood:
+        results["flood"] = {**flood.run(2000, 8 if args.quick else 15), "load": loadavg()}
     print(report.table(results))
+    if "flood" in results:
+        print(flood.report(results["flood"]))
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {args.out}")
 

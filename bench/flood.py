@@ -56,9 +56,9 @@ async def request(url: str, method: str, path: str, body: bytes = b"",
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(parts.hostname, parts.port), timeout)
     try:
+        fields = {"Content-Type": "application/json", **(headers or {})}
         head = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}", "Connection: close",
-                f"Content-Length: {len(body)}", "Content-Type: application/json",
-                *(f"{k}: {v}" for k, v in (headers or {}).items())]
+                f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in fields.items())]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         await writer.drain()
         raw = await asyncio.wait_for(reader.read(), timeout)
@@ -84,10 +84,21 @@ async def _attack(url: str, slow: str, figures: Figures, n: int, wait: float,
     await asyncio.gather(*(one() for _ in range(n)))
 
 
+def multipart(field: str, filename: str, content: bytes) -> tuple[bytes, str]:
+    """A one-file multipart/form-data body and its Content-Type."""
+    boundary = "wasmq-flood-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: application/wasm\r\n\r\n").encode()
+    return body + content + f"\r\n--{boundary}--\r\n".encode(), \
+        f"multipart/form-data; boundary={boundary}"
+
+
 async def _probe(url: str, name: str, method: str, path: str, figures: Figures,
                  until: float, body: bytes = b"", key: str | None = None,
-                 every: float = 0.05) -> None:
+                 every: float = 0.05, content_type: str = "") -> None:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if content_type:
+        headers["Content-Type"] = content_type
     times = figures.probes.setdefault(name, [])
     while time.monotonic() < until:
         started = time.monotonic()
@@ -101,19 +112,21 @@ async def _probe(url: str, name: str, method: str, path: str, figures: Figures,
 
 
 async def flood(url: str, *, slow: str, fast: str, tid: str, attacker_key: str | None,
-                other_key: str, n: int = 2000, wait: float = 20,
+                other_key: str, module: bytes, n: int = 2000, wait: float = 20,
                 seconds: float = 10) -> Figures:
-    """Run the attack and the probes together for `seconds`; the figures."""
+    """Run the attack and the probes together for `seconds`; the figures. `module` is
+    what the other client uploads once a second."""
     figures = Figures()
+    upload, upload_type = multipart("file", "probe.wasm", module)
     attack = asyncio.ensure_future(_attack(url, slow, figures, n, wait, attacker_key))
     await asyncio.sleep(0.2)  # the probes measure while the attack is under way
     until = time.monotonic() + seconds
     await asyncio.gather(
         _probe(url, "healthz", "GET", "/healthz", figures, until),
-        _probe(url, "functions", "GET", "/functions?limit=5", figures, until, key=other_key,
-               every=0.2),
-        _probe(url, "retrieve", "GET", f"/retrieve/{tid}", figures, until, key=other_key,
-               every=0.2),
+        _probe(url, "functions", "GET", "/functions?limit=5", figures, until, key=other_key),
+        _probe(url, "retrieve", "GET", f"/retrieve/{tid}", figures, until, key=other_key),
+        _probe(url, "upload", "POST", "/functions", figures, until, upload, key=other_key,
+               every=1.0, content_type=upload_type),
         _probe(url, "fast_call", "POST", f"/task/{fast}?wait=30", figures, until,
                envelope("quick"), key=other_key, every=0.2))
     attack.cancel()
@@ -131,12 +144,25 @@ def allow_connections(n: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 1024), hard))
 
 
+def report(figures: dict[str, object]) -> str:
+    """The flood's lines for the bench's printout."""
+    lines = [f"flood: one client's {figures['connections']} calls at once, each waiting for a "
+             f"{figures['slow_task_ms']} ms task; its answers {figures['attacker_statuses']}"]
+    for probe in ("healthz", "functions", "retrieve", "upload", "fast_call"):
+        lines.append(f"  another client's {probe}: p50 {figures[f'{probe}_p50_ms']} ms, "
+                     f"p99 {figures[f'{probe}_p99_ms']} ms, max {figures[f'{probe}_max_ms']} ms "
+                     f"({figures[f'{probe}_count']} calls)")
+    if "load" in figures:
+        lines.append(f"  machine load during the run: {figures['load']}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=15)
     args = parser.parse_args()
-    print(json.dumps(run(args.connections, args.seconds), indent=2))
+    print(report(run(args.connections, args.seconds)))
 
 
 def run(connections: int = 2000, seconds: float = 15) -> dict[str, object]:
@@ -164,7 +190,7 @@ def run(connections: int = 2000, seconds: float = 15) -> dict[str, object]:
                                 headers=auth, timeout=30).json()["tid"]
             figures = run_async(flood(stack.url, slow=slow, fast=fast, tid=tid,
                                         attacker_key="attacker", other_key="other",
-                                        n=connections, seconds=seconds))
+                                        module=modules.ECHO, n=connections, seconds=seconds))
             return {"connections": connections, "slow_task_ms": SLOW_MS, **figures.summary()}
         finally:
             stack.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 
 import pytest
@@ -21,7 +22,11 @@ pytestmark = pytest.mark.fast
 def front(redis_url: str, **settings: object) -> Front:
     config = Settings(redis_url=redis_url, queue=f"front-{time.monotonic_ns()}",
                       rate_limit="off", **settings)
-    return Front(create_app(config), config)
+    app = Front(create_app(config), config)
+    # A client address of its own: its tasks in flight are this test's alone.
+    app.test_address = ".".join(str(random.randrange(1, 255)) for _ in range(3))
+    app.test_address = f"127.{app.test_address}"
+    return app
 
 
 def deploy(app: Front) -> str:
@@ -56,7 +61,7 @@ async def call(app: Front, path: str, *, hang_up_after: float | None = None,
              "query_string": query.encode(), "root_path": "",
              "headers": [(b"content-type", b"application/json"), (b"host", b"testserver"),
                          (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.9", 5000), "server": ("testserver", 80)}
+             "client": (app.test_address, 5000), "server": ("testserver", 80)}
     started = time.monotonic()
     await app(scope, receive, send)
     took = time.monotonic() - started
@@ -103,3 +108,20 @@ def test_a_caller_beyond_its_queue_of_requests_gets_429_and_others_do_not(
     assert statuses.count(202) >= 2 and statuses.count(429) >= 1, set(statuses)
     refused = next(a for a in answers if a[0] == 429)
     assert refused[1]["statusCode"] == 0 and "waiting to be served" in refused[1]["message"]
+
+
+def test_a_caller_just_refused_is_refused_again_at_once_then_served(redis_url: str) -> None:
+    app = front(redis_url, max_inflight=1)
+    cfid = deploy(app)
+
+    async def three() -> list[tuple[int, dict, float]]:
+        first = await call(app, f"/task/{cfid}?wait=0")  # in flight (no worker runs it)
+        second = await call(app, f"/task/{cfid}?wait=0")  # refused by enqueue.lua
+        third = await call(app, f"/task/{cfid}?wait=0")  # refused by the front, held reply
+        return [first, second, third]
+
+    first, second, third = run_async(three())
+    assert first[0] == 202 and second[0] == 429 and third[0] == 429
+    assert third[1] == second[1] and "limit of 1" in third[1]["message"]
+    time.sleep(0.3)  # the hold is over: the next call is the script's to judge again
+    assert run_async(call(app, f"/task/{cfid}?wait=0"))[0] == 429
