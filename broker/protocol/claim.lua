@@ -13,7 +13,8 @@
 -- KEYS[3] pending   zset    wasmq:pending: tid -> when its message went into the queue
 -- KEYS[4] queue     list    the Celery queue
 -- KEYS[5] queued    set     wasmq:queued:<caller>: its tids whose message is in the queue
--- KEYS[6] backlog   list    wasmq:backlog:<caller>: "<tid>\n<message>"
+-- KEYS[6] backlog   list    wasmq:backlog:<caller>: "<tid>\n<message>" (a batch's:
+--                           "<tid> <tid>...\n<message>", its id the first tid)
 -- KEYS[7] backlogs  set     wasmq:backlogs: callers that have a backlog
 --
 -- ARGV[1] node          the worker process claiming it
@@ -38,9 +39,11 @@ if redis.call('SREM', queued_key, tid) == 1 and redis.call('SCARD', queued_key) 
   local entry = redis.call('LPOP', backlog_key)
   if entry then
     local sep = string.find(entry, '\n', 1, true)
-    local next_tid = string.sub(entry, 1, sep - 1)
-    redis.call('SADD', queued_key, next_tid)
-    redis.call('ZADD', pending_key, now, next_tid)
+    local head = string.sub(entry, 1, sep - 1)  -- a batch's entry names all its tids
+    redis.call('SADD', queued_key, string.match(head, '^%S+'))
+    for next_tid in string.gmatch(head, '%S+') do
+      redis.call('ZADD', pending_key, now, next_tid)
+    end
     redis.call('LPUSH', queue_key, string.sub(entry, sep + 1))
   else
     redis.call('SREM', backlogs_key, caller)
