@@ -25,6 +25,7 @@ from wasmq.broker.celery_app import RUN_BATCH, RUN_TASK
 from wasmq.broker.connections import get_redis, storage_full
 from wasmq.broker.errors import TaskFailed
 from wasmq.broker.limits import Limits
+from wasmq.broker.logs import bind_tid
 from wasmq.broker.protocol.messages import Job, JobMessages
 from wasmq.broker.protocol.queue import Claim, Finished, TaskQueue
 from wasmq.broker.protocol.record import Status
@@ -118,6 +119,7 @@ def execute_batch(st: NodeState, jobs: list[Job], messages: JobMessages, *,
         split(st.tasks, messages, jobs, st.node, undo=False)
         return
     claims = st.tasks.claim_batch(jobs, st.node)
+    log.info("batch %s: %d calls", jobs[0].tid, len(jobs))
     finisher = st.finisher
     started = time.monotonic()
     try:
@@ -133,6 +135,7 @@ def execute_batch(st: NodeState, jobs: list[Job], messages: JobMessages, *,
                         if c.state == "running"]
                 split(st.tasks, messages, rest, st.node, undo=True)
                 break
+            bind_tid(job.tid)  # its log lines carry its own tid
             finisher.add(job, _outcome(st, job, job.data if job.data is not None
                                        else claim.data))
     finally:
