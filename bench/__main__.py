@@ -146,7 +146,11 @@ def run(args: argparse.Namespace) -> dict:
     redis_proc, redis_url = start_redis(workdir / "redis")
     stack, floors = None, {}
     try:
-        stack = start_stack(workdir / "stack", redis_url, concurrency=2, **BENCH_ENV)
+        env = dict(BENCH_ENV)
+        if args.max_batch is not None:
+            env["WASMQ_MAX_BATCH"] = str(args.max_batch)
+        results["max_batch"] = args.max_batch
+        stack = start_stack(workdir / "stack", redis_url, concurrency=2, **env)
         floors = {"floor": Floor(redis_url, workdir, events=False),
                   "floor_with_events": Floor(redis_url, workdir, events=True)}
         api = Api(stack.url)
@@ -195,6 +199,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs, noisier figures")
     parser.add_argument("--peer-only", action="store_true",
                         help="only wasmq beside the hand-rolled peer (written to --out)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="WASMQ_MAX_BATCH for wasmq's stack (default: its own default)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
     results = run(args)

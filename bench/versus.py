@@ -40,20 +40,39 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def redis_commands(client: redis.Redis) -> int:
+    return sum(command_counts(client).values())
+
+
+def command_counts(client: redis.Redis) -> dict[str, int]:
+    """Calls of each command so far (those run inside scripts included), INFO aside."""
     stats = client.info("commandstats")
-    return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()
+            if k != "cmdstat_info"}
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 class Meter:
-    """CPU seconds of one stack's processes and Redis commands over a window."""
+    """CPU seconds of one stack's processes, Redis's CPU seconds and the commands
+    it ran, over a window."""
 
     def __init__(self, client: redis.Redis, pids: list[int]) -> None:
         self.client, self.pids = client, pids
+        self.mix: dict[str, int] = defaultdict(int)  # commands by name, every window
+        self.redis_cpu = 0.0
 
     def measure(self, work: Callable[[], int]) -> tuple[float, int, int]:
-        cpu, cmds = cpu_seconds(self.pids), redis_commands(self.client)
+        cpu, counts, rcpu = cpu_seconds(self.pids), command_counts(self.client), \
+            redis_cpu(self.client)
         calls = work()
-        return cpu_seconds(self.pids) - cpu, redis_commands(self.client) - cmds, calls
+        after = command_counts(self.client)
+        self.redis_cpu += redis_cpu(self.client) - rcpu
+        for name, n in after.items():
+            self.mix[name] += n - counts.get(name, 0)
+        return cpu_seconds(self.pids) - cpu, sum(after.values()) - sum(counts.values()), calls
 
 
 def versus(stacks: dict[str, tuple[str, bytes, list[int]]], redis_url: str, *, rounds: int,
@@ -71,9 +90,10 @@ def versus(stacks: dict[str, tuple[str, bytes, list[int]]], redis_url: str, *, r
     for name, (_, raw, _) in stacks.items():
         seq_clients[name].calls(raw, 50)  # warm every process and the keep-alive path
     load = []
+    meters = {name: Meter(client, pids) for name, (_, _, pids) in stacks.items()}
     for _ in range(rounds):
-        for name, (url, raw, pids) in stacks.items():
-            meter = Meter(client, pids)
+        for name, (url, raw, _) in stacks.items():
+            meter = meters[name]
 
             def sequential(name: str = name, raw: bytes = raw) -> int:
                 got = seq_clients[name].calls(raw, calls)
@@ -110,14 +130,19 @@ def versus(stacks: dict[str, tuple[str, bytes, list[int]]], redis_url: str, *, r
                 row[f"c{level}_p99_ms"] = ms(percentile(lat[key], 99))
             row[f"c{level}_cpu_ms_per_call"] = round(1000 * cpu[key] / answered[key], 3)
             row[f"c{level}_redis_cmds_per_call"] = round(cmds[key] / answered[key], 2)
+        calls = sum(answered[(name, level)] for level in (1, *LEVELS))
+        row["redis_cpu_ms_per_call"] = round(1000 * meters[name].redis_cpu / calls, 3)
+        row["redis_mix_per_call"] = {k: round(v / calls, 2) for k, v in
+                                     sorted(meters[name].mix.items()) if v / calls >= 0.01}
         out[name] = row
     first, second = list(stacks)
     out["ratio"] = {k: round(out[first][k] / out[second][k], 2) for k in out[first]
-                    if out[second][k]}
+                    if not isinstance(out[first][k], dict) and out[second][k]}
     return out
 
 
 ROWS = [("sequential p50 (ms)", "sequential_p50_ms"), ("sequential p99 (ms)", "sequential_p99_ms"),
+        ("Redis CPU per call, all windows (ms)", "redis_cpu_ms_per_call"),
         ("sequential: CPU per call (ms)", "c1_cpu_ms_per_call"),
         ("sequential: Redis commands per call", "c1_redis_cmds_per_call")]
 for _level in LEVELS:
