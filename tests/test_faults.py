@@ -229,7 +229,8 @@ def test_a_hung_redis_answers_503_within_the_socket_timeout(private) -> None:
 def test_sigterm_lets_running_tasks_finish_and_puts_reserved_ones_back(private) -> None:
     # Prefetching 4 makes the node reserve tasks beyond the one it runs (and a queue
     # share of 4 lets this one client have that many messages in the queue).
-    stack = private(WASMQ_PREFETCH_MULTIPLIER="4", WASMQ_QUEUE_SHARE="4")
+    # One message per task (no batches): the reserved messages are counted.
+    stack = private(WASMQ_PREFETCH_MULTIPLIER="4", WASMQ_QUEUE_SHARE="4", WASMQ_MAX_BATCH="1")
     worker = stack.start_worker("a", concurrency=1)
     api = stack.api()
     cfid = api.deploy(modules.SLOW, name="slow")
