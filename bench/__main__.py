@@ -149,7 +149,9 @@ def run(args: argparse.Namespace) -> dict:
         env = dict(BENCH_ENV)
         if args.max_batch is not None:
             env["WASMQ_MAX_BATCH"] = str(args.max_batch)
-        results["max_batch"] = args.max_batch
+        if args.gateway_threads is not None:
+            env["WASMQ_GATEWAY_THREADS"] = str(args.gateway_threads)
+        results["max_batch"], results["gateway_threads"] = args.max_batch, args.gateway_threads
         stack = start_stack(workdir / "stack", redis_url, concurrency=2, **env)
         floors = {"floor": Floor(redis_url, workdir, events=False),
                   "floor_with_events": Floor(redis_url, workdir, events=True)}
@@ -201,6 +203,8 @@ def main() -> None:
                         help="only wasmq beside the hand-rolled peer (written to --out)")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="WASMQ_MAX_BATCH for wasmq's stack (default: its own default)")
+    parser.add_argument("--gateway-threads", type=int, default=None,
+                        help="WASMQ_GATEWAY_THREADS for wasmq's stack (default: its own default)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args()
     results = run(args)
