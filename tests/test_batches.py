@@ -139,29 +139,39 @@ def _count(metrics: str, name: str) -> float:
 def test_calls_batched_while_their_function_is_replaced_run_one_version_each(
         private) -> None:
     stack = private(**BATCHING)
-    stack.start_worker("a", concurrency=2)
+    worker = stack.start_worker("a", concurrency=2)
     api = stack.api()
     cfid = api.deploy(modules.ECHO, name="replaced")
-    inputs = [f"call {i}" for i in range(120)]
+    calls: list[tuple[float, float, str, dict]] = []  # started, answered, input, body
+    replaced_at: list[float] = []
 
-    def replace() -> None:
-        time.sleep(0.3)
+    def caller(n: int) -> None:
+        i = 0
+        while not replaced_at or time.monotonic() < replaced_at[0] + 1.0:
+            data = f"call {n}.{i}"
+            started = time.monotonic()
+            body = api.call(cfid, data, wait=30).json()
+            calls.append((started, time.monotonic(), data, body))
+            i += 1
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        running = [pool.submit(caller, n) for n in range(16)]
+        wait_until(lambda: len(calls) >= 40, timeout=60, what="calls before the replace")
+        putting = time.monotonic()
         response = api.http.put(f"{api.url}/functions/{cfid}",
                                 files={"file": ("m.wasm", modules.NOT_JSON)}, timeout=30)
         assert response.status_code == 200, response.text
-
-    with ThreadPoolExecutor(max_workers=17) as pool:
-        replacing = pool.submit(replace)
-        bodies = list(pool.map(lambda d: api.call(cfid, d, wait=30).json(), inputs))
-        replacing.result()
-    new = 0
-    for data, body in zip(inputs, bodies, strict=True):
+        replaced_at.append(time.monotonic())
+        for future in running:
+            future.result()
+    for _, _, data, body in calls:
         assert body["statusCode"] == 1, body
         assert body["result"] in (data, modules.NOT_JSON_TEXT), body
-        new += body["result"] == modules.NOT_JSON_TEXT
-    after = api.call(cfid, "after", wait=30).json()
-    assert after["result"] == modules.NOT_JSON_TEXT
-    assert 0 < new < len(inputs), new
+    before = [c for c in calls if c[1] < putting]
+    after = [c for c in calls if c[0] > replaced_at[0]]
+    assert before and all(body["result"] == data for _, _, data, body in before)
+    assert after and all(body["result"] == modules.NOT_JSON_TEXT for *_, body in after)
+    assert max(batches_run(worker.output())) > 1
 
 
 def test_a_private_function_s_batched_calls_need_the_key_each(private) -> None:

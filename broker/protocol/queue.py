@@ -106,8 +106,6 @@ class TaskQueue:
         self._claim = lua.register(client, "claim")
         self._finish = lua.register(client, "finish")
         self._release = lua.register(client, "release")
-        self._enqueue_batch = lua.register(client, "enqueue_batch")
-        self._claim_batch = lua.register(client, "claim_batch")
         self._finish_batch = lua.register(client, "finish_batch")
         self._split = lua.register(client, "split")
 
@@ -119,33 +117,16 @@ class TaskQueue:
     def load_scripts(self) -> None:
         """Spares a new worker process the NOSCRIPT round trip on its first task."""
         for script in (self._enqueue, self._claim, self._finish, self._release,
-                       self._claim_batch, self._finish_batch, self._split):
+                       self._finish_batch, self._split):
             self.redis.script_load(script.script)
 
     # -- the gateway ------------------------------------------------------------
 
     def enqueue(self, task: NewTask, admission: Admission) -> Refusal | None:
         """Create the task, its input and its message together, if `admission` holds."""
-        record, caller = task.record, admission.caller
-        fields = record.to_hash()
-        fields["job"] = task.job.packed()  # kept until claimed, to resend a lost message
-        items = [x for pair in fields.items() for x in pair]
-        rules = [x for c in admission.counters for x in (c.window_s, c.allowance, c.cost)]
-        outcome, *detail = self._enqueue(
-            keys=[keys.task(record.tid), keys.task_input(record.tid), keys.PENDING,
-                  keys.METRIC_COUNTS, self.queue, admission.function_key,
-                  keys.inflight(caller), keys.queued(caller), keys.backlog(caller),
-                  keys.BACKLOGS, *(c.key for c in admission.counters)],
-            args=[self.ttl, now(), record.tid, admission.expected, task.input_by_ref or b"",
-                  task.message, admission.max_inflight, self.share, caller, len(items),
-                  *items, *rules])
-        if outcome in (b"queued", b"backlogged", b"duplicate"):
-            return None
-        if outcome == b"limited":
-            return Refusal(rule=int(detail[0]) - 1, retry_after=max(1, int(detail[1])))
-        if outcome == b"busy":
-            return Refusal(inflight=int(detail[0]), retry_after=1)
-        return Refusal(stale=True, function=detail[0] or None)
+        refusals, _ = self.enqueue_batch([task], [admission.expected], task.message, admission,
+                                         [tuple(c.cost for c in admission.counters)])
+        return refusals[0]
 
     def enqueue_batch(self, batch: list[NewTask], expected: list[bytes], message: bytes,
                       admission: Admission,
@@ -166,7 +147,7 @@ class TaskQueue:
             items = [x for pair in fields.items() for x in pair]
             args += [task.record.tid, stored, task.input_by_ref or b"", len(items), *items,
                      *cost]
-        reply = self._enqueue_batch(
+        reply = self._enqueue(
             keys=[keys.PENDING, keys.METRIC_COUNTS, self.queue, admission.function_key,
                   keys.inflight(caller), keys.queued(caller), keys.backlog(caller),
                   keys.BACKLOGS, *(c.key for c in admission.counters)],
@@ -196,8 +177,7 @@ class TaskQueue:
     # -- the worker ---------------------------------------------------------------
 
     def claim(self, job: Job, node: str) -> Claim:
-        return _claim_answer(self._claim(keys=self._claim_keys(job),
-                                         args=self._claim_args(job, node)))
+        return self.claim_batch([job], node)[0]
 
     def send_claim(self, job: Job, node: str) -> "SentClaim":
         """Send the claim and return without its answer: Redis marks the task running
@@ -205,27 +185,21 @@ class TaskQueue:
         should have. Spares a task the wait for a round trip before it starts."""
         return SentClaim(self, job, node)
 
-    def _claim_keys(self, job: Job) -> list[str]:
-        return [keys.task(job.tid), keys.task_input(job.tid), keys.PENDING, self.queue,
-                keys.queued(job.caller), keys.backlog(job.caller), keys.BACKLOGS]
+    @staticmethod
+    def _claim_keys(jobs: list[Job], queue: str) -> list[str]:
+        caller = jobs[0].caller
+        return [keys.PENDING, queue, keys.queued(caller), keys.backlog(caller), keys.BACKLOGS]
 
-    def _claim_args(self, job: Job, node: str) -> list:
-        return [node, now(), job.tid, self.max_attempts, self.share, job.caller]
-
-    def claim_batch(self, jobs: list[Job], node: str) -> list[Claim]:
-        """Claim every call of one batch message (all one caller's), in one script."""
+    def _claim_args(self, jobs: list[Job], node: str) -> list:
         args: list = [node, now(), self.max_attempts, self.share, jobs[0].caller, jobs[0].tid]
         for job in jobs:
             args += [job.tid, "1" if job.data is None else "0"]
-        caller = jobs[0].caller
-        flat = self._claim_batch(keys=[keys.PENDING, self.queue, keys.queued(caller),
-                                       keys.backlog(caller), keys.BACKLOGS], args=args)
-        out = []
-        for i in range(0, len(flat), 4):
-            state, data, attempts, lost = flat[i:i + 4]
-            out.append(Claim(state.decode(), data or None, int(attempts),
-                             lost.decode(errors="replace") if lost else ""))
-        return out
+        return args
+
+    def claim_batch(self, jobs: list[Job], node: str) -> list[Claim]:
+        """Claim every call of one message (all one caller's), in one script."""
+        return _claims(self._claim(keys=self._claim_keys(jobs, self.queue),
+                                   args=self._claim_args(jobs, node)))
 
     def finish_batch(self, done: list[tuple[Job, Finished]]) -> list[bool]:
         """Store several outcomes of one caller's batch, each unless its task already
@@ -314,12 +288,13 @@ def _finish_fields(outcome: Finished, finished_at: float) -> dict[str, bytes | s
     return fields
 
 
-def _claim_answer(reply: list) -> Claim:
-    state, data, *rest = reply
-    state = state.decode()
-    if state == "exhausted":
-        return Claim(state, None, int(rest[0]), rest[1].decode(errors="replace"))
-    return Claim(state, data or None)
+def _claims(flat: list) -> list[Claim]:
+    out = []
+    for i in range(0, len(flat), 4):
+        state, data, attempts, lost = flat[i:i + 4]
+        out.append(Claim(state.decode(), data or None, int(attempts),
+                         lost.decode(errors="replace") if lost else ""))
+    return out
 
 
 class SentClaim:
@@ -330,9 +305,9 @@ class SentClaim:
         self.pool = tasks.redis.connection_pool
         self.conn = self.pool.get_connection()
         try:
-            claim_keys = tasks._claim_keys(job)
+            claim_keys = tasks._claim_keys([job], tasks.queue)
             self.conn.send_command("EVALSHA", tasks._claim.sha, len(claim_keys), *claim_keys,
-                                   *tasks._claim_args(job, node))
+                                   *tasks._claim_args([job], node))
         except BaseException:
             self.pool.release(self.conn)
             raise
@@ -347,4 +322,4 @@ class SentClaim:
             raise
         finally:
             self.pool.release(self.conn)
-        return _claim_answer(reply)
+        return _claims(reply)[0]
