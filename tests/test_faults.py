@@ -78,7 +78,8 @@ def test_a_killed_worker_process_reruns_its_task_and_nothing_is_lost_or_doubled(
 
 def test_a_killed_node_s_tasks_finish_on_another_node_within_the_visibility_timeout(
         private) -> None:
-    stack = private(WASMQ_TASK_TIMEOUT=SHORT_TIMEOUT)
+    # One message per task (batches killed with their node: tests/test_batches.py).
+    stack = private(WASMQ_TASK_TIMEOUT=SHORT_TIMEOUT, WASMQ_MAX_BATCH="1")
     visibility = Settings(task_timeout=float(SHORT_TIMEOUT)).visibility_timeout
     node_a = stack.start_worker("a", concurrency=2)
     api = stack.api()
