@@ -30,6 +30,15 @@ FAILS_ON_F = modules.wasm("""
       (then (unreachable)) (else (i32.const 0)))""")
 
 
+def batching_stack(private, module: bytes, name: str) -> tuple:
+    """A private stack with batches on, a two-process worker node and `module` deployed:
+    the stack, the node, its Api and the function's cfid."""
+    stack = private(**BATCHING)
+    worker = stack.start_worker("a", concurrency=2)
+    api = stack.api()
+    return stack, worker, api, api.deploy(module, name=name)
+
+
 def batches_run(log: str) -> list[int]:
     """The sizes of the batches a worker's log says it ran."""
     return [int(n) for n in re.findall(r"batch wasmqt-[0-9a-f]+: (\d+) calls", log)]
@@ -54,10 +63,7 @@ def running_batch(client, tids: list[str]) -> list[str] | None:
 
 def test_a_worker_process_killed_mid_batch_reruns_only_the_unfinished_calls(
         private) -> None:
-    stack = private(**BATCHING)
-    worker = stack.start_worker("a", concurrency=2)
-    api = stack.api()
-    cfid = api.deploy(modules.SLOW, name="slow")
+    stack, worker, api, cfid = batching_stack(private, modules.SLOW, "slow")
     client = stack.client()
     watcher = DoneWatcher(client)
     inputs = [f"250 call {i}" for i in range(48)]
@@ -107,10 +113,7 @@ def test_a_node_killed_mid_batch_has_its_calls_finished_by_another(private) -> N
 
 
 def test_a_batch_mixing_failing_and_succeeding_calls_answers_each_its_own(private) -> None:
-    stack = private(**BATCHING)
-    worker = stack.start_worker("a", concurrency=2)
-    api = stack.api()
-    cfid = api.deploy(FAILS_ON_F, name="fails-on-f")
+    stack, worker, api, cfid = batching_stack(private, FAILS_ON_F, "fails-on-f")
     before = requests.get(f"{stack.url}/metrics", timeout=10).text
     inputs = [("f" if i % 3 == 0 else "s") + f" call {i}" for i in range(60)]
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -138,10 +141,7 @@ def _count(metrics: str, name: str) -> float:
 
 def test_calls_batched_while_their_function_is_replaced_run_one_version_each(
         private) -> None:
-    stack = private(**BATCHING)
-    worker = stack.start_worker("a", concurrency=2)
-    api = stack.api()
-    cfid = api.deploy(modules.ECHO, name="replaced")
+    stack, worker, api, cfid = batching_stack(private, modules.ECHO, "replaced")
     calls: list[tuple[float, float, str, dict]] = []  # started, answered, input, body
     replaced_at: list[float] = []
 
