@@ -20,7 +20,7 @@ import redis
 
 from wasmq.broker import keys
 from wasmq.broker.protocol.record import TaskRecord
-from wasmq.broker.protocol.wakeup import parse_wakeup, unpack_shipped
+from wasmq.broker.protocol.wakeup import parse_wakeups, unpack_shipped
 from wasmq.broker.subscription import listen_forever
 
 
@@ -78,6 +78,10 @@ class CompletionListener:
         for waiter in waiters:
             waiter.wake(record)
 
+    def _heard(self, data: bytes) -> None:
+        for tid, packed in parse_wakeups(data):
+            self._wake(tid or None, packed)
+
     def _run(self) -> None:
         def subscribed() -> None:
             self._wake(None)  # a gap in the subscription may have swallowed wake-ups
@@ -88,5 +92,5 @@ class CompletionListener:
             self._wake(None)
 
         listen_forever(self.redis, keys.DONE_CHANNEL,
-                       lambda data: self._wake(*parse_wakeup(data)),
+                       self._heard,
                        what="completion listener", on_subscribed=subscribed, on_lost=lost)

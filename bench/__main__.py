@@ -15,9 +15,10 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from bench import flood, inprocess, modules, report
+from bench import flood, inprocess, modules, report, versus
 from bench.floor import Floor
 from bench.load import BENCH_ENV, Client, closed_loop, request_bytes
+from bench.peer import Peer
 from bench.stats import loadavg, machine, median_ms, ms, percentile
 from tests.localstack import Stack, start_redis, start_stack
 from tests.support import Api, envelope
@@ -106,6 +107,25 @@ def big_input(module: str) -> str:
     return ("0123456789abcdef" * (MB4 // 16))
 
 
+def against_peer(stack: Stack, api: Api, redis_url: str, workdir: Path,
+                 quick: bool) -> dict:
+    """wasmq beside the hand-rolled peer, on an echo module (bench/versus.py)."""
+    echo = modules.echo()
+    cfid = api.deploy(echo, name="bench-echo")
+    body = json.dumps(envelope(modules.INPUT.decode())).encode()
+    peer = Peer(redis_url, echo, workdir / "peer")
+    try:
+        figures = versus.versus(
+            {"wasmq": (stack.url, request_bytes(stack.url, f"/task/{cfid}", body),
+                       [stack.gateway.pid, stack.worker.pid]),
+             "peer": (peer.url, request_bytes(peer.url, "/task/echo", body), peer.pids)},
+            redis_url, rounds=3, calls=60 if quick else 150, seconds=0.7 if quick else 1.5)
+    finally:
+        peer.stop()
+    print(versus.table(figures), flush=True)
+    return figures
+
+
 def run(args: argparse.Namespace) -> dict:
     seconds = 0.5 if args.quick else 1.0
     load_s = 0.5 if args.quick else 1.5
@@ -115,7 +135,7 @@ def run(args: argparse.Namespace) -> dict:
     results: dict = {"machine": machine(), "modules": {}}
     wasm = {"intsum": modules.intsum(), "big": modules.big()}
     data = modules.INPUT
-    for name, binary in wasm.items():
+    for name, binary in ({} if args.peer_only else wasm).items():
         limit, runtime = inprocess.limit_and_runtime(binary, data, seconds)
         results["modules"][name] = {
             "module_bytes": len(binary), "limit_us": round(limit, 1),
@@ -126,11 +146,20 @@ def run(args: argparse.Namespace) -> dict:
     redis_proc, redis_url = start_redis(workdir / "redis")
     stack, floors = None, {}
     try:
-        stack = start_stack(workdir / "stack", redis_url, concurrency=2, **BENCH_ENV)
+        env = dict(BENCH_ENV)
+        if args.max_batch is not None:
+            env["WASMQ_MAX_BATCH"] = str(args.max_batch)
+        if args.gateway_threads is not None:
+            env["WASMQ_GATEWAY_THREADS"] = str(args.gateway_threads)
+        results["max_batch"], results["gateway_threads"] = args.max_batch, args.gateway_threads
+        stack = start_stack(workdir / "stack", redis_url, concurrency=2, **env)
         floors = {"floor": Floor(redis_url, workdir, events=False),
                   "floor_with_events": Floor(redis_url, workdir, events=True)}
         api = Api(stack.url)
         client = Client(stack.url)
+        results["versus_peer"] = against_peer(stack, api, redis_url, workdir, args.quick)
+        if args.peer_only:
+            return results
         cfids = {name: api.deploy(binary, name=f"bench-{name}") for name, binary in wasm.items()}
         targets = {name: call_bytes(stack.url, cfid, data.decode())
                    for name, cfid in cfids.items()}
@@ -170,11 +199,20 @@ def run(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs, noisier figures")
+    parser.add_argument("--peer-only", action="store_true",
+                        help="only wasmq beside the hand-rolled peer (written to --out)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="WASMQ_MAX_BATCH for wasmq's stack (default: its own default)")
+    parser.add_argument("--gateway-threads", type=int, default=None,
+                        help="WASMQ_GATEWAY_THREADS for wasmq's stack (default: its own default)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--no-flood", action="store_true",
                         help="skip the flood (one client's 2,000 waiting calls)")
     args = parser.parse_args()
     results = run(args)
+    if args.peer_only:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     if not args.no_flood:
         results["flood"] = {**flood.run(2000, 8 if args.quick else 15), "load": loadavg()}
     print(report.table(results))

@@ -30,3 +30,8 @@ def big() -> bytes:
     pages = (offset + BIG_DATA_BYTES) // PAGE + 2
     segment = f'(data (i32.const {offset}) "{escaped}")'
     return bytes(wasmtime.wat2wasm(wat(pages=pages, data=segment)))
+
+
+def echo() -> bytes:
+    """The Scailable ABI around an echo, the module wasmq and the peer both run."""
+    return bytes(wasmtime.wat2wasm(wat()))

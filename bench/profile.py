@@ -59,12 +59,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="WASMQ_MAX_BATCH for the stack (default: its own default)")
     parser.add_argument("--wall", action="store_true",
                         help="sample every busy thread, not only the one holding the GIL")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="wasmq-profile-"))
     redis_proc, redis_url = start_redis(workdir / "redis")
-    stack = start_stack(workdir / "stack", redis_url, **BENCH_ENV)
+    env = dict(BENCH_ENV)
+    if args.max_batch is not None:
+        env["WASMQ_MAX_BATCH"] = str(args.max_batch)
+    stack = start_stack(workdir / "stack", redis_url, **env)
     try:
         api = Api(stack.url)
         cfid = api.deploy(modules.intsum())

@@ -20,6 +20,7 @@ from wasmq.broker.connections import (
 from wasmq.broker.settings import Settings
 
 RUN_TASK = "wasmq.run"
+RUN_BATCH = "wasmq.run_batch"  # calls that travel together (workers/batch.py)
 
 # A publish that cannot reach Redis gives up after about half a second, so the
 # gateway answers 503 instead of hanging a request thread (kombu's default

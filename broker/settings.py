@@ -82,6 +82,9 @@ class Settings:
     # wait in its own backlog, so another caller's call waits behind at most
     # this many of its calls, not its whole backlog.
     queue_share: int = 1
+    # Calls of one caller to one function that arrive while its previous submission
+    # is on its way travel together, up to this many in one message; 1: never.
+    max_batch: int = 16
     # Runs of a task whose worker process died before it fails for good.
     max_attempts: int = 3
     # Calls one gateway process holds open waiting for their task; past it a
@@ -169,7 +172,7 @@ class Settings:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
                      "max_module_mb", "module_cache_mb", "prefetch_multiplier",
-                     "max_inflight", "queue_share", "max_attempts", "max_waiting",
+                     "max_inflight", "queue_share", "max_batch", "max_attempts", "max_waiting",
                      "compile_timeout", "compile_memory_mb", "redis_maxmemory_mb"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")

@@ -19,7 +19,7 @@ import redis
 from tests.localstack import start_gateway, start_worker
 from tests.support import Api, Child, child_env, start_redis
 from wasmq.broker import keys
-from wasmq.broker.protocol.wakeup import parse_wakeup
+from wasmq.broker.protocol.wakeup import parse_wakeups
 from wasmq.broker.redis_server import free_port
 
 
@@ -122,7 +122,8 @@ class DoneWatcher:
             except redis.ConnectionError:
                 return
             if message and message["type"] == "message":
-                self.counts[parse_wakeup(message["data"])[0]] += 1
+                for tid, _ in parse_wakeups(message["data"]):
+                    self.counts[tid] += 1
 
     def wait_for(self, tids: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -5,6 +5,7 @@ still right and every node used."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -42,11 +43,13 @@ def lab() -> Iterator[Lab]:
         lab.close()
 
 
-def test_500_tasks_on_three_nodes_survive_losing_one(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_batch", ["1", "8"], ids=["alone", "batched"])
+def test_500_tasks_on_three_nodes_survive_losing_one(lab: Lab, tmp_path: Path,
+                                                     max_batch: str) -> None:
     print(f"\nhosts: {lab.describe()}")
     procs: list[Child] = []
     try:
-        _run_cluster(lab, tmp_path, procs)
+        _run_cluster(lab, tmp_path, procs, max_batch)
     finally:
         for proc in reversed(procs):
             proc.stop(timeout=20)
@@ -54,14 +57,15 @@ def test_500_tasks_on_three_nodes_survive_losing_one(lab: Lab, tmp_path: Path) -
             print(f"--- {log.name}\n{log.read_text(errors='replace')[-2000:]}")
 
 
-def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Child]) -> None:
+def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Child], max_batch: str) -> None:
     netns = lab.mode == NETNS
     redis_host, gateway_host = lab.hosts["redis"], lab.hosts["gateway"]
     redis_port = 6379 if netns else free_port(redis_host.address)
     gateway_port = 8080 if netns else free_port(gateway_host.address)
     redis_url = f"redis://{redis_host.address}:{redis_port}/0"
     env = child_env(WASMQ_REDIS_URL=redis_url, WASMQ_TASK_TIMEOUT=TASK_TIMEOUT,
-                    WASMQ_MAX_INFLIGHT="100000")  # 500 tasks from one client
+                    WASMQ_MAX_INFLIGHT="100000",  # 500 tasks from one client
+                    WASMQ_MAX_BATCH=max_batch)
     python = [sys.executable, "-m", "wasmq"]
 
     def start(host: str, argv: list[str], log: str) -> Child:
@@ -151,3 +155,8 @@ def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Child]) -> None:
         status, node, attempts = states[tids.index(tid)]
         assert node_of(node) != victim and attempts >= 2, (tid, node, attempts)
     assert recovered < RECOVERY_BOUND, f"the held tasks took {recovered:.1f} s"
+    if max_batch != "1":
+        sizes = [int(n) for proc in nodes.values()
+                 for n in re.findall(r"batch wasmqt-[0-9a-f]+: (\d+) calls", proc.output())]
+        print(f"batches run: {len(sizes)}, of {sum(sizes)} calls")
+        assert sizes, "no batch was run"

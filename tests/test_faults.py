@@ -70,7 +70,8 @@ def test_a_killed_worker_process_reruns_its_task_and_nothing_is_lost_or_doubled(
 
 def test_a_killed_node_s_tasks_finish_on_another_node_within_the_visibility_timeout(
         private) -> None:
-    stack = private(WASMQ_TASK_TIMEOUT=SHORT_TIMEOUT)
+    # One message per task (batches killed with their node: tests/test_batches.py).
+    stack = private(WASMQ_TASK_TIMEOUT=SHORT_TIMEOUT, WASMQ_MAX_BATCH="1")
     visibility = Settings(task_timeout=float(SHORT_TIMEOUT)).visibility_timeout
     node_a = stack.start_worker("a", concurrency=2)
     api = stack.api()
@@ -210,7 +211,8 @@ def test_a_hung_redis_answers_503_within_the_socket_timeout(private) -> None:
 def test_sigterm_lets_running_tasks_finish_and_puts_reserved_ones_back(private) -> None:
     # Prefetching 4 makes the node reserve tasks beyond the one it runs (and a queue
     # share of 4 lets this one client have that many messages in the queue).
-    stack = private(WASMQ_PREFETCH_MULTIPLIER="4", WASMQ_QUEUE_SHARE="4")
+    # One message per task (no batches): the reserved messages are counted.
+    stack = private(WASMQ_PREFETCH_MULTIPLIER="4", WASMQ_QUEUE_SHARE="4", WASMQ_MAX_BATCH="1")
     worker = stack.start_worker("a", concurrency=1)
     api = stack.api()
     cfid = api.deploy(modules.SLOW, name="slow")

@@ -9,7 +9,7 @@ import pytest
 import redis
 from kombu.serialization import loads
 
-from wasmq.broker.celery_app import RUN_TASK, make_celery
+from wasmq.broker.celery_app import RUN_BATCH, RUN_TASK, make_celery
 from wasmq.broker.protocol.messages import Job, JobMessages
 from wasmq.broker.settings import Settings
 
@@ -27,14 +27,26 @@ def decoded(raw: bytes) -> dict:
     return message
 
 
-def test_the_message_matches_what_send_task_puts_on_the_queue(redis_url: str) -> None:
+OTHER = Job(tid="wasmqt-4567", sha256="ab" * 32, data=None, limits={"timeout_s": 2.0},
+            caller="addr:127.0.0.1")
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one call", "a batch"])
+def test_the_message_matches_what_send_task_puts_on_the_queue(redis_url: str,
+                                                              batch: bool) -> None:
     queue = "test-jobs-format"
     app = make_celery(Settings(redis_url=redis_url, queue=queue))
     client = redis.Redis.from_url(redis_url)
+    messages = JobMessages(app, queue)
     try:
-        app.send_task(RUN_TASK, args=[JOB.to_dict()], queue=queue, task_id=JOB.tid)
+        if batch:
+            app.send_task(RUN_BATCH, args=[[JOB.to_dict(), OTHER.to_dict()]], queue=queue,
+                          task_id=JOB.tid)
+            ours = decoded(messages.encode_batch([JOB, OTHER]))
+        else:
+            app.send_task(RUN_TASK, args=[JOB.to_dict()], queue=queue, task_id=JOB.tid)
+            ours = decoded(messages.encode(JOB))
         theirs = decoded(client.rpop(queue))
-        ours = decoded(JobMessages(app, queue).encode(JOB))
     finally:
         client.delete(queue)
         app.close()

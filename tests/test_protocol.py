@@ -21,7 +21,7 @@ from wasmq.broker.protocol.queue import (
     RateCounter,
 )
 from wasmq.broker.protocol.record import Status
-from wasmq.broker.protocol.wakeup import SHIP_LIMIT, parse_wakeup, unpack_shipped
+from wasmq.broker.protocol.wakeup import SHIP_LIMIT, parse_wakeup, parse_wakeups, unpack_shipped
 
 pytestmark = pytest.mark.fast
 SCRIPTS = sorted(Path(lua.__file__).parent.glob("*.lua"))
@@ -52,7 +52,7 @@ def test_every_script_names_each_key_and_argument_it_uses_in_its_header() -> Non
 
 def test_the_key_names_the_scripts_build_are_those_of_broker_keys() -> None:
     built = {"wasmq:task:": keys.task("x")[:-1], "wasmq:queued:": keys.queued("x")[:-1],
-             "wasmq:backlog:": keys.backlog("x")[:-1]}
+             "wasmq:backlog:": keys.backlog("x")[:-1], "wasmq:input:": keys.task_input("x")[:-1]}
     for path in SCRIPTS:
         for prefix in re.findall(r"'(wasmq:[a-z]+:)'", path.read_text()):
             assert built[prefix] == prefix, f"{path.name} builds {prefix}"
@@ -253,3 +253,109 @@ def test_a_shipped_record_that_cannot_be_read_or_is_unfinished_is_not_used() -> 
     assert unpack_shipped(running) is None  # the waiter reads the record instead
     done = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"succeeded", b"result", b"1"])
     assert unpack_shipped(done).result == b"1"
+
+
+# -- batches (api/batcher.py, workers/batch.py) -------------------------------------------
+
+def _enqueue_batch(bench: Bench, tasks: list, counters: tuple = (), costs: list | None = None):
+    return bench.tasks.enqueue_batch(
+        tasks, [bench.stored] * len(tasks), b"batch message", bench.admission(counters=counters),
+        costs or [tuple(c.cost for c in counters)] * len(tasks))
+
+
+def test_a_batch_is_created_claimed_and_finished_call_by_call_with_one_message_and_wakeup(
+        bench: Bench) -> None:
+    tasks = [bench.new(), bench.new(data=None), bench.new()]
+    bench.client.set(keys.task_input(tasks[1].job.tid), b"by reference")
+    before = bench.client.hgetall(keys.METRIC_COUNTS)
+    refusals, settled = _enqueue_batch(bench, tasks)
+    assert refusals == [None, None, None] and settled
+    assert bench.queued() == [b"batch message"]
+    assert bench.client.hget(keys.METRIC_COUNTS, "submitted") == \
+        str(int(before.get(b"submitted", 0)) + 3).encode()
+    assert bench.client.zcard(keys.inflight(bench.me)) == 3
+    jobs = [t.job for t in tasks]
+    claims = bench.tasks.claim_batch(jobs, "node-1")
+    assert [c.state for c in claims] == ["running"] * 3
+    assert claims[1].data == b"by reference" and claims[0].data is None
+    subscription = bench.client.pubsub(ignore_subscribe_messages=True)
+    subscription.subscribe(keys.DONE_CHANNEL)
+    wait_until(lambda: subscription.get_message(timeout=0.1) is None or True, what="subscribed")
+    done = [(jobs[0], Finished(Status.SUCCEEDED, result=b"a", exec_ms=0.3)),
+            (jobs[1], Finished(Status.FAILED, cause=Cause.TRAP, message="trapped")),
+            (jobs[2], Finished(Status.SUCCEEDED, result=b"c", exec_ms=0.2))]
+    assert bench.tasks.finish_batch(done) == [True, True, True]
+    # The first finish wins, call by call.
+    assert bench.tasks.finish_batch([(jobs[0], Finished(Status.SUCCEEDED, result=b"again")),
+                                     (jobs[2], Finished(Status.SUCCEEDED, result=b"x"))]) == \
+        [False, False]
+    woken = []
+    while len(woken) < 3:
+        message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
+        woken += parse_wakeups(message["data"])
+    subscription.close()
+    assert [tid for tid, _ in woken] == [j.tid for j in jobs]
+    records = [unpack_shipped(packed) for _, packed in woken]
+    assert [r.result for r in records] == [b"a", None, b"c"]
+    assert records[1].cause == Cause.TRAP.value and records[1].status == Status.FAILED
+    assert bench.tasks.get(jobs[0].tid).result == b"a"
+    assert not bench.client.exists(keys.task_input(jobs[1].tid))
+    assert bench.client.zcard(keys.inflight(bench.me)) == 0
+
+
+def test_a_batch_with_a_refused_call_creates_nothing_and_counts_every_call_once(
+        bench: Bench) -> None:
+    key = f"wasmq:ratelimit:test-{uuid.uuid4().hex}"
+    counter = RateCounter(key=key, window_s=30, allowance=100, cost=40)
+    tasks = [bench.new(), bench.new(), bench.new()]
+    refusals, settled = _enqueue_batch(bench, tasks, (counter,))
+    assert not settled and refusals[:2] == [None, None] and refusals[2].rule == 0
+    assert bench.client.get(key) == b"120" and bench.queued() == []
+    assert not bench.client.exists(keys.task(tasks[0].job.tid))
+    # The gateway sends the admitted ones again, uncounted.
+    refusals, settled = bench.tasks.enqueue_batch(tasks[:2], [bench.stored] * 2, b"again",
+                                                  bench.admission(), [(), ()])
+    assert settled and refusals == [None, None] and bench.client.get(key) == b"120"
+    assert bench.queued() == [b"again"]
+
+
+def test_a_batch_against_a_replaced_function_is_refused_with_the_function_now(
+        bench: Bench) -> None:
+    bench.client.set(bench.function_key, b"replaced")
+    refusals, settled = _enqueue_batch(bench, [bench.new(), bench.new()])
+    assert settled and all(r.stale and r.function == b"replaced" for r in refusals)
+    assert bench.queued() == []
+
+
+def test_a_batch_beyond_its_caller_s_share_waits_whole_in_the_backlog(bench: Bench) -> None:
+    first = bench.new()
+    bench.tasks.enqueue(first, bench.admission())
+    batch = [bench.new(), bench.new()]
+    _enqueue_batch(bench, batch)
+    assert bench.queued() == [first.message]  # the share of 1 is taken
+    bench.tasks.claim(first.job, "node-1")  # it leaves the queue: the batch goes in
+    assert bench.queued() == [b"batch message", first.message]  # (nothing pops it here)
+    assert all(bench.client.zscore(keys.PENDING, t.job.tid) for t in batch)
+    bench.tasks.claim_batch([t.job for t in batch], "node-1")
+    assert not bench.client.smembers(keys.queued(bench.me))
+
+
+def test_a_split_batch_sends_its_unfinished_calls_alone_and_can_hand_them_back(
+        bench: Bench) -> None:
+    tasks = [bench.new(), bench.new(), bench.new()]
+    _enqueue_batch(bench, tasks)
+    bench.client.delete(bench.tasks.queue)
+    jobs = [t.job for t in tasks]
+    bench.tasks.claim_batch(jobs, "node-1")
+    bench.tasks.finish(jobs[0], Finished(Status.SUCCEEDED, result=b"done"))
+    parts = [(j, f"alone {j.tid}".encode()) for j in jobs]
+    assert bench.tasks.split(parts, "node-1", undo=False) == 2  # the finished one stays
+    assert sorted(bench.queued()) == sorted(m for _, m in parts[1:])
+    assert bench.tasks.get(jobs[1].tid).status == Status.RUNNING  # a redelivery's split
+    bench.client.delete(bench.tasks.queue)
+    assert bench.tasks.split(parts[1:], "node-1", undo=True) == 2
+    record = bench.tasks.get(jobs[2].tid)
+    assert (record.status, record.attempts) == (Status.QUEUED, 0)
+    assert bench.client.hget(keys.task(jobs[2].tid), "job") == jobs[2].packed()
+    assert bench.tasks.split(parts[1:], "node-2", undo=True) == 2  # not its claim: as is
+    assert bench.tasks.get(jobs[2].tid).attempts == 0

@@ -24,7 +24,8 @@ from wasmq.broker.protocol.queue import TaskQueue
 def idle(tmp_path: Path) -> Iterator[PrivateStack]:
     """Redis and a gateway, with no worker yet: whatever is submitted stays queued (all
     of it in the Celery queue: one client submits hundreds of calls)."""
-    stack = PrivateStack.start(tmp_path, WASMQ_MAX_INFLIGHT="100000", WASMQ_QUEUE_SHARE="100000")
+    stack = PrivateStack.start(tmp_path, WASMQ_MAX_INFLIGHT="100000", WASMQ_QUEUE_SHARE="100000",
+                               WASMQ_MAX_BATCH="1")  # one message a call, to count them
     yield stack
     stack.stop()
 

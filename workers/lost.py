@@ -56,15 +56,18 @@ class LostWorkerRequest(Request):
 
     def _note(self, how: str) -> None:
         job = self.args[0] if self.args else None
-        tid = job.get("tid") if isinstance(job, dict) else None
+        batch = job if isinstance(job, list) else [job]  # a batch's (workers/batch.py)
+        tids = [j.get("tid") for j in batch if isinstance(j, dict) and j.get("tid")]
         settings: Settings | None = getattr(self.task.app, "wasmq_settings", None)
-        if not tid or settings is None:
+        if not tids or settings is None:
             return
-        log.warning("tid=%s: its worker process ended (%s) while running it", tid, how)
+        log.warning("tid=%s: its worker process ended (%s) while running it",
+                    ",".join(tids), how)
         try:
             pipe = _client(settings).pipeline(transaction=True)
-            pipe.hset(keys.task(tid), "lost", how)
-            pipe.expire(keys.task(tid), settings.result_ttl)  # never a key without a TTL
+            for tid in tids:
+                pipe.hset(keys.task(tid), "lost", how)
+                pipe.expire(keys.task(tid), settings.result_ttl)  # never a key without a TTL
             pipe.execute()
         except redis.RedisError:
             log.warning("could not note how the worker of %s ended", tid, exc_info=True)

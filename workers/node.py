@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import redis
-from celery import Celery, bootsteps, signals
+from celery import Celery, Task, bootsteps, signals
 from celery.exceptions import TimeLimitExceeded
 
 from wasmq.broker import metrics, nodes
@@ -21,12 +21,13 @@ from wasmq.broker.causes import Cause
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.connections import SOCKET_TIMEOUT, new_client
 from wasmq.broker.logs import bind_tid, setup_logging
-from wasmq.broker.protocol.messages import Job
+from wasmq.broker.protocol.messages import Job, JobMessages
 from wasmq.broker.protocol.queue import Finished, TaskQueue
 from wasmq.broker.protocol.record import Status
 from wasmq.broker.protocol.resend import tend_queue
 from wasmq.broker.settings import Settings
 from wasmq.workers import events
+from wasmq.workers.batch import split
 from wasmq.workers.tasks import register_tasks
 
 log = logging.getLogger("wasmq.node")
@@ -53,15 +54,26 @@ def _connect_signals(settings: Settings) -> None:
     queues: list[TaskQueue] = []
 
     def on_failure(exception: BaseException | None = None, args: tuple = (),
-                   **_: object) -> None:
+                   sender: Task | None = None, **_: object) -> None:
         """Celery killed a process past the hard limit and acks the message:
         without this the record would say "running" until it expired."""
         if not isinstance(exception, TimeLimitExceeded) or not args:
             return
-        if not isinstance(args[0], dict) or "tid" not in args[0]:
-            return
         if not queues:
             queues.append(TaskQueue.from_settings(_own_client(settings), settings))
+        if isinstance(args[0], list) and sender is not None:
+            # A batch: its unfinished calls go on alone; the one that hung meets the
+            # hard limit again by itself and fails then, the others run.
+            jobs = [Job.from_dict(j) for j in args[0] if isinstance(j, dict)]
+            try:
+                split(queues[0], JobMessages(sender.app, settings.queue), jobs, "",
+                      undo=False)
+            except redis.RedisError:
+                log.warning("could not send on the batch of %s", jobs[0].tid if jobs else "-",
+                            exc_info=True)
+            return
+        if not isinstance(args[0], dict) or "tid" not in args[0]:
+            return
         job = Job.from_dict(args[0])
         try:
             queues[0].finish(job, Finished(Status.FAILED, cause=Cause.TIMEOUT, message=(

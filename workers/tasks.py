@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from functools import lru_cache
 
 import redis
@@ -20,15 +21,17 @@ from celery.signals import worker_process_init
 
 from wasmq.broker.artifacts import Artifacts
 from wasmq.broker.causes import Cause
-from wasmq.broker.celery_app import RUN_TASK
+from wasmq.broker.celery_app import RUN_BATCH, RUN_TASK
 from wasmq.broker.connections import get_redis, storage_full
 from wasmq.broker.errors import TaskFailed
 from wasmq.broker.limits import Limits
-from wasmq.broker.protocol.messages import Job
+from wasmq.broker.logs import bind_tid
+from wasmq.broker.protocol.messages import Job, JobMessages
 from wasmq.broker.protocol.queue import Claim, Finished, TaskQueue
 from wasmq.broker.protocol.record import Status
 from wasmq.broker.settings import MB, Settings
 from wasmq.broker.store import RedisStore
+from wasmq.workers.batch import Finisher, batch_time_limit, split
 from wasmq.workers.lost import LOST_WORKER_REQUEST
 from wasmq.workers.prefetch import Prefetcher
 from wasmq.workers.runtime import ModuleFailed, Runtime
@@ -49,6 +52,15 @@ class NodeState:
         self.runtime = Runtime(settings.module_cache_mb * MB, Artifacts(client))
         self.prefetcher = Prefetcher(self.runtime, client)
         self.node = f"{socket.gethostname()}:{os.getpid()}"
+        self._finisher: Finisher | None = None
+
+    @property
+    def finisher(self) -> Finisher:
+        """Started on the first batch: a process that never runs one has no thread."""
+        if self._finisher is None:
+            self._finisher = Finisher(self.tasks, lambda job, outcome: store(self, job,
+                                                                             outcome))
+        return self._finisher
 
 
 # Celery's per-task INFO lines ("received", "succeeded in") cost the busiest
@@ -87,6 +99,48 @@ def register_tasks(app: Celery, settings: Settings) -> None:
             # task as "running"; requeued, it runs again once Redis answers.
             raise Reject(exc, requeue=True) from exc
 
+    messages = JobMessages(app, settings.queue)
+
+    @app.task(name=RUN_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True,
+              Request=LOST_WORKER_REQUEST, time_limit=batch_time_limit(settings))
+    def run_batch(self: Task, jobs: list[dict]) -> None:
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        try:
+            execute_batch(state(), [Job.from_dict(j) for j in jobs], messages,
+                          redelivered=redelivered)
+        except redis.RedisError as exc:
+            raise Reject(exc, requeue=True) from exc
+
+
+def execute_batch(st: NodeState, jobs: list[Job], messages: JobMessages, *,
+                  redelivered: bool = False) -> None:
+    """Run a batch's calls back to back (workers/batch.py says what leaves it)."""
+    if redelivered:
+        split(st.tasks, messages, jobs, st.node, undo=False)
+        return
+    claims = st.tasks.claim_batch(jobs, st.node)
+    log.info("batch %s: %d calls", jobs[0].tid, len(jobs))
+    finisher = st.finisher
+    started = time.monotonic()
+    try:
+        for i, (job, claim) in enumerate(zip(jobs, claims, strict=True)):
+            if claim.state == "exhausted":
+                finisher.add(job, _exhausted(claim, st.tasks.max_attempts))
+                continue
+            if claim.state != "running":
+                log.info("tid=%s skipped: record is %s", job.tid, claim.state)
+                continue
+            if time.monotonic() - started >= st.settings.task_timeout:
+                rest = [j for j, c in zip(jobs[i:], claims[i:], strict=True)
+                        if c.state == "running"]
+                split(st.tasks, messages, rest, st.node, undo=True)
+                break
+            bind_tid(job.tid)  # its log lines carry its own tid
+            finisher.add(job, _outcome(st, job, job.data if job.data is not None
+                                       else claim.data))
+    finally:
+        finisher.flush()
+
 
 def execute(st: NodeState, job: Job, *, redelivered: bool = False) -> None:
     """Run one call. A first delivery with its input inline is run while its claim
@@ -111,6 +165,11 @@ def execute(st: NodeState, job: Job, *, redelivered: bool = False) -> None:
         if claim.state != "running":  # ran anyway; a finished record is not written again
             log.info("tid=%s skipped: record is %s", job.tid, claim.state)
             return
+    store(st, job, outcome)
+
+
+def store(st: NodeState, job: Job, outcome: Finished) -> None:
+    """Store one outcome; when Redis is full, say so in the record if a small write fits."""
     try:
         stored = st.tasks.finish(job, outcome)
     except redis.RedisError as exc:

@@ -1,61 +1,80 @@
--- claim.lua: a worker takes a task it received from the queue.
+-- claim.lua: a worker takes the calls of a message it received from the queue (one,
+-- or a batch's), in one script, each with its own answer.
 --
--- Marks the task running unless it already finished (a message redelivered
--- after a node died must not run a finished task again) or its runs have
--- already ended their worker process too often (a poison pill), and hands over
--- the input when it travelled by reference: one round trip for both. The
--- task's message has now left the queue, so the caller's next backlogged
--- message takes its place in the queue. The job kept for resending a lost
--- message is dropped: from here on the message is kombu's to redeliver.
+-- A call is marked running unless it already finished (a message redelivered
+-- after a node died must not run a finished call again) or its runs have
+-- already ended their worker process too often (a poison pill), and its input
+-- is handed over when it travelled by reference: one round trip for all. The
+-- message has now left the queue, so the caller's next backlogged message takes
+-- its place in the queue. The job kept for resending a lost message is dropped:
+-- from here on the message is kombu's to redeliver.
 --
--- KEYS[1] record    hash    wasmq:task:<tid>
--- KEYS[2] input     string  wasmq:input:<tid>
--- KEYS[3] pending   zset    wasmq:pending: tid -> when its message went into the queue
--- KEYS[4] queue     list    the Celery queue
--- KEYS[5] queued    set     wasmq:queued:<caller>: its tids whose message is in the queue
--- KEYS[6] backlog   list    wasmq:backlog:<caller>: "<tid>\n<message>"
--- KEYS[7] backlogs  set     wasmq:backlogs: callers that have a backlog
+-- KEYS[1] pending   zset  wasmq:pending: tid -> when its message went into the queue
+-- KEYS[2] queue     list  the Celery queue
+-- KEYS[3] queued    set   wasmq:queued:<caller>: ids of its messages in the queue
+-- KEYS[4] backlog   list  wasmq:backlog:<caller>: "<tid> <tid>...\n<message>"
+-- KEYS[5] backlogs  set   wasmq:backlogs: callers that have a backlog
+-- Keys built here, per call: wasmq:task:<tid> (hash), wasmq:input:<tid> (string).
 --
--- ARGV[1] node          the worker process claiming it
+-- ARGV[1] node          the worker process claiming them
 -- ARGV[2] now           epoch seconds
--- ARGV[3] tid
--- ARGV[4] max_attempts  runs a task may have before a lost worker fails it
--- ARGV[5] share         how many messages a caller may have in the queue at once
--- ARGV[6] caller        the caller's identity (its member in `backlogs`)
+-- ARGV[3] max_attempts  runs a task may have before a lost worker fails it
+-- ARGV[4] share         how many messages a caller may have in the queue at once
+-- ARGV[5] caller        the caller's identity (its member in `backlogs`)
+-- ARGV[6] id            the message's id (its first call's tid)
+-- ARGV[7 ..]            per call: tid, '1' if its input travelled by reference else '0'
 --
--- Returns {'running', input or false}; {'succeeded'|'failed'|'missing', false};
--- {'exhausted', false, attempts, how the last worker process ended}.
+-- Returns four items per call: state ('running', 'succeeded', 'failed', 'missing',
+-- 'exhausted'), the input or false, attempts, how the last worker process ended.
 
-local record_key, input_key, pending_key, queue_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local queued_key, backlog_key, backlogs_key = KEYS[5], KEYS[6], KEYS[7]
-local node, now, tid = ARGV[1], ARGV[2], ARGV[3]
-local max_attempts, share, caller = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local pending_key, queue_key, queued_key, backlog_key, backlogs_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local node, now, max_attempts = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local share, caller, id = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local first_call = 7
 
-redis.call('ZREM', pending_key, tid)
+local tids = {}
+for i = first_call, #ARGV, 2 do tids[#tids + 1] = ARGV[i] end
+redis.call('ZREM', pending_key, unpack(tids))
 
 -- Release: the caller's next held-back message goes into the queue.
-if redis.call('SREM', queued_key, tid) == 1 and redis.call('SCARD', queued_key) < share then
+if redis.call('SREM', queued_key, id) == 1 and redis.call('SCARD', queued_key) < share then
   local entry = redis.call('LPOP', backlog_key)
   if entry then
     local sep = string.find(entry, '\n', 1, true)
-    local next_tid = string.sub(entry, 1, sep - 1)
-    redis.call('SADD', queued_key, next_tid)
-    redis.call('ZADD', pending_key, now, next_tid)
+    local head = string.sub(entry, 1, sep - 1)
+    redis.call('SADD', queued_key, string.match(head, '^%S+'))
+    for next_tid in string.gmatch(head, '%S+') do
+      redis.call('ZADD', pending_key, now, next_tid)
+      redis.call('HDEL', 'wasmq:task:' .. next_tid, 'held')  -- in the queue now
+    end
     redis.call('LPUSH', queue_key, string.sub(entry, sep + 1))
   else
     redis.call('SREM', backlogs_key, caller)
   end
 end
 
-local status = redis.call('HGET', record_key, 'status')
-if not status then return {'missing', false} end
-if status == 'succeeded' or status == 'failed' then return {status, false} end
-
-local attempts = tonumber(redis.call('HGET', record_key, 'attempts') or '0')
-if attempts >= max_attempts then
-  return {'exhausted', false, attempts, redis.call('HGET', record_key, 'lost') or ''}
+local out = {}
+for i = first_call, #ARGV, 2 do
+  local tid, by_ref = ARGV[i], ARGV[i + 1]
+  local record_key = 'wasmq:task:' .. tid
+  local state = redis.call('HMGET', record_key, 'status', 'attempts', 'lost')
+  local status, attempts = state[1], tonumber(state[2] or '0')
+  if not status then
+    out[#out + 1] = 'missing'; out[#out + 1] = false; out[#out + 1] = 0; out[#out + 1] = ''
+  elseif status == 'succeeded' or status == 'failed' then
+    out[#out + 1] = status; out[#out + 1] = false; out[#out + 1] = 0; out[#out + 1] = ''
+  elseif attempts >= max_attempts then
+    out[#out + 1] = 'exhausted'; out[#out + 1] = false; out[#out + 1] = attempts
+    out[#out + 1] = state[3] or ''
+  else
+    redis.call('HSET', record_key, 'status', 'running', 'node', node, 'startedAt', now,
+               'attempts', attempts + 1)
+    redis.call('HDEL', record_key, 'job')
+    out[#out + 1] = 'running'
+    out[#out + 1] = by_ref == '1' and redis.call('GET', 'wasmq:input:' .. tid) or false
+    out[#out + 1] = attempts + 1
+    out[#out + 1] = ''
+  end
 end
-redis.call('HSET', record_key, 'status', 'running', 'node', node, 'startedAt', now,
-           'attempts', attempts + 1)
-redis.call('HDEL', record_key, 'job')
-return {'running', redis.call('GET', input_key)}
+return out

@@ -23,7 +23,7 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from kombu.serialization import dumps as serialize
 
-from wasmq.broker.celery_app import RUN_TASK
+from wasmq.broker.celery_app import RUN_BATCH, RUN_TASK
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,19 @@ class JobMessages:
             # Flower shows these; a repr of the input would cost time and leak data.
             argsrepr=f"[{{'tid': {tid!r}, 'sha256': {job.sha256!r}}}]",
             kwargsrepr="{}", ignore_result=True, origin=self.origin)
+        return self._envelope(task)
+
+    def encode_batch(self, jobs: list[Job]) -> bytes:
+        """One `wasmq.run_batch` message for calls that travel together; its id is the
+        first call's tid (the id the caller's fair share counts)."""
+        tids = ", ".join(repr(j.tid) for j in jobs)
+        task = self.app.amqp.as_task_v2(
+            jobs[0].tid, RUN_BATCH, args=[[j.to_dict() for j in jobs]], kwargs={},
+            argsrepr=f"[[{tids}]]", kwargsrepr="{}", ignore_result=True,
+            origin=self.origin)
+        return self._envelope(task)
+
+    def _envelope(self, task: object) -> bytes:
         content_type, encoding, body = serialize(task.body, serializer="msgpack")
         properties = {**task.properties, "delivery_mode": 2,
                       "delivery_info": {"exchange": "", "routing_key": self.queue},

@@ -106,6 +106,8 @@ class TaskQueue:
         self._claim = lua.register(client, "claim")
         self._finish = lua.register(client, "finish")
         self._release = lua.register(client, "release")
+        self._finish_batch = lua.register(client, "finish_batch")
+        self._split = lua.register(client, "split")
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> "TaskQueue":
@@ -114,33 +116,59 @@ class TaskQueue:
 
     def load_scripts(self) -> None:
         """Spares a new worker process the NOSCRIPT round trip on its first task."""
-        for script in (self._enqueue, self._claim, self._finish, self._release):
+        for script in (self._enqueue, self._claim, self._finish, self._release,
+                       self._finish_batch, self._split):
             self.redis.script_load(script.script)
 
     # -- the gateway ------------------------------------------------------------
 
     def enqueue(self, task: NewTask, admission: Admission) -> Refusal | None:
         """Create the task, its input and its message together, if `admission` holds."""
-        record, caller = task.record, admission.caller
-        fields = record.to_hash()
-        fields["job"] = task.job.packed()  # kept until claimed, to resend a lost message
-        items = [x for pair in fields.items() for x in pair]
-        rules = [x for c in admission.counters for x in (c.window_s, c.allowance, c.cost)]
-        outcome, *detail = self._enqueue(
-            keys=[keys.task(record.tid), keys.task_input(record.tid), keys.PENDING,
-                  keys.METRIC_COUNTS, self.queue, admission.function_key,
+        refusals, _ = self.enqueue_batch([task], [admission.expected], task.message, admission,
+                                         [tuple(c.cost for c in admission.counters)])
+        return refusals[0]
+
+    def enqueue_batch(self, batch: list[NewTask], expected: list[bytes], message: bytes,
+                      admission: Admission,
+                      costs: list[tuple[int, ...]]) -> tuple[list[Refusal | None], bool]:
+        """Create one caller's calls to one function together, in one script and one
+        message (`message`, built for all of them), each admitted or refused on its
+        own as `enqueue` would. Returns each call's refusal (None: admitted) and
+        whether that is final: when some were refused and others admitted, nothing
+        was created, and the admitted ones must be sent again in a message of their
+        own (without counters: every call was counted)."""
+        caller = admission.caller
+        args: list = [self.ttl, now(), message, admission.max_inflight, self.share, caller,
+                      len(batch), len(admission.counters)]
+        args += [x for c in admission.counters for x in (c.window_s, c.allowance)]
+        for task, stored, cost in zip(batch, expected, costs, strict=True):
+            fields = task.record.to_hash()
+            fields["job"] = task.job.packed()
+            items = [x for pair in fields.items() for x in pair]
+            args += [task.record.tid, stored, task.input_by_ref or b"", len(items), *items,
+                     *cost]
+        reply = self._enqueue(
+            keys=[keys.PENDING, keys.METRIC_COUNTS, self.queue, admission.function_key,
                   keys.inflight(caller), keys.queued(caller), keys.backlog(caller),
                   keys.BACKLOGS, *(c.key for c in admission.counters)],
-            args=[self.ttl, now(), record.tid, admission.expected, task.input_by_ref or b"",
-                  task.message, admission.max_inflight, self.share, caller, len(items),
-                  *items, *rules])
-        if outcome in (b"queued", b"backlogged", b"duplicate"):
-            return None
-        if outcome == b"limited":
-            return Refusal(rule=int(detail[0]) - 1, retry_after=max(1, int(detail[1])))
-        if outcome == b"busy":
-            return Refusal(inflight=int(detail[0]), retry_after=1)
-        return Refusal(stale=True, function=detail[0] or None)
+            args=args)
+        settled = reply[0] != b"rebuild"
+        if not settled:
+            reply = reply[1:]
+        function = reply[len(batch)] if len(reply) > len(batch) else None
+        out: list[Refusal | None] = []
+        for answer in reply[:len(batch)]:
+            kind, _, detail = answer.decode().partition(":")
+            if kind in ("queued", "duplicate"):
+                out.append(None)
+            elif kind == "limited":
+                rule, _, left = detail.partition(":")
+                out.append(Refusal(rule=int(rule) - 1, retry_after=max(1, int(left))))
+            elif kind == "busy":
+                out.append(Refusal(inflight=int(detail), retry_after=1))
+            else:
+                out.append(Refusal(stale=True, function=function or None))
+        return out, settled
 
     def get(self, tid: str) -> TaskRecord | None:
         raw = self.redis.hgetall(keys.task(tid))
@@ -149,8 +177,7 @@ class TaskQueue:
     # -- the worker ---------------------------------------------------------------
 
     def claim(self, job: Job, node: str) -> Claim:
-        return _claim_answer(self._claim(keys=self._claim_keys(job),
-                                         args=self._claim_args(job, node)))
+        return self.claim_batch([job], node)[0]
 
     def send_claim(self, job: Job, node: str) -> "SentClaim":
         """Send the claim and return without its answer: Redis marks the task running
@@ -158,26 +185,52 @@ class TaskQueue:
         should have. Spares a task the wait for a round trip before it starts."""
         return SentClaim(self, job, node)
 
-    def _claim_keys(self, job: Job) -> list[str]:
-        return [keys.task(job.tid), keys.task_input(job.tid), keys.PENDING, self.queue,
-                keys.queued(job.caller), keys.backlog(job.caller), keys.BACKLOGS]
+    @staticmethod
+    def _claim_keys(jobs: list[Job], queue: str) -> list[str]:
+        caller = jobs[0].caller
+        return [keys.PENDING, queue, keys.queued(caller), keys.backlog(caller), keys.BACKLOGS]
 
-    def _claim_args(self, job: Job, node: str) -> list:
-        return [node, now(), job.tid, self.max_attempts, self.share, job.caller]
+    def _claim_args(self, jobs: list[Job], node: str) -> list:
+        args: list = [node, now(), self.max_attempts, self.share, jobs[0].caller, jobs[0].tid]
+        for job in jobs:
+            args += [job.tid, "1" if job.data is None else "0"]
+        return args
+
+    def claim_batch(self, jobs: list[Job], node: str) -> list[Claim]:
+        """Claim every call of one message (all one caller's), in one script."""
+        return _claims(self._claim(keys=self._claim_keys(jobs, self.queue),
+                                   args=self._claim_args(jobs, node)))
+
+    def finish_batch(self, done: list[tuple[Job, Finished]]) -> list[bool]:
+        """Store several outcomes of one caller's batch, each unless its task already
+        finished, and wake their waiters with one message; True for each stored."""
+        finished_at = now()
+        args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at)]
+        for job, outcome in done:
+            fields = _finish_fields(outcome, finished_at)
+            size = len(outcome.result or b"") + len(outcome.stdout) + len(outcome.stderr)
+            args += [job.tid, metrics.counter(outcome.status, outcome.cause),
+                     "" if outcome.exec_ms is None else repr(outcome.exec_ms / 1000),
+                     "1" if size <= SHIP_LIMIT else "0", 2 * len(fields),
+                     *(x for pair in fields.items() for x in pair)]
+        reply = self._finish_batch(
+            keys=[keys.PENDING, keys.inflight(done[0][0].caller), keys.METRIC_COUNTS,
+                  keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS], args=args)
+        return [bool(x) for x in reply]
+
+    def split(self, parts: list[tuple[Job, bytes]], node: str, *, undo: bool) -> int:
+        """Queue each of a batch's unfinished calls as a message of its own (`parts`:
+        each job with its single message); with `undo`, the calls this node claimed
+        go back to queued first. How many were queued."""
+        args: list = [now(), node, "1" if undo else "0"]
+        for job, message in parts:
+            args += [job.tid, job.packed(), message]
+        return int(self._split(keys=[self.queue, keys.PENDING], args=args))
 
     def finish(self, job: Job, outcome: Finished) -> bool:
         """Store the outcome unless the task already finished; True if stored."""
         finished_at = now()
-        fields: dict[str, bytes | str | float] = {
-            "status": outcome.status.value, "finishedAt": finished_at,
-            "message": outcome.message, "stdout": outcome.stdout, "stderr": outcome.stderr,
-            **outcome.extra}
-        if outcome.result is not None:
-            fields["result"] = outcome.result
-        if outcome.exec_ms is not None:
-            fields["execMs"] = outcome.exec_ms
-        if outcome.status == Status.FAILED:
-            fields["cause"] = (outcome.cause or Cause.MODULE_ERROR).value
+        fields = _finish_fields(outcome, finished_at)
         size = len(outcome.result or b"") + len(outcome.stdout) + len(outcome.stderr)
         return bool(self._finish(
             keys=[keys.task(job.tid), keys.task_input(job.tid), keys.PENDING,
@@ -201,14 +254,11 @@ class TaskQueue:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for tid in tids:
-            pipe.hmget(keys.task(tid), "status", "job", "caller")
-        records = pipe.execute()
-        for tid, (_, _, caller) in zip(tids, records, strict=True):
-            pipe.sismember(keys.queued((caller or b"").decode()), tid)
+            pipe.hmget(keys.task(tid), "status", "job", "held")
         out, done = [], []
-        for tid, (status, job, _), in_queue in zip(tids, records, pipe.execute(), strict=True):
+        for tid, (status, job, held) in zip(tids, pipe.execute(), strict=True):
             if status == Status.QUEUED.value.encode() and job:
-                if in_queue:  # held back in its caller's backlog: not lost, only waiting
+                if not held:  # held back in its caller's backlog: not lost, only waiting
                     out.append(Job.unpacked(job))
             else:
                 done.append(tid)
@@ -226,12 +276,27 @@ class TaskQueue:
                                  args=[now(), self.share]))
 
 
-def _claim_answer(reply: list) -> Claim:
-    state, data, *rest = reply
-    state = state.decode()
-    if state == "exhausted":
-        return Claim(state, None, int(rest[0]), rest[1].decode(errors="replace"))
-    return Claim(state, data or None)
+def _finish_fields(outcome: Finished, finished_at: float) -> dict[str, bytes | str | float]:
+    fields: dict[str, bytes | str | float] = {
+        "status": outcome.status.value, "finishedAt": finished_at,
+        "message": outcome.message, "stdout": outcome.stdout, "stderr": outcome.stderr,
+        **outcome.extra}
+    if outcome.result is not None:
+        fields["result"] = outcome.result
+    if outcome.exec_ms is not None:
+        fields["execMs"] = outcome.exec_ms
+    if outcome.status == Status.FAILED:
+        fields["cause"] = (outcome.cause or Cause.MODULE_ERROR).value
+    return fields
+
+
+def _claims(flat: list) -> list[Claim]:
+    out = []
+    for i in range(0, len(flat), 4):
+        state, data, attempts, lost = flat[i:i + 4]
+        out.append(Claim(state.decode(), data or None, int(attempts),
+                         lost.decode(errors="replace") if lost else ""))
+    return out
 
 
 class SentClaim:
@@ -242,9 +307,9 @@ class SentClaim:
         self.pool = tasks.redis.connection_pool
         self.conn = self.pool.get_connection()
         try:
-            claim_keys = tasks._claim_keys(job)
+            claim_keys = tasks._claim_keys([job], tasks.queue)
             self.conn.send_command("EVALSHA", tasks._claim.sha, len(claim_keys), *claim_keys,
-                                   *tasks._claim_args(job, node))
+                                   *tasks._claim_args([job], node))
         except BaseException:
             self.pool.release(self.conn)
             raise
@@ -259,4 +324,4 @@ class SentClaim:
             raise
         finally:
             self.pool.release(self.conn)
-        return _claim_answer(reply)
+        return _claims(reply)[0]

@@ -34,9 +34,12 @@ for _, caller in ipairs(redis.call('SMEMBERS', backlogs_key)) do
       break
     end
     local sep = string.find(entry, '\n', 1, true)
-    local tid = string.sub(entry, 1, sep - 1)
-    redis.call('SADD', queued_key, tid)
-    redis.call('ZADD', pending_key, now, tid)
+    local head = string.sub(entry, 1, sep - 1)  -- a batch's entry names all its tids
+    redis.call('SADD', queued_key, string.match(head, '^%S+'))
+    for tid in string.gmatch(head, '%S+') do
+      redis.call('ZADD', pending_key, now, tid)
+      redis.call('HDEL', 'wasmq:task:' .. tid, 'held')  -- in the queue now
+    end
     redis.call('LPUSH', queue_key, string.sub(entry, sep + 1))
     released = released + 1
   end

@@ -16,6 +16,18 @@ from wasmq.broker.protocol.record import TaskRecord
 SHIP_LIMIT = 16 * 1024
 
 
+def parse_wakeups(data: bytes) -> list[tuple[str, bytes]]:
+    """Every (tid, packed record) of a completion message: finish.lua's one, or
+    finish_batch.lua's ('*' and a msgpack list of [tid, packed or ''])."""
+    if not data.startswith(b"*"):
+        return [parse_wakeup(data)]
+    try:
+        pairs = msgpack.unpackb(data[1:], raw=True)
+        return [(tid.decode(errors="replace"), packed or b"") for tid, packed in pairs]
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return [("", b"")]  # unreadable: every waiter looks again
+
+
 def parse_wakeup(data: bytes) -> tuple[str, bytes]:
     """A completion message: the tid, and the packed record if one was shipped."""
     tid, _, packed = data.partition(b"\n")
