@@ -74,8 +74,9 @@ def inflight(caller: str) -> str:
 
 
 def queued(caller: str) -> str:
-    """Set of the caller's tids whose message is in the Celery queue."""
-    return f"{PREFIX}:queued:{caller}"
+    """Zset: the caller's messages in the Celery queue (their first tid) -> when they
+    went in."""
+    return f"{PREFIX}:inqueue:{caller}"
 
 
 def backlog(caller: str) -> str:

@@ -11,7 +11,7 @@
 --
 -- KEYS[1] pending   zset  wasmq:pending: tid -> when its message went into the queue
 -- KEYS[2] queue     list  the Celery queue
--- KEYS[3] queued    set   wasmq:queued:<caller>: ids of its messages in the queue
+-- KEYS[3] queued    zset  wasmq:inqueue:<caller>: its messages in the queue -> since when
 -- KEYS[4] backlog   list  wasmq:backlog:<caller>: "<tid> <tid>...\n<message>"
 -- KEYS[5] backlogs  set   wasmq:backlogs: callers that have a backlog
 -- Keys built here, per call: wasmq:task:<tid> (hash), wasmq:input:<tid> (string).
@@ -38,12 +38,12 @@ for i = first_call, #ARGV, 2 do tids[#tids + 1] = ARGV[i] end
 redis.call('ZREM', pending_key, unpack(tids))
 
 -- Release: the caller's next held-back message goes into the queue.
-if redis.call('SREM', queued_key, id) == 1 and redis.call('SCARD', queued_key) < share then
+if redis.call('ZREM', queued_key, id) == 1 and redis.call('ZCARD', queued_key) < share then
   local entry = redis.call('LPOP', backlog_key)
   if entry then
     local sep = string.find(entry, '\n', 1, true)
     local head = string.sub(entry, 1, sep - 1)
-    redis.call('SADD', queued_key, string.match(head, '^%S+'))
+    redis.call('ZADD', queued_key, now, string.match(head, '^%S+'))
     for next_tid in string.gmatch(head, '%S+') do
       redis.call('ZADD', pending_key, now, next_tid)
       redis.call('HDEL', 'wasmq:task:' .. next_tid, 'held')  -- in the queue now

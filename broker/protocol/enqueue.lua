@@ -22,7 +22,7 @@
 -- KEYS[3] queue     list    the Celery queue (LPUSH here, workers BRPOP)
 -- KEYS[4] function  string  wasmq:function:<cfid>: the function's stored record
 -- KEYS[5] inflight  zset    wasmq:inflight:<caller>: tid -> createdAt, until it finishes
--- KEYS[6] queued    set     wasmq:queued:<caller>: ids of its messages in the queue
+-- KEYS[6] queued    zset    wasmq:inqueue:<caller>: its messages in the queue -> since when
 -- KEYS[7] backlog   list    wasmq:backlog:<caller>: "<tid> <tid>...\n<message>", held back
 -- KEYS[8] backlogs  set     wasmq:backlogs: callers that have a backlog
 -- KEYS[9..]         string  one rate-limit counter per rule (fixed window)
@@ -145,8 +145,8 @@ redis.call('EXPIRE', inflight_key, ttl)
 redis.call('HINCRBY', counts_key, 'submitted', #admitted)
 
 -- The message: into the queue within the caller's share, else into its backlog.
-if redis.call('SCARD', queued_key) < share and redis.call('LLEN', backlog_key) == 0 then
-  redis.call('SADD', queued_key, admitted[1])
+if redis.call('ZCARD', queued_key) < share and redis.call('LLEN', backlog_key) == 0 then
+  redis.call('ZADD', queued_key, now, admitted[1])
   redis.call('EXPIRE', queued_key, ttl)
   redis.call('ZADD', pending_key, unpack(members))
   redis.call('LPUSH', queue_key, message)

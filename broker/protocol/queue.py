@@ -27,6 +27,9 @@ from wasmq.broker.protocol.record import Status, TaskRecord
 from wasmq.broker.protocol.wakeup import SHIP_LIMIT
 from wasmq.broker.settings import Settings
 
+# A message in the queue holds its caller's place for at most this long (release.lua).
+STALL_S = 10
+
 
 @dataclass(frozen=True)
 class RateCounter:
@@ -273,7 +276,7 @@ class TaskQueue:
         """Held-back messages let into the queue because their caller's queued ones
         were lost or cancelled; how many."""
         return int(self._release(keys=[keys.BACKLOGS, keys.PENDING, self.queue],
-                                 args=[now(), self.share]))
+                                 args=[now(), self.share, STALL_S]))
 
 
 def _finish_fields(outcome: Finished, finished_at: float) -> dict[str, bytes | str | float]:
