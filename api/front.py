@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import redis
 from a2wsgi import WSGIMiddleware
 from flask import Flask
 from limits import parse_many
@@ -49,6 +50,7 @@ from wasmq.broker.settings import Settings
 
 HANDOFF = "wasmq.handoff"  # the scope key a2wsgi passes to the view as environ["asgi.scope"]
 QUEUED_PER_CALLER = 512  # requests of one caller waiting for a thread
+QUEUED_PER_PROCESS = 8192  # requests of all callers waiting for a thread
 # A caller whose submission was just refused (429: its tasks in flight, a rate rule) gets
 # the same answer, without a thread, for this long: a flood's burst is refused on the
 # event loop instead of costing each call a thread and a round trip to learn it.
@@ -121,6 +123,7 @@ class Front:
         self.per_caller = max(2, settings.gateway_threads // 16)
         self.slots: dict[str, _Slots] = {}
         self.waiting = 0
+        self.parked = 0  # requests of every caller waiting for a thread
         self.refused: dict[str, tuple[float, dict, bytes]] = {}  # caller -> until, reply
         self.limiter = FixedWindowRateLimiter(MemoryStorage())
         self.rules = parse_many(settings.rate_limit) if settings.rate_limit_enabled else []
@@ -153,16 +156,23 @@ class Front:
             return
         slots = self.slots.get(who) or self.slots.setdefault(
             who, _Slots(asyncio.Semaphore(self.per_caller)))
+        if self.parked >= QUEUED_PER_PROCESS:
+            await _send_refusal(send, 429, f"more than {QUEUED_PER_PROCESS} requests are "
+                                           f"waiting to be served; retry later", 1,
+                                cors=is_task)
+            return
         if slots.queued >= QUEUED_PER_CALLER:
             await _send_refusal(send, 429, f"more than {QUEUED_PER_CALLER} requests of this "
                                            f"caller are waiting to be served; retry later", 1,
                                 cors=is_task)
             return
         slots.queued += 1
+        self.parked += 1
         try:
             await slots.free.acquire()
         finally:
             slots.queued -= 1
+            self.parked -= 1
         slots.busy += 1
         try:
             held = await self._serve(scope, receive, send, refused_for=who if is_task else None)
@@ -272,8 +282,11 @@ class Front:
                     break
                 wake.renew()
                 waiter.event.clear()
-                record = waiter.record or await asyncio.to_thread(self.services.tasks.get,
-                                                                  hoff.tid)
+                try:
+                    record = waiter.record or await asyncio.to_thread(
+                        self.services.tasks.get, hoff.tid)
+                except redis.RedisError:  # answer what was known: statusCode 5, resultUrl
+                    return None
                 if record is None or record.status.finished:
                     return record
             return None

@@ -119,13 +119,16 @@ class Settings:
     def visibility_timeout(self) -> int:
         """Seconds before an unacknowledged task is handed to another node.
 
-        Derived from the task limit, so a dead node's tasks come back in
-        seconds rather than after the Redis transport's default hour: twice the
-        hard limit, because a prefetched message waits at most one task's
-        time before its own run starts. It must never be shorter than a task
-        may legitimately run, or live tasks would be handed out twice.
+        Derived from the task limit, so a dead node's tasks come back without
+        the Redis transport's default hour (live nodes restore a dead node's
+        messages within seconds; this is the last resort): twice the longest a
+        message may legitimately be held, a batch's (its calls' budget plus one
+        call's hard limit, workers/batch.py), because a prefetched message waits
+        at most one such run before its own starts. It must never be shorter
+        than a message may legitimately be held, or live tasks would be handed
+        out twice.
         """
-        return int(math.ceil(2 * self.hard_time_limit))
+        return int(math.ceil(2 * (self.task_timeout + self.hard_time_limit)))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":

@@ -162,6 +162,9 @@ def execute(st: NodeState, job: Job, *, redelivered: bool = False) -> None:
             outcome = _outcome(st, job, job.data)
         finally:
             claim = sent.answer()
+        if claim.state == "exhausted":  # ran once more than it may: its result is not stored
+            st.tasks.finish(job, _exhausted(claim, st.tasks.max_attempts))
+            return
         if claim.state != "running":  # ran anyway; a finished record is not written again
             log.info("tid=%s skipped: record is %s", job.tid, claim.state)
             return

@@ -98,12 +98,15 @@ if mode == 'records' then
 end
 
 -- messages: drop the queue's messages of cancelled tasks (a message's headers.id
--- is its task's tid), marking them first and removing the marks in one LREM.
+-- is its task's tid), marking them first and removing the marks in one LREM. A
+-- batch's message (headers.task 'wasmq.run_batch', its id its first call's tid)
+-- stays: it may carry calls that were not cancelled, and the claim skips the ones
+-- that were.
 local messages = redis.call('LRANGE', queue, offset, offset + count - 1)
 for i, body in ipairs(messages) do
   local ok, decoded = pcall(cjson.decode, body)
   local tid = ok and type(decoded) == 'table' and type(decoded.headers) == 'table'
-    and decoded.headers.id
+    and decoded.headers.task ~= 'wasmq.run_batch' and decoded.headers.id
   if type(tid) == 'string' then
     local outcome = cancel(tid)
     if outcome then
