@@ -161,12 +161,15 @@ def test_a_killed_primary_is_replaced_and_every_replicated_task_finishes(
         wait_until(lambda: cluster.primary_port() == cluster.ports["replica"], timeout=60,
                    interval=0.2, what="the sentinels promoting the replica")
         promoted = time.monotonic() - killed_at
-        # The load goes on until calls have been answered right for 5 s, or to the bound.
+        # The load goes on until a call sent after the last bad answer was answered right
+        # (and at least 5 s past the promotion), or to the bound.
         while time.monotonic() - killed_at < ANSWERED_AGAIN_BOUND + 2:
             time.sleep(0.5)
-            now = time.monotonic()
-            bad = [c.sent + c.took for c in list(calls) if c.sent > killed_at and c.status != 200]
-            if now - max(bad, default=killed_at + promoted) > 5:
+            done = list(calls)
+            bad = max((c.sent + c.took for c in done if c.sent > killed_at and c.status != 200),
+                      default=killed_at)
+            if time.monotonic() - killed_at > promoted + 5 and any(
+                    c.status == 200 and c.sent > bad for c in done):
                 break
     finally:
         stop.set()
