@@ -11,6 +11,11 @@ the message: a node that was paused and taken for dead must not remove the
 entries of the node that now runs the message, nor push it back a second time.
 tests/test_node_recovery.py pins each override to kombu's own path.
 
+Restores that could not reach Redis: when a worker loses Redis (a primary killed, a
+failover), Celery closes the connection while Redis is gone, so kombu's restore of
+the delivered messages fails and they would wait for the visibility timeout. They are
+remembered, and the process's next channel (Celery's reconnect) puts them back.
+
 One client per channel: kombu's `Channel.conn_or_acquire` builds a new `redis.Redis` for every
 publish, fanout event and acknowledgement. Each build fills redis-py's table
 of response callbacks (a few hundred entries), which py-spy showed as the
@@ -44,6 +49,8 @@ log = logging.getLogger("wasmq.worker")
 # How often a message taken while Redis is full tries again to be recorded as unacked.
 FULL_RETRY_S = 0.5
 SENTINEL_PATH = "wasmq.broker.transport:SentinelTransport"
+# (held key, delivery tag) of messages this process could not put back at close.
+_unrestored: set[tuple[str, str]] = set()
 
 
 class QoS(kombu_redis.QoS):
@@ -96,10 +103,24 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_unacked(self, client: redis.Redis | None = None) -> None:
-        with self.channel.conn_or_acquire(client) as client:
-            for tag in self._delivered:
-                self._restore_if_held(tag, client=client)
+        pending = [(self.held_key, tag) for tag in self._delivered]
         self._delivered.clear()
+        try:
+            with self.channel.conn_or_acquire(client) as client:
+                while pending:
+                    self._restore_if_held(pending[-1][1], client=client,
+                                          held_key=pending[-1][0])
+                    pending.pop()
+        except (redis.RedisError, OSError) as exc:
+            _unrestored.update(pending)
+            log.warning("could not put back %d unacknowledged message(s) (%s); "
+                        "they go back on the next connection", len(pending), exc)
+
+    def restore_unrestored(self) -> None:
+        """Put back what an earlier close of this process could not."""
+        for held_key, tag in list(_unrestored):
+            self._restore_if_held(tag, held_key=held_key)
+            _unrestored.discard((held_key, tag))
 
     def _release(self, delivery_tag: str) -> bool:
         with self.channel.conn_or_acquire() as client:
@@ -108,7 +129,7 @@ class QoS(kombu_redis.QoS):
                                args=[delivery_tag]))
 
     def _restore_if_held(self, tag: str, client: redis.Redis | None = None,
-                         leftmost: bool = False) -> None:
+                         leftmost: bool = False, held_key: str | None = None) -> None:
         """kombu's restore, for a message this node still holds.
 
         Dropping the held record first means no live node can also restore
@@ -116,7 +137,7 @@ class QoS(kombu_redis.QoS):
         visibility sweep cannot push it twice either.
         """
         with self.channel.conn_or_acquire(client) as client:
-            if client.hdel(self.held_key, tag):
+            if client.hdel(held_key or self.held_key, tag):
                 self.restore_by_tag(tag, client=client, leftmost=leftmost)
 
     def _restore_queues(self, payload: dict, exchange: str, routing_key: str) -> str:
@@ -136,12 +157,25 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     _shared_client: redis.Redis | None = None
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # it pings Redis: Redis is back
+        if _unrestored:
+            self.qos.restore_unrestored()
+
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:
         if client:
             yield client
             return
         shared = self._shared_client
+        if self._closing and self.connection.client is None:
+            # Celery's collect() let go of the transport's connection details before
+            # this close, so no new pool can be made (kombu's own path raises
+            # AttributeError here, which stops the consumer for good).
+            if shared is None:
+                raise redis.ConnectionError("the connection to Redis was already let go")
+            yield shared
+            return
         if shared is None or shared.connection_pool is not self.pool:
             shared = self._shared_client = self._create_client()
         yield shared

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from kombu import Connection
+from kombu.common import ignore_errors
 from kombu.transport import redis as kombu_redis
 
 from tests.support import start_redis
@@ -216,3 +217,35 @@ def test_each_process_start_is_a_new_node_identity(tmp_path: Path) -> None:
                            check=True).stdout.split() for _ in range(2)]
     assert runs[0][0] == runs[0][1] and runs[1][0] == runs[1][1]
     assert runs[0][0] != runs[1][0]
+
+
+def test_a_message_whose_restore_failed_while_redis_was_gone_comes_back_on_reconnect(
+        tmp_path: Path) -> None:
+    """What Celery's consumer does when it loses the broker (collect, then close: see
+    `Consumer.on_connection_error_after_connected`), with the Redis that held a
+    delivered message gone. kombu's close then raised AttributeError (the transport had
+    let go of its connection), which stopped the consumer for good; and the message's
+    restore could not reach Redis, so only the visibility timeout would have brought it
+    back. It must come back on the node's next connection."""
+    proc, url = start_redis(tmp_path / "redis")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    conn = Connection(url, transport=wasmq_transport.PATH,
+                      transport_options={"socket_timeout": 2})
+    try:
+        with Node("cut-off"):
+            assert deliver(conn, {"n": 1}).payload == {"n": 1}
+            proc.stop()  # SIGTERM: Redis writes its append-only file first
+            # Celery's order: collect() (which lets go of the transport even when the
+            # channel's close fails on the pending BRPOP's read), then close().
+            conn._do_close_transport()
+            ignore_errors(conn, conn.close)
+            proc, _ = start_redis(tmp_path / "redis", port)
+            again = Connection(url, transport=wasmq_transport.PATH)
+            try:
+                message = again.SimpleQueue(QUEUE).get(timeout=5)
+                assert message.payload == {"n": 1}
+                message.ack()
+            finally:
+                again.release()
+    finally:
+        proc.stop()
