@@ -38,24 +38,30 @@ def server_key(settings: Settings, key: str | None) -> str | None:
         else None
 
 
-def require_key(settings: Settings, action: str) -> None:
-    """401 without a key, 403 with a wrong one; a no-op when no keys are configured."""
+FROM_REQUEST = "from the request"  # the key of Flask's current request
+
+
+def require_key(settings: Settings, action: str, presented: str | None = FROM_REQUEST) -> None:
+    """401 without a key, 403 with a wrong one; a no-op when no keys are configured.
+    `presented` is the key sent (None: none), when not Flask's current request's."""
     if not settings.api_keys:
         return
-    if presented_key() is None:
+    key = presented_key() if presented is FROM_REQUEST else presented
+    if key is None:
         raise Unauthorized(f"{action} needs an API key: send 'Authorization: Bearer <key>'")
-    if valid_key(settings) is None:
+    if server_key(settings, key) is None:
         raise Forbidden(f"the API key sent is not valid; {action} needs one of the "
                         f"server's keys (WASMQ_API_KEYS)")
 
 
-def require_key_if_private(settings: Settings, private: bool, action: str) -> None:
+def require_key_if_private(settings: Settings, private: bool, action: str,
+                           presented: str | None = FROM_REQUEST) -> None:
     if not private:
         return
     if not settings.api_keys:  # keys were removed after upload: stay closed
         raise Forbidden(f"{action} is refused: the function is private and this server "
                         f"has no API keys configured (WASMQ_API_KEYS)")
-    require_key(settings, action)
+    require_key(settings, action, presented)
 
 
 def private_flag(raw: str | None, settings: Settings) -> bool:

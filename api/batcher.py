@@ -1,69 +1,112 @@
-"""Calls that arrive together travel together: group commit of submissions.
+"""Calls that arrive together travel together: group commit of submissions, on the event loop.
 
-While one submission of a lane (a caller's calls to one function) is on its way
-to Redis, the calls that arrive meanwhile wait, and go as one batch when it
-returns: one script, one Celery message. A call that arrives alone goes at
-once, alone, as Triton's dynamic batcher does by default, so batching adds no
-delay at low load; under load the batch grows with the queue of calls, up to
-WASMQ_MAX_BATCH.
+A submission's thread only validates its call (api/submission.py) and hands it to
+the front, which sends it from here. While one batch of a lane (a caller's calls to
+one function) is on its way to Redis, the calls that arrive meanwhile wait, holding
+no thread, and go as the next batch when it returns: one script, one Celery message.
+A call that arrives alone goes at once, alone, as Triton's dynamic batcher does by
+default, so batching adds no delay at low load; under load a batch grows with the
+calls that queued behind the one in flight, up to WASMQ_MAX_BATCH.
+
+Waiting here rather than in a thread is what lets batches grow: a caller holds at
+most a sixteenth of a gateway process's threads (api/front.py), so batches formed
+in threads held at most that many calls.
+
+Under load a lane also holds its next batch back while it is not full and at least
+WASMQ_MAX_BATCH of the lane's calls from this process are still in flight (sent, and
+waited for, but not answered): the workers have that many to run before they reach
+it, so a fuller batch costs its calls no time, and fewer messages cost the workers
+less. It goes as soon as it is full, as soon as the calls in flight fall below that
+mark, or after HOLD_S at the most. A lone call, or a client calling one call after
+another, never has calls in flight ahead of it, so it is never held.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass(eq=False)
-class Item:
-    """One call waiting for its batch; `send` sets `outcome` or `error`."""
-
-    payload: Any
-    outcome: Any = None
-    error: BaseException | None = None
-    done: bool = False
+# What `send` returns for each call: its outcome, or the exception it answers with.
+Send = Callable[[list[Any]], list[Any]]
+HOLD_S = 0.05  # the longest a batch waits to fill while the lane has calls in flight
 
 
 @dataclass(eq=False)
 class _Lane:
-    busy: bool = False
-    waiting: list[Item] = field(default_factory=list)
+    waiting: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Batcher:
-    def __init__(self, max_batch: int, send: Callable[[list[Item]], None]) -> None:
-        self.max_batch, self.send = max_batch, send
-        self._cond = threading.Condition()
+    def __init__(self, max_batch: int, send: Send, executor: Executor) -> None:
+        self.max_batch, self.send, self.executor = max_batch, send, executor
         self._lanes: dict[Hashable, _Lane] = {}
+        self._drains: set[asyncio.Task] = set()  # referenced until done
+        self._inflight: dict[Hashable, int] = {}  # per lane: sent, waited for, unanswered
 
-    def run(self, lane_key: Hashable, payload: object) -> Item:
-        """Send `payload` in the next batch of its lane; returns once it was sent."""
-        item = Item(payload)
-        with self._cond:
-            lane = self._lanes.setdefault(lane_key, _Lane())
-            lane.waiting.append(item)
-        while True:
-            with self._cond:
-                while not item.done and lane.busy:
-                    self._cond.wait()
-                if item.done:
-                    return item
+    def sent(self, lane_key: Hashable) -> None:
+        """One of the lane's calls was sent and is now waited for."""
+        self._inflight[lane_key] = self._inflight.get(lane_key, 0) + 1
+
+    def answered(self, lane_key: Hashable) -> None:
+        """A call `sent` counted is answered (or its wait ended)."""
+        left = self._inflight.get(lane_key, 0) - 1
+        if left > 0:
+            self._inflight[lane_key] = left
+        else:
+            self._inflight.pop(lane_key, None)
+        lane = self._lanes.get(lane_key)
+        if lane is not None and left < self.max_batch:
+            lane.changed.set()
+
+    async def run(self, lane_key: Hashable, payload: object) -> Any:
+        """Send `payload` in the next batch of its lane; its outcome once sent."""
+        future = asyncio.get_running_loop().create_future()
+        lane = self._lanes.get(lane_key)
+        if lane is None:
+            lane = self._lanes[lane_key] = _Lane()
+            drain = asyncio.ensure_future(self._drain(lane_key, lane))
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
+        lane.waiting.append((payload, future))
+        if len(lane.waiting) >= self.max_batch:
+            lane.changed.set()
+        return await asyncio.shield(future)  # a client gone does not unsend its call
+
+    async def _drain(self, lane_key: Hashable, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while lane.waiting:
+                await self._hold(lane_key, lane)
                 batch = lane.waiting[:self.max_batch]
                 del lane.waiting[:self.max_batch]
-                lane.busy = True
+                try:
+                    outcomes = await loop.run_in_executor(
+                        self.executor, self.send, [payload for payload, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - each call of the batch answers it
+                    outcomes = [exc] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            if self._lanes.get(lane_key) is lane:
+                del self._lanes[lane_key]
+            for _, future in lane.waiting:  # only if the loop is torn down mid-batch
+                if not future.done():
+                    future.cancel()
+
+    async def _hold(self, lane_key: Hashable, lane: _Lane) -> None:
+        deadline = asyncio.get_running_loop().time() + HOLD_S
+        while len(lane.waiting) < self.max_batch and \
+                self._inflight.get(lane_key, 0) >= self.max_batch:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            lane.changed.clear()
             try:
-                self.send(batch)
-            except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
-                for other in batch:
-                    if not other.done and other.error is None and other.outcome is None:
-                        other.error = exc
-            finally:
-                with self._cond:
-                    for other in batch:
-                        other.done = True
-                    lane.busy = False
-                    if not lane.waiting and self._lanes.get(lane_key) is lane:
-                        del self._lanes[lane_key]
-                    self._cond.notify_all()
+                await asyncio.wait_for(lane.changed.wait(), left)
+            except TimeoutError:
+                return

@@ -84,6 +84,22 @@ def http_reply(exc: WasmqError) -> HttpReply:
     raise TypeError(f"{type(exc).__name__} is not a WasmqError")  # pragma: no cover
 
 
+def reply_for(exc: BaseException) -> tuple[int, dict[str, str], str]:
+    """The status, headers and message an error answers with, wherever it was met
+    (a Flask view, or the front sending a call: api/front.py)."""
+    if isinstance(exc, WasmqError):
+        reply = http_reply(exc)
+        return reply.status, reply.headers(exc), exc.message
+    if storage_full(exc):  # before the outage test: a full Redis answers
+        log.warning("storage full: %s", exc)
+        return reply_for(StorageFull(STORAGE_FULL))
+    if _is_broker_outage(exc):
+        log.warning("broker unavailable: %s", exc)
+        return 503, {}, "the queue backend (Redis) is unavailable; try again shortly"
+    log.error("unexpected error", exc_info=exc)
+    return 500, {}, "internal error in the gateway; it has been logged"
+
+
 def _json(message: str, status: int):
     response = jsonify(error_body(message))
     response.status_code = status
@@ -93,10 +109,7 @@ def _json(message: str, status: int):
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(WasmqError)
     def wasmq_error(exc: WasmqError):
-        reply = http_reply(exc)
-        response = _json(exc.message, reply.status)
-        response.headers.update(reply.headers(exc))
-        return response
+        return _error(exc)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge):
@@ -119,14 +132,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        if storage_full(exc):  # before the outage test: a full Redis answers
-            log.warning("storage full: %s", exc)
-            return wasmq_error(StorageFull(STORAGE_FULL))
-        if _is_broker_outage(exc):
-            log.warning("broker unavailable: %s", exc)
-            return _json("the queue backend (Redis) is unavailable; try again shortly", 503)
-        log.exception("unexpected error")
-        return _json("internal error in the gateway; it has been logged", 500)
+        return _error(exc)
+
+
+def _error(exc: BaseException):
+    status, headers, message = reply_for(exc)
+    response = _json(message, status)
+    response.headers.update(headers)
+    return response
 
 
 def _routing_message(exc: HTTPException) -> str:

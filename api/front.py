@@ -7,7 +7,9 @@ event loop:
 
 * A call that waits (`POST /task?wait=S`) is submitted on a thread, which hands its
   waiter over (`Handoff`) and returns; the front awaits the wake-up on the event
-  loop (the completion listener's thread sets a future), then answers. A client
+  loop (the completion listener's thread sets a future), then answers. With batches
+  on (WASMQ_MAX_BATCH > 1) the front serves most calls itself, threadless, sending
+  them in batches (api/loop_task.py, api/batcher.py). A client
   that disconnects ends its wait. At most WASMQ_MAX_WAITING calls wait per process;
   past it a call answers at once with statusCode 5 and its resultUrl, as Scailable's
   contract allows.
@@ -30,6 +32,7 @@ import asyncio
 import json
 import resource
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +44,7 @@ from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from wasmq.api.batcher import Batcher
 from wasmq.api.ratelimit import identity
 from wasmq.api.replies import error_body, task_reply
 from wasmq.api.services import Services
@@ -49,13 +53,15 @@ from wasmq.broker.protocol.record import TaskRecord
 from wasmq.broker.settings import Settings
 
 HANDOFF = "wasmq.handoff"  # the scope key a2wsgi passes to the view as environ["asgi.scope"]
-QUEUED_PER_CALLER = 512  # requests of one caller waiting for a thread
+# Requests of one caller waiting for a thread, or served threadless until answered.
+QUEUED_PER_CALLER = 512
 QUEUED_PER_PROCESS = 8192  # requests of all callers waiting for a thread
 # A caller whose submission was just refused (429: its tasks in flight, a rate rule) gets
 # the same answer, without a thread, for this long: a flood's burst is refused on the
 # event loop instead of costing each call a thread and a round trip to learn it.
 REFUSED_HOLD_S = 0.25
 REFUSALS_KEPT = 100_000
+SENDERS = 8  # threads sending batches to Redis; each lane has at most one batch on its way
 
 
 @dataclass
@@ -89,6 +95,7 @@ class _Slots:
     free: asyncio.Semaphore
     queued: int = 0  # waiting for a thread
     busy: int = 0  # on a thread
+    sending: int = 0  # served threadless (api/loop_task.py), until answered
 
 
 @dataclass
@@ -123,10 +130,15 @@ class Front:
         self.per_caller = max(2, settings.gateway_threads // 16)
         self.slots: dict[str, _Slots] = {}
         self.waiting = 0
-        self.parked = 0  # requests of every caller waiting for a thread
+        self.parked = 0  # requests of every caller waiting for a thread or served threadless
         self.refused: dict[str, tuple[float, dict, bytes]] = {}  # caller -> until, reply
         self.limiter = FixedWindowRateLimiter(MemoryStorage())
         self.rules = parse_many(settings.rate_limit) if settings.rate_limit_enabled else []
+        self.batcher = Batcher(settings.max_batch, self.services.submissions.send,
+                               ThreadPoolExecutor(SENDERS, thread_name_prefix="wasmq-send"))
+        from wasmq.api import loop_task  # it uses this module's parts
+
+        self._serve_task = loop_task.serve
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -161,11 +173,21 @@ class Front:
                                            f"waiting to be served; retry later", 1,
                                 cors=is_task)
             return
-        if slots.queued >= QUEUED_PER_CALLER:
+        if slots.queued + slots.sending >= QUEUED_PER_CALLER:
             await _send_refusal(send, 429, f"more than {QUEUED_PER_CALLER} requests of this "
                                            f"caller are waiting to be served; retry later", 1,
                                 cors=is_task)
             return
+        if is_task and self.batcher.max_batch > 1:
+            slots.sending += 1
+            self.parked += 1
+            try:
+                if await self._serve_task(self, scope, receive, send):
+                    return
+            finally:
+                slots.sending -= 1
+                self.parked -= 1
+                self._forget_if_idle(who, slots)
         slots.queued += 1
         self.parked += 1
         try:
@@ -179,10 +201,13 @@ class Front:
         finally:
             slots.busy -= 1
             slots.free.release()
-            if not slots.queued and not slots.busy and self.slots.get(who) is slots:
-                del self.slots[who]  # the table holds only callers being served
+            self._forget_if_idle(who, slots)
         if held is not None:
             await self._wait_and_answer(held, receive, send)
+
+    def _forget_if_idle(self, who: str, slots: _Slots) -> None:
+        if not (slots.queued or slots.busy or slots.sending) and self.slots.get(who) is slots:
+            del self.slots[who]  # the table holds only callers being served
 
     def _still_refused(self, who: str) -> tuple[dict, bytes] | None:
         entry = self.refused.get(who)
@@ -193,7 +218,7 @@ class Front:
             return None
         return entry[1], entry[2]
 
-    def _remember_refusal(self, who: str, start: dict, body: bytes) -> None:
+    def remember_refusal(self, who: str, start: dict, body: bytes) -> None:
         if len(self.refused) >= REFUSALS_KEPT:
             self.refused.clear()
         self.refused[who] = (time.monotonic() + REFUSED_HOLD_S, start, body)
@@ -229,24 +254,31 @@ class Front:
                 elif refusal is not None:
                     refusal_body.append(message.get("body", b""))
                     if not message.get("more_body"):
-                        self._remember_refusal(refused_for, refusal,  # type: ignore[arg-type]
+                        self.remember_refusal(refused_for, refusal,  # type: ignore[arg-type]
                                                b"".join(refusal_body))
                 await send(message)
 
         await self.wsgi(scope, receive, capture)
         return (hoff, start, body) if start is not None else None
 
+    async def wait_for(self, tid: str, waiter: Waiter, deadline: float,
+                       receive: Any) -> TaskRecord | None:
+        """The finished record, or None when the deadline came first (raises
+        Disconnected when the client left); the waiter is unregistered after."""
+        self.waiting += 1
+        try:
+            return await self._await(Handoff(True, tid, waiter, deadline), receive)
+        finally:
+            self.waiting -= 1
+            self.listener.unregister(tid, waiter)
+
     async def _wait_and_answer(self, held: tuple[Handoff, dict, list[bytes]], receive: Any,
                                send: Any) -> None:
         hoff, start, body = held
-        self.waiting += 1
         try:
-            record = await self._await(hoff, receive)
-        except _Disconnected:
+            record = await self.wait_for(hoff.tid, hoff.waiter, hoff.deadline, receive)
+        except Disconnected:
             return
-        finally:
-            self.waiting -= 1
-            self.listener.unregister(hoff.tid, hoff.waiter)  # type: ignore[arg-type]
         if record is None:  # the wait ended first: the reply made when it was submitted
             await send(start)
             await send({"type": "http.response.body", "body": b"".join(body)})
@@ -255,11 +287,8 @@ class Front:
         reply, status = task_reply(record, hoff.result_url, as_bytes=hoff.as_msgpack)
         content = msgpack.packb(reply, use_bin_type=True) if hoff.as_msgpack else \
             json.dumps(reply, separators=(",", ":")).encode()
-        headers = [(k, v) for k, v in start["headers"]
-                   if k.lower() not in (b"content-length", b"content-type")]
-        headers += [(b"content-type", b"application/msgpack" if hoff.as_msgpack
-                     else b"application/json"), (b"content-length", str(len(content)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(_replaced(start, status, b"application/msgpack" if hoff.as_msgpack
+                             else b"application/json", content))
         await send({"type": "http.response.body", "body": content})
         _log(hoff, status)
 
@@ -277,7 +306,7 @@ class Front:
                 done, _ = await asyncio.wait({wake.future, gone}, timeout=left,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if gone in done:
-                    raise _Disconnected
+                    raise Disconnected
                 if wake.future not in done:
                     break
                 wake.renew()
@@ -294,8 +323,17 @@ class Front:
             gone.cancel()
 
 
-class _Disconnected(Exception):
-    pass
+class Disconnected(Exception):
+    """The client went away while its call waited."""
+
+
+def _replaced(start: dict, status: int, content_type: bytes, content: bytes) -> dict:
+    """The start of another reply to the request the view answered with `start`,
+    keeping the view's other headers (CORS among them)."""
+    headers = [(k, v) for k, v in start["headers"]
+               if k.lower() not in (b"content-length", b"content-type")]
+    headers += [(b"content-type", content_type), (b"content-length", str(len(content)).encode())]
+    return {"type": "http.response.start", "status": status, "headers": headers}
 
 
 def _log(hoff: Handoff, status: int) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgpack
 from flask import Response, jsonify, request
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
 
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
@@ -22,7 +24,16 @@ def is_msgpack(mimetype: str) -> bool:
 
 def wants_msgpack() -> bool:
     """True when the client prefers msgpack over JSON (`*/*` still gets JSON)."""
-    best = request.accept_mimetypes.best_match(["application/json", *sorted(MSGPACK_TYPES)])
+    return _prefers_msgpack(request.accept_mimetypes)
+
+
+def accepts_msgpack(accept: str) -> bool:
+    """`wants_msgpack` for an Accept header's value."""
+    return _prefers_msgpack(parse_accept_header(accept, MIMEAccept))
+
+
+def _prefers_msgpack(accept: MIMEAccept) -> bool:
+    best = accept.best_match(["application/json", *sorted(MSGPACK_TYPES)])
     return best is not None and is_msgpack(best)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from flask import request
 from limits import RateLimitItem, parse_many
 
-from wasmq.api.access import server_key, valid_key
+from wasmq.api.access import presented_key, server_key
 from wasmq.broker import keys
 from wasmq.broker.errors import RateLimited
 from wasmq.broker.protocol.queue import RateCounter
@@ -35,6 +35,7 @@ class Caller:
 
     identity: str
     by_key: bool
+    presented: str | None = None  # the key sent, valid or not: private functions check it
 
     @property
     def kind(self) -> str:
@@ -51,8 +52,12 @@ def identity(settings: Settings, presented: str | None, address: str) -> str:
 
 
 def caller(settings: Settings) -> Caller:
-    key = valid_key(settings)
-    return Caller(identity(settings, key, request.remote_addr or ""), key is not None)
+    return caller_of(settings, presented_key(), request.remote_addr or "")
+
+
+def caller_of(settings: Settings, presented: str | None, address: str) -> Caller:
+    key = server_key(settings, presented)
+    return Caller(identity(settings, key, address), key is not None, presented)
 
 
 @dataclass(frozen=True)

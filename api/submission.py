@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 import redis
 
 from wasmq.api.access import require_key_if_private
-from wasmq.api.batcher import Batcher, Item
 from wasmq.api.ratelimit import Caller, RateRules
 from wasmq.broker import keys
 from wasmq.broker.errors import TooLarge, TooManyInFlight, Unavailable
@@ -43,14 +42,19 @@ class Known:
 
 
 @dataclass(frozen=True)
-class _Call:
-    """A validated call waiting in the batcher (api/batcher.py)."""
+class Call:
+    """A validated call, ready to go to Redis alone or in a batch (api/batcher.py)."""
 
     task: NewTask
     known: Known
     counters: tuple[RateCounter, ...]
-    caller: str
-    function_key: str
+    who: Caller
+    cfid: str
+
+    @property
+    def lane(self) -> tuple[str, str]:
+        """Calls of one lane may share a batch: one caller's, to one function."""
+        return self.who.identity, self.cfid
 
 
 class Submissions:
@@ -60,7 +64,15 @@ class Submissions:
         self.rules = RateRules(settings)
         self._functions: OrderedDict[str, Known] = OrderedDict()
         self._lock = threading.Lock()
-        self.batcher = Batcher(settings.max_batch, self._send)
+
+    @property
+    def batching(self) -> bool:
+        return self.settings.max_batch > 1
+
+    def cached(self, cfid: str) -> Known | None:
+        """The function as this process last saw it, without asking Redis."""
+        with self._lock:
+            return self._functions.get(cfid)
 
     def function(self, cfid: str) -> Known:
         """The function calls are validated against (NotFound when there is none)."""
@@ -68,78 +80,90 @@ class Submissions:
             known = self._functions.get(cfid)
         return known or self._remember(cfid, self.redis.get(keys.function(cfid)))
 
+    def prepare(self, cfid: str, data: bytes, who: Caller, *, tid: str) -> Call:
+        """The call validated against its function as this process knows it (raises
+        what the call answers with: NotFound, Forbidden, TooLarge)."""
+        known = self.function(cfid)
+        # A batch's calls travel in one message: theirs is made only if one goes alone.
+        task = self._new_task(tid, cfid, known.record, data, who, encode=not self.batching)
+        return Call(task, known, self.rules.counters(who, len(data)), who, cfid)
+
     def submit(self, cfid: str, data: bytes, who: Caller, *, tid: str) -> TaskRecord:
         """Create the call's task under the current function; the new task's record."""
-        known = self.function(cfid)
-        counters = self.rules.counters(who, len(data))
-        if self.settings.max_batch > 1:
-            task = self._new_task(tid, cfid, known.record, data, who, encode=False)
-            item = self.batcher.run((who.identity, cfid), _Call(
-                task, known, counters, who.identity, keys.function(cfid)))
-            if item.error is not None:
-                raise item.error
-            if item.outcome is None:
-                return task.record
-            self._raise_for(item.outcome, who)
-            counters = ()  # counted once
-            known = self._remember(cfid, item.outcome.function)
+        outcome = self.send([self.prepare(cfid, data, who, tid=tid)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def send(self, calls: list[Call]) -> list[TaskRecord | Exception]:
+        """Create the tasks of one lane's calls, in one script and one message when
+        there are several; each call's new record, or the error it answers with."""
+        outcomes: list[TaskRecord | Exception] = []
+        for call, refusal in zip(calls, self._enqueue(calls), strict=True):
+            try:
+                outcomes.append(call.task.record if refusal is None
+                                else self._after_refusal(call, refusal))
+            except Exception as exc:  # noqa: BLE001 - this call's answer, not the batch's
+                outcomes.append(exc)
+        return outcomes
+
+    def _after_refusal(self, call: Call, refusal: Refusal) -> TaskRecord:
+        """Raise the error a refused call answers with; a call refused because its
+        function changed is validated again and goes alone, uncounted (counted once)."""
         for _ in range(ATTEMPTS):
-            task = self._new_task(tid, cfid, known.record, data, who)
-            refusal = self.tasks.enqueue(task, Admission(
-                function_key=keys.function(cfid), expected=known.stored,
-                caller=who.identity, counters=counters,
-                max_inflight=self.settings.max_inflight))
+            if refusal.rule is not None:
+                raise self.rules.refused(refusal.rule, refusal.retry_after, call.who)
+            if refusal.inflight is not None:
+                raise TooManyInFlight(
+                    f"this {call.who.kind} has {refusal.inflight} tasks queued or running, "
+                    f"the limit of {self.settings.max_inflight}; retry once some have "
+                    f"finished", retry_after=refusal.retry_after)
+            known = self._remember(call.cfid, refusal.function)
+            task = self._new_task(call.task.record.tid, call.cfid, known.record,
+                                  call.task.job.data if call.task.input_by_ref is None
+                                  else call.task.input_by_ref, call.who)
+            refusal = self.tasks.enqueue(task, self._admission(call, known, counted=False))
             if refusal is None:
                 return task.record
-            self._raise_for(refusal, who)
-            counters = ()  # counted once
-            known = self._remember(cfid, refusal.function)
-        raise Unavailable(f"compute function '{cfid}' kept changing while the call was "
+        raise Unavailable(f"compute function '{call.cfid}' kept changing while the call was "
                           f"submitted; try again")
 
-    def _raise_for(self, refusal: Refusal, who: Caller) -> None:
-        """Raise the error a refused call answers with; a stale function returns."""
-        if refusal.rule is not None:
-            raise self.rules.refused(refusal.rule, refusal.retry_after, who)
-        if refusal.inflight is not None:
-            raise TooManyInFlight(
-                f"this {who.kind} has {refusal.inflight} tasks queued or running, the "
-                f"limit of {self.settings.max_inflight}; retry once some have finished",
-                retry_after=refusal.retry_after)
+    def _admission(self, call: Call, known: Known, counted: bool) -> Admission:
+        return Admission(function_key=keys.function(call.cfid), expected=known.stored,
+                         caller=call.who.identity, counters=call.counters if counted else (),
+                         max_inflight=self.settings.max_inflight)
 
-    def _send(self, items: list[Item]) -> None:
-        """The batcher's send: one batch of one caller's calls to one function, each
-        item's outcome its refusal (None: created). Refused calls of a batch make the
-        admitted ones go again, uncounted, in a message without them."""
-        calls: list[_Call] = [item.payload for item in items]
-        counted = True
-        while items:
-            if len(items) == 1:
-                call = calls[0]
-                task = replace(call.task, message=self.jobs.encode(call.task.job))
-                items[0].outcome = self.tasks.enqueue(task, Admission(
-                    function_key=call.function_key, expected=call.known.stored,
-                    caller=call.caller, counters=call.counters if counted else (),
-                    max_inflight=self.settings.max_inflight))
-                return
-            first = calls[0]
-            message = self.jobs.encode_batch([c.task.job for c in calls])
-            refusals, settled = self.tasks.enqueue_batch(
-                [c.task for c in calls], [c.known.stored for c in calls], message,
-                Admission(function_key=first.function_key, expected=first.known.stored,
-                          caller=first.caller, counters=first.counters if counted else (),
-                          max_inflight=self.settings.max_inflight),
-                [tuple(r.cost for r in c.counters) if counted else () for c in calls])
-            for item, refusal in zip(items, refusals, strict=True):
-                item.outcome = refusal
+    def _enqueue(self, calls: list[Call]) -> list[Refusal | None]:
+        """One lane's calls, each with its refusal (None: created). Refused calls of a
+        batch make the admitted ones go again, uncounted, in a message without them."""
+        refusals: list[Refusal | None] = [None] * len(calls)
+        pending, counted = list(range(len(calls))), True
+        while pending:
+            batch = [calls[i] for i in pending]
+            first = batch[0]
+            if len(batch) == 1:
+                task = first.task if first.task.message else \
+                    replace(first.task, message=self.jobs.encode(first.task.job))
+                refusals[pending[0]] = self.tasks.enqueue(
+                    task, self._admission(first, first.known, counted))
+                return refusals
+            message = self.jobs.encode_batch([c.task.job for c in batch])
+            found, settled = self.tasks.enqueue_batch(
+                [c.task for c in batch], [c.known.stored for c in batch], message,
+                self._admission(first, first.known, counted),
+                [tuple(r.cost for r in c.counters) if counted else () for c in batch])
+            for i, refusal in zip(pending, found, strict=True):
+                refusals[i] = refusal
             if settled:
-                return
-            kept = [i for i, r in enumerate(refusals) if r is None]
-            items, calls, counted = [items[i] for i in kept], [calls[i] for i in kept], False
+                return refusals
+            pending = [i for i, r in zip(pending, found, strict=True) if r is None]
+            counted = False
+        return refusals
 
     def _new_task(self, tid: str, cfid: str, function: FunctionRecord, data: bytes,
                   who: Caller, *, encode: bool = True) -> NewTask:
-        require_key_if_private(self.settings, function.private, "calling this function")
+        require_key_if_private(self.settings, function.private, "calling this function",
+                               who.presented)
         limits = Limits.from_settings(self.settings).narrowed(function.limits)
         if len(data) > limits.max_input:
             raise TooLarge(f"input.data is {len(data)} bytes; the input limit of this function "

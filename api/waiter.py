@@ -55,6 +55,12 @@ class CompletionListener:
                 self._thread.start()
         self._subscribed.wait(timeout=2)
 
+    @property
+    def subscribed(self) -> bool:
+        """Listening now: a waiter registered now hears its task's completion."""
+        return self._subscribed.is_set() and self._thread is not None \
+            and self._thread.is_alive()
+
     def register(self, tid: str) -> Waiter:
         waiter = Waiter()
         with self._lock:

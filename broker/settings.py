@@ -82,9 +82,9 @@ class Settings:
     # wait in its own backlog, so another caller's call waits behind at most
     # this many of its calls, not its whole backlog.
     queue_share: int = 1
-    # Calls of one caller to one function that arrive while its previous submission
-    # is on its way travel together, up to this many in one message; 1: never.
-    max_batch: int = 1  # off: a call was once left unrun when a node died mid-batch
+    # Calls of one caller to one function that arrive while its previous batch is on
+    # its way travel together, up to this many in one message (api/batcher.py); 1: never.
+    max_batch: int = 16
     # Runs of a task whose worker process died before it fails for good.
     max_attempts: int = 3
     # Calls one gateway process holds open waiting for their task; past it a

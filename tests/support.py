@@ -136,12 +136,12 @@ class PeakRss:
         self.peak = max(self.peak, self._rss())
 
 
-def submit_all(api: Api, cfid: str, inputs: list[str]) -> list[str]:
-    """Submit every input at once (wait=0), 8 at a time; their tids, in order."""
+def submit_all(api: Api, cfid: str, inputs: list[str], at_once: int = 8) -> list[str]:
+    """Submit every input (wait=0), `at_once` at a time; their tids, in order."""
     def one(data: str) -> str:
         response = api.call(cfid, data, wait=0)
         assert response.status_code == 202, response.text
         return response.json()["tid"]
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=at_once) as pool:
         return list(pool.map(one, inputs))

@@ -23,7 +23,8 @@ from tests.support import Api, submit_all, wait_until
 from wasmq.broker import keys
 from wasmq.broker.settings import Settings
 
-BATCHING = {"WASMQ_MAX_BATCH": "8"}
+# Calls in a tight loop from one address pass 500/s (the default rate limit) here.
+BATCHING = {"WASMQ_MAX_BATCH": "8", "WASMQ_RATE_LIMIT": "100000/second"}
 ADMIN = "batch-admin-key"
 # A call traps when its input starts with "f", and echoes it otherwise.
 FAILS_ON_F = modules.wasm("""
@@ -77,7 +78,7 @@ def test_a_worker_process_killed_mid_batch_reruns_only_the_unfinished_calls(
     watcher = DoneWatcher(client)
     inputs = [f"250 call {i}" for i in range(48)]
     try:
-        tids = submit_all(api, cfid, inputs)
+        tids = submit_all(api, cfid, inputs, at_once=len(inputs))
         batch = wait_until(lambda: running_batch(client, tids), timeout=60, interval=0.02,
                            what="a batch mid-run")
         before = dict(zip(batch, statuses(client, batch), strict=True))
@@ -109,7 +110,7 @@ def test_a_node_killed_mid_batch_has_its_calls_finished_by_another(private) -> N
     cfid = api.deploy(modules.SLOW, name="slow")
     client = stack.client()
     inputs = [f"200 held {i}" for i in range(64)]
-    tids = submit_all(api, cfid, inputs)
+    tids = submit_all(api, cfid, inputs, at_once=len(inputs))
     batch = wait_until(lambda: running_batch(client, tids), timeout=60, interval=0.02,
                        what="a batch mid-run on node a")
     node_a.signal(signal.SIGKILL)  # main process and pool

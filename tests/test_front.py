@@ -95,12 +95,15 @@ def test_a_call_past_the_waiting_capacity_answers_5_at_once(redis_url: str) -> N
     assert second[1]["resultUrl"].endswith(second[1]["tid"])
 
 
+@pytest.mark.parametrize("max_batch", [1, 16])  # on threads; threadless (api/loop_task.py)
 def test_a_caller_beyond_its_queue_of_requests_gets_429_and_others_do_not(
-        redis_url: str) -> None:
-    app = front(redis_url, gateway_threads=2, max_inflight=1000)  # 2 threads a caller
+        redis_url: str, max_batch: int) -> None:
+    app = front(redis_url, gateway_threads=2, max_inflight=10000,  # 2 threads a caller
+                max_batch=max_batch)
     cfid = deploy(app)
 
     async def burst() -> list[tuple[int, dict, float]]:
+        await call(app, f"/task/{cfid}?wait=0")  # the function is known: threadless next
         return await asyncio.gather(*(call(app, f"/task/{cfid}?wait=0") for _ in range(600)))
 
     answers = run_async(burst())

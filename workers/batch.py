@@ -53,10 +53,10 @@ class Finisher:
 
     def add(self, job: Job, outcome: Finished) -> None:
         with self._cond:
-            if not self._items:
-                self._first_at = time.monotonic()
             self._items.append((job, outcome))
-            self._cond.notify()
+            if len(self._items) == 1:  # the thread already waits for the first one's time
+                self._first_at = time.monotonic()
+                self._cond.notify()
 
     def flush(self) -> None:
         """Every outcome added so far is stored when this returns (or it raises)."""
