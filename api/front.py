@@ -7,9 +7,9 @@ event loop:
 
 * A call that waits (`POST /task?wait=S`) is submitted on a thread, which hands its
   waiter over (`Handoff`) and returns; the front awaits the wake-up on the event
-  loop (the completion listener's thread sets a future), then answers. With batches
-  on (WASMQ_MAX_BATCH > 1) the front serves most calls itself, threadless, sending
-  them in batches (api/loop_task.py, api/batcher.py). A client
+  loop (the completion listener's thread sets a future), then answers. Most calls
+  the front serves itself, threadless, and sends them in batches when WASMQ_MAX_BATCH
+  is over 1 (api/loop_task.py, api/batcher.py). A client
   that disconnects ends its wait. At most WASMQ_MAX_WAITING calls wait per process;
   past it a call answers at once with statusCode 5 and its resultUrl, as Scailable's
   contract allows.
@@ -178,7 +178,7 @@ class Front:
                                            f"caller are waiting to be served; retry later", 1,
                                 cors=is_task)
             return
-        if is_task and self.batcher.max_batch > 1:
+        if is_task:
             slots.sending += 1
             self.parked += 1
             try:

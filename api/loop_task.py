@@ -1,10 +1,10 @@
-"""`POST /task/<cfid>` served on the event loop, with batches on: no thread, no Flask.
+"""`POST /task/<cfid>` served on the event loop: no thread, no Flask.
 
 Under load, a call's trip through a2wsgi's thread hand-offs and Flask's dispatch
 was about 40 % of the gateway's CPU (py-spy, 64 clients), more than validating
-and sending the call. With batches on (WASMQ_MAX_BATCH > 1) the front serves the
-common case itself, with the view's own parts (api/tasks.py, api/envelope.py,
-api/submission.py, api/replies.py, api/errors.py) in the view's order, so a call
+and sending the call. The front serves the common case itself, with the view's
+own parts (api/tasks.py, api/envelope.py, api/submission.py, api/replies.py,
+api/errors.py) in the view's order, so a call
 answers the same either way (tests/test_loop_task.py sends each case both ways).
 
 Anything else goes to the Flask view, before the body is read: a function this

@@ -1,8 +1,8 @@
 """A call served threadless by the front (api/loop_task.py) answers as the Flask view does.
 
 Two fronts in process on the session's real Redis and no worker (tasks stay
-queued): one with batches off, where every call goes through Flask's view, and one
-with batches on, warmed so that its calls take the threadless path. Each case is
+queued): one that has never read the function, so its call goes through Flask's
+view, and one (batches on) warmed so that its calls take the threadless path. Each case is
 sent to both; status, headers that matter and body must be the same, tids aside.
 """
 

@@ -9,10 +9,13 @@ slow call never holds back the replies of the calls before it.
 Two cases leave the batch: a batch redelivered (its worker process or node
 died while running it) is split into one message per unfinished call, so a
 call that kills its process is retried alone and only its own attempts run
-out; and once a batch has run for one task's time limit (WASMQ_TASK_TIMEOUT),
-its calls not yet started go on as messages of their own, so no call waits
-behind the others of its batch for longer than that. The message's hard time
-limit is that budget plus one call's (`batch_time_limit`).
+out; and once a batch has run for BATCH_BUDGET_S (or one task's time limit,
+WASMQ_TASK_TIMEOUT, if shorter), its calls not yet started go on as messages of
+their own, at the back of the queue. So no call waits behind the others of its
+batch for longer than that, and another caller's call waits behind about one of
+them, not a whole batch of slow ones (the fair share counts messages: a batch
+of sixteen 3-second calls would hold a worker process for 48 s). The message's
+hard time limit is the budget plus one call's (`batch_time_limit`).
 """
 
 from __future__ import annotations
@@ -31,12 +34,18 @@ from wasmq.broker.settings import Settings
 log = logging.getLogger("wasmq.worker")
 
 FLUSH_AFTER_S = 0.005
+BATCH_BUDGET_S = 1.0
+
+
+def batch_budget(settings: Settings) -> float:
+    """How long a batch starts calls before it sends the rest on alone."""
+    return min(BATCH_BUDGET_S, settings.task_timeout)
 
 
 def batch_time_limit(settings: Settings) -> float:
     """Celery's hard limit for a batch message: the budget of calls started, plus the
     last one's own hard limit."""
-    return settings.task_timeout + settings.hard_time_limit
+    return batch_budget(settings) + settings.hard_time_limit
 
 
 class Finisher:

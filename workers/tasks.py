@@ -31,7 +31,7 @@ from wasmq.broker.protocol.queue import Claim, Finished, TaskQueue
 from wasmq.broker.protocol.record import Status
 from wasmq.broker.settings import MB, Settings
 from wasmq.broker.store import RedisStore
-from wasmq.workers.batch import Finisher, batch_time_limit, split
+from wasmq.workers.batch import Finisher, batch_budget, batch_time_limit, split
 from wasmq.workers.lost import LOST_WORKER_REQUEST
 from wasmq.workers.prefetch import Prefetcher
 from wasmq.workers.runtime import ModuleFailed, Runtime
@@ -130,7 +130,7 @@ def execute_batch(st: NodeState, jobs: list[Job], messages: JobMessages, *,
             if claim.state != "running":
                 log.info("tid=%s skipped: record is %s", job.tid, claim.state)
                 continue
-            if time.monotonic() - started >= st.settings.task_timeout:
+            if time.monotonic() - started >= batch_budget(st.settings):
                 rest = [j for j, c in zip(jobs[i:], claims[i:], strict=True)
                         if c.state == "running"]
                 split(st.tasks, messages, rest, st.node, undo=True)
