@@ -212,6 +212,14 @@ def test_winograd_conv_with_fused_relu(c: int, m: int, hw: tuple[int, int],
     check(model, {"x": rand(2, c, *hw)}, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kernel,pads", [(3, [1, 1, 1, 1]), (1, [0, 0, 0, 0]), (3, [0, 1, 1, 0])])
+def test_strided_conv_with_rows_of_8(kernel: int, pads: list[int]) -> None:
+    """Stride 2 with output rows a multiple of 8 columns: the vector column gather."""
+    model = single("Conv", [("x", [1, 6, 16, 16], F)], ["y"],
+                   {"w": rand(5, 6, kernel, kernel), "b": rand(5)}, strides=[2, 2], pads=pads)
+    check(model, {"x": rand(1, 6, 16, 16)}, rtol=1e-4, atol=1e-4)
+
+
 def test_conv_1d_and_depthwise_and_no_bias() -> None:
     check(single("Conv", [("x", [1, 3, 20], F)], ["y"], {"w": rand(5, 3, 4)}, strides=[3],
                  pads=[1, 2]), {"x": rand(1, 3, 20)}, rtol=1e-4, atol=1e-4)

@@ -559,6 +559,22 @@ __attribute__((noinline)) static void op_conv(const int32_t *p) {
                         ow += 8;
                         if (ow == OW) { ow = 0; oh++; }
                     }
+                } else if (sw == 2 && (OW & 7) == 0) {
+                    /* the same, every other input column: 16 read, the even 8 kept (the
+                     * last read is one float past the row's last tap, never used) */
+                    for (int q = p0; q < p1; q += 8) {
+                        const float *base = src + (size_t)oh * sh * Ws + 2 * ow;
+                        float *d = col + (size_t)((q - p0) >> 3) * Kg * 8;
+                        for (int k = 0; k < Kg; k++, d += 8) {
+                            const float *from = base + off[k];
+                            v128_t l0 = wasm_v128_load(from), l1 = wasm_v128_load(from + 4);
+                            v128_t l2 = wasm_v128_load(from + 8), l3 = wasm_v128_load(from + 12);
+                            wasm_v128_store(d, wasm_i32x4_shuffle(l0, l1, 0, 2, 4, 6));
+                            wasm_v128_store(d + 4, wasm_i32x4_shuffle(l2, l3, 0, 2, 4, 6));
+                        }
+                        ow += 8;
+                        if (ow == OW) { ow = 0; oh++; }
+                    }
                 } else {
                     int q = p0;
                     for (; q < p1; q++) {
