@@ -10,8 +10,11 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import helper as h
+from onnx import numpy_helper
 
-from tests.model_runner import reference, run_model, single
+from tests.model_runner import reference, run_model, single, typed_outputs
+from wasmq.toolchain.model.planner import Builder
 
 F, INT, B = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64, onnx.TensorProto.BOOL
 RNG = np.random.default_rng(7)
@@ -185,6 +188,36 @@ def test_conv(attrs: dict, kernel: int) -> None:
     w = rand(8, 4 // g, kernel, kernel)
     model = single("Conv", [("x", [2, 4, 9, 11], F)], ["y"], {"w": w, "b": rand(8)}, **attrs)
     check(model, {"x": rand(2, 4, 9, 11)}, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,m,hw,pads", [
+    (5, 6, (7, 10), [1, 0, 0, 1]),    # output channels not a multiple of 4, odd output sizes
+    (20, 20, (18, 18), [1, 1, 1, 1]),  # several tile blocks, the last one short
+    (4, 3, (2, 2), [1, 1, 1, 1]),      # fewer tiles than a vector holds
+])
+def test_winograd_conv_with_fused_relu(c: int, m: int, hw: tuple[int, int],
+                                       pads: list[int]) -> None:
+    """3x3 stride-1 convolutions take the Winograd path; its tiles, blocks and edges."""
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["c"], pads=pads),
+             h.make_node("Relu", ["c"], ["y"])]
+    inits = [numpy_helper.from_array(rand(m, c, 3, 3), "w"), numpy_helper.from_array(rand(m), "b")]
+    graph = h.make_graph(nodes, "wino", [h.make_tensor_value_info("x", F, [2, c, *hw])],
+                         [onnx.ValueInfoProto(name="y")], initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    model = typed_outputs(model)
+    b = Builder(model, 1 << 26, None)
+    b.run()
+    assert [i.fields.get("winograd") for i in b.prog.instrs] == [True]
+    check(model, {"x": rand(2, c, *hw)}, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel,pads", [(3, [1, 1, 1, 1]), (1, [0, 0, 0, 0]), (3, [0, 1, 1, 0])])
+def test_strided_conv_with_rows_of_8(kernel: int, pads: list[int]) -> None:
+    """Stride 2 with output rows a multiple of 8 columns: the vector column gather."""
+    model = single("Conv", [("x", [1, 6, 16, 16], F)], ["y"],
+                   {"w": rand(5, 6, kernel, kernel), "b": rand(5)}, strides=[2, 2], pads=pads)
+    check(model, {"x": rand(1, 6, 16, 16)}, rtol=1e-4, atol=1e-4)
 
 
 def test_conv_1d_and_depthwise_and_no_bias() -> None:

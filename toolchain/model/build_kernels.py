@@ -27,10 +27,16 @@ FLAGS = [
 ]
 
 
-def build(out: Path = TARGET) -> bytes:
+# The profiling variant (bench/model_profile.py): function names kept for perf, and
+# each instruction timed through WASI's clock. Never committed.
+PROFILE_FLAGS = [f for f in FLAGS if f != "-Wl,--strip-all"] + ["-DWQ_PROFILE"]
+
+
+def build(out: Path = TARGET, *, profile: bool = False) -> bytes:
     """Compile kernels.c to `out` and return the bytes."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "ziglang", "cc", *FLAGS, "-o", str(out), str(SOURCE)]
+        flags = PROFILE_FLAGS if profile else FLAGS
+        cmd = [sys.executable, "-m", "ziglang", "cc", *flags, "-o", str(out), str(SOURCE)]
         env_cache = {"ZIG_GLOBAL_CACHE_DIR": tmp, "ZIG_LOCAL_CACHE_DIR": tmp}
         import os
 

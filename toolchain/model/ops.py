@@ -814,6 +814,27 @@ def pack_conv_weights(w: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(groups, mg4 // 4, 4, k).transpose(0, 1, 3, 2))
 
 
+# Winograd F(2x2, 3x3): the filter transform G g G^T, done here in double
+WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+# Below this many input channels the transforms cost more than the multiply-adds saved.
+WINOGRAD_MIN_CHANNELS = 4
+
+
+def pack_winograd_weights(w: np.ndarray) -> np.ndarray:
+    """[M, C, 3, 3] to each transform position's GEMM operand: [16][M/4][C][4]."""
+    m, c = w.shape[:2]
+    m4 = (m + 3) // 4 * 4
+    u = np.einsum("ai,mcij,bj->abmc", WINOGRAD_G, w.astype(np.float64), WINOGRAD_G)
+    padded = np.zeros((16, m4, c))
+    padded[:, :m] = u.reshape(16, m, c)
+    return np.ascontiguousarray(
+        padded.reshape(16, m4 // 4, 4, c).transpose(0, 1, 3, 2).astype(np.float32))
+
+
+def pack_conv(w: np.ndarray, groups: int, winograd: bool) -> np.ndarray:
+    return pack_winograd_weights(w) if winograd else pack_conv_weights(w, groups)
+
+
 @handler("Conv")
 def conv(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     x = ins[0]
@@ -831,24 +852,38 @@ def conv(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     (hw, kk, st, dl, begin, end, ohw, outs) = _spatial_attrs(node, attrs, x, kernel)
     out = b.out(0, (n, m, *outs), pg.F32)
     kg = (c // groups) * kk[0] * kk[1]
-    # with padding, the kernel first copies the input into a zeroed, padded buffer
-    hp = max(hw[0] + begin[0], (ohw[0] - 1) * st[0] + (kk[0] - 1) * dl[0] + 1)
-    wp = max(hw[1] + begin[1], (ohw[1] - 1) * st[1] + (kk[1] - 1) * dl[1] + 1)
-    pads = any(begin) or hp > hw[0] or wp > hw[1]
-    padded = b.prog.scratch((c // groups) * hp * wp * 4) if pads else None
-    # the column matrix, panel-packed for the GEMM, built a chunk of columns at a time
-    # (a multiple of 8, about 32 KB of columns: it stays in cache and touches few pages)
-    cols = ohw[0] * ohw[1]
-    chunk = min((cols + 7) // 8 * 8, max(8, (8192 // kg) // 8 * 8))
-    col = b.prog.scratch(kg * chunk * 4 + kg * 4)  # and each tap's offset
-    wi = b.prog.constant(pack_conv_weights(w, groups))
+    winograd = (kk == [3, 3] and st == [1, 1] and dl == [1, 1] and groups == 1
+                and c >= WINOGRAD_MIN_CHANNELS)
+    if winograd:
+        # 2x2 output tiles, four side by side in a vector and a block a multiple of 8
+        th, tw4 = -(-ohw[0] // 2), -(-ohw[1] // 8) * 4
+        th += (th * tw4) % 8 // 4
+        hp, wp = 2 * th + 2, 2 * tw4 + 2
+        tb = max(8, min(th * tw4, 4096 // (c + m) // 8 * 8))
+        padded = b.prog.scratch(c * hp * wp * 4)
+        v, prods = b.prog.scratch(16 * c * tb * 4), b.prog.scratch(16 * m * tb * 4)
+        col, chunk = None, 0
+        extra = [1, b.prog.ref(v), b.prog.ref(prods), tb, tw4, th]
+    else:
+        # with padding, the kernel first copies the input into a zeroed, padded buffer
+        hp = max(hw[0] + begin[0], (ohw[0] - 1) * st[0] + (kk[0] - 1) * dl[0] + 1)
+        wp = max(hw[1] + begin[1], (ohw[1] - 1) * st[1] + (kk[1] - 1) * dl[1] + 1)
+        pads = any(begin) or hp > hw[0] or wp > hw[1]
+        padded = b.prog.scratch((c // groups) * hp * wp * 4) if pads else None
+        # the column matrix, panel-packed for the GEMM, built a chunk of columns at a time
+        # (a multiple of 8, about 32 KB of columns: it stays in cache and touches few pages)
+        cols = ohw[0] * ohw[1]
+        chunk = min((cols + 7) // 8 * 8, max(8, (8192 // kg) // 8 * 8))
+        col = b.prog.scratch(kg * chunk * 4 + kg * 4)  # and each tap's offset
+        extra = [0, 0, 0, 0, 0, 0]
+    wi = b.prog.constant(pack_conv(w, groups, winograd))
     bi = b.prog.constant(bias)
     words = [n, c, hw[0], hw[1], m, kk[0], kk[1], ohw[0], ohw[1], st[0], st[1], begin[0],
              begin[1], dl[0], dl[1], groups, b.ref(x), Ref(const=wi), Ref(const=bi),
-             b.prog.ref(out), ACT_NONE, 0, 0, b.prog.ref(col),
-             b.prog.ref(padded) if padded is not None else 0, hp, wp, chunk]
+             b.prog.ref(out), ACT_NONE, 0, 0, b.prog.ref(col) if col is not None else 0,
+             b.prog.ref(padded) if padded is not None else 0, hp, wp, chunk, *extra]
     instr = b.prog.emit(pg.OP_CONV, words, "conv", w=w, bias=bias, wi=wi, bi=bi, groups=groups,
-                        act=0)
+                        act=0, winograd=winograd)
     b.producer(out, instr)
     return [out]
 

@@ -256,7 +256,7 @@ class Builder:
             np.float32)
         bias = (f["bias"].astype(np.float64) * s + t).astype(np.float32)
         f["w"], f["bias"] = w, bias
-        self.prog.consts[f["wi"]] = ops.pack_conv_weights(w, f["groups"]).tobytes()
+        self.prog.consts[f["wi"]] = ops.pack_conv(w, f["groups"], f["winograd"]).tobytes()
         self.prog.consts[f["bi"]] = bias.tobytes()
         return self.alias(x, 0, x.shape)
 
