@@ -52,11 +52,18 @@ KOMBU_UNACKED_INDEX = "unacked_index"  # zset: delivery tag -> when delivered
 NODES = f"{PREFIX}:nodes"  # zset: node identity (one per process start) -> last beat
 NODES_BEATING_SINCE = f"{PREFIX}:nodes:since"  # hash: node -> start of its gapless beats
 HELD_PREFIX = f"{PREFIX}:held:"
+TAKING_PREFIX = f"{PREFIX}:taking:"
 
 
 def held(node: str) -> str:
     """Hash: delivery tag -> JSON list of queues, the messages `node` holds unacknowledged."""
     return f"{HELD_PREFIX}{node}"
+
+
+def taking(node: str, queue: str) -> str:
+    """List: the messages `node` has taken off `queue` and not yet recorded as held
+    (broker/transport.py); requeue_dead.lua builds the same name."""
+    return f"{TAKING_PREFIX}{node}:{queue}"
 
 
 def loaded_replies(nonce: str) -> str:

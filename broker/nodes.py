@@ -2,9 +2,11 @@
 
 kombu's Redis transport keeps a delivered message in its `unacked` hash until
 it is acknowledged, and gives it to another consumer only after the visibility
-timeout (90 s at the default task limit), because those entries do not say
+timeout (150 s at the default task limit), because those entries do not say
 who holds them. So each node also records the delivery tags it holds
-(broker/transport.py, in kombu's own pipeline) and beats every HEARTBEAT_S
+(broker/transport.py, in kombu's own pipeline), takes each message off the
+queue into a list of its own until that record is written (BLMOVE: with kombu's
+BRPOP, a node that died between the two lost the message), and beats every HEARTBEAT_S
 into one sorted set; every live node's beat is a script (requeue_dead.lua) that
 also finds the nodes silent for STALE_S and puts their messages back at the
 front of the queue, atomically. A node judges others only after beating
@@ -22,9 +24,11 @@ allows (the finish script keeps the first answer).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
+from collections.abc import Sequence
 
 import redis
 
@@ -56,23 +60,24 @@ def identity() -> str:
     return _identity[1]
 
 
-def beat(client: redis.Redis, node: str) -> tuple[bool, int, int]:
-    """Say that `node` is alive and put back the messages of nodes that are not.
+def beat(client: redis.Redis, node: str, queues: Sequence[str] = ()) -> tuple[bool, int, int]:
+    """Say that `node` is alive and put back the messages of nodes that are not
+    (those they held, and those they had taken off `queues` without recording yet).
 
     Returns (whether this node was unlisted, dead nodes restored, messages restored).
     """
-    was_new, dead, restored = _run(client, node)
+    was_new, dead, restored = _run(client, node, queues)
     return bool(was_new), int(dead), int(restored)
 
 
-def leave(client: redis.Redis, node: str) -> int:
+def leave(client: redis.Redis, node: str, queues: Sequence[str] = ()) -> int:
     """A node stopping: what it still holds goes back now, and it is no longer listed."""
-    return int(_run(client, "", node)[2])
+    return int(_run(client, "", queues, node)[2])
 
 
-def _run(client: redis.Redis, beating: str, *forced: str) -> list[int]:
+def _run(client: redis.Redis, beating: str, queues: Sequence[str], *forced: str) -> list[int]:
     script = lua.register(client, "requeue_dead")
     return script(keys=[keys.NODES, keys.NODES_BEATING_SINCE, keys.KOMBU_UNACKED,
                         keys.KOMBU_UNACKED_INDEX],
-                  args=[keys.HELD_PREFIX, beating, STALE_S, MAX_DEAD_PER_BEAT, MAX_GAP_S,
-                        *forced])
+                  args=[keys.HELD_PREFIX, keys.TAKING_PREFIX, json.dumps(list(queues)),
+                        beating, STALE_S, MAX_DEAD_PER_BEAT, MAX_GAP_S, *forced])

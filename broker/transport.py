@@ -11,6 +11,15 @@ the message: a node that was paused and taken for dead must not remove the
 entries of the node that now runs the message, nor push it back a second time.
 tests/test_node_recovery.py pins each override to kombu's own path.
 
+Taking a message: kombu's BRPOP takes it off the queue, and the record as
+unacknowledged comes in a later command; a node killed in between (and the
+reply may wait unread for as long as the node's pool is busy) lost the message,
+which only the resend of lost messages found, minutes later. So a channel that
+consumes one queue key takes with BLMOVE into the node's own taking list
+(keys.taking), and take.lua moves it from there into kombu's entries and the held
+record in one step; live nodes put a dead node's taking list back with its held
+messages (requeue_dead.lua).
+
 Restores that could not reach Redis: when a worker loses Redis (a primary killed, a
 failover), Celery closes the connection while Redis is gone, so kombu's restore of
 the delivered messages fails and they would wait for the visibility timeout. They are
@@ -31,12 +40,14 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from time import sleep, time
+from queue import Empty
+from time import monotonic, sleep, time
 
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
-from kombu.utils.json import dumps
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 
 from wasmq.broker import keys, nodes
 from wasmq.broker.connections import storage_full
@@ -51,6 +62,11 @@ FULL_RETRY_S = 0.5
 SENTINEL_PATH = "wasmq.broker.transport:SentinelTransport"
 # (held key, delivery tag) of messages this process could not put back at close.
 _unrestored: set[tuple[str, str]] = set()
+# Taking lists (keys.taking) of this process that may hold a message no channel will
+# record (a BLMOVE reply lost with its connection, a record that failed, a channel
+# closed with a BLMOVE in flight): the next channel that takes from them puts them
+# back first.
+_give_back: set[str] = set()
 
 
 class QoS(kombu_redis.QoS):
@@ -64,27 +80,44 @@ class QoS(kombu_redis.QoS):
         return keys.held(nodes.identity())
 
     def append(self, message: virtual.Message, delivery_tag: str) -> None:
-        """kombu's `append`, plus the held record in the same transaction.
+        """kombu's `append`, plus the held record in the same step.
 
-        kombu takes a message off the queue (BRPOP) and then records it as unacked;
-        when Redis refuses that write for memory, kombu raises, the worker's consumer
-        dies ("Unrecoverable error"), and the message, in neither place, is lost. So
-        the write is retried until Redis has room again (results expire, an operator
-        raises maxmemory); the consumer takes nothing else meanwhile."""
+        A message this channel took with BLMOVE leaves the node's taking list in that
+        step too (take.lua); if it is no longer there, live nodes took this node for
+        dead and put it back on the queue, and it is not delivered here (`GivenBack`).
+
+        When Redis refuses the write for memory, kombu raises and the worker's consumer
+        dies ("Unrecoverable error"); so the write is retried until Redis has room
+        again (results expire, an operator raises maxmemory); the consumer takes
+        nothing else meanwhile."""
         delivery = message.delivery_info
         exchange, routing_key = delivery["exchange"], delivery["routing_key"]
         queues = self._restore_queues(message._raw, exchange, routing_key)
+        channel = self.channel
+        taken, channel._taken = channel._taken, None
+        entry = dumps([message._raw, exchange, routing_key])
         while True:
             try:
-                with self.pipe_or_acquire() as pipe:
-                    pipe.zadd(self.unacked_index_key, {delivery_tag: time()}) \
-                        .hset(self.unacked_key, delivery_tag,
-                              dumps([message._raw, exchange, routing_key])) \
-                        .hset(self.held_key, delivery_tag, queues) \
-                        .execute()
+                if taken is not None:
+                    with channel.conn_or_acquire() as client:
+                        script = lua.register(client, "take")
+                        recorded = script(keys=[keys.taking(nodes.identity(), taken[0]),
+                                                self.held_key, self.unacked_key,
+                                                self.unacked_index_key],
+                                          args=[taken[1], delivery_tag, time(), entry, queues])
+                    if not recorded:
+                        raise GivenBack(delivery_tag)
+                else:
+                    with self.pipe_or_acquire() as pipe:
+                        pipe.zadd(self.unacked_index_key, {delivery_tag: time()}) \
+                            .hset(self.unacked_key, delivery_tag, entry) \
+                            .hset(self.held_key, delivery_tag, queues) \
+                            .execute()
                 break
             except redis.RedisError as exc:
                 if not storage_full(exc):
+                    if taken is not None:  # still in the taking list
+                        _give_back.add(keys.taking(nodes.identity(), taken[0]))
                     raise
                 log.warning("storage is full: waiting to record message %s as unacked",
                             delivery_tag)
@@ -153,14 +186,104 @@ class QoS(kombu_redis.QoS):
         return found
 
 
+class GivenBack(Exception):
+    """A message this node took was put back on the queue before it was recorded as
+    held (the node was taken for dead meanwhile): it is not delivered here."""
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
     _shared_client: redis.Redis | None = None
+    # wasmq sends no priorities, and one queue key lets BLMOVE take messages.
+    priority_steps = [0]
+    _taken: tuple[str, bytes] | None = None  # (queue, raw message) taken, not yet recorded
+    _taking_from: str | None = None  # the queue of the BLMOVE in flight
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # it pings Redis: Redis is back
         if _unrestored:
             self.qos.restore_unrestored()
+
+    # -- taking a message: BLMOVE into this node's taking list, not BRPOP -------------
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if len(queues) != 1 or len(self.priority_steps) != 1 or self.global_keyprefix:
+            return super()._brpop_start(timeout)  # several keys: kombu's BRPOP
+        queue = self._q_for_pri(queues[0], 0)
+        taking = keys.taking(nodes.identity(), queue)
+        if taking in _give_back:
+            self._give_back_taken(taking, queue)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self._taking_from = queue
+        self.client.connection.send_command(
+            "BLMOVE", queue, taking, "RIGHT", "LEFT",
+            self.brpop_timeout if timeout is None else timeout or 0)
+
+    def _brpop_read(self, **options: object) -> bool:
+        queue = self._taking_from
+        if queue is None:
+            return super()._brpop_read(**options)
+        try:
+            try:
+                raw = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                # It may have moved a message whose reply is lost: given back later.
+                self.client.connection.disconnect()
+                _give_back.add(keys.taking(nodes.identity(), queue))
+                raise
+            if raw is None:
+                raise Empty()
+            self._queue_cycle.rotate(queue)
+            if queue not in self.connection._callbacks:
+                # No consumer any more (a close reading the last reply): kombu would
+                # drop it; it goes back to the queue instead.
+                taking = keys.taking(nodes.identity(), queue)
+                _give_back.add(taking)
+                self._give_back_taken(taking, queue)
+                return True
+            self._taken = (queue, raw)
+            try:
+                self.connection._deliver(loads(bytes_to_str(raw)), queue)
+            except GivenBack as exc:
+                log.warning("message %s went back to the queue while this node was taken "
+                            "for dead; another node runs it", exc)
+            except (redis.RedisError, OSError):
+                if self._taken is not None:  # not recorded: the next take gives it back
+                    _give_back.add(keys.taking(nodes.identity(), queue))
+                raise
+            finally:
+                # Not recorded yet: delivered without an ack to wait for, or refused as
+                # kombu refuses a malformed message; either way it leaves the list.
+                unrecorded, self._taken = self._taken, None
+                if unrecorded is not None and keys.taking(nodes.identity(), queue) \
+                        not in _give_back:
+                    with self.conn_or_acquire() as client:
+                        client.lrem(keys.taking(nodes.identity(), queue), 1, raw)
+            return True
+        finally:
+            self._in_poll = None
+            self._taking_from = None
+            self._flush_brpop_reauth()
+
+    def _give_back_taken(self, taking: str, queue: str) -> None:
+        """Put back, at the front of the queue, what this node took but never recorded
+        (a lost reply, a failed record); a message still being recorded is then refused
+        by take.lua, never run twice."""
+        moved = 0
+        with self.conn_or_acquire() as client:
+            while client.lmove(taking, queue, "RIGHT", "RIGHT") is not None:
+                moved += 1
+        _give_back.discard(taking)
+        if moved:
+            log.warning("%d message(s) taken but never recorded went back to the queue", moved)
+
+    def close(self) -> None:
+        # kombu's close reads a pending reply; if that fails, the next channel gives back.
+        if self._taking_from is not None:
+            _give_back.add(keys.taking(nodes.identity(), self._taking_from))
+        super().close()
 
     @contextmanager
     def conn_or_acquire(self, client: redis.Redis | None = None) -> Iterator[redis.Redis]:

@@ -20,7 +20,7 @@ from kombu import Connection
 from kombu.common import ignore_errors
 from kombu.transport import redis as kombu_redis
 
-from tests.support import start_redis
+from tests.support import start_redis, wait_until
 from wasmq.broker import keys, nodes
 from wasmq.broker import transport as wasmq_transport
 
@@ -249,3 +249,98 @@ def test_a_message_whose_restore_failed_while_redis_was_gone_comes_back_on_recon
                 again.release()
     finally:
         proc.stop()
+
+
+# Dies at the one point kombu's BRPOP could not survive: the message is off the queue,
+# not yet recorded as held (kombu's `basic_consume` callback calls QoS.append next).
+DIES_TAKING = """
+import os, signal, sys
+from kombu import Connection
+from wasmq.broker import nodes
+from wasmq.broker import transport
+
+def die(self, message, delivery_tag):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+transport.QoS.append = die
+print(nodes.identity(), flush=True)
+Connection(sys.argv[1], transport=transport.PATH).SimpleQueue(sys.argv[2]).get(timeout=10)
+"""
+
+
+def test_a_node_killed_between_taking_a_message_and_recording_it_loses_nothing(
+        conn, client, url) -> None:
+    """The lost call of issue 12: a node killed right after taking a message off the
+    queue (or while its reply waited unread behind a busy pool) had it in neither
+    the queue nor the unacknowledged entries, so only the resend of lost messages,
+    minutes later, ran it. Taken with BLMOVE, it waits in the node's taking list, and
+    comes back with the node's held messages."""
+    conn.SimpleQueue(QUEUE).put({"n": 1, "data": "x" * 100})
+    sent = client.lindex(QUEUE, 0)
+    child = subprocess.run([sys.executable, "-c", DIES_TAKING, url, QUEUE],
+                           capture_output=True, text=True, timeout=60)
+    assert child.returncode == -9, child.stderr
+    node = child.stdout.split()[0]
+    assert client.llen(QUEUE) == 0 and not client.exists(keys.KOMBU_UNACKED)
+    assert client.lrange(keys.taking(node, QUEUE), 0, -1) == [sent]
+    assert nodes.leave(client, node, [QUEUE]) == 1  # as live nodes do once it is silent
+    assert client.lrange(QUEUE, 0, -1) == [sent]  # as it was sent: it never ran
+    assert not client.exists(keys.taking(node, QUEUE))
+    with Node("live"):
+        message = conn.SimpleQueue(QUEUE).get(timeout=5)
+        assert message.payload == {"n": 1, "data": "x" * 100}
+        message.ack()
+    assert not client.exists(keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, QUEUE)
+
+
+def test_a_message_taken_by_a_node_then_taken_for_dead_is_delivered_once(
+        conn, client, monkeypatch) -> None:
+    """A node paused between taking a message and recording it is taken for dead and its
+    message put back; when it resumes, it must not run it too (another node will)."""
+    record = wasmq_transport.QoS.append
+    paused: list[str] = []
+
+    def pause_there(self, message, delivery_tag):  # live nodes act while it is paused
+        if not paused:
+            paused.append(delivery_tag)
+            assert nodes.leave(client, nodes.identity(), [QUEUE]) == 1
+        return record(self, message, delivery_tag)
+
+    monkeypatch.setattr(wasmq_transport.QoS, "append", pause_there)
+    queue = conn.SimpleQueue(QUEUE)
+    queue.put({"n": 1})
+    with Node("resumed") as node:
+        message = queue.get(timeout=5)  # the copy put back, taken again
+        with pytest.raises(queue.Empty):
+            queue.get(timeout=1)
+        assert message.payload == {"n": 1} and message.delivery_tag == paused[0]
+        assert client.hkeys(keys.held(node.name)) == [message.delivery_tag.encode()]
+        message.ack()
+    assert not client.exists(keys.KOMBU_UNACKED, keys.taking(node.name, QUEUE), QUEUE)
+
+
+def test_a_message_taken_as_a_consumer_closes_is_delivered_again_once(url, client) -> None:
+    """A channel closed while its BLMOVE waits (Celery's reconnect, a warm shutdown) reads
+    the message that BLMOVE took and puts it back (kombu's close), or, if that read fails,
+    its process's next channel does: either way nothing stays in the taking list."""
+    with Node("closing") as node:
+        first = Connection(url, transport=wasmq_transport.PATH)
+        queue = first.SimpleQueue(QUEUE)
+        with pytest.raises(queue.Empty):
+            queue.get(timeout=0.2)  # leaves a BLMOVE waiting (kombu's 1 s timeout)
+        producer = Connection(url, transport=wasmq_transport.PATH)
+        producer.SimpleQueue(QUEUE).put({"n": 1})
+        producer.release()
+        wait_until(lambda: client.llen(keys.taking(node.name, QUEUE)) == 1,
+                   what="the waiting BLMOVE to take it")
+        first.release()
+        again = Connection(url, transport=wasmq_transport.PATH)
+        try:
+            message = again.SimpleQueue(QUEUE).get(timeout=5)
+            assert message.payload == {"n": 1}
+            message.ack()
+            with pytest.raises(queue.Empty):
+                again.SimpleQueue(QUEUE).get(timeout=0.5)
+        finally:
+            again.release()
+    assert not client.exists(keys.taking(node.name, QUEUE), QUEUE, keys.KOMBU_UNACKED)

@@ -126,6 +126,7 @@ class Heartbeat(bootsteps.StartStopStep):
         node, size = worker.hostname, worker.concurrency  # type: ignore[attr-defined]
         path: Path | None = app.wasmq_heartbeat_file
         client = self._client = _own_client(settings)
+        self._queues = (settings.queue,)  # the queue this node takes messages from
         try:
             self._beat(client)
         except redis.RedisError:
@@ -136,7 +137,7 @@ class Heartbeat(bootsteps.StartStopStep):
         signals.worker_shutdown.connect(self._end, weak=False, dispatch_uid="wasmq-heartbeat")
 
     def _beat(self, client: redis.Redis) -> None:
-        was_new, dead, restored = nodes.beat(client, nodes.identity())
+        was_new, dead, restored = nodes.beat(client, nodes.identity(), self._queues)
         if dead:
             log.warning("%d node(s) stopped beating for %g s: %d of their unacknowledged "
                         "messages are back on the queue", dead, nodes.STALE_S, restored)
@@ -147,6 +148,7 @@ class Heartbeat(bootsteps.StartStopStep):
         self._beaten = True
 
     _beaten = False
+    _queues: tuple[str, ...] = ()
 
     def _run(self, client: redis.Redis, node: str, size: int, path: Path | None,
              app: Celery) -> None:
@@ -171,7 +173,7 @@ class Heartbeat(bootsteps.StartStopStep):
                 break
         try:
             metrics.forget_worker(client, node, size)
-            nodes.leave(client, nodes.identity())
+            nodes.leave(client, nodes.identity(), self._queues)
         except redis.RedisError:
             pass  # it goes stale on its own, and live nodes restore what it held
 

@@ -4,7 +4,10 @@
 -- last beat is older than `stale_seconds` (Redis's own clock, so hosts' clocks
 -- never matter) is dead: each message it still holds goes back to the front of
 -- its queue in this one script, so no message is ever out of both the queue and
--- the unacknowledged entries, and none is pushed twice.
+-- the unacknowledged entries, and none is pushed twice. So does each message it had
+-- taken off a queue (BLMOVE into its taking list, broker/transport.py) and not yet
+-- recorded as held: one the node died holding, or whose reply it left unread while
+-- its pool was busy.
 --
 -- A node judges others only once it has itself beaten without a gap for
 -- stale_seconds: after Redis was unreachable for everyone (a restart, a Sentinel
@@ -18,8 +21,13 @@
 --   also, built here from held_prefix (one per node, so they cannot be named ahead):
 --   <held_prefix><node>  hash: delivery tag -> JSON list of the queues kombu would
 --                        restore the message into (written by broker/transport.py)
--- args=[held_prefix, beating_node, stale_seconds, max_dead, max_gap, forced_node...]
+--   <taking_prefix><node>:<queue>  list: raw messages the node took off the queue
+--                        and had not recorded as held yet (broker/transport.py)
+-- args=[held_prefix, taking_prefix, queues, beating_node, stale_seconds, max_dead,
+--       max_gap, forced_node...]
 --   held_prefix    the prefix of the per-node held hashes ("wasmq:held:")
+--   taking_prefix  the prefix of the per-node taking lists ("wasmq:taking:")
+--   queues         JSON list of the queues nodes take messages from
 --   beating_node   the node that beats now ('' for none: a node leaving)
 --   stale_seconds  silence after which a node counts as dead
 --   max_dead       how many dead nodes one call restores at most (bounds its time)
@@ -34,10 +42,13 @@ local since_key = KEYS[2]
 local unacked_key = KEYS[3]
 local unacked_index_key = KEYS[4]
 local held_prefix = ARGV[1]
-local beating_node = ARGV[2]
-local stale_seconds = tonumber(ARGV[3])
-local max_dead = tonumber(ARGV[4])
-local max_gap = tonumber(ARGV[5])
+local taking_prefix = ARGV[2]
+local queues_taken_from = cjson.decode(ARGV[3])
+local beating_node = ARGV[4]
+local stale_seconds = tonumber(ARGV[5])
+local max_dead = tonumber(ARGV[6])
+local max_gap = tonumber(ARGV[7])
+local first_forced = 8
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
@@ -62,7 +73,7 @@ if may_judge then
   dead = redis.call('ZRANGEBYSCORE', nodes_key, '-inf', now - stale_seconds,
                     'LIMIT', 0, max_dead)
 end
-for i = 6, #ARGV do
+for i = first_forced, #ARGV do
   table.insert(dead, ARGV[i])
 end
 
@@ -93,6 +104,13 @@ for _, node in ipairs(dead) do
     end
   end
   redis.call('DEL', held_key)
+  -- Taken but never recorded: never delivered, so put back as it was, at the front.
+  for _, queue in ipairs(queues_taken_from) do
+    local taking_key = taking_prefix .. node .. ':' .. queue
+    while redis.call('LMOVE', taking_key, queue, 'RIGHT', 'RIGHT') do
+      restored = restored + 1
+    end
+  end
   redis.call('ZREM', nodes_key, node)
   redis.call('HDEL', since_key, node)
 end
