@@ -291,7 +291,7 @@ class Channel(kombu_redis.Channel):
             yield client
             return
         shared = self._shared_client
-        if self._closing and self.connection.client is None:
+        if self._closing and getattr(self.connection, "client", None) is None:
             # Celery's collect() let go of the transport's connection details before
             # this close, so no new pool can be made (kombu's own path raises
             # AttributeError here, which stops the consumer for good).
