@@ -352,22 +352,44 @@ def test_a_batch_beyond_its_caller_s_share_waits_whole_in_the_backlog(bench: Ben
     assert not bench.client.zrange(keys.queued(bench.me), 0, -1)
 
 
-def test_a_split_batch_sends_its_unfinished_calls_alone_and_can_hand_them_back(
-        bench: Bench) -> None:
-    tasks = [bench.new(), bench.new(), bench.new()]
+def _claimed_batch(bench: Bench, n: int) -> list:
+    tasks = [bench.new() for _ in range(n)]
     _enqueue_batch(bench, tasks)
-    bench.client.delete(bench.tasks.queue)
+    bench.client.delete(bench.tasks.queue)  # what BRPOP does
     jobs = [t.job for t in tasks]
     bench.tasks.claim_batch(jobs, "node-1")
+    return jobs
+
+
+def test_a_split_batch_sends_its_unfinished_calls_on_alone_through_its_caller_s_backlog(
+        bench: Bench) -> None:
+    """Never straight into the queue: sixteen messages there would stand in front of
+    every other caller's next call (the flood test's fast call waited 24 s)."""
+    jobs = _claimed_batch(bench, 3)
     bench.tasks.finish(jobs[0], Finished(Status.SUCCEEDED, result=b"done"))
+    theirs = bench.new(bench.me + ":polite")
+    bench.tasks.enqueue(theirs, bench.admission(bench.me + ":polite"))
     parts = [(j, f"alone {j.tid}".encode()) for j in jobs]
     assert bench.tasks.split(parts, "node-1", undo=False) == 2  # the finished one stays
-    assert sorted(bench.queued()) == sorted(m for _, m in parts[1:])
+    # The caller's share of one goes into the queue, behind the other caller's call.
+    assert bench.queued() == [parts[1][1], theirs.message]
+    assert bench.client.lrange(keys.backlog(bench.me), 0, -1) == \
+        [jobs[2].tid.encode() + b"\n" + parts[2][1]]
     assert bench.tasks.get(jobs[1].tid).status == Status.RUNNING  # a redelivery's split
-    bench.client.delete(bench.tasks.queue)
-    assert bench.tasks.split(parts[1:], "node-1", undo=True) == 2
-    record = bench.tasks.get(jobs[2].tid)
+    lost = [job.tid for job in bench.tasks.unclaimed(older_than=time.time() + 1, limit=10**6)]
+    assert jobs[2].tid not in lost  # held back, not lost
+    bench.client.lrem(bench.tasks.queue, 1, parts[1][1])
+    assert bench.tasks.claim(jobs[1], "node-2").state == "running"
+    assert bench.queued() == [parts[2][1], theirs.message]  # its next one takes its place
+
+
+def test_a_split_batch_hands_back_the_calls_its_node_claimed_but_did_not_start(
+        bench: Bench) -> None:
+    jobs = _claimed_batch(bench, 2)
+    parts = [(j, f"alone {j.tid}".encode()) for j in jobs]
+    assert bench.tasks.split(parts, "node-2", undo=True) == 2  # not its claim: as is
+    assert bench.tasks.get(jobs[1].tid).attempts == 1
+    assert bench.tasks.split(parts, "node-1", undo=True) == 2
+    record = bench.tasks.get(jobs[1].tid)
     assert (record.status, record.attempts) == (Status.QUEUED, 0)
-    assert bench.client.hget(keys.task(jobs[2].tid), "job") == jobs[2].packed()
-    assert bench.tasks.split(parts[1:], "node-2", undo=True) == 2  # not its claim: as is
-    assert bench.tasks.get(jobs[2].tid).attempts == 0
+    assert bench.client.hget(keys.task(jobs[1].tid), "job") == jobs[1].packed()

@@ -222,13 +222,18 @@ class TaskQueue:
         return [bool(x) for x in reply]
 
     def split(self, parts: list[tuple[Job, bytes]], node: str, *, undo: bool) -> int:
-        """Queue each of a batch's unfinished calls as a message of its own (`parts`:
-        each job with its single message); with `undo`, the calls this node claimed
-        go back to queued first. How many were queued."""
-        args: list = [now(), node, "1" if undo else "0"]
+        """Send each of a batch's unfinished calls (all one caller's) on as a message of
+        its own, through the caller's backlog (`parts`: each job with its single
+        message); with `undo`, the calls this node claimed go back to queued first.
+        How many were sent on."""
+        if not parts:
+            return 0
+        caller = parts[0][0].caller
+        args: list = [now(), node, "1" if undo else "0", self.share, caller, self.ttl]
         for job, message in parts:
             args += [job.tid, job.packed(), message]
-        return int(self._split(keys=[self.queue, keys.PENDING], args=args))
+        return int(self._split(keys=[self.queue, keys.PENDING, keys.queued(caller),
+                                     keys.backlog(caller), keys.BACKLOGS], args=args))
 
     def finish(self, job: Job, outcome: Finished) -> bool:
         """Store the outcome unless the task already finished; True if stored."""
