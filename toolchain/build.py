@@ -18,8 +18,12 @@ The child decides what to build from the content (`build_content`): today a
 model (told apart by its content) is first planned and packed into a module by
 `wasmq.toolchain.model`, whose refusals name the operator, dimension or limit.
 
-What it cannot do: a client that hangs up does not stop its build early (the
-request thread waits for the child), but no build outlives its limits. A build
+A `.wasm` upload's request thread waits for its child (`build`); a model's upload
+is answered at once and its build runs on a thread of its own (`reserve`, then
+`Reservation.start`: toolchain/jobs.py), within the same slots and queue.
+
+What it cannot do: a client that hangs up does not stop its build early, but no
+build outlives its limits. A build
 killed for memory cannot say where it was; the message names the limit.
 """
 
