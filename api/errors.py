@@ -25,9 +25,11 @@ from wasmq.api.replies import error_body
 from wasmq.broker.connections import storage_full
 from wasmq.broker.errors import (
     BadRequest,
+    BuildFailed,
     BuildsBusy,
     ConfigError,
     Forbidden,
+    FunctionBuilding,
     InvalidModule,
     NotFound,
     RateLimited,
@@ -71,6 +73,8 @@ HTTP_REPLIES: dict[type[WasmqError], HttpReply] = {
     TooManyInFlight: HttpReply(429, lambda exc: {"Retry-After": str(exc.retry_after)}),
     Unavailable: HttpReply(503),
     BuildsBusy: HttpReply(503, lambda exc: {"Retry-After": str(exc.retry_after)}),
+    FunctionBuilding: HttpReply(503, lambda exc: {"Retry-After": str(exc.retry_after)}),
+    BuildFailed: HttpReply(409),
     StorageFull: HttpReply(507),
     TaskFailed: HttpReply(200),  # the task ran and failed: a Scailable statusCode 0
 }

@@ -402,4 +402,6 @@ def create_front(settings: Settings | None = None) -> Front:
 
     settings = settings or Settings.from_env()
     _open_files_as_allowed()
-    return Front(create_app(settings), settings)
+    app = create_app(settings)
+    app.extensions["wasmq"].jobs.start()  # resume model builds a dead gateway left
+    return Front(app, settings)

@@ -1,4 +1,11 @@
-"""`/functions` (upload, list, show, replace, delete) and `/file/<cfid>.wasm`."""
+"""`/functions` (upload, list, show, replace, delete) and `/file/<cfid>.wasm`.
+
+A .wasm is built (validated, compiled) before the upload is answered: 201, or 400
+saying what is wrong. A model (told apart by content) is answered at once, 202
+with its record's URL, and built as a job (toolchain/jobs.py): its record says
+`building`, then `ready` or `failed` with the reason; a new model over a function
+with a module shows its build in the record's `build` while the old one serves.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ from wasmq.api.access import private_flag, require_key, require_key_if_private
 from wasmq.api.services import services
 from wasmq.api.upload_form import function_name, requested_limits, text_field, uploaded_file
 from wasmq.broker.errors import BadRequest
+from wasmq.broker.registry import FunctionRecord
+from wasmq.toolchain.model import is_onnx
 
 bp = Blueprint("functions", __name__)
 
@@ -19,13 +28,25 @@ def create() -> ResponseReturnValue:
     require_key(svc.settings, "uploading a function")
     private = private_flag(request.form.get("private"), svc.settings)
     limits = requested_limits(svc.settings)
-    built = svc.builds.build(uploaded_file(svc.settings))
+    content = uploaded_file(svc.settings)
+    fields = {"name": function_name(), "documentation": text_field("documentation"),
+              "exampleinput": text_field("exampleinput"), "private": private,
+              "limits": limits}
+    if is_onnx(content):
+        return _accepted(svc.jobs.create(content, **fields), 201)
+    built = svc.builds.build(content)
     record = svc.registry.create(
         built.wasm, imports=built.info.imports, exports=built.info.exports,
-        name=function_name(), documentation=text_field("documentation"),
-        exampleinput=text_field("exampleinput"), private=private, limits=limits,
-        artifact=built.artifact, kind=built.kind, model=built.model)
+        artifact=built.artifact, kind=built.kind, model=built.model, **fields)
     return jsonify(record.public()), 201
+
+
+def _accepted(record: FunctionRecord, done: int) -> ResponseReturnValue:
+    """A model's upload: `done` if nothing is left to build, else 202 pointing at the
+    record to poll."""
+    pending = record.status == "building" or record.build is not None
+    return jsonify(record.public()), 202 if pending else done, \
+        {"Location": f"/functions/{record.cfid}"}
 
 
 def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
@@ -63,7 +84,10 @@ def replace(cfid: str) -> ResponseReturnValue:
     raw_private = request.form.get("private")
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
     limits = requested_limits(svc.settings)
-    built = svc.builds.build(uploaded_file(svc.settings))
+    content = uploaded_file(svc.settings)
+    if is_onnx(content):
+        return _accepted(svc.jobs.rebuild(cfid, content, limits=limits, private=private), 200)
+    built = svc.builds.build(content)
     record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
                                   exports=built.info.exports, limits=limits, private=private,
                                   artifact=built.artifact, kind=built.kind, model=built.model)

@@ -8,7 +8,8 @@ api/errors.py) in the view's order, so a call
 answers the same either way (tests/test_loop_task.py sends each case both ways).
 
 Anything else goes to the Flask view, before the body is read: a function this
-process has not read yet (reading it is a Redis round trip, which a thread makes),
+process has not read yet, or last saw without a module (a model building or failed;
+reading it is a Redis round trip, which a thread makes),
 a body without Content-Length or over the input limit (the view refuses it
 unread), a bad `wait`, a wait before the completion listener is subscribed
 (starting it may wait).
@@ -50,8 +51,9 @@ async def serve(front: Front, scope: dict, receive: Any, send: Any) -> bool:
     headers = {k.lower(): v for k, v in scope.get("headers", ())}
     length = headers.get(b"content-length", b"")
     limit = front.settings.max_input_mb * MB + BODY_SLACK
-    if match is None or not length.isdigit() or int(length) >= limit \
-            or svc.submissions.cached(match[1]) is None:
+    known = None if match is None else svc.submissions.cached(match[1])
+    if match is None or not length.isdigit() or int(length) >= limit or known is None \
+            or known.record.status != "ready":  # a model building: the view reads it again
         return False
     query = dict(reversed(parse_qsl(scope.get("query_string", b"").decode("latin-1"),
                                     keep_blank_values=True)))

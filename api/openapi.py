@@ -46,7 +46,22 @@ FUNCTION = {
         ("createdAt", "string"), ("updatedAt", "string"), ("private", "boolean")]}
     | {"imports": {"type": "array", "items": {"type": "string"}},
        "exports": {"type": "array", "items": {"type": "string"}},
-       "limits": LIMITS},
+       "limits": LIMITS,
+       "kind": {"type": "string", "enum": ["wasm", "onnx"],
+                "description": "onnx: a model the server built into a module"},
+       "status": {"type": "string", "enum": ["building", "ready", "failed"],
+                  "description": "a model's build: calls answer 503 while building, "
+                                 "409 once failed"},
+       "reason": {"type": "string", "description": "why the build failed"},
+       "model": {"type": "object", "nullable": True,
+                 "description": "a model's inputs, outputs, operators and sizes"},
+       "build": {"type": "object", "nullable": True,
+                 "description": "a new model uploaded over a ready function: its module "
+                                "serves until this build is ready",
+                 "properties": {"status": {"type": "string", "enum": ["building", "failed"]},
+                                "reason": {"type": "string"},
+                                "startedAt": {"type": "string"},
+                                "finishedAt": {"type": "string"}}}},
 }
 ENVELOPE = {
     "type": "object",
@@ -96,8 +111,9 @@ def _task_reply(description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "bad request", 401: "missing API key", 403: "wrong API key",
-            404: "unknown id", 413: "too large", 429: "rate limited",
-            503: "Redis unavailable"}
+            404: "unknown id", 409: "the model could not be built (the message says why)",
+            413: "too large", 429: "rate limited",
+            503: "Redis unavailable, builds busy, or the model still building (Retry-After)"}
     text[401] = "no API key (the function or route needs one)"
     text[403] = "the API key is not one of the server's"
     return {str(c): _json(REPLY, text[c]) for c in codes}
@@ -143,7 +159,7 @@ def _document() -> dict[str, Any]:
                 "security": BEARER_IF_PRIVATE,
                 "responses": {"200": _task_reply("done (1) or failed (0)"),
                               "202": _task_reply("still queued or running (5)"),
-                              **_errors(400, 401, 403, 404, 413, 429, 503)}}},
+                              **_errors(400, 401, 403, 404, 409, 413, 429, 503)}}},
             "/retrieve/{tid}": {"get": {
                 "summary": "The state or result of a task, with its logs and timings",
                 "parameters": [tid],
@@ -163,11 +179,14 @@ def _document() -> dict[str, Any]:
                             "total": {"type": "integer"}, "offset": {"type": "integer"},
                             "limit": {"type": "integer"}}}, "functions"),
                             **_errors(400)}},
-                "post": {"summary": "Upload a module",
+                "post": {"summary": "Upload a module, or an ONNX model to build into one",
                          "requestBody": {"required": True, "content": UPLOAD},
                          "security": BEARER,
                          "responses": {"201": _json(FUNCTION, "created"),
-                                       **_errors(400, 401, 403, 413)}}},
+                                       "202": _json(FUNCTION, "a model, building: poll the "
+                                                    "record at Location until its status "
+                                                    "is ready or failed"),
+                                       **_errors(400, 401, 403, 413, 503)}}},
             "/functions/{cfid}": {
                 "parameters": [cfid],
                 "get": {"summary": "A function's record",
@@ -176,7 +195,10 @@ def _document() -> dict[str, Any]:
                         "requestBody": {"required": True, "content": UPLOAD},
                         "security": BEARER,
                         "responses": {"200": _json(FUNCTION, "replaced"),
-                                      **_errors(400, 401, 403, 404, 413)}},
+                                      "202": _json(FUNCTION, "a model, building: the current "
+                                                   "module serves until it is ready (the "
+                                                   "record's build)"),
+                                      **_errors(400, 401, 403, 404, 413, 503)}},
                 "delete": {"summary": "Delete a function",
                            "security": BEARER,
                            "responses": {"204": {"description": "deleted"},
@@ -187,7 +209,7 @@ def _document() -> dict[str, Any]:
                 "security": BEARER_IF_PRIVATE,
                 "responses": {"200": {"description": "the binary", "content": {
                     "application/wasm": {"schema": {"type": "string", "format": "binary"}}}},
-                    **_errors(401, 403, 404)}}},
+                    **_errors(401, 403, 404, 409, 503)}}},
             "/healthz": {"get": {"summary": "Liveness and Redis reachability",
                                  "responses": {"200": {"description": "ok"},
                                                "503": {"description": "Redis unreachable"}}}},

@@ -8,6 +8,7 @@ from flask import current_app
 
 from wasmq.api.submission import Submissions
 from wasmq.api.waiter import CompletionListener
+from wasmq.broker.builds import BuildStore
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.connections import get_redis
 from wasmq.broker.protocol.messages import JobMessages
@@ -16,6 +17,7 @@ from wasmq.broker.registry import Registry
 from wasmq.broker.settings import Settings
 from wasmq.broker.store import RedisStore
 from wasmq.toolchain.build import Builds
+from wasmq.toolchain.jobs import BuildJobs
 
 
 @dataclass
@@ -26,18 +28,22 @@ class Services:
     listener: CompletionListener
     submissions: Submissions
     builds: Builds
+    jobs: BuildJobs  # models: built in the background, resumed if a gateway dies
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         client = get_redis(settings)
         tasks = TaskQueue.from_settings(client, settings)
         jobs = JobMessages(make_celery(settings), settings.queue)
+        registry, builds = Registry(client, RedisStore(client)), Builds(settings)
         return cls(settings=settings,
-                   registry=Registry(client, RedisStore(client)),
+                   registry=registry,
                    tasks=tasks,
                    listener=CompletionListener(client),
                    submissions=Submissions(settings, client, tasks, jobs),
-                   builds=Builds(settings))
+                   builds=builds,
+                   jobs=BuildJobs(BuildStore(registry, settings.build_lease_s), builds,
+                                  settings.build_lease_s))
 
 
 def services() -> Services:

@@ -78,7 +78,10 @@ class Submissions:
         """The function calls are validated against (NotFound when there is none)."""
         with self._lock:
             known = self._functions.get(cfid)
-        return known or self._remember(cfid, self.redis.get(keys.function(cfid)))
+        if known is not None and known.record.status == "ready":
+            return known
+        # A model still building (or failed) changes without a call noticing: read it.
+        return self._remember(cfid, self.redis.get(keys.function(cfid)))
 
     def prepare(self, cfid: str, data: bytes, who: Caller, *, tid: str) -> Call:
         """The call validated against its function as this process knows it (raises
@@ -164,6 +167,7 @@ class Submissions:
                   who: Caller, *, encode: bool = True) -> NewTask:
         require_key_if_private(self.settings, function.private, "calling this function",
                                who.presented)
+        function.require_module()  # a model building or failed: 503 or 409, not a task
         limits = Limits.from_settings(self.settings).narrowed(function.limits)
         if len(data) > limits.max_input:
             raise TooLarge(f"input.data is {len(data)} bytes; the input limit of this function "

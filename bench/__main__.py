@@ -15,7 +15,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from bench import flood, inprocess, modules, report, versus
+from bench import flood, inprocess, model, modules, report, versus
 from bench.floor import Floor
 from bench.load import BENCH_ENV, Client, closed_loop, request_bytes
 from bench.peer import Peer
@@ -178,6 +178,10 @@ def run(args: argparse.Namespace) -> dict:
             print(f"[bench] {name}: {row}", flush=True)
         for floor in floors.values():
             floor.stop()
+        if not args.no_model:
+            ready_s = model.upload_to_ready(stack.url)
+            print(f"[bench] model: ResNet-20 upload to ready {ready_s} s", flush=True)
+            results["model"] = {"upload_to_ready_s": ready_s}
         for name, binary in wasm.items():
             row = results["modules"][name]
             cfid = api.deploy(modules.variant(binary), name=f"bench-{name}-worker")
@@ -208,14 +212,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--no-flood", action="store_true",
                         help="skip the flood (one client's 2,000 waiting calls)")
+    parser.add_argument("--no-model", action="store_true",
+                        help="skip the model section (a ResNet-20's build and inference "
+                             "against onnxruntime)")
     args = parser.parse_args()
     results = run(args)
     if args.peer_only:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         return
+    if not args.no_model:  # in this process, the stack stopped: nothing else on the cores
+        results["model"] = {**model.measure(reps=15 if args.quick else 30),
+                            **results.get("model", {})}
     if not args.no_flood:
         results["flood"] = {**flood.run(2000, 8 if args.quick else 15), "load": loadavg()}
     print(report.table(results))
+    if "model" in results:
+        print("model (ResNet-20, 1x3x32x32, the worker's runtime against onnxruntime on one "
+              "thread):")
+        print(model.report(results["model"]))
     if "flood" in results:
         print(flood.report(results["flood"]))
     args.out.write_text(json.dumps(results, indent=2) + "\n")

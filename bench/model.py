@@ -171,15 +171,40 @@ def measure(reps: int = 30, builds: int = 3) -> dict:
     }
 
 
+def upload_to_ready(url: str, timeout: float = 120.0) -> float:
+    """Seconds from uploading the ResNet-20 to a gateway until its record is ready: the
+    build as a job (a child process, the plan, the compile, the record, the workers told)."""
+    import requests
+
+    data = resnet20(seed=3).SerializeToString()
+    started = time.perf_counter()
+    response = requests.post(f"{url}/functions", files={"file": ("resnet20.onnx", data)},
+                             data={"name": "bench-resnet20"}, timeout=60)
+    response.raise_for_status()
+    record = response.json()
+    while record["status"] == "building":
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"the ResNet-20 was still building after {timeout:g} s")
+        time.sleep(0.02)
+        record = requests.get(f"{url}/functions/{record['cfid']}", timeout=10).json()
+    if record["status"] != "ready":
+        raise RuntimeError(f"the ResNet-20's build failed: {record.get('reason')}")
+    return round(time.perf_counter() - started, 3)
+
+
+def report(result: dict) -> str:
+    """The figures, one a line, and whether the issue's target holds."""
+    lines = [f"{key:>24}: {value}" for key, value in result.items()]
+    target = "holds" if result["ratio"] <= 4 and result["build_s"] < 2 else "missed"
+    lines.append(f"{'target (<=4x, build <2 s)':>24}: {target}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__)
     parser.add_argument("--reps", type=int, default=30)
     args = parser.parse_args()
-    result = measure(args.reps)
-    for key, value in result.items():
-        print(f"{key:>24}: {value}")
-    target = "holds" if result["ratio"] <= 4 and result["build_s"] < 2 else "missed"
-    print(f"{'target (<=4x, build <2 s)':>24}: {target}")
+    print(report(measure(args.reps)))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,16 @@ class BuildsBusy(WasmqError):
     retry_after = 5
 
 
+class FunctionBuilding(WasmqError):
+    """The function's model is still being built; it answers once the build is over."""
+
+    retry_after = 2
+
+
+class BuildFailed(WasmqError):
+    """The function's model could not be built; the message says why and what to do."""
+
+
 class StorageFull(WasmqError):
     """Redis refused a write for memory (maxmemory with noeviction)."""
 

@@ -7,10 +7,21 @@ PENDING = f"{PREFIX}:pending"  # zset tid -> when its message was last sent, unt
 DONE_CHANNEL = f"{PREFIX}:done"  # pub/sub: tid of every finished task
 UPLOADED_CHANNEL = f"{PREFIX}:uploaded"  # pub/sub: each module uploaded compiled (JSON)
 RATE_LIMIT = f"{PREFIX}:ratelimit"  # prefix of the rate-limit counters
+BUILDS = f"{PREFIX}:builds"  # set: cfids with a model build pending (broker/builds.py)
 
 
 def function(cfid: str) -> str:
     return f"{PREFIX}:function:{cfid}"
+
+
+def build(cfid: str) -> str:
+    """Hash: a pending model build of `cfid`: its id, the uploaded model, what to apply."""
+    return f"{PREFIX}:build:{cfid}"
+
+
+def build_lease(cfid: str) -> str:
+    """String with a TTL: the token of the gateway process running `cfid`'s build."""
+    return f"{PREFIX}:buildlease:{cfid}"
 
 
 def blob(sha256: str) -> str:

@@ -17,7 +17,7 @@ import redis
 from wasmq.broker import abi, keys
 from wasmq.broker.artifacts import Artifacts, Uploaded
 from wasmq.broker.clock import iso, now
-from wasmq.broker.errors import NotFound
+from wasmq.broker.errors import BuildFailed, FunctionBuilding, NotFound
 from wasmq.broker.store import ContentStore, sha256_hex
 
 
@@ -36,14 +36,40 @@ class FunctionRecord:
     private: bool = False
     limits: dict[str, float] = field(default_factory=dict)
     kind: str = "wasm"  # "onnx": a model the build step packed into a module
-    status: str = "ready"  # builds finish before the record exists (toolchain/build.py)
+    # "building" (no module yet), "ready", or "failed" (no module; `reason` says why).
+    # A .wasm is built before its record exists; a model after (broker/builds.py).
+    status: str = "ready"
     model: dict | None = None  # a model's inputs, outputs, operators and sizes
+    reason: str = ""  # why the build failed, in the uploader's words
+    # A new model uploaded over a ready function: {"status": "building" | "failed",
+    # "reason"?, "startedAt"}; the current module serves until it is ready.
+    build: dict | None = None
 
     def public(self) -> dict:
         return asdict(self)
 
+    def require_module(self) -> None:
+        """Raise what a call or a download of a function without a module answers."""
+        if self.status == "building":
+            raise FunctionBuilding(
+                f"compute function '{self.cfid}' has no module yet: the model is still "
+                f"building; try again in a few seconds (GET /functions/{self.cfid} says "
+                f"when it is ready)")
+        if self.status == "failed":
+            raise BuildFailed(
+                f"compute function '{self.cfid}' has no module: the model could not be "
+                f"built ({self.reason}); upload one it can build with PUT "
+                f"/functions/{self.cfid}")
+
 
 log = logging.getLogger("wasmq.registry")
+
+
+def forget_build(pipe: redis.client.Pipeline, cfid: str) -> None:
+    """Queue, in the caller's transaction, the end of `cfid`'s pending model build:
+    its uploaded model, its lease and its place among the pending builds."""
+    pipe.delete(keys.build(cfid), keys.build_lease(cfid))
+    pipe.srem(keys.BUILDS, cfid)
 
 # How long an upload waits for the worker processes to load its module.
 LOAD_WAIT_S = 1.0
@@ -101,6 +127,7 @@ class Registry:
                 model: dict | None = None) -> FunctionRecord:
         record = self.get(cfid)
         record.kind, record.model = kind, model
+        record.status, record.reason, record.build = "ready", "", None
         if limits is not None:
             record.limits = dict(limits)
         if private is not None:
@@ -114,8 +141,9 @@ class Registry:
         uploaded = self._store_binary(cfid, wasm, artifact)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
+        forget_build(pipe, cfid)  # a model still building under this cfid is dropped
         listeners = self._write_and_announce(pipe, uploaded)
-        if old_sha != record.sha256:
+        if old_sha and old_sha != record.sha256:
             self._release_binary(cfid, old_sha)
         self._await_loaded(uploaded, listeners)
         return record
@@ -125,10 +153,13 @@ class Registry:
         pipe = self.redis.pipeline()
         pipe.delete(keys.function(cfid))
         pipe.zrem(keys.FUNCTIONS_INDEX, cfid)
+        forget_build(pipe, cfid)  # a build still running finds it gone and drops its result
         pipe.execute()
-        self._release_binary(cfid, record.sha256)
+        if record.sha256:
+            self._release_binary(cfid, record.sha256)
 
     def binary(self, record: FunctionRecord) -> bytes:
+        record.require_module()
         data = self.store.get(record.sha256)
         if data is None:
             raise NotFound(f"the binary of compute function '{record.cfid}' is missing")

@@ -100,6 +100,9 @@ class Settings:
     compile_timeout: float = 10.0
     compile_memory_mb: int = 1024
     compile_queue: int = 16
+    # A model's build is leased in Redis for this long, renewed while it runs: a
+    # gateway that dies mid-build lets its lease expire, and another one resumes it.
+    build_lease_s: float = 30.0
     # `maxmemory` of the embedded Redis (`wasmq up`), with `noeviction`: when full,
     # writes are refused ("storage is full") and nothing stored is evicted.
     redis_maxmemory_mb: int = field(default_factory=default_redis_maxmemory_mb)
@@ -176,7 +179,8 @@ class Settings:
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
                      "max_module_mb", "module_cache_mb", "prefetch_multiplier",
                      "max_inflight", "queue_share", "max_batch", "max_attempts", "max_waiting",
-                     "compile_timeout", "compile_memory_mb", "redis_maxmemory_mb"):
+                     "compile_timeout", "compile_memory_mb", "redis_maxmemory_mb",
+                     "build_lease_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
         if self.log_format not in ("json", "text"):

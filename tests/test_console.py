@@ -206,3 +206,27 @@ def test_the_api_page_shows_locks_only_when_the_server_has_keys(
             page.wait_for_selector(".opblock")
             assert (page.locator(".authorization__btn").count() > 0) is locked, keys
             assert (page.locator(".btn.authorize").count() > 0) is locked, keys
+
+
+def test_a_model_uploaded_in_the_browser_is_followed_until_built_or_failed(
+        api: Api, page: Any, tmp_path: Any) -> None:
+    from tests.test_model_upload import mlp, odd
+
+    good, bad = tmp_path / "mlp.onnx", tmp_path / "odd.onnx"
+    good.write_bytes(mlp(seed=6))
+    bad.write_bytes(odd())
+    page.goto(f"{api.url}/upload.html")
+    page.set_input_files("#file", str(good))
+    page.click("#submit")
+    page.wait_for_selector("#try-it", timeout=60_000)  # shown once the build is ready
+    cfid = page.locator("#new-cfid").inner_text()
+    record = requests.get(f"{api.url}/functions/{cfid}", timeout=10).json()
+    assert record["status"] == "ready" and record["name"] == "mlp"
+
+    page.set_input_files("#file", str(bad))
+    page.click("#submit")
+    message = page.wait_for_selector("#upload-message", timeout=60_000).inner_text()
+    assert "Frobnicate" in message and "com.example" in message
+    page.goto(f"{api.url}/")
+    failed = page.locator("tr", has=page.locator("small.build-failed")).first
+    assert "build failed" in failed.inner_text()

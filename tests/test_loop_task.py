@@ -151,3 +151,27 @@ def test_a_call_refused_for_its_tasks_in_flight_answers_as_the_view_does(
     through_flask, threadless = both(pair, cfid, f"/task/{cfid}?wait=0",
                                      json.dumps(envelope("x")).encode(), JSON)
     assert through_flask[0] == 429 and threadless == through_flask
+
+
+@pytest.mark.parametrize("state", ["building", "failed"])
+def test_a_call_to_a_model_without_a_module_answers_as_the_view_does(pair, state: str) -> None:
+    """A model still building answers 503 with Retry-After, a failed one 409 with why,
+    both ways (the threadless path hands such a function to the view)."""
+    flask, threadless = pair
+    store = flask.services.jobs.store
+    record, build = store.create(b"a model", token="nobody", name="model")
+    if state == "failed":
+        store.fail(build, "model refused: operator Frobnicate (domain com.example, opset 1)")
+    path, body = f"/task/{record.cfid}?wait=0", json.dumps(envelope("x")).encode()
+    answers = []
+    for app in (flask, threadless, threadless):  # the second time, the front has seen it
+        answers.append(normal(run_async(request(app, path, body, JSON))))
+    assert answers[0] == answers[1] == answers[2]
+    status, headers, reply = answers[0]
+    if state == "building":
+        assert status == 503 and int(headers[b"retry-after"]) > 0
+        assert "still building" in reply["message"]
+    else:
+        assert status == 409 and "Frobnicate" in reply["message"]
+    assert reply["statusCode"] == 0
+    flask.services.registry.delete(record.cfid)  # and its pending build: nobody sweeps it

@@ -18,8 +18,12 @@ The child decides what to build from the content (`build_content`): today a
 model (told apart by its content) is first planned and packed into a module by
 `wasmq.toolchain.model`, whose refusals name the operator, dimension or limit.
 
-What it cannot do: a client that hangs up does not stop its build early (the
-request thread waits for the child), but no build outlives its limits. A build
+A `.wasm` upload's request thread waits for its child (`build`); a model's upload
+is answered at once and its build runs on a thread of its own (`reserve`, then
+`Reservation.start`: toolchain/jobs.py), within the same slots and queue.
+
+What it cannot do: a client that hangs up does not stop its build early, but no
+build outlives its limits. A build
 killed for memory cannot say where it was; the message names the limit.
 """
 
@@ -33,8 +37,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -126,23 +129,41 @@ class Builds:
         self._admitted = 0  # building or waiting for a slot
 
     def build(self, content: bytes) -> Built:
-        with self._admit():
-            return self._run(content)
+        """Build in this thread, waiting for a slot (BuildsBusy past the queue)."""
+        reservation = self.reserve()
+        try:
+            with self._free:
+                return self._run(content)
+        finally:
+            reservation.cancel()
 
-    @contextmanager
-    def _admit(self) -> Iterator[None]:
+    def reserve(self) -> Reservation:
+        """A place among the builds running or waiting, or BuildsBusy at once: taken
+        before anything is stored, so a refused upload leaves nothing behind."""
         with self._lock:
             if self._admitted >= self.slots + self.queue:
                 raise BuildsBusy(
                     f"the server is building {self.slots} uploads and {self.queue} more are "
                     f"waiting (WASMQ_COMPILE_QUEUE); send this one again in a few seconds")
             self._admitted += 1
+        return Reservation(self)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+    def _background(self, reservation: Reservation, content: bytes,
+                    done: Callable[[Built | None, Exception | None], None]) -> None:
+        built: Built | None = None
+        error: Exception | None = None
         try:
             with self._free:
-                yield
+                built = self._run(content)
+        except Exception as exc:  # noqa: BLE001 - the build's outcome, told to done
+            error = exc
         finally:
-            with self._lock:
-                self._admitted -= 1
+            reservation.cancel()  # the slot is free before the result is stored
+        done(built, error)
 
     def _run(self, content: bytes) -> Built:
         argv = [sys.executable, "-m", __name__, str(max(1, math.ceil(self.timeout_s))),
@@ -179,6 +200,31 @@ class Builds:
     def _over_time(self) -> InvalidModule:
         return InvalidModule(f"module refused: compiling it took longer than the compile "
                              f"time limit of {self.timeout_s:g} s (WASMQ_COMPILE_TIMEOUT)")
+
+
+class Reservation:
+    """One admitted build: run it in the background with `start`, or give the place
+    back with `cancel` (once; later calls do nothing)."""
+
+    def __init__(self, builds: Builds) -> None:
+        self._builds = builds
+        self._held = True
+        self._lock = threading.Lock()
+
+    def start(self, content: bytes,
+              done: Callable[[Built | None, Exception | None], None]) -> threading.Thread:
+        """Build `content` on a thread of its own once a slot is free; `done` gets the
+        build or the exception that ended it, on that thread."""
+        thread = threading.Thread(target=self._builds._background, args=(self, content, done),
+                                  name="wasmq-build", daemon=True)
+        thread.start()
+        return thread
+
+    def cancel(self) -> None:
+        with self._lock:
+            held, self._held = self._held, False
+        if held:
+            self._builds._leave()
 
 
 def _unpack(out: bytes) -> dict:

@@ -139,8 +139,11 @@ class Client:
     # functions
 
     def deploy(self, path: str | os.PathLike[str], *, name: str | None = None,
-               documentation: str = "", exampleinput: str = "") -> Function:
-        """Upload a .wasm; the gateway checks it against the ABI before keeping it."""
+               documentation: str = "", exampleinput: str = "",
+               timeout: float = 300.0) -> Function:
+        """Upload a .wasm, which the gateway checks against the ABI before keeping it,
+        or an ONNX model, which it builds in the background: waits up to `timeout`
+        seconds for the build, and raises BuildFailed with the server's reason."""
         with open(path, "rb") as module:
             wasm = module.read()
         fields = {"name": name or os.path.splitext(os.path.basename(path))[0],
@@ -148,7 +151,7 @@ class Client:
         response = self._request("POST", "/functions", data=fields,
                                  files={"file": (os.path.basename(path), wasm,
                                                  "application/wasm")})
-        return Function.from_record(self._decode(response))
+        return Function.from_record(self._built(self._decode(response), timeout))
 
     def deploy_model(self, model: Any, *, name: str | None = None, example: Any = None,
                      documentation: str = "", timeout: float = 300.0) -> Function:
@@ -195,7 +198,7 @@ class Client:
             delay = min(1.0, delay * 1.5)
             record = self._decode(self._request("GET", f"/functions/{record['cfid']}"))
         if record.get("status") == "failed":
-            why = record.get("error") or record.get("message") or "no reason given"
+            why = record.get("reason") or record.get("message") or "no reason given"
             raise errors.BuildFailed(f"the server could not build the model: {why}", record)
         return record
 

@@ -18,10 +18,19 @@
       table.hidden = true;
       return;
     }
+    // A model still building, or whose build failed: said beside its name.
+    const buildNote = (fn) => {
+      const pending = fn.status && fn.status !== "ready" ? fn : fn.build;
+      if (!pending) return [];
+      const text = pending.status === "building" ? "building…" : "build failed";
+      return [" ", wasmq.el("small", { class: `build-${pending.status}`, title: pending.reason || "",
+                                       text })];
+    };
     const rows = body.functions.map((fn) => {
       const { el } = wasmq;
       return el("tr", { "data-cfid": fn.cfid },
-        el("td", { class: "nowrap" }, el("a", { href: wasmq.runLink(fn), class: "fn-name", text: fn.name })),
+        el("td", { class: "nowrap" }, el("a", { href: wasmq.runLink(fn), class: "fn-name", text: fn.name }),
+          ...buildNote(fn)),
         el("td", { class: "nowrap" }, el("code", { class: "cfid", text: fn.cfid })),
         el("td", { class: "num", text: wasmq.bytes(fn.size) }),
         el("td", { class: "nowrap wide", text: wasmq.when(fn.createdAt) }),

@@ -6,11 +6,25 @@ whose message is written for the person who uploaded the model.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from wasmq.toolchain.model.errors import ModelError
-from wasmq.toolchain.model.planner import BuiltModel, TensorInfo
 from wasmq.toolchain.model.sniff import is_onnx
 
+if TYPE_CHECKING:
+    from wasmq.toolchain.model.planner import BuiltModel, TensorInfo
+
 __all__ = ["BuiltModel", "ModelError", "TensorInfo", "build_model", "is_onnx"]
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - the planner's classes, imported late
+    """The planner (onnx, numpy: a second to import) loads on first use, so that a
+    gateway telling a model from a .wasm (`is_onnx`) does not load it."""
+    if name in ("BuiltModel", "TensorInfo"):
+        from wasmq.toolchain.model import planner
+
+        return getattr(planner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_model(model: bytes, *, max_bytes: int,

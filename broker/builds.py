@@ -1,0 +1,232 @@
+"""Model builds that outlive the request that asked for them, kept in Redis.
+
+An ONNX upload is answered before it is built (api/functions.py): building a model
+is untrusted work of up to WASMQ_COMPILE_TIMEOUT seconds, which no request thread
+should wait for. Its record says `building` (or, over a function that has a module
+already, `build: {"status": "building"}` while the old module serves), and what
+finishing it needs is kept where any gateway can find it: the uploaded model and
+the build's id in `keys.build(cfid)`, the cfid in `keys.BUILDS`, and a lease,
+`keys.build_lease(cfid)`, holding the token of the gateway process running it,
+which that process renews. A gateway that dies mid-build stops renewing; once the
+lease has expired any gateway takes the build over (toolchain/jobs.py).
+
+Every write that ends a build checks, in one transaction (WATCH on the record and
+the pending build), that the build is still the function's current one: a function
+deleted or uploaded again meanwhile drops the result, and the uploaded model is
+deleted with the pending build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import asdict, dataclass
+
+import redis
+
+from wasmq.broker import keys
+from wasmq.broker.clock import iso, now
+from wasmq.broker.errors import NotFound, Unavailable
+from wasmq.broker.registry import FunctionRecord, Registry, forget_build
+from wasmq.broker.store import sha256_hex
+
+log = logging.getLogger("wasmq.builds")
+
+# Writes that lose a race with another writer of the same record this often give up.
+ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class PendingBuild:
+    """One build of a model under `cfid`, as any gateway can resume it."""
+
+    cfid: str
+    id: str  # the same across resumptions; a new upload makes a new one
+    upload: bytes  # the model as uploaded
+    attempts: int  # how many gateway processes have started it
+    limits: dict[str, float] | None = None  # applied with the new module (a PUT's)
+    private: bool | None = None
+
+
+class BuildStore:
+    def __init__(self, registry: Registry, lease_s: float) -> None:
+        self.registry = registry
+        self.redis = registry.redis
+        self.lease_ms = max(1, int(lease_s * 1000))
+
+    def create(self, upload: bytes, *, token: str, name: str = "", documentation: str = "",
+               exampleinput: str = "", private: bool = False,
+               limits: dict[str, float] | None = None) -> tuple[FunctionRecord, PendingBuild]:
+        """A new function whose module is this model, once built: its record says
+        `building`, and the build is leased to `token`."""
+        cfid = str(uuid.uuid4())
+        stamp = iso(now())
+        record = FunctionRecord(
+            cfid=cfid, name=name or cfid, documentation=documentation,
+            exampleinput=exampleinput, sha256="", size=0, imports=[], exports=[],
+            createdAt=stamp, updatedAt=stamp, private=private, limits=dict(limits or {}),
+            kind="onnx", status="building")
+        build = PendingBuild(cfid, uuid.uuid4().hex, upload, 1)
+        pipe = self.redis.pipeline()
+        pipe.set(keys.function(cfid), json.dumps(asdict(record)))
+        pipe.zadd(keys.FUNCTIONS_INDEX, {cfid: now()})
+        self._pend(pipe, build, token)
+        pipe.execute()
+        return record, build
+
+    def rebuild(self, cfid: str, upload: bytes, *, token: str,
+                limits: dict[str, float] | None = None,
+                private: bool | None = None) -> tuple[FunctionRecord, PendingBuild]:
+        """A new model for an existing function. A function with a module keeps
+        serving it, its record showing the pending build; one without (building or
+        failed) is building again. A build already pending is superseded."""
+        build = PendingBuild(cfid, uuid.uuid4().hex, upload, 1, limits, private)
+        for _ in range(ATTEMPTS):
+            with self.redis.pipeline() as pipe:
+                try:
+                    pipe.watch(keys.function(cfid))
+                    record = Registry.parse(cfid, pipe.get(keys.function(cfid)))
+                    if record.status == "ready":
+                        record.build = {"status": "building", "startedAt": iso(now())}
+                    else:
+                        record.status, record.reason, record.build = "building", "", None
+                        record.updatedAt = iso(now()) or ""
+                    pipe.multi()
+                    pipe.set(keys.function(cfid), json.dumps(asdict(record)))
+                    self._pend(pipe, build, token)
+                    pipe.execute()
+                    return record, build
+                except redis.WatchError:
+                    continue
+        raise Unavailable(f"compute function '{cfid}' kept changing while its new model "
+                          f"was stored; try again")
+
+    def _pend(self, pipe: redis.client.Pipeline, build: PendingBuild, token: str) -> None:
+        fields = {"id": build.id, "upload": build.upload, "attempts": build.attempts,
+                  "limits": "" if build.limits is None else json.dumps(build.limits),
+                  "private": "" if build.private is None else str(int(build.private))}
+        pipe.delete(keys.build(build.cfid))
+        pipe.hset(keys.build(build.cfid), mapping=fields)
+        pipe.sadd(keys.BUILDS, build.cfid)
+        pipe.set(keys.build_lease(build.cfid), token, px=self.lease_ms)
+
+    def pending(self) -> list[str]:
+        """The cfids with a build pending, leased or not."""
+        return sorted(c.decode() for c in self.redis.smembers(keys.BUILDS))
+
+    def take(self, cfid: str, token: str) -> PendingBuild | None:
+        """The pending build of `cfid`, leased to `token`, if its lease had expired
+        (its gateway died or gave it up); None if someone holds it or it is over."""
+        if not self.redis.set(keys.build_lease(cfid), token, nx=True, px=self.lease_ms):
+            return None
+        pipe = self.redis.pipeline()
+        pipe.hincrby(keys.build(cfid), "attempts", 1)
+        pipe.hgetall(keys.build(cfid))
+        _, fields = pipe.execute()
+        if b"id" not in fields or b"upload" not in fields:  # over meanwhile
+            pipe = self.redis.pipeline()
+            forget_build(pipe, cfid)
+            pipe.execute()
+            return None
+        limits, private = fields.get(b"limits", b""), fields.get(b"private", b"")
+        return PendingBuild(cfid, fields[b"id"].decode(), fields[b"upload"],
+                            int(fields[b"attempts"]),
+                            json.loads(limits) if limits else None,
+                            bool(int(private)) if private else None)
+
+    def renew(self, cfid: str, token: str) -> bool:
+        """Extend the lease while `token` holds it; False once it does not."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(keys.build_lease(cfid))
+                if pipe.get(keys.build_lease(cfid)) != token.encode():
+                    return False
+                pipe.multi()
+                pipe.pexpire(keys.build_lease(cfid), self.lease_ms)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def finish(self, build: PendingBuild, *, wasm: bytes, imports: list[str],
+               exports: list[str], artifact: bytes | None,
+               model: dict | None) -> FunctionRecord | None:
+        """Make the built module the function's, workers told as for any upload;
+        None when the build is no longer the function's current one."""
+        registry, cfid = self.registry, build.cfid
+        uploaded = registry._store_binary(cfid, wasm, artifact)
+        sha = sha256_hex(wasm)
+        for _ in range(ATTEMPTS):
+            with self.redis.pipeline() as pipe:
+                try:
+                    record = self._current(pipe, build)
+                    if record is None:
+                        self._drop_binary(pipe, cfid, sha)
+                        return None
+                    old_sha = record.sha256
+                    record.sha256, record.size = sha, len(wasm)
+                    record.imports, record.exports = imports, exports
+                    record.kind, record.model = "onnx", model
+                    record.status, record.reason, record.build = "ready", "", None
+                    record.updatedAt = iso(now()) or ""
+                    if build.limits is not None:
+                        record.limits = dict(build.limits)
+                    if build.private is not None:
+                        record.private = build.private
+                    pipe.multi()
+                    pipe.set(keys.function(cfid), json.dumps(asdict(record)))
+                    forget_build(pipe, cfid)
+                    listeners = registry._write_and_announce(pipe, uploaded)
+                except redis.WatchError:
+                    continue
+            if old_sha and old_sha != sha:
+                registry._release_binary(cfid, old_sha)
+            registry._await_loaded(uploaded, listeners)
+            return record
+        raise Unavailable(f"compute function '{cfid}' kept changing while its build ended")
+
+    def fail(self, build: PendingBuild, reason: str) -> FunctionRecord | None:
+        """Record why the build failed: a function with a module keeps serving it;
+        None when the build is no longer the function's current one."""
+        for _ in range(ATTEMPTS):
+            with self.redis.pipeline() as pipe:
+                try:
+                    record = self._current(pipe, build)
+                    if record is None:
+                        return None
+                    if record.status == "ready":
+                        record.build = {"status": "failed", "reason": reason,
+                                        "finishedAt": iso(now())}
+                    else:
+                        record.status, record.reason = "failed", reason
+                    pipe.multi()
+                    pipe.set(keys.function(build.cfid), json.dumps(asdict(record)))
+                    forget_build(pipe, build.cfid)
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue
+        raise Unavailable(f"compute function '{build.cfid}' kept changing while its build "
+                          f"failed")
+
+    def _current(self, pipe: redis.client.Pipeline, build: PendingBuild) -> FunctionRecord | None:
+        """The function's record, watched, if `build` is still its pending build."""
+        pipe.watch(keys.function(build.cfid), keys.build(build.cfid))
+        raw = pipe.get(keys.function(build.cfid))
+        current = pipe.hget(keys.build(build.cfid), "id")
+        if raw is None or current is None or current.decode() != build.id:
+            return None
+        try:
+            return Registry.parse(build.cfid, raw)
+        except NotFound:  # pragma: no cover - raw is not None
+            return None
+
+    def _drop_binary(self, pipe: redis.client.Pipeline, cfid: str, sha: str) -> None:
+        """Give back the reference a dropped build took, unless the function's
+        record (still watched) uses the same binary."""
+        raw = pipe.get(keys.function(cfid))
+        if raw is not None and Registry.parse(cfid, raw).sha256 == sha:
+            return
+        pipe.unwatch()
+        self.registry._release_binary(cfid, sha)

@@ -1,0 +1,71 @@
+"""Model builds as jobs, against gateways of their own: a gateway killed mid-build
+leaves a lease that runs out, and a gateway started later resumes the build; builds
+past the slots and WASMQ_COMPILE_QUEUE are refused at once, storing nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import psutil
+import requests
+
+from tests.stacks import PrivateStack
+from tests.support import wait_until
+from tests.test_model_upload import mlp
+from wasmq.broker import keys
+
+
+def _status(stack: PrivateStack, cfid: str) -> str:
+    raw = stack.client().get(keys.function(cfid))
+    return json.loads(raw)["status"] if raw else "gone"
+
+
+def test_a_build_left_by_a_gateway_that_died_is_resumed_by_another(private) -> None:
+    stack = private(WASMQ_BUILD_LEASE_S="1", WASMQ_GATEWAY_PROCESSES="1")
+    response = requests.post(f"{stack.url}/functions", files={"file": ("m.onnx", mlp(seed=4))},
+                             timeout=30)
+    assert response.status_code == 202, response.text
+    cfid = response.json()["cfid"]
+    stack.gateway.signal(signal.SIGKILL)  # the gateway and its build process, mid-build
+    stack.gateway.popen.wait(10)
+    redis_client = stack.client()
+    assert _status(stack, cfid) == "building"
+    assert redis_client.sismember(keys.BUILDS, cfid) and redis_client.exists(keys.build(cfid))
+    # The lease (1 s) runs out; nobody renews it.
+    wait_until(lambda: not redis_client.exists(keys.build_lease(cfid)), timeout=10,
+               what="the lease to expire")
+    assert _status(stack, cfid) == "building"
+    stack.start_gateway()  # its sweep finds the build, takes it over and finishes it
+    wait_until(lambda: _status(stack, cfid) == "ready", timeout=60, interval=0.2,
+               what="the resumed build")
+    # The uploaded model and the lease are gone with the pending build.
+    assert not redis_client.sismember(keys.BUILDS, cfid)
+    assert not redis_client.exists(keys.build(cfid), keys.build_lease(cfid))
+    record = requests.get(f"{stack.url}/functions/{cfid}", timeout=10).json()
+    download = requests.get(f"{stack.url}/file/{cfid}.wasm", timeout=10)
+    assert download.status_code == 200 and len(download.content) == record["size"]
+
+
+def test_model_builds_past_the_slots_and_the_queue_are_refused_storing_nothing(
+        private) -> None:
+    stack = private(WASMQ_COMPILE_QUEUE="1", WASMQ_GATEWAY_PROCESSES="1")
+    slots = psutil.cpu_count()  # one per core, in the one gateway process
+    model = mlp(seed=5)
+    before = requests.get(f"{stack.url}/functions", timeout=10).json()["total"]
+    # Each answered at once, while the builds before it still run (a second each at least).
+    replies = [requests.post(f"{stack.url}/functions", files={"file": ("m.onnx", model)},
+                             timeout=30) for _ in range(slots + 1 + 2)]
+    codes = [r.status_code for r in replies]
+    assert codes == [202] * (slots + 1) + [503] * 2, codes
+    busy = replies[-1]
+    assert "WASMQ_COMPILE_QUEUE" in busy.json()["message"] and busy.headers["Retry-After"]
+    accepted = [r.json()["cfid"] for r in replies if r.status_code == 202]
+    assert requests.get(f"{stack.url}/functions", timeout=10).json()["total"] == \
+        before + len(accepted)
+    wait_until(lambda: all(_status(stack, c) == "ready" for c in accepted), timeout=120,
+               interval=0.2, what="the accepted builds")
+    # Room again once they are done.
+    again = requests.post(f"{stack.url}/functions", files={"file": ("m.onnx", model)},
+                          timeout=30)
+    assert again.status_code == 202, again.text

@@ -1,0 +1,166 @@
+"""A gateway process's model builds, run as jobs: started by an upload that is
+answered at once, resumed by whichever gateway finds one abandoned.
+
+An upload takes a place among the bounded builds (`Builds.reserve`: refused at
+once past the slots and WASMQ_COMPILE_QUEUE, before anything is stored), is
+stored with its lease (broker/builds.py) and answered 202; the build runs in a
+child process, as every build does (toolchain/build.py), on a thread that waits
+for it. One keeper thread per process renews the leases of the builds it runs
+(every third of WASMQ_BUILD_LEASE_S) and sweeps the pending builds (at start and
+every WASMQ_BUILD_LEASE_S): one whose lease has expired was left by a gateway
+that died, and is taken over while a slot is free. A build started
+MAX_ATTEMPTS times without ending fails, so no record stays `building` for ever.
+
+What a build ends with: the module (the record becomes ready and the workers are
+told), a refusal in the uploader's words (the record says `failed` and why), or
+an error of this gateway (Redis unreachable, say), after which its lease runs out
+and the build is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+
+from wasmq.broker.builds import BuildStore, PendingBuild
+from wasmq.broker.errors import InvalidModule, Unavailable, WasmqError
+from wasmq.broker.registry import FunctionRecord
+from wasmq.toolchain.build import Builds, Built, Reservation
+
+log = logging.getLogger("wasmq.build")
+
+MAX_ATTEMPTS = 3
+
+
+class BuildJobs:
+    def __init__(self, store: BuildStore, builds: Builds, lease_s: float) -> None:
+        self.store, self.builds, self.lease_s = store, builds, lease_s
+        self._held: dict[str, str] = {}  # token -> cfid, the builds this process runs
+        self._lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def create(self, upload: bytes, **fields: object) -> FunctionRecord:
+        """A new function for the model `upload`, its record `building`
+        (BuildsBusy past the bound, before anything is stored)."""
+        reservation = self.builds.reserve()
+        token = uuid.uuid4().hex
+        try:
+            record, build = self.store.create(upload, token=token, **fields)  # type: ignore[arg-type]
+        except BaseException:
+            reservation.cancel()
+            raise
+        self._start(reservation, build, token)
+        return record
+
+    def rebuild(self, cfid: str, upload: bytes, *, limits: dict[str, float] | None,
+                private: bool | None) -> FunctionRecord:
+        """A new model under `cfid`; its current module, if any, serves until then."""
+        reservation = self.builds.reserve()
+        token = uuid.uuid4().hex
+        try:
+            record, build = self.store.rebuild(cfid, upload, token=token, limits=limits,
+                                               private=private)
+        except BaseException:
+            reservation.cancel()
+            raise
+        self._start(reservation, build, token)
+        return record
+
+    def start(self) -> None:
+        """Renew and sweep from now on (a gateway process calls it when it starts)."""
+        with self._lock:
+            if self._keeper is None:
+                self._keeper = threading.Thread(target=self._keep, name="wasmq-build-keeper",
+                                                daemon=True)
+                self._keeper.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def running(self) -> list[str]:
+        """The cfids whose builds this process runs or has waiting for a slot."""
+        with self._lock:
+            return sorted(set(self._held.values()))
+
+    def _start(self, reservation: Reservation, build: PendingBuild, token: str) -> None:
+        with self._lock:
+            self._held[token] = build.cfid
+        self.start()
+        reservation.start(build.upload, lambda built, exc: self._done(build, token, built, exc))
+
+    def _done(self, build: PendingBuild, token: str, built: Built | None,
+              exc: Exception | None) -> None:
+        try:
+            if built is not None:
+                self.store.finish(build, wasm=built.wasm, imports=built.info.imports,
+                                  exports=built.info.exports, artifact=built.artifact,
+                                  model=built.model)
+            elif isinstance(exc, InvalidModule) or (
+                    isinstance(exc, WasmqError) and not isinstance(exc, Unavailable)):
+                self.store.fail(build, exc.message)
+            else:
+                raise exc  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - the lease runs out and the build is resumed
+            log.exception("the build of %s did not end; it will be resumed", build.cfid)
+        finally:
+            with self._lock:
+                self._held.pop(token, None)
+
+    def _keep(self) -> None:
+        renew_every = self.lease_s / 3
+        next_sweep = 0.0  # at once: builds left by a gateway that died
+        while not self._stop.is_set():
+            try:
+                self._renew()
+                if time.monotonic() >= next_sweep:
+                    self.sweep()
+                    next_sweep = time.monotonic() + self.lease_s * random.uniform(0.8, 1.2)
+            except Exception:  # noqa: BLE001 - Redis away: try again next round
+                log.warning("renewing or sweeping model builds failed", exc_info=True)
+            self._stop.wait(renew_every)
+
+    def _renew(self) -> None:
+        with self._lock:
+            held = list(self._held.items())
+        for token, cfid in held:
+            if not self.store.renew(cfid, token):
+                # Another upload superseded it, or the function is gone: its result
+                # will be dropped. Stop renewing a lease that is not ours.
+                with self._lock:
+                    self._held.pop(token, None)
+
+    def sweep(self) -> int:
+        """Take over the pending builds whose lease has expired, while slots are free;
+        how many were taken."""
+        mine = set(self.running())
+        taken = 0
+        for cfid in self.store.pending():
+            if cfid in mine:
+                continue
+            try:
+                reservation = self.builds.reserve()
+            except WasmqError:  # every slot busy: the next sweep
+                break
+            token = uuid.uuid4().hex
+            try:
+                build = self.store.take(cfid, token)
+            except BaseException:
+                reservation.cancel()
+                raise
+            if build is None:
+                reservation.cancel()
+                continue
+            if build.attempts > MAX_ATTEMPTS:
+                reservation.cancel()
+                self.store.fail(build, f"its build was started {MAX_ATTEMPTS} times and "
+                                       f"never ended (the gateways running it stopped); "
+                                       f"upload it again")
+                continue
+            log.info("resuming the build of %s (attempt %d)", cfid, build.attempts)
+            self._start(reservation, build, token)
+            taken += 1
+        return taken
