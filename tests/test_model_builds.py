@@ -69,3 +69,36 @@ def test_model_builds_past_the_slots_and_the_queue_are_refused_storing_nothing(
     again = requests.post(f"{stack.url}/functions", files={"file": ("m.onnx", model)},
                           timeout=30)
     assert again.status_code == 202, again.text
+
+
+def _warm_children(stack: PrivateStack) -> set[int]:
+    procs = psutil.Process(stack.gateway.pid).children(recursive=True)
+    return {p.pid for p in procs if p.is_running()
+            and "wasmq.toolchain.build" in " ".join(p.cmdline()) and "warm" in p.cmdline()}
+
+
+def test_a_model_is_built_by_a_spare_that_has_imported_the_planner_and_dies_with_the_gateway(
+        private) -> None:
+    """onnx and numpy take about a second to import: a gateway that has built a model keeps
+    one build process ready for the next, and no more."""
+    stack = private(WASMQ_GATEWAY_PROCESSES="1")
+
+    def built(seed: int) -> None:
+        reply = requests.post(f"{stack.url}/functions",
+                              files={"file": ("m.onnx", mlp(seed=seed))}, timeout=30)
+        assert reply.status_code == 202, reply.text
+        cfid = reply.json()["cfid"]
+        wait_until(lambda: _status(stack, cfid) == "ready", timeout=60, interval=0.05,
+                   what="the build")
+
+    built(6)
+    spare = wait_until(lambda: _warm_children(stack), timeout=10, what="a spare")
+    assert len(spare) == 1, spare
+    built(7)
+    after = wait_until(lambda: _warm_children(stack), timeout=10, what="the next spare")
+    assert len(after) == 1 and not after & spare, (spare, after)  # the spare built it
+    stack.gateway.signal(signal.SIGKILL)
+    stack.gateway.popen.wait(10)
+    wait_until(lambda: not psutil.pid_exists(next(iter(after))) or
+               psutil.Process(next(iter(after))).status() == psutil.STATUS_ZOMBIE,
+               timeout=10, what="the spare to exit with its gateway")
