@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from bench import modules
+from bench.__main__ import RESULTS
 from bench.floor import Floor
 from bench.load import BENCH_ENV, Client, request_bytes
 from bench.peer import Peer
@@ -89,6 +90,12 @@ def main() -> None:
             for name in ("wasmq", "peer", "floor"):
                 print(f"{name:<6} whole round trip {'':<30} {median_ms(whole[name]):7.3f} ms"
                       f"  = {median_ms(whole[name]) / peer_ms:.2f} of the peer's")
+            figures = {"stages_p50_ms": {s: median_ms(stages[s]) for s in STAGES},
+                       **{f"{n}_p50_ms": median_ms(whole[n]) for n in ("wasmq", "peer", "floor")},
+                       "calls": args.rounds * args.calls, "load_average": loadavg()}
+            results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+            RESULTS.write_text(json.dumps({**results, "latency": figures}, indent=2) + "\n")
+            print(f"written to {RESULTS} (latency)")
         finally:
             for c in clients.values():
                 c.close()

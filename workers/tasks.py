@@ -136,8 +136,9 @@ def execute_batch(st: NodeState, jobs: list[Job], messages: JobMessages, *,
                 split(st.tasks, messages, rest, st.node, undo=True)
                 break
             bind_tid(job.tid)  # its log lines carry its own tid
-            finisher.add(job, _outcome(st, job, job.data if job.data is not None
-                                       else claim.data))
+            outcome = _outcome(st, job, job.data if job.data is not None else claim.data)
+            finisher.add(job, outcome)
+            _log_outcome(job, outcome)
     finally:
         finisher.flush()
 
@@ -169,6 +170,14 @@ def execute(st: NodeState, job: Job, *, redelivered: bool = False) -> None:
             log.info("tid=%s skipped: record is %s", job.tid, claim.state)
             return
     store(st, job, outcome)
+    _log_outcome(job, outcome)  # after the store: the caller's answer does not wait for it
+
+
+def _log_outcome(job: Job, outcome: Finished) -> None:
+    if outcome.status == Status.SUCCEEDED:
+        log.info("tid=%s succeeded in %.2f ms", job.tid, outcome.exec_ms or 0.0)
+    elif outcome.cause != Cause.INTERNAL:  # logged with its traceback where it happened
+        log.info("tid=%s failed: %s", job.tid, outcome.message)
 
 
 def store(st: NodeState, job: Job, outcome: Finished) -> None:
@@ -209,11 +218,9 @@ def _outcome(st: NodeState, job: Job, data: bytes | None) -> Finished:
         prepared = st.runtime.prepare(sha, lambda: _binary(st, sha))
         outcome = st.runtime.run(prepared, data, limits)
     except ModuleFailed as exc:
-        log.info("tid=%s failed: %s", tid, exc.message)
         return Finished(Status.FAILED, message=exc.message, cause=exc.cause,
                         stdout=exc.stdout, stderr=exc.stderr)
     except TaskFailed as exc:
-        log.info("tid=%s failed: %s", tid, exc.message)
         return Finished(Status.FAILED, message=exc.message, cause=exc.cause)
     except redis.RedisError:
         raise  # the record cannot be written now; the message is redelivered
@@ -221,7 +228,6 @@ def _outcome(st: NodeState, job: Job, data: bytes | None) -> Finished:
         log.exception("tid=%s: internal error", tid)
         return Finished(Status.FAILED, cause=Cause.INTERNAL,
                         message=f"internal error in the worker ({type(exc).__name__})")
-    log.info("tid=%s succeeded in %.2f ms", tid, outcome.exec_ms)
     return Finished(Status.SUCCEEDED, result=outcome.output, stdout=outcome.stdout,
                     stderr=outcome.stderr, exec_ms=outcome.exec_ms)
 
