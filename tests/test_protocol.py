@@ -393,3 +393,19 @@ def test_a_split_batch_hands_back_the_calls_its_node_claimed_but_did_not_start(
     record = bench.tasks.get(jobs[1].tid)
     assert (record.status, record.attempts) == (Status.QUEUED, 0)
     assert bench.client.hget(keys.task(jobs[1].tid), "job") == jobs[1].packed()
+
+
+def test_a_batch_redelivered_before_any_claim_goes_on_without_waiting_on_its_own_place(
+        bench: Bench) -> None:
+    """A batch a dead node had prefetched comes back unclaimed: its message still holds
+    its caller's place in the queue, and must give it up as a claim would, or its own
+    calls wait in the backlog behind it until release.lua finds the place stale."""
+    tasks = [bench.new(), bench.new()]
+    _enqueue_batch(bench, tasks)
+    bench.client.delete(bench.tasks.queue)  # BRPOP; the node dies; the message comes back
+    jobs = [t.job for t in tasks]
+    parts = [(j, f"alone {j.tid}".encode()) for j in jobs]
+    assert bench.tasks.split(parts, "node-2", undo=False, unclaimed=jobs[0].tid) == 2
+    assert bench.queued() == [parts[0][1]]
+    assert bench.client.zrange(keys.queued(bench.me), 0, -1) == [jobs[0].tid.encode()]
+    assert bench.client.hget(keys.task(jobs[0].tid), "held") is None  # in the queue

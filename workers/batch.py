@@ -117,7 +117,8 @@ class Finisher:
 
 
 def split(tasks: TaskQueue, messages: JobMessages, jobs: list[Job], node: str, *,
-          undo: bool) -> None:
-    sent = tasks.split([(job, messages.encode(job)) for job in jobs], node, undo=undo)
+          undo: bool, unclaimed: str = "") -> None:
+    sent = tasks.split([(job, messages.encode(job)) for job in jobs], node, undo=undo,
+                       unclaimed=unclaimed)
     log.info("batch %s: %d of its %d calls go on alone", jobs[0].tid if jobs else "-", sent,
              len(jobs))

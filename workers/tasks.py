@@ -115,8 +115,8 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 def execute_batch(st: NodeState, jobs: list[Job], messages: JobMessages, *,
                   redelivered: bool = False) -> None:
     """Run a batch's calls back to back (workers/batch.py says what leaves it)."""
-    if redelivered:
-        split(st.tasks, messages, jobs, st.node, undo=False)
+    if redelivered:  # claimed or not before: its message has left the queue either way
+        split(st.tasks, messages, jobs, st.node, undo=False, unclaimed=jobs[0].tid)
         return
     claims = st.tasks.claim_batch(jobs, st.node)
     log.info("batch %s: %d calls", jobs[0].tid, len(jobs))

@@ -221,15 +221,18 @@ class TaskQueue:
                   keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS], args=args)
         return [bool(x) for x in reply]
 
-    def split(self, parts: list[tuple[Job, bytes]], node: str, *, undo: bool) -> int:
+    def split(self, parts: list[tuple[Job, bytes]], node: str, *, undo: bool,
+              unclaimed: str = "") -> int:
         """Send each of a batch's unfinished calls (all one caller's) on as a message of
         its own, through the caller's backlog (`parts`: each job with its single
-        message); with `undo`, the calls this node claimed go back to queued first.
-        How many were sent on."""
+        message); with `undo`, the calls this node claimed go back to queued first;
+        `unclaimed`: the batch message's id when it left the queue with no claim (a
+        redelivery), so it gives up its caller's place. How many were sent on."""
         if not parts:
             return 0
         caller = parts[0][0].caller
-        args: list = [now(), node, "1" if undo else "0", self.share, caller, self.ttl]
+        args: list = [now(), node, "1" if undo else "0", self.share, caller, self.ttl,
+                      unclaimed]
         for job, message in parts:
             args += [job.tid, job.packed(), message]
         return int(self._split(keys=[self.queue, keys.PENDING, keys.queued(caller),

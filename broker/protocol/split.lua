@@ -6,7 +6,10 @@
 -- already run as long as one task may (so no call waits behind others for more
 -- than that). Calls that finished meanwhile are left alone. With `undo`, the
 -- calls this node claimed but will not start go back to 'queued' with the
--- attempt the batch's claim counted taken back.
+-- attempt the batch's claim counted taken back. A batch redelivered before any
+-- node claimed it (a dead node had only prefetched it) still holds its caller's
+-- place in the queue: `unclaimed` gives it up, as its claim would have, or its
+-- own calls would wait behind it until release.lua found the place stale.
 --
 -- The calls go to the front of their caller's backlog, in order, not into the
 -- queue: the fair share counts messages, and sixteen messages pushed straight
@@ -28,7 +31,9 @@
 -- ARGV[4] share    how many messages a caller may have in the queue at once
 -- ARGV[5] caller   the batch's caller (its member in `backlogs`)
 -- ARGV[6] ttl      seconds the backlog is kept
--- ARGV[7 ..]       per call: tid, its packed job (kept with the record for a resend),
+-- ARGV[7] unclaimed the batch message's id (its first call's tid) if it left the
+--                  queue without being claimed, else ''
+-- ARGV[8 ..]       per call: tid, its packed job (kept with the record for a resend),
 --                  its own Celery message
 --
 -- Returns how many calls it sent on.
@@ -37,7 +42,10 @@ local queue_key, pending_key, queued_key, backlog_key, backlogs_key =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now, node, undo = ARGV[1], ARGV[2], ARGV[3]
 local share, caller, ttl = tonumber(ARGV[4]), ARGV[5], ARGV[6]
-local first_call = 7
+local unclaimed = ARGV[7]
+local first_call = 8
+
+if unclaimed ~= '' then redis.call('ZREM', queued_key, unclaimed) end
 
 local entries = {}
 for i = first_call, #ARGV, 3 do
