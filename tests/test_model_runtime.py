@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import time
 
 import numpy as np
 import onnx
@@ -126,6 +127,20 @@ def test_is_onnx_sniffs_content_not_names() -> None:
     for other in (b"", b"hello world", b"PK\x03\x04" + bytes(100), bytes(range(256)),
                   json.dumps({"a": 1}).encode(), data[:-3]):
         assert not is_onnx(other)
+
+
+def test_is_onnx_reads_a_bounded_number_of_fields_of_a_hostile_upload() -> None:
+    """It runs in the gateway's request thread: 64 MB of empty opset_import fields
+    made it walk 32 M field headers, 25 s of the process's CPU, before any limit."""
+    spam = b"\x08\x07" + b"\x42\x00" * (32 * 1024 * 1024 - 1)
+    started = time.process_time()
+    assert not is_onnx(spam)
+    assert time.process_time() - started < 2.0
+    # A model's graph comes early (fields are written in number order), whatever follows.
+    model = single("Relu", [("x", [2], F)], ["y"])
+    for i in range(20000):
+        model.metadata_props.add(key=f"k{i}", value="v")
+    assert is_onnx(model.SerializeToString())
 
 
 def test_refusals_name_the_problem() -> None:

@@ -16,6 +16,10 @@ VARINT, LEN = 0, 2
 FIELDS = {1: VARINT, 2: LEN, 3: LEN, 4: LEN, 5: VARINT, 6: LEN, 7: LEN, 8: LEN, 14: LEN,
           20: LEN, 25: LEN, 26: LEN}
 GRAPH = 7
+# Field headers walked at most: the sniff runs in the gateway's request thread, and
+# 64 MB of empty fields are 32 M headers (25 s of CPU). A serializer writes fields
+# in number order, so a model's ir_version and graph are among its first eight.
+MAX_FIELDS = 4096
 
 
 def is_onnx(data: bytes) -> bool:
@@ -25,7 +29,9 @@ def is_onnx(data: bytes) -> bool:
     view = memoryview(data)
     pos, seen = 0, set()
     try:
-        while pos < len(view):
+        for _ in range(MAX_FIELDS):
+            if pos >= len(view):
+                break
             key, pos = _varint(view, pos)
             number, wire = key >> 3, key & 7
             if FIELDS.get(number) != wire:
