@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 
+import numpy as np
 import psutil
 import requests
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.stacks import PrivateStack
 from tests.support import wait_until
 from tests.test_model_upload import mlp
 from wasmq.broker import keys
+from wasmq.broker.errors import InvalidModule
+from wasmq.broker.settings import Settings
+from wasmq.toolchain.build import Builds, Built
 
 
 def _status(stack: PrivateStack, cfid: str) -> str:
@@ -102,3 +108,59 @@ def test_a_model_is_built_by_a_spare_that_has_imported_the_planner_and_dies_with
     wait_until(lambda: not psutil.pid_exists(next(iter(after))) or
                psutil.Process(next(iter(after))).status() == psutil.STATUS_ZOMBIE,
                timeout=10, what="the spare to exit with its gateway")
+
+
+def _built_in_the_background(builds: Builds,
+                             content: bytes) -> tuple[Built | None, Exception | None]:
+    """A model's build as an upload starts it: in a warm build process."""
+    done, outcome = threading.Event(), []
+    builds.reserve().start(content, lambda built, exc: (outcome.append((built, exc)), done.set()))
+    assert done.wait(120), "the build did not end"
+    return outcome[0]
+
+
+def _stop_spare(builds: Builds) -> None:
+    spare = builds._spare
+    if spare is not None:
+        spare.kill()
+        spare.wait()
+
+
+def _big(n: int) -> bytes:
+    """A model of one n x n MatMul: n * n * 4 bytes of weights."""
+    w = np.random.default_rng(0).normal(size=(n, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+def test_a_model_over_the_compile_memory_limit_is_refused_naming_it() -> None:
+    """The spare imports onnx and numpy before its memory limit is set, so the limit may
+    leave little room: an upload it cannot even read is refused naming the limit, not
+    as a build that "ended unexpectedly"."""
+    builds = Builds(Settings(compile_memory_mb=150))
+    try:
+        built, exc = _built_in_the_background(builds, _big(3000))  # 36 MB of weights
+    finally:
+        _stop_spare(builds)
+    assert built is None and isinstance(exc, InvalidModule), exc
+    assert "compile memory limit of 150 MB (WASMQ_COMPILE_MEMORY_MB)" in exc.message
+
+
+def test_a_build_process_runs_one_thread_whatever_the_cores() -> None:
+    """The slots count cores: numpy's BLAS starting a thread per core in each build
+    process (about 40 MB of address space each, under the memory limit) would not."""
+    builds = Builds(Settings())
+    try:
+        built, exc = _built_in_the_background(builds, mlp(seed=8))
+        assert built is not None, exc
+        spare = wait_until(lambda: builds._spare, what="the spare")
+        wait_until(lambda: psutil.Process(spare.pid).num_threads() == 1 and
+                   psutil.Process(spare.pid).status() == psutil.STATUS_SLEEPING, timeout=20,
+                   what=f"the spare to wait, on one thread "
+                        f"({psutil.Process(spare.pid).num_threads()} now)")
+    finally:
+        _stop_spare(builds)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import resource
 import signal
 import subprocess
@@ -52,6 +53,9 @@ log = logging.getLogger("wasmq.build")
 # Wall time a build may take beyond its CPU limit before it is killed anyway: a
 # child starved of CPU by a busy machine is not the module's fault, up to a point.
 WALL_FACTOR, WALL_SLACK_S = 3, 2.0
+# A build runs on one thread (the slots count cores): numpy's BLAS would start one per
+# core in every build process, each with about 40 MB of address space under its limit.
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,9 @@ def _serve(cpu_s: int, memory: int, max_memory: int, warm: bool) -> int:
         cpu_s += math.ceil(usage.ru_utime + usage.ru_stime)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU at cpu_s
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    content = sys.stdin.buffer.read()
     try:
+        # Under the limit too: a warm child has spent some of it on the planner.
+        content = sys.stdin.buffer.read()
         built = build_content(content, max_memory=max_memory)
         reply = {"wasm": built.wasm, "artifact": built.artifact,
                  "info": dataclasses.asdict(built.info), "kind": built.kind,
@@ -176,7 +181,7 @@ class Builds:
         argv = [sys.executable, "-m", __name__, str(max(1, math.ceil(self.timeout_s))),
                 str(self.memory_mb * MB), str(self.max_memory), "warm" if warm else "cold"]
         return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, env={**os.environ, **ONE_THREAD})
 
     def _child(self, *, warm: bool) -> subprocess.Popen:
         """A process for one build. A model's takes the spare, which has already spent
@@ -209,7 +214,8 @@ class Builds:
             raise InvalidModule(reply["refused"])
         if child.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
             raise self._over_time()
-        if "memory" in reply or b"memory allocation" in err or \
+        # Python's MemoryError outside the build (packing its reply, say) ends it with 1.
+        if "memory" in reply or b"memory allocation" in err or b"\nMemoryError" in err or \
                 child.returncode in (-signal.SIGABRT, -signal.SIGSEGV):
             # Rust aborts when an allocation fails under RLIMIT_AS.
             raise InvalidModule(f"module refused: compiling it needs more memory than the "
