@@ -120,15 +120,24 @@ class BuildStore:
         (its gateway died or gave it up); None if someone holds it or it is over."""
         if not self.redis.set(keys.build_lease(cfid), token, nx=True, px=self.lease_ms):
             return None
-        pipe = self.redis.pipeline()
-        pipe.hincrby(keys.build(cfid), "attempts", 1)
-        pipe.hgetall(keys.build(cfid))
-        _, fields = pipe.execute()
-        if b"id" not in fields or b"upload" not in fields:  # over meanwhile
-            pipe = self.redis.pipeline()
-            forget_build(pipe, cfid)
-            pipe.execute()
+        # Watched: a new upload may pend a build meanwhile (its own lease then replaces
+        # this one), which must be neither counted as this attempt nor forgotten.
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(keys.build(cfid))
+                over = not pipe.hexists(keys.build(cfid), "id")
+                pipe.multi()
+                if over:
+                    forget_build(pipe, cfid)
+                else:
+                    pipe.hincrby(keys.build(cfid), "attempts", 1)
+                    pipe.hgetall(keys.build(cfid))
+                replies = pipe.execute()
+            except redis.WatchError:
+                return None
+        if over:
             return None
+        fields = replies[-1]
         limits, private = fields.get(b"limits", b""), fields.get(b"private", b"")
         return PendingBuild(cfid, fields[b"id"].decode(), fields[b"upload"],
                             int(fields[b"attempts"]),

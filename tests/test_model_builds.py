@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import psutil
+import redis
 import requests
 from onnx import TensorProto, helper, numpy_helper
 
@@ -17,8 +18,11 @@ from tests.stacks import PrivateStack
 from tests.support import wait_until
 from tests.test_model_upload import mlp
 from wasmq.broker import keys
+from wasmq.broker.builds import BuildStore
 from wasmq.broker.errors import InvalidModule
+from wasmq.broker.registry import Registry, forget_build
 from wasmq.broker.settings import Settings
+from wasmq.broker.store import RedisStore
 from wasmq.toolchain.build import Builds, Built
 
 
@@ -164,3 +168,34 @@ def test_a_build_process_runs_one_thread_whatever_the_cores() -> None:
                         f"({psutil.Process(spare.pid).num_threads()} now)")
     finally:
         _stop_spare(builds)
+
+
+def test_a_sweep_finding_a_build_just_over_leaves_a_new_upload_s_build_pending(
+        inprocess_redis: redis.Redis) -> None:
+    """A sweep takes a build whose lease is gone: the build may have just ended, and a new
+    PUT pended another meanwhile, which the sweep must leave alone. It deleted it instead
+    (a third of the time here), and the record then said `building` for ever."""
+    store = BuildStore(Registry(inprocess_redis, RedisStore(inprocess_redis)), 30)
+    _, build = store.create(b"first", token="gateway-1")
+    cfid = build.cfid
+    for _ in range(100):
+        with inprocess_redis.pipeline() as pipe:  # the last build is over
+            forget_build(pipe, cfid)
+            pipe.execute()
+        start = threading.Barrier(2)
+
+        def sweep(start: threading.Barrier = start) -> None:
+            start.wait()
+            store.take(cfid, "gateway-2")
+
+        def put(start: threading.Barrier = start) -> None:
+            start.wait()
+            store.rebuild(cfid, b"second", token="gateway-3")
+
+        threads = [threading.Thread(target=sweep), threading.Thread(target=put)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert inprocess_redis.hget(keys.build(cfid), "upload") == b"second"
+        assert inprocess_redis.sismember(keys.BUILDS, cfid)
