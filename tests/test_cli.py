@@ -15,10 +15,11 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests import modules
 from tests.conftest import Recorder
-from tests.support import INTSUM, ROOT, TUTORIAL_INPUT, child_env, upload
+from tests.support import INTSUM, ROOT, TUTORIAL_INPUT, child_env, upload, wait_until
 from wasmq.broker.redis_server import free_port
 
 
@@ -122,6 +123,20 @@ def test_ls_lists_functions_newest_first(up: str, intsum: str, tmp_path: Path) -
     table = out(wasmq(up, "ls"))
     assert "echo-for-ls" in table and newest in table and intsum in table
     assert table.splitlines()[0].split()[:2] == ["name", "cfid"]
+
+
+def test_ls_and_show_say_a_model_whose_build_failed_and_why(up: str) -> None:
+    """Its size is 0 and it answers 409: the listing says why, as the console does."""
+    from tests.test_model_upload import odd
+
+    cfid = requests.post(f"{up}/functions", files={"file": ("odd.onnx", odd())},
+                         data={"name": "odd-for-ls"}, timeout=30).json()["cfid"]
+    wait_until(lambda: requests.get(f"{up}/functions/{cfid}", timeout=10).json()["status"]
+               == "failed", timeout=60, what="the build to fail")
+    row = next(line for line in out(wasmq(up, "ls")).splitlines() if cfid in line)
+    assert "build failed" in row, row
+    text = out(wasmq(up, "show", cfid))
+    assert re.search(r"^status:\s+failed: model refused: .*Frobnicate", text, re.M), text
 
 
 def test_show_prints_the_record_and_its_urls(up: str, intsum: str) -> None:

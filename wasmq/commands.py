@@ -159,7 +159,12 @@ def list_functions(client: Client, out: Out) -> None:
                   header_style="bold")
     for fn in functions:
         example = fn.exampleinput if len(fn.exampleinput) <= 40 else fn.exampleinput[:39] + "…"
-        table.add_row(fn.name, fn.cfid, str(fn.size), fn.created_at, example)
+        # A model still building, or whose build failed, is said beside its name.
+        pending = fn.record if fn.record.get("status", "ready") != "ready" else \
+            fn.record.get("build") or {}
+        note = {"building": " (building)", "failed": " (build failed)"}.get(
+            pending.get("status", ""), "")
+        table.add_row(fn.name + note, fn.cfid, str(fn.size), fn.created_at, example)
     out.out.print(table)
 
 
@@ -172,7 +177,8 @@ def show(client: Client, out: Out, cfid: str) -> None:
     if out.as_json:
         out.json(fn.record)
         return
-    rows = [("name", fn.name), ("cfid", fn.cfid), ("size", f"{fn.size} bytes"),
+    rows = [("name", fn.name), ("cfid", fn.cfid), ("status", _status(fn.record)),
+            ("size", f"{fn.size} bytes"),
             ("sha256", fn.sha256), ("created", fn.created_at), ("updated", fn.updated_at),
             ("imports", ", ".join(fn.imports)), ("exports", ", ".join(fn.exports)),
             ("example", fn.exampleinput), ("endpoint", f"POST {client.url}/task/{fn.cfid}"),
@@ -180,6 +186,19 @@ def show(client: Client, out: Out, cfid: str) -> None:
             ("docs", fn.documentation)]
     for label, value in rows:
         click.echo(f"{label + ':':<10}{value}")
+
+
+def _status(record: dict) -> str:
+    """ready, building, or failed and why; and a new model's build over a ready one."""
+    status = record.get("status", "ready")
+    if status == "failed":
+        return f"failed: {record.get('reason', '')}"
+    build = record.get("build") or {}
+    if status == "ready" and build.get("status") == "building":
+        return "ready (a new model is building)"
+    if status == "ready" and build.get("status") == "failed":
+        return f"ready (the new model failed: {build.get('reason', '')})"
+    return status
 
 
 @click.command(name="rm")
