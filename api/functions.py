@@ -13,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from wasmq.api.access import private_flag, require_key, require_key_if_private
+from wasmq.api.ratelimit import caller
 from wasmq.api.services import services
 from wasmq.api.upload_form import function_name, requested_limits, text_field, uploaded_file
 from wasmq.broker.errors import BadRequest
@@ -32,9 +33,10 @@ def create() -> ResponseReturnValue:
     fields = {"name": function_name(), "documentation": text_field("documentation"),
               "exampleinput": text_field("exampleinput"), "private": private,
               "limits": limits}
+    who = caller(svc.settings).identity
     if is_onnx(content):
-        return _accepted(svc.jobs.create(content, **fields), 201)
-    built = svc.builds.build(content)
+        return _accepted(svc.jobs.create(content, caller=who, **fields), 201)
+    built = svc.builds.build(content, who)
     record = svc.registry.create(
         built.wasm, imports=built.info.imports, exports=built.info.exports,
         artifact=built.artifact, kind=built.kind, model=built.model, **fields)
@@ -85,9 +87,11 @@ def replace(cfid: str) -> ResponseReturnValue:
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
     limits = requested_limits(svc.settings)
     content = uploaded_file(svc.settings)
+    who = caller(svc.settings).identity
     if is_onnx(content):
-        return _accepted(svc.jobs.rebuild(cfid, content, limits=limits, private=private), 200)
-    built = svc.builds.build(content)
+        return _accepted(svc.jobs.rebuild(cfid, content, limits=limits, private=private,
+                                          caller=who), 200)
+    built = svc.builds.build(content, who)
     record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
                                   exports=built.info.exports, limits=limits, private=private,
                                   artifact=built.artifact, kind=built.kind, model=built.model)

@@ -100,6 +100,9 @@ class Settings:
     compile_timeout: float = 10.0
     compile_memory_mb: int = 1024
     compile_queue: int = 16
+    # Uploads one caller may have building or waiting for a slot at once, in one
+    # gateway process: past it, 503, so one client cannot take every place.
+    compile_per_caller: int = 4
     # A model's build is leased in Redis for this long, renewed while it runs: a
     # gateway that dies mid-build lets its lease expire, and another one resumes it.
     build_lease_s: float = 30.0
@@ -180,7 +183,7 @@ class Settings:
                      "max_module_mb", "module_cache_mb", "prefetch_multiplier",
                      "max_inflight", "queue_share", "max_batch", "max_attempts", "max_waiting",
                      "compile_timeout", "compile_memory_mb", "redis_maxmemory_mb",
-                     "build_lease_s"):
+                     "build_lease_s", "compile_per_caller"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
         if self.log_format not in ("json", "text"):

@@ -165,3 +165,31 @@ def test_a_client_that_gives_up_leaves_no_build_past_its_limit(quick) -> None:
     wait_until(lambda: not _builds(gateway), timeout=1 * 3 + 2 + 2, interval=0.05,
                what="the build to end")
     assert requests.get(f"{api.url}/healthz", timeout=2).ok
+
+
+def test_one_client_holds_at_most_its_share_of_the_build_places(
+        redis_url: str, tmp_path: Path) -> None:
+    """Else one client's slow uploads take every slot and queue place, and everyone
+    else's uploads, a .wasm as much as a model, get 503 for as long as it keeps them."""
+    gateway_env = _gateway(tmp_path, redis_url, WASMQ_COMPILE_TIMEOUT="1",
+                           WASMQ_COMPILE_MEMORY_MB="4096", WASMQ_COMPILE_PER_CALLER="1",
+                           WASMQ_API_KEYS="alice,bob")
+    api, gateway = next(gateway_env)
+
+    def upload(key: str, wasm: bytes) -> requests.Response:
+        return requests.post(f"{api.url}/functions", files={"file": ("m.wasm", wasm)},
+                             headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            bomb = pool.submit(upload, "alice", LOCALS_BOMB)  # a second of CPU, then 400
+            wait_until(lambda: _builds(gateway), timeout=10, interval=0.01, what="her build")
+            hers, his = upload("alice", modules.ECHO), upload("bob", modules.ECHO)
+            assert bomb.result().status_code == 400
+        assert hers.status_code == 503, hers.text
+        assert "WASMQ_COMPILE_PER_CALLER=1" in hers.json()["message"]
+        assert hers.headers["Retry-After"] and hers.json()["statusCode"] == 0
+        assert his.status_code == 201, his.text
+        assert upload("alice", modules.ECHO).status_code == 201  # her place is back
+    finally:
+        gateway_env.close()

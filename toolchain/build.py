@@ -135,34 +135,50 @@ class Builds:
         self.max_memory = settings.max_memory_mb * MB  # what a built model may use
         self.slots = max(1, available_cores() // max(1, settings.gateway_processes))
         self.queue = settings.compile_queue
+        self.per_caller = settings.compile_per_caller
+        self._by_caller: dict[str, int] = {}  # building or waiting, per caller
         self._free = threading.Semaphore(self.slots)
         self._lock = threading.Lock()
         self._admitted = 0  # building or waiting for a slot
         self._spare: subprocess.Popen | None = None  # a warm child for the next model
 
-    def build(self, content: bytes) -> Built:
+    def build(self, content: bytes, caller: str = "") -> Built:
         """Build in this thread, waiting for a slot (BuildsBusy past the queue)."""
-        reservation = self.reserve()
+        reservation = self.reserve(caller)
         try:
             with self._free:
                 return self._run(content)
         finally:
             reservation.cancel()
 
-    def reserve(self) -> Reservation:
+    def reserve(self, caller: str = "") -> Reservation:
         """A place among the builds running or waiting, or BuildsBusy at once: taken
-        before anything is stored, so a refused upload leaves nothing behind."""
+        before anything is stored, so a refused upload leaves nothing behind. A
+        `caller` (a client's identity; "" for the server's own resumed builds) holds
+        at most `per_caller` of the places."""
         with self._lock:
             if self._admitted >= self.slots + self.queue:
                 raise BuildsBusy(
                     f"the server is building {self.slots} uploads and {self.queue} more are "
                     f"waiting (WASMQ_COMPILE_QUEUE); send this one again in a few seconds")
+            held = self._by_caller.get(caller, 0)
+            if caller and held >= self.per_caller:
+                raise BuildsBusy(
+                    f"this client already has {held} uploads building or waiting to be "
+                    f"built (WASMQ_COMPILE_PER_CALLER={self.per_caller}); send this one "
+                    f"again once one of them is done")
             self._admitted += 1
-        return Reservation(self)
+            self._by_caller[caller] = held + 1
+        return Reservation(self, caller)
 
-    def _leave(self) -> None:
+    def _leave(self, caller: str) -> None:
         with self._lock:
             self._admitted -= 1
+            left = self._by_caller.get(caller, 0) - 1
+            if left > 0:
+                self._by_caller[caller] = left
+            else:
+                self._by_caller.pop(caller, None)
 
     def _background(self, reservation: Reservation, content: bytes,
                     done: Callable[[Built | None, Exception | None], None]) -> None:
@@ -235,8 +251,8 @@ class Reservation:
     """One admitted build: run it in the background with `start`, or give the place
     back with `cancel` (once; later calls do nothing)."""
 
-    def __init__(self, builds: Builds) -> None:
-        self._builds = builds
+    def __init__(self, builds: Builds, caller: str = "") -> None:
+        self._builds, self._caller = builds, caller
         self._held = True
         self._lock = threading.Lock()
 
@@ -253,7 +269,7 @@ class Reservation:
         with self._lock:
             held, self._held = self._held, False
         if held:
-            self._builds._leave()
+            self._builds._leave(self._caller)
 
 
 def _unpack(out: bytes) -> dict:

@@ -43,10 +43,10 @@ class BuildJobs:
         self._keeper: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def create(self, upload: bytes, **fields: object) -> FunctionRecord:
+    def create(self, upload: bytes, *, caller: str = "", **fields: object) -> FunctionRecord:
         """A new function for the model `upload`, its record `building`
         (BuildsBusy past the bound, before anything is stored)."""
-        reservation = self.builds.reserve()
+        reservation = self.builds.reserve(caller)
         token = uuid.uuid4().hex
         try:
             record, build = self.store.create(upload, token=token, **fields)  # type: ignore[arg-type]
@@ -57,9 +57,9 @@ class BuildJobs:
         return record
 
     def rebuild(self, cfid: str, upload: bytes, *, limits: dict[str, float] | None,
-                private: bool | None) -> FunctionRecord:
+                private: bool | None, caller: str = "") -> FunctionRecord:
         """A new model under `cfid`; its current module, if any, serves until then."""
-        reservation = self.builds.reserve()
+        reservation = self.builds.reserve(caller)
         token = uuid.uuid4().hex
         try:
             record, build = self.store.rebuild(cfid, upload, token=token, limits=limits,
