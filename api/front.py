@@ -32,6 +32,7 @@ import asyncio
 import json
 import resource
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,7 +143,7 @@ class Front:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await _lifespan(receive, send, self.services.jobs.stop)
             return
         if scope["type"] != "http":
             await self.wsgi(scope, receive, send)
@@ -346,12 +347,13 @@ async def _disconnect(receive: Any) -> None:
         pass
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+async def _lifespan(receive: Any, send: Any, on_shutdown: Callable[[], None]) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await asyncio.get_running_loop().run_in_executor(None, on_shutdown)
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -144,6 +144,19 @@ class BuildStore:
                             json.loads(limits) if limits else None,
                             bool(int(private)) if private else None)
 
+    def give_up(self, cfid: str, token: str) -> None:
+        """End the lease `token` holds, if it still does: a gateway that stops lets the
+        next sweep (a restarted gateway's, at once) resume the build."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(keys.build_lease(cfid))
+                if pipe.get(keys.build_lease(cfid)) == token.encode():
+                    pipe.multi()
+                    pipe.delete(keys.build_lease(cfid))
+                    pipe.execute()
+            except redis.WatchError:
+                pass  # taken over meanwhile: not ours to end
+
     def renew(self, cfid: str, token: str) -> bool:
         """Extend the lease while `token` holds it; False once it does not."""
         with self.redis.pipeline() as pipe:

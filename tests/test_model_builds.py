@@ -199,3 +199,43 @@ def test_a_sweep_finding_a_build_just_over_leaves_a_new_upload_s_build_pending(
             thread.join()
         assert inprocess_redis.hget(keys.build(cfid), "upload") == b"second"
         assert inprocess_redis.sismember(keys.BUILDS, cfid)
+
+
+def test_a_gateway_stopped_gracefully_gives_its_builds_back_at_once(private) -> None:
+    """Else a restarted gateway waits out the lease (here 60 s) before resuming them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.bombs import many_locals
+
+    stack = private(WASMQ_BUILD_LEASE_S="60", WASMQ_GATEWAY_PROCESSES="1",
+                    WASMQ_COMPILE_TIMEOUT="3", WASMQ_COMPILE_MEMORY_MB="4096")
+    slots, bomb = psutil.cpu_count(), many_locals()
+    gateway = psutil.Process(stack.gateway.pid)
+
+    def builds() -> int:
+        return sum("wasmq.toolchain.build" in " ".join(p.cmdline())
+                   for p in gateway.children(recursive=True))
+
+    def upload(data: bytes) -> requests.Response | None:
+        try:
+            return requests.post(f"{stack.url}/functions", files={"file": ("m", data)},
+                                 timeout=60)
+        except requests.RequestException:
+            return None  # the gateway stopped under it
+
+    with ThreadPoolExecutor(slots) as pool:
+        for _ in range(slots):  # every slot busy: the model waits for one
+            pool.submit(upload, bomb)
+        wait_until(lambda: builds() >= slots, timeout=10, interval=0.01, what="busy slots")
+        reply = upload(mlp(seed=8))
+        assert reply is not None and reply.status_code == 202, reply
+        cfid = reply.json()["cfid"]
+        redis_client = stack.client()
+        assert redis_client.exists(keys.build_lease(cfid))
+        stack.gateway.signal(signal.SIGTERM)
+        stack.gateway.popen.wait(30)
+    assert _status(stack, cfid) == "building"
+    assert not redis_client.exists(keys.build_lease(cfid))  # given back, not left to expire
+    stack.start_gateway()
+    wait_until(lambda: _status(stack, cfid) == "ready", timeout=20, interval=0.1,
+               what="the build, resumed by the next gateway at once")

@@ -25,6 +25,8 @@ import threading
 import time
 import uuid
 
+import redis
+
 from wasmq.broker.builds import BuildStore, PendingBuild
 from wasmq.broker.errors import InvalidModule, Unavailable, WasmqError
 from wasmq.broker.registry import FunctionRecord
@@ -79,7 +81,17 @@ class BuildJobs:
                 self._keeper.start()
 
     def stop(self) -> None:
+        """Stop renewing, and give back the leases of the builds this process has not
+        finished: they resume elsewhere now, not a lease period later."""
         self._stop.set()
+        with self._lock:
+            held, self._held = list(self._held.items()), {}
+        for token, cfid in held:
+            try:
+                self.store.give_up(cfid, token)
+            except redis.RedisError:
+                log.warning("could not give back the build of %s; it resumes once its "
+                            "lease runs out", cfid)
 
     def running(self) -> list[str]:
         """The cfids whose builds this process runs or has waiting for a slot."""
