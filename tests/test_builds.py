@@ -40,9 +40,11 @@ def _gateway(workdir: Path, redis_url: str, **env: str) -> Iterator[tuple[Api, C
 
 @pytest.fixture(scope="module")
 def quick(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, Child]]:
-    # A 1 s CPU limit and room in memory: the locals bomb crosses the time limit.
+    # A 1 s CPU limit and room in memory: the locals bomb crosses the time limit. One
+    # client fills every place here, whatever the cores (WASMQ_COMPILE_PER_CALLER).
     yield from _gateway(tmp_path_factory.mktemp("quick"), redis_url, WASMQ_COMPILE_TIMEOUT="1",
-                        WASMQ_COMPILE_MEMORY_MB="4096", WASMQ_COMPILE_QUEUE="1")
+                        WASMQ_COMPILE_MEMORY_MB="4096", WASMQ_COMPILE_QUEUE="1",
+                        WASMQ_COMPILE_PER_CALLER="1000")
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,8 @@ def test_a_build_left_by_a_gateway_that_died_is_resumed_by_another(private) -> N
 
 def test_model_builds_past_the_slots_and_the_queue_are_refused_storing_nothing(
         private) -> None:
-    stack = private(WASMQ_COMPILE_QUEUE="1", WASMQ_GATEWAY_PROCESSES="1")
+    stack = private(WASMQ_COMPILE_QUEUE="1", WASMQ_GATEWAY_PROCESSES="1",
+                    WASMQ_COMPILE_PER_CALLER="1000")  # one client fills every place
     slots = psutil.cpu_count()  # one per core, in the one gateway process
     model = mlp(seed=5)
     before = requests.get(f"{stack.url}/functions", timeout=10).json()["total"]
