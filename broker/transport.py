@@ -253,6 +253,14 @@ class Channel(kombu_redis.Channel):
                 if self._taken is not None:  # not recorded: the next take gives it back
                     _give_back.add(keys.taking(nodes.identity(), queue))
                 raise
+            except (ValueError, KeyError, TypeError) as exc:
+                if self._taken is None:
+                    raise  # recorded: not the message's fault
+                # Not JSON, or not kombu's envelope: kombu raises here, which stops
+                # Celery's consumer for good ("Unrecoverable error"). Dropped instead
+                # (below, from the taking list), saying so.
+                log.error("dropped a malformed message from queue %s (%s: %s): %r", queue,
+                          type(exc).__name__, exc, raw[:200])
             finally:
                 # Not recorded yet: delivered without an ack to wait for, or refused as
                 # kombu refuses a malformed message; either way it leaves the list.

@@ -265,3 +265,22 @@ def test_a_process_stuck_past_the_hard_limit_is_replaced_and_its_task_fails(
         "still serving"
     metrics = api.http.get(f"{api.url}/metrics").text
     assert 'wasmq_tasks_failed_total{cause="timeout"} 2.0' in metrics
+
+
+def test_malformed_messages_in_the_queue_are_dropped_and_the_worker_goes_on(private) -> None:
+    """kombu raises on a message it cannot decode, which stops Celery's consumer for
+    good ("Unrecoverable error"): one stray LPUSH would stop a node."""
+    stack = private()
+    worker = stack.start_worker("a", concurrency=1)
+    api = stack.api()
+    cfid = api.deploy(modules.ECHO, name="echo")
+    assert api.call(cfid, "before", wait=20).json()["result"] == "before"
+    client = stack.client()
+    for stray in (b"not json at all", b'"a string"', b"[1, 2]", b'{"no": "body"}'):
+        client.lpush(Settings().queue, stray)
+    wait_until(lambda: client.llen(Settings().queue) == 0, timeout=20, what="the strays taken")
+    body = api.call(cfid, "after", wait=20).json()
+    assert (body["statusCode"], body["result"]) == (1, "after"), body
+    assert worker.alive()
+    left = [m for k in client.scan_iter(keys.taking("*", "*")) for m in client.lrange(k, 0, -1)]
+    assert not left, left  # nothing left to put back when this node dies
