@@ -24,6 +24,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import redis
 
@@ -48,24 +49,23 @@ class BuildJobs:
     def create(self, upload: bytes, *, caller: str = "", **fields: object) -> FunctionRecord:
         """A new function for the model `upload`, its record `building`
         (BuildsBusy past the bound, before anything is stored)."""
-        reservation = self.builds.reserve(caller)
-        token = uuid.uuid4().hex
-        try:
-            record, build = self.store.create(upload, token=token, **fields)  # type: ignore[arg-type]
-        except BaseException:
-            reservation.cancel()
-            raise
-        self._start(reservation, build, token)
-        return record
+        return self._pend(caller, lambda token: self.store.create(
+            upload, token=token, **fields))  # type: ignore[arg-type]
 
     def rebuild(self, cfid: str, upload: bytes, *, limits: dict[str, float] | None,
                 private: bool | None, caller: str = "") -> FunctionRecord:
         """A new model under `cfid`; its current module, if any, serves until then."""
+        return self._pend(caller, lambda token: self.store.rebuild(
+            cfid, upload, token=token, limits=limits, private=private))
+
+    def _pend(self, caller: str,
+              store: Callable[[str], tuple[FunctionRecord, PendingBuild]]) -> FunctionRecord:
+        """Take a build place for `caller`, store the build leased to a new token, and
+        start it; the place is given back if storing fails."""
         reservation = self.builds.reserve(caller)
         token = uuid.uuid4().hex
         try:
-            record, build = self.store.rebuild(cfid, upload, token=token, limits=limits,
-                                               private=private)
+            record, build = store(token)
         except BaseException:
             reservation.cancel()
             raise
