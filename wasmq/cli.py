@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,17 +109,24 @@ def gateway(port: int, host: str) -> None:
               default=None, help="Touch this file every few seconds (for `wasmq alive`).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append 'node PID' once consuming and 'pool PID' per warm pool process.")
+@click.option("-Q", "--queues", default="", metavar="Q1,Q2",
+              help="The queues this node consumes, as `celery worker -Q` [default: "
+                   "$WASMQ_QUEUES, else the installation's queue, $WASMQ_QUEUE].")
 def worker(concurrency: int | None, name: str, heartbeat_file: Path | None,
-           ready_file: Path | None) -> None:
+           ready_file: Path | None, queues: str) -> None:
     """Run a compute node (Celery worker) alone, against WASMQ_REDIS_URL."""
     settings = _settings()
+    if queues:
+        settings = replace(settings, queues=tuple(q.strip() for q in queues.split(",")
+                                                  if q.strip()))
+        settings.check()
     from wasmq.workers.node import build_worker_app
     from wasmq.workers.readiness import write_readiness
 
     app = build_worker_app(settings, heartbeat_file)
     if ready_file is not None:  # after the app: its warm-up runs first
         write_readiness(ready_file)
-    app.worker_main(["worker", "--loglevel", "INFO", "-Q", settings.queue,
+    app.worker_main(["worker", "--loglevel", "INFO", "-Q", ",".join(settings.consumed_queues),
                      "--concurrency", str(concurrency or available_cores()),
                      "-n", name, "-E", "--without-mingle"])
 
@@ -132,7 +140,6 @@ def _purger(data_dir: Path | None) -> Purger:
     on `data_dir` (its lock file names it)."""
     import redis
 
-    from wasmq.broker.protocol.purge import Purger
     from wasmq.instance import read_instance
 
     settings = _settings()
@@ -149,7 +156,11 @@ def _purger(data_dir: Path | None) -> Purger:
         client.ping()
     except redis.RedisError as exc:
         _refuse(f"cannot reach Redis at {url}: {exc}")
-    return Purger(client, queue=settings.queue, ttl=settings.result_ttl)
+    from wasmq.broker.celery_app import make_celery
+    from wasmq.broker.protocol.purge import make_purger
+
+    app = make_celery(replace(settings, redis_url=url))
+    return make_purger(client, app, settings.queue, settings.result_ttl)
 
 
 @main.command()
@@ -164,7 +175,7 @@ def purge(cfid: str, data_dir: Path | None) -> None:
     done = _purger(data_dir).purge(cfid)
     scope = f" of {cfid}" if cfid else ""
     click.echo(f"cancelled {done.tasks} queued task{'s' * (done.tasks != 1)}{scope} "
-               f"({done.messages} queue message{'s' * (done.messages != 1)} removed)")
+               f"({done.messages} Celery message{'s' * (done.messages != 1)} removed)")
 
 
 @main.command()

@@ -39,14 +39,14 @@ class TaskRecord:
     cause: str = ""  # a broker.causes.Cause value when it failed
     stdout: str = ""
     stderr: str = ""
-    attempts: int = 0
-    lost: str = ""  # how the last worker process that ran it ended, if one died
+    attempts: int = 0  # its Celery retries: sent again after its node or process was lost
     execMs: float | None = None
     private: bool = False  # its function was private: retrieving it needs a key
     caller: str = ""  # who submitted it (rate limits, tasks in flight, fair share)
+    queue: str = ""  # the Celery queue whose nodes run it
 
     _FLOATS = ("createdAt", "startedAt", "finishedAt", "execMs")
-    _TEXTS = ("node", "message", "cause", "stdout", "stderr", "lost", "caller")
+    _TEXTS = ("node", "message", "cause", "stdout", "stderr", "caller", "queue")
 
     def to_hash(self) -> dict[str, bytes | str | float | int]:
         out: dict[str, bytes | str | float | int] = {}
