@@ -112,6 +112,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @app.task(name=RUN_BATCH, time_limit=batch_time_limit(settings), **options)
     def run_batch(self: Task, jobs: list[dict]) -> list[str]:
+        log.info("batch %s: %d calls", self.request.id, len(jobs))
         return _guarded(lambda: execute(state(), [Job.from_dict(j) for j in jobs],
                                         self.request.retries, batch=True))
 

@@ -15,18 +15,19 @@
 -- ARGV[1] node     this node's identity
 -- ARGV[2] now      epoch seconds
 -- ARGV[3] retries  the message's attempt (Celery's `retries` header)
--- ARGV[4 ..]       per call, in message order: tid, '1' to hand over its job else '0'
+-- ARGV[4] worker   the pool process running it, "<host>:<pid>" (the record shows it)
+-- ARGV[5 ..]       per call, in message order: tid, '1' to hand over its job else '0'
 --
 -- Returns two items per call: state ('run', 'finished', 'stale', 'missing') and
 -- the packed job when asked for (else false).
 
 local running_key, queued_key = KEYS[1], KEYS[2]
-local node, now, retries = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local node, now, retries, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 
 local out = {}
 for i = 3, #KEYS do
   local record_key = KEYS[i]
-  local tid, want_job = ARGV[2 * i - 2], ARGV[2 * i - 1]
+  local tid, want_job = ARGV[2 * i - 1], ARGV[2 * i]
   local status, attempt, job = unpack(redis.call('HMGET', record_key, 'status', 'attempts',
                                                  'job'))
   local state = 'run'
@@ -38,8 +39,8 @@ for i = 3, #KEYS do
     state = 'stale'
   end
   if state == 'run' then
-    redis.call('HSET', record_key, 'status', 'running', 'node', node, 'startedAt', now,
-               'attempts', retries)
+    redis.call('HSET', record_key, 'status', 'running', 'node', node, 'worker', worker,
+               'startedAt', now, 'attempts', retries)
     redis.call('SADD', running_key, tid)
     redis.call('ZREM', queued_key, tid)
   end

@@ -18,6 +18,8 @@ docs/queue.md draws a call's states and names the test of each guarantee.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import asdict, dataclass
 
 import msgpack
@@ -30,6 +32,16 @@ from wasmq.broker.protocol import lua
 from wasmq.broker.protocol.record import Status, TaskRecord
 from wasmq.broker.protocol.wakeup import SHIP_LIMIT
 from wasmq.broker.settings import Settings
+
+_worker: tuple[int, str] = (0, "")
+
+
+def worker_process() -> str:
+    """This process, as a record names the one that ran it: "<host>:<pid>"."""
+    global _worker
+    if _worker[0] != os.getpid():
+        _worker = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}")
+    return _worker[1]
 
 
 @dataclass(frozen=True)
@@ -205,7 +217,7 @@ class TaskQueue:
 
     def claim(self, jobs: list[Job], node: str, retries: int) -> list[Claim]:
         """Start the calls of one message (jobs without data get theirs from the record)."""
-        args: list = [node, now(), retries]
+        args: list = [node, now(), retries, worker_process()]
         for job in jobs:
             args += [job.tid, "1" if job.data is None else "0"]
         flat = self._scripts["claim"](

@@ -33,7 +33,8 @@ class TaskRecord:
     createdAt: float = field(default_factory=now)
     startedAt: float | None = None
     finishedAt: float | None = None
-    node: str = ""
+    node: str = ""  # the worker node (Celery worker) that claimed it
+    worker: str = ""  # the node's pool process that ran it, "<host>:<pid>"
     result: bytes | None = None
     message: str = ""
     cause: str = ""  # a broker.causes.Cause value when it failed
@@ -46,7 +47,7 @@ class TaskRecord:
     queue: str = ""  # the Celery queue whose nodes run it
 
     _FLOATS = ("createdAt", "startedAt", "finishedAt", "execMs")
-    _TEXTS = ("node", "message", "cause", "stdout", "stderr", "caller", "queue")
+    _TEXTS = ("node", "worker", "message", "cause", "stdout", "stderr", "caller", "queue")
 
     def to_hash(self) -> dict[str, bytes | str | float | int]:
         out: dict[str, bytes | str | float | int] = {}
