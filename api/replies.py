@@ -30,8 +30,8 @@ def task_reply(record: TaskRecord, result_url: str, *, as_bytes: bool = False,
                unserved: bool = False) -> tuple[dict[str, Any], int]:
     """The reply for a task record and its HTTP status (200 or 202); `unserved`: its
     queue has no live node (it waits for one)."""
-    extra = {"status": record.status.value, "cfid": record.cfid, "node": record.node, "worker": record.worker,
-             "queue": record.queue,
+    extra = {"status": record.status.value, "cfid": record.cfid, "node": record.node,
+             "worker": record.worker, "queue": record.queue,
              "attempts": record.attempts, "timings": _timings(record),
              "logs": {"stdout": record.stdout, "stderr": record.stderr}}
     if record.status == Status.SUCCEEDED:

@@ -53,6 +53,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
+            # kombu looks for messages a dead node reserved every 10 s (by default
+            # it scans on every tenth look only: 100 s after the visibility timeout).
+            "unacked_restore_interval": min(10, max(1, settings.visibility_timeout // 5)),
+            "unacked_restore_throttle": 1,
             "priority_steps": PRIORITY_STEPS,
             "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT,
             "socket_timeout": SOCKET_TIMEOUT,  # above kombu's 1 s BRPOP timeout

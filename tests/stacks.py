@@ -59,10 +59,11 @@ class PrivateStack:
         self.gateway, url = start_gateway(self.env, self.workdir / "gateway.log")
         self.gateway_port = int(url.rsplit(":", 1)[1])
 
-    def start_worker(self, name: str, concurrency: int = 2) -> Child:
-        """A node named `name`, returned once it consumes and its processes are warm."""
+    def start_worker(self, name: str, concurrency: int = 2, queues: str = "") -> Child:
+        """A node named `name` (consuming `queues`, comma-separated, or the default
+        queue), returned once it consumes and its processes are warm."""
         proc = start_worker(self.env, self.workdir / f"worker-{name}.log", concurrency,
-                            f"{name}@%h")
+                            f"{name}@%h", queues=queues)
         self.workers[name] = proc
         return proc
 

@@ -123,7 +123,10 @@ def worker(concurrency: int | None, name: str, heartbeat_file: Path | None,
     from wasmq.workers.node import build_worker_app
     from wasmq.workers.readiness import write_readiness
 
-    app = build_worker_app(settings, heartbeat_file)
+    try:
+        app = build_worker_app(settings, heartbeat_file)
+    except ConfigError as exc:
+        _refuse(exc.message)
     if ready_file is not None:  # after the app: its warm-up runs first
         write_readiness(ready_file)
     app.worker_main(["worker", "--loglevel", "INFO", "-Q", ",".join(settings.consumed_queues),

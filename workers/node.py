@@ -40,6 +40,10 @@ def build_worker_app(settings: Settings, heartbeat_file: Path | None = None) -> 
     register_tasks(app, settings)
     recovery.identity()  # made here, in the main process, before the pool forks
     node = Node(app, settings, heartbeat_file)
+    try:
+        check_installation(node.tasks.redis, settings)
+    except redis.RedisError:
+        pass  # Redis is not up yet: the node waits for it, and checks once it beats
     signals.setup_logging.connect(lambda **_: setup_logging(settings.log_format),
                                   weak=False, dispatch_uid="wasmq-logging")
     signals.task_prerun.connect(_bind_task_tid, weak=False, dispatch_uid="wasmq-tid")
@@ -100,7 +104,6 @@ class Node:
         """Beats once before the consumer starts (Celery sends worker_init first), so
         no call is claimed by a node that was never listed."""
         self._worker = sender
-        check_installation(self.tasks.redis, self.settings)
         try:
             self._beat()
         except redis.RedisError:

@@ -2,8 +2,9 @@
 --
 -- A call runs unless its record finished (a copy of its message redelivered
 -- after it ran must not run it again), expired, or belongs to a later attempt
--- than the message (`retries`: a call resent after its node was lost, or split
--- off a batch, leaves its older messages stale). Running, it joins this node's
+-- than the message (attempt n travels with Celery's `retries` n - 1: a call sent
+-- again after its node was lost, or split off a batch, leaves its older messages
+-- stale). The record counts attempts from 1. Running, it joins this node's
 -- running set, which live nodes read if this node dies (requeue.lua), and leaves
 -- its queue's queued set. Its job (input included) is handed over when the message
 -- came without it (an input too large to travel inline, or a resent call).
@@ -35,12 +36,12 @@ for i = 3, #KEYS do
     state = 'missing'
   elseif status == 'succeeded' or status == 'failed' then
     state = 'finished'
-  elseif tonumber(attempt or '0') > retries then
+  elseif tonumber(attempt or '0') > retries + 1 then
     state = 'stale'
   end
   if state == 'run' then
     redis.call('HSET', record_key, 'status', 'running', 'node', node, 'worker', worker,
-               'startedAt', now, 'attempts', retries)
+               'startedAt', now, 'attempts', retries + 1)
     redis.call('SADD', running_key, tid)
     redis.call('ZREM', queued_key, tid)
   end

@@ -40,7 +40,7 @@ class TaskRecord:
     cause: str = ""  # a broker.causes.Cause value when it failed
     stdout: str = ""
     stderr: str = ""
-    attempts: int = 0  # its Celery retries: sent again after its node or process was lost
+    attempts: int = 0  # runs started (1 the first; more after a node or process was lost)
     execMs: float | None = None
     private: bool = False  # its function was private: retrieving it needs a key
     caller: str = ""  # who submitted it (rate limits, tasks in flight, fair share)

@@ -93,10 +93,11 @@ def take_over(tasks: TaskQueue, calls: Calls, from_node: str, to_node: str,
     sent: list[Taken] = []
     for taken in tasks.take(from_node, to_node, tids):
         if taken.exhausted:
-            tasks.finish([(taken.job, exhausted(taken.attempt, tasks.max_attempts))], to_node)
+            tasks.finish([(taken.job, exhausted(taken.attempt - 1, tasks.max_attempts))],
+                         to_node)
             continue
         try:
-            calls.send([taken.job], priority=0, retries=taken.attempt)
+            calls.send([taken.job], priority=0, retries=taken.attempt - 1)
         except Exception:  # noqa: BLE001 - left in this node's running set for the next try
             log.warning("tid=%s: could not be sent again", taken.job.tid, exc_info=True)
             continue

@@ -16,8 +16,9 @@
 --   KEYS[3 ..]     hash  wasmq:{<tid>}:task, one per call
 --   ARGV[1] 'take', ARGV[2] from node, ARGV[3] this node, ARGV[4] max_attempts,
 --   ARGV[5 ..] the tids
---   Returns per call taken: tid, its new attempt, its packed job, its queue, and
---   'send' or 'exhausted' (attempts used up: the caller fails it with finish.lua).
+--   Returns per call taken: tid, its new attempt (sent with Celery `retries` one
+--   less), its packed job, its queue, and 'send' or 'exhausted' (it ran
+--   max_attempts times already: the caller fails it with finish.lua).
 --   A call already finished, gone, or run by another node now is dropped from `from`.
 --
 -- mode 'handed':
@@ -46,7 +47,7 @@ if mode == 'take' then
         out[#out + 1] = attempt
         out[#out + 1] = job
         out[#out + 1] = queue or ''
-        out[#out + 1] = (attempt >= max_attempts and 'exhausted') or 'send'
+        out[#out + 1] = (attempt > max_attempts and 'exhausted') or 'send'
       end
     end
   end
