@@ -46,6 +46,7 @@ import msgpack
 from wasmq.broker import abi
 from wasmq.broker.engine import make_engine
 from wasmq.broker.errors import BuildsBusy, InvalidModule, WasmqError
+from wasmq.broker.interpreter import python_module
 from wasmq.broker.settings import MB, Settings, available_cores
 
 log = logging.getLogger("wasmq.build")
@@ -194,8 +195,9 @@ class Builds:
         done(built, error)
 
     def _spawn(self, *, warm: bool) -> subprocess.Popen:
-        argv = [sys.executable, "-m", __name__, str(max(1, math.ceil(self.timeout_s))),
-                str(self.memory_mb * MB), str(self.max_memory), "warm" if warm else "cold"]
+        argv = python_module(__name__, str(max(1, math.ceil(self.timeout_s))),
+                             str(self.memory_mb * MB), str(self.max_memory),
+                             "warm" if warm else "cold")
         return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env={**os.environ, **ONE_THREAD})
 

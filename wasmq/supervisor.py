@@ -12,6 +12,7 @@ from pathlib import Path
 import redis
 import requests
 
+from wasmq.broker.interpreter import python_module
 from wasmq.broker.redis_server import free_port, redis_command
 from wasmq.instance import Instance, InUse, Lock, claim_port, publish
 from wasmq.process import Child
@@ -48,7 +49,7 @@ class Supervisor:
         base.setdefault("WASMQ_DATA_DIR", str(data_dir))
         base.setdefault("WASMQ_LOG_FORMAT", "text")  # one machine: a person reads these
         self.redis_url = redis_url
-        py = [sys.executable, "-m", "wasmq"]
+        py = python_module("wasmq")
         self.gateway = Child("gateway", py + ["gateway", "--host", host, "--port", str(port)],
                              base)
         self.workers = workers
