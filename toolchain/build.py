@@ -93,12 +93,27 @@ def _as_module(content: bytes, max_memory: int) -> _Module:
     from wasmq.toolchain import model
 
     if not model.is_onnx(content):
-        return _Module(content)  # compile_module names what is wrong with it
+        raise InvalidModule(_neither(content))
     try:
         built = model.build_model(content, max_bytes=max_memory)
     except model.ModelError as exc:
         raise InvalidModule(f"model refused: {exc}") from None
     return _Module(built.wasm, "onnx", built.describe())
+
+
+PICKLE_PROTOCOLS = b"\x02\x03\x04\x05"  # a pickle of protocol 2 or later: 0x80, then this
+
+
+def _neither(content: bytes) -> str:
+    """What an upload that is neither of the two kinds is told: what was expected, and
+    for a pickled model, how to send it instead."""
+    expected = ("module refused: expected a WebAssembly module (a .wasm, starting with "
+                "\\0asm) or an ONNX model")
+    if content[:1] == b"\x80" and content[1:2] and content[1:2] in PICKLE_PROTOCOLS:
+        return (f"{expected}, got a Python pickle, which the server never unpickles: convert "
+                f"a fitted scikit-learn model to ONNX on the client with "
+                f"Client(url).deploy_model(fitted) (pip install 'wasmq[sklearn]')")
+    return f"{expected}; the file is neither (a truncated or damaged .onnx is neither, too)"
 
 
 def _serve(cpu_s: int, memory: int, max_memory: int, warm: bool) -> int:
