@@ -194,12 +194,13 @@ def test_the_key_from_the_environment_is_sent_as_a_bearer_token(recorder: Record
     assert recorder.authorization == ["Bearer from-env", "Bearer from-flag", None]
 
 
-def on_a_terminal(url: str, *args: str) -> bytes:
-    """Run the CLI with its stdout on a pseudo-terminal, as a person at a shell sees it."""
+def on_a_terminal(url: str, *args: str, stderr_too: bool = False) -> bytes:
+    """Run the CLI with its stdout (and its stderr with `stderr_too`) on a
+    pseudo-terminal, as a person at a shell sees it."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "wasmq", *args], cwd=ROOT,
                             env=child_env(WASMQ_URL=url), stdout=follower,
-                            stderr=subprocess.DEVNULL)
+                            stderr=follower if stderr_too else subprocess.DEVNULL)
     os.close(follower)
     chunks = []
     while True:
@@ -217,6 +218,15 @@ def on_a_terminal(url: str, *args: str) -> bytes:
 
 def test_run_on_a_terminal_ends_its_output_with_a_newline(up: str, intsum: str) -> None:
     assert on_a_terminal(up, "run", intsum, TUTORIAL_INPUT) == b'{"output": [55]}\r\n'
+
+
+def test_run_on_a_terminal_tells_the_tid_on_stderr(up: str, intsum: str) -> None:
+    seen = on_a_terminal(up, "run", intsum, TUTORIAL_INPUT, stderr_too=True)
+    assert b'{"output": [55]}\r\n' in seen
+    tid = re.search(rb"tid (wasmqt-[0-9a-f]+) \(`wasmq result \1` shows it again\)", seen)
+    assert tid, seen
+    fetched = wasmq(up, "result", tid.group(1).decode())
+    assert fetched.stdout == b'{"output": [55]}', fetched.stderr
 
 
 def test_the_readmes_terminal_example_runs_as_written(up: str, tmp_path: Path) -> None:

@@ -229,6 +229,8 @@ def run(client: Client, out: Out, cfid: str, data: str, wait: float | None,
     with out.spinner(f"running {cfid}"):
         result = client.run(cfid, payload, wait=wait, timeout=timeout)
     _print_result(out, result)
+    if not out.as_json and out.err.is_terminal:  # for a person: scripts read it with --json
+        out.say(f"tid {result.tid} (`wasmq result {result.tid}` shows it again)")
 
 
 @click.command()
