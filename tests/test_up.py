@@ -134,7 +134,9 @@ def test_up_keeps_functions_across_a_restart(tmp_path: Path) -> None:
         tid = api.call(cfid, "[2,3]").json()["tid"]
         time.sleep(1.5)  # appendfsync everysec
     finally:
-        up.stop(signal.SIGINT)
+        up.stop(signal.SIGINT)  # Ctrl-C: said when it starts and when it is done
+    said = up.output().splitlines()
+    assert "stopping..." in said and said[-1] == "stopped", said[-5:]
     up = start_up(tmp_path, data_dir=up.data_dir)
     try:
         api = Api(up.url)

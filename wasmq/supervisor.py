@@ -146,9 +146,15 @@ class Supervisor:
         self._stopping = True
 
     def stop(self) -> None:
+        """Stop every child, saying so: stopping the workers may take seconds."""
         self._stopping = True
+        started = [child for child in self.children if child.popen is not None]
+        if started:
+            print("stopping...", flush=True)
         for child in reversed(self.children):
             child.stop()
+        if started:
+            print("stopped", flush=True)
 
     def _wait_redis(self, timeout: float = 15.0) -> None:
         client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=0.5)
