@@ -115,6 +115,19 @@ def test_a_failed_task_exits_1_with_the_servers_message(up: str, tmp_path: Path)
     assert json.loads(out(as_json))["statusCode"] == 0
 
 
+def test_a_failed_model_task_says_the_modules_stderr_once(up: str, tmp_path: Path) -> None:
+    from tests.test_model_upload import mlp
+
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(mlp(seed=8))
+    cfid = out(wasmq(up, "deploy", str(model))).strip()
+    result = wasmq(up, "run", cfid, '{"input": [[1, 2, 3]]}')
+    assert result.returncode == 1
+    said = err(result)
+    assert "pred() returned 1 (failure)" in said and "module stderr (last lines):" in said
+    assert said.count("got 3 values, the model expects 4") == 1, said
+
+
 def test_ls_lists_functions_newest_first(up: str, intsum: str, tmp_path: Path) -> None:
     newest = deploy(up, modules.ECHO, tmp_path, "echo-for-ls")
     listed = json.loads(out(wasmq(up, "ls", "--json")))["functions"]
