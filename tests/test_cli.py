@@ -242,8 +242,8 @@ def test_run_on_a_terminal_tells_the_tid_on_stderr(up: str, intsum: str) -> None
     assert fetched.stdout == b'{"output": [55]}', fetched.stderr
 
 
-def test_the_readmes_terminal_example_runs_as_written(up: str, tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_user_manuals_terminal_example_runs_as_written(up: str, tmp_path: Path) -> None:
+    readme = (ROOT / "docs" / "users.md").read_text()
     block = readme.split("**From a terminal.**", 1)[1].split("```sh\n", 1)[1].split("```")[0]
     # All but the line naming a task id by its shape (`wasmqt-…`).
     script = "\n".join(line for line in block.splitlines() if "…" not in line)
@@ -254,7 +254,7 @@ def test_the_readmes_terminal_example_runs_as_written(up: str, tmp_path: Path) -
     assert ran.returncode == 0, ran.stderr.decode()
     lines = ran.stdout.decode().splitlines()
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-                        lines[0]), "the README shows a cfid of this shape"
+                        lines[0]), "the manual shows a cfid of this shape"
     assert re.search(r"# [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", block)
     assert '{"output": [55]}{"output": [6]}' in ran.stdout.decode()  # piped: no newline added
 

@@ -112,7 +112,8 @@ def _neither(content: bytes) -> str:
     if content[:1] == b"\x80" and content[1:2] and content[1:2] in PICKLE_PROTOCOLS:
         return (f"{expected}, got a Python pickle, which the server never unpickles: convert "
                 f"a fitted scikit-learn model to ONNX on the client with "
-                f"Client(url).deploy_model(fitted) (pip install 'wasmq[sklearn]')")
+                f"Client(url).deploy_model(fitted) (wasmq's Python client, with its sklearn "
+                f"extra)")
     return f"{expected}; the file is neither (a truncated or damaged .onnx is neither, too)"
 
 
