@@ -101,7 +101,8 @@ def _as_module(content: bytes, max_memory: int) -> _Module:
     return _Module(built.wasm, "onnx", built.describe())
 
 
-PICKLE_PROTOCOLS = b"\x02\x03\x04\x05"  # a pickle of protocol 2 or later: 0x80, then this
+# A pickle of protocol 2 to 5 starts with PROTO (0x80) and the protocol's number.
+PICKLE_STARTS = {bytes([0x80, protocol]) for protocol in range(2, 6)}
 
 
 def _neither(content: bytes) -> str:
@@ -109,7 +110,7 @@ def _neither(content: bytes) -> str:
     for a pickled model, how to send it instead."""
     expected = ("module refused: expected a WebAssembly module (a .wasm, starting with "
                 "\\0asm) or an ONNX model")
-    if content[:1] == b"\x80" and content[1:2] and content[1:2] in PICKLE_PROTOCOLS:
+    if content[:2] in PICKLE_STARTS:
         return (f"{expected}, got a Python pickle, which the server never unpickles: convert "
                 f"a fitted scikit-learn model to ONNX on the client with "
                 f"Client(url).deploy_model(fitted) (wasmq's Python client, with its sklearn "
