@@ -52,11 +52,11 @@ class ClusterCollector(Collector):
         yield _histogram("wasmq_task_end_to_end_seconds",
                          "Time from submission to the stored result, per task.",
                          snap.e2e_seconds)
-        yield GaugeMetricFamily("wasmq_queue_depth", "Tasks waiting in the queue.",
+        yield GaugeMetricFamily("wasmq_queue_depth", "Tasks waiting in the default queue.",
                                 value=snap.queue_depth)
-        yield GaugeMetricFamily("wasmq_tasks_unacked",
-                                "Tasks delivered to a worker and not yet acknowledged.",
-                                value=snap.unacked)
+        yield GaugeMetricFamily("wasmq_tasks_running",
+                                "Tasks claimed by a worker node and not yet finished.",
+                                value=snap.running)
         yield GaugeMetricFamily("wasmq_workers_live",
                                 "Worker nodes with a heartbeat in the last "
                                 f"{metrics.HEARTBEAT_STALE_S:g} s.", value=len(snap.workers))

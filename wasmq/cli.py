@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,17 +110,24 @@ def gateway(port: int, host: str) -> None:
               default=None, help="Touch this file every few seconds (for `wasmq alive`).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append 'node PID' once consuming and 'pool PID' per warm pool process.")
+@click.option("-Q", "--queues", default="", metavar="Q1,Q2",
+              help="The queues this node consumes, as `celery worker -Q` [default: "
+                   "$WASMQ_QUEUES, else the installation's queue, $WASMQ_QUEUE].")
 def worker(concurrency: int | None, name: str, heartbeat_file: Path | None,
-           ready_file: Path | None) -> None:
+           ready_file: Path | None, queues: str) -> None:
     """Run a compute node (Celery worker) alone, against WASMQ_REDIS_URL."""
     settings = _settings()
+    if queues:
+        settings = replace(settings, queues=tuple(q.strip() for q in queues.split(",")
+                                                  if q.strip()))
+        settings.check()
     from wasmq.workers.node import build_worker_app
     from wasmq.workers.readiness import write_readiness
 
     app = build_worker_app(settings, heartbeat_file)
     if ready_file is not None:  # after the app: its warm-up runs first
         write_readiness(ready_file)
-    app.worker_main(["worker", "--loglevel", "INFO", "-Q", settings.queue,
+    app.worker_main(["worker", "--loglevel", "INFO", "-Q", ",".join(settings.consumed_queues),
                      "--concurrency", str(concurrency or available_cores()),
                      "-n", name, "-E", "--without-mingle"])
 
@@ -134,8 +141,9 @@ def _purger(data_dir: Path | None) -> Purger:
     of the `wasmq up` running on `data_dir` (its lock file names it)."""
     import redis
 
+    from wasmq.broker.celery_app import make_celery
     from wasmq.broker.connections import new_client
-    from wasmq.broker.protocol.purge import Purger
+    from wasmq.broker.protocol.purge import make_purger
     from wasmq.instance import read_instance
 
     settings = _settings()
@@ -150,7 +158,7 @@ def _purger(data_dir: Path | None) -> Purger:
             _refuse(f"the wasmq up running on {folder} follows Redis Sentinel: set "
                     f"WASMQ_REDIS_SENTINELS and WASMQ_REDIS_MASTER as it has them")
         where = running.redis_url
-        settings = dataclasses.replace(settings, redis_url=where)
+        settings = replace(settings, redis_url=where)
     elif settings.redis_sentinels:
         where = f"the primary {settings.redis_master!r} (Sentinel)"
     client = new_client(settings, socket_connect_timeout=2, socket_timeout=30)
@@ -158,7 +166,7 @@ def _purger(data_dir: Path | None) -> Purger:
         client.ping()
     except redis.RedisError as exc:
         _refuse(f"cannot reach Redis at {where}: {exc}")
-    return Purger(client, queue=settings.queue, ttl=settings.result_ttl)
+    return make_purger(client, make_celery(settings), settings.queue, settings.result_ttl)
 
 
 @main.command()
@@ -173,7 +181,7 @@ def purge(cfid: str, data_dir: Path | None) -> None:
     done = _purger(data_dir).purge(cfid)
     scope = f" of {cfid}" if cfid else ""
     click.echo(f"cancelled {done.tasks} queued task{'s' * (done.tasks != 1)}{scope} "
-               f"({done.messages} queue message{'s' * (done.messages != 1)} removed)")
+               f"({done.messages} Celery message{'s' * (done.messages != 1)} removed)")
 
 
 @main.command()
