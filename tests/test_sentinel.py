@@ -236,6 +236,12 @@ def test_up_with_sentinels_starts_no_redis_and_names_the_primary_and_sentinels(
             timeout=30, env=child_env(WASMQ_REDIS_SENTINELS=cluster.sentinels(),
                                       WASMQ_REDIS_MASTER=MASTER))
         assert purged.stdout.startswith("cancelled 0 queued tasks"), purged.stderr
+        # Without them, its data directory tells what to set rather than guess a Redis.
+        unset = subprocess.run([sys.executable, "-m", "wasmq", "purge", "--data-dir",
+                                str(up.data_dir)], capture_output=True, text=True, timeout=30,
+                               env=child_env())
+        assert unset.returncode == 2 and "follows Redis Sentinel: set WASMQ_REDIS_SENTINELS" \
+            in unset.stderr, unset.stderr
     finally:
         assert up.stop() == 0
 
