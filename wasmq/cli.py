@@ -80,7 +80,8 @@ def up(port: int, host: str, workers: int | None, data_dir: Path | None) -> None
     supervisor = Supervisor(port=port, host=host, workers=workers or available_cores(),
                             data_dir=data_dir, redis_url=os.environ.get("WASMQ_REDIS_URL"),
                             env=dict(os.environ), lock=lock,
-                            redis_maxmemory_mb=settings.redis_maxmemory_mb)
+                            redis_maxmemory_mb=settings.redis_maxmemory_mb,
+                            sentinels=settings.redis_sentinels, master=settings.redis_master)
     sys.exit(supervisor.run())
 
 
@@ -139,31 +140,36 @@ DATA_DIR_HELP = ("The data directory of the running `wasmq up` whose Redis to us
 
 
 def _purger(data_dir: Path | None) -> Purger:
-    """A Purger on WASMQ_REDIS_URL, or else on the Redis of the `wasmq up` running
-    on `data_dir` (its lock file names it)."""
+    """A Purger on WASMQ_REDIS_URL (or the Sentinel primary), or else on the Redis
+    of the `wasmq up` running on `data_dir` (its lock file names it)."""
     import redis
 
+    from wasmq.broker.celery_app import make_celery
+    from wasmq.broker.connections import new_client
+    from wasmq.broker.protocol.purge import make_purger
     from wasmq.instance import read_instance
 
     settings = _settings()
-    url = os.environ.get("WASMQ_REDIS_URL")
-    if not url:
+    where = settings.redis_url
+    if not os.environ.get("WASMQ_REDIS_URL") and not settings.redis_sentinels:
         folder = (data_dir or Path(settings.data_dir or "wasmq-data")).resolve()
         running = read_instance(folder)
         if running is None:
             _refuse(f"no Redis to purge: set WASMQ_REDIS_URL, or give the --data-dir of a "
                     f"running wasmq up (none runs on {folder})")
-        url = running.redis_url
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+        if not running.redis_url:
+            _refuse(f"the wasmq up running on {folder} follows Redis Sentinel: set "
+                    f"WASMQ_REDIS_SENTINELS and WASMQ_REDIS_MASTER as it has them")
+        where = running.redis_url
+        settings = replace(settings, redis_url=where)
+    elif settings.redis_sentinels:
+        where = f"the primary {settings.redis_master!r} (Sentinel)"
+    client = new_client(settings, socket_connect_timeout=2, socket_timeout=30)
     try:
         client.ping()
     except redis.RedisError as exc:
-        _refuse(f"cannot reach Redis at {url}: {exc}")
-    from wasmq.broker.celery_app import make_celery
-    from wasmq.broker.protocol.purge import make_purger
-
-    app = make_celery(replace(settings, redis_url=url))
-    return make_purger(client, app, settings.queue, settings.result_ttl)
+        _refuse(f"cannot reach Redis at {where}: {exc}")
+    return make_purger(client, make_celery(settings), settings.queue, settings.result_ttl)
 
 
 @main.command()

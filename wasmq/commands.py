@@ -25,6 +25,7 @@ from wasmq.client import Client, Function, Result
 
 DONE, TASK_FAILED, USAGE, PENDING = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8080"
+STDERR_IN_MESSAGE = "; module stderr: "  # how a failure message quotes the module's stderr
 
 
 class Out:
@@ -69,9 +70,11 @@ def client_command(fn: Callable[..., int | None]) -> Callable[..., None]:
         except errors.TaskFailed as exc:
             if as_json:
                 out.json(exc.reply)
-            out.say(f"wasmq: task {exc.tid} failed: {exc.message}")
-            stderr = exc.logs.get("stderr", "").strip()
-            if stderr and not as_json:
+            stderr = exc.logs.get("stderr", "").strip() if not as_json else ""
+            # The server's message may end with the stderr's tail, shown below in full.
+            message = exc.message.partition(STDERR_IN_MESSAGE)[0] if stderr else exc.message
+            out.say(f"wasmq: task {exc.tid} failed: {message}")
+            if stderr:
                 out.say(f"module stderr (last lines):\n{_tail(stderr)}")
             code = TASK_FAILED
         except errors.TaskTimeout as exc:
@@ -229,6 +232,8 @@ def run(client: Client, out: Out, cfid: str, data: str, wait: float | None,
     with out.spinner(f"running {cfid}"):
         result = client.run(cfid, payload, wait=wait, timeout=timeout)
     _print_result(out, result)
+    if not out.as_json and out.err.is_terminal:  # for a person: scripts read it with --json
+        out.say(f"tid {result.tid} (`wasmq result {result.tid}` shows it again)")
 
 
 @click.command()
