@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import redis
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -26,6 +26,7 @@ from wasmq.api.services import services
 from wasmq.broker import metrics
 from wasmq.broker.causes import Cause
 from wasmq.broker.errors import Unavailable
+from wasmq.broker.protocol import recovery
 
 bp = Blueprint("metrics", __name__)
 
@@ -86,3 +87,14 @@ def scrape() -> ResponseReturnValue:
     except redis.RedisError as exc:
         raise Unavailable(f"metrics are kept in Redis, which is unavailable ({exc})") from None
     return Response(body, content_type=content_type)
+
+
+@bp.get("/metrics/queues")
+def queues() -> ResponseReturnValue:
+    """Per Celery queue: calls waiting and live nodes consuming it, as JSON (KEDA's
+    metrics-api scaler reads `<queue>.queued`: deploy/k8s/keda.yaml)."""
+    svc = services()
+    try:
+        return jsonify(metrics.queues(svc.tasks.redis, svc.settings.queue, recovery.STALE_S))
+    except redis.RedisError as exc:
+        raise Unavailable(f"metrics are kept in Redis, which is unavailable ({exc})") from None

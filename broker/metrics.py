@@ -117,3 +117,33 @@ def heartbeat(client: redis.Redis, node: str, processes: int) -> None:
 
 def forget_worker(client: redis.Redis, node: str, processes: int) -> None:
     client.zrem(keys.WORKERS_SEEN, _member(node, processes))
+
+
+def consumers(client: redis.Redis, stale_s: float) -> dict[str, int]:
+    """Per queue, how many nodes that beat in the last `stale_s` consume it."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zrangebyscore(keys.NODES, now() - stale_s, "+inf")
+    pipe.hgetall(keys.NODES_QUEUES)
+    live, consumed = pipe.execute()
+    out: dict[str, int] = {}
+    for node in live:
+        for queue in (consumed.get(node) or b"").decode().split(","):
+            if queue:
+                out[queue] = out.get(queue, 0) + 1
+    return out
+
+
+def queues(client: redis.Redis, default_queue: str,
+           stale_s: float) -> dict[str, dict[str, int]]:
+    """Per queue: calls waiting for a node, and live nodes consuming it (what an
+    autoscaler such as KEDA scales a queue's nodes on, from zero)."""
+    prefix = keys.queued("")
+    names = {k.decode()[len(prefix):] for k in client.scan_iter(f"{prefix}*", count=1000)}
+    nodes = consumers(client, stale_s)
+    names |= set(nodes) | {default_queue}
+    ordered = sorted(names)
+    pipe = client.pipeline(transaction=False)
+    for name in ordered:
+        pipe.zcard(keys.queued(name))
+    return {name: {"queued": int(n), "nodes": nodes.get(name, 0)}
+            for name, n in zip(ordered, pipe.execute(), strict=True)}

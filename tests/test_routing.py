@@ -47,6 +47,9 @@ def test_a_call_to_a_queue_no_live_node_consumes_waits_and_says_so_until_one_sta
     waiting = api.retrieve(body["tid"]).json()
     assert waiting["statusCode"] == 5
     assert 'queued: no live node consumes queue "gpu"' in waiting["message"], waiting
+    depth = api.http.get(f"{api.url}/metrics/queues", timeout=10).json()
+    assert depth["gpu"] == {"queued": 1, "nodes": 0}, depth  # what KEDA scales on
+    assert depth["wasmq"]["nodes"] == 1
     stack.start_worker("gpu", concurrency=1, queues="gpu")
     assert api.poll(body["tid"])["result"] == "scaled from zero"
 

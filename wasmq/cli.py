@@ -64,11 +64,16 @@ def _refuse(message: str) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Where the embedded Redis keeps its data "
                                  "[default: $WASMQ_DATA_DIR or ./wasmq-data].")
-def up(port: int, host: str, workers: int | None, data_dir: Path | None) -> None:
+@click.option("--queues", default="", metavar="Q1,Q2",
+              help="The queues the workers consume [default: $WASMQ_QUEUES, else the "
+                   "installation's queue, $WASMQ_QUEUE].")
+def up(port: int, host: str, workers: int | None, data_dir: Path | None, queues: str) -> None:
     """Run everything on this machine: Redis, the gateway and workers."""
     from wasmq.instance import InUse, claim_data_dir
     from wasmq.supervisor import Supervisor
 
+    if queues:
+        os.environ["WASMQ_QUEUES"] = queues  # the workers' (and checked with the rest)
     settings = _settings()  # fail early on a malformed environment
     data_dir = (data_dir or Path(settings.data_dir or "wasmq-data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

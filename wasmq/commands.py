@@ -132,15 +132,17 @@ def _try_url(client: Client, fn: Function) -> str:
 @click.option("--name", help="Name of the endpoint [default: the file's name].")
 @click.option("--doc", "documentation", default="", help="What it computes, what it expects.")
 @click.option("--example", "exampleinput", default="", help="An example input.")
+@click.option("--queue", default="", help="The Celery queue whose nodes run it "
+                                          "[default: the installation's].")
 @client_command
 def deploy(client: Client, out: Out, module: Path, name: str | None, documentation: str,
-           exampleinput: str) -> None:
+           exampleinput: str, queue: str) -> None:
     """Upload MODULE (a .wasm, or an ONNX model the server builds into one) as a new
     endpoint; prints its cfid."""
     with out.spinner(f"uploading {module.name}" + ("" if module.suffix == ".wasm"
                                                    else " (the server builds it)")):
         fn = client.deploy(module, name=name, documentation=documentation,
-                           exampleinput=exampleinput)
+                           exampleinput=exampleinput, queue=queue)
     if out.as_json:
         out.json(fn.record)
         return

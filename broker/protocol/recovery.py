@@ -29,7 +29,7 @@ import socket
 
 import redis
 
-from wasmq.broker import keys
+from wasmq.broker import keys, metrics
 from wasmq.broker.causes import Cause
 from wasmq.broker.clock import now
 from wasmq.broker.protocol.calls import Calls
@@ -128,11 +128,7 @@ class LiveQueues:
     def serves(self, queue: str) -> bool:
         at = now()
         if at - self._read_at >= self.every_s:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zrangebyscore(keys.NODES, at - STALE_S, "+inf")
-            pipe.hgetall(keys.NODES_QUEUES)
-            live, queues = pipe.execute()
-            self._queues = frozenset(q for node in live
-                                     for q in (queues.get(node) or b"").decode().split(",") if q)
+            self._queues = frozenset(metrics.consumers(self.redis, STALE_S))
             self._read_at = at
         return queue in self._queues
+
