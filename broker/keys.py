@@ -55,7 +55,6 @@ WORKERS_SEEN = f"{PREFIX}:workers"  # zset: "<node>\t<pool size>" -> last heartb
 NODES = f"{PREFIX}:nodes"  # zset: node identity (one per worker start) -> last beat
 NODES_BEATING_SINCE = f"{PREFIX}:nodes:since"  # hash: node -> start of its gapless beats
 NODES_QUEUES = f"{PREFIX}:nodes:queues"  # hash: node -> the queues it consumes, comma-joined
-INSTALLATION = f"{PREFIX}:installation"  # string: the default queue of the installation
 
 
 def running(node: str) -> str:

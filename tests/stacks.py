@@ -129,8 +129,10 @@ class DoneWatcher:
     def wait_for(self, tids: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while missing := [t for t in tids if not self.counts[t]]:
-            assert time.monotonic() < deadline, \
-                f"{len(missing)} of {len(tids)} tasks unfinished, e.g. {missing[:3]}"
+            if time.monotonic() >= deadline:
+                found = statuses(self._client, missing[:3])
+                raise AssertionError(f"{len(missing)} of {len(tids)} tasks unfinished, e.g. "
+                                     f"{list(zip(missing[:3], found, strict=True))}")
             time.sleep(0.2)
 
     def close(self) -> None:

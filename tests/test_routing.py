@@ -8,6 +8,7 @@ import signal
 import time
 
 from tests import modules
+from tests.localstack import wasmq
 from tests.stacks import pool_pids, statuses
 from tests.support import submit_all, wait_until
 from wasmq.broker.protocol import recovery
@@ -75,13 +76,26 @@ def test_a_queue_s_dead_node_has_its_calls_finished_by_another_node_of_that_queu
     assert time.monotonic() - killed_at < bound + 10
 
 
-def test_a_second_installation_on_the_same_redis_database_refuses_to_start(private) -> None:
-    stack = private()
-    stack.start_worker("default", concurrency=1)
-    other = dict(stack.env, WASMQ_QUEUE="another-installation")
-    from tests.localstack import wasmq
-
-    log = stack.workdir / "worker-other.log"
-    proc = wasmq(["worker", "--concurrency", "1"], other, log)
-    wait_until(lambda: not proc.alive(), timeout=60, what="the second installation's node")
-    assert "already serves the wasmq installation" in log.read_text()
+def test_two_installations_on_one_redis_database_never_exchange_calls(private) -> None:
+    """Each call goes to its function's queue, and a call sent again goes to its own
+    record's queue, whichever node sends it: another installation's nodes (another
+    WASMQ_QUEUE) never run it, even when they take over a dead node's calls."""
+    stack = private(WASMQ_MAX_BATCH="1")
+    ours = stack.start_worker("ours", concurrency=1)
+    theirs_env = dict(stack.env, WASMQ_QUEUE="another-installation")
+    log = stack.workdir / "worker-theirs.log"
+    theirs = wasmq(["worker", "--concurrency", "1", "--name", "theirs@%h"], theirs_env, log)
+    try:
+        api, client = stack.api(), stack.client()
+        slow = api.deploy(modules.SLOW, name="slow")
+        tids = submit_all(api, slow, [f"300 ours {i}" for i in range(4)])
+        wait_until(lambda: statuses(client, tids)[0][0] == "running", what="a call running")
+        ours.signal(signal.SIGKILL)  # the other installation's node sees it die
+        time.sleep(recovery.STALE_S + 2 * recovery.HEARTBEAT_S)
+        survivor = stack.start_worker("ours-again", concurrency=1)
+        for i, tid in enumerate(tids):
+            assert api.poll(tid, timeout=60)["result"] == f"300 ours {i}"
+        assert all(_ran_on(survivor, client, t) or _ran_on(ours, client, t) for t in tids)
+        assert not any(t in log.read_text() for t in tids)  # theirs ran none of our calls
+    finally:
+        theirs.stop()

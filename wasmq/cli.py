@@ -129,10 +129,7 @@ def worker(concurrency: int | None, name: str, heartbeat_file: Path | None,
     from wasmq.workers.node import build_worker_app
     from wasmq.workers.readiness import write_readiness
 
-    try:
-        app = build_worker_app(settings, heartbeat_file)
-    except ConfigError as exc:
-        _refuse(exc.message)
+    app = build_worker_app(settings, heartbeat_file)
     if ready_file is not None:  # after the app: its warm-up runs first
         write_readiness(ready_file)
     app.worker_main(["worker", "--loglevel", "INFO", "-Q", ",".join(settings.consumed_queues),

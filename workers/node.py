@@ -18,11 +18,10 @@ import redis
 from celery import Celery, Task, signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
-from wasmq.broker import keys, metrics
+from wasmq.broker import metrics
 from wasmq.broker.causes import Cause
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.connections import SOCKET_TIMEOUT, new_client
-from wasmq.broker.errors import ConfigError
 from wasmq.broker.logs import bind_tid, setup_logging
 from wasmq.broker.protocol import recovery
 from wasmq.broker.protocol.calls import Calls
@@ -40,10 +39,6 @@ def build_worker_app(settings: Settings, heartbeat_file: Path | None = None) -> 
     register_tasks(app, settings)
     recovery.identity()  # made here, in the main process, before the pool forks
     node = Node(app, settings, heartbeat_file)
-    try:
-        check_installation(node.tasks.redis, settings)
-    except redis.RedisError:
-        pass  # Redis is not up yet: the node waits for it, and checks once it beats
     signals.setup_logging.connect(lambda **_: setup_logging(settings.log_format),
                                   weak=False, dispatch_uid="wasmq-logging")
     signals.task_prerun.connect(_bind_task_tid, weak=False, dispatch_uid="wasmq-tid")
@@ -63,19 +58,6 @@ def how_it_ended(exc: BaseException) -> str:
     """E.g. "signal 9 (SIGKILL)" or "exitcode 3", from billiard's message."""
     match = _HOW.search(str(exc))
     return match.group(1) if match else str(exc)
-
-
-def check_installation(client: redis.Redis, settings: Settings) -> None:
-    """One Redis database serves one installation: a node or gateway whose default
-    queue differs from the one the database already serves refuses to start."""
-    client.set(keys.INSTALLATION, settings.queue, nx=True)
-    serves = (client.get(keys.INSTALLATION) or b"").decode()
-    if serves != settings.queue:
-        raise ConfigError(
-            f"this Redis database already serves the wasmq installation whose default "
-            f"queue is {serves!r}, not {settings.queue!r}: give each installation a "
-            f"database of its own (WASMQ_REDIS_URL=redis://host:6379/<n>), or route "
-            f"functions to other queues within one installation (form field `queue`)")
 
 
 class Node:
