@@ -9,6 +9,8 @@ with a module shows its build in the record's `build` while the old one serves.
 
 from __future__ import annotations
 
+from contextlib import closing
+
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
@@ -19,6 +21,7 @@ from wasmq.api.upload_form import function_name, requested_limits, text_field, u
 from wasmq.broker.errors import BadRequest
 from wasmq.broker.registry import FunctionRecord
 from wasmq.toolchain.model import is_onnx
+from wasmq.toolchain.spool import Spooled
 
 bp = Blueprint("functions", __name__)
 
@@ -29,18 +32,27 @@ def create() -> ResponseReturnValue:
     require_key(svc.settings, "uploading a function")
     private = private_flag(request.form.get("private"), svc.settings)
     limits = requested_limits(svc.settings)
-    content = uploaded_file(svc.settings)
     fields = {"name": function_name(), "documentation": text_field("documentation"),
               "exampleinput": text_field("exampleinput"), "private": private,
               "limits": limits}
     who = caller(svc.settings).identity
-    if is_onnx(content):
-        return _accepted(svc.jobs.create(content, caller=who, **fields), 201)
-    built = svc.builds.build(content, who)
-    record = svc.registry.create(
-        built.wasm, imports=built.info.imports, exports=built.info.exports,
-        artifact=built.artifact, kind=built.kind, model=built.model, **fields)
+    upload = uploaded_file(svc.settings)
+    if _is_model(upload):
+        return _accepted(svc.jobs.create(upload, caller=who, **fields), 201)
+    with closing(upload):
+        built = svc.builds.build(upload, who)
+    try:
+        record = svc.registry.create(
+            built.wasm, imports=built.info.imports, exports=built.info.exports,
+            artifact=built.artifact, kind=built.kind, model=built.model, **fields)
+    finally:
+        built.release()
     return jsonify(record.public()), 201
+
+
+def _is_model(upload: Spooled) -> bool:
+    with upload.view() as data:
+        return is_onnx(data)
 
 
 def _accepted(record: FunctionRecord, done: int) -> ResponseReturnValue:
@@ -86,15 +98,20 @@ def replace(cfid: str) -> ResponseReturnValue:
     raw_private = request.form.get("private")
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
     limits = requested_limits(svc.settings)
-    content = uploaded_file(svc.settings)
     who = caller(svc.settings).identity
-    if is_onnx(content):
-        return _accepted(svc.jobs.rebuild(cfid, content, limits=limits, private=private,
+    upload = uploaded_file(svc.settings)
+    if _is_model(upload):
+        return _accepted(svc.jobs.rebuild(cfid, upload, limits=limits, private=private,
                                           caller=who), 200)
-    built = svc.builds.build(content, who)
-    record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
-                                  exports=built.info.exports, limits=limits, private=private,
-                                  artifact=built.artifact, kind=built.kind, model=built.model)
+    with closing(upload):
+        built = svc.builds.build(upload, who)
+    try:
+        record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
+                                      exports=built.info.exports, limits=limits,
+                                      private=private, artifact=built.artifact,
+                                      kind=built.kind, model=built.model)
+    finally:
+        built.release()
     return jsonify(record.public())
 
 
