@@ -188,8 +188,8 @@ class Builds:
     never more than WASMQ_COMPILE_PER_CALLER); a newcomer finding every place taken
     is still admitted while some caller holds more than its share (the places over
     the bound are at most those callers' excess, so the bound still holds within a
-    factor of two); and a free slot goes to the waiting caller with the fewest
-    builds running, oldest first, so a newcomer's build runs next.
+    factor of two); and a free slot goes to the waiting caller served least since
+    it came, oldest first (callers in turn), so a newcomer's build runs next.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -205,6 +205,8 @@ class Builds:
         self._cond = threading.Condition()
         self._held: Counter[str] = Counter()  # places (building or waiting), per caller
         self._running: Counter[str] = Counter()  # slots, per caller
+        # Builds started per caller since it last held no place: who is served next.
+        self._served: Counter[str] = Counter()
         self._waiting: dict[int, str] = {}  # ticket -> caller, waiting for a slot
         self._tickets = itertools.count()
         self._spare: _Child | None = None  # a warm child for the next model
@@ -252,6 +254,7 @@ class Builds:
             self._held[caller] -= 1
             if self._held[caller] <= 0:
                 del self._held[caller]
+                self._served.pop(caller, None)
 
     def _in_slot(self, upload: Spooled, caller: str, *, warm: bool) -> Built:
         """Run the build once a slot is this caller's turn."""
@@ -265,6 +268,7 @@ class Builds:
                 del self._waiting[ticket]
                 self._cond.notify_all()
             self._running[caller] += 1
+            self._served[caller] += 1
         try:
             return self._run(upload, warm=warm)
         finally:
@@ -275,8 +279,9 @@ class Builds:
                 self._cond.notify_all()
 
     def _next(self) -> int:
-        """The waiting build whose caller has the fewest running, oldest first."""
-        return min(self._waiting, key=lambda t: (self._running[self._waiting[t]], t))
+        """The waiting build of the caller served least so far, oldest first: one
+        place per caller in turn."""
+        return min(self._waiting, key=lambda t: (self._served[self._waiting[t]], t))
 
     def _background(self, reservation: Reservation, upload: Spooled,
                     done: Callable[[Built | None, Exception | None], None]) -> None:
