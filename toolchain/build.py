@@ -50,7 +50,7 @@ import msgpack
 
 from wasmq.broker import abi
 from wasmq.broker.engine import make_engine
-from wasmq.broker.errors import BuildsBusy, InvalidModule, WasmqError
+from wasmq.broker.errors import BuildsBusy, InvalidModule, WasmqError, cut_reason
 from wasmq.broker.settings import MB, Settings, available_cores
 from wasmq.toolchain.spool import InMemory, Spooled
 
@@ -62,9 +62,6 @@ WALL_FACTOR, WALL_SLACK_S = 3, 2.0
 # A build runs on one thread (the slots count cores): numpy's BLAS would start one per
 # core in every build process, each with about 40 MB of address space under its limit.
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# Longest refusal a build reports: it lands in the function's record, and model-given
-# names inside it are cut already (toolchain/model/tensors.py).
-MAX_REASON = 600
 
 
 @dataclass(frozen=True)
@@ -142,16 +139,12 @@ def _serve(cpu_s: int, memory: int, max_memory: int, max_module: int, warm: bool
                  "info": dataclasses.asdict(built.info), "kind": built.kind,
                  "model": built.model}
     except InvalidModule as exc:
-        reply = {"refused": _cut(exc.message)}
+        reply = {"refused": cut_reason(exc.message)}
     except MemoryError:
         reply = {"memory": True}
     sys.stdout.buffer.write(msgpack.packb(reply))
     sys.stdout.buffer.flush()
     return 0
-
-
-def _cut(reason: str) -> str:
-    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 3] + "..."
 
 
 @dataclass
@@ -371,7 +364,7 @@ class Builds:
         else:
             reply = {}
         if "refused" in reply:
-            raise InvalidModule(_cut(reply["refused"]))
+            raise InvalidModule(cut_reason(reply["refused"]))
         if code == -signal.SIGKILL:
             # Not this gateway's kill, not the CPU limit: the kernel's OOM killer, which
             # ends a process when the machine (or its container) has no memory left,

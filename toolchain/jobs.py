@@ -30,6 +30,7 @@ from collections.abc import Callable
 import redis
 
 from wasmq.broker.builds import BuildStore, PendingBuild
+from wasmq.broker.connections import storage_full
 from wasmq.broker.errors import InvalidModule, Unavailable, WasmqError
 from wasmq.broker.registry import FunctionRecord
 from wasmq.toolchain.build import Builds, Built, Reservation
@@ -38,6 +39,10 @@ from wasmq.toolchain.spool import Spooled
 log = logging.getLogger("wasmq.build")
 
 MAX_ATTEMPTS = 3
+STORAGE_FULL = ("storage is full: the model was built, but the server's Redis has reached "
+                "its memory limit and refused to store it; delete functions you no longer "
+                "need, or ask the operator for room (WASMQ_REDIS_MAXMEMORY_MB), then upload "
+                "it again")
 
 
 class BuildJobs:
@@ -126,13 +131,26 @@ class BuildJobs:
                 self.store.fail(build, exc.message)
             else:
                 raise exc  # type: ignore[misc]
-        except Exception:  # noqa: BLE001 - the lease runs out and the build is resumed
-            log.exception("the build of %s did not end; it will be resumed", build.cfid)
+        except Exception as exc:  # noqa: BLE001 - the lease runs out and the build is resumed
+            if storage_full(exc):
+                self._full(build)
+            else:
+                log.exception("the build of %s did not end; it will be resumed", build.cfid)
         finally:
             if built is not None:
                 built.release()
             with self._lock:
                 self._held.pop(token, None)
+
+    def _full(self, build: PendingBuild) -> None:
+        """A build whose result Redis refused for memory fails at once: resumed, it
+        would be built again and refused again (three times, two minutes, issue 22)."""
+        log.warning("storage is full: the build of %s ended but could not be stored",
+                    build.cfid)
+        try:
+            self.store.fail(build, STORAGE_FULL)
+        except Exception:  # noqa: BLE001 - then the lease runs out and it is resumed
+            log.exception("could not record the failed build of %s", build.cfid)
 
     def _keep(self) -> None:
         renew_every = self.lease_s / 3
