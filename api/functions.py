@@ -80,6 +80,8 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
 def index() -> ResponseReturnValue:
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", 50, 1, 1000)
+    # A page holds at most LIST_BYTES of records: fewer than `limit` when they are
+    # large; the next page starts at offset + len(functions).
     records, total = services().registry.list(offset, limit)
     return jsonify({"functions": [r.public() for r in records], "total": total,
                     "offset": offset, "limit": limit})

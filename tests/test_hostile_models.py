@@ -254,3 +254,25 @@ def test_five_flooding_callers_leave_a_place_and_the_next_slot_to_a_newcomer() -
     # Its turn came at the next free slot, not after the whole flood.
     assert before <= 2 * builds.slots, (before, taken, waited)
     wait_until(lambda: len(finished) == taken, timeout=120, what="the flood to end")
+
+
+def test_a_listing_is_bounded_in_bytes_and_pages_through_every_record(
+        client, inprocess_redis) -> None:  # noqa: ANN001 - fixtures
+    """Records of 60 KB each: a page of a thousand was 60 MB; a page now stops at
+    about a megabyte, and paging by the count received reaches every record."""
+    from wasmq.broker.registry import Registry
+    from wasmq.broker.store import RedisStore
+
+    registry = Registry(inprocess_redis, RedisStore(inprocess_redis))
+    for i in range(40):
+        registry.create(b"\0asm %d" % i, imports=[], exports=[], documentation="d" * 60_000)
+    first = client.get("/functions?limit=1000")
+    assert first.status_code == 200
+    assert len(first.data) < 1.2 * (1 << 20), len(first.data)
+    assert 0 < len(first.json["functions"]) < 40 and first.json["total"] == 40
+    seen: list[str] = []
+    while len(seen) < 40:
+        page = client.get(f"/functions?offset={len(seen)}&limit=1000").json["functions"]
+        assert page
+        seen += [r["cfid"] for r in page]
+    assert len(set(seen)) == 40

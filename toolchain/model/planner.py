@@ -37,6 +37,7 @@ NEVER_FOLD = {"If", "Loop", "Scan", "SequenceMap"}  # could run without end at b
 FOLD_LIMIT = 1 << 20
 MAX_NODES = 20_000  # ResNet-152 has about 500, BERT-base about 2,000; planning is quadratic
 LISTED = 12  # unsupported operators a refusal names
+IO_RANK = 8  # dimensions of an input or output (the module's header holds eight)
 
 
 @lru_cache(maxsize=1)
@@ -425,6 +426,10 @@ def build(data: bytes, max_bytes: int,
                          f"are supported")
     b = Builder(model, max_bytes, input_shapes)
     inputs, outputs = b.run()
+    for t in inputs + outputs:  # their shapes go into the record and the module's header
+        if len(t.shape) > IO_RANK:
+            raise ModelError(f"{t.describe()} has {len(t.shape)} dimensions; inputs and "
+                             f"outputs may have at most {IO_RANK}")
     k = kernel()
     blob, end = b.prog.pack(k.plan_address, inputs, outputs)
     io_bytes = sum(t.size * pg.ESIZE[t.dtype] for t in inputs + outputs)
