@@ -20,6 +20,7 @@ from wasmq.api.services import services
 from wasmq.api.upload_form import function_name, requested_limits, text_field, uploaded_file
 from wasmq.broker.errors import BadRequest
 from wasmq.broker.registry import FunctionRecord
+from wasmq.toolchain.build import Built
 from wasmq.toolchain.model import is_onnx
 from wasmq.toolchain.spool import Spooled
 
@@ -31,16 +32,14 @@ def create() -> ResponseReturnValue:
     svc = services()
     require_key(svc.settings, "uploading a function")
     private = private_flag(request.form.get("private"), svc.settings)
-    limits = requested_limits(svc.settings)
     fields = {"name": function_name(), "documentation": text_field("documentation"),
               "exampleinput": text_field("exampleinput"), "private": private,
-              "limits": limits}
-    who = caller(svc.settings).identity
+              "limits": requested_limits(svc.settings)}
     upload = uploaded_file(svc.settings)
+    who = caller(svc.settings).identity
     if _is_model(upload):
         return _accepted(svc.jobs.create(upload, caller=who, **fields), 201)
-    with closing(upload):
-        built = svc.builds.build(upload, who)
+    built = _built(upload, who)
     try:
         record = svc.registry.create(
             built.wasm, imports=built.info.imports, exports=built.info.exports,
@@ -53,6 +52,12 @@ def create() -> ResponseReturnValue:
 def _is_model(upload: Spooled) -> bool:
     with upload.view() as data:
         return is_onnx(data)
+
+
+def _built(upload: Spooled, who: str) -> Built:
+    """A .wasm built in this request's thread; its upload file is gone after."""
+    with closing(upload):
+        return services().builds.build(upload, who)
 
 
 def _accepted(record: FunctionRecord, done: int) -> ResponseReturnValue:
@@ -100,13 +105,12 @@ def replace(cfid: str) -> ResponseReturnValue:
     raw_private = request.form.get("private")
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
     limits = requested_limits(svc.settings)
-    who = caller(svc.settings).identity
     upload = uploaded_file(svc.settings)
+    who = caller(svc.settings).identity
     if _is_model(upload):
         return _accepted(svc.jobs.rebuild(cfid, upload, limits=limits, private=private,
                                           caller=who), 200)
-    with closing(upload):
-        built = svc.builds.build(upload, who)
+    built = _built(upload, who)
     try:
         record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
                                       exports=built.info.exports, limits=limits,
