@@ -128,8 +128,9 @@ def _serve(cpu_s: int, memory: int, max_memory: int, max_module: int, warm: bool
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU at cpu_s
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     path = sys.stdin.buffer.readline().decode().rstrip("\n")
-    if not path:
-        return 0  # the gateway went away while this was its spare
+    if not path:  # the gateway went away while this was its spare
+        os.rmdir(os.getcwd())  # its empty folder: nobody else removes it
+        return 0
     try:
         # Under the limit too: a warm child has spent some of it on the planner.
         with open(path, "rb") as upload:
