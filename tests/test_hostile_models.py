@@ -328,3 +328,40 @@ def test_twenty_60_mb_uploads_at_once_leave_the_gateway_responsive_and_its_memor
           f"{rss.grew_mb:.0f} MB")
     assert p99 < 1.0, p99
     assert rss.grew_mb < 200, rss.grew_mb
+
+
+def test_five_keys_flooding_builds_leave_another_key_s_upload_accepted_and_built(
+        private) -> None:  # noqa: ANN001 - fixture
+    """Over HTTP, with API keys as identities: five keys times WASMQ_COMPILE_PER_CALLER
+    took every place, and every other upload answered 503 (or a model waited 114 s)."""
+    import requests
+
+    keys = [f"flooder{i}" for i in range(5)] + ["bystander"]
+    stack = private(WASMQ_API_KEYS=",".join(keys), WASMQ_COMPILE_TIMEOUT="1",
+                    WASMQ_GATEWAY_PROCESSES="1")
+    bomb, stop = bombs.many_locals(), threading.Event()
+    answers: list[int] = []
+
+    def flood(key: str) -> None:
+        http = requests.Session()
+        while not stop.is_set():
+            answers.append(http.post(f"{stack.url}/functions", files={"file": ("b", bomb)},
+                                     headers={"Authorization": f"Bearer {key}"},
+                                     timeout=60).status_code)
+
+    threads = [threading.Thread(target=flood, args=(key,)) for key in keys[:5] for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: answers.count(503) >= 20, timeout=60, what="every place taken")
+        started = time.monotonic()
+        reply = requests.post(f"{stack.url}/functions", files={"file": ("e.wasm", modules.ECHO)},
+                              headers={"Authorization": "Bearer bystander"}, timeout=60)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert reply.status_code == 201, reply.text
+    # Its turn comes after one build of each flooder at most: seconds, not the flood.
+    assert took < 30, took
