@@ -72,7 +72,7 @@ class Built:
     kind: str = "wasm"  # "onnx" for a model packed into a module
     model: dict | None = None  # a model's inputs, outputs, operators and sizes
     # Gives back the bytes this result holds of the process's budget (Builds.memory):
-    # call it once the result is stored.
+    # call it (once) when the result is stored.
     release: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
 
 
@@ -349,19 +349,18 @@ class Builds:
                                                      and cpu >= self.timeout_s):
             raise self._over_time()
         if code == 0:
-            release = self.memory.hold(size)
-            release.__enter__()
+            self.memory.take(size)
             try:
                 child.out.seek(0)
                 reply = _unpack(child.out.read())
             except BaseException:
-                release.__exit__(None, None, None)
+                self.memory.give(size)
                 raise
             if "wasm" in reply:
                 return Built(reply["wasm"], abi.ModuleInfo(**reply["info"]),
                              reply["artifact"], reply.get("kind", "wasm"), reply.get("model"),
-                             lambda: release.__exit__(None, None, None))
-            release.__exit__(None, None, None)
+                             lambda: self.memory.give(size))
+            self.memory.give(size)
         else:
             reply = {}
         if "refused" in reply:

@@ -91,8 +91,9 @@ class Spooled:
 
 class InMemory:
     """Bytes of uploads and build results a gateway process holds at once: at most
-    `budget`. `hold(n)` waits up to `wait_s` for room (one holder alone may exceed
-    the budget, else an upload over it could never pass), then BuildsBusy."""
+    `budget`. `take(n)` (or `hold(n)`) waits up to `wait_s` for room (one holder
+    alone may exceed the budget, else an upload over it could never pass), then
+    BuildsBusy; `give(n)` gives it back."""
 
     def __init__(self, budget: int, wait_s: float = 30.0) -> None:
         self.budget, self.wait_s = budget, wait_s
@@ -101,6 +102,13 @@ class InMemory:
 
     @contextmanager
     def hold(self, nbytes: int) -> Iterator[None]:
+        self.take(nbytes)
+        try:
+            yield
+        finally:
+            self.give(nbytes)
+
+    def take(self, nbytes: int) -> None:
         deadline = time.monotonic() + self.wait_s
         with self._room:
             while self.held and self.held + nbytes > self.budget:
@@ -112,10 +120,8 @@ class InMemory:
                         f"(4 x WASMQ_MAX_MODULE_MB); send this one again in a few seconds")
                 self._room.wait(left)
             self.held += nbytes
-        try:
-            yield
-        finally:
-            with self._room:
-                self.held -= nbytes
-                self._room.notify_all()
 
+    def give(self, nbytes: int) -> None:
+        with self._room:
+            self.held -= nbytes
+            self._room.notify_all()
