@@ -365,3 +365,13 @@ def test_five_keys_flooding_builds_leave_another_key_s_upload_accepted_and_built
     assert reply.status_code == 201, reply.text
     # Its turn comes after one build of each flooder at most: seconds, not the flood.
     assert took < 30, took
+
+
+def test_a_reshape_to_a_shape_whose_int64_product_wraps_is_refused_naming_it() -> None:
+    """(2**62 + 1) * 4 wraps to 4 in int64: four values passed as that many."""
+    model = _model([helper.make_node("Reshape", ["x", "shape"], ["huge"]),
+                    helper.make_node("ReduceSum", ["huge"], ["y"], keepdims=0)],
+                   [_io("x", [1, 4])], [_io("y", [])],
+                   [numpy_helper.from_array(np.array([2 ** 62 + 1, 4], np.int64), "shape")])
+    with pytest.raises(ModelError, match="tensor 'huge' of shape .* over the model limit"):
+        build_model(model, max_bytes=LIMIT)

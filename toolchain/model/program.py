@@ -104,23 +104,29 @@ class Program:
         self.step = 0
 
     # ---------------------------------------------------------------- tensors
-    def new(self, name: str, shape: tuple[int, ...], dtype: int) -> Tensor:
+    def checked(self, name: str, shape: tuple[int, ...], dtype: int) -> tuple[int, ...]:
+        """`shape` as ints, refused naming the tensor when a dim is negative or the
+        tensor would be over the model limit (with Python integers: no product wraps).
+        A zero dim beside huge ones still makes kernels multiply the huge ones."""
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ModelError(f"tensor '{name}' would have a negative dimension {shape}")
-        nbytes = volume(shape) * ESIZE[dtype]
-        # A zero dim beside huge ones still makes kernels multiply the huge ones.
-        span = volume(max(d, 1) for d in shape) * ESIZE[dtype]
+        span = volume(max(d, 1) for d in shape) * ESIZE.get(dtype, 8)
         if span > self.max_bytes or any(d > MAX_DIM for d in shape):
             raise ModelError(f"tensor '{name}' of shape {shape} needs {span} bytes, over the "
                              f"model limit of {self.max_bytes} bytes")
+        return shape
+
+    def new(self, name: str, shape: tuple[int, ...], dtype: int) -> Tensor:
+        shape = self.checked(name, shape, dtype)
+        nbytes = volume(shape) * ESIZE[dtype]
         storage = Storage(nbytes, self.step)
         self.storages.append(storage)
         return Tensor(name, shape, dtype, storage=storage)
 
     def alias(self, src: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
         """The same bytes under a new shape (Reshape, Flatten, Squeeze, Identity)."""
-        shape = tuple(int(d) for d in shape)
+        shape = self.checked(name, shape, src.dtype)
         if src.is_const:
             return Tensor(name, shape, src.dtype, const=src.const.reshape(shape))
         return Tensor(name, shape, src.dtype, storage=src.storage, offset=src.offset)
