@@ -54,7 +54,7 @@ def test_put_delete_and_build_completion_interleaved_300_times_leave_no_orphan(
     for i in range(300):
         _, build = store.create(b"model", token="gateway")
         cfid = build.cfid
-        start = threading.Barrier(3 if i % 3 else 2)
+        start = threading.Barrier(2 if i % 4 == 0 else 3)
 
         def jitter(start: threading.Barrier = start) -> None:
             start.wait()
@@ -79,13 +79,24 @@ def test_put_delete_and_build_completion_interleaved_300_times_leave_no_orphan(
             except NotFound:
                 pass
 
-        steps = [finish, put, delete] if i % 3 else [finish, delete]
+        def put_model(cfid: str = cfid) -> None:  # a new model over it: a build pending
+            jitter()
+            try:
+                store.rebuild(cfid, b"another model", token="gateway-2")
+            except NotFound:
+                pass
+
+        steps = [[finish, delete], [finish, put, delete], [finish, put_model, delete],
+                 [finish, put, put_model]][i % 4]
         threads = [threading.Thread(target=step) for step in steps]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
         _check(inprocess_redis)
+    for key in list(inprocess_redis.scan_iter(f"{keys.PREFIX}:function:*")):
+        registry.delete(key.decode().rsplit(":", 1)[1])
+    assert not list(inprocess_redis.scan_iter(f"{keys.PREFIX}:blob*")), "binaries left"
     assert not inprocess_redis.exists(keys.blob(sha256_hex(PUT_BINARY)))
 
 
