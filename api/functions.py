@@ -17,7 +17,13 @@ from flask.typing import ResponseReturnValue
 from wasmq.api.access import private_flag, require_key, require_key_if_private
 from wasmq.api.ratelimit import caller
 from wasmq.api.services import services
-from wasmq.api.upload_form import function_name, requested_limits, text_field, uploaded_file
+from wasmq.api.upload_form import (
+    function_name,
+    requested_limits,
+    requested_queue,
+    text_field,
+    uploaded_file,
+)
 from wasmq.broker.errors import BadRequest
 from wasmq.broker.registry import FunctionRecord
 from wasmq.toolchain.build import Built
@@ -32,9 +38,10 @@ def create() -> ResponseReturnValue:
     svc = services()
     require_key(svc.settings, "uploading a function")
     private = private_flag(request.form.get("private"), svc.settings)
+    queue = requested_queue(svc.settings, svc.settings.queue)
     fields = {"name": function_name(), "documentation": text_field("documentation"),
               "exampleinput": text_field("exampleinput"), "private": private,
-              "limits": requested_limits(svc.settings)}
+              "limits": requested_limits(svc.settings), "queue": queue}
     upload = uploaded_file(svc.settings)
     who = caller(svc.settings).identity
     if _is_model(upload):
@@ -105,16 +112,19 @@ def replace(cfid: str) -> ResponseReturnValue:
     raw_private = request.form.get("private")
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
     limits = requested_limits(svc.settings)
+    queue = requested_queue(svc.settings, None)
     upload = uploaded_file(svc.settings)
     who = caller(svc.settings).identity
     if _is_model(upload):
+        if queue is not None:
+            svc.registry.set_queue(cfid, queue)
         return _accepted(svc.jobs.rebuild(cfid, upload, limits=limits, private=private,
                                           caller=who), 200)
     built = _built(upload, who)
     try:
         record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
                                       exports=built.info.exports, limits=limits,
-                                      private=private, artifact=built.artifact,
+                                      private=private, queue=queue, artifact=built.artifact,
                                       kind=built.kind, model=built.model)
     finally:
         built.release()

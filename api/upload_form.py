@@ -14,9 +14,9 @@ from dataclasses import fields
 
 from flask import request
 
-from wasmq.broker.errors import BadRequest
+from wasmq.broker.errors import BadRequest, ConfigError
 from wasmq.broker.limits import PAGE_MB, Limits
-from wasmq.broker.settings import MB, Settings
+from wasmq.broker.settings import MB, Settings, check_queue_name
 from wasmq.toolchain.spool import Spooled
 
 # The form fields a function asks for its own limits with: the fields of Limits.
@@ -54,6 +54,19 @@ def function_name() -> str:
     upload = request.files.get("file")
     filename = os.path.basename((upload.filename or "") if upload else "")
     return os.path.splitext(filename)[0][:NAME_LIMIT]
+
+
+def requested_queue(settings: Settings, default: str | None) -> str | None:
+    """The form's `queue`: the Celery queue whose nodes run the function (`default`
+    when absent: the installation's on upload, unchanged on PUT)."""
+    raw = request.form.get("queue")
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        check_queue_name(raw.strip(), "queue")
+    except ConfigError as exc:
+        raise BadRequest(exc.message) from None
+    return raw.strip()
 
 
 def requested_limits(settings: Settings) -> dict[str, float] | None:

@@ -56,7 +56,8 @@ class BuildStore:
 
     def create(self, upload: bytes, *, token: str, name: str = "", documentation: str = "",
                exampleinput: str = "", private: bool = False,
-               limits: dict[str, float] | None = None) -> tuple[FunctionRecord, PendingBuild]:
+               limits: dict[str, float] | None = None,
+               queue: str = "") -> tuple[FunctionRecord, PendingBuild]:
         """A new function whose module is this model, once built: its record says
         `building`, and the build is leased to `token`."""
         cfid = str(uuid.uuid4())
@@ -65,7 +66,7 @@ class BuildStore:
             cfid=cfid, name=name or cfid, documentation=documentation,
             exampleinput=exampleinput, sha256="", size=0, imports=[], exports=[],
             createdAt=stamp, updatedAt=stamp, private=private, limits=dict(limits or {}),
-            kind="onnx", status="building")
+            kind="onnx", status="building", queue=queue)
         build = PendingBuild(cfid, uuid.uuid4().hex, upload, 1)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))

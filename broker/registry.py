@@ -47,6 +47,8 @@ class FunctionRecord:
     # A new model uploaded over a ready function: {"status": "building" | "failed",
     # "reason"?, "startedAt"}; the current module serves until it is ready.
     build: dict | None = None
+    # The Celery queue whose nodes run its calls ("": the installation's, WASMQ_QUEUE).
+    queue: str = ""
 
     def public(self) -> dict:
         return asdict(self)
@@ -101,7 +103,7 @@ class Registry:
                name: str = "", documentation: str = "", exampleinput: str = "",
                private: bool = False, limits: dict[str, float] | None = None,
                cfid: str | None = None, artifact: bytes | None = None, kind: str = "wasm",
-               model: dict | None = None) -> FunctionRecord:
+               model: dict | None = None, queue: str = "") -> FunctionRecord:
         """`artifact`: the module as compiled by this process's engine, kept for workers."""
         cfid = cfid or str(uuid.uuid4())
         stamp = iso(now())
@@ -109,7 +111,7 @@ class Registry:
             cfid=cfid, name=name or cfid, documentation=documentation,
             exampleinput=exampleinput, sha256=sha256_hex(wasm), size=len(wasm),
             imports=imports, exports=exports, createdAt=stamp, updatedAt=stamp,
-            private=private, limits=dict(limits or {}), kind=kind, model=model)
+            private=private, limits=dict(limits or {}), kind=kind, model=model, queue=queue)
         uploaded = self._store_binary(cfid, wasm, artifact)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
@@ -154,10 +156,12 @@ class Registry:
     def replace(self, cfid: str, wasm: bytes, *, imports: list[str], exports: list[str],
                 limits: dict[str, float] | None = None, private: bool | None = None,
                 artifact: bytes | None = None, kind: str = "wasm",
-                model: dict | None = None) -> FunctionRecord:
+                model: dict | None = None, queue: str | None = None) -> FunctionRecord:
         """A new module under `cfid`, in one step with the release of the old one (a
         model still building under it is dropped)."""
         def change(record: FunctionRecord) -> None:
+            if queue is not None:
+                record.queue = queue
             record.kind, record.model = kind, model
             record.status, record.reason, record.build = "ready", "", None
             if limits is not None:
@@ -221,6 +225,23 @@ class Registry:
                   keys.blob_refs(new_sha), keys.blob(new_sha)],
             args=[expected, "" if record is None else json.dumps(asdict(record)), cfid,
                   build_id, "1" if forget else "0", old_sha, new_sha, ""]))
+
+    def set_queue(self, cfid: str, queue: str) -> FunctionRecord:
+        """Route `cfid`'s calls to `queue` from now on (a PUT of a model: its module,
+        built later, keeps the queue)."""
+        key = keys.function(cfid)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    record = self.parse(cfid, pipe.get(key))
+                    record.queue = queue
+                    pipe.multi()
+                    pipe.set(key, json.dumps(asdict(record)))
+                    pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue
 
     def delete(self, cfid: str) -> None:
         """The record, its pending build (a build still running finds it gone and drops

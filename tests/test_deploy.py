@@ -275,15 +275,15 @@ def test_keda_scales_workers_on_the_celery_queue_in_redis(k8s: dict) -> None:
     assert scaled["minReplicaCount"] >= 1, "a queue of 0 must still have a worker to drain"
 
 
-def readme_cluster_section() -> str:
-    text = (ROOT / "README.md").read_text()
+def cluster_section() -> str:
+    text = (ROOT / "docs" / "operators.md").read_text()
     start = text.index("## Running a cluster")
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]
 
 
-def test_readme_cluster_section_matches_the_files() -> None:
-    section = readme_cluster_section()
+def test_the_operator_manuals_cluster_section_matches_the_files() -> None:
+    section = cluster_section()
     for needed in ("docker compose up --build --scale worker=", "kubectl apply -k deploy/k8s",
                    "deploy/redis.conf", "deploy/Dockerfile", "at-least-once", "everysec"):
         assert needed in section.lower() if needed.islower() else needed in section, needed

@@ -51,6 +51,7 @@ import msgpack
 from wasmq.broker import abi
 from wasmq.broker.engine import make_engine
 from wasmq.broker.errors import BuildsBusy, InvalidModule, WasmqError, cut_reason
+from wasmq.broker.interpreter import python_module
 from wasmq.broker.settings import MB, Settings, available_cores
 from wasmq.toolchain.spool import InMemory, Spooled
 
@@ -107,12 +108,29 @@ def _as_module(content: bytes, max_memory: int) -> _Module:
     from wasmq.toolchain import model
 
     if not model.is_onnx(content):
-        return _Module(content)  # compile_module names what is wrong with it
+        raise InvalidModule(_neither(content))
     try:
         built = model.build_model(content, max_bytes=max_memory)
     except model.ModelError as exc:
         raise InvalidModule(f"model refused: {exc}") from None
     return _Module(built.wasm, "onnx", built.describe())
+
+
+# A pickle of protocol 2 to 5 starts with PROTO (0x80) and the protocol's number.
+PICKLE_STARTS = {bytes([0x80, protocol]) for protocol in range(2, 6)}
+
+
+def _neither(content: bytes) -> str:
+    """What an upload that is neither of the two kinds is told: what was expected, and
+    for a pickled model, how to send it instead."""
+    expected = ("module refused: expected a WebAssembly module (a .wasm, starting with "
+                "\\0asm) or an ONNX model")
+    if content[:2] in PICKLE_STARTS:
+        return (f"{expected}, got a Python pickle, which the server never unpickles: convert "
+                f"a fitted scikit-learn model to ONNX on the client with "
+                f"Client(url).deploy_model(fitted) (wasmq's Python client, with its sklearn "
+                f"extra)")
+    return f"{expected}; the file is neither (a truncated or damaged .onnx is neither, too)"
 
 
 def _serve(cpu_s: int, memory: int, max_memory: int, max_module: int, warm: bool) -> int:
@@ -290,9 +308,9 @@ class Builds:
         done(built, error)
 
     def _spawn(self, *, warm: bool) -> _Child:
-        argv = [sys.executable, "-m", __name__, str(max(1, math.ceil(self.timeout_s))),
-                str(self.memory_mb * MB), str(self.max_memory), str(self.max_module),
-                "warm" if warm else "cold"]
+        argv = python_module(__name__, str(max(1, math.ceil(self.timeout_s))),
+                             str(self.memory_mb * MB), str(self.max_memory),
+                             str(self.max_module), "warm" if warm else "cold")
         workdir = tempfile.mkdtemp(prefix="wasmq-build-")
         out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err,
