@@ -341,6 +341,7 @@ class Builds:
             child.popen.kill()
 
         timer = threading.Timer(self.timeout_s * WALL_FACTOR + WALL_SLACK_S, stop)
+        timer.daemon = True  # a stopping gateway does not wait for it
         timer.start()
         try:
             try:
