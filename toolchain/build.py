@@ -9,9 +9,14 @@ byte of the upload; the kernel ends it at either limit, and the gateway kills it
 past three times its CPU limit in wall time. Nothing is shared with the child
 but its pipes, so killing it harms nothing else (no pool to break, unlike
 `ProcessPoolExecutor`; no re-import of the gateway's main module, unlike
-`multiprocessing`'s spawn and forkserver). A gateway process runs at
+`multiprocessing`'s spawn and forkserver). The child reads its upload from the
+file named on its stdin (uploads wait on disk: toolchain/spool.py), writes its
+result to a file, and runs in an empty folder of its own; the gateway reaps it with
+`wait4`, which says what it used: a SIGKILL that was neither the gateway's nor the
+CPU limit's is the kernel's OOM killer, and is reported as memory. A gateway process runs at
 most one build per core it has (`Builds.slots`), lets `WASMQ_COMPILE_QUEUE`
-more wait for a slot, and refuses the rest at once.
+more wait for a slot, shared fairly across callers (`Builds`), and refuses the rest
+at once.
 
 The child decides what to build from the content (`build_content`): today a
 `.wasm` is validated, compiled, checked against the ABI and serialized; an ONNX
