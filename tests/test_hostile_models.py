@@ -108,14 +108,14 @@ def test_an_upload_naming_a_host_file_gets_the_same_refusal_whether_it_exists() 
 
 
 def test_a_build_process_works_in_an_empty_folder_of_its_own() -> None:
-    builds = Builds(Settings())
+    builds, done = Builds(Settings()), threading.Event()
     try:
-        builds.reserve().start(Spooled.of(mlp(seed=3)), lambda built, exc: None)
+        builds.reserve().start(Spooled.of(mlp(seed=3)), lambda built, exc: done.set())
         spare = wait_until(lambda: builds._spare, what="the spare").popen
         folder = Path(psutil.Process(spare.pid).cwd())
         assert folder != Path.cwd() and not list(folder.iterdir())
     finally:
-        wait_until(lambda: builds._spare is not None, what="the spare")
+        assert done.wait(60)
         builds._spare.discard()
 
 
@@ -206,11 +206,13 @@ def test_a_build_killed_for_memory_by_the_kernel_names_the_memory_limit() -> Non
         except BaseException as exc:  # noqa: BLE001 - the outcome is the test's
             outcome.append(exc)
 
+    me = psutil.Process()
+    others = {p.pid for p in me.children()}
     thread = threading.Thread(target=build)
     thread.start()
-    me = psutil.Process()
-    child = wait_until(lambda: next((p for p in me.children() if "wasmq.toolchain.build"
-                                     in " ".join(p.cmdline())), None), what="the build process")
+    child = wait_until(lambda: next((p for p in me.children() if p.pid not in others and
+                                     "wasmq.toolchain.build" in " ".join(p.cmdline())), None),
+                       what="the build process")
     time.sleep(0.5)
     child.send_signal(signal.SIGKILL)  # what the OOM killer sends
     thread.join(60)
@@ -224,7 +226,7 @@ def test_five_flooding_callers_leave_a_place_and_the_next_slot_to_a_newcomer() -
     """Five identities times WASMQ_COMPILE_PER_CALLER took every place: a newcomer's
     upload was refused, or waited behind all of theirs (114 s)."""
     builds = Builds(Settings(compile_timeout=1, gateway_processes=1, compile_queue=16))
-    builds.slots = 2  # as on a two-core machine, whatever this one has
+    builds.places.slots = 2  # as on a two-core machine, whatever this one has
     finished: list[str] = []
     lock = threading.Lock()
 
@@ -243,7 +245,7 @@ def test_five_flooding_callers_leave_a_place_and_the_next_slot_to_a_newcomer() -
                 taken += 1
             except BuildsBusy:
                 pass
-    assert taken <= builds.capacity
+    assert taken <= builds.places.capacity
     newcomer = builds.reserve("newcomer")  # not refused
     newcomer.cancel()
     started = time.monotonic()

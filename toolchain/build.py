@@ -35,7 +35,6 @@ killed for memory cannot say where it was; the message names the limit.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import math
 import os
@@ -46,7 +45,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -55,9 +53,10 @@ import msgpack
 
 from wasmq.broker import abi
 from wasmq.broker.engine import make_engine
-from wasmq.broker.errors import BuildsBusy, InvalidModule, WasmqError, cut_reason
+from wasmq.broker.errors import InvalidModule, WasmqError, cut_reason
 from wasmq.broker.interpreter import python_module
 from wasmq.broker.settings import MB, Settings, available_cores
+from wasmq.toolchain.places import Places
 from wasmq.toolchain.spool import InMemory, Spooled
 
 log = logging.getLogger("wasmq.build")
@@ -197,115 +196,47 @@ def _reap(popen: subprocess.Popen) -> resource.struct_rusage:
 
 
 class Builds:
-    """A gateway process's builds: at most `slots` at once, `queue` more waiting.
-
-    Fair across callers (issue 22: five identities times WASMQ_COMPILE_PER_CALLER took
-    every place, and every other upload waited or was refused): a caller holds at
-    most its share of the places (them divided among the callers holding some, and
-    never more than WASMQ_COMPILE_PER_CALLER); a newcomer finding every place taken
-    is still admitted while some caller holds more than its share (the places over
-    the bound are at most those callers' excess, so the bound still holds within a
-    factor of two); and a free slot goes to the waiting caller served least since
-    it came, oldest first (callers in turn), so a newcomer's build runs next.
-    """
+    """A gateway process's builds: at most `slots` at once, `queue` more waiting, the
+    places shared fairly across callers (toolchain/places.py)."""
 
     def __init__(self, settings: Settings) -> None:
         self.timeout_s = settings.compile_timeout
         self.memory_mb = settings.compile_memory_mb
         self.max_memory = settings.max_memory_mb * MB  # what a built model may use
         self.max_module = settings.max_module_mb * MB
-        self.slots = max(1, available_cores() // max(1, settings.gateway_processes))
-        self.queue = settings.compile_queue
-        self.per_caller = settings.compile_per_caller
+        self.places = Places(max(1, available_cores() // max(1, settings.gateway_processes)),
+                             settings.compile_queue, settings.compile_per_caller)
         # Uploads and build results held in memory at once (toolchain/spool.py).
         self.memory = InMemory(4 * self.max_module)
-        self._cond = threading.Condition()
-        self._held: Counter[str] = Counter()  # places (building or waiting), per caller
-        self._running: Counter[str] = Counter()  # slots, per caller
-        # Builds started per caller since it last held no place: who is served next.
-        self._served: Counter[str] = Counter()
-        self._waiting: dict[int, str] = {}  # ticket -> caller, waiting for a slot
-        self._tickets = itertools.count()
+        self._lock = threading.Lock()
         self._spare: _Child | None = None  # a warm child for the next model
 
     @property
-    def capacity(self) -> int:
-        return self.slots + self.queue
+    def slots(self) -> int:
+        return self.places.slots
 
     def build(self, upload: Spooled, caller: str = "") -> Built:
         """Build in this thread, waiting for a slot (BuildsBusy past the queue)."""
         reservation = self.reserve(caller)
         try:
-            return self._in_slot(upload, caller, warm=False)
+            with self.places.slot(caller):
+                return self._run(upload, warm=False)
         finally:
             reservation.cancel()
 
     def reserve(self, caller: str = "") -> Reservation:
         """A place among the builds running or waiting, or BuildsBusy at once: taken
-        before anything is stored, so a refused upload leaves nothing behind. A
-        `caller` (a client's identity; "" for the server's own resumed builds) holds
-        at most its share of the places (see the class)."""
-        with self._cond:
-            held = self._held[caller]
-            holders = len(self._held) + (0 if held else 1)
-            share = max(1, self.capacity // holders)
-            bound = min(self.per_caller, share)
-            admitted = sum(self._held.values())
-            excess = sum(max(0, n - share) for c, n in self._held.items() if c != caller)
-            if admitted >= self.capacity and not (held == 0 and caller
-                                                  and admitted - self.capacity < excess):
-                raise BuildsBusy(
-                    f"the server is building {self.slots} uploads and {self.queue} more are "
-                    f"waiting (WASMQ_COMPILE_QUEUE); send this one again in a few seconds")
-            if caller and held >= bound:
-                raise BuildsBusy(
-                    f"this client already has {held} uploads building or waiting to be "
-                    f"built, its share of the {self.capacity} places while {holders} clients "
-                    f"build (WASMQ_COMPILE_PER_CALLER={self.per_caller}); send this one "
-                    f"again once one of them is done")
-            self._held[caller] += 1
+        before anything is stored, so a refused upload leaves nothing behind."""
+        self.places.admit(caller)
         return Reservation(self, caller)
-
-    def _leave(self, caller: str) -> None:
-        with self._cond:
-            self._held[caller] -= 1
-            if self._held[caller] <= 0:
-                del self._held[caller]
-                self._served.pop(caller, None)
-
-    def _in_slot(self, upload: Spooled, caller: str, *, warm: bool) -> Built:
-        """Run the build once a slot is this caller's turn."""
-        with self._cond:
-            ticket = next(self._tickets)
-            self._waiting[ticket] = caller
-            try:
-                while sum(self._running.values()) >= self.slots or self._next() != ticket:
-                    self._cond.wait()
-            finally:
-                del self._waiting[ticket]
-                self._cond.notify_all()
-            self._running[caller] += 1
-            self._served[caller] += 1
-        try:
-            return self._run(upload, warm=warm)
-        finally:
-            with self._cond:
-                self._running[caller] -= 1
-                if self._running[caller] <= 0:
-                    del self._running[caller]
-                self._cond.notify_all()
-
-    def _next(self) -> int:
-        """The waiting build of the caller served least so far, oldest first: one
-        place per caller in turn."""
-        return min(self._waiting, key=lambda t: (self._served[self._waiting[t]], t))
 
     def _background(self, reservation: Reservation, upload: Spooled,
                     done: Callable[[Built | None, Exception | None], None]) -> None:
         built: Built | None = None
         error: Exception | None = None
         try:
-            built = self._in_slot(upload, reservation.caller, warm=True)
+            with self.places.slot(reservation.caller):
+                built = self._run(upload, warm=True)
         except Exception as exc:  # noqa: BLE001 - the build's outcome, told to done
             error = exc
         finally:
@@ -329,7 +260,7 @@ class Builds:
         on its stdin; it exits when the gateway does and its pipe closes)."""
         if not warm:
             return self._spawn(warm=False)
-        with self._cond:
+        with self._lock:
             child, self._spare = self._spare, self._spawn(warm=True)
         if child is None or child.popen.poll() is not None:
             if child is not None:
@@ -438,7 +369,7 @@ class Reservation:
         with self._lock:
             held, self._held = self._held, False
         if held:
-            self._builds._leave(self.caller)
+            self._builds.places.leave(self.caller)
 
 def _unpack(out: bytes) -> dict:
     try:
