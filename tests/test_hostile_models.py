@@ -380,3 +380,37 @@ def test_a_reshape_to_a_shape_whose_int64_product_wraps_is_refused_naming_it() -
                    [numpy_helper.from_array(np.array([2 ** 62 + 1, 4], np.int64), "shape")])
     with pytest.raises(ModelError, match="tensor 'huge' of shape .* over the model limit"):
         build_model(model, max_bytes=LIMIT)
+
+
+@pytest.mark.fast
+def test_places_are_shared_and_the_places_over_the_bound_are_bounded() -> None:
+    """Five callers flood 2 slots and a queue of 16: each stops at its share; newcomers
+    are admitted while someone holds more than its share, within twice the places."""
+    from wasmq.toolchain.places import Places
+
+    places = Places(slots=2, queue=16, per_caller=4)
+    held: dict[str, int] = {}
+    for _ in range(10):
+        for who in (f"flooder{i}" for i in range(5)):
+            try:
+                places.admit(who)
+                held[who] = held.get(who, 0) + 1
+            except BuildsBusy as busy:
+                assert "its share" in busy.message or "WASMQ_COMPILE_QUEUE" in busy.message
+    assert sum(held.values()) <= places.capacity and max(held.values()) <= 4, held
+    newcomers = 0
+    for i in range(50):
+        try:
+            places.admit(f"newcomer{i}")
+            newcomers += 1
+        except BuildsBusy:
+            pass
+    assert newcomers >= 1
+    # Over the bound by at most what the flooders hold over one place each: under twice it.
+    total = sum(held.values()) + newcomers
+    assert places.capacity < total <= places.capacity + sum(n - 1 for n in held.values())
+    with pytest.raises(BuildsBusy):  # one each while the places are over the bound
+        places.admit("newcomer0")
+    # the server's own resumed builds are refused past the bound, never admitted over it
+    with pytest.raises(BuildsBusy, match="WASMQ_COMPILE_QUEUE"):
+        places.admit("")
