@@ -28,12 +28,17 @@ import redis
 from wasmq.broker import keys
 from wasmq.broker.clock import iso, now
 from wasmq.broker.errors import Unavailable, cut_reason
-from wasmq.broker.registry import SUPERSEDED, SWAPPED, FunctionRecord, Registry, forget_build
+from wasmq.broker.registry import (
+    ATTEMPTS,
+    SUPERSEDED,
+    SWAPPED,
+    FunctionRecord,
+    Registry,
+    forget_build,
+)
 
 log = logging.getLogger("wasmq.builds")
 
-# Writes that lose a race with another writer of the same record this often give up.
-ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
