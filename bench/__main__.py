@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench import flood, inprocess, model, modules, report, versus
+from bench import flood, inprocess, lockout, model, modules, report, versus
 from bench.floor import Floor
 from bench.load import BENCH_ENV, Client, closed_loop, request_bytes
 from bench.peer import Peer
@@ -218,6 +218,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--no-flood", action="store_true",
                         help="skip the flood (one client's 2,000 waiting calls)")
+    parser.add_argument("--no-lockout", action="store_true",
+                        help="skip the upload lockout (five keys flood builds, another uploads)")
     parser.add_argument("--no-model", action="store_true",
                         help="skip the model section (a ResNet-20's build and inference "
                              "against onnxruntime)")
@@ -231,6 +233,8 @@ def main() -> None:
                             **results.get("model", {})}
     if not args.no_flood:
         results["flood"] = {**flood.run(2000, 8 if args.quick else 15), "load": loadavg()}
+    if not args.no_lockout:
+        results["lockout"] = {**lockout.run(5 if args.quick else 10), "load": loadavg()}
     print(report.table(results))
     if "model" in results:
         print("model (ResNet-20, 1x3x32x32, the worker's runtime against onnxruntime on one "
@@ -238,6 +242,8 @@ def main() -> None:
         print(model.report(results["model"]))
     if "flood" in results:
         print(flood.report(results["flood"]))
+    if "lockout" in results:
+        print(lockout.report(results["lockout"]))
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {args.out}")
 

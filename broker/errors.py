@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from wasmq.broker.causes import Cause
 
+# Longest reason a refusal or a failed build's record keeps: model-given names inside
+# one are cut already (toolchain/model/tensors.py), and records are listed often.
+MAX_REASON = 600
+
+
+def cut_reason(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 3] + "..."
+
 
 class WasmqError(Exception):
     def __init__(self, message: str) -> None:

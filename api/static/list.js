@@ -8,6 +8,7 @@
   const prev = document.getElementById("prev");
   const next = document.getElementById("next");
   let offset = 0;
+  let shown = 0; // a page holds fewer than PAGE when its records are large
 
   async function load() {
     status.textContent = "Loading…";
@@ -46,6 +47,7 @@
           el("a", { href: `file/${fn.cfid}.wasm`, download: `${fn.cfid}.wasm`,
                     text: "download" })));
     });
+    shown = rows.length;
     table.tBodies[0].replaceChildren(...rows);
     table.hidden = rows.length === 0;
     status.className = "status";
@@ -54,11 +56,11 @@
       : `${body.total} endpoint${body.total === 1 ? "" : "s"}` +
         (body.total > PAGE ? `, ${offset + 1}–${offset + rows.length} shown` : "");
     prev.hidden = offset === 0;
-    next.hidden = offset + PAGE >= body.total;
+    next.hidden = offset + shown >= body.total;
   }
 
   prev.addEventListener("click", () => { offset = Math.max(0, offset - PAGE); load(); });
-  next.addEventListener("click", () => { offset += PAGE; load(); });
+  next.addEventListener("click", () => { offset += shown; load(); });
   document.addEventListener("wasmq:key", load);
   load();
 })();

@@ -44,3 +44,7 @@ def build_model(model: bytes, *, max_bytes: int,
         raise ModelError("the model is nested too deeply to plan") from None
     except MemoryError:
         raise ModelError("the model needs more memory to plan than the build may use") from None
+    except Exception as exc:  # noqa: BLE001 - a malformed model the checks did not foresee
+        # Still a refusal naming the problem, never a build that "ended unexpectedly".
+        raise ModelError(f"the model is malformed: planning it failed with "
+                         f"{type(exc).__name__}: {str(exc)[:200]}") from None

@@ -9,7 +9,9 @@ fusion can still rewrite an instruction after it was added.
 
 from __future__ import annotations
 
+import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +28,17 @@ MAX_DIMS = 6
 IO_WORDS = 16
 OP_CONV, OP_GEMM, OP_POOL, OP_ELT, OP_SOFTMAX, OP_REDUCE = 1, 2, 3, 4, 5, 6
 OP_ARG, OP_GATHER, OP_TREES, OP_FILL = 7, 8, 9, 10
+
+
+# A dimension the kernels can address (they take 32-bit words).
+MAX_DIM = (1 << 31) - 1
+
+
+def volume(dims: Iterable[object]) -> int:
+    """The product of `dims` as a Python integer: numpy's int64 product wraps (a Tile
+    by [2**62, 4] made a 0-element tensor, a product wrapping negative passed the
+    size check). Negative dims count as their value; callers refuse them."""
+    return math.prod(int(d) for d in dims)
 
 
 class Storage:
@@ -49,7 +62,7 @@ class Tensor:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return volume(self.shape)
 
     @property
     def is_const(self) -> bool:
@@ -91,22 +104,29 @@ class Program:
         self.step = 0
 
     # ---------------------------------------------------------------- tensors
-    def new(self, name: str, shape: tuple[int, ...], dtype: int) -> Tensor:
+    def checked(self, name: str, shape: tuple[int, ...], dtype: int) -> tuple[int, ...]:
+        """`shape` as ints, refused naming the tensor when a dim is negative or the
+        tensor would be over the model limit (with Python integers: no product wraps).
+        A zero dim beside huge ones still makes kernels multiply the huge ones."""
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ModelError(f"tensor '{name}' would have a negative dimension {shape}")
-        count = int(np.prod(shape, dtype=np.int64))
-        nbytes = count * ESIZE[dtype]
-        if nbytes > self.max_bytes:
-            raise ModelError(f"tensor '{name}' of shape {shape} needs {nbytes} bytes, over the "
+        span = volume(max(d, 1) for d in shape) * ESIZE.get(dtype, 8)
+        if span > self.max_bytes or any(d > MAX_DIM for d in shape):
+            raise ModelError(f"tensor '{name}' of shape {shape} needs {span} bytes, over the "
                              f"model limit of {self.max_bytes} bytes")
+        return shape
+
+    def new(self, name: str, shape: tuple[int, ...], dtype: int) -> Tensor:
+        shape = self.checked(name, shape, dtype)
+        nbytes = volume(shape) * ESIZE[dtype]
         storage = Storage(nbytes, self.step)
         self.storages.append(storage)
         return Tensor(name, shape, dtype, storage=storage)
 
     def alias(self, src: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
         """The same bytes under a new shape (Reshape, Flatten, Squeeze, Identity)."""
-        shape = tuple(int(d) for d in shape)
+        shape = self.checked(name, shape, src.dtype)
         if src.is_const:
             return Tensor(name, shape, src.dtype, const=src.const.reshape(shape))
         return Tensor(name, shape, src.dtype, storage=src.storage, offset=src.offset)
@@ -123,6 +143,10 @@ class Program:
             return Ref(const=self.constant(t.const), extra=extra)
         self.use(t)
         return Ref(tensor=t, extra=extra)
+
+    def weights_bytes(self) -> int:
+        """Bytes of constants as packed: each distinct one once."""
+        return sum(len(c) for c in set(self.consts))
 
     def constant(self, array: np.ndarray) -> int:
         data = np.ascontiguousarray(array).tobytes()
@@ -182,11 +206,16 @@ class Program:
         code_off = (names_off + len(names) + 15) & ~15
         code_words = sum(2 + len(i.words) for i in self.instrs)
         consts_off = (code_off + code_words * 4 + 63) & ~63
+        # Equal constants are packed once: a folded constant used by twenty nodes (or
+        # twenty equal folds) is one copy in the module, not twenty (issue 22).
+        placed: dict[bytes, int] = {}
         const_at = []
         pos = consts_off
         for c in self.consts:
-            const_at.append(pos)
-            pos = (pos + len(c) + 63) & ~63
+            at = placed.setdefault(c, pos)
+            if at == pos:
+                pos = (pos + len(c) + 63) & ~63
+            const_at.append(at)
         blob_size = pos
         arena = (base + blob_size + 63) & ~63
         end = arena + arena_size
@@ -218,6 +247,6 @@ class Program:
             words += [address(w) if isinstance(w, Ref) else int(w) for w in ins.words]
         code = np.array([w & 0xFFFFFFFF for w in words], dtype=np.uint32).astype("<u4")
         blob[code_off:code_off + 4 * len(words)] = code.tobytes()
-        for at, c in zip(const_at, self.consts, strict=False):
+        for c, at in placed.items():
             blob[at:at + len(c)] = c
         return bytes(blob), end
