@@ -5,6 +5,7 @@ remote control, as Flower and `celery events` use them."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -76,3 +77,23 @@ def test_celery_inspect_active_lists_a_running_call_by_its_tid(private) -> None:
     assert [t["id"] for t in running] == [tid], active
     assert running[0]["name"] == "wasmq.run"
     assert api.poll(tid, timeout=30)["result"] == "4000 running"
+
+
+def test_a_call_whose_node_died_is_a_retry_in_celery_s_events(private) -> None:
+    stack = private(WASMQ_MAX_BATCH="1")
+    doomed = stack.start_worker("a", concurrency=1)
+    api = stack.api()
+    app = make_celery(Settings(redis_url=stack.redis_url))
+    slow = api.deploy(modules.SLOW, name="slow")
+    with events_of(app) as seen:
+        tid = api.call(slow, "1500 held", wait=0).json()["tid"]
+        wait_until(lambda: api.retrieve(tid).json()["status"] == "running", what="running")
+        doomed.signal(signal.SIGKILL)
+        stack.start_worker("b", concurrency=1)
+        assert api.poll(tid, timeout=60)["result"] == "1500 held"
+        wait_until(lambda: any(e["type"] == "task-retried" and e.get("uuid") == tid
+                               for e in seen), timeout=20, what="the retry event")
+    retried = next(e for e in seen if e["type"] == "task-retried" and e.get("uuid") == tid)
+    assert "was lost" in retried["exception"]
+    received = [e for e in seen if e["type"] == "task-received" and e.get("uuid") == tid]
+    assert received and received[-1]["retries"] == 1  # sent again as its second attempt

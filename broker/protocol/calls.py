@@ -63,3 +63,10 @@ class Calls:
                            task_id=batch_id, argsrepr=repr([[j.tid for j in jobs]]),
                            **options)
         return batch_id
+
+    def retried(self, tids: list[str], reason: str) -> None:
+        """Tell monitors (Flower, `celery events`) that these calls were sent again: a
+        node lost is a retry in Celery's words, as a worker process lost is."""
+        with self.app.events.default_dispatcher() as dispatcher:
+            for tid in tids:
+                dispatcher.send("task-retried", uuid=tid, exception=reason, traceback="")

@@ -106,6 +106,11 @@ def take_over(tasks: TaskQueue, calls: Calls, from_node: str, to_node: str,
         tasks.handed(to_node, sent)
     except redis.RedisError:
         log.warning("could not mark %d calls sent again as queued", len(sent), exc_info=True)
+    if sent and from_node != to_node:
+        try:
+            calls.retried([t.job.tid for t in sent], f"its node {from_node} was lost")
+        except Exception:  # noqa: BLE001 - monitors missing an event must not stop recovery
+            log.warning("could not tell monitors of %d calls sent again", len(sent))
     return len(sent)
 
 
