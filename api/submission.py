@@ -21,7 +21,7 @@ import redis
 from wasmq.api.access import require_key_if_private
 from wasmq.api.ratelimit import Caller, RateRules
 from wasmq.broker import keys
-from wasmq.broker.errors import TooLarge, TooManyInFlight, Unavailable
+from wasmq.broker.errors import QuotaExceeded, TooLarge, TooManyInFlight, Unavailable
 from wasmq.broker.limits import Limits
 from wasmq.broker.protocol.calls import Calls, priority
 from wasmq.broker.protocol.queue import (
@@ -36,7 +36,7 @@ from wasmq.broker.protocol.queue import (
 )
 from wasmq.broker.protocol.record import Status, TaskRecord
 from wasmq.broker.registry import FunctionRecord, Registry
-from wasmq.broker.settings import Settings
+from wasmq.broker.settings import MB, Settings
 
 CACHED_FUNCTIONS = 4096
 ATTEMPTS = 3  # a function replaced this often during one call is a client's problem
@@ -152,6 +152,13 @@ class Submissions:
                     f"this {call.who.kind} has {refusal.inflight} tasks queued or running, "
                     f"the limit of {self.settings.max_inflight}; retry once some have "
                     f"finished", retry_after=refusal.retry_after)
+            if refusal.kept is not None:
+                raise QuotaExceeded(
+                    f"storage quota reached: this {call.who.kind} keeps "
+                    f"{refusal.kept / MB:.1f} MB in the store (inputs and results of its "
+                    f"calls, kept for WASMQ_RESULT_TTL={self.settings.result_ttl} s), its "
+                    f"quota of {self.settings.storage_quota / MB:g} MB "
+                    f"(WASMQ_STORAGE_PER_CALLER_MB); retry once older results expire")
             known = self._remember(call.cfid, refusal.function)
             job = call.task.job
             task = self._new_task(job.tid, call.cfid, known, job.data or b"", call.who, ())
@@ -166,7 +173,8 @@ class Submissions:
     def _admission(self, call: Call, counted: bool) -> Admission:
         return Admission(function_key=keys.function(call.cfid), caller=call.who.identity,
                          max_inflight=self.settings.max_inflight,
-                         counters=call.counters if counted else ())
+                         counters=call.counters if counted else (),
+                         quota=self.settings.storage_quota)
 
     def _new_task(self, tid: str, cfid: str, known: Known, data: bytes, who: Caller,
                   counters: tuple[RateCounter, ...]) -> NewTask:

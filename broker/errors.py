@@ -89,6 +89,11 @@ class StorageFull(WasmqError):
     """Redis refused a write for memory (maxmemory with noeviction)."""
 
 
+class QuotaExceeded(StorageFull):
+    """A caller keeps as many bytes in the store as its quota allows
+    (WASMQ_STORAGE_PER_CALLER_MB); others' calls go on."""
+
+
 class TaskFailed(WasmqError):
     """The module failed its own task (trap, limit, non-zero pred), for `cause`."""
 

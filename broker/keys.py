@@ -72,6 +72,12 @@ def loaded_replies(nonce: str) -> str:
     return f"{PREFIX}:loaded:{nonce}"
 
 
+def usage(caller: str, bucket: int) -> str:
+    """String: bytes the caller stored (inputs and results) in time bucket `bucket`,
+    expiring once everything stored in it has (broker/protocol/queue.py `Usage`)."""
+    return f"{PREFIX}:usage:{caller}:{bucket}"
+
+
 def inflight(caller: str) -> str:
     """Zset tid -> createdAt: the caller's tasks queued or running (its cap and the
     priority of its next call)."""

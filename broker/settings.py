@@ -85,6 +85,10 @@ class Settings:
     # Calls of one caller to one function that arrive while its previous batch is on
     # its way travel together, up to this many in one message (api/batcher.py); 1: never.
     max_batch: int = 16  # chosen from the bench (README, Performance)
+    # Bytes one API key (or address) may keep in the store at once: the inputs and
+    # results of its calls until they expire (WASMQ_RESULT_TTL); 0: a sixteenth of
+    # WASMQ_REDIS_MAXMEMORY_MB.
+    storage_per_caller_mb: int = 0
     # Runs of a task whose worker process died before it fails for good.
     max_attempts: int = 3
     # Calls one gateway process holds open waiting for their task; past it a
@@ -149,6 +153,11 @@ class Settings:
         settings = replace(settings, **overrides) if overrides else settings
         settings.check()
         return settings
+
+    @property
+    def storage_quota(self) -> int:
+        """Bytes a caller may keep in the store."""
+        return (self.storage_per_caller_mb or max(1, self.redis_maxmemory_mb // 16)) * MB
 
     @property
     def consumed_queues(self) -> list[str]:

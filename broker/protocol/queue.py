@@ -8,7 +8,8 @@ beside this module (`.lua`, every key in KEYS):
 * the task record `wasmq:{<tid>}:task` (status, timings, result, logs; its job, input
   included, until it finishes), with a TTL;
 * its caller's tasks in flight `wasmq:inflight:<caller>` (the cap, and the priority
-  of the caller's next call: the fair share);
+  of the caller's next call: the fair share), and the bytes its input and result
+  keep in its caller's usage (`Usage`: a quota per caller);
 * its queue's queued set `wasmq:queued:<queue>` until a node claims it (purge, cancel);
 * the running set `wasmq:running:<node>` of the node that claimed it, until it
   finishes (a dead node's calls are taken over from there: broker/protocol/recovery.py).
@@ -95,6 +96,7 @@ class Admission:
     caller: str
     max_inflight: int = 100
     counters: tuple[RateCounter, ...] = ()  # each with the rule's window and allowance
+    quota: int = 2**62  # bytes the caller may keep in the store
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,12 @@ class NewTask:
     job: Job
     expected: bytes  # the function's stored record the call was validated against
     costs: tuple[int, ...] = ()  # one per admission counter
+
+    @property
+    def size(self) -> int:
+        """Bytes the call keeps in the store until it finishes: its input, twice when it
+        also travels inline in its message."""
+        return RECORD_BYTES + 2 * len(self.job.data or b"")
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,7 @@ class Refusal:
     stale: bool = False
     function: bytes | None = None
     inflight: int | None = None
+    kept: int | None = None  # bytes the caller keeps: its quota is reached
 
 
 @dataclass(frozen=True)
@@ -156,10 +165,39 @@ class Finished:
     exec_ms: float | None = None
 
 
+RECORD_BYTES = 512  # what a task record costs Redis besides its input and result
+
+
+class Usage:
+    """The bytes a caller keeps in the store, counted in time buckets of an eighth of
+    the records' TTL: a bucket expires once every record written in it has, so the sum
+    of the last nine is what the caller keeps now (an overestimate by at most a
+    bucket's worth of expired records), and no sweep is needed to forget old ones."""
+
+    BUCKETS = 8
+
+    def __init__(self, ttl: int) -> None:
+        self.span = max(1, -(-ttl // self.BUCKETS))
+        self.ttl = ttl
+
+    def current(self, caller: str, at: float) -> tuple[str, int]:
+        """The caller's bucket now, and when it expires (epoch seconds)."""
+        bucket = int(at // self.span)
+        return keys.usage(caller, bucket), (bucket + 1) * self.span + self.ttl
+
+    def window(self, caller: str, at: float) -> list[str]:
+        bucket = int(at // self.span)
+        return [keys.usage(caller, bucket - i) for i in range(self.BUCKETS + 1)]
+
+    def kept(self, client: redis.Redis, caller: str) -> int:
+        return sum(int(v or 0) for v in client.mget(self.window(caller, now())))
+
+
 class TaskQueue:
     def __init__(self, client: redis.Redis, *, ttl: int, max_attempts: int = 3) -> None:
         self.redis = client
         self.ttl, self.max_attempts = ttl, max_attempts
+        self.usage = Usage(ttl)
         self._scripts = {name: lua.register(client, name)
                          for name in ("submit", "claim", "finish", "requeue", "nodes")}
 
@@ -184,17 +222,21 @@ class TaskQueue:
     def submit(self, tasks: list[NewTask], admission: Admission) -> list[Admitted | Refusal]:
         """Create one caller's calls to one function (all of one queue), each admitted
         or refused on its own."""
-        args: list = [self.ttl, now(), admission.max_inflight, len(admission.counters)]
+        at = now()
+        window = self.usage.window(admission.caller, at)
+        _, expire_at = self.usage.current(admission.caller, at)
+        args: list = [self.ttl, at, admission.max_inflight, len(admission.counters),
+                      len(window), admission.quota, expire_at]
         args += [x for c in admission.counters for x in (c.window_s, c.allowance)]
         for task in tasks:
             fields = task.record.to_hash()
             fields["job"] = task.job.packed()
             args += [task.expected, 2 * len(fields),
-                     *(x for pair in fields.items() for x in pair), *task.costs]
+                     *(x for pair in fields.items() for x in pair), *task.costs, task.size]
         reply = self._scripts["submit"](
             keys=[keys.METRIC_COUNTS, admission.function_key, keys.inflight(admission.caller),
                   keys.queued(tasks[0].job.queue), *(c.key for c in admission.counters),
-                  *(keys.task(t.record.tid) for t in tasks)],
+                  *window, *(keys.task(t.record.tid) for t in tasks)],
             args=args)
         function = reply[len(tasks)] if len(reply) > len(tasks) else None
         out: list[Admitted | Refusal] = []
@@ -209,6 +251,8 @@ class TaskQueue:
                 out.append(Refusal(rule=int(rule) - 1, retry_after=max(1, int(left))))
             elif kind == "busy":
                 out.append(Refusal(inflight=int(detail), retry_after=1))
+            elif kind == "quota":
+                out.append(Refusal(kept=int(detail), retry_after=self.usage.span))
             else:
                 out.append(Refusal(stale=True, function=function or None))
         return out
@@ -231,18 +275,19 @@ class TaskQueue:
         """Store outcomes of one caller's calls (each unless it finished already; with
         `only_queued`, only while it is still queued) and wake their waiters at once."""
         finished_at = now()
-        args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at)]
+        usage_key, expire_at = self.usage.current(done[0][0].caller, finished_at)
+        args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at), expire_at]
         for job, outcome in done:
             fields = _finish_fields(outcome, finished_at)
             size = len(outcome.result or b"") + len(outcome.stdout) + len(outcome.stderr)
             args += [job.tid, metrics.counter(outcome.status, outcome.cause),
                      "" if outcome.exec_ms is None else repr(outcome.exec_ms / 1000),
                      "1" if size <= SHIP_LIMIT else "0", "1" if only_queued else "0",
-                     2 * len(fields), *(x for pair in fields.items() for x in pair)]
+                     size, 2 * len(fields), *(x for pair in fields.items() for x in pair)]
         reply = self._scripts["finish"](
             keys=[keys.inflight(done[0][0].caller), keys.running(node),
                   keys.queued(done[0][0].queue), keys.METRIC_COUNTS,
-                  keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS,
+                  keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS, usage_key,
                   *(keys.task(job.tid) for job, _ in done)], args=args)
         return [bool(x) for x in reply]
 
