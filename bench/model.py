@@ -138,7 +138,7 @@ def measure(reps: int = 30, builds: int = 3) -> dict:
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     want = sess.run(None, {"input": image})[0]
     out = runtime.run(prepared, body, limits)
-    got = np.array(json.loads(out.output)["logits"], np.float32).reshape(want.shape)
+    got = np.array(json.loads(out.output)["output"], np.float32).reshape(want.shape)
     wasm_ms, exec_ms, ort_ms = [], [], []
     for _ in range(3):  # warm both
         runtime.run(prepared, body, limits)

@@ -1531,14 +1531,17 @@ EXPORT("pred") int32_t pred(void) {
     for (uint32_t i = 0; i < h->n_out; i++) {
         size_t per = outs[i].dtype == F32 ? 18 : outs[i].dtype == I64 ? 22 : 7;
         size_t names = 8; for (const char *s = outs[i].name; *s; s++) names += 2;
-        cap += (size_t)outs[i].count * per * (i == 0 ? 2 : 1) + names + 16;
+        cap += (size_t)outs[i].count * per + names + 16;
     }
     out_buf = (char *)alloc(cap);
     if (!out_buf) { err_s("out of memory for the output"); return fail(); }
     op_ = out_buf;
+    /* Each output written once: the first as Scailable's "output" (not again under its
+     * name), the others by name. A later output the model calls "output" cannot be
+     * told from the first, so it is left out. */
     out_s("{\"output\": ");
     out_tensor(&outs[0]);
-    for (uint32_t i = 0; i < h->n_out; i++) {
+    for (uint32_t i = 1; i < h->n_out; i++) {
         if (streq_json("output", 6, outs[i].name)) continue;
         out_s(", \"");
         for (const char *s = outs[i].name; *s; s++) {
