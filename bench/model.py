@@ -14,8 +14,13 @@ import argparse
 import base64
 import hashlib
 import json
+import os
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -192,6 +197,105 @@ def upload_to_ready(url: str, timeout: float = 120.0, seed: int = 3) -> float:
     return round(time.perf_counter() - started, 3)
 
 
+def ort_web() -> Path | None:
+    """onnxruntime-web's node entry point: `npm install onnxruntime-web` into a cache
+    folder once (WASMQ_BENCH_NPM_DIR, default ~/.cache/wasmq-bench); None without npm."""
+    folder = Path(os.environ.get("WASMQ_BENCH_NPM_DIR",
+                                 Path.home() / ".cache" / "wasmq-bench"))
+    entry = folder / "node_modules" / "onnxruntime-web" / "dist" / "ort.node.min.mjs"
+    if entry.exists():
+        return entry
+    if not (shutil.which("npm") and shutil.which("node")):
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(folder),
+                           "onnxruntime-web"], capture_output=True, timeout=600)
+    return entry if done.returncode == 0 and entry.exists() else None
+
+
+def web_ms(entry: Path, data: bytes, image: np.ndarray, reps: int) -> list[float]:
+    """Per-inference times of onnxruntime-web (wasm, one thread) under node."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model, feed = Path(tmp) / "model.onnx", Path(tmp) / "input.bin"
+        model.write_bytes(data)
+        feed.write_bytes(np.ascontiguousarray(image, "<f4").tobytes())
+        # --no-liftoff: V8's optimizing compiler from the start, so a few runs time the
+        # code a browser settles on (with the baseline compiler first, runs vary 10x)
+        done = subprocess.run(["node", "--no-liftoff", str(Path(__file__).with_name("ort_web.mjs")),
+                               str(entry),
+                               str(model), str(feed), ",".join(map(str, image.shape)),
+                               str(reps)], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"onnxruntime-web failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["ms"]
+
+
+def zoo_row(name: str, reps: int = 3, web: Path | None = None,
+            max_bytes: int = 1 << 30) -> dict:
+    """One zoo architecture: its build, then wasmq (the worker runtime, epoch interruption
+    on), onnxruntime native on one thread and onnxruntime-web back to back, medians."""
+    import onnxruntime as ort
+
+    from bench.zoo import ZOO
+    from wasmq.workers.runtime import Runtime
+
+    make, shape = ZOO[name]
+    data = make().SerializeToString()
+    started = time.perf_counter()
+    built = build_model(data, max_bytes=max_bytes)
+    build_s = time.perf_counter() - started
+    image = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    body = json.dumps({"input": base64.b64encode(image.tobytes()).decode(),
+                       "type": "raw"}).encode()
+    runtime = Runtime(cache_bytes=4 << 30)
+    prepared = runtime.prepare(hashlib.sha256(built.wasm).hexdigest(), lambda: built.wasm,
+                               warm=True)
+    limits = Limits(timeout_s=120, max_memory_mb=max_bytes / (1 << 20) + 64)
+    started = time.perf_counter()
+    first = runtime.run(prepared, body, limits)
+    first_s = time.perf_counter() - started
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"input": image})[0]
+    got = np.array(json.loads(first.output)["output"], np.float32).reshape(want.shape)
+    wasm_ms, ort_ms = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        runtime.run(prepared, body, limits)
+        t1 = time.perf_counter()
+        sess.run(None, {"input": image})
+        wasm_ms.append((t1 - t0) * 1000)
+        ort_ms.append((time.perf_counter() - t1) * 1000)
+    row = {"model": name, "module_mb": round(len(built.wasm) / (1 << 20), 1),
+           "build_s": round(build_s, 2), "first_call_s": round(first_s, 2),
+           "wasmq_ms": round(statistics.median(wasm_ms), 1),
+           "native_ms": round(statistics.median(ort_ms), 1),
+           "max_abs_diff": float(np.abs(got - want).max())}
+    if web is not None:
+        row["web_ms"] = round(statistics.median(web_ms(web, data, image, reps)), 1)
+        row["per_web"] = round(row["wasmq_ms"] / row["web_ms"], 2)
+    row["per_native"] = round(row["wasmq_ms"] / row["native_ms"], 2)
+    return row
+
+
+def zoo_table(rows: list[dict]) -> str:
+    """The issue's table, and the geometric mean of wasmq over native."""
+    head = "| model | wasmq ms | onnxruntime native | onnxruntime-web (wasm) | wasmq / native " \
+           "| wasmq / web | build s | first call s |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['wasmq_ms']} | {r['native_ms']} | "
+                     f"{r.get('web_ms', '-')} | {r['per_native']}x | "
+                     f"{str(r['per_web']) + 'x' if 'per_web' in r else '-'} | {r['build_s']} | "
+                     f"{r['first_call_s']} |")
+    geo = float(np.exp(np.mean(np.log([r["per_native"] for r in rows]))))
+    lines.append(f"geometric mean wasmq / native: {geo:.2f}x (target <= 2.5x); "
+                 f"wasmq / web target <= 1.0x each")
+    return "\n".join(lines)
+
+
 def report(result: dict) -> str:
     """The figures, one a line, and whether the issue's target holds."""
     lines = [f"{key:>24}: {value}" for key, value in result.items()]
@@ -203,7 +307,22 @@ def report(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.model", description=__doc__)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--zoo", nargs="*", metavar="MODEL",
+                        help="the zoo table instead (every architecture, or those named: "
+                             "ResNet-50 SqueezeNet ShuffleNet DenseNet-121 'Inception v2' "
+                             "VGG-19 ResNet-20); --reps per model (3 when not given)")
     args = parser.parse_args()
+    if args.zoo is not None:
+        from bench.zoo import ZOO
+
+        web = ort_web()
+        reps = args.reps if args.reps != 30 else 3
+        rows = []
+        for name in args.zoo or list(ZOO):
+            rows.append(zoo_row(name, reps, web))
+            print(json.dumps(rows[-1]), flush=True)
+        print(zoo_table(rows))
+        return
     print(report(measure(args.reps)))
 
 
