@@ -503,6 +503,12 @@ static void conv_winograd(const int32_t *p) {
     }
 }
 
+/* Fast paths, defined in their own region below ("speed"): each returns 0 when it
+ * does not apply, and the general kernel runs. */
+static int conv_depthwise(const int32_t *p);
+static void pool_interior(const float *xc, int H, int W, int h0, int KH, int KW, int dh,
+                          int dw, int sw, int pl, int mode, int cnt, int owa, int owb, float *yr);
+
 /* Conv, NCHW, weights packed per group as [Mg/4][Kg][4], Kg = Cg*KH*KW.
  * p[28] = 1: Winograd (conv_winograd). */
 __attribute__((noinline)) static void op_conv(const int32_t *p) {
@@ -518,6 +524,7 @@ __attribute__((noinline)) static void op_conv(const int32_t *p) {
     float *padded = (float *)(uintptr_t)p[24];  /* 0 when there is no padding */
     int Hp = p[25], Wp = p[26], NT = p[27];  /* NT: columns a chunk, a multiple of 8 */
     if (p[28]) { conv_winograd(p); return; }
+    if (conv_depthwise(p)) return;
     int Cg = C / G, Mg = M / G, Kg = Cg * KH * KW, P = OH * OW;
     int Mg4 = (Mg + 3) & ~3;
     for (int n = 0; n < N; n++) {
@@ -619,11 +626,35 @@ __attribute__((noinline)) static void op_pool(const int32_t *p) {
     int dh = p[13], dw = p[14], mode = p[15], include_pad = p[16];
     const float *x = (const float *)(uintptr_t)p[17];
     float *y = (float *)(uintptr_t)p[18];
+    /* Columns [owa, owb) have every tap inside the row: pool_interior does them four at
+     * a time (strides 1 and 2); the others, and any narrower row, one at a time here. */
+    int owa = OW, owb = OW;
+    if (sw <= 2) {
+        int last = W - 1 + pl - (KW - 1) * dw;  /* the interior: ow * sw <= last */
+        owa = (pl + sw - 1) / sw;
+        owb = last < 0 ? 0 : last / sw + 1;
+        if (owb > OW) owb = OW;
+        if (owa > owb) owa = owb;
+        if (owb - owa < 4) owa = owb = OW;
+    }
     for (int c = 0; c < planes; c++) {
         const float *xc = x + (size_t)c * H * W;
-        for (int oh = 0; oh < OH; oh++)
+        for (int oh = 0; oh < OH; oh++) {
+            float *yr = y + ((size_t)c * OH + oh) * OW;
+            int h0 = oh * sh - pt;
+            if (owb > owa) {
+                int rows = 0;
+                for (int kh = 0; kh < KH; kh++) rows += h0 + kh * dh >= 0 && h0 + kh * dh < H;
+                if (include_pad) {
+                    int hs = h0 < -pt ? -pt : h0, he = h0 + (KH - 1) * dh + 1;
+                    if (he > H + pb) he = H + pb;
+                    rows = (he - hs + dh - 1) / dh;
+                }
+                pool_interior(xc, H, W, h0, KH, KW, dh, dw, sw, pl, mode, rows * KW, owa, owb, yr);
+            }
             for (int ow = 0; ow < OW; ow++) {
-                int h0 = oh * sh - pt, w0 = ow * sw - pl;
+                if (ow == owa) { ow = owb - 1; continue; }
+                int w0 = ow * sw - pl;
                 float acc = mode == 0 ? -__builtin_inff() : 0.0f;
                 int cnt = 0;
                 for (int kh = 0; kh < KH; kh++) {
@@ -649,8 +680,9 @@ __attribute__((noinline)) static void op_pool(const int32_t *p) {
                     }
                     acc = cnt ? acc / cnt : 0;
                 }
-                *y++ = acc;
+                yr[ow] = acc;
             }
+        }
     }
 }
 
@@ -1055,6 +1087,93 @@ __attribute__((noinline)) static void op_fill(const int32_t *p) {
     char *y = (char *)(uintptr_t)p[2];
     const char *v = (const char *)(p + 3);
     for (int i = 0; i < count; i++) __builtin_memcpy(y + (size_t)i * es, v, (size_t)es);
+}
+
+/* ---------------------------------------------------------------- speed
+ * Fast paths of Conv and pooling for the shapes CNNs are made of (issue 21). */
+
+/* Four pooled outputs of one row, columns ow .. ow+3, every tap inside the row.
+ * Stride 2 reads 8 floats and keeps the even 4 (the last read may be one float past
+ * the row's last tap, never used). Max propagates NaN as the scalar loop does. */
+static inline v128_t pool4(const float *xc, int W, int h0, int KH, int KW, int dh, int dw,
+                           int sw, int w0, int H, int mode) {
+    v128_t acc = wasm_f32x4_splat(mode == 0 ? -__builtin_inff() : 0.0f);
+    for (int kh = 0; kh < KH; kh++) {
+        int ih = h0 + kh * dh;
+        if (ih < 0 || ih >= H) continue;
+        const float *at = xc + (size_t)ih * W + w0;
+        for (int kw = 0; kw < KW; kw++, at += dw) {
+            v128_t v = wasm_v128_load(at);
+            if (sw == 2) v = wasm_i32x4_shuffle(v, wasm_v128_load(at + 4), 0, 2, 4, 6);
+            acc = mode == 0 ? wasm_f32x4_max(acc, v) : wasm_f32x4_add(acc, v);
+        }
+    }
+    return acc;
+}
+
+/* Columns [owa, owb) of one output row (at least 4): four at a time, the last four
+ * overlapping the previous ones when the count is not a multiple of 4. `cnt`: the
+ * divisor of an average. */
+static void pool_interior(const float *xc, int H, int W, int h0, int KH, int KW, int dh,
+                          int dw, int sw, int pl, int mode, int cnt, int owa, int owb,
+                          float *yr) {
+    v128_t div = wasm_f32x4_splat((float)(cnt ? cnt : 1));
+    for (int ow = owa;; ow += 4) {
+        if (ow + 4 > owb) ow = owb - 4;
+        v128_t v = pool4(xc, W, h0, KH, KW, dh, dw, sw, ow * sw - pl, H, mode);
+        if (mode == 1) v = cnt ? wasm_f32x4_div(v, div) : wasm_f32x4_splat(0.0f);
+        wasm_v128_store(yr + ow, v);
+        if (ow + 4 >= owb) break;
+    }
+}
+
+/* Depthwise Conv (one input and one output channel a group): a direct convolution,
+ * four output columns at a time, from the padded plane; the weights stay packed as
+ * op_conv's ([1][K][4], the first of each 4 the filter's). Strides 1 and 2. */
+static int conv_depthwise(const int32_t *p) {
+    int N = p[0], C = p[1], H = p[2], W = p[3], M = p[4], KH = p[5], KW = p[6];
+    int OH = p[7], OW = p[8], sh = p[9], sw = p[10], pt = p[11], pl = p[12];
+    int dh = p[13], dw = p[14], G = p[15];
+    if (G != C || M != C || OW < 4 || (sw != 1 && sw != 2)) return 0;
+    const float *x = (const float *)(uintptr_t)p[16];
+    const float *w = (const float *)(uintptr_t)p[17];
+    const float *bias = (const float *)(uintptr_t)p[18];
+    float *y = (float *)(uintptr_t)p[19];
+    act_t act = read_act(p + 20);
+    float *padded = (float *)(uintptr_t)p[24];
+    int Hp = p[25], Wp = p[26], K = KH * KW;
+    for (int n = 0; n < N; n++)
+        for (int g = 0; g < C; g++) {
+            const float *src = x + ((size_t)n * C + g) * H * W;
+            int Ws = W;
+            if (padded) {
+                pad_input(src, padded, 1, H, W, Hp, Wp, pt, pl);
+                src = padded;
+                Ws = Wp;
+            }
+            const float *wg = w + (size_t)g * 4 * K;
+            v128_t b = wasm_f32x4_splat(bias ? bias[g] : 0.0f);
+            float *yg = y + ((size_t)n * C + g) * OH * OW;
+            for (int oh = 0; oh < OH; oh++) {
+                const float *row = src + (size_t)oh * sh * Ws;
+                for (int ow = 0;; ow += 4) {
+                    if (ow + 4 > OW) ow = OW - 4;
+                    v128_t acc = b;
+                    const float *wk = wg;
+                    for (int kh = 0; kh < KH; kh++) {
+                        const float *at = row + (size_t)kh * dh * Ws + (size_t)ow * sw;
+                        for (int kw = 0; kw < KW; kw++, at += dw, wk += 4) {
+                            v128_t v = wasm_v128_load(at);
+                            if (sw == 2) v = wasm_i32x4_shuffle(v, wasm_v128_load(at + 4), 0, 2, 4, 6);
+                            acc = MADD(wasm_v128_load32_splat(wk), v, acc);
+                        }
+                    }
+                    wasm_v128_store(yg + (size_t)oh * OW + ow, vact(acc, act));
+                    if (ow + 4 >= OW) break;
+                }
+            }
+        }
+    return 1;
 }
 
 #ifdef WQ_PROFILE

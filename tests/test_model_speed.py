@@ -1,0 +1,88 @@
+"""The kernels' fast paths (issue 21's speed work) answer as onnxruntime on the shapes
+that take them and at their edges: vector interiors of pooled rows, depthwise
+convolutions, 1x1 convolutions read in place, Concat written in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper as h
+from onnx import numpy_helper
+
+from tests.model_runner import reference, run_model, single, typed_outputs
+
+F = onnx.TensorProto.FLOAT
+RNG = np.random.default_rng(21)
+
+
+def rand(*shape: int) -> np.ndarray:
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def check(model: onnx.ModelProto, feeds: dict[str, np.ndarray], tol: float = 1e-4) -> None:
+    want, got = reference(model, feeds), run_model(model, feeds)
+    for name, value in want.items():
+        assert got[name].shape == value.shape, name
+        np.testing.assert_allclose(got[name], value, rtol=tol, atol=tol, err_msg=name)
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+@pytest.mark.parametrize("attrs", [
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+    {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1]},
+    {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+    {"kernel_shape": [2, 2], "strides": [2, 2]},
+    {"kernel_shape": [3, 3], "strides": [1, 1], "pads": [2, 1, 2, 1], "dilations": [2, 2]},
+    {"kernel_shape": [5, 5], "strides": [3, 3], "pads": [2, 2, 2, 2]},  # stride 3: scalar
+])
+@pytest.mark.parametrize("width", [7, 13, 29])
+def test_pooled_rows_match_onnxruntime_in_their_vector_interior_and_edges(
+        op: str, attrs: dict, width: int) -> None:
+    if op == "MaxPool":
+        attrs = {k: v for k, v in attrs.items() if k != "count_include_pad"}
+    elif "dilations" in attrs:
+        attrs = {k: v for k, v in attrs.items() if k != "dilations"}
+    shape = [1, 3, 11, width]
+    check(single(op, [("x", shape, F)], ["y"], opset=13, **attrs), {"x": rand(*shape)})
+
+
+def test_max_pool_propagates_nan_in_the_vector_interior() -> None:
+    x = rand(1, 1, 6, 16)
+    x[0, 0, 2, 7] = np.nan
+    got = run_model(single("MaxPool", [("x", list(x.shape), F)], ["y"], opset=13,
+                           kernel_shape=[3, 3], strides=[1, 1]), {"x": x})["y"]
+    assert np.isnan(got[0, 0, 0:3, 5:8]).all()
+    assert not np.isnan(got[0, 0, :, 9:]).any()
+
+
+def conv_bn_relu(c: int, shape: list[int], k: int, **attrs: object) -> onnx.ModelProto:
+    """A depthwise Conv with BatchNormalization and Relu fused into it."""
+    inits = [numpy_helper.from_array(rand(c, 1, k, k), "w"), numpy_helper.from_array(rand(c), "b")]
+    for name, value in (("s", 1 + 0.1 * rand(c)), ("t", rand(c)), ("m", rand(c)),
+                        ("v", 1 + np.abs(rand(c)))):
+        inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["c"], group=c, kernel_shape=[k, k], **attrs),
+             h.make_node("BatchNormalization", ["c", "s", "t", "m", "v"], ["n"]),
+             h.make_node("Relu", ["n"], ["y"])]
+    graph = h.make_graph(nodes, "dw", [h.make_tensor_value_info("x", F, shape)],
+                         [onnx.ValueInfoProto(name="y")], initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    return typed_outputs(model)
+
+
+@pytest.mark.parametrize("attrs", [
+    {"pads": [1, 1, 1, 1]}, {"pads": [1, 1, 1, 1], "strides": [2, 2]},
+    {"pads": [0, 1, 2, 1], "strides": [2, 2]}, {"pads": [2, 2, 2, 2], "dilations": [2, 2]}, {},
+])
+@pytest.mark.parametrize("width", [5, 9, 20])
+def test_depthwise_convolutions_match_onnxruntime(attrs: dict, width: int) -> None:
+    shape = [2, 6, 7, width]
+    check(conv_bn_relu(6, shape, 3, **attrs), {"x": rand(*shape)})
+
+
+def test_depthwise_5x5_and_outputs_narrower_than_a_vector() -> None:
+    check(conv_bn_relu(4, [1, 4, 9, 9], 5, pads=[2, 2, 2, 2]), {"x": rand(1, 4, 9, 9)})
+    check(conv_bn_relu(4, [1, 4, 5, 5], 3, strides=[2, 2]), {"x": rand(1, 4, 5, 5)})
