@@ -86,3 +86,24 @@ def test_depthwise_convolutions_match_onnxruntime(attrs: dict, width: int) -> No
 def test_depthwise_5x5_and_outputs_narrower_than_a_vector() -> None:
     check(conv_bn_relu(4, [1, 4, 9, 9], 5, pads=[2, 2, 2, 2]), {"x": rand(1, 4, 9, 9)})
     check(conv_bn_relu(4, [1, 4, 5, 5], 3, strides=[2, 2]), {"x": rand(1, 4, 5, 5)})
+
+
+def test_a_model_over_the_memory_limit_names_every_setting_to_raise() -> None:
+    """A big model (VGG-19's 548 MB) is refused at once naming all the settings that
+    would each refuse it in turn, and once they allow it, its record says how long
+    its build took."""
+    from wasmq.broker.errors import InvalidModule
+    from wasmq.toolchain.build import build_content
+
+    model = single("MatMul", [("x", [1, 512], F)], ["y"], {"w": rand(512, 1024)}, opset=13)
+    data = model.SerializeToString()
+    with pytest.raises(InvalidModule) as refused:
+        build_content(data, max_memory=1 << 20)
+    message = refused.value.message
+    assert message.startswith("model refused: ")
+    for setting in ("WASMQ_MAX_MEMORY_MB", "WASMQ_MAX_MODULE_MB", "WASMQ_COMPILE_MEMORY_MB",
+                    "WASMQ_COMPILE_TIMEOUT"):
+        assert setting in message
+    built = build_content(data, max_memory=64 << 20)
+    assert built.kind == "onnx"
+    assert built.model["planMs"] >= 0 and built.model["compileMs"] >= 0

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from wasmq.toolchain.model import ml, ops
 from wasmq.toolchain.model import program as pg
-from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 from wasmq.toolchain.model.program import Instr, Program, Ref, Tensor, f32_bits
 from wasmq.toolchain.model.wasmfile import Kernel
 
@@ -371,8 +371,8 @@ class Builder:
             if name:
                 value = np.asarray(value)
                 if value.nbytes > self.prog.max_bytes:
-                    raise ModelError(f"{ops._where(node)}: its constant result is over the "
-                                     f"model limit")
+                    raise ModelTooLarge(f"{ops._where(node)}: its constant result is over "
+                                        f"the model limit", value.nbytes)
                 self.values[name] = self.const_tensor(name, value)
         return True
 
@@ -437,7 +437,8 @@ def check_self_contained(model: onnx.ModelProto) -> None:
 def build(data: bytes, max_bytes: int,
           input_shapes: dict[str, tuple[int, ...]] | None = None) -> BuiltModel:
     if len(data) > max_bytes:
-        raise ModelError(f"the model file is {len(data)} bytes, over the limit of {max_bytes}")
+        raise ModelTooLarge(f"the model file is {len(data)} bytes, over the limit of "
+                            f"{max_bytes}", len(data))
     model = load(data)
     check_self_contained(model)
     if len(model.graph.node) > MAX_NODES:
@@ -447,13 +448,16 @@ def build(data: bytes, max_bytes: int,
     inputs, outputs = b.run()
     k = kernel()
     blob, end = b.prog.pack(k.plan_address, inputs, outputs)
+    weights = sum(len(c) for c in b.prog.consts)
+    b.prog.consts.clear()  # in the blob now: a big model's weights are held twice, not thrice
     io_bytes = sum(t.size * pg.ESIZE[t.dtype] for t in inputs + outputs)
     wasm = k.pack(blob, end, slack=min(64 << 20, (1 << 20) + 8 * io_bytes))
+    del blob
 
     def info(t: Tensor) -> TensorInfo:
         return TensorInfo(t.name, t.shape, pg.NAMES[t.dtype])
 
     return BuiltModel(wasm, [info(t) for t in inputs], [info(t) for t in outputs],
                       {(d or "ai.onnx"): v for d, v in b.opsets.items() if v},
-                      dict(b.op_counts), sum(len(c) for c in b.prog.consts), end,
+                      dict(b.op_counts), weights, end,
                       len(b.prog.instrs))

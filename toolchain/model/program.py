@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 
 MAGIC = 0x314D5157
 F32, I64, BOOL = 0, 1, 2
@@ -98,8 +98,8 @@ class Program:
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = count * ESIZE[dtype]
         if nbytes > self.max_bytes:
-            raise ModelError(f"tensor '{name}' of shape {shape} needs {nbytes} bytes, over the "
-                             f"model limit of {self.max_bytes} bytes")
+            raise ModelTooLarge(f"tensor '{name}' of shape {shape} needs {nbytes} bytes, over "
+                                f"the model limit of {self.max_bytes} bytes", nbytes)
         storage = Storage(nbytes, self.step)
         self.storages.append(storage)
         return Tensor(name, shape, dtype, storage=storage)
@@ -168,8 +168,10 @@ class Program:
             total = max(total, offset + size)
         return total
 
-    def pack(self, base: int, inputs: list[Tensor], outputs: list[Tensor]) -> tuple[bytes, int]:
-        """The blob at `base` and the end of the arena that follows it."""
+    def pack(self, base: int, inputs: list[Tensor], outputs: list[Tensor]
+             ) -> tuple[bytearray, int]:
+        """The blob at `base` and the end of the arena that follows it (a bytearray: the
+        module copies it once, so no second copy of the weights is made here)."""
         arena_size = self.plan_memory(outputs)
         names = bytearray()
         name_at: list[int] = []
@@ -191,8 +193,9 @@ class Program:
         arena = (base + blob_size + 63) & ~63
         end = arena + arena_size
         if end - base > self.max_bytes:
-            raise ModelError(f"the model needs {end - base} bytes (weights {blob_size}, "
-                             f"activations {arena_size}), over the limit of {self.max_bytes}")
+            raise ModelTooLarge(f"the model needs {end - base} bytes (weights {blob_size}, "
+                                f"activations {arena_size}), over the limit of "
+                                f"{self.max_bytes}", end - base)
 
         def address(r: Ref) -> int:
             if r.tensor is not None:
@@ -220,4 +223,4 @@ class Program:
         blob[code_off:code_off + 4 * len(words)] = code.tobytes()
         for at, c in zip(const_at, self.consts, strict=False):
             blob[at:at + len(c)] = c
-        return bytes(blob), end
+        return blob, end
