@@ -107,3 +107,45 @@ def test_a_model_over_the_memory_limit_names_every_setting_to_raise() -> None:
     built = build_content(data, max_memory=64 << 20)
     assert built.kind == "onnx"
     assert built.model["planMs"] >= 0 and built.model["compileMs"] >= 0
+
+
+def dense_block() -> onnx.ModelProto:
+    """DenseNet's pattern and Concat's edges: each layer's output concatenated onto all
+    earlier ones; a tensor two Concats take, one taken twice, a Concat on a later axis,
+    a Concat input that is also a model output."""
+    inits, nodes = [], []
+    x, c = "x", 4
+    for i in range(3):
+        inits.append(numpy_helper.from_array(rand(2, c, 3, 3), f"w{i}"))
+        nodes += [h.make_node("Relu", [x], [f"r{i}"]),
+                  h.make_node("Conv", [f"r{i}", f"w{i}"], [f"y{i}"], pads=[1, 1, 1, 1]),
+                  h.make_node("Concat", [x, f"y{i}"], [f"cat{i}"], axis=1)]
+        x, c = f"cat{i}", c + 2
+    nodes += [h.make_node("Concat", ["y1", "y2", "y1"], ["twice"], axis=1),  # y1 again
+              h.make_node("Concat", ["y0", "y2"], ["rows"], axis=2),  # not one run: copied
+              h.make_node("Add", ["y2", "y2"], ["after"])]  # y2, in place, read afterwards
+    graph = h.make_graph(nodes, "dense", [h.make_tensor_value_info("x", F, [1, 4, 5, 6])],
+                         [onnx.ValueInfoProto(name=n) for n in ("cat2", "twice", "rows",
+                                                                "after", "y0")],
+                         initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    return typed_outputs(model)
+
+
+def test_concat_writes_its_inputs_in_place_and_answers_as_onnxruntime() -> None:
+    from wasmq.toolchain.model import program as pg
+    from wasmq.toolchain.model.ops import E
+    from wasmq.toolchain.model.planner import Builder
+
+    model = dense_block()
+    for seed in range(2):
+        check(model, {"x": np.random.default_rng(seed).standard_normal((1, 4, 5, 6))
+                      .astype(np.float32)})
+    b = Builder(model, 1 << 26, None)
+    b.run()
+    copied = sorted(i.words[12].tensor.name for i in b.prog.instrs
+                    if i.op == pg.OP_ELT and i.words[0] == E["COPY"])
+    # the dense block's Concats copy nothing; y1 and y2 already lie in them, so "twice"
+    # copies its three inputs, and "rows" (not one run of bytes) its two
+    assert copied == ["rows", "rows", "twice", "twice", "twice"]

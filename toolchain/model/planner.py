@@ -218,6 +218,18 @@ class Builder:
             return Ref(const=self.prog.constant(t.const.astype(pg.NUMPY[t.dtype])), extra=extra)
         return self.prog.ref(t, extra)
 
+    def in_place(self, t: Tensor, out: Tensor, at: int, whole: bool) -> bool:
+        """Whether `t` (a Concat input, already planned) can be written straight into
+        `out` from byte `at` on, so that the Concat copies nothing: when its slice of
+        `out` is one run of bytes (`whole`) and t is all of its own storage. DenseNet
+        concatenates each layer's output onto all the earlier ones: copied, each
+        Concat would move them all again."""
+        if not whole or t.is_const or t.storage is None or out.storage is None or t.offset:
+            return False
+        if t.storage.nbytes != t.size * pg.ESIZE[t.dtype]:
+            return False
+        return self.prog.place_inside(t.storage, out.storage, at)
+
     def producer(self, t: Tensor, instr: Instr) -> None:
         self.producers[t.name] = instr
 

@@ -29,13 +29,27 @@ OP_ARG, OP_GATHER, OP_TREES, OP_FILL = 7, 8, 9, 10
 
 
 class Storage:
-    """Bytes in the arena; several tensors (a Reshape and its input) may share one."""
+    """Bytes in the arena; several tensors (a Reshape and its input) may share one.
+
+    A storage may also lie inside another (`parent`, `at` bytes in): a Concat's
+    inputs are written in place in its output (see Program.place_inside). Only
+    storages without a parent are given offsets, live while anything inside them is.
+    """
 
     def __init__(self, nbytes: int, first: int) -> None:
         self.nbytes = max(int(nbytes), 1)
         self.first = first
         self.last = first
         self.offset = -1
+        self.parent: Storage | None = None
+        self.at = 0
+
+    def root(self) -> tuple[Storage, int]:
+        """The outermost storage holding this one, and where in it this one starts."""
+        s, at = self, 0
+        while s.parent is not None:
+            s, at = s.parent, at + s.at
+        return s, at
 
 
 @dataclass
@@ -114,6 +128,15 @@ class Program:
     def scratch(self, nbytes: int) -> Tensor:
         return self.new(f"scratch{len(self.storages)}", (max(1, nbytes // 4),), F32)
 
+    def place_inside(self, child: Storage, parent: Storage, at: int) -> bool:
+        """Lay `child` out inside `parent` from byte `at` on, when it is in no other
+        storage yet (a tensor two Concats take can be in place in one of them)."""
+        if child.parent is not None or parent.root()[0] is child or \
+                at < 0 or at + child.nbytes > parent.nbytes:
+            return False
+        child.parent, child.at = parent, at
+        return True
+
     def use(self, t: Tensor) -> None:
         if t.storage is not None:
             t.storage.last = max(t.storage.last, self.step)
@@ -146,7 +169,11 @@ class Program:
         for t in live_to_end:
             if t.storage is not None:
                 t.storage.last = 1 << 30
-        order = sorted(self.storages, key=lambda s: (-s.nbytes, s.first))
+        for s in self.storages:  # a storage inside another keeps the outermost one live
+            root, _ = s.root()
+            root.first, root.last = min(root.first, s.first), max(root.last, s.last)
+        order = sorted((s for s in self.storages if s.parent is None),
+                       key=lambda s: (-s.nbytes, s.first))
         count = len(order)
         # what is placed so far, as arrays: the overlap test is one vectorised pass
         firsts = np.zeros(count, np.int64)
@@ -201,7 +228,8 @@ class Program:
             if r.tensor is not None:
                 if r.tensor.is_const:
                     raise AssertionError("constant tensor without a packed copy")
-                return arena + r.tensor.storage.offset + r.tensor.offset + r.extra
+                root, at = r.tensor.storage.root()
+                return arena + root.offset + at + r.tensor.offset + r.extra
             return base + const_at[r.const] + r.extra
 
         blob = bytearray(blob_size)
