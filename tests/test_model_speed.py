@@ -149,3 +149,30 @@ def test_concat_writes_its_inputs_in_place_and_answers_as_onnxruntime() -> None:
     # the dense block's Concats copy nothing; y1 and y2 already lie in them, so "twice"
     # copies its three inputs, and "rows" (not one run of bytes) its two
     assert copied == ["rows", "rows", "twice", "twice", "twice"]
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("shapes", [[[1, 5, 3, 7], [5, 1, 1]], [[5, 1, 1], [1, 5, 3, 7]],
+                                    [[2, 3, 9], [2, 3, 1]]])
+def test_an_operand_constant_along_the_row_is_broadcast_in_vectors(
+        op: str, shapes: list[list[int]]) -> None:
+    feeds = {"a": rand(*shapes[0]), "b": rand(*shapes[1])}
+    if op == "Div":
+        feeds["b"] = np.abs(feeds["b"]) + 0.5
+    check(single(op, [("a", shapes[0], F), ("b", shapes[1], F)], ["y"], opset=13), feeds)
+
+
+def test_a_batchnorm_after_no_conv_with_relu_matches_onnxruntime() -> None:
+    """DenseNet's pre-activation: BatchNormalization on a Concat, then Relu."""
+    c = 6
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
+        ("s", 1 + 0.1 * rand(c)), ("t", rand(c)), ("m", rand(c)), ("v", 1 + np.abs(rand(c))))]
+    nodes = [h.make_node("Concat", ["a", "b"], ["x"], axis=1),
+             h.make_node("BatchNormalization", ["x", "s", "t", "m", "v"], ["n"]),
+             h.make_node("Relu", ["n"], ["y"])]
+    graph = h.make_graph(nodes, "bn", [h.make_tensor_value_info("a", F, [1, 2, 5, 7]),
+                                       h.make_tensor_value_info("b", F, [1, 4, 5, 7])],
+                         [onnx.ValueInfoProto(name="y")], initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    check(typed_outputs(model), {"a": rand(1, 2, 5, 7), "b": rand(1, 4, 5, 7)})

@@ -883,6 +883,23 @@ __attribute__((noinline)) static int op_elt(const int32_t *p) {
                     wasm_v128_store(z + i, r);
                 }
                 for (; i < inner; i++) { float r = bin_f(op, x[i], y[i]); z[i] = (a != 0 && r < 0) ? 0 : r; }
+            } else if (sO == 1 && op <= E_DIV && ((s0 == 1 && s1 == 0) || (s0 == 0 && s1 == 1))) {
+                /* one operand the same along the row (a per-channel scale or shift, as a
+                 * BatchNormalization that follows no Conv makes): it splatted, vectors */
+                const float *row = s0 ? x : y;
+                v128_t k = wasm_f32x4_splat(s0 ? y[0] : x[0]);
+                int i = 0;
+                for (; i + 4 <= inner; i += 4) {
+                    v128_t u = s0 ? wasm_v128_load(row + i) : k, v = s0 ? k : wasm_v128_load(row + i);
+                    v128_t r = op == E_ADD ? wasm_f32x4_add(u, v) : op == E_SUB ? wasm_f32x4_sub(u, v) :
+                               op == E_MUL ? wasm_f32x4_mul(u, v) : wasm_f32x4_div(u, v);
+                    if (a != 0) r = wasm_f32x4_max(r, wasm_f32x4_splat(0));  /* fused Relu */
+                    wasm_v128_store(z + i, r);
+                }
+                for (; i < inner; i++) {
+                    float r = bin_f(op, x[i * s0], y[i * s1]);
+                    z[i] = (a != 0 && r < 0) ? 0 : r;
+                }
             } else
                 for (int i = 0; i < inner; i++) {
                     float r = bin_f(op, x[i * s0], y[i * s1]);
