@@ -176,3 +176,31 @@ def test_a_batchnorm_after_no_conv_with_relu_matches_onnxruntime() -> None:
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
     model.ir_version = 8
     check(typed_outputs(model), {"a": rand(1, 2, 5, 7), "b": rand(1, 4, 5, 7)})
+
+
+def test_floats_print_with_the_fewest_digits_that_read_back() -> None:
+    """The reply's float formatting (halving the digit count instead of trying each)
+    prints as few digits as numpy's shortest round trip, for floats of every magnitude
+    (the last digit may differ where two shortest forms read back)."""
+    import base64
+    import json
+
+    from tests.model_runner import run_wasm
+    from wasmq.toolchain.model import build_model
+
+    n = 20000
+    x = (RNG.standard_normal(n) * 10.0 ** RNG.integers(-40, 38, n)).astype(np.float32)
+    built = build_model(single("Identity", [("x", [n], F)], ["y"]).SerializeToString(),
+                        max_bytes=1 << 26)
+    body = json.dumps({"input": base64.b64encode(x.tobytes()).decode(), "type": "raw"})
+    out = run_wasm(built.wasm, body.encode()).output
+    printed = out[len(b'{"output": ['):-2].decode().split(", ")
+    assert len(printed) == n
+
+    def digits(text: str) -> str:
+        return text.lower().split("e")[0].replace("-", "").replace(".", "").strip("0")
+
+    for text, value in zip(printed, x, strict=True):
+        assert np.float32(float(text)) == value
+        shortest = digits(np.format_float_scientific(value, unique=True))
+        assert len(digits(text)) == len(shortest), (text, shortest)

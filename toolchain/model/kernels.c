@@ -1503,17 +1503,28 @@ static void out_f(float f) {
     int e = (int)__builtin_floor(e2 * 0.30102999566398120);
     while (scale10(1.0, e) > d) e--;
     while (scale10(1.0, e + 1) <= d) e++;
-    uint64_t m = 0;
-    int prec = 1;
-    for (; prec <= 9; prec++) {
-        double sc = scale10(d, prec - 1 - e);
-        m = (uint64_t)__builtin_rint(sc);
-        int ee = e;
-        if (m >= (uint64_t)P10[prec]) { m /= 10; ee++; }
-        float back = (float)scale10((double)m, ee - prec + 1);
-        if (back == (float)d) { e = ee; break; }
+    /* Nine significant digits read back to any float32; the fewest that do are found
+     * by halving [1, 9] (a rounding that reads back has every longer one read back
+     * too), each candidate rounded from the nine in integers: about four checks a
+     * number where trying 1, 2, ... took up to nine scalings of the double. */
+    uint64_t m9 = (uint64_t)__builtin_rint(scale10(d, 8 - e));
+    if (m9 >= 1000000000u) { m9 = (uint64_t)__builtin_rint(scale10(d, 7 - e)); e++; }
+    uint64_t m = m9;
+    int prec = 9, ee9 = e, lo = 1, hi = 9;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2, ee = e;
+        uint64_t q = (uint64_t)P10[9 - mid], mp = (m9 + q / 2) / q;
+        if (mp >= (uint64_t)P10[mid]) { mp /= 10; ee++; }
+        if ((float)scale10((double)mp, ee - mid + 1) == (float)d) { hi = mid; m = mp; prec = mid; ee9 = ee; }
+        else lo = mid + 1;
     }
-    if (prec > 9) prec = 9;
+    if (prec > 1) {  /* rounding twice (to nine, then fewer) can miss by a digit: from d */
+        int ee = e;
+        uint64_t mp = (uint64_t)__builtin_rint(scale10(d, prec - 2 - e));
+        if (mp >= (uint64_t)P10[prec - 1]) { mp /= 10; ee++; }
+        if ((float)scale10((double)mp, ee - prec + 2) == (float)d) { m = mp; prec--; ee9 = ee; }
+    }
+    e = ee9;
     char dig[12];
     for (int i = prec - 1; i >= 0; i--) { dig[i] = (char)('0' + m % 10); m /= 10; }
     while (prec > 1 && dig[prec - 1] == '0') prec--;
