@@ -1,9 +1,12 @@
-// onnxruntime-web (its WebAssembly build, one thread, SIMD) timing a model under node:
-// node bench/ort_web.mjs <ort.node.min.mjs> <model.onnx> <input.bin> <dims,comma,separated> <reps>
-// Prints one JSON line: {"ms": [per inference, after two warm-up runs], "first": [...]}.
+// onnxruntime-web (its WebAssembly build, one thread, SIMD) running a model under node,
+// one inference per line read on stdin, so the bench can interleave it with wasmq's:
+//   node --no-liftoff bench/ort_web.mjs <ort.node.min.mjs> <model.onnx> <input.bin> <dims,...>
+// Prints "ready" once the session is made and warmed up (two runs), then for each line in
+// one line with that run's milliseconds.
 import { readFileSync } from "node:fs";
+import { createInterface } from "node:readline";
 
-const [ortPath, modelPath, inputPath, dimsText, repsText] = process.argv.slice(2);
+const [ortPath, modelPath, inputPath, dimsText] = process.argv.slice(2);
 const ort = await import(ortPath);
 ort.env.wasm.numThreads = 1;
 ort.env.wasm.simd = true;
@@ -11,17 +14,12 @@ const session = await ort.InferenceSession.create(readFileSync(modelPath),
                                                   { executionProviders: ["wasm"] });
 const raw = readFileSync(inputPath);
 const data = new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
-const dims = dimsText.split(",").map(Number);
-const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", data, dims) };
-let first = null;
-for (let i = 0; i < 2; i++) {
-  const out = await session.run(feeds);
-  first = first || Array.from(out[session.outputNames[0]].data.slice(0, 5));
-}
-const ms = [];
-for (let i = 0; i < Number(repsText); i++) {
+const feeds = { [session.inputNames[0]]: new ort.Tensor("float32", data,
+                                                        dimsText.split(",").map(Number)) };
+for (let i = 0; i < 2; i++) await session.run(feeds);
+console.log("ready");
+for await (const _ of createInterface({ input: process.stdin })) {
   const t0 = performance.now();
   await session.run(feeds);
-  ms.push(performance.now() - t0);
+  console.log(String(performance.now() - t0));
 }
-console.log(JSON.stringify({ ms, first }));

@@ -84,11 +84,15 @@ class Net:
         return self.node("Gemm", [flat, w, self.const(np.zeros(classes))], transB=1)
 
     def model(self, out: str, size: int = 224, classes: int = 1000) -> onnx.ModelProto:
+        """The logits first (what the bench compares: with random weights the softmax
+        of a deep network saturates to 0 and 1), then the probabilities."""
+        self.nodes.append(h.make_node("Identity", [out], ["logits"]))
         self.nodes.append(h.make_node("Softmax", [out], ["probabilities"], axis=1))
         graph = h.make_graph(
             self.nodes, self.name,
             [h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, size, size])],
-            [h.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, [1, classes])],
+            [h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, classes])
+             for n in ("logits", "probabilities")],
             initializer=self.inits)
         model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
         model.ir_version = 8
