@@ -1109,9 +1109,16 @@ __attribute__((noinline)) static void op_fill(const int32_t *p) {
 /* ---------------------------------------------------------------- speed
  * Fast paths of Conv and pooling for the shapes CNNs are made of (issue 21). */
 
+/* Four input columns a stride `sw` (1 or 2) apart from `at`: stride 2 reads 8 floats
+ * and keeps the even 4 (the last read may be one float past the row's last tap, never
+ * used). */
+static inline v128_t load_cols(const float *at, int sw) {
+    v128_t v = wasm_v128_load(at);
+    return sw == 2 ? wasm_i32x4_shuffle(v, wasm_v128_load(at + 4), 0, 2, 4, 6) : v;
+}
+
 /* Four pooled outputs of one row, columns ow .. ow+3, every tap inside the row.
- * Stride 2 reads 8 floats and keeps the even 4 (the last read may be one float past
- * the row's last tap, never used). Max propagates NaN as the scalar loop does. */
+ * Max propagates NaN as the scalar loop does. */
 static inline v128_t pool4(const float *xc, int W, int h0, int KH, int KW, int dh, int dw,
                            int sw, int w0, int H, int mode) {
     v128_t acc = wasm_f32x4_splat(mode == 0 ? -__builtin_inff() : 0.0f);
@@ -1120,8 +1127,7 @@ static inline v128_t pool4(const float *xc, int W, int h0, int KH, int KW, int d
         if (ih < 0 || ih >= H) continue;
         const float *at = xc + (size_t)ih * W + w0;
         for (int kw = 0; kw < KW; kw++, at += dw) {
-            v128_t v = wasm_v128_load(at);
-            if (sw == 2) v = wasm_i32x4_shuffle(v, wasm_v128_load(at + 4), 0, 2, 4, 6);
+            v128_t v = load_cols(at, sw);
             acc = mode == 0 ? wasm_f32x4_max(acc, v) : wasm_f32x4_add(acc, v);
         }
     }
@@ -1179,11 +1185,8 @@ static int conv_depthwise(const int32_t *p) {
                     const float *wk = wg;
                     for (int kh = 0; kh < KH; kh++) {
                         const float *at = row + (size_t)kh * dh * Ws + (size_t)ow * sw;
-                        for (int kw = 0; kw < KW; kw++, at += dw, wk += 4) {
-                            v128_t v = wasm_v128_load(at);
-                            if (sw == 2) v = wasm_i32x4_shuffle(v, wasm_v128_load(at + 4), 0, 2, 4, 6);
-                            acc = MADD(wasm_v128_load32_splat(wk), v, acc);
-                        }
+                        for (int kw = 0; kw < KW; kw++, at += dw, wk += 4)
+                            acc = MADD(wasm_v128_load32_splat(wk), load_cols(at, sw), acc);
                     }
                     wasm_v128_store(yg + (size_t)oh * OW + ow, vact(acc, act));
                     if (ow + 4 >= OW) break;
