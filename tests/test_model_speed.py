@@ -204,3 +204,13 @@ def test_floats_print_with_the_fewest_digits_that_read_back() -> None:
         assert np.float32(float(text)) == value
         shortest = digits(np.format_float_scientific(value, unique=True))
         assert len(digits(text)) == len(shortest), (text, shortest)
+
+
+@pytest.mark.parametrize("hw", [(14, 14), (7, 7), (3, 5), (8, 8)])
+def test_1x1_convolutions_read_columns_in_vectors_whatever_the_row_width(
+        hw: tuple[int, int]) -> None:
+    """A 1x1 stride-1 Conv reads eight consecutive input columns a panel (its last panel
+    past the plane's end, those columns dropped), with any number of columns a row."""
+    shape = [1, 40, *hw]
+    inits = {"w": rand(10, 40, 1, 1), "b": rand(10)}
+    check(single("Conv", [("x", shape, F)], ["y"], inits, opset=13), {"x": rand(*shape)})

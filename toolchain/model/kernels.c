@@ -553,7 +553,20 @@ __attribute__((noinline)) static void op_conv(const int32_t *p) {
             for (int p0 = 0; p0 < P; p0 += NT) {
                 int p1 = p0 + NT < P ? p0 + NT : P;
                 int oh = p0 / OW, ow = p0 % OW;  /* then stepped, not divided */
-                if (sw == 1 && (OW & 7) == 0) {
+                if (KH == 1 && KW == 1 && sh == 1 && sw == 1 && !padded) {
+                    /* 1x1, stride 1, no padding: output column q reads input column q, so
+                     * eight columns are eight consecutive floats whatever the row width
+                     * (ResNet's 14x14 and 7x7). The last panel may read past the plane:
+                     * its extra columns are computed and dropped. */
+                    for (int q = p0; q < p1; q += 8) {
+                        float *d = col + (size_t)((q - p0) >> 3) * Kg * 8;
+                        for (int k = 0; k < Kg; k++, d += 8) {
+                            const float *from = src + q + off[k];
+                            wasm_v128_store(d, wasm_v128_load(from));
+                            wasm_v128_store(d + 4, wasm_v128_load(from + 4));
+                        }
+                    }
+                } else if (sw == 1 && (OW & 7) == 0) {
                     /* 8 output columns within a row at a time: each panel written in order */
                     for (int q = p0; q < p1; q += 8) {
                         const float *base = src + (size_t)oh * sh * Ws + ow;
