@@ -214,3 +214,18 @@ def test_1x1_convolutions_read_columns_in_vectors_whatever_the_row_width(
     shape = [1, 40, *hw]
     inits = {"w": rand(10, 40, 1, 1), "b": rand(10)}
     check(single("Conv", [("x", shape, F)], ["y"], inits, opset=13), {"x": rand(*shape)})
+
+
+@pytest.mark.parametrize("c,hw,k,attrs", [
+    (3, (11, 13), 3, {"pads": [1, 1, 1, 1]}),                     # too few channels for Winograd
+    (3, (21, 27), 7, {"pads": [3, 3, 3, 3], "strides": [2, 2]}),  # a stem; chunks end mid-row
+    (40, (9, 29), 1, {"strides": [2, 2]}),                        # a downsampling 1x1
+    (6, (12, 22), 3, {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+    (5, (10, 40), 3, {"pads": [1, 1, 1, 1], "strides": [3, 3]}),  # stride 3: one at a time
+])
+def test_column_matrices_at_row_widths_not_a_multiple_of_8_match_onnxruntime(
+        c: int, hw: tuple[int, int], k: int, attrs: dict) -> None:
+    shape = [1, c, *hw]
+    inits = {"w": rand(6, c, k, k), "b": rand(6)}
+    check(single("Conv", [("x", shape, F)], ["y"], inits, opset=13, **attrs),
+          {"x": rand(*shape)})
