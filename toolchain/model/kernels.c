@@ -186,7 +186,7 @@ static inline float sact(float v, act_t a) {
  * step (their dependency chain then ran through memory); the multiply and the add take
  * separate pipes and leave every operand in place. Measured in turns under the same load:
  * ResNet-50 0.73x the time, a 7x7 stride-2 stem 0.4x, 1x1 convolutions 0.65 to 0.8x.
- * It also needs no relaxed SIMD of the engine, and browsers and workers round alike. */
+ * A browser now rounds these products exactly as a worker does. */
 #define MADD(a, b, c) wasm_f32x4_add(wasm_f32x4_mul(a, b), c)
 
 /* The GEMM micro-kernel: a 4x8 tile of C, acc[i][j] += A[k][i] * B[k][j] for n <= MK_STEPS
