@@ -1169,6 +1169,36 @@ static void pool_interior(const float *xc, int H, int W, int h0, int KH, int KW,
     }
 }
 
+/* One channel of a 3x3 depthwise Conv (MobileNet's and ShuffleNet's): the nine taps
+ * unrolled with their weights in registers, four output columns at a time. */
+static void depthwise3x3(const float *src, int Ws, const float *wg, v128_t b, act_t act,
+                         int sh, int sw, int OH, int OW, float *yg) {
+    v128_t w0 = wasm_v128_load32_splat(wg), w1 = wasm_v128_load32_splat(wg + 4);
+    v128_t w2 = wasm_v128_load32_splat(wg + 8), w3 = wasm_v128_load32_splat(wg + 12);
+    v128_t w4 = wasm_v128_load32_splat(wg + 16), w5 = wasm_v128_load32_splat(wg + 20);
+    v128_t w6 = wasm_v128_load32_splat(wg + 24), w7 = wasm_v128_load32_splat(wg + 28);
+    v128_t w8 = wasm_v128_load32_splat(wg + 32);
+    for (int oh = 0; oh < OH; oh++) {
+        const float *r0 = src + (size_t)oh * sh * Ws, *r1 = r0 + Ws, *r2 = r1 + Ws;
+        float *yr = yg + (size_t)oh * OW;
+        for (int ow = 0;; ow += 4) {
+            if (ow + 4 > OW) ow = OW - 4;
+            size_t at = (size_t)ow * sw;
+            v128_t acc = MADD(w0, load_cols(r0 + at, sw), b);
+            acc = MADD(w1, load_cols(r0 + at + 1, sw), acc);
+            acc = MADD(w2, load_cols(r0 + at + 2, sw), acc);
+            acc = MADD(w3, load_cols(r1 + at, sw), acc);
+            acc = MADD(w4, load_cols(r1 + at + 1, sw), acc);
+            acc = MADD(w5, load_cols(r1 + at + 2, sw), acc);
+            acc = MADD(w6, load_cols(r2 + at, sw), acc);
+            acc = MADD(w7, load_cols(r2 + at + 1, sw), acc);
+            acc = MADD(w8, load_cols(r2 + at + 2, sw), acc);
+            wasm_v128_store(yr + ow, vact(acc, act));
+            if (ow + 4 >= OW) break;
+        }
+    }
+}
+
 /* Depthwise Conv (one input and one output channel a group): a direct convolution,
  * four output columns at a time, from the padded plane; the weights stay packed as
  * op_conv's ([1][K][4], the first of each 4 the filter's). Strides 1 and 2. */
@@ -1196,6 +1226,10 @@ static int conv_depthwise(const int32_t *p) {
             const float *wg = w + (size_t)g * 4 * K;
             v128_t b = wasm_f32x4_splat(bias ? bias[g] : 0.0f);
             float *yg = y + ((size_t)n * C + g) * OH * OW;
+            if (KH == 3 && KW == 3 && dh == 1 && dw == 1) {
+                depthwise3x3(src, Ws, wg, b, act, sh, sw, OH, OW, yg);
+                continue;
+            }
             for (int oh = 0; oh < OH; oh++) {
                 const float *row = src + (size_t)oh * sh * Ws;
                 for (int ow = 0;; ow += 4) {
