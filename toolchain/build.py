@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -90,7 +91,9 @@ class _Module:
 
 def build_content(content: bytes, *, max_memory: int, max_module: int = 1 << 62) -> Built:
     """Build whatever was uploaded; runs in the child, under its limits."""
+    started = time.perf_counter()
     source = _as_module(content, max_memory)
+    planned = time.perf_counter()
     if len(source.wasm) > max_module:
         # A model packed into a module is bounded as an uploaded module is: a tiny model
         # could otherwise become one of any size (issue 22).
@@ -100,8 +103,12 @@ def build_content(content: bytes, *, max_memory: int, max_module: int = 1 << 62)
     # One thread per build: the slots count cores, and wasmtime would otherwise
     # compile a module's functions on every core at once.
     module = abi.compile_module(make_engine(parallel_compilation=False), source.wasm)
+    model = source.model
+    if model is not None:  # how long the build took, said in the record (a big model's: s)
+        model = {**model, "planMs": round((planned - started) * 1000),
+                 "compileMs": round((time.perf_counter() - planned) * 1000)}
     return Built(source.wasm, abi.inspect_module(module), bytes(module.serialize()),
-                 source.kind, source.model)
+                 source.kind, model)
 
 
 def _as_module(content: bytes, max_memory: int) -> _Module:
@@ -115,6 +122,9 @@ def _as_module(content: bytes, max_memory: int) -> _Module:
         raise InvalidModule(_neither(content))
     try:
         built = model.build_model(content, max_bytes=max_memory)
+    except model.ModelTooLarge as exc:
+        raise InvalidModule(f"model refused: {exc}. {big_model_limits(exc.needed, len(content))}"
+                            ) from None
     except model.ModelError as exc:
         raise InvalidModule(f"model refused: {exc}") from None
     return _Module(built.wasm, "onnx", built.describe())
@@ -135,6 +145,19 @@ def _neither(content: bytes) -> str:
                 f"Client(url).deploy_model(fitted) (wasmq's Python client, with its sklearn "
                 f"extra)")
     return f"{expected}; the file is neither (a truncated or damaged .onnx is neither, too)"
+
+
+def big_model_limits(needed: int, upload: int) -> str:
+    """The settings an operator raises to deploy a model this large, all in one
+    sentence: each would otherwise refuse it in turn (issue 21: VGG-19, 548 MB)."""
+    memory_mb = math.ceil(max(needed, upload) * 1.25 / MB)
+    return (f"To serve it the operator raises WASMQ_MAX_MEMORY_MB (what a model and a task "
+            f"may use) to more than {memory_mb}; a model this large also needs "
+            f"WASMQ_MAX_MODULE_MB over its file and built module "
+            f"(about {math.ceil(upload / MB)} MB each), WASMQ_COMPILE_MEMORY_MB to about "
+            f"{math.ceil(7 * upload / MB) + 512} (the build holds the model, its weights and "
+            f"the module at once) and WASMQ_COMPILE_TIMEOUT to about "
+            f"{max(10, math.ceil(upload / MB / 10))} s")
 
 
 def _serve(cpu_s: int, memory: int, max_memory: int, max_module: int, warm: bool) -> int:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 from wasmq.toolchain.model.sniff import is_onnx
 
 if TYPE_CHECKING:
     from wasmq.toolchain.model.planner import BuiltModel, TensorInfo
 
-__all__ = ["BuiltModel", "ModelError", "TensorInfo", "build_model", "is_onnx"]
+__all__ = ["BuiltModel", "ModelError", "ModelTooLarge", "TensorInfo", "build_model", "is_onnx"]
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - the planner's classes, imported late

@@ -20,7 +20,7 @@ import onnx
 from wasmq.toolchain.model import ml, ops
 from wasmq.toolchain.model import program as pg
 from wasmq.toolchain.model import tensors as checked
-from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 from wasmq.toolchain.model.program import Instr, Program, Ref, Tensor, f32_bits
 from wasmq.toolchain.model.wasmfile import Kernel
 
@@ -222,6 +222,18 @@ class Builder:
             return Ref(const=self._packed[key][1], extra=extra)
         return self.prog.ref(t, extra)
 
+    def in_place(self, t: Tensor, out: Tensor, at: int, whole: bool) -> bool:
+        """Whether `t` (a Concat input, already planned) can be written straight into
+        `out` from byte `at` on, so that the Concat copies nothing: when its slice of
+        `out` is one run of bytes (`whole`) and t is all of its own storage. DenseNet
+        concatenates each layer's output onto all the earlier ones: copied, each
+        Concat would move them all again."""
+        if not whole or t.is_const or t.storage is None or out.storage is None or t.offset:
+            return False
+        if t.storage.nbytes != t.size * pg.ESIZE[t.dtype]:
+            return False
+        return self.prog.place_inside(t.storage, out.storage, at)
+
     def producer(self, t: Tensor, instr: Instr) -> None:
         self.producers[t.name] = instr
 
@@ -378,8 +390,8 @@ class Builder:
             if name:
                 value = np.asarray(value)
                 if value.nbytes > self.prog.max_bytes:
-                    raise ModelError(f"{ops._where(node)}: its constant result is over the "
-                                     f"model limit")
+                    raise ModelTooLarge(f"{ops._where(node)}: its constant result is over "
+                                        f"the model limit", value.nbytes)
                 self.values[name] = self.const_tensor(name, value)
         return True
 
@@ -417,7 +429,8 @@ def _dims_text(dims: list | None) -> str:
 def build(data: bytes, max_bytes: int,
           input_shapes: dict[str, tuple[int, ...]] | None = None) -> BuiltModel:
     if len(data) > max_bytes:
-        raise ModelError(f"the model file is {len(data)} bytes, over the limit of {max_bytes}")
+        raise ModelTooLarge(f"the model file is {len(data)} bytes, over the limit of "
+                            f"{max_bytes}", len(data))
     model = load(data)
     checked.check_tensors(model, max_bytes)  # before anything reads a tensor
     checked.check_names(model)
@@ -432,13 +445,16 @@ def build(data: bytes, max_bytes: int,
                              f"outputs may have at most {IO_RANK}")
     k = kernel()
     blob, end = b.prog.pack(k.plan_address, inputs, outputs)
+    weights = b.prog.weights_bytes()
+    b.prog.consts.clear()  # in the blob now: a big model's weights are held twice, not thrice
     io_bytes = sum(t.size * pg.ESIZE[t.dtype] for t in inputs + outputs)
     wasm = k.pack(blob, end, slack=min(64 << 20, (1 << 20) + 8 * io_bytes))
+    del blob
 
     def info(t: Tensor) -> TensorInfo:
         return TensorInfo(t.name, t.shape, pg.NAMES[t.dtype])
 
     return BuiltModel(wasm, [info(t) for t in inputs], [info(t) for t in outputs],
                       {(d or "ai.onnx"): v for d, v in b.opsets.items() if v},
-                      dict(b.op_counts), b.prog.weights_bytes(), end,
+                      dict(b.op_counts), weights, end,
                       len(b.prog.instrs))

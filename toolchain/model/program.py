@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 
 MAGIC = 0x314D5157
 F32, I64, BOOL = 0, 1, 2
@@ -42,13 +42,27 @@ def volume(dims: Iterable[object]) -> int:
 
 
 class Storage:
-    """Bytes in the arena; several tensors (a Reshape and its input) may share one."""
+    """Bytes in the arena; several tensors (a Reshape and its input) may share one.
+
+    A storage may also lie inside another (`parent`, `at` bytes in): a Concat's
+    inputs are written in place in its output (see Program.place_inside). Only
+    storages without a parent are given offsets, live while anything inside them is.
+    """
 
     def __init__(self, nbytes: int, first: int) -> None:
         self.nbytes = max(int(nbytes), 1)
         self.first = first
         self.last = first
         self.offset = -1
+        self.parent: Storage | None = None
+        self.at = 0
+
+    def root(self) -> tuple[Storage, int]:
+        """The outermost storage holding this one, and where in it this one starts."""
+        s, at = self, 0
+        while s.parent is not None:
+            s, at = s.parent, at + s.at
+        return s, at
 
 
 @dataclass
@@ -113,8 +127,8 @@ class Program:
             raise ModelError(f"tensor '{name}' would have a negative dimension {shape}")
         span = volume(max(d, 1) for d in shape) * ESIZE.get(dtype, 8)
         if span > self.max_bytes or any(d > MAX_DIM for d in shape):
-            raise ModelError(f"tensor '{name}' of shape {shape} needs {span} bytes, over the "
-                             f"model limit of {self.max_bytes} bytes")
+            raise ModelTooLarge(f"tensor '{name}' of shape {shape} needs {span} bytes, over "
+                                f"the model limit of {self.max_bytes} bytes", span)
         return shape
 
     def new(self, name: str, shape: tuple[int, ...], dtype: int) -> Tensor:
@@ -133,6 +147,15 @@ class Program:
 
     def scratch(self, nbytes: int) -> Tensor:
         return self.new(f"scratch{len(self.storages)}", (max(1, nbytes // 4),), F32)
+
+    def place_inside(self, child: Storage, parent: Storage, at: int) -> bool:
+        """Lay `child` out inside `parent` from byte `at` on, when it is in no other
+        storage yet (a tensor two Concats take can be in place in one of them)."""
+        if child.parent is not None or parent.root()[0] is child or \
+                at < 0 or at + child.nbytes > parent.nbytes:
+            return False
+        child.parent, child.at = parent, at
+        return True
 
     def use(self, t: Tensor) -> None:
         if t.storage is not None:
@@ -170,7 +193,11 @@ class Program:
         for t in live_to_end:
             if t.storage is not None:
                 t.storage.last = 1 << 30
-        order = sorted(self.storages, key=lambda s: (-s.nbytes, s.first))
+        for s in self.storages:  # a storage inside another keeps the outermost one live
+            root, _ = s.root()
+            root.first, root.last = min(root.first, s.first), max(root.last, s.last)
+        order = sorted((s for s in self.storages if s.parent is None),
+                       key=lambda s: (-s.nbytes, s.first))
         count = len(order)
         # what is placed so far, as arrays: the overlap test is one vectorised pass
         firsts = np.zeros(count, np.int64)
@@ -192,8 +219,10 @@ class Program:
             total = max(total, offset + size)
         return total
 
-    def pack(self, base: int, inputs: list[Tensor], outputs: list[Tensor]) -> tuple[bytes, int]:
-        """The blob at `base` and the end of the arena that follows it."""
+    def pack(self, base: int, inputs: list[Tensor], outputs: list[Tensor]
+             ) -> tuple[bytearray, int]:
+        """The blob at `base` and the end of the arena that follows it (a bytearray: the
+        module copies it once, so no second copy of the weights is made here)."""
         arena_size = self.plan_memory(outputs)
         names = bytearray()
         name_at: list[int] = []
@@ -220,14 +249,16 @@ class Program:
         arena = (base + blob_size + 63) & ~63
         end = arena + arena_size
         if end - base > self.max_bytes:
-            raise ModelError(f"the model needs {end - base} bytes (weights {blob_size}, "
-                             f"activations {arena_size}), over the limit of {self.max_bytes}")
+            raise ModelTooLarge(f"the model needs {end - base} bytes (weights {blob_size}, "
+                                f"activations {arena_size}), over the limit of "
+                                f"{self.max_bytes}", end - base)
 
         def address(r: Ref) -> int:
             if r.tensor is not None:
                 if r.tensor.is_const:
                     raise AssertionError("constant tensor without a packed copy")
-                return arena + r.tensor.storage.offset + r.tensor.offset + r.extra
+                root, at = r.tensor.storage.root()
+                return arena + root.offset + at + r.tensor.offset + r.extra
             return base + const_at[r.const] + r.extra
 
         blob = bytearray(blob_size)
@@ -249,4 +280,4 @@ class Program:
         blob[code_off:code_off + 4 * len(words)] = code.tobytes()
         for c, at in placed.items():
             blob[at:at + len(c)] = c
-        return bytes(blob), end
+        return blob, end
