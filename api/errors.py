@@ -32,6 +32,7 @@ from wasmq.broker.errors import (
     FunctionBuilding,
     InvalidModule,
     NotFound,
+    QuotaExceeded,
     RateLimited,
     StorageFull,
     TaskFailed,
@@ -76,6 +77,7 @@ HTTP_REPLIES: dict[type[WasmqError], HttpReply] = {
     FunctionBuilding: HttpReply(503, lambda exc: {"Retry-After": str(exc.retry_after)}),
     BuildFailed: HttpReply(409),
     StorageFull: HttpReply(507),
+    QuotaExceeded: HttpReply(507),
     TaskFailed: HttpReply(200),  # the task ran and failed: a Scailable statusCode 0
 }
 
