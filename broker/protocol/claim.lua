@@ -25,7 +25,7 @@
 local running_key, queued_key = KEYS[1], KEYS[2]
 local node, now, retries, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 
-local out = {}
+local out, claimed = {}, {}
 for i = 3, #KEYS do
   local record_key = KEYS[i]
   local tid, want_job = ARGV[2 * i - 1], ARGV[2 * i]
@@ -42,10 +42,13 @@ for i = 3, #KEYS do
   if state == 'run' then
     redis.call('HSET', record_key, 'status', 'running', 'node', node, 'worker', worker,
                'startedAt', now, 'attempts', retries + 1)
-    redis.call('SADD', running_key, tid)
-    redis.call('ZREM', queued_key, tid)
+    claimed[#claimed + 1] = tid
   end
   out[#out + 1] = state
   out[#out + 1] = (state == 'run' and want_job == '1' and job) or false
+end
+if #claimed > 0 then
+  redis.call('SADD', running_key, unpack(claimed))
+  redis.call('ZREM', queued_key, unpack(claimed))
 end
 return out

@@ -35,17 +35,19 @@ local channel, ttl, now, expire_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4
 
 local buckets = {'0.001', '0.0025', '0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5',
                  '1', '2.5', '5', '10', '30', '60', '120', '300'}
+-- Counts and histograms are summed here and written once per script, not per call.
+local counters, histograms = {}, {[exec_key] = {}, [e2e_key] = {}}
 local function observe(key, value)
   local bucket = '+Inf'
   for _, le in ipairs(buckets) do
     if value <= tonumber(le) then bucket = le; break end
   end
-  redis.call('HINCRBY', key, bucket, 1)
-  redis.call('HINCRBYFLOAT', key, 'sum', value)
-  redis.call('HINCRBY', key, 'count', 1)
+  local h = histograms[key]
+  h[bucket] = (h[bucket] or 0) + 1
+  h.sum, h.count = (h.sum or 0) + value, (h.count or 0) + 1
 end
 
-local stored, wakeups = {}, {}
+local stored, wakeups, gone, was_queued = {}, {}, {}, {}
 local at, c, kept = 5, 0, 0
 while at <= #ARGV do
   c = c + 1
@@ -56,27 +58,38 @@ while at <= #ARGV do
   local first_field = at + 7
   at = first_field + nfields
   local status, created = unpack(redis.call('HMGET', record_key, 'status', 'createdAt'))
-  if only_queued == '1' and status ~= 'queued' then
-    stored[c] = 0
-  elseif status == 'succeeded' or status == 'failed' or not status then
-    redis.call('ZREM', inflight_key, tid)
-    redis.call('SREM', running_key, tid)
-    stored[c] = 0
-  else
-    redis.call('ZREM', inflight_key, tid)
-    redis.call('SREM', running_key, tid)
-    redis.call('ZREM', queued_key, tid)
+  stored[c] = 0
+  if not (only_queued == '1' and status ~= 'queued') then gone[#gone + 1] = tid end
+  if status == 'queued' then was_queued[#was_queued + 1] = tid end
+  if status and status ~= 'succeeded' and status ~= 'failed'
+      and not (only_queued == '1' and status ~= 'queued') then
     stored[c] = 1
     kept = kept + size
-    redis.call('HINCRBY', counts_key, counter, 1)
+    counters[counter] = (counters[counter] or 0) + 1
     if exec_s ~= '' then observe(exec_key, tonumber(exec_s)) end
     if tonumber(created or '') then observe(e2e_key, math.max(0, now - tonumber(created))) end
-    redis.call('HDEL', record_key, 'input', 'job')
+    redis.call('HDEL', record_key, 'job')
     redis.call('HSET', record_key, unpack(ARGV, first_field, at - 1))
     redis.call('EXPIRE', record_key, ttl)
     local packed = ''
     if ship == '1' then packed = cmsgpack.pack(redis.call('HGETALL', record_key)) end
     wakeups[#wakeups + 1] = {tid, packed}
+  end
+end
+if #gone > 0 then
+  redis.call('ZREM', inflight_key, unpack(gone))
+  redis.call('SREM', running_key, unpack(gone))
+end
+if #was_queued > 0 then redis.call('ZREM', queued_key, unpack(was_queued)) end
+for counter, n in pairs(counters) do redis.call('HINCRBY', counts_key, counter, n) end
+for key, h in pairs(histograms) do
+  if h.count then
+    for _, le in ipairs(buckets) do
+      if h[le] then redis.call('HINCRBY', key, le, h[le]) end
+    end
+    if h['+Inf'] then redis.call('HINCRBY', key, '+Inf', h['+Inf']) end
+    redis.call('HINCRBYFLOAT', key, 'sum', h.sum)
+    redis.call('HINCRBY', key, 'count', h.count)
   end
 end
 if kept > 0 then

@@ -42,7 +42,9 @@ local first_counter, first_usage = 5, 5 + nrules
 local first_task = first_usage + nusage
 
 local kept = 0
-for u = first_usage, first_task - 1 do kept = kept + tonumber(redis.call('GET', KEYS[u]) or '0') end
+for _, v in ipairs(redis.call('MGET', unpack(KEYS, first_usage, first_task - 1))) do
+  kept = kept + tonumber(v or '0')
+end
 local stored = 0
 
 local windows, allowances, used, added = {}, {}, {}, {}
@@ -55,6 +57,7 @@ end
 local current = redis.call('GET', function_key)
 local held = redis.call('ZCARD', inflight_key)
 local swept, stale, admitted = false, false, 0
+local members = {}  -- score, tid of each call created: one ZADD for all
 local replies = {}
 local at = 8 + 2 * nrules
 local c = 0
@@ -89,8 +92,8 @@ while at <= #ARGV do
     local tid = ARGV[first_field + 1]  -- the first field written is always 'tid'
     redis.call('HSET', record_key, unpack(ARGV, first_field, first_cost - 1))
     redis.call('EXPIRE', record_key, ttl)
-    redis.call('ZADD', inflight_key, now, tid)
-    redis.call('ZADD', queued_key, now, tid)
+    members[#members + 1] = now
+    members[#members + 1] = tid
     reply = 'queued:' .. held
     held = held + 1
     admitted = admitted + 1
@@ -110,6 +113,8 @@ for i = 1, c do
   if r then replies[i] = replies[i] .. redis.call('TTL', KEYS[first_counter + r - 1]) end
 end
 if admitted > 0 then
+  redis.call('ZADD', inflight_key, unpack(members))
+  redis.call('ZADD', queued_key, unpack(members))
   redis.call('EXPIRE', inflight_key, ttl)
   redis.call('EXPIRE', queued_key, ttl)
   redis.call('HINCRBY', counts_key, 'submitted', admitted)
