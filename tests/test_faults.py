@@ -38,7 +38,7 @@ def test_a_killed_worker_process_reruns_its_task_and_nothing_is_lost_or_doubled(
         inputs = [f"20 task {i}" for i in range(200)]
         victims = submit_all(api, cfid, [f"4000 victim {i}" for i in range(3)])
         tids = submit_all(api, cfid, inputs)
-        killed: set[int] = set()
+        killed: dict[str, int] = {}  # victim -> the process killed while running it
         hit: set[str] = set()
         deadline = time.monotonic() + 60
         while len(hit) < len(victims):  # kill each victim once, mid-run, in any order
@@ -50,7 +50,7 @@ def test_a_killed_worker_process_reruns_its_task_and_nothing_is_lost_or_doubled(
                     pid = node_pid(node)
                     assert pid in pool_pids(worker), (pid, pool_pids(worker))
                     os.kill(pid, signal.SIGKILL)
-                    killed.add(pid)
+                    killed[tid] = pid
                     hit.add(tid)
             time.sleep(0.05)
         watcher.wait_for(victims + tids, timeout=120)
@@ -61,7 +61,7 @@ def test_a_killed_worker_process_reruns_its_task_and_nothing_is_lost_or_doubled(
     for tid, (status, node, attempts) in zip(victims, statuses(stack.client(), victims),
                                              strict=True):
         assert status == "succeeded" and attempts >= 2, (tid, status, attempts)
-        assert node_pid(node) not in killed
+        assert node_pid(node) != killed[tid]  # rerun by another process
     for tid, data in zip(victims + tids, [f"4000 victim {i}" for i in range(3)] + inputs,
                          strict=True):
         body = api.retrieve(tid).json()
