@@ -151,19 +151,19 @@ def serve(app: Quart) -> Iterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
+    port = sock.getsockname()[1]
     config = Config()
-    config.bind = [f"fd://{sock.fileno()}"]
+    config.bind = [f"fd://{sock.detach()}"]  # Hypercorn's now: it closes it
     config.accesslog = config.errorlog = None
     loop = test_loop()
     stop = loop.run(_event())
     future = asyncio.run_coroutine_threadsafe(
         hypercorn_serve(app, config, shutdown_trigger=stop.wait), loop.loop)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         loop.loop.call_soon_threadsafe(stop.set)
         future.result(30)
-        sock.close()
 
 
 async def _event() -> asyncio.Event:
