@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from quart import Quart, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -38,6 +38,17 @@ T = TypeVar("T")
 
 
 class Gateway(Quart):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._awaitable: dict[Callable, Callable] = {}
+
+    def ensure_async(self, func: Callable[P, Any]) -> Callable[P, Awaitable[Any]]:
+        """Quart asks for every hook and view of every request: answer from a table."""
+        made = self._awaitable.get(func)
+        if made is None:
+            made = self._awaitable[func] = super().ensure_async(func)
+        return made
+
     def sync_to_async(self, func: Callable[P, T]) -> Callable[P, Awaitable[T]]:
         """A plain view runs on the gateway's threads, within its caller's share."""
         return bounds().on_thread(func)
@@ -56,18 +67,18 @@ def create_app(settings: Settings | None = None) -> Quart:
     register_error_handlers(app)
     register_request_log(app)
 
+    module_limit = (settings.max_module_mb * MB + BODY_SLACK,
+                    f"the module size limit of {settings.max_module_mb} MB (WASMQ_MAX_MODULE_MB)")
+    input_limit = (settings.max_input_mb * MB + BODY_SLACK,
+                   f"the input limit of {settings.max_input_mb} MB (WASMQ_MAX_INPUT_MB)")
+
     @app.before_request
     async def limit_body() -> None:
         # Refuse oversized bodies from Content-Length, before reading them.
-        if request.endpoint in UPLOADS:
-            request.max_content_length = settings.max_module_mb * MB + BODY_SLACK
-            g.body_limit = f"the module size limit of {settings.max_module_mb} MB " \
-                           "(WASMQ_MAX_MODULE_MB)"
-        else:
-            request.max_content_length = settings.max_input_mb * MB + BODY_SLACK
-            g.body_limit = f"the input limit of {settings.max_input_mb} MB " \
-                           "(WASMQ_MAX_INPUT_MB)"
-        if (request.content_length or 0) > request.max_content_length:
+        req = request
+        limit, g.body_limit = module_limit if req.endpoint in UPLOADS else input_limit
+        req.max_content_length = limit
+        if (req.content_length or 0) > limit:
             raise RequestEntityTooLarge()
 
     app.after_request(_cors)
@@ -86,15 +97,16 @@ async def _cors(response: Response) -> Response:
     binary to run it, and calls the API); nothing else does."""
     if not request.path.startswith(CORS_PATHS):
         return response
-    origin = request.headers.get("Origin")
+    headers = request.headers
+    origin = headers.get("Origin")
     response.headers["Access-Control-Allow-Origin"] = origin or "*"
     response.headers["Access-Control-Expose-Headers"] = "Retry-After"
     if origin:
         response.vary.add("Origin")
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+    if "Access-Control-Request-Method" in headers and request.method == "OPTIONS":
         response.headers["Access-Control-Allow-Methods"] = \
-            request.headers["Access-Control-Request-Method"]
-        if "Access-Control-Request-Headers" in request.headers:
+            headers["Access-Control-Request-Method"]
+        if "Access-Control-Request-Headers" in headers:
             response.headers["Access-Control-Allow-Headers"] = \
-                request.headers["Access-Control-Request-Headers"]
+                headers["Access-Control-Request-Headers"]
     return response

@@ -20,7 +20,8 @@ what it protects:
   held open.
 * Call rate, counted in this process: a submission past WASMQ_RATE_LIMIT here is
   refused before it costs a round trip to Redis (the cluster-wide count, the one that
-  holds across gateways, is enqueue.lua's).
+  holds across gateways, is Redis's: api/ratelimit.py). At most REFUSALS_KEPT callers'
+  windows are kept.
 * Refusals: a caller whose submission was just refused with 429 (its tasks in flight,
   a rate rule) gets the same reply for REFUSED_HOLD_S without a round trip, so a
   flood's burst is refused here, cheaply. At most REFUSALS_KEPT callers are held.
@@ -41,9 +42,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from limits import parse_many
-from limits.storage import MemoryStorage
-from limits.strategies import FixedWindowRateLimiter
-from quart import Quart, Response, current_app, g, has_request_context, request
+from quart import Quart, Response, current_app, has_request_context, request
 
 from wasmq.api.caller import SCOPE_KEY, read_caller
 from wasmq.broker.errors import RateLimited, TooManyInFlight
@@ -54,6 +53,7 @@ QUEUED_PER_PROCESS = 8192
 REFUSED_HOLD_S = 0.25
 REFUSALS_KEPT = 100_000
 SUBMIT = "tasks.submit"
+COUNTED = "wasmq.counted"  # in the scope: the caller a request is counted against
 UNCOUNTED = frozenset({"meta.healthz"})
 
 P = ParamSpec("P")
@@ -86,8 +86,8 @@ class Bounds:
         self.requests = 0
         self.waiting = 0
         self.refused: dict[str, _Held] = {}
-        self.limiter = FixedWindowRateLimiter(MemoryStorage())
         self.rules = parse_many(settings.rate_limit) if settings.rate_limit_enabled else []
+        self.windows: dict[tuple[int, str], tuple[float, int]] = {}  # start, calls counted
 
     def register(self, app: Quart) -> None:
         app.extensions["wasmq.bounds"] = self
@@ -128,10 +128,11 @@ class Bounds:
     # Hooks
 
     async def _admit(self) -> Response | None:
-        who = request.scope[SCOPE_KEY] = read_caller(self.settings, request.scope)
-        if request.endpoint in UNCOUNTED:
+        scope, endpoint = request.scope, request.endpoint
+        who = scope[SCOPE_KEY] = read_caller(self.settings, scope)
+        if endpoint in UNCOUNTED:
             return None
-        if request.endpoint == SUBMIT:
+        if endpoint == SUBMIT:
             held = self._still_refused(who.identity)
             if held is not None:
                 return Response(held.body, held.status, held.headers)
@@ -147,11 +148,11 @@ class Bounds:
                                   f"are waiting to be served; retry later", retry_after=1)
         slots.requests += 1
         self.requests += 1
-        g.counted = who.identity
+        scope[COUNTED] = who.identity
         return None
 
     async def _release(self, exc: BaseException | None) -> None:
-        who = g.pop("counted", None)
+        who = request.scope.pop(COUNTED, None)
         if who is None:
             return
         self.requests -= 1
@@ -180,12 +181,21 @@ class Bounds:
         return held
 
     def _count_rate(self, who: str) -> None:
-        for item in self.rules:
-            if not self.limiter.hit(item, who):
-                reset = self.limiter.get_window_stats(item, who).reset_time
+        """A fixed window per rule and caller, from its first call, as the `limits`
+        library counts; a dict, since its MemoryStorage starts a timer thread every
+        few calls to expire them."""
+        now = time.monotonic()
+        if len(self.windows) >= REFUSALS_KEPT:
+            self.windows.clear()
+        for i, item in enumerate(self.rules):
+            start, calls = self.windows.get((i, who), (now, 0))
+            if now - start >= item.get_expiry():
+                start, calls = now, 0
+            if calls >= item.amount:
                 raise RateLimited(f"rate limit of {item} exceeded for this caller; retry "
                                   f"after the time in the Retry-After header",
-                                  retry_after=max(1, int(reset - time.time()) + 1))
+                                  retry_after=max(1, int(start + item.get_expiry() - now) + 1))
+            self.windows[(i, who)] = (start, calls + 1)
 
 
 def bounds() -> Bounds:

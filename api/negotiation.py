@@ -24,6 +24,8 @@ def is_msgpack(mimetype: str) -> bool:
 
 def wants_msgpack() -> bool:
     """True when the client prefers msgpack over JSON (`*/*` still gets JSON)."""
+    if "msgpack" not in request.headers.get("Accept", ""):
+        return False  # most calls: no Accept header to parse
     best = request.accept_mimetypes.best_match(["application/json", *sorted(MSGPACK_TYPES)])
     return best is not None and is_msgpack(best)
 

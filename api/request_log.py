@@ -48,7 +48,5 @@ def register_request_log(app: Quart) -> None:
         RequestLine(request.method, request.path, (request.view_args or {}).get("cfid", ""),
                     TID.get(), g.get("started", time.perf_counter())).log(response.status_code)
         return response
-
-    @app.teardown_request
-    async def forget(exc: BaseException | None) -> None:
-        bind_tid("")
+    # Each request runs in a task of its own, with a copy of the context: the tid it
+    # binds is gone with it.

@@ -16,7 +16,7 @@ import math
 import time
 
 import redis
-from quart import Blueprint, Response, request, url_for
+from quart import Blueprint, Response, request
 
 from wasmq.api.access import require_key_if_private
 from wasmq.api.bounds import bounds
@@ -48,9 +48,10 @@ def parse_wait(raw: str | None, default: float) -> float:
 
 
 def result_url(svc: Services, tid: str) -> str:
+    """Absolute: the public URL's, else the one the request came to."""
     if svc.settings.public_url:
         return f"{svc.settings.public_url.rstrip('/')}/retrieve/{tid}"
-    return url_for("tasks.retrieve", tid=tid, _external=True)
+    return f"{request.scheme}://{request.host}{request.root_path}/retrieve/{tid}"
 
 
 @bp.post("/task/<cfid>")
