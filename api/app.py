@@ -1,8 +1,8 @@
 """The gateway's app factory: configuration passed in, nothing global at import.
 
-A request's path through the app: api/linger.py (a refused request's body is still
-read, so its reply arrives), api/bounds.py (who the caller is, and what it may hold),
-the route's one handler (api/tasks.py, api/functions.py, api/meta.py,
+A request's path through the gateway: api/linger.py (a refused request's body is
+still read, so its reply arrives), api/bounds.py (who the caller is, and what it may
+hold), then in the app the route's one handler (api/tasks.py, api/functions.py, api/meta.py,
 api/metrics.py, api/pages.py), api/negotiation.py (the reply encoded), and
 api/errors.py for whatever was raised on the way.
 
@@ -22,6 +22,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from wasmq.api import functions, meta, metrics, pages, tasks
 from wasmq.api.bounds import Bounds, bounds
+from wasmq.api.cors import cors_headers
 from wasmq.api.errors import register_error_handlers
 from wasmq.api.linger import Linger
 from wasmq.api.request_log import register_request_log
@@ -31,7 +32,6 @@ from wasmq.broker.settings import MB, Settings
 BODY_SLACK = 64 * 1024
 LINGER_MARGIN = 1 * MB  # read past a refused body's limit before closing
 UPLOADS = ("functions.create", "functions.replace")
-CORS_PATHS = ("/task/", "/retrieve/", "/file/")  # what browser clients call from elsewhere
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     biggest = max(settings.max_module_mb, settings.max_input_mb) * MB + BODY_SLACK
     app.config["MAX_CONTENT_LENGTH"] = biggest  # what a request may buffer, any route
     app.extensions["wasmq"] = svc = Services.build(settings)
-    Bounds(settings).register(app)
+    app.extensions["wasmq.bounds"] = limits = Bounds(app.asgi_app, settings)
     for blueprint in (tasks.bp, functions.bp, meta.bp, metrics.bp, pages.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
@@ -87,26 +87,20 @@ def create_app(settings: Settings | None = None) -> Quart:
     async def stop_jobs() -> None:
         await bounds().on_thread(svc.jobs.stop)()
 
-    app.asgi_app = Linger(app.asgi_app, biggest + LINGER_MARGIN)  # type: ignore[method-assign]
+    app.asgi_app = Linger(limits, biggest + LINGER_MARGIN)  # type: ignore[method-assign]
     logging.getLogger("wasmq").setLevel(logging.INFO)
     return app
 
 
 async def _cors(response: Response) -> Response:
-    """/task, /retrieve and /file answer pages of any origin (a browser fetches the
-    binary to run it, and calls the API); nothing else does."""
-    if not request.path.startswith(CORS_PATHS):
-        return response
     headers = request.headers
-    origin = headers.get("Origin")
-    response.headers["Access-Control-Allow-Origin"] = origin or "*"
-    response.headers["Access-Control-Expose-Headers"] = "Retry-After"
-    if origin:
-        response.vary.add("Origin")
-    if "Access-Control-Request-Method" in headers and request.method == "OPTIONS":
-        response.headers["Access-Control-Allow-Methods"] = \
-            headers["Access-Control-Request-Method"]
-        if "Access-Control-Request-Headers" in headers:
-            response.headers["Access-Control-Allow-Headers"] = \
-                headers["Access-Control-Request-Headers"]
+    preflight = request.method == "OPTIONS"
+    for name, value in cors_headers(
+            request.path, headers.get("Origin"),
+            preflight_method=headers.get("Access-Control-Request-Method") if preflight else None,
+            preflight_headers=headers.get("Access-Control-Request-Headers")).items():
+        if name == "Vary":
+            response.vary.add("Origin")
+        else:
+            response.headers[name] = value
     return response

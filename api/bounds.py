@@ -1,5 +1,5 @@
-"""What one caller may hold of a gateway process, and what all of them may: the app's
-bounds, as hooks around every request and the way it runs blocking work.
+"""What one caller may hold of a gateway process, and what all of them may: the ASGI
+middleware in front of the app, and the way the app runs blocking work.
 
 A gateway process serves every request on one event loop; what blocks (a Redis
 round trip, a build, a form) runs on a pool of WASMQ_GATEWAY_THREADS threads, and a
@@ -27,6 +27,10 @@ what it protects:
   flood's burst is refused here, cheaply. At most REFUSALS_KEPT callers are held.
 
 `/healthz` is outside the per-caller counts: a probe is answered whoever floods.
+
+The counts and refusals happen here, before the app builds a request: a refusal costs
+a flood a few microseconds, not a request's way through Quart. This is also the one
+place that reads who the caller is (api/caller.py); the app finds it in the scope.
 """
 
 from __future__ import annotations
@@ -39,12 +43,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import copy_context
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from limits import parse_many
-from quart import Quart, Response, current_app, has_request_context, request
+from quart import current_app, has_request_context, request
 
 from wasmq.api.caller import SCOPE_KEY, read_caller
+from wasmq.api.cors import cors_headers
+from wasmq.api.errors import reply_for
+from wasmq.api.negotiation import encode
+from wasmq.api.replies import error_body
 from wasmq.broker.errors import RateLimited, TooManyInFlight
 from wasmq.broker.settings import Settings
 
@@ -52,9 +60,8 @@ QUEUED_PER_CALLER = 512
 QUEUED_PER_PROCESS = 8192
 REFUSED_HOLD_S = 0.25
 REFUSALS_KEPT = 100_000
-SUBMIT = "tasks.submit"
-COUNTED = "wasmq.counted"  # in the scope: the caller a request is counted against
-UNCOUNTED = frozenset({"meta.healthz"})
+UNCOUNTED = frozenset({"/healthz"})
+ASGIApp = Callable[[dict, Any, Any], Awaitable[None]]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -71,14 +78,13 @@ class _Slots:
 @dataclass(frozen=True)
 class _Held:
     until: float  # time.monotonic()
-    status: int
-    headers: list[tuple[str, str]]
+    start: dict  # the reply's http.response.start
     body: bytes
 
 
 class Bounds:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
         self.threads = ThreadPoolExecutor(settings.gateway_threads,
                                           thread_name_prefix="wasmq-http")
         self.per_caller = max(2, settings.gateway_threads // 16)
@@ -89,11 +95,35 @@ class Bounds:
         self.rules = parse_many(settings.rate_limit) if settings.rate_limit_enabled else []
         self.windows: dict[tuple[int, str], tuple[float, int]] = {}  # start, calls counted
 
-    def register(self, app: Quart) -> None:
-        app.extensions["wasmq.bounds"] = self
-        app.before_request(self._admit)
-        app.after_request(self._remember_refusal)
-        app.teardown_request(self._release)
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        who = scope[SCOPE_KEY] = read_caller(self.settings, scope)
+        if scope["path"] in UNCOUNTED:
+            await self.app(scope, receive, send)
+            return
+        submit = scope["method"] == "POST" and scope["path"].startswith("/task/")
+        try:
+            if submit:
+                held = self._still_refused(who.identity)
+                if held is not None:
+                    await send(held.start)
+                    await send({"type": "http.response.body", "body": held.body})
+                    return
+                self._count_rate(who.identity)
+            slots = self._admit(who.identity)
+        except RateLimited as refusal:
+            await _refuse(scope, send, refusal)
+            return
+        try:
+            await self.app(scope, receive, self._remembering(who.identity, send) if submit
+                           else send)
+        finally:
+            self.requests -= 1
+            slots.requests -= 1
+            if slots.requests <= 0 and self.slots.get(who.identity) is slots:
+                del self.slots[who.identity]  # the table holds only callers being served
 
     # Threads
 
@@ -125,51 +155,41 @@ class Bounds:
         finally:
             self.waiting -= 1
 
-    # Hooks
+    # Counts and refusals
 
-    async def _admit(self) -> Response | None:
-        scope, endpoint = request.scope, request.endpoint
-        who = scope[SCOPE_KEY] = read_caller(self.settings, scope)
-        if endpoint in UNCOUNTED:
-            return None
-        if endpoint == SUBMIT:
-            held = self._still_refused(who.identity)
-            if held is not None:
-                return Response(held.body, held.status, held.headers)
-            self._count_rate(who.identity)
+    def _admit(self, who: str) -> _Slots:
         if self.requests >= QUEUED_PER_PROCESS:
             raise TooManyInFlight(f"more than {QUEUED_PER_PROCESS} requests are waiting to "
                                   f"be served; retry later", retry_after=1)
-        slots = self.slots.get(who.identity)
+        slots = self.slots.get(who)
         if slots is None:
-            slots = self.slots[who.identity] = _Slots(asyncio.Semaphore(self.per_caller))
+            slots = self.slots[who] = _Slots(asyncio.Semaphore(self.per_caller))
         if slots.requests >= QUEUED_PER_CALLER:
             raise TooManyInFlight(f"more than {QUEUED_PER_CALLER} requests of this caller "
                                   f"are waiting to be served; retry later", retry_after=1)
         slots.requests += 1
         self.requests += 1
-        scope[COUNTED] = who.identity
-        return None
+        return slots
 
-    async def _release(self, exc: BaseException | None) -> None:
-        who = request.scope.pop(COUNTED, None)
-        if who is None:
-            return
-        self.requests -= 1
-        slots = self.slots.get(who)
-        if slots is not None:
-            slots.requests -= 1
-            if slots.requests <= 0:
-                del self.slots[who]  # the table holds only callers being served
+    def _remembering(self, who: str, send: Any) -> Any:
+        """`send`, keeping a 429 the app answers a submission with, to answer it again."""
+        start: dict | None = None
+        parts: list[bytes] = []
 
-    async def _remember_refusal(self, response: Response) -> Response:
-        if request.endpoint == SUBMIT and response.status_code == 429:
-            if len(self.refused) >= REFUSALS_KEPT:
-                self.refused.clear()
-            self.refused[request.scope[SCOPE_KEY].identity] = _Held(
-                time.monotonic() + REFUSED_HOLD_S, response.status_code,
-                list(response.headers.items()), await response.get_data())
-        return response
+        async def sending(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] == 429:
+                start = message
+            elif start is not None and message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    if len(self.refused) >= REFUSALS_KEPT:
+                        self.refused.clear()
+                    self.refused[who] = _Held(time.monotonic() + REFUSED_HOLD_S, start,
+                                              b"".join(parts))
+            await send(message)
+
+        return sending
 
     def _still_refused(self, who: str) -> _Held | None:
         held = self.refused.get(who)
@@ -200,3 +220,15 @@ class Bounds:
 
 def bounds() -> Bounds:
     return current_app.extensions["wasmq.bounds"]
+
+
+async def _refuse(scope: dict, send: Any, refusal: RateLimited) -> None:
+    status, extra, message = reply_for(refusal)
+    content, kind = encode(error_body(message))
+    origin = next((v.decode("latin-1") for k, v in scope.get("headers", ())
+                   if k.lower() == b"origin"), None)
+    headers = [(b"content-type", kind.encode()), (b"content-length", str(len(content)).encode())]
+    headers += [(k.lower().encode(), v.encode())
+                for k, v in {**extra, **cors_headers(scope["path"], origin)}.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})

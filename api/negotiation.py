@@ -30,10 +30,14 @@ def wants_msgpack() -> bool:
     return best is not None and is_msgpack(best)
 
 
+def encode(body: Any, *, as_msgpack: bool = False) -> tuple[bytes, str]:
+    """The reply's bytes and their content type."""
+    if as_msgpack:
+        return msgpack.packb(body, use_bin_type=True), MSGPACK
+    return json.dumps(body, separators=(",", ":")).encode(), "application/json"
+
+
 def respond(body: Any, status: int = 200, headers: Mapping[str, str] | None = None, *,
             as_msgpack: bool = False) -> Response:
-    if as_msgpack:
-        return Response(msgpack.packb(body, use_bin_type=True), status=status,
-                        headers=dict(headers or {}), mimetype=MSGPACK)
-    return Response(json.dumps(body, separators=(",", ":")), status=status,
-                    headers=dict(headers or {}), mimetype="application/json")
+    content, kind = encode(body, as_msgpack=as_msgpack)
+    return Response(content, status=status, headers=dict(headers or {}), content_type=kind)
