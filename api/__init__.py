@@ -1,1 +1,1 @@
-"""The HTTP gateway: Flask app factory, routes, request parsing, web pages."""
+"""The HTTP gateway: Quart app factory, bounds, routes, request parsing, web pages."""

@@ -8,10 +8,7 @@ results retrieved only with a key. Keys are compared in constant time.
 
 from __future__ import annotations
 
-import hmac
-
-from flask import request
-
+from wasmq.api.caller import caller, server_key
 from wasmq.broker.errors import BadRequest, Forbidden, Unauthorized
 from wasmq.broker.settings import Settings
 
@@ -19,31 +16,16 @@ TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
 def presented_key() -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    """The key the current request sent, valid or not (None: none)."""
+    return caller().presented
 
 
-def valid_key(settings: Settings) -> str | None:
-    """The presented key if it is one of the server's, else None."""
-    return server_key(settings, presented_key())
-
-
-def server_key(settings: Settings, key: str | None) -> str | None:
-    """`key` if it is one of the server's (compared in constant time), else None."""
-    if not key:
-        return None
-    given = key.encode()
-    return key if any(hmac.compare_digest(given, k.encode()) for k in settings.api_keys) \
-        else None
-
-
-FROM_REQUEST = "from the request"  # the key of Flask's current request
+FROM_REQUEST = "from the request"  # the key of the current request
 
 
 def require_key(settings: Settings, action: str, presented: str | None = FROM_REQUEST) -> None:
     """401 without a key, 403 with a wrong one; a no-op when no keys are configured.
-    `presented` is the key sent (None: none), when not Flask's current request's."""
+    `presented` is the key sent (None: none), when not the current request's."""
     if not settings.api_keys:
         return
     key = presented_key() if presented is FROM_REQUEST else presented

@@ -1,44 +1,106 @@
-"""The gateway's app factory: configuration passed in, nothing global at import."""
+"""The gateway's app factory: configuration passed in, nothing global at import.
+
+A request's path through the gateway: api/linger.py (a refused request's body is
+still read, so its reply arrives), api/bounds.py (who the caller is, and what it may
+hold), then in the app the route's one handler (api/tasks.py, api/functions.py, api/meta.py,
+api/metrics.py, api/pages.py), api/negotiation.py (the reply encoded), and
+api/errors.py for whatever was raised on the way.
+
+Quart, Pallets' async Flask, so that a call waiting for its task waits on the event
+loop instead of holding a thread; views that block (Redis reads, builds) are plain
+functions, which Quart runs on the threads api/bounds.py shares out.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
-from flask import Flask, g, request
-from flask_cors import CORS
+from quart import Quart, Response, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from wasmq.api import functions, meta, metrics, pages, tasks
+from wasmq.api.bounds import Bounds, bounds
+from wasmq.api.cors import cors_headers
 from wasmq.api.errors import register_error_handlers
+from wasmq.api.linger import Linger
 from wasmq.api.request_log import register_request_log
 from wasmq.api.services import Services
 from wasmq.broker.settings import MB, Settings
 
 BODY_SLACK = 64 * 1024
+LINGER_MARGIN = 1 * MB  # read past a refused body's limit before closing
+UPLOADS = ("functions.create", "functions.replace")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+class Gateway(Quart):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._awaitable: dict[Callable, Callable] = {}
+
+    def ensure_async(self, func: Callable[P, Any]) -> Callable[P, Awaitable[Any]]:
+        """Quart asks for every hook and view of every request: answer from a table."""
+        made = self._awaitable.get(func)
+        if made is None:
+            made = self._awaitable[func] = super().ensure_async(func)
+        return made
+
+    def sync_to_async(self, func: Callable[P, T]) -> Callable[P, Awaitable[T]]:
+        """A plain view runs on the gateway's threads, within its caller's share."""
+        return bounds().on_thread(func)
+
+
+def create_app(settings: Settings | None = None) -> Quart:
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    app = Gateway(__name__)
     app.json.sort_keys = False
-    app.extensions["wasmq"] = Services.build(settings)
+    biggest = max(settings.max_module_mb, settings.max_input_mb) * MB + BODY_SLACK
+    app.config["MAX_CONTENT_LENGTH"] = biggest  # what a request may buffer, any route
+    app.extensions["wasmq"] = svc = Services.build(settings)
+    app.extensions["wasmq.bounds"] = limits = Bounds(app.asgi_app, settings)
     for blueprint in (tasks.bp, functions.bp, meta.bp, metrics.bp, pages.bp):
         app.register_blueprint(blueprint)
-    CORS(app, resources={r"/task/*": {}, r"/retrieve/*": {}, r"/file/*": {}},
-         expose_headers=["Retry-After"])
     register_error_handlers(app)
     register_request_log(app)
 
-    @app.before_request
-    def limit_body() -> None:
-        # Refuse oversized bodies from Content-Length, before reading them.
-        if request.endpoint in ("functions.create", "functions.replace"):
-            request.max_content_length = settings.max_module_mb * MB + BODY_SLACK
-            g.body_limit = f"the module size limit of {settings.max_module_mb} MB " \
-                           "(WASMQ_MAX_MODULE_MB)"
-        else:
-            request.max_content_length = settings.max_input_mb * MB + BODY_SLACK
-            g.body_limit = f"the input limit of {settings.max_input_mb} MB " \
-                           "(WASMQ_MAX_INPUT_MB)"
+    module_limit = (settings.max_module_mb * MB + BODY_SLACK,
+                    f"the module size limit of {settings.max_module_mb} MB (WASMQ_MAX_MODULE_MB)")
+    input_limit = (settings.max_input_mb * MB + BODY_SLACK,
+                   f"the input limit of {settings.max_input_mb} MB (WASMQ_MAX_INPUT_MB)")
 
+    @app.before_request
+    async def limit_body() -> None:
+        # Refuse oversized bodies from Content-Length, before reading them.
+        req = request
+        limit, g.body_limit = module_limit if req.endpoint in UPLOADS else input_limit
+        req.max_content_length = limit
+        if (req.content_length or 0) > limit:
+            raise RequestEntityTooLarge()
+
+    app.after_request(_cors)
+
+    @app.after_serving
+    async def stop_jobs() -> None:
+        await bounds().on_thread(svc.jobs.stop)()
+
+    app.asgi_app = Linger(limits, biggest + LINGER_MARGIN)  # type: ignore[method-assign]
     logging.getLogger("wasmq").setLevel(logging.INFO)
     return app
+
+
+async def _cors(response: Response) -> Response:
+    headers = request.headers
+    preflight = request.method == "OPTIONS"
+    for name, value in cors_headers(
+            request.path, headers.get("Origin"),
+            preflight_method=headers.get("Access-Control-Request-Method") if preflight else None,
+            preflight_headers=headers.get("Access-Control-Request-Headers")).items():
+        if name == "Vary":
+            response.vary.add("Origin")
+        else:
+            response.headers[name] = value
+    return response

@@ -1,7 +1,7 @@
 """Calls that arrive together travel together: group commit of submissions, on the event loop.
 
-A submission's thread only validates its call (api/submission.py) and hands it to
-the front, which sends it from here. While one batch of a lane (a caller's calls to
+A call's handler (api/tasks.py) validates it (api/submission.py) and sends it from
+here. While one batch of a lane (a caller's calls to
 one function) is on its way to Redis, the calls that arrive meanwhile wait, holding
 no thread, and go as the next batch when it returns: one script, one Celery message.
 A call that arrives alone goes at once, alone, as Triton's dynamic batcher does by
@@ -9,7 +9,7 @@ default, so batching adds no delay at low load; under load a batch grows with th
 calls that queued behind the one in flight, up to WASMQ_MAX_BATCH.
 
 Waiting here rather than in a thread is what lets batches grow: a caller holds at
-most a sixteenth of a gateway process's threads (api/front.py), so batches formed
+most a sixteenth of a gateway process's threads (api/bounds.py), so batches formed
 in threads held at most that many calls.
 
 Under load a lane also holds its next batch back while it is not full and at least

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import msgpack
-from flask import request
+from quart import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from wasmq.api.negotiation import is_msgpack
@@ -27,17 +27,20 @@ SEND_ENVELOPE = ("; the module's input goes, as a string, in 'input.data' of the
                  f"envelope: {EXAMPLE}")
 
 
-def request_body() -> bytes:
-    """The body, at most `max_content_length` bytes of it.
+async def request_body() -> bytes:
+    """The body, refused (413) once it grows past the route's `max_content_length`.
 
-    A chunked body has no Content-Length to refuse up front; werkzeug stops
-    reading it at the limit without complaint, so a body that fills the
-    limit is taken as one that went past it.
+    A body with a Content-Length over the limit was refused unread (api/app.py);
+    a chunked one has no length to refuse up front, so it is read up to the limit.
     """
-    body = request.get_data(cache=False)
-    if request.max_content_length is not None and len(body) >= request.max_content_length:
-        raise RequestEntityTooLarge()
-    return body
+    limit = request.max_content_length
+    chunks, size = [], 0
+    async for chunk in request.body:
+        size += len(chunk)
+        if limit is not None and size >= limit:
+            raise RequestEntityTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_envelope(body: bytes, mimetype: str = "") -> bytes:

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
-from flask import Flask, g, jsonify, request
+from quart import Quart, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from wasmq.api.negotiation import respond
 from wasmq.api.replies import error_body
 from wasmq.broker.connections import storage_full
 from wasmq.broker.errors import (
@@ -92,7 +93,7 @@ def http_reply(exc: WasmqError) -> HttpReply:
 
 def reply_for(exc: BaseException) -> tuple[int, dict[str, str], str]:
     """The status, headers and message an error answers with, wherever it was met
-    (a Flask view, or the front sending a call: api/front.py)."""
+    (a view, or a batch sending the call: api/batcher.py)."""
     if isinstance(exc, WasmqError):
         reply = http_reply(exc)
         return reply.status, reply.headers(exc), exc.message
@@ -106,19 +107,18 @@ def reply_for(exc: BaseException) -> tuple[int, dict[str, str], str]:
     return 500, {}, "internal error in the gateway; it has been logged"
 
 
-def _json(message: str, status: int):
-    response = jsonify(error_body(message))
-    response.status_code = status
-    return response
+def _json(message: str, status: int) -> Response:
+    return respond(error_body(message), status)
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Quart) -> None:
+    # Each handler is a coroutine: Quart runs a plain function on a thread.
     @app.errorhandler(WasmqError)
-    def wasmq_error(exc: WasmqError):
-        return _error(exc)
+    async def wasmq_error(exc: WasmqError) -> Response:
+        return error_response(exc)
 
     @app.errorhandler(RequestEntityTooLarge)
-    def too_large(exc: RequestEntityTooLarge):
+    async def too_large(exc: RequestEntityTooLarge) -> Response:
         limit = g.get("body_limit", "the limit of this route")
         declared, allowed = request.content_length, request.max_content_length
         if declared is None:  # chunked: read up to the limit, and no further
@@ -130,22 +130,21 @@ def register_error_handlers(app: Flask) -> None:
                      "text fields up to 64 KiB)", 413)
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException):
+    async def http_error(exc: HTTPException) -> Response:
         response = _json(_routing_message(exc), exc.code or 500)
         if exc.code == 405 and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response
 
     @app.errorhandler(Exception)
-    def unexpected(exc: Exception):
-        return _error(exc)
+    async def unexpected(exc: Exception) -> Response:
+        return error_response(exc)
 
 
-def _error(exc: BaseException):
+def error_response(exc: BaseException) -> Response:
+    """The reply to an error, wherever it was met."""
     status, headers, message = reply_for(exc)
-    response = _json(message, status)
-    response.headers.update(headers)
-    return response
+    return respond(error_body(message), status, headers)
 
 
 def _routing_message(exc: HTTPException) -> str:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from contextlib import closing
 
-from flask import Blueprint, Response, jsonify, request
-from flask.typing import ResponseReturnValue
+from quart import Blueprint, Response, request
+from werkzeug.datastructures import MultiDict
 
 from wasmq.api.access import private_flag, require_key, require_key_if_private
-from wasmq.api.ratelimit import caller
-from wasmq.api.services import services
+from wasmq.api.bounds import bounds
+from wasmq.api.caller import caller
+from wasmq.api.negotiation import respond
+from wasmq.api.services import Services, services
 from wasmq.api.upload_form import (
     function_name,
     requested_limits,
@@ -34,26 +36,32 @@ bp = Blueprint("functions", __name__)
 
 
 @bp.post("/functions")
-def create() -> ResponseReturnValue:
+async def create() -> Response:
     svc = services()
-    require_key(svc.settings, "uploading a function")
-    private = private_flag(request.form.get("private"), svc.settings)
-    queue = requested_queue(svc.settings, svc.settings.queue)
-    fields = {"name": function_name(), "documentation": text_field("documentation"),
-              "exampleinput": text_field("exampleinput"), "private": private,
-              "limits": requested_limits(svc.settings), "queue": queue}
-    upload = uploaded_file(svc.settings)
-    who = caller(svc.settings).identity
+    require_key(svc.settings, "uploading a function")  # before the body is read
+    form, files = await request.form, await request.files
+    return await bounds().on_thread(_create)(svc, form, files)
+
+
+def _create(svc: Services, form: MultiDict, files: MultiDict) -> Response:
+    private = private_flag(form.get("private"), svc.settings)
+    queue = requested_queue(svc.settings, form, svc.settings.queue)
+    fields = {"name": function_name(form, files),
+              "documentation": text_field(form, "documentation"),
+              "exampleinput": text_field(form, "exampleinput"), "private": private,
+              "limits": requested_limits(svc.settings, form), "queue": queue}
+    upload = uploaded_file(svc.settings, files)
+    who = caller().identity
     if _is_model(upload):
         return _accepted(svc.jobs.create(upload, caller=who, **fields), 201)
-    built = _built(upload, who)
+    built = _built(svc, upload, who)
     try:
         record = svc.registry.create(
             built.wasm, imports=built.info.imports, exports=built.info.exports,
             artifact=built.artifact, kind=built.kind, model=built.model, **fields)
     finally:
         built.release()
-    return jsonify(record.public()), 201
+    return respond(record.public(), 201)
 
 
 def _is_model(upload: Spooled) -> bool:
@@ -61,18 +69,18 @@ def _is_model(upload: Spooled) -> bool:
         return is_onnx(data)
 
 
-def _built(upload: Spooled, who: str) -> Built:
-    """A .wasm built in this request's thread; its upload file is gone after."""
+def _built(svc: Services, upload: Spooled, who: str) -> Built:
+    """A .wasm built on this request's thread; its upload file is gone after."""
     with closing(upload):
-        return services().builds.build(upload, who)
+        return svc.builds.build(upload, who)
 
 
-def _accepted(record: FunctionRecord, done: int) -> ResponseReturnValue:
+def _accepted(record: FunctionRecord, done: int) -> Response:
     """A model's upload: `done` if nothing is left to build, else 202 pointing at the
     record to poll."""
     pending = record.status == "building" or record.build is not None
-    return jsonify(record.public()), 202 if pending else done, \
-        {"Location": f"/functions/{record.cfid}"}
+    return respond(record.public(), 202 if pending else done,
+                   {"Location": f"/functions/{record.cfid}"})
 
 
 def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
@@ -89,38 +97,44 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
 
 
 @bp.get("/functions")
-def index() -> ResponseReturnValue:
+def index() -> Response:
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", 50, 1, 1000)
     # A page holds at most LIST_BYTES of records: fewer than `limit` when they are
     # large; the next page starts at offset + len(functions).
     records, total = services().registry.list(offset, limit)
-    return jsonify({"functions": [r.public() for r in records], "total": total,
+    return respond({"functions": [r.public() for r in records], "total": total,
                     "offset": offset, "limit": limit})
 
 
 @bp.get("/functions/<cfid>")
-def show(cfid: str) -> ResponseReturnValue:
-    return jsonify(services().registry.get(cfid).public())
+def show(cfid: str) -> Response:
+    return respond(services().registry.get(cfid).public())
 
 
 @bp.put("/functions/<cfid>")
-def replace(cfid: str) -> ResponseReturnValue:
+async def replace(cfid: str) -> Response:
     svc = services()
     require_key(svc.settings, "replacing a function")
-    svc.registry.get(cfid)  # 404 before reading a body we would throw away
-    raw_private = request.form.get("private")
+    # 404 before reading a body we would throw away
+    await bounds().on_thread(svc.registry.get)(cfid)
+    form, files = await request.form, await request.files
+    return await bounds().on_thread(_replace)(svc, cfid, form, files)
+
+
+def _replace(svc: Services, cfid: str, form: MultiDict, files: MultiDict) -> Response:
+    raw_private = form.get("private")
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
-    limits = requested_limits(svc.settings)
-    queue = requested_queue(svc.settings, None)
-    upload = uploaded_file(svc.settings)
-    who = caller(svc.settings).identity
+    limits = requested_limits(svc.settings, form)
+    queue = requested_queue(svc.settings, form, None)
+    upload = uploaded_file(svc.settings, files)
+    who = caller().identity
     if _is_model(upload):
         if queue is not None:
             svc.registry.set_queue(cfid, queue)
         return _accepted(svc.jobs.rebuild(cfid, upload, limits=limits, private=private,
                                           caller=who), 200)
-    built = _built(upload, who)
+    built = _built(svc, upload, who)
     try:
         record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
                                       exports=built.info.exports, limits=limits,
@@ -128,11 +142,11 @@ def replace(cfid: str) -> ResponseReturnValue:
                                       kind=built.kind, model=built.model)
     finally:
         built.release()
-    return jsonify(record.public())
+    return respond(record.public())
 
 
 @bp.delete("/functions/<cfid>")
-def delete(cfid: str) -> ResponseReturnValue:
+def delete(cfid: str) -> Response:
     svc = services()
     require_key(svc.settings, "deleting a function")
     svc.registry.delete(cfid)
@@ -140,7 +154,7 @@ def delete(cfid: str) -> ResponseReturnValue:
 
 
 @bp.get("/file/<cfid>.wasm")
-def download(cfid: str) -> ResponseReturnValue:
+def download(cfid: str) -> Response:
     svc = services()
     record = svc.registry.get(cfid)
     require_key_if_private(svc.settings, record.private, "downloading this function")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
-from flask.typing import ResponseReturnValue
+from quart import Blueprint, Response
 
+from wasmq.api.negotiation import respond
 from wasmq.api.openapi import spec
 from wasmq.api.services import services
 
@@ -12,15 +12,15 @@ bp = Blueprint("meta", __name__)
 
 
 @bp.get("/healthz")
-def healthz() -> ResponseReturnValue:
+def healthz() -> Response:
     svc = services()
     try:
         svc.registry.redis.ping()
     except Exception as exc:  # any failure to reach Redis means "not ready"
-        return jsonify({"status": "unavailable", "redis": False, "message": str(exc)}), 503
-    return jsonify({"status": "ok", "redis": True})
+        return respond({"status": "unavailable", "redis": False, "message": str(exc)}, 503)
+    return respond({"status": "ok", "redis": True})
 
 
 @bp.get("/openapi.json")
-def openapi() -> ResponseReturnValue:
-    return jsonify(spec(keys_configured=bool(services().settings.api_keys)))
+def openapi() -> Response:
+    return respond(spec(keys_configured=bool(services().settings.api_keys)))

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import redis
-from flask import Blueprint, Response, jsonify, request
-from flask.typing import ResponseReturnValue
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -21,7 +19,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from quart import Blueprint, Response, request
 
+from wasmq.api.negotiation import respond
 from wasmq.api.services import services
 from wasmq.broker import metrics
 from wasmq.broker.causes import Cause
@@ -75,7 +75,7 @@ def _histogram(name: str, doc: str, h: metrics.Histogram) -> HistogramMetricFami
 
 
 @bp.get("/metrics")
-def scrape() -> ResponseReturnValue:
+def scrape() -> Response:
     svc = services()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(svc.tasks.redis, svc.settings.queue))
@@ -90,11 +90,11 @@ def scrape() -> ResponseReturnValue:
 
 
 @bp.get("/metrics/queues")
-def queues() -> ResponseReturnValue:
+def queues() -> Response:
     """Per Celery queue: calls waiting and live nodes consuming it, as JSON (KEDA's
     metrics-api scaler reads `<queue>.queued`: deploy/k8s/keda.yaml)."""
     svc = services()
     try:
-        return jsonify(metrics.queues(svc.tasks.redis, svc.settings.queue, recovery.STALE_S))
+        return respond(metrics.queues(svc.tasks.redis, svc.settings.queue, recovery.STALE_S))
     except redis.RedisError as exc:
         raise Unavailable(f"metrics are kept in Redis, which is unavailable ({exc})") from None

@@ -1,4 +1,4 @@
-"""JSON or msgpack, chosen by the request's headers.
+"""Every reply is encoded here: JSON, or msgpack when the client prefers it.
 
 JSON cannot carry raw bytes, so a client that sends or wants binary data uses
 msgpack for the task envelope and the task reply; every other reply (and every
@@ -7,12 +7,12 @@ error) stays JSON, which is what Scailable's clients expect.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
-from flask import Response, jsonify, request
-from werkzeug.datastructures import MIMEAccept
-from werkzeug.http import parse_accept_header
+from quart import Response, request
 
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd.msgpack"})
@@ -24,22 +24,20 @@ def is_msgpack(mimetype: str) -> bool:
 
 def wants_msgpack() -> bool:
     """True when the client prefers msgpack over JSON (`*/*` still gets JSON)."""
-    return _prefers_msgpack(request.accept_mimetypes)
-
-
-def accepts_msgpack(accept: str) -> bool:
-    """`wants_msgpack` for an Accept header's value."""
-    return _prefers_msgpack(parse_accept_header(accept, MIMEAccept))
-
-
-def _prefers_msgpack(accept: MIMEAccept) -> bool:
-    best = accept.best_match(["application/json", *sorted(MSGPACK_TYPES)])
+    if "msgpack" not in request.headers.get("Accept", ""):
+        return False  # most calls: no Accept header to parse
+    best = request.accept_mimetypes.best_match(["application/json", *sorted(MSGPACK_TYPES)])
     return best is not None and is_msgpack(best)
 
 
-def respond(body: dict[str, Any], status: int, *, as_msgpack: bool = False) -> Response:
-    if not as_msgpack:
-        response = jsonify(body)
-        response.status_code = status
-        return response
-    return Response(msgpack.packb(body, use_bin_type=True), status=status, mimetype=MSGPACK)
+def encode(body: Any, *, as_msgpack: bool = False) -> tuple[bytes, str]:
+    """The reply's bytes and their content type."""
+    if as_msgpack:
+        return msgpack.packb(body, use_bin_type=True), MSGPACK
+    return json.dumps(body, separators=(",", ":")).encode(), "application/json"
+
+
+def respond(body: Any, status: int = 200, headers: Mapping[str, str] | None = None, *,
+            as_msgpack: bool = False) -> Response:
+    content, kind = encode(body, as_msgpack=as_msgpack)
+    return Response(content, status=status, headers=dict(headers or {}), content_type=kind)

@@ -8,12 +8,11 @@ access rules; nothing is rendered from Redis behind the API's back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import swagger_ui_bundle
-from flask import Blueprint, render_template, request, send_from_directory
-from flask.typing import ResponseReturnValue
+from quart import Blueprint, Response, render_template, request, send_from_directory
 
 from wasmq.api.services import services
 
@@ -31,11 +30,11 @@ PAGES = (
 )
 
 
-def _view(template: str, title: str) -> Callable[[], ResponseReturnValue]:
-    def view() -> ResponseReturnValue:
+def _view(template: str, title: str) -> Callable[[], Awaitable[str]]:
+    async def view() -> str:
         # Snippets on the pages name the URL a client outside should use.
         public = services().settings.public_url.rstrip("/")
-        return render_template(template, title=title,
+        return await render_template(template, title=title,
                                api_base=public or request.host_url.rstrip("/"))
 
     return view
@@ -48,6 +47,6 @@ for _endpoint, _template, _title, _rules in PAGES:
 
 
 @bp.get("/swagger-ui/<path:filename>")
-def swagger_asset(filename: str) -> ResponseReturnValue:
+async def swagger_asset(filename: str) -> Response:
     """Swagger UI's prebuilt files, served from the wheel that ships them."""
-    return send_from_directory(SWAGGER_UI, filename, max_age=3600)
+    return await send_from_directory(SWAGGER_UI, filename, cache_timeout=3600)

@@ -1,9 +1,7 @@
-"""Who a call comes from, and the rate rules it is counted against.
+"""The rate rules a call is counted against, in Redis, across every gateway.
 
-Counted per valid API key, else per client address, so an unknown key cannot
-buy a fresh allowance. Behind a reverse proxy the client address is the
-proxy's unless the proxy's headers are trusted (see the README). Polling
-`/retrieve` is not limited: it is cheap and clients poll in loops.
+Counted per caller (api/caller.py). Polling `/retrieve` is not limited: it is
+cheap and clients poll in loops.
 
 The rules are parsed by the `limits` library (what Flask-Limiter is built on),
 which also names each rule's counter. The counting is its fixed window
@@ -16,48 +14,15 @@ call's input size.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
-from flask import request
 from limits import RateLimitItem, parse_many
 
-from wasmq.api.access import presented_key, server_key
+from wasmq.api.caller import Caller
 from wasmq.broker import keys
 from wasmq.broker.errors import RateLimited
 from wasmq.broker.protocol.queue import RateCounter
 from wasmq.broker.settings import Settings, rate_enabled
-
-
-@dataclass(frozen=True)
-class Caller:
-    """A call's submitter: `identity` names its counters and accounting in Redis."""
-
-    identity: str
-    by_key: bool
-    presented: str | None = None  # the key sent, valid or not: private functions check it
-
-    @property
-    def kind(self) -> str:
-        return "API key" if self.by_key else "client address"
-
-
-def identity(settings: Settings, presented: str | None, address: str) -> str:
-    """A valid key's digest (keys never sit in Redis in clear), else the address, so an
-    unknown key buys no allowance of its own."""
-    key = server_key(settings, presented)
-    if key is not None:
-        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:32]
-    return "addr:" + (address or "unknown")
-
-
-def caller(settings: Settings) -> Caller:
-    return caller_of(settings, presented_key(), request.remote_addr or "")
-
-
-def caller_of(settings: Settings, presented: str | None, address: str) -> Caller:
-    key = server_key(settings, presented)
-    return Caller(identity(settings, key, address), key is not None, presented)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from flask import Flask, Response, g, request
+from quart import Quart, Response, g, request
 
-from wasmq.api.front import handoff
 from wasmq.broker.logs import TID, bind_tid
 
 log = logging.getLogger("wasmq.gateway.request")
@@ -36,26 +35,18 @@ class RequestLine:
                         "tid": self.tid})
 
 
-def register_request_log(app: Flask) -> None:
+def register_request_log(app: Quart) -> None:
     @app.before_request
-    def started() -> None:
+    async def started() -> None:
         g.started = time.perf_counter()
         bind_tid((request.view_args or {}).get("tid", ""))
 
     @app.after_request
-    def finished(response: Response) -> Response:
+    async def finished(response: Response) -> Response:
         if request.endpoint in QUIET:
             return response
-        line = RequestLine(request.method, request.path,
-                           (request.view_args or {}).get("cfid", ""), TID.get(),
-                           g.get("started", time.perf_counter()))
-        waited = handoff(request.environ)
-        if waited is not None and waited.waiter is not None:
-            waited.line = line  # the front logs it with the status it answers in the end
-        else:
-            line.log(response.status_code)
+        RequestLine(request.method, request.path, (request.view_args or {}).get("cfid", ""),
+                    TID.get(), g.get("started", time.perf_counter())).log(response.status_code)
         return response
-
-    @app.teardown_request
-    def forget(exc: BaseException | None) -> None:
-        bind_tid("")  # threads serve many requests
+    # Each request runs in a task of its own, with a copy of the context: the tid it
+    # binds is gone with it.

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import fields
 
-from flask import request
+from werkzeug.datastructures import MultiDict
 
 from wasmq.broker.errors import BadRequest, ConfigError
 from wasmq.broker.limits import PAGE_MB, Limits
@@ -25,11 +25,11 @@ TEXT_LIMIT = 64 * 1024
 NAME_LIMIT = 200
 
 
-def uploaded_file(settings: Settings) -> Spooled:
+def uploaded_file(settings: Settings, files: MultiDict) -> Spooled:
     """The uploaded file, within the module size limit, in a file of its own (never
     whole in memory: toolchain/spool.py); the build step (toolchain/build.py)
     decides what it is. The caller closes it."""
-    upload = request.files.get("file")
+    upload = files.get("file")
     if upload is None:
         raise BadRequest("send the module as a multipart form field named 'file'")
     spooled = Spooled.copy(upload.stream, settings.max_module_mb * MB, "module")
@@ -39,27 +39,27 @@ def uploaded_file(settings: Settings) -> Spooled:
     return spooled
 
 
-def text_field(name: str, limit: int = TEXT_LIMIT) -> str:
-    value = request.form.get(name, "")
+def text_field(form: MultiDict, name: str, limit: int = TEXT_LIMIT) -> str:
+    value = form.get(name, "")
     if len(value) > limit:
         raise BadRequest(f"form field '{name}' is longer than {limit} characters")
     return value
 
 
-def function_name() -> str:
+def function_name(form: MultiDict, files: MultiDict) -> str:
     """The `name` field, or the uploaded file's name without `.wasm`, as `wasmq deploy` does."""
-    name = text_field("name", NAME_LIMIT).strip()
+    name = text_field(form, "name", NAME_LIMIT).strip()
     if name:
         return name
-    upload = request.files.get("file")
+    upload = files.get("file")
     filename = os.path.basename((upload.filename or "") if upload else "")
     return os.path.splitext(filename)[0][:NAME_LIMIT]
 
 
-def requested_queue(settings: Settings, default: str | None) -> str | None:
+def requested_queue(settings: Settings, form: MultiDict, default: str | None) -> str | None:
     """The form's `queue`: the Celery queue whose nodes run the function (`default`
     when absent: the installation's on upload, unchanged on PUT)."""
-    raw = request.form.get("queue")
+    raw = form.get("queue")
     if raw is None or raw.strip() == "":
         return default
     try:
@@ -69,11 +69,11 @@ def requested_queue(settings: Settings, default: str | None) -> str | None:
     return raw.strip()
 
 
-def requested_limits(settings: Settings) -> dict[str, float] | None:
+def requested_limits(settings: Settings, form: MultiDict) -> dict[str, float] | None:
     """The form's limit fields capped at the server's; None when none were sent."""
-    if not any(name in request.form for name in LIMIT_FIELDS):
+    if not any(name in form for name in LIMIT_FIELDS):
         return None
-    return parse_limits(request.form, Limits.from_settings(settings))
+    return parse_limits(form, Limits.from_settings(settings))
 
 
 def parse_limits(form: Mapping[str, str], server: Limits) -> dict[str, float]:

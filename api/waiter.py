@@ -28,7 +28,7 @@ from wasmq.broker.subscription import listen_forever
 class Waiter:
     event: threading.Event = field(default_factory=threading.Event)
     record: TaskRecord | None = None  # the finished record, when it was shipped
-    on_wake: Callable[[], None] | None = None  # the ASGI front's, waiting on its event loop
+    on_wake: Callable[[], None] | None = None  # api/tasks.py's, waiting on its event loop
 
     def wake(self, record: TaskRecord | None) -> None:
         if record is not None:

@@ -18,7 +18,7 @@ import redis
 
 from tests.localstack import Stack, start_stack
 from tests.stacks import private  # noqa: F401 - a fixture: private stacks for fault tests
-from tests.support import Api, serve, start_redis, start_up
+from tests.support import Api, SyncClient, serve, start_redis, start_up
 from wasmq.api.app import create_app
 from wasmq.broker.settings import Settings
 
@@ -69,15 +69,15 @@ def inprocess_redis(settings: Settings) -> Iterator[redis.Redis]:
 
 @pytest.fixture()
 def app(settings: Settings, inprocess_redis: redis.Redis) -> Any:
-    """The gateway's Flask app in this process (no HTTP server, no workers)."""
+    """The gateway's app in this process (no HTTP server, no workers)."""
     app = create_app(settings)
     app.config.update(TESTING=True)
     return app
 
 
 @pytest.fixture()
-def client(app: Any) -> Any:
-    return app.test_client()
+def client(app: Any) -> SyncClient:
+    return SyncClient(app)
 
 
 @pytest.fixture()

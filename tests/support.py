@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import shutil
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
-from flask import Flask
-from flask.testing import FlaskClient
-from werkzeug.serving import make_server
-from werkzeug.test import TestResponse
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config
+from quart import Quart
+from werkzeug.datastructures import FileStorage, Headers
 
 from bench.stats import run_async  # noqa: F401 - re-exported for the tests
 from tests.localstack import (  # noqa: F401 - re-exported for the tests
@@ -52,8 +55,89 @@ def envelope(data: str) -> dict[str, Any]:
             "properties": {"language": "WASM"}}
 
 
-def upload(client: FlaskClient, wasm: bytes, name: str | None = "fn", filename: str = "m.wasm",
-           method: str = "POST", path: str = "/functions", **fields: str) -> TestResponse:
+class _Loop:
+    """One event loop on a thread of its own, for in-process apps driven from sync tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="test-loop", daemon=True).start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+_LOOP: _Loop | None = None
+
+
+def test_loop() -> _Loop:
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = _Loop()
+    return _LOOP
+
+
+@dataclass
+class Reply:
+    """What the in-process app answered, read in full."""
+
+    status_code: int
+    headers: Headers
+    data: bytes
+
+    def get_json(self) -> Any:
+        return json.loads(self.data) if self.data else None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "")
+
+    @property
+    def json(self) -> Any:
+        return self.get_json()
+
+
+class SyncClient:
+    """The app's test client (real ASGI calls into the app, no socket), for sync tests."""
+
+    def __init__(self, app: Quart) -> None:
+        self.app = app
+
+    def open(self, path: str, method: str = "GET", data: Any = None, json: Any = None,
+             headers: dict[str, str] | None = None, content_type: str | None = None) -> Reply:
+        kwargs: dict[str, Any] = {"method": method, "headers": dict(headers or {})}
+        if content_type:
+            kwargs["headers"]["Content-Type"] = content_type
+        if isinstance(data, dict):  # a form: (stream, filename) tuples are its files
+            kwargs["form"] = {k: v for k, v in data.items() if not isinstance(v, tuple)}
+            kwargs["files"] = {k: FileStorage(v[0], filename=v[1], name=k)
+                               for k, v in data.items() if isinstance(v, tuple)}
+            kwargs["headers"].pop("Content-Type", None)
+        elif data is not None:
+            kwargs["data"] = data
+        if json is not None:
+            kwargs["json"] = json
+
+        async def send() -> Reply:
+            response = await self.app.test_client().open(path, **kwargs)
+            return Reply(response.status_code, response.headers, await response.get_data())
+
+        return test_loop().run(send())
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return self.open(path, "GET", **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Reply:
+        return self.open(path, "POST", **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Reply:
+        return self.open(path, "PUT", **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Reply:
+        return self.open(path, "DELETE", **kwargs)
+
+
+def upload(client: SyncClient, wasm: bytes, name: str | None = "fn", filename: str = "m.wasm",
+           method: str = "POST", path: str = "/functions", **fields: str) -> Reply:
     """An upload form sent to the in-process app (the `client` fixture)."""
     named = {} if name is None else {"name": name}
     return client.open(path, method=method, content_type="multipart/form-data",
@@ -61,16 +145,29 @@ def upload(client: FlaskClient, wasm: bytes, name: str | None = "fn", filename: 
 
 
 @contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    """An app served by werkzeug's threaded server on a loopback port; yields its URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def serve(app: Quart) -> Iterator[str]:
+    """An app served by Hypercorn (Quart's own server) on a loopback port, on the
+    test loop's thread; yields its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # Hypercorn's now: it closes it
+    config.accesslog = config.errorlog = None
+    loop = test_loop()
+    stop = loop.run(_event())
+    future = asyncio.run_coroutine_threadsafe(
+        hypercorn_serve(app, config, shutdown_trigger=stop.wait), loop.loop)
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
-        server.shutdown()
-        server.server_close()
+        loop.loop.call_soon_threadsafe(stop.set)
+        future.result(30)
+
+
+async def _event() -> asyncio.Event:
+    return asyncio.Event()
 
 
 class Api:

@@ -9,6 +9,7 @@ import pkgutil
 
 import pytest
 
+from tests.support import SyncClient
 from wasmq.api.errors import HTTP_REPLIES, http_reply
 from wasmq.broker import errors
 from wasmq.broker.errors import RateLimited, Unauthorized, WasmqError
@@ -77,7 +78,7 @@ def test_each_domain_error_raised_in_a_view_answers_its_status_headers_and_messa
     def raise_it(name: str) -> None:
         raise raised[name]
 
-    client = app.test_client()
+    client = SyncClient(app)
     for name, exc in raised.items():
         response = client.get(f"/raise/{name}")
         reply = http_reply(exc)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import requests
 
-from tests.support import Api
+from tests.support import Api, SyncClient
 from wasmq.api.app import create_app
 
 
@@ -32,7 +32,7 @@ def test_openapi_describes_every_route(api: Api) -> None:
 def test_openapi_asks_for_a_key_only_when_the_server_has_keys(client, settings) -> None:
     open_doc = client.get("/openapi.json").get_json()
     assert "security" not in json.dumps(open_doc) and "securitySchemes" not in json.dumps(open_doc)
-    keyed = create_app(replace(settings, api_keys=("k",))).test_client()
+    keyed = SyncClient(create_app(replace(settings, api_keys=("k",))))
     doc = keyed.get("/openapi.json").get_json()
     assert doc["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
     assert doc["paths"]["/functions"]["post"]["security"] == [{"apiKey": []}]

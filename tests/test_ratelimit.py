@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 import redis
-from flask import Flask
 
 from tests.queue_bench import Bench, bench_fixture  # noqa: F401 - the fixture
-from wasmq.api.ratelimit import RateRules, caller
+from wasmq.api.caller import caller_of
+from wasmq.api.ratelimit import RateRules
 from wasmq.broker.protocol.queue import Admitted
 from wasmq.broker.settings import Settings
 
@@ -20,8 +20,7 @@ def test_every_rule_counts_and_the_first_one_exceeded_refuses(bench: Bench) -> N
     settings = Settings(rate_limit="3/minute;5/hour", rate_limit_bytes="off")
     rules = RateRules(settings)
     source = {"REMOTE_ADDR": f"10.9.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"}
-    with Flask(__name__).test_request_context(environ_base=source):
-        who = caller(settings)
+    who = caller_of(settings, None, source["REMOTE_ADDR"])
     counters = rules.counters(who, 10)
     costs = tuple(c.cost for c in counters)
     refusals = [bench.submit(bench.new(costs=costs), counters=counters) for _ in range(4)]
@@ -38,8 +37,7 @@ def test_every_rule_counts_and_the_first_one_exceeded_refuses(bench: Bench) -> N
 
 def test_byte_rules_count_each_call_s_input_size() -> None:
     rules = RateRules(Settings(rate_limit="off", rate_limit_bytes="1000/minute"))
-    with Flask(__name__).test_request_context():
-        who = caller(Settings())
+    who = caller_of(Settings(), None, "127.0.0.1")
     (counter,) = rules.counters(who, 700)
     assert (counter.cost, counter.allowance, counter.window_s) == (700, 1000, 60)
     assert "1000 input bytes per 60 s" in rules.refused(0, 5, who).message
@@ -47,5 +45,4 @@ def test_byte_rules_count_each_call_s_input_size() -> None:
 
 def test_no_rules_count_nothing() -> None:
     rules = RateRules(Settings(rate_limit="off", rate_limit_bytes="off"))
-    with Flask(__name__).test_request_context():
-        assert rules.counters(caller(Settings()), 10) == ()
+    assert rules.counters(caller_of(Settings(), None, "127.0.0.1"), 10) == ()

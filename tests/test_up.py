@@ -218,7 +218,7 @@ def test_port_0_serves_on_the_port_it_prints(tmp_path: Path) -> None:
 def test_sigterm_during_start_up_stops_cleanly_without_saying_it_is_up(
         tmp_path: Path) -> None:
     up = start_up(tmp_path, wait=False)
-    wait_until(lambda: any("gateway" in " ".join(p.cmdline()) for p in family(up.proc.pid)),
+    wait_until(lambda: any("gateway" in p.cmdline() for p in family(up.proc.pid)),
                timeout=30, what="the gateway starting")
     procs = family(up.proc.pid)
     assert up.stop() == 0
@@ -231,7 +231,7 @@ def test_no_process_outlives_up_after_its_gateway_or_itself_is_killed(tmp_path: 
     up = start_up(tmp_path)
     port = int(up.url.rsplit(":", 1)[1])
     try:
-        gateway = next(p for p in family(up.proc.pid) if "gateway" in " ".join(p.cmdline()))
+        gateway = next(p for p in family(up.proc.pid) if "gateway" in p.cmdline())
         servers = gateway.children(recursive=True)
         assert servers, "Granian runs its server in child processes"
         gateway.kill()  # its main process only

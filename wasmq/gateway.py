@@ -1,44 +1,51 @@
-"""Serve the gateway on Granian: HTTP in Rust, an ASGI front, Flask on a pool of threads.
+"""Serve the gateway on Granian: HTTP in Rust, the Quart app on an event loop per process.
 
 Granian parses and keeps connections in Rust (about 0.2 ms of CPU per request,
-against gunicorn gthread's 0.35 ms). Its ASGI interface runs `api/front.py` on
-an event loop in each process: calls waiting for their task wait there, holding
-no thread, and each caller gets a bounded share of the threads that run Flask.
+against gunicorn gthread's 0.35 ms). Its ASGI interface runs the app (api/app.py)
+on an event loop in each process: calls waiting for their task wait there, holding
+no thread, and each caller gets a bounded share of the threads that run blocking
+views (api/bounds.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+import resource
 
 from granian import Granian
 from granian.constants import Interfaces
 from granian.http import HTTP1Settings
+from quart import Quart
 
+from wasmq.api.app import create_app as create_gateway_app
 from wasmq.broker.logs import setup_logging
 from wasmq.broker.settings import Settings
 from wasmq.instance import claim_port
 from wasmq.process import die_with_parent
 
-if TYPE_CHECKING:
-    from wasmq.api.front import Front
-
 # A factory: every server process builds its own app from the WASMQ_* environment.
 APP = "wasmq.gateway:create_app"
 
 
-def create_app() -> Front:
-    """The app of one server process (the ASGI front and its Flask app), which must
-    not outlive the gateway's main process: killed alone, the main process would
-    leave it serving the port."""
+def create_app() -> Quart:
+    """The app of one server process, which must not outlive the gateway's main
+    process: killed alone, the main process would leave it serving the port."""
     parent = os.getppid()
     die_with_parent()
     if os.getppid() != parent:  # the main process died before we asked to follow it
         os._exit(1)
-    from wasmq.api.front import create_front
+    _open_files_as_allowed()
+    app = create_gateway_app(Settings.from_env())
+    app.extensions["wasmq"].jobs.start()  # resume model builds a dead gateway left
+    return app
 
-    return create_front()
+
+def _open_files_as_allowed() -> None:
+    """Every held connection is a descriptor: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 class _ThreadCountNotice(logging.Filter):
