@@ -12,6 +12,7 @@ from tests.localstack import wasmq
 from tests.stacks import pool_pids, statuses
 from tests.support import submit_all, wait_until
 from wasmq.broker.protocol import recovery
+from wasmq.client import Client
 
 
 def _ran_on(worker, client, tid: str) -> bool:
@@ -27,6 +28,12 @@ def test_a_function_s_calls_run_only_on_nodes_that_consume_its_queue(private) ->
     on_big = api.deploy(modules.ECHO, name="on-big", queue="big")
     on_default = api.deploy(modules.ECHO, name="on-default")
     assert api.http.get(f"{api.url}/functions/{on_big}").json()["queue"] == "big"
+    module = stack.workdir / "echo.wasm"
+    module.write_bytes(modules.ECHO)
+    by_client = Client(stack.url).deploy(module, name="by-client", queue="big")
+    assert by_client.record["queue"] == "big"
+    refused = api.upload(modules.ECHO, "bad-queue", queue="no spaces allowed")
+    assert refused.status_code == 400 and "is not a queue name" in refused.json()["message"]
     for i in range(6):
         body = api.call(on_big, f"big {i}", wait=20).json()
         assert body["result"] == f"big {i}" and body["queue"] == "big", body

@@ -10,8 +10,8 @@ per priority and its consumers take from the most urgent first. A caller's call
 goes at a priority that grows with the calls it already has in flight (0 for the
 first, then 1, 2, 3... as that number doubles), so a caller with hundreds queued
 never stands in front of another caller's first few calls, and when every caller
-floods, calls are served in the order they came. A call sent again after its node
-was lost goes first (priority 0).
+floods, calls are served in the order they came. A call sent again (its node was
+lost, or its batch handed it on) goes at its caller's priority at that moment.
 """
 
 from __future__ import annotations

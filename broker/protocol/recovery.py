@@ -4,7 +4,7 @@ Each node claims a call into its running set (claim.lua) and leaves it there unt
 the call is finished. Nodes beat every HEARTBEAT_S; a node silent for STALE_S is
 dead (broker/protocol/nodes.lua), and the live node that sees it first takes its
 running calls over (requeue.lua) and sends each again through Celery with its
-attempt bumped, at the front of its queue: a dead node's calls finish elsewhere
+attempt bumped, at its caller's priority (calls.py): a dead node's calls finish elsewhere
 about STALE_S + HEARTBEAT_S after its death. The dead node's own messages, still
 unacknowledged in kombu, come back after kombu's visibility timeout and are skipped
 as stale. A call whose attempts are used up (WASMQ_MAX_ATTEMPTS) fails instead.
@@ -32,7 +32,7 @@ import redis
 from wasmq.broker import keys, metrics
 from wasmq.broker.causes import Cause
 from wasmq.broker.clock import now
-from wasmq.broker.protocol.calls import Calls
+from wasmq.broker.protocol.calls import Calls, priority
 from wasmq.broker.protocol.queue import Finished, Taken, TaskQueue
 from wasmq.broker.protocol.record import Status
 
@@ -91,13 +91,22 @@ def take_over(tasks: TaskQueue, calls: Calls, from_node: str, to_node: str,
     if tids is None:
         tids = [t.decode() for t in tasks.redis.smembers(keys.running(from_node))]
     sent: list[Taken] = []
-    for taken in tasks.take(from_node, to_node, tids):
+    taken_over = tasks.take(from_node, to_node, tids)
+    # Each goes at its caller's priority now, as a new call of its would (fair share):
+    # a flooding caller's calls handed on must not stand before another caller's.
+    callers = sorted({t.job.caller for t in taken_over})
+    pipe = tasks.redis.pipeline(transaction=False)
+    for caller in callers:
+        pipe.zcard(keys.inflight(caller))
+    ahead = dict(zip(callers, pipe.execute(), strict=True)) if callers else {}
+    for taken in taken_over:
         if taken.exhausted:
             tasks.finish([(taken.job, exhausted(taken.attempt - 1, tasks.max_attempts))],
                          to_node)
             continue
         try:
-            calls.send([taken.job], priority=0, retries=taken.attempt - 1)
+            calls.send([taken.job], priority=priority(ahead[taken.job.caller] - 1),
+                       retries=taken.attempt - 1)
         except Exception:  # noqa: BLE001 - left in this node's running set for the next try
             log.warning("tid=%s: could not be sent again", taken.job.tid, exc_info=True)
             continue
