@@ -18,7 +18,7 @@ from wasmq.workers.runtime import Outcome, Runtime
 LIMITS = Limits(timeout_s=20, max_memory_mb=512)
 MAX_BYTES = 256 * 1024 * 1024
 _RUNTIME: list[Runtime] = []
-NUMPY = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
+NUMPY = {"float32": np.float32, "int64": np.int64, "bool": np.bool_, "float64": np.float64}
 
 
 def runtime() -> Runtime:

@@ -62,9 +62,11 @@ static int fail(void) {
 }
 
 /* ---------------------------------------------------------------- plan layout */
-enum { F32 = 0, I64 = 1, BOOL = 2 };
-static const int ESIZE[3] = {4, 8, 1};
-static const char *TNAME[3] = {"float32", "int64", "bool"};
+/* F64 only at the edges: a float64 input is cast to float32 by the plan's first
+ * instructions, a float64 output cast from float32 by its last. */
+enum { F32 = 0, I64 = 1, BOOL = 2, F64 = 3 };
+static const int ESIZE[4] = {4, 8, 1, 8};
+static const char *TNAME[4] = {"float32", "int64", "bool", "float64"};
 
 typedef struct {           /* one model input or output, 16 words */
     const char *name;
@@ -666,11 +668,13 @@ enum {
 static int64_t ld_i(const void *p, int dt) {
     if (dt == I64) return *(const int64_t *)p;
     if (dt == BOOL) return *(const uint8_t *)p;
+    if (dt == F64) return (int64_t)*(const double *)p;
     return (int64_t)*(const float *)p;
 }
 static float ld_f(const void *p, int dt) {
     if (dt == F32) return *(const float *)p;
     if (dt == I64) return (float)*(const int64_t *)p;
+    if (dt == F64) return (float)*(const double *)p;
     return (float)*(const uint8_t *)p;
 }
 
@@ -785,6 +789,7 @@ __attribute__((noinline)) static int op_elt(const int32_t *p) {
                 const char *q = p0 + (size_t)i * s0 * e0;
                 char *r = po + (size_t)i * sO * eo;
                 if (dto == F32) *(float *)r = ld_f(q, dt0);
+                else if (dto == F64) *(double *)r = (double)ld_f(q, dt0);
                 else if (dto == I64) {
                     if (dt0 == F32) {
                         float f = *(const float *)q;
@@ -1166,6 +1171,7 @@ static int parse_number(cur_t *c, int dt, void *out) {
         if (*s == '-') { neg = 1; s++; }
         if (s[0] == 'N' && s[1] == 'a' && s[2] == 'N') {
             c->s = s + 3;
+            if (dt == F64) { *(double *)out = __builtin_nan(""); return 1; }
             if (dt != F32) return 2;
             *(float *)out = __builtin_nanf(""); return 1;
         }
@@ -1173,6 +1179,7 @@ static int parse_number(cur_t *c, int dt, void *out) {
             s += 3;
             if (s[0] == 'i' && s[1] == 'n' && s[2] == 'i' && s[3] == 't' && s[4] == 'y') s += 5;
             c->s = s;
+            if (dt == F64) { *(double *)out = neg ? -__builtin_inf() : __builtin_inf(); return 1; }
             if (dt != F32) return 2;
             *(float *)out = neg ? -__builtin_inff() : __builtin_inff(); return 1;
         }
@@ -1200,9 +1207,10 @@ static int parse_number(cur_t *c, int dt, void *out) {
             exp10 += eneg ? -e : e;
         }
         c->s = s;
-        if (dt == F32) {
+        if (dt == F32 || dt == F64) {
             double v = m ? scale10((double)m, exp10) : 0.0;
-            *(float *)out = (float)(neg ? -v : v);
+            if (dt == F64) *(double *)out = neg ? -v : v;
+            else *(float *)out = (float)(neg ? -v : v);
             return 1;
         }
         /* integers: exact, so no fraction */
@@ -1216,10 +1224,10 @@ static int parse_number(cur_t *c, int dt, void *out) {
         return 1;
     }
 set_one:
-    if (dt == F32) *(float *)out = 1.0f; else if (dt == I64) *(int64_t *)out = 1; else *(uint8_t *)out = 1;
+    if (dt == F64) *(double *)out = 1.0; else if (dt == F32) *(float *)out = 1.0f; else if (dt == I64) *(int64_t *)out = 1; else *(uint8_t *)out = 1;
     return 1;
 set_zero:
-    if (dt == F32) *(float *)out = 0.0f; else if (dt == I64) *(int64_t *)out = 0; else *(uint8_t *)out = 0;
+    if (dt == F64) *(double *)out = 0.0; else if (dt == F32) *(float *)out = 0.0f; else if (dt == I64) *(int64_t *)out = 0; else *(uint8_t *)out = 0;
     return 1;
 }
 
@@ -1407,6 +1415,7 @@ static void out_tensor(const io_t *io) {
     for (int i = 0; i < io->count; i++) {
         if (i) { *op_++ = ','; *op_++ = ' '; }
         if (io->dtype == F32) out_f(((const float *)io->addr)[i]);
+        else if (io->dtype == F64) out_f((float)((const double *)io->addr)[i]);  /* computed in float32 */
         else if (io->dtype == I64) out_i(((const int64_t *)io->addr)[i]);
         else out_s(((const uint8_t *)io->addr)[i] ? "true" : "false");
     }
@@ -1529,7 +1538,7 @@ EXPORT("pred") int32_t pred(void) {
     if (run_plan(h)) return fail();
     size_t cap = 32;
     for (uint32_t i = 0; i < h->n_out; i++) {
-        size_t per = outs[i].dtype == F32 ? 18 : outs[i].dtype == I64 ? 22 : 7;
+        size_t per = (outs[i].dtype == F32 || outs[i].dtype == F64) ? 18 : outs[i].dtype == I64 ? 22 : 7;
         size_t names = 8; for (const char *s = outs[i].name; *s; s++) names += 2;
         cap += (size_t)outs[i].count * per * (i == 0 ? 2 : 1) + names + 16;
     }

@@ -342,6 +342,10 @@ def identity(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Te
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
         if b.used(node.output[1]):
             raise ModelError(f"{b.where}: Dropout's mask output is not supported")
+    if node.op_type == "Dropout" and len(ins) > 2 and ins[2] is not None and (
+            not ins[2].is_const or bool(ins[2].const.reshape(-1)[0])):
+        raise ModelError(f"{b.where}: Dropout in training mode is not supported (export the "
+                         f"model in eval mode)")
     return [b.alias(ins[0], 0, ins[0].shape)]
 
 

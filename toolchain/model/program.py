@@ -18,10 +18,11 @@ from wasmq.toolchain.model.errors import ModelError
 
 MAGIC = 0x314D5157
 F32, I64, BOOL = 0, 1, 2
+F64 = 3  # inputs and outputs only: cast to and from float32 at the plan's edges
 DTYPES = {np.dtype(np.float32): F32, np.dtype(np.int64): I64, np.dtype(np.bool_): BOOL}
-NAMES = {F32: "float32", I64: "int64", BOOL: "bool"}
-NUMPY = {F32: np.float32, I64: np.int64, BOOL: np.bool_}
-ESIZE = {F32: 4, I64: 8, BOOL: 1}
+NAMES = {F32: "float32", I64: "int64", BOOL: "bool", F64: "float64"}
+NUMPY = {F32: np.float32, I64: np.int64, BOOL: np.bool_, F64: np.float64}
+ESIZE = {F32: 4, I64: 8, BOOL: 1, F64: 8}
 MAX_DIMS = 6
 IO_WORDS = 16
 OP_CONV, OP_GEMM, OP_POOL, OP_ELT, OP_SOFTMAX, OP_REDUCE = 1, 2, 3, 4, 5, 6
