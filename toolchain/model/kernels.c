@@ -1493,6 +1493,7 @@ static int read_request(const char *text, const io_t *ins, int n_in) {
                     if (*d.s == '}') break;
                     goto malformed;
                 }
+                used = 1;  /* an object of inputs by name, even with an input named "input" */
             } else if (n_in == 1) { where[0] = c.s; used = 1; }
             else if (!named_input) {
                 err_s("the model has ");

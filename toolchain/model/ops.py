@@ -184,10 +184,13 @@ COMPARE = {"Less": "LT", "Greater": "GT", "Equal": "EQ", "LessOrEqual": "LE",
 def binary(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     x, y = ins[0], ins[1]
     if node.op_type == "Pow":
+        if x.dtype != pg.F32:
+            raise ModelError(f"{b.where}: Pow on {pg.NAMES[x.dtype]} is not supported "
+                             f"(float32 is)")
         if y.dtype != x.dtype and y.is_const:
             y = Tensor(y.name, y.shape, x.dtype, const=y.const.astype(pg.NUMPY[x.dtype]))
-        if x.dtype != pg.F32:
-            raise ModelError(f"{b.where}: Pow is supported on float32 only")
+        elif y.dtype != x.dtype:
+            y = elementwise_to(b, E["CAST"], y, x.dtype)
     if x.dtype != y.dtype:
         raise ModelError(f"{b.where}: inputs {x.describe()} and {y.describe()} differ in type")
     need_dtype(b, x, pg.F32, pg.I64)
@@ -284,6 +287,7 @@ def clip(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
         lo = float(need_const(node, ins[1], "min")) if len(ins) > 1 and ins[1] else -np.inf
         hi = float(need_const(node, ins[2], "max")) if len(ins) > 2 and ins[2] else np.inf
     lo, hi = max(lo, -3.4028234663852886e38), min(hi, 3.4028234663852886e38)
+    lo = min(lo, hi)  # min over max: every value is max (ONNX's rule)
     if (fused := b.fuse_act(x, ACT_CLIP, lo, hi)) is not None:
         return [fused]
     return [elementwise(b, E["CLIP"], [x], a=lo, c=hi)]
@@ -318,6 +322,16 @@ def where(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tenso
 
 
 ONNX_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL}
+
+
+@handler("CastLike")
+def cast_like(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """Cast to the second input's type (what version_converter writes for newer Casts)."""
+    like = ins[1]
+    to = {pg.F32: 1, pg.I64: 7, pg.BOOL: 9, pg.F64: 11}[like.dtype]
+    if like.is_const and like.const.dtype.kind == "f":
+        to = 11 if like.const.dtype == np.float64 else 1
+    return cast(b, node, ins[:1], {**attrs, "to": to})
 
 
 @handler("Cast")
@@ -438,6 +452,23 @@ def tile(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     x = ins[0]
     reps = ints(need_const(node, ins[1], "repeats"))
     shape = tuple(d * r for d, r in zip(x.shape, reps, strict=False))
+    if len(x.shape) > pg.MAX_DIMS // 2:  # one axis at a time: rank + 1 dims each
+        for axis, r in enumerate(reps):
+            if r == 1 and axis < len(reps) - 1:
+                continue
+            grown = tuple(d * (r if i == axis else 1) for i, d in enumerate(x.shape))
+            last = grown == shape and all(q == 1 for q in reps[axis + 1:])
+            t = b.out(0, grown, x.dtype) if last else b.prog.new(f"{b.name}:tile{axis}",
+                                                                   grown, x.dtype)
+            xs, os_ = contiguous(x.shape), contiguous(grown)
+            dims = (*x.shape[:axis], r, *x.shape[axis:])
+            strides = [*xs[:axis], 0, *xs[axis:]]
+            ostr = [*os_[:axis], os_[axis] * x.shape[axis], *os_[axis:]]
+            copy_view(b, x, dims, strides, 0, t, ostr)
+            x = t
+            if last:
+                break
+        return [x]
     out = b.out(0, shape, x.dtype)
     dims, strides, ostr = [], [], []
     xs, os_ = contiguous(x.shape), contiguous(shape)

@@ -53,6 +53,11 @@ def convert_opsets(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict | None
     target = CONVERT_TO if core < MIN_OPSET else MAX_OPSET
     from onnx import version_converter
 
+    listed = {vi.name for vi in model.graph.input}
+    for init in model.graph.initializer:  # before IR 4 every weight was an input too
+        if init.name not in listed:
+            model.graph.input.append(onnx.helper.make_tensor_value_info(
+                init.name, init.data_type, list(init.dims)))
     try:
         converted = version_converter.convert_version(model, target)
     except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError and others
