@@ -74,7 +74,8 @@ def imputer(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Ten
 
 @handler("OneHotEncoder")
 def one_hot_encoder(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
-    """Each value to a row over the categories; an unknown value is a row of zeros."""
+    """Each value to a row over the categories; an unknown value is a row of zeros, also
+    with zeros=0 (where onnxruntime fails the call: scikit-learn's handle_unknown="error")."""
     x = ins[0]
     if attrs.get("cats_strings"):
         raise ModelError(f"{b.where}: string categories are not supported (encode the "
@@ -82,8 +83,6 @@ def one_hot_encoder(b: object, node: object, ins: list[Tensor], attrs: dict) -> 
     cats = np.asarray(attrs.get("cats_int64s", []), np.int64)
     if cats.size == 0:
         raise ModelError(f"{b.where}: the encoder has no categories")
-    if not int(attrs.get("zeros", 1)):
-        raise ModelError(f"{b.where}: zeros=0 (an error on unknown values) is not supported")
     table = _const("cats", cats, x.dtype) if x.dtype == pg.I64 else \
         _const("cats", cats.astype(np.float32), pg.F32)
     x = x if x.dtype == pg.I64 else _as_float(b, x)
