@@ -566,8 +566,9 @@ def pad(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]
     x = ins[0]
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
-        raise ModelError(f"{b.where}: Pad mode '{mode}' is not supported (constant is)")
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        raise ModelError(f"{b.where}: Pad mode '{mode}' is not supported (constant, edge, "
+                         f"reflect and wrap are)")
     rank = len(x.shape)
     if b.opset < 11:
         pads, value = ints(attrs["pads"]), float(attrs.get("value", 0.0))
@@ -594,6 +595,12 @@ def pad(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]
     at = sum(max(0, p) * s for p, s in zip(before, ostr, strict=False)) * pg.ESIZE[x.dtype]
     if 0 not in src_shape:
         copy_view(b, x, src_shape, src_strides, extra, out, ostr, at)
+    if mode != "constant":
+        if min(pads) < 0:
+            raise ModelError(f"{b.where}: negative pads with mode '{mode}' are not supported")
+        from wasmq.toolchain.model.ops_composed import pad_borders
+
+        pad_borders(b, out, x.shape, before, after, mode)
     return [out]
 
 
