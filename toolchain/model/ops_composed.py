@@ -121,6 +121,12 @@ def shrink(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tens
 # ---------------------------------------------------------------- normalizations
 def normalize(b: object, x: Tensor, outer: int, r: int, eps: float) -> Tensor:
     """(x - mean) / sqrt(var + eps) over each of `outer` contiguous groups of r values."""
+    return normalize_with_stats(b, x, outer, r, eps)[0]
+
+
+def normalize_with_stats(b: object, x: Tensor, outer: int, r: int, eps: float
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+    """The normalized groups, each group's mean and its standard deviation."""
     groups = (outer, r)
     mean = b.prog.new(f"{b.name}:mean", (outer, 1), pg.F32)
     b.prog.emit(pg.OP_REDUCE, [outer, r, 1, R["ReduceMean"], pg.F32, b.ref(x),
@@ -133,7 +139,8 @@ def normalize(b: object, x: Tensor, outer: int, r: int, eps: float) -> Tensor:
     _step(b, E["MUL"], [(var, (outer, 1)), (_scalar("n", 1.0 / r), ())], (outer, 1), var)
     _step(b, E["ADD"], [(var, (outer, 1)), (_scalar("eps", eps), ())], (outer, 1), var)
     _step(b, E["SQRT"], [(var, (outer, 1))], (outer, 1), var)
-    return _step(b, E["DIV"], [(centred, groups), (var, (outer, 1))], groups, centred)
+    return _step(b, E["DIV"], [(centred, groups), (var, (outer, 1))], groups, centred), \
+        mean, var
 
 
 def _affine(b: object, y: Tensor, shape: tuple, scale: Tensor | None, scale_shape: tuple,
@@ -169,16 +176,23 @@ def instance_norm(b: object, node: object, ins: list[Tensor], attrs: dict) -> li
 def layer_norm(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     x = ins[0]
     need_dtype(b, x, pg.F32)
-    for extra in node.output[1:]:
-        if extra and b.used(extra):
-            raise ModelError(f"{b.where}: the Mean and InvStdDev outputs are not supported")
     axis = axis_of(node, int(attrs.get("axis", -1)), len(x.shape))
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-    y = normalize(b, x, outer, x.size // max(outer, 1), float(attrs.get("epsilon", 1e-5)))
+    y, mean, std = normalize_with_stats(b, x, outer, x.size // max(outer, 1),
+                                        float(attrs.get("epsilon", 1e-5)))
     scale = ins[1] if len(ins) > 1 else None
     bias = ins[2] if len(ins) > 2 else None
-    return [_affine(b, y, x.shape, scale, scale.shape if scale else (), bias,
+    outs = [_affine(b, y, x.shape, scale, scale.shape if scale else (), bias,
                     bias.shape if bias else ())]
+    stats = x.shape[:axis] + (1,) * (len(x.shape) - axis)
+    if len(node.output) > 1 and node.output[1]:
+        outs.append(b.alias(mean, 1, stats))
+    if len(node.output) > 2 and node.output[2]:
+        inv = b.out(2, stats, pg.F32)
+        _step(b, E["RECIP"], [(std, (outer, 1))], (outer, 1), b.prog.alias(inv, inv.name,
+                                                                             (outer, 1)))
+        outs.append(inv)
+    return outs
 
 
 @handler("GroupNormalization")
@@ -311,10 +325,29 @@ def resize(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tens
             if len(ins) > 2 and ins[2] is not None and ins[2].size else None
         sizes = [int(v) for v in need_const(node, ins[3], "sizes").reshape(-1)] \
             if len(ins) > 3 and ins[3] is not None else None
-    if "axes" in attrs or attrs.get("keep_aspect_ratio_policy", b"stretch") not in (
-            b"stretch", "stretch"):
-        raise ModelError(f"{b.where}: Resize with axes or keep_aspect_ratio_policy is not "
-                         f"supported")
+    if "axes" in attrs:  # scales or sizes of the axes named, the others unchanged
+        axes = [axis_of(node, int(a), rank) for a in attrs["axes"]]
+        full_scales, full_sizes = [1.0] * rank, list(x.shape)
+        full_roi = [0.0] * rank + [1.0] * rank
+        for i, a in enumerate(axes):
+            if scales is not None:
+                full_scales[a] = scales[i]
+            if sizes is not None:
+                full_sizes[a] = sizes[i]
+            if roi is not None:
+                full_roi[a], full_roi[a + rank] = roi[i], roi[i + len(axes)]
+        scales = full_scales if scales is not None else None
+        sizes = full_sizes if sizes is not None else None
+        roi = full_roi if roi is not None else None
+        attrs = {k: v for k, v in attrs.items() if k != "axes"}
+    policy = attrs.get("keep_aspect_ratio_policy", b"stretch")
+    policy = policy.decode() if isinstance(policy, bytes) else policy
+    if sizes is not None and policy != "stretch":
+        changed = [a for a in range(rank) if sizes[a] != x.shape[a]] or list(range(rank))
+        ratios = [sizes[a] / x.shape[a] for a in changed]
+        scale = min(ratios) if policy == "not_larger" else max(ratios)
+        sizes = [int(round(x.shape[a] * scale)) if a in changed else x.shape[a]
+                 for a in range(rank)]
     if sizes is not None:
         out_shape = tuple(sizes)
         scales = None
