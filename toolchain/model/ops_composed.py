@@ -417,3 +417,65 @@ def pad_borders(b: object, out: Tensor, src_shape: tuple, before: list[int],
             src_at = sum(i * s for i, s in zip(src, ostr, strict=True)) * es
             dst_at = sum(i * s for i, s in zip(dst, ostr, strict=True)) * es
             copy_view(b, out, tuple(view_dims), strides, src_at, out, list(ostr), dst_at)
+
+
+# ---------------------------------------------------------------- ConvTranspose
+@handler("ConvTranspose")
+def conv_transpose(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """A convolution of the input spread out by the stride (zeros between) and padded by
+    the kernel's reach, with each group's weights transposed and flipped."""
+    from wasmq.toolchain.model.ops import conv, fill, ints
+
+    x = ins[0]
+    need_dtype(b, x, pg.F32)
+    w = need_const(node, ins[1], "the weight W").astype(np.float32)
+    groups = int(attrs.get("group", 1))
+    c, mg = w.shape[:2]
+    m = mg * groups
+    bias = need_const(node, ins[2], "the bias B").astype(np.float32) \
+        if len(ins) > 2 and ins[2] is not None else np.zeros(m, np.float32)
+    rank = len(x.shape) - 2
+    if x.shape[1] != c or c % groups:
+        raise ModelError(f"{b.where}: input {x.shape} with group={groups} does not match "
+                         f"weights {w.shape}")
+    kernel = list(w.shape[2:])
+    strides = ints(attrs.get("strides", [1] * rank))
+    dil = ints(attrs.get("dilations", [1] * rank))
+    out_pad = ints(attrs.get("output_padding", [0] * rank))
+    spatial = list(x.shape[2:])
+    reach = [d * (k - 1) + 1 for d, k in zip(dil, kernel, strict=True)]
+    full = [s * (i - 1) + o + r for s, i, o, r in zip(strides, spatial, out_pad, reach,
+                                                        strict=True)]
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if "output_shape" in attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
+        wanted = ints(attrs["output_shape"])[-rank:] if "output_shape" in attrs else \
+            [i * s for i, s in zip(spatial, strides, strict=True)]
+        total = [f - o for f, o in zip(full, wanted, strict=True)]
+        lower = auto == "SAME_LOWER"
+        # a negative total (an output_shape past the full size) pads the end with zeros
+        begin = [0 if t < 0 else t - t // 2 if lower else t // 2 for t in total]
+        end = [t - bg for t, bg in zip(total, begin, strict=True)]
+    else:
+        pads = ints(attrs.get("pads", [0] * (2 * rank)))
+        begin, end = pads[:rank], pads[rank:]
+    before = [r - 1 - p for r, p in zip(reach, begin, strict=True)]
+    after = [r - 1 - p + o for r, p, o in zip(reach, end, out_pad, strict=True)]
+    if min(before + after) < 0:
+        raise ModelError(f"{b.where}: pads past the kernel's reach are not supported")
+    spread = tuple((i - 1) * s + 1 + p + q for i, s, p, q in zip(spatial, strides, before,
+                                                                 after, strict=True))
+    shape = x.shape[:2] + spread
+    padded = b.prog.new(f"{b.name}:spread", shape, pg.F32)
+    fill(b, padded, 0.0)
+    ostr = contiguous(shape)
+    at = sum(p * s for p, s in zip(before, ostr[2:], strict=True)) * 4
+    copy_view(b, x, x.shape, contiguous(x.shape), 0, padded,
+              ostr[:2] + [o * s for o, s in zip(ostr[2:], strides, strict=True)], at)
+    flipped = w[(slice(None), slice(None)) + (slice(None, None, -1),) * rank]
+    cg = c // groups
+    per_group = [flipped[g * cg:(g + 1) * cg].swapaxes(0, 1) for g in range(groups)]
+    weights = np.ascontiguousarray(np.concatenate(per_group, axis=0))  # [M, C/g, k...]
+    conv_attrs = {"group": groups, "dilations": dil, "strides": [1] * rank}
+    return conv(b, node, [padded, Tensor("W", weights.shape, pg.F32, const=weights),
+                          Tensor("B", bias.shape, pg.F32, const=bias)], conv_attrs)
