@@ -881,6 +881,10 @@ def pack_conv(w: np.ndarray, groups: int, winograd: bool) -> np.ndarray:
 def conv(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     x = ins[0]
     need_dtype(b, x, pg.F32)
+    if len(x.shape) == 5:
+        from wasmq.toolchain.model.ops_composed import conv_3d
+
+        return conv_3d(b, node, ins, attrs)
     w = need_const(node, ins[1], "the weight W").astype(np.float32)
     bias = need_const(node, ins[2], "the bias B").astype(np.float32) \
         if len(ins) > 2 and ins[2] is not None else np.zeros(w.shape[0], np.float32)
@@ -962,6 +966,10 @@ def pool(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     need_dtype(b, x, pg.F32)
     if node.op_type == "LpPool":
         raise ModelError(f"{b.where}: LpPool is not supported")
+    if len(x.shape) == 5:
+        from wasmq.toolchain.model.ops_composed import pool_3d
+
+        return pool_3d(b, node, ins, attrs)
     if len(node.output) > 1 and node.output[1] and b.used(node.output[1]):
         raise ModelError(f"{b.where}: MaxPool's Indices output is not supported")
     kernel = ints(attrs["kernel_shape"])

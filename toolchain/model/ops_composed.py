@@ -479,3 +479,155 @@ def conv_transpose(b: object, node: object, ins: list[Tensor], attrs: dict) -> l
     conv_attrs = {"group": groups, "dilations": dil, "strides": [1] * rank}
     return conv(b, node, [padded, Tensor("W", weights.shape, pg.F32, const=weights),
                           Tensor("B", bias.shape, pg.F32, const=bias)], conv_attrs)
+
+
+# ---------------------------------------------------------------- 3-d convolution and pooling
+class _Into:
+    """The builder, with a handler's output 0 redirected into a given tensor: a 2-d
+    convolution of every depth slice at once, reused by the 3-d one."""
+
+    def __init__(self, b: object, target: Tensor) -> None:
+        self._b, self._target = b, target
+
+    def out(self, i: int, shape: tuple, dtype: int) -> Tensor:
+        if tuple(shape) != self._target.shape:
+            raise ModelError(f"{self._b.where}: a depth slice of shape {tuple(shape)} where "
+                             f"{self._target.shape} was planned")
+        return self._target
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._b, name)
+
+
+def _depth_first(b: object, x: Tensor) -> Tensor:
+    """[N, C, D, H, W] as [D, N, C, H, W]: each depth slice contiguous."""
+    n, c, d, h, w = x.shape
+    shape = (d, n, c, h, w)
+    xs = contiguous(x.shape)
+    t = b.prog.new(f"{x.name}:depth-first", shape, x.dtype)
+    copy_view(b, x, shape, [xs[2], xs[0], xs[1], xs[3], xs[4]], 0, t)
+    return t
+
+
+def _depth_window(b: object, node: object, attrs: dict, x: Tensor, k: int, ceil: bool = False
+                  ) -> tuple[int, int, int, int, dict, int]:
+    """(stride, dilation, pad before, output depth), the attributes of the 2-d part, and
+    the pad after."""
+    from wasmq.toolchain.model.ops import _pads, ints
+
+    kernel = attrs.get("kernel_shape")
+    strides = ints(attrs.get("strides", [1, 1, 1]))
+    dil = ints(attrs.get("dilations", [1, 1, 1]))
+    ks = ints(kernel) if kernel is not None else None
+    begin, end = _pads(node, attrs, x.shape[2:], ks or [k, 1, 1], strides, dil)
+    d = x.shape[2]
+    span = d + begin[0] + end[0] - dil[0] * (k - 1) - 1
+    out = (-(-span // strides[0]) if ceil else span // strides[0]) + 1
+    if ceil and (out - 1) * strides[0] >= d + begin[0]:
+        out -= 1
+    if out <= 0:
+        raise ModelError(f"{b.where}: the kernel does not fit the input {x.shape}")
+    flat = {k2: v for k2, v in attrs.items() if k2 not in ("auto_pad", "pads")}
+    flat.update(strides=strides[1:], dilations=dil[1:],
+                pads=[begin[1], begin[2], end[1], end[2]])
+    if ks is not None:
+        flat["kernel_shape"] = ks[1:]
+    return strides[0], dil[0], begin[0], out, flat, end[0]
+
+
+def _accumulate(b: object, op: int, acc: Tensor, part: Tensor, k: int, step: int, dil: int,
+                before: int, depth: int) -> list[int]:
+    """acc[o] = op(acc[o], part[o * step - before + k * dil]) where that slice exists;
+    returns the output depths it touched."""
+    outs = acc.shape[0]
+    plane = acc.size // outs
+    valid = [o for o in range(outs) if 0 <= o * step - before + k * dil < depth]
+    if valid:
+        lo, count = valid[0], len(valid)
+        z = lo * step - before + k * dil
+        dims = (count, plane)
+        elt(b, op, [(acc, [plane, 1], lo * plane * 4), (part, [step * plane, 1], z * plane * 4)],
+            acc, dims, [plane, 1], lo * plane * 4)
+    return valid
+
+
+def conv_3d(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """Per kernel depth kd, one 2-d convolution of every depth slice with W[:, :, kd],
+    added into the output depths that read that slice."""
+    from wasmq.toolchain.model.ops import conv
+
+    x = ins[0]
+    w = need_const(node, ins[1], "the weight W").astype(np.float32)
+    m, kd = w.shape[0], w.shape[2]
+    bias = need_const(node, ins[2], "the bias B").astype(np.float32) \
+        if len(ins) > 2 and ins[2] is not None else np.zeros(m, np.float32)
+    if len(w.shape) != 5:
+        raise ModelError(f"{b.where}: weights {w.shape} for a 3-d input")
+    step, dil, before, depth_out, flat, _ = _depth_window(b, node, attrs, x, kd)
+    flat.pop("kernel_shape", None)
+    n, _, d, _, _ = x.shape
+    xt = _depth_first(b, x)
+    slices = b.prog.alias(xt, xt.name, (d * n,) + x.shape[1:2] + x.shape[3:])
+    zeros = Tensor("B0", (m,), pg.F32, const=np.zeros(m, np.float32))
+    acc = None
+    for k in range(kd):
+        wk = np.ascontiguousarray(w[:, :, k])
+        if acc is None:  # the first: its shape says the 2-d output's
+            from wasmq.toolchain.model.ops import _spatial_attrs
+
+            hw_out = _spatial_attrs(node, flat, slices, list(wk.shape[2:]))[7]
+            acc = b.prog.new(f"{b.name}:acc", (depth_out, n, m, *hw_out), pg.F32)
+            plane = (n, m, hw_out[0] * hw_out[1])
+            bias_view = Tensor("B", (m,), pg.F32, const=bias)
+            copy_view(b, bias_view, (depth_out,) + plane, [0, 0, 1, 0], 0, acc)
+        part = b.prog.new(f"{b.name}:kd{k}", (d * n, m, *acc.shape[3:]), pg.F32)
+        conv(_Into(b, part), node, [slices, Tensor("W", wk.shape, pg.F32, const=wk), zeros],
+             flat)
+        _accumulate(b, E["ADD"], acc, part, k, step, dil, before, d)
+    out = b.out(0, (n, m, depth_out) + acc.shape[3:], pg.F32)
+    a = contiguous(acc.shape)
+    copy_view(b, acc, out.shape, [a[1], a[2], a[0], a[3], a[4]], 0, out)
+    return [out]
+
+
+def pool_3d(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """Every depth slice pooled in 2-d by one instruction, then the depth windows combined
+    (max, or a sum divided by the window's count)."""
+    from wasmq.toolchain.model.ops import _spatial_attrs, emit_pool, ints
+
+    x = ins[0]
+    if len(node.output) > 1 and node.output[1] and b.used(node.output[1]):
+        raise ModelError(f"{b.where}: MaxPool's Indices output is not supported")
+    kernel = ints(attrs["kernel_shape"])
+    ceil = bool(int(attrs.get("ceil_mode", 0)))
+    is_max = node.op_type == "MaxPool"
+    include_pad = int(attrs.get("count_include_pad", 0))
+    step, dil, before, depth_out, flat, after = _depth_window(b, node, attrs, x, kernel[0],
+                                                              ceil)
+    n, c, d = x.shape[:3]
+    xt = _depth_first(b, x)
+    slices = b.prog.alias(xt, xt.name, (d * n, c) + x.shape[3:])
+    (hw, kk, st, dl, begin, end, ohw, outs) = _spatial_attrs(node, flat, slices,
+                                                             flat["kernel_shape"], ceil)
+    pooled = b.prog.new(f"{b.name}:2d", (d * n, c, *outs), pg.F32)
+    emit_pool(b, slices, pooled, hw, ohw, kk, st, begin, end, dl, is_max, include_pad)
+    acc = b.prog.new(f"{b.name}:acc", (depth_out, n, c, *outs), pg.F32)
+    fill(b, acc, -np.inf if is_max else 0.0)
+    counts = np.zeros(depth_out)
+    for k in range(kernel[0]):
+        for o in _accumulate(b, E["MAX" if is_max else "ADD"], acc, pooled, k, step, dil,
+                             before, d):
+            counts[o] += 1
+    if not is_max:
+        if include_pad:  # the pads inside the window count, not what is past them
+            for o in range(depth_out):
+                counts[o] = sum(-before <= o * step - before + k * dil < d + after
+                                for k in range(kernel[0]))
+        scale = Tensor("counts", (depth_out, 1), pg.F32,
+                       const=(1.0 / np.maximum(counts, 1)).astype(np.float32).reshape(-1, 1))
+        plane = acc.size // depth_out
+        elt(b, E["MUL"], [(acc, [plane, 1], 0), (scale, [1, 0], 0)], acc, (depth_out, plane))
+    out = b.out(0, (n, c, depth_out, *outs), pg.F32)
+    a = contiguous(acc.shape)
+    copy_view(b, acc, out.shape, [a[1], a[2], a[0], a[3], a[4]], 0, out)
+    return [out]
