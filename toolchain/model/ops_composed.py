@@ -297,17 +297,25 @@ def resize_axes(b: object, node: object, x: Tensor, out_shape: tuple, scales: li
         last = i == len(axes) - 1
         nxt = b.out(0, shape, pg.F32) if last else b.prog.new(f"{b.name}:axis{a}", shape,
                                                                 pg.F32)
-        outer = int(np.prod(cur.shape[:a], dtype=np.int64))
-        inner = int(np.prod(cur.shape[a + 1:], dtype=np.int64))
-        if inner == 1:  # the last axis: rows of x times M
-            emit_gemm(b, cur, (d_in, 1), Tensor("resize", m.shape, pg.F32, const=m), nxt,
-                      outer, d_out, d_in)
-        else:  # M^T times each [d_in, inner] block
-            mt = Tensor("resize", (d_out, d_in), pg.F32, const=np.ascontiguousarray(m.T))
-            emit_gemm(b, mt, (d_in, 1), cur, nxt, d_out, inner, d_in, batch=outer,
-                      batch_strides=(0, d_in * inner, d_out * inner))
+        along_axis(b, cur, a, m, nxt)
         cur = nxt
     return cur
+
+
+def along_axis(b: object, x: Tensor, a: int, m: np.ndarray, out: Tensor) -> None:
+    """out = x with axis a multiplied by the constant matrix m [d_in, d_out]."""
+    d_in, d_out = m.shape
+    outer = int(np.prod(x.shape[:a], dtype=np.int64))
+    inner = int(np.prod(x.shape[a + 1:], dtype=np.int64))
+    if inner == 1:  # the last axis: rows of x times M
+        emit_gemm(b, x, (d_in, 1), Tensor("matrix", m.shape, pg.F32,
+                                          const=np.ascontiguousarray(m, np.float32)),
+                  out, outer, d_out, d_in)
+    else:  # M^T times each [d_in, inner] block
+        mt = Tensor("matrix", (d_out, d_in), pg.F32,
+                    const=np.ascontiguousarray(m.T, np.float32))
+        emit_gemm(b, mt, (d_in, 1), x, out, d_out, inner, d_in, batch=outer,
+                  batch_strides=(0, d_in * inner, d_out * inner))
 
 
 @handler("Resize")

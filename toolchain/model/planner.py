@@ -18,7 +18,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from wasmq.toolchain.model import ml, ml_tabular, ops, ops_composed, support  # noqa: F401 - they register handlers
+from wasmq.toolchain.model import (  # noqa: F401 - ml_tabular, ops_* register handlers
+    ml,
+    ml_tabular,
+    ops,
+    ops_composed,
+    ops_indexing,
+    support,
+)
 from wasmq.toolchain.model import program as pg
 from wasmq.toolchain.model.errors import ModelError
 from wasmq.toolchain.model.program import Instr, Program, Ref, Tensor, f32_bits
