@@ -38,7 +38,7 @@ def test_every_kind_of_model_becomes_the_same_onnx_bytes(fitted, tmp_path) -> No
     assert modelfile.onnx_bytes(proto) == data
     assert modelfile.onnx_bytes(bytearray(data)) == data
     assert is_onnx(modelfile.onnx_bytes(model))  # the width from n_features_in_
-    with pytest.raises(TypeError, match="fitted scikit-learn estimator or an XGBoost or LightGBM model, not dict"):
+    with pytest.raises(TypeError, match="or an XGBoost or LightGBM model, not dict"):
         modelfile.onnx_bytes({"not": "a model"})
 
 
@@ -143,3 +143,30 @@ def test_deploy_model_checks_a_batch_of_float64_rows_end_to_end(up: str) -> None
     fn = client.deploy_model(model, name="iris-lgbm", example=x[:1], check=x[::15])
     answer = client.run(fn.cfid, modelfile.request(x[100])).json()
     assert answer["label"] == model.predict(x[100:101]).tolist()
+
+
+def test_a_dataframe_with_string_categories_deploys() -> None:
+    """The ColumnTransformer over a DataFrame with a string column, as skl2onnx converts
+    it: one string input, read as the encoder's categories."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"city": rng.choice(["paris", "lyon", "nice"], 90),
+                          "age": rng.normal(40, 10, 90)})
+    y = ((frame.city == "paris") & (frame.age > 40)).astype(int)
+    columns = ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), ["city"]),
+                                 ("num", StandardScaler(), ["age"])])
+    model = make_pipeline(columns, LogisticRegression()).fit(frame, y)
+    data = modelfile.onnx_bytes(model, frame)
+    built = build_model(data, max_bytes=MAX_BYTES)
+    assert [t.dtype for t in built.inputs] == ["string", "float32"]
+    local = modelfile.local_outputs(data, frame)
+    for i in range(0, 90, 11):
+        answer = json.loads(run_wasm(built.wasm, modelfile.row_request(frame, i).encode())
+                            .output)
+        assert modelfile.disagreement(modelfile.row(local, i), answer) is None
+    unknown = json.loads(run_wasm(built.wasm, b'{"input": {"city": [["berlin"]], '
+                                              b'"age": [[50.0]]}}').output)
+    assert len(unknown["output_probability"]) == 2

@@ -13,8 +13,8 @@ from onnx import numpy_helper
 from tests.model_runner import MAX_BYTES, reference, run_model, run_wasm, single, typed_outputs
 from wasmq.toolchain.model import ModelError, build_model
 
-F, D, INT, S = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
-                onnx.TensorProto.STRING)
+F, D, INT, H = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
+                onnx.TensorProto.FLOAT16)
 RNG = np.random.default_rng(3)
 
 
@@ -65,21 +65,21 @@ def test_an_unsupported_operator_before_a_supported_one_is_named_not_the_next() 
 
 
 def test_unsupported_types_and_operators_are_named_together_before_anything_else() -> None:
-    """A string input, a sequence operator and a dynamic dimension: the refusal names the
+    """A float16 input, a sequence operator and a dynamic dimension: the refusal names the
     first two at once, and comes before the shape problem."""
-    s = h.make_tensor_value_info("s", S, [1, "T"])
+    s = h.make_tensor_value_info("s", H, [1, "T"])
     x = h.make_tensor_value_info("x", F, [1, "T"])
     nodes = [h.make_node("SequenceConstruct", ["x", "x"], ["seq"]),
              h.make_node("SequenceLength", ["seq"], ["n"]),
              h.make_node("Identity", ["s"], ["t"])]
     model = model_of(nodes, [s, x], [h.make_tensor_value_info("n", INT, []),
-                                     h.make_tensor_value_info("t", S, None)])
+                                     h.make_tensor_value_info("t", H, None)])
     with pytest.raises(ModelError) as err:
         build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
     text = str(err.value)
     assert text.startswith("unsupported operators: SequenceConstruct (domain ai.onnx, opset "
                            "13), SequenceLength (domain ai.onnx, opset 13); unsupported types: "
-                           "input 's' is STRING, output 't' is STRING")
+                           "input 's' is FLOAT16, output 't' is FLOAT16")
     assert "dynamic" not in text
 
 

@@ -152,3 +152,40 @@ def test_imputer_binarizer_one_hot_against_onnxruntime() -> None:
                    cats_int64s=[2, 5, 7], zeros=1)
     np.testing.assert_array_equal(run_model(model, {"x": ints})["y"],
                                   reference(model, {"x": ints})["y"])
+
+
+S = onnx.TensorProto.STRING
+
+
+def test_string_categories_against_onnxruntime() -> None:
+    """String inputs are read as indices of the model's categories: an unknown one is -1,
+    which no encoder matches."""
+    words = np.array([["paris", "lyon"], ["berlin", "nice"]], dtype=object)
+    for op, attrs in [
+        ("OneHotEncoder", {"cats_strings": ["lyon", "nice", "paris"], "zeros": 1}),
+        ("LabelEncoder", {"keys_strings": ["paris", "nice"], "values_int64s": [7, 9],
+                          "default_int64": -3}),
+        ("LabelEncoder", {"keys_strings": ["lyon"], "values_floats": [0.5],
+                          "default_float": 2.0}),
+        ("CategoryMapper", {"cats_strings": ["nice", "lyon"], "cats_int64s": [1, 2],
+                            "default_int64": 0}),
+    ]:
+        model = single(op, [("x", [2, 2], S)], ["y"], ml=True, **attrs)
+        np.testing.assert_array_equal(run_model(model, {"x": words}, raw=False)["y"],
+                                      reference(model, {"x": words})["y"], err_msg=op)
+
+
+def test_a_string_input_into_arithmetic_or_with_numbers_is_refused_clearly() -> None:
+    model = single("Cast", [("x", [2], S)], ["z"], to=F)
+    with pytest.raises(Exception, match="Cast on a string tensor is not supported"):
+        build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+    model = single("CategoryMapper", [("x", [2], S)], ["y"], ml=True, cats_strings=["a"],
+                   cats_int64s=[1])
+    built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+    assert built.inputs[0].dtype == "string"
+    with pytest.raises(Exception, match="expected strings in"):
+        run_wasm(built.wasm, b'{"input": [1, 2]}')
+    import json
+
+    reply = json.loads(run_wasm(built.wasm, b'{"input": ["a", "b\\"c"]}').output)
+    assert reply["output"] == [1, -1]

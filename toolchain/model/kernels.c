@@ -64,9 +64,11 @@ static int fail(void) {
 /* ---------------------------------------------------------------- plan layout */
 /* F64 only at the edges: a float64 input is cast to float32 by the plan's first
  * instructions, a float64 output cast from float32 by its last. */
-enum { F32 = 0, I64 = 1, BOOL = 2, F64 = 3 };
-static const int ESIZE[4] = {4, 8, 1, 8};
-static const char *TNAME[4] = {"float32", "int64", "bool", "float64"};
+/* STR inputs only: each JSON string becomes its int64 index in the input's vocabulary
+ * (the model's categories, NUL-separated at pad[0], pad[1] of them), -1 if not in it. */
+enum { F32 = 0, I64 = 1, BOOL = 2, F64 = 3, STR = 4 };
+static const int ESIZE[5] = {4, 8, 1, 8, 8};
+static const char *TNAME[5] = {"float32", "int64", "bool", "float64", "string"};
 
 typedef struct {           /* one model input or output, 16 words */
     const char *name;
@@ -1247,12 +1249,44 @@ static int bad_input(const io_t *io, const char *what) {
     return fail();
 }
 
-/* Numbers in nested arrays, in order, into the input's buffer. */
+/* A JSON string (\" \\ \/ escapes) to its index in the input's vocabulary, or -1.
+ * 0: not a string. */
+static int parse_category(cur_t *c, const io_t *io, int64_t *out) {
+    if (*c->s != '"') return 0;
+    char buf[256];
+    int n = 0, fits = 1;
+    c->s++;
+    while (*c->s && *c->s != '"') {
+        char ch = *c->s++;
+        if (ch == '\\') {
+            if (!*c->s) return 0;
+            ch = *c->s++;
+            if (ch != '"' && ch != '\\' && ch != '/') fits = 0;  /* other escapes: no category */
+        }
+        if (n < (int)sizeof buf - 1) buf[n++] = ch; else fits = 0;
+    }
+    if (*c->s != '"') return 0;
+    c->s++;
+    buf[n] = 0;
+    *out = -1;
+    const char *v = (const char *)(uintptr_t)io->pad[0];
+    for (int32_t i = 0; fits && i < io->pad[1]; i++) {
+        int k = 0;
+        while (v[k] && v[k] == buf[k]) k++;
+        if (!v[k] && !buf[k]) { *out = i; break; }
+        while (*v) v++;
+        v++;
+    }
+    return 1;
+}
+
+/* Numbers (or categories) in nested arrays, in order, into the input's buffer. */
 static int read_array(cur_t *c, const io_t *io, int *got, int depth) {
     ws(c);
     if (*c->s != '[') {
         if (*got >= io->count) { (*got)++; return skip_value(c, depth) ? 1 : 0; }
-        int r = parse_number(c, io->dtype, (char *)io->addr + (size_t)*got * ESIZE[io->dtype]);
+        char *at = (char *)io->addr + (size_t)*got * ESIZE[io->dtype];
+        int r = io->dtype == STR ? parse_category(c, io, (int64_t *)at) : parse_number(c, io->dtype, at);
         if (r == 0) return 0;
         if (r == 2) return 2;
         (*got)++;
@@ -1327,7 +1361,7 @@ static int read_raw(cur_t *c, const io_t *io) {
 
 static int read_input(cur_t *c, const io_t *io) {
     ws(c);
-    if (*c->s == '"') return read_raw(c, io);
+    if (*c->s == '"' && io->dtype != STR) return read_raw(c, io);
     int got = 0;
     int r = read_array(c, io, &got, 0);
     if (r == 2) {
@@ -1338,7 +1372,8 @@ static int read_input(cur_t *c, const io_t *io) {
         what[l] = 0;
         return bad_input(io, what);
     }
-    if (r == 0) return bad_input(io, "expected numbers in (nested) JSON arrays");
+    if (r == 0) return bad_input(io, io->dtype == STR ? "expected strings in (nested) JSON arrays"
+                                                      : "expected numbers in (nested) JSON arrays");
     if (got != io->count) {
         err_s("input '"); err_s(io->name); err_s("': got "); err_u((uint64_t)got);
         err_s(got == 1 ? " value" : " values"); err_s(", the model expects ");

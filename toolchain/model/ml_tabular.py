@@ -78,9 +78,9 @@ def one_hot_encoder(b: object, node: object, ins: list[Tensor], attrs: dict) -> 
     with zeros=0 (where onnxruntime fails the call: scikit-learn's handle_unknown="error")."""
     x = ins[0]
     if attrs.get("cats_strings"):
-        raise ModelError(f"{b.where}: string categories are not supported (encode the "
-                         f"column as integers before the model)")
-    cats = np.asarray(attrs.get("cats_int64s", []), np.int64)
+        cats = category_ids(b, attrs["cats_strings"])
+    else:
+        cats = np.asarray(attrs.get("cats_int64s", []), np.int64)
     if cats.size == 0:
         raise ModelError(f"{b.where}: the encoder has no categories")
     table = _const("cats", cats, x.dtype) if x.dtype == pg.I64 else \
@@ -98,6 +98,8 @@ def one_hot_encoder(b: object, node: object, ins: list[Tensor], attrs: dict) -> 
 @handler("LabelEncoder")
 def label_encoder(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     x = ins[0]
+    if "keys_strings" in attrs:  # the input holds category indices: keys as indices too
+        attrs = {**attrs, "keys_int64s": category_ids(b, attrs["keys_strings"])}
     key_kind = "int64s" if "keys_int64s" in attrs else "floats" if "keys_floats" in attrs \
         else None
     value_kind = "int64s" if "values_int64s" in attrs else "floats" if "values_floats" in \
@@ -130,6 +132,22 @@ def label_encoder(b: object, node: object, ins: list[Tensor], attrs: dict) -> li
     b.prog.emit(pg.OP_GATHER, [1, k + 1, 1, n, pg.ESIZE[out_dtype], b.ref(answers),
                                b.prog.ref(first), b.prog.ref(out)])
     return [out]
+
+
+def category_ids(b: object, strings: list) -> np.ndarray:
+    """Categories (strings) as the indices string inputs are read as."""
+    return np.array([b.categories[s.decode("utf-8", "replace") if isinstance(s, bytes) else s]
+                     for s in strings], np.int64)
+
+
+@handler("CategoryMapper")
+def category_mapper(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """Strings to integers (the other way would answer strings: not supported)."""
+    if ins[0].name not in b.strings:
+        raise ModelError(f"{b.where}: integers to strings are not supported")
+    return label_encoder(b, node, ins, {"keys_strings": attrs.get("cats_strings", []),
+                                        "values_int64s": attrs.get("cats_int64s", []),
+                                        "default_int64": attrs.get("default_int64", -1)})
 
 
 def _kernel_matrix(b: object, x: Tensor, n: int, f: int, vectors: np.ndarray,

@@ -35,7 +35,12 @@ KERNELS = Path(__file__).with_name("kernels.wasm")
 DEFAULT_DOMAINS = ("", "ai.onnx")
 ML_DOMAIN = "ai.onnx.ml"
 MIN_OPSET, MAX_OPSET = 7, 22  # 22 only widened types; skl2onnx emits it
-ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL, 11: pg.F64}
+ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL, 11: pg.F64, 8: pg.STR}
+# what a string input (its categories' indices) may flow through: moved, or encoded
+STRING_MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice",
+                "Gather", "Transpose", "ArrayFeatureExtractor", "Split"}
+STRING_ENCODERS = {"OneHotEncoder", "LabelEncoder", "CategoryMapper"}
+CATEGORY_ATTRIBUTES = ("cats_strings", "keys_strings")
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 # Folding these could allocate their whole output: only when it is small.
 GROWING = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot",
@@ -114,6 +119,17 @@ class Builder:
         self.opset = 0
         self.unsupported: dict[str, int] = {}
         self.op_counts: Counter[str] = Counter()
+        self.strings: set[str] = set()  # values holding categories' indices
+        self.categories: dict[str, int] = {}
+        for node in self.graph.node:
+            for attr in node.attribute:
+                if attr.name in CATEGORY_ATTRIBUTES:
+                    for value in attr.strings:
+                        text = value.decode("utf-8", "replace")
+                        if "\0" in text:
+                            raise ModelError(f"{ops._where(node)}: a category holds a NUL")
+                        self.categories.setdefault(text, len(self.categories))
+        self.prog.categories = list(self.categories)
 
     # ---------------------------------------------------------------- setup
     def _opsets(self) -> dict[str, int]:
@@ -194,6 +210,9 @@ class Builder:
         self.values[vi.name] = t
         if t.dtype == pg.F64:  # computed in float32 from here on
             self.values[vi.name] = ops.elementwise_to(self, ops.E["CAST"], t, pg.F32)
+        if t.dtype == pg.STR:  # the same bytes: int64 indices of the model's categories
+            self.values[vi.name] = Tensor(vi.name, shape, pg.I64, storage=t.storage)
+            self.strings.add(vi.name)
         return t
 
     # ---------------------------------------------------------------- what handlers call
@@ -345,6 +364,11 @@ class Builder:
                 self.values[name] = None
             return
         self.opset = self.opsets.get(domain, 1)
+        stringly = any(n in self.strings for n in node.input)
+        if stringly and node.op_type not in STRING_MOVES | STRING_ENCODERS:
+            raise ModelError(f"{self.where}: {node.op_type} on a string tensor is not "
+                             f"supported (strings are categories: encoded by OneHotEncoder, "
+                             f"LabelEncoder or CategoryMapper)")
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         table = ml.HANDLERS if domain == ML_DOMAIN else ops.HANDLERS
         try:
@@ -359,6 +383,8 @@ class Builder:
         for name, t in zip(node.output, outs, strict=False):
             if name:
                 self.values[name] = t
+                if stringly and node.op_type in STRING_MOVES:
+                    self.strings.add(name)
 
     def _known(self, domain: str, op: str) -> bool:
         return (domain == "" and op in ops.HANDLERS) or (domain == ML_DOMAIN

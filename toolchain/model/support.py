@@ -26,7 +26,7 @@ ML_OPSETS = (1, 5)
 TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
          onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
 INPUT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
-               onnx.TensorProto.BOOL}
+               onnx.TensorProto.BOOL, onnx.TensorProto.STRING}  # strings as categories
 CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
 SHAPE_QUERIES = {"Shape", "Size"}  # constant whatever their input holds
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
@@ -146,6 +146,7 @@ def refuse(ops: list[str], types: list[str]) -> None:
         parts.append("unsupported operators: " + ", ".join(ops))
     if types:
         parts.append("unsupported types: " + ", ".join(types) + " (tensors may be float32, "
-                     "float64 (computed in float32), int64, int32 or bool)")
+                     "float64 (computed in float32), int64, int32 or bool; inputs may be strings, "
+                     "read as categories)")
     if parts:
         raise ModelError("; ".join(parts))
