@@ -170,3 +170,22 @@ def test_a_dataframe_with_string_categories_deploys() -> None:
     unknown = json.loads(run_wasm(built.wasm, b'{"input": {"city": [["berlin"]], '
                                               b'"age": [[50.0]]}}').output)
     assert len(unknown["output_probability"]) == 2
+
+
+def test_hist_gradient_boosting_converts_and_matches_the_estimator() -> None:
+    """skl2onnx 1.20 fails on it (`Expected an int, got a boolean`) unless the missing-value
+    flags are cast to ints, which deploy_model's conversion does."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    x, y = load_iris(return_X_y=True)
+    x[3, 1] = np.nan
+    for model in (HistGradientBoostingClassifier(max_iter=10).fit(x, y),
+                  HistGradientBoostingRegressor(max_iter=10).fit(x, x[:, 0])):
+        data = modelfile.onnx_bytes(model, x[:1])
+        built = build_model(data, max_bytes=MAX_BYTES)
+        local = modelfile.local_outputs(data, x)
+        assert modelfile.drift(model, local, x) is None
+        for i in (3, 60, 140):
+            answer = json.loads(run_wasm(built.wasm, modelfile.row_request(x, i).encode())
+                                .output)
+            assert modelfile.disagreement(modelfile.row(local, i), answer) is None

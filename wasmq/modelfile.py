@@ -86,12 +86,69 @@ def _from_sklearn(model: Any, example: Any) -> bytes:
     except ImportError:
         raise ImportError("converting a scikit-learn model needs skl2onnx: "
                           "pip install 'wasmq[sklearn]'") from None
+    _register_hist_gradient_boosting()
     if example is not None:
         onx = to_onnx(model, _as_float32(rows_of(example))[:1], target_opset=TARGET_OPSET)
     else:
         onx = to_onnx(model, initial_types=[("X", FloatTensorType([None, _width(model, None)]))],
                       target_opset=TARGET_OPSET)
     return onx.SerializeToString()
+
+
+_REGISTERED: list[bool] = []
+
+
+def _register_hist_gradient_boosting() -> None:
+    """skl2onnx 1.20 writes HistGradientBoosting's missing-value flags as numpy booleans,
+    which onnx refuses in an INTS attribute (`Expected an int, got a boolean`): its own
+    converters, registered again with the booleans cast to ints."""
+    if _REGISTERED:
+        return
+    _REGISTERED.append(True)
+    try:
+        from skl2onnx import update_registered_converter
+        from skl2onnx.operator_converters.random_forest import (
+            convert_sklearn_random_forest_classifier,
+            convert_sklearn_random_forest_regressor_converter,
+        )
+        from skl2onnx.shape_calculators.ensemble_shapes import (
+            calculate_tree_classifier_output_shapes,
+            calculate_tree_regressor_output_shapes,
+        )
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    except ImportError:  # another skl2onnx layout: its own converters stay
+        return
+    update_registered_converter(
+        HistGradientBoostingClassifier, "SklearnHistGradientBoostingClassifier",
+        calculate_tree_classifier_output_shapes,
+        _ints_not_booleans(convert_sklearn_random_forest_classifier),
+        options={"zipmap": [True, False, "columns"], "raw_scores": [True, False],
+                 "output_class_labels": [False, True], "nocl": [True, False]})
+    update_registered_converter(
+        HistGradientBoostingRegressor, "SklearnHistGradientBoostingRegressor",
+        calculate_tree_regressor_output_shapes,
+        _ints_not_booleans(convert_sklearn_random_forest_regressor_converter),
+        options={"raw_scores": [True, False]})
+
+
+def _ints_not_booleans(convert: Any) -> Any:
+    def converted(scope: Any, operator: Any, container: Any) -> None:
+        add_node = container.add_node
+
+        def add(*args: Any, **attrs: Any) -> Any:
+            for key, value in attrs.items():
+                if isinstance(value, (list, tuple)) and any(
+                        isinstance(v, (bool, np.bool_)) for v in value):
+                    attrs[key] = [int(v) if isinstance(v, (bool, np.bool_)) else v
+                                  for v in value]
+            return add_node(*args, **attrs)
+
+        container.add_node = add  # this conversion's container only
+        try:
+            convert(scope, operator, container)
+        finally:
+            del container.add_node
+    return converted
 
 
 def _from_boosting(model: Any, family: str, example: Any) -> bytes:
