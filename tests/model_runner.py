@@ -37,7 +37,7 @@ def run_wasm(wasm: bytes, data: bytes) -> Outcome:
 def request(built: BuiltModel, feeds: dict[str, np.ndarray], raw: bool = False) -> bytes:
     """The request body: by name for several inputs, under "input" for one."""
     def value(a: np.ndarray) -> object:
-        if raw:
+        if raw and a.dtype.kind not in "OUS":  # strings go as JSON strings
             return base64.b64encode(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"))
                                     .tobytes()).decode()
         return a.tolist()
