@@ -147,3 +147,23 @@ def test_einsum_matrix_forms(equation: str, shapes: list) -> None:
     model = single("Einsum", [(n, s, F) for n, s in zip(names, shapes, strict=True)], ["y"],
                    equation=equation)
     check(model, {n: rand(*s) for n, s in zip(names, shapes, strict=True)}, **LOOSE)
+
+
+def test_expand_and_reshape_with_shapes_computed_from_static_inputs() -> None:
+    """What exporters write: Shape of a tensor, arithmetic on it, ConstantOfShape: all
+    folded at build time, so Expand and Reshape get constant shapes."""
+    h = onnx.helper
+    nodes = [h.make_node("Shape", ["x"], ["s"]),
+             h.make_node("Shape", ["s"], ["rank"]),
+             h.make_node("ConstantOfShape", ["rank"], ["ones"],
+                         value=onnx.numpy_helper.from_array(np.array([1], np.int64))),
+             h.make_node("Mul", ["s", "ones"], ["same"]),
+             h.make_node("Concat", ["three", "same"], ["big"], axis=0),
+             h.make_node("Expand", ["x", "big"], ["e"]),
+             h.make_node("Reshape", ["e", "flat"], ["y"])]
+    inits = [onnx.numpy_helper.from_array(np.array([3], np.int64), "three"),
+             onnx.numpy_helper.from_array(np.array([-1], np.int64), "flat")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", F, [2, 1, 4])],
+                         [h.make_tensor_value_info("y", F, None)], initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    check(model, {"x": rand(2, 1, 4)})
