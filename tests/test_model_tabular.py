@@ -189,3 +189,31 @@ def test_a_string_input_into_arithmetic_or_with_numbers_is_refused_clearly() -> 
 
     reply = json.loads(run_wasm(built.wasm, b'{"input": ["a", "b\\"c"]}').output)
     assert reply["output"] == [1, -1]
+
+
+@pytest.mark.parametrize(("kernel", "probability", "binary"), [
+    ("rbf", False, False), ("poly", False, True), ("linear", False, False),
+    ("rbf", True, True), ("linear", True, True),
+])
+def test_svc_matches_predict_and_predict_proba(kernel: str, probability: bool,
+                                               binary: bool) -> None:
+    """One-vs-one votes; with probabilities (two classes), libsvm's coupling as onnxruntime
+    runs it (it stops early: not the exact fixed point)."""
+    from sklearn.svm import SVC
+
+    x, y = iris()
+    if binary:
+        y = (y == 1).astype(np.int64)
+    model = SVC(kernel=kernel, probability=probability, random_state=0).fit(x, y)
+    got = run(model, x, zipmap=False)
+    np.testing.assert_array_equal(got["label"], model.predict(x))
+    if probability:
+        np.testing.assert_allclose(got["probabilities"], model.predict_proba(x), atol=1e-4)
+
+
+def test_svc_with_probabilities_of_three_classes_is_refused_by_name() -> None:
+    from sklearn.svm import SVC
+
+    x, y = iris()
+    with pytest.raises(Exception, match="probabilities of more than two classes"):
+        run(SVC(probability=True, random_state=0).fit(x, y), x, zipmap=False)

@@ -1,7 +1,8 @@
 """ai.onnx.ml preprocessing and kernel machines, composed from the core kernels.
 
 What skl2onnx writes for tabular pipelines: Binarizer, Imputer (SimpleImputer),
-OneHotEncoder and LabelEncoder over numbers, SVMRegressor (SVR). A lookup
+OneHotEncoder, LabelEncoder and CategoryMapper (over numbers, or strings read as
+category indices), SVMRegressor (SVR) and SVMClassifier (SVC). A lookup
 (LabelEncoder) is one comparison against every key at once, an ArgMax for the
 first hit (a last, always-true column answers the default) and a Gather of the
 values; a kernel machine is a GEMM against the support vectors, the kernel
@@ -204,6 +205,10 @@ def svm_regressor(b: object, node: object, ins: list[Tensor], attrs: dict) -> li
     if count == 0:  # a linear SVM: the coefficients are the weights
         vectors, count = coef.reshape(1, -1), 1
         coef = np.ones(1, np.float32)
+    elif text(attrs.get("kernel_type"), "LINEAR") == "LINEAR" and vectors.size == count * f:
+        # folded in double into one weight vector (see svm_classifier)
+        vectors = (vectors.reshape(count, f).astype(np.float64).T @ coef).reshape(1, f)
+        vectors, count, coef = vectors.astype(np.float32), 1, np.ones(1, np.float32)
     if vectors.size != count * f or coef.size != count:
         raise ModelError(f"{b.where}: {vectors.size} support vector values for {count} "
                          f"vectors of {f} features")
@@ -212,3 +217,140 @@ def svm_regressor(b: object, node: object, ins: list[Tensor], attrs: dict) -> li
     emit_gemm(b, k, (count, 1), _const("coef", coef.reshape(count, 1), pg.F32), scores, n, 1,
               count, bias=_const("rho", rho[:1], pg.F32), bias_strides=(0, 0))
     return [post_transform(b, scores, text(attrs.get("post_transform"), "NONE"), 0)]
+
+
+@handler("SVMClassifier")
+def svm_classifier(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """One-vs-one as onnxruntime: the pairwise decisions are one GEMM against the kernel
+    matrix, the votes a second (a win for i is a row of +1 at i, -1 at j, plus the -1s
+    back as a bias), the label the first class with most votes. Probabilities: two
+    classes only (more need libsvm's iterative pairwise coupling)."""
+    from wasmq.toolchain.model.ml import class_labels
+
+    x, n, f = features(b, ins[0])
+    classes = class_labels(b, attrs)
+    per_class = [int(v) for v in attrs.get("vectors_per_class", [])]
+    count = sum(per_class)
+    if count == 0:
+        raise ModelError(f"{b.where}: a linear SVMClassifier (no support vectors) is not "
+                         f"supported")
+    c = len(per_class)
+    if c != classes.size:
+        raise ModelError(f"{b.where}: {c} classes of support vectors, {classes.size} labels")
+    coef = floats(attrs, "coefficients").reshape(-1, count)
+    rho = floats(attrs, "rho")
+    prob_a, prob_b = floats(attrs, "prob_a"), floats(attrs, "prob_b")
+    if prob_a.size and c != 2:
+        raise ModelError(f"{b.where}: probabilities of more than two classes are not "
+                         f"supported (libsvm's iterative coupling): convert SVC(probability="
+                         f"False), or two classes")
+    if c == 2 and not prob_a.size and (floats(attrs, "coefficients") >= 0).all():
+        raise ModelError(f"{b.where}: a binary SVMClassifier with only positive "
+                         f"coefficients is not supported")
+    vectors = floats(attrs, "support_vectors").reshape(count, f)
+    starts = np.cumsum([0] + per_class)
+    pairs = [(i, j) for i in range(c) for j in range(i + 1, c)]
+    weights = np.zeros((count, len(pairs)), np.float32)
+    wins = np.zeros((len(pairs), c), np.float32)
+    for p, (i, j) in enumerate(pairs):
+        weights[starts[i]:starts[i + 1], p] = coef[j - 1, starts[i]:starts[i + 1]]
+        weights[starts[j]:starts[j + 1], p] = coef[i, starts[j]:starts[j + 1]]
+        wins[p, i], wins[p, j] = 1.0, -1.0
+    if rho.size != len(pairs):
+        raise ModelError(f"{b.where}: {rho.size} rho values for {len(pairs)} class pairs")
+    decisions = b.prog.new(f"{b.name}:decisions", (n, len(pairs)), pg.F32)
+    if text(attrs.get("kernel_type"), "LINEAR") == "LINEAR":
+        # the support vectors folded into one weight a pair, in double: summing
+        # coefficient times kernel values at run time cancels away float32's digits
+        folded = vectors.astype(np.float64).T @ weights.astype(np.float64)
+        emit_gemm(b, x, (f, 1), _const("pairs", folded, pg.F32), decisions, n, len(pairs), f,
+                  bias=_const("rho", rho, pg.F32), bias_strides=(0, 1))
+    else:
+        k = _kernel_matrix(b, x, n, f, vectors, attrs)
+        emit_gemm(b, k, (count, 1), _const("pairs", weights, pg.F32), decisions, n,
+                  len(pairs), count, bias=_const("rho", rho, pg.F32), bias_strides=(0, 1))
+    won = b.prog.new(f"{b.name}:won", (n, len(pairs)), pg.BOOL)
+    elt(b, E["GT"], [(decisions, [len(pairs), 1], 0), (_const("zero", [0.0], pg.F32),
+                                                       [0, 0], 0)], won, (n, len(pairs)))
+    won_f = ops.elementwise_to(b, E["CAST"], won, pg.F32)
+    votes = b.prog.new(f"{b.name}:votes", (n, c), pg.F32)
+    losses = np.zeros(c, np.float32)
+    for _, j in pairs:
+        losses[j] += 1.0  # a pair its first class did not win is won by j
+    emit_gemm(b, won_f, (len(pairs), 1), _const("wins", wins, pg.F32), votes, n, c,
+              len(pairs), bias=_const("losses", losses, pg.F32), bias_strides=(0, 1))
+    from wasmq.toolchain.model.ml import binary_probabilities, labels_from
+
+    label = labels_from(b, votes, classes, 0)
+    transform = text(attrs.get("post_transform"), "NONE")
+    if prob_a.size:  # P(class 0) = 1 - logistic(A s + B), clamped as libsvm does
+        arg = b.prog.new(f"{b.name}:platt", (n, 1), pg.F32)
+        elt(b, E["MUL"], [(decisions, [1, 0], 0), (_const("a", prob_a[:1], pg.F32), [0, 0], 0)],
+            arg, (n, 1))
+        elt(b, E["ADD"], [(arg, [1, 0], 0), (_const("b", prob_b[:1], pg.F32), [0, 0], 0)], arg,
+            (n, 1))
+        elt(b, E["NEG"], [(arg, [1, 0], 0)], arg, (n, 1))
+        elt(b, E["SIGMOID"], [(arg, [1, 0], 0)], arg, (n, 1))
+        elt(b, E["CLIP"], [(arg, [1, 0], 0)], arg, (n, 1), a=1e-7, c=1 - 1e-7)
+        p0, p1 = _coupled_pair(b, arg, n)
+        probs = b.out(1, (n, 2), pg.F32)
+        elt(b, E["COPY"], [(p0, [1, 0], 0)], probs, (n, 1), [2, 1], 0)
+        elt(b, E["COPY"], [(p1, [1, 0], 0)], probs, (n, 1), [2, 1], 4)
+        if transform != "NONE":
+            raise ModelError(f"{b.where}: post_transform {transform} over probabilities is "
+                             f"not supported")
+        return [label, probs]
+    if len(pairs) == 1:  # one decision: answered as [-s, s]
+        return [label, binary_probabilities(b, decisions, transform, True, 1)]
+    return [label, post_transform(b, decisions, transform, 1)]
+
+
+def _coupled_pair(b: object, r: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """libsvm's pairwise coupling (onnxruntime's multiclass_probability) for two classes,
+    as it runs: from (0.5, 0.5), stopping once the error is under 0.0025; for two classes
+    it stops within two rounds (checked over r in (0, 1)), so three rounds are unrolled,
+    each kept only where the one before had not stopped."""
+    def op(name: str, x: Tensor | float, y: Tensor | float | None = None) -> Tensor:
+        views = []
+        for v in (x, y):
+            if v is None:
+                continue
+            t = v if isinstance(v, Tensor) else _const("k", [float(v)], pg.F32)
+            views.append((t, [1, 0] if t.shape == (n, 1) else [0, 0], 0))
+        out = b.prog.new(f"{b.name}:c{len(b.prog.storages)}", (n, 1),
+                         pg.BOOL if name in ("LT",) else pg.F32)
+        elt(b, E[name], views, out, (n, 1))
+        return out
+
+    q = op("SUB", 1.0, r)                       # R[1][0]
+    q00, q11 = op("MUL", q, q), op("MUL", r, r)
+    q01 = op("NEG", op("MUL", q, r))
+    p0 = op("ADD", op("MUL", r, 0.0), 0.5)      # 0.5 a row
+    p1 = op("ADD", op("MUL", r, 0.0), 0.5)
+    done = op("LT", op("MUL", r, 0.0), -1.0)    # false a row
+    for _ in range(3):
+        qp0 = op("ADD", op("MUL", q00, p0), op("MUL", q01, p1))
+        qp1 = op("ADD", op("MUL", q01, p0), op("MUL", q11, p1))
+        pqp = op("ADD", op("MUL", p0, qp0), op("MUL", p1, qp1))
+        err = op("MAX", op("ABS", op("SUB", qp0, pqp)), op("ABS", op("SUB", qp1, pqp)))
+        stop = op("LT", err, 0.0025)
+        elt(b, E["OR"], [(done, [1, 0], 0), (stop, [1, 0], 0)], done, (n, 1))
+        n0, n1 = p0, p1
+        for qtt, qpt, q_other in ((q00, 0, q01), (q11, 1, q01)):
+            qp_t = qp0 if qpt == 0 else qp1
+            diff = op("DIV", op("SUB", pqp, qp_t), qtt)
+            if qpt == 0:
+                n0 = op("ADD", n0, diff)
+            else:
+                n1 = op("ADD", n1, diff)
+            grow = op("ADD", diff, 1.0)
+            inner = op("ADD", op("MUL", diff, qtt), op("MUL", qp_t, 2.0))
+            pqp = op("DIV", op("ADD", pqp, op("MUL", diff, inner)), op("MUL", grow, grow))
+            n0, n1 = op("DIV", n0, grow), op("DIV", n1, grow)
+            row0, row1 = (qtt, q_other) if qpt == 0 else (q_other, qtt)
+            qp0 = op("DIV", op("ADD", qp0, op("MUL", diff, row0)), grow)
+            qp1 = op("DIV", op("ADD", qp1, op("MUL", diff, row1)), grow)
+        kept0, kept1 = op("ADD", p0, 0.0), op("ADD", p1, 0.0)
+        elt(b, E["WHERE"], [(done, [1, 0], 0), (kept0, [1, 0], 0), (n0, [1, 0], 0)], p0, (n, 1))
+        elt(b, E["WHERE"], [(done, [1, 0], 0), (kept1, [1, 0], 0), (n1, [1, 0], 0)], p1, (n, 1))
+    return p0, p1
