@@ -217,3 +217,25 @@ def test_svc_with_probabilities_of_three_classes_is_refused_by_name() -> None:
     x, y = iris()
     with pytest.raises(Exception, match="probabilities of more than two classes"):
         run(SVC(probability=True, random_state=0).fit(x, y), x, zipmap=False)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_nearest_neighbours_through_an_unrolled_scan(kind: str) -> None:
+    """skl2onnx's k-NN: a Scan over the training rows (unrolled), then TopK."""
+    from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
+
+    x, y = iris()
+    model = (KNeighborsClassifier() if kind == "classifier" else
+             KNeighborsRegressor(n_neighbors=3)).fit(x[::3], y[::3])
+    onx = skl2onnx.to_onnx(model, x[:1], target_opset=OPSETS,
+                           options={id(model): {"zipmap": False}} if kind == "classifier"
+                           else None)
+    built = build_model(onx.SerializeToString(), max_bytes=MAX_BYTES)
+    for i in range(1, 150, 13):
+        got = outputs(built, run_wasm(built.wasm, request(built, {"X": x[i:i + 1]}, raw=True))
+                      .output)
+        np.testing.assert_allclose(got[built.outputs[0].name].reshape(-1),
+                                   model.predict(x[i:i + 1]).reshape(-1), atol=1e-5)
+        if kind == "classifier":
+            np.testing.assert_allclose(got["probabilities"], model.predict_proba(x[i:i + 1]),
+                                       atol=1e-6)

@@ -24,6 +24,7 @@ from wasmq.toolchain.model import (  # noqa: F401 - ml_tabular, ops_* register h
     ops,
     ops_composed,
     ops_indexing,
+    scan,
     support,
 )
 from wasmq.toolchain.model import program as pg
@@ -354,7 +355,7 @@ class Builder:
                 self.values[name] = None
             return
         known = self._known(domain, node.op_type)
-        if node.op_type in ("If", "Loop", "Scan"):
+        if node.op_type in ("If", "Loop"):  # Scan: unrolled (scan.py)
             known = False
         if all(t is None or t.is_const for t in ins) and self._fold(node, ins, domain):
             return

@@ -27,7 +27,7 @@ TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64
          onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
 INPUT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
                onnx.TensorProto.BOOL, onnx.TensorProto.STRING}  # strings as categories
-CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
+CONTROL_FLOW = {"If", "Loop", "SequenceMap"}  # Scan of a known length is unrolled
 SHAPE_QUERIES = {"Shape", "Size"}  # constant whatever their input holds
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 
