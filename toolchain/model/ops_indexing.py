@@ -329,3 +329,16 @@ def einsum(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tens
     s = contiguous(prod_shape)
     copy_view(b, prod, out.shape, [s[order.index(c)] for c in out_letters], 0, out)
     return [out]
+
+
+# ---------------------------------------------------------------- constants of constants
+@handler("Range", "ConstantOfShape")
+def constant_maker(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """Reached only when an input is computed at run time (constant inputs are folded):
+    the refusal names the input that must be constant."""
+    if node.op_type == "Range":
+        for t, what in zip(ins, ("start", "limit", "delta"), strict=False):
+            need_const(node, t, what)
+    else:
+        need_const(node, ins[0], "the shape")
+    raise ModelError(f"{b.where}: its constant result could not be computed")
