@@ -22,6 +22,9 @@ from wasmq.broker.errors import BadRequest
 EXAMPLE = ('{"input": {"content-type": "json", "location": "embedded", "data": "..."}, '
            '"output": {"content-type": "json", "location": "echo"}, "control": 1, '
            '"properties": {"language": "WASM"}}')
+# Said when the envelope's input is missing or is the module's input itself.
+SEND_ENVELOPE = ("; the module's input goes, as a string, in 'input.data' of the Scailable "
+                 f"envelope: {EXAMPLE}")
 
 
 def request_body() -> bytes:
@@ -99,11 +102,12 @@ def input_data(envelope: Any) -> bytes:
         raise BadRequest(f"the envelope must be a JSON object, got {_kind(envelope)}")
     inp = envelope.get("input")
     if inp is None:
-        raise BadRequest("the envelope has no 'input' object")
+        raise BadRequest(f"the envelope has no 'input' object{SEND_ENVELOPE}")
     if not isinstance(inp, dict):
-        raise BadRequest(f"'input' must be an object, got {_kind(inp)}")
+        # Most often the module's own input sent bare: {"input": [[1,2,3]]}.
+        raise BadRequest(f"'input' must be an object, got {_kind(inp)}{SEND_ENVELOPE}")
     if "data" not in inp:
-        raise BadRequest("the envelope has no 'input.data'")
+        raise BadRequest(f"the envelope has no 'input.data'{SEND_ENVELOPE}")
     for name in ("output", "properties"):
         if name in envelope and not isinstance(envelope[name], dict):
             raise BadRequest(f"'{name}' must be an object, got {_kind(envelope[name])}")

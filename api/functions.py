@@ -9,16 +9,26 @@ with a module shows its build in the record's `build` while the old one serves.
 
 from __future__ import annotations
 
+from contextlib import closing
+
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from wasmq.api.access import private_flag, require_key, require_key_if_private
 from wasmq.api.ratelimit import caller
 from wasmq.api.services import services
-from wasmq.api.upload_form import function_name, requested_limits, text_field, uploaded_file
+from wasmq.api.upload_form import (
+    function_name,
+    requested_limits,
+    requested_queue,
+    text_field,
+    uploaded_file,
+)
 from wasmq.broker.errors import BadRequest
 from wasmq.broker.registry import FunctionRecord
+from wasmq.toolchain.build import Built
 from wasmq.toolchain.model import is_onnx
+from wasmq.toolchain.spool import Spooled
 
 bp = Blueprint("functions", __name__)
 
@@ -28,19 +38,33 @@ def create() -> ResponseReturnValue:
     svc = services()
     require_key(svc.settings, "uploading a function")
     private = private_flag(request.form.get("private"), svc.settings)
-    limits = requested_limits(svc.settings)
-    content = uploaded_file(svc.settings)
+    queue = requested_queue(svc.settings, svc.settings.queue)
     fields = {"name": function_name(), "documentation": text_field("documentation"),
               "exampleinput": text_field("exampleinput"), "private": private,
-              "limits": limits}
+              "limits": requested_limits(svc.settings), "queue": queue}
+    upload = uploaded_file(svc.settings)
     who = caller(svc.settings).identity
-    if is_onnx(content):
-        return _accepted(svc.jobs.create(content, caller=who, **fields), 201)
-    built = svc.builds.build(content, who)
-    record = svc.registry.create(
-        built.wasm, imports=built.info.imports, exports=built.info.exports,
-        artifact=built.artifact, kind=built.kind, model=built.model, **fields)
+    if _is_model(upload):
+        return _accepted(svc.jobs.create(upload, caller=who, **fields), 201)
+    built = _built(upload, who)
+    try:
+        record = svc.registry.create(
+            built.wasm, imports=built.info.imports, exports=built.info.exports,
+            artifact=built.artifact, kind=built.kind, model=built.model, **fields)
+    finally:
+        built.release()
     return jsonify(record.public()), 201
+
+
+def _is_model(upload: Spooled) -> bool:
+    with upload.view() as data:
+        return is_onnx(data)
+
+
+def _built(upload: Spooled, who: str) -> Built:
+    """A .wasm built in this request's thread; its upload file is gone after."""
+    with closing(upload):
+        return services().builds.build(upload, who)
 
 
 def _accepted(record: FunctionRecord, done: int) -> ResponseReturnValue:
@@ -68,6 +92,8 @@ def _int_arg(name: str, default: int, lo: int, hi: int) -> int:
 def index() -> ResponseReturnValue:
     offset = _int_arg("offset", 0, 0, 10**9)
     limit = _int_arg("limit", 50, 1, 1000)
+    # A page holds at most LIST_BYTES of records: fewer than `limit` when they are
+    # large; the next page starts at offset + len(functions).
     records, total = services().registry.list(offset, limit)
     return jsonify({"functions": [r.public() for r in records], "total": total,
                     "offset": offset, "limit": limit})
@@ -86,15 +112,22 @@ def replace(cfid: str) -> ResponseReturnValue:
     raw_private = request.form.get("private")
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
     limits = requested_limits(svc.settings)
-    content = uploaded_file(svc.settings)
+    queue = requested_queue(svc.settings, None)
+    upload = uploaded_file(svc.settings)
     who = caller(svc.settings).identity
-    if is_onnx(content):
-        return _accepted(svc.jobs.rebuild(cfid, content, limits=limits, private=private,
+    if _is_model(upload):
+        if queue is not None:
+            svc.registry.set_queue(cfid, queue)
+        return _accepted(svc.jobs.rebuild(cfid, upload, limits=limits, private=private,
                                           caller=who), 200)
-    built = svc.builds.build(content, who)
-    record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
-                                  exports=built.info.exports, limits=limits, private=private,
-                                  artifact=built.artifact, kind=built.kind, model=built.model)
+    built = _built(upload, who)
+    try:
+        record = svc.registry.replace(cfid, built.wasm, imports=built.info.imports,
+                                      exports=built.info.exports, limits=limits,
+                                      private=private, queue=queue, artifact=built.artifact,
+                                      kind=built.kind, model=built.model)
+    finally:
+        built.release()
     return jsonify(record.public())
 
 

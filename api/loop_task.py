@@ -36,7 +36,7 @@ from wasmq.api.request_log import RequestLine
 from wasmq.api.tasks import parse_wait
 from wasmq.broker.errors import BadRequest
 from wasmq.broker.logs import bind_tid
-from wasmq.broker.protocol.record import new_tid
+from wasmq.broker.protocol.record import Status, new_tid
 from wasmq.broker.settings import MB
 
 TASK_PATH = re.compile(r"/task/([^/]+)")
@@ -111,7 +111,8 @@ async def serve(front: Front, scope: dict, receive: Any, send: Any) -> bool:
             return True
         finally:
             front.batcher.answered(call.lane)
-    reply, status = task_reply(record, url, as_bytes=as_msgpack)
+    unserved = record.status == Status.QUEUED and not svc.live_queues.serves(record.queue)
+    reply, status = task_reply(record, url, as_bytes=as_msgpack, unserved=unserved)
     if as_msgpack:
         content, kind = msgpack.packb(reply, use_bin_type=True), MSGPACK.encode()
     else:

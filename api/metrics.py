@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import redis
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -26,6 +26,7 @@ from wasmq.api.services import services
 from wasmq.broker import metrics
 from wasmq.broker.causes import Cause
 from wasmq.broker.errors import Unavailable
+from wasmq.broker.protocol import recovery
 
 bp = Blueprint("metrics", __name__)
 
@@ -52,11 +53,11 @@ class ClusterCollector(Collector):
         yield _histogram("wasmq_task_end_to_end_seconds",
                          "Time from submission to the stored result, per task.",
                          snap.e2e_seconds)
-        yield GaugeMetricFamily("wasmq_queue_depth", "Tasks waiting in the queue.",
+        yield GaugeMetricFamily("wasmq_queue_depth", "Tasks waiting in the default queue.",
                                 value=snap.queue_depth)
-        yield GaugeMetricFamily("wasmq_tasks_unacked",
-                                "Tasks delivered to a worker and not yet acknowledged.",
-                                value=snap.unacked)
+        yield GaugeMetricFamily("wasmq_tasks_running",
+                                "Tasks claimed by a worker node and not yet finished.",
+                                value=snap.running)
         yield GaugeMetricFamily("wasmq_workers_live",
                                 "Worker nodes with a heartbeat in the last "
                                 f"{metrics.HEARTBEAT_STALE_S:g} s.", value=len(snap.workers))
@@ -86,3 +87,14 @@ def scrape() -> ResponseReturnValue:
     except redis.RedisError as exc:
         raise Unavailable(f"metrics are kept in Redis, which is unavailable ({exc})") from None
     return Response(body, content_type=content_type)
+
+
+@bp.get("/metrics/queues")
+def queues() -> ResponseReturnValue:
+    """Per Celery queue: calls waiting and live nodes consuming it, as JSON (KEDA's
+    metrics-api scaler reads `<queue>.queued`: deploy/k8s/keda.yaml)."""
+    svc = services()
+    try:
+        return jsonify(metrics.queues(svc.tasks.redis, svc.settings.queue, recovery.STALE_S))
+    except redis.RedisError as exc:
+        raise Unavailable(f"metrics are kept in Redis, which is unavailable ({exc})") from None

@@ -26,10 +26,12 @@ def error_body(message: str, tid: str = "") -> dict[str, Any]:
     return reply(FAILED, message=message, tid=tid)
 
 
-def task_reply(record: TaskRecord, result_url: str, *,
-               as_bytes: bool = False) -> tuple[dict[str, Any], int]:
-    """The reply for a task record and its HTTP status (200 or 202)."""
+def task_reply(record: TaskRecord, result_url: str, *, as_bytes: bool = False,
+               unserved: bool = False) -> tuple[dict[str, Any], int]:
+    """The reply for a task record and its HTTP status (200 or 202); `unserved`: its
+    queue has no live node (it waits for one)."""
     extra = {"status": record.status.value, "cfid": record.cfid, "node": record.node,
+             "worker": record.worker, "queue": record.queue,
              "attempts": record.attempts, "timings": _timings(record),
              "logs": {"stdout": record.stdout, "stderr": record.stderr}}
     if record.status == Status.SUCCEEDED:
@@ -42,6 +44,8 @@ def task_reply(record: TaskRecord, result_url: str, *,
         return reply(FAILED, tid=record.tid, result_url=result_url, cause=record.cause,
                      message=f"Task failed: {record.message}", **extra), 200
     state = "is still queued" if record.status == Status.QUEUED else "is still running"
+    if record.status == Status.QUEUED and unserved:
+        state = f'is still queued: no live node consumes queue "{record.queue}"'
     return reply(PENDING, tid=record.tid, time_out=True, result_url=result_url,
                  message=f"Task {state}; the result will be available at {result_url}.",
                  **extra), 202

@@ -14,20 +14,29 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import redis
 
 from wasmq.api.access import require_key_if_private
 from wasmq.api.ratelimit import Caller, RateRules
 from wasmq.broker import keys
-from wasmq.broker.errors import TooLarge, TooManyInFlight, Unavailable
+from wasmq.broker.errors import QuotaExceeded, TooLarge, TooManyInFlight, Unavailable
 from wasmq.broker.limits import Limits
-from wasmq.broker.protocol.messages import Job, JobMessages
-from wasmq.broker.protocol.queue import Admission, NewTask, RateCounter, Refusal, TaskQueue
-from wasmq.broker.protocol.record import TaskRecord
+from wasmq.broker.protocol.calls import Calls, priority
+from wasmq.broker.protocol.queue import (
+    Admission,
+    Admitted,
+    Finished,
+    Job,
+    NewTask,
+    RateCounter,
+    Refusal,
+    TaskQueue,
+)
+from wasmq.broker.protocol.record import Status, TaskRecord
 from wasmq.broker.registry import FunctionRecord, Registry
-from wasmq.broker.settings import Settings
+from wasmq.broker.settings import MB, Settings
 
 CACHED_FUNCTIONS = 4096
 ATTEMPTS = 3  # a function replaced this often during one call is a client's problem
@@ -59,8 +68,8 @@ class Call:
 
 class Submissions:
     def __init__(self, settings: Settings, client: redis.Redis, tasks: TaskQueue,
-                 jobs: JobMessages) -> None:
-        self.settings, self.redis, self.tasks, self.jobs = settings, client, tasks, jobs
+                 calls: Calls) -> None:
+        self.settings, self.redis, self.tasks, self.calls = settings, client, tasks, calls
         self.rules = RateRules(settings)
         self._functions: OrderedDict[str, Known] = OrderedDict()
         self._lock = threading.Lock()
@@ -87,9 +96,9 @@ class Submissions:
         """The call validated against its function as this process knows it (raises
         what the call answers with: NotFound, Forbidden, TooLarge)."""
         known = self.function(cfid)
-        # A batch's calls travel in one message: theirs is made only if one goes alone.
-        task = self._new_task(tid, cfid, known.record, data, who, encode=not self.batching)
-        return Call(task, known, self.rules.counters(who, len(data)), who, cfid)
+        counters = self.rules.counters(who, len(data))
+        return Call(self._new_task(tid, cfid, known, data, who, counters), known, counters,
+                    who, cfid)
 
     def submit(self, cfid: str, data: bytes, who: Caller, *, tid: str) -> TaskRecord:
         """Create the call's task under the current function; the new task's record."""
@@ -99,16 +108,38 @@ class Submissions:
         return outcome
 
     def send(self, calls: list[Call]) -> list[TaskRecord | Exception]:
-        """Create the tasks of one lane's calls, in one script and one message when
-        there are several; each call's new record, or the error it answers with."""
+        """Create the tasks of one lane's calls in one script, and send those admitted
+        through Celery (one message for several); each call's new record, or the error
+        it answers with."""
+        first = calls[0]
+        answers = self.tasks.submit([c.task for c in calls], self._admission(first, True))
+        admitted = [(c, a) for c, a in zip(calls, answers, strict=True)
+                    if isinstance(a, Admitted)]
+        if admitted:
+            self._send([c.task.job for c, _ in admitted], priority(admitted[0][1].ahead))
         outcomes: list[TaskRecord | Exception] = []
-        for call, refusal in zip(calls, self._enqueue(calls), strict=True):
+        for call, answer in zip(calls, answers, strict=True):
             try:
-                outcomes.append(call.task.record if refusal is None
-                                else self._after_refusal(call, refusal))
+                outcomes.append(call.task.record if isinstance(answer, Admitted)
+                                else self._after_refusal(call, answer))
             except Exception as exc:  # noqa: BLE001 - this call's answer, not the batch's
                 outcomes.append(exc)
         return outcomes
+
+    def _send(self, jobs: list[Job], at: int) -> None:
+        """Send created calls through Celery; if that fails, they fail now (their
+        records say why) and the error is the calls' answer."""
+        try:
+            self.calls.send(jobs, priority=at)
+        except Exception as exc:
+            try:
+                self.tasks.finish([(j, Finished(Status.FAILED, message=(
+                    "the call could not be queued (Redis did not take its message); "
+                    "call it again"))) for j in jobs], node="")
+            except redis.RedisError:
+                pass  # its record expires; the caller was told 503
+            raise Unavailable("the call could not be queued: Redis did not take its "
+                              "message; try again") from exc
 
     def _after_refusal(self, call: Call, refusal: Refusal) -> TaskRecord:
         """Raise the error a refused call answers with; a call refused because its
@@ -121,50 +152,33 @@ class Submissions:
                     f"this {call.who.kind} has {refusal.inflight} tasks queued or running, "
                     f"the limit of {self.settings.max_inflight}; retry once some have "
                     f"finished", retry_after=refusal.retry_after)
+            if refusal.kept is not None:
+                raise QuotaExceeded(
+                    f"storage quota reached: this {call.who.kind} keeps "
+                    f"{refusal.kept / MB:.1f} MB in the store (inputs and results of its "
+                    f"calls, kept for WASMQ_RESULT_TTL={self.settings.result_ttl} s), its "
+                    f"quota of {self.settings.storage_quota / MB:g} MB "
+                    f"(WASMQ_STORAGE_PER_CALLER_MB); retry once older results expire")
             known = self._remember(call.cfid, refusal.function)
-            task = self._new_task(call.task.record.tid, call.cfid, known.record,
-                                  call.task.job.data if call.task.input_by_ref is None
-                                  else call.task.input_by_ref, call.who)
-            refusal = self.tasks.enqueue(task, self._admission(call, known, counted=False))
-            if refusal is None:
+            job = call.task.job
+            task = self._new_task(job.tid, call.cfid, known, job.data or b"", call.who, ())
+            answer = self.tasks.submit([task], self._admission(call, False))[0]
+            if isinstance(answer, Admitted):
+                self._send([task.job], priority(answer.ahead))
                 return task.record
+            refusal = answer
         raise Unavailable(f"compute function '{call.cfid}' kept changing while the call was "
                           f"submitted; try again")
 
-    def _admission(self, call: Call, known: Known, counted: bool) -> Admission:
-        return Admission(function_key=keys.function(call.cfid), expected=known.stored,
-                         caller=call.who.identity, counters=call.counters if counted else (),
-                         max_inflight=self.settings.max_inflight)
+    def _admission(self, call: Call, counted: bool) -> Admission:
+        return Admission(function_key=keys.function(call.cfid), caller=call.who.identity,
+                         max_inflight=self.settings.max_inflight,
+                         counters=call.counters if counted else (),
+                         quota=self.settings.storage_quota)
 
-    def _enqueue(self, calls: list[Call]) -> list[Refusal | None]:
-        """One lane's calls, each with its refusal (None: created). Refused calls of a
-        batch make the admitted ones go again, uncounted, in a message without them."""
-        refusals: list[Refusal | None] = [None] * len(calls)
-        pending, counted = list(range(len(calls))), True
-        while pending:
-            batch = [calls[i] for i in pending]
-            first = batch[0]
-            if len(batch) == 1:
-                task = first.task if first.task.message else \
-                    replace(first.task, message=self.jobs.encode(first.task.job))
-                refusals[pending[0]] = self.tasks.enqueue(
-                    task, self._admission(first, first.known, counted))
-                return refusals
-            message = self.jobs.encode_batch([c.task.job for c in batch])
-            found, settled = self.tasks.enqueue_batch(
-                [c.task for c in batch], [c.known.stored for c in batch], message,
-                self._admission(first, first.known, counted),
-                [tuple(r.cost for r in c.counters) if counted else () for c in batch])
-            for i, refusal in zip(pending, found, strict=True):
-                refusals[i] = refusal
-            if settled:
-                return refusals
-            pending = [i for i, r in zip(pending, found, strict=True) if r is None]
-            counted = False
-        return refusals
-
-    def _new_task(self, tid: str, cfid: str, function: FunctionRecord, data: bytes,
-                  who: Caller, *, encode: bool = True) -> NewTask:
+    def _new_task(self, tid: str, cfid: str, known: Known, data: bytes, who: Caller,
+                  counters: tuple[RateCounter, ...]) -> NewTask:
+        function = known.record
         require_key_if_private(self.settings, function.private, "calling this function",
                                who.presented)
         function.require_module()  # a model building or failed: 503 or 409, not a task
@@ -172,13 +186,13 @@ class Submissions:
         if len(data) > limits.max_input:
             raise TooLarge(f"input.data is {len(data)} bytes; the input limit of this function "
                            f"is {limits.max_input_mb:g} MB")
-        inline = len(data) <= self.settings.inline_input_kb * 1024
-        job = Job(tid=tid, sha256=function.sha256, data=data if inline else None,
-                  limits=function.limits, caller=who.identity)
-        return NewTask(record=TaskRecord(tid=tid, cfid=cfid, private=function.private,
-                                         caller=who.identity),
-                       job=job, message=self.jobs.encode(job) if encode else b"",
-                       input_by_ref=None if inline else data)
+        queue = function.queue or self.settings.queue
+        job = Job(tid=tid, sha256=function.sha256, data=data, limits=function.limits,
+                  caller=who.identity, queue=queue)
+        record = TaskRecord(tid=tid, cfid=cfid, private=function.private, caller=who.identity,
+                            queue=queue)
+        return NewTask(record=record, job=job, expected=known.stored,
+                       costs=tuple(c.cost for c in counters))
 
     def _remember(self, cfid: str, stored: bytes | None) -> Known:
         if stored is None:

@@ -18,7 +18,7 @@ from wasmq.api.services import Services, services
 from wasmq.api.waiter import Waiter
 from wasmq.broker.errors import BadRequest, NotFound
 from wasmq.broker.logs import bind_tid
-from wasmq.broker.protocol.record import TaskRecord, new_tid
+from wasmq.broker.protocol.record import Status, TaskRecord, new_tid
 
 bp = Blueprint("tasks", __name__)
 
@@ -99,7 +99,9 @@ def _reply(svc: Services, tid: str, record: TaskRecord | None) -> ResponseReturn
         raise NotFound(f"task '{tid}' is unknown or its result has expired")
     require_key_if_private(svc.settings, record.private, "retrieving this task")
     as_msgpack = wants_msgpack()
-    body, status = task_reply(record, result_url(svc, tid), as_bytes=as_msgpack)
+    unserved = record.status == Status.QUEUED and not svc.live_queues.serves(record.queue)
+    body, status = task_reply(record, result_url(svc, tid), as_bytes=as_msgpack,
+                              unserved=unserved)
     return respond(body, status, as_msgpack=as_msgpack)
 
 

@@ -14,9 +14,10 @@ from dataclasses import fields
 
 from flask import request
 
-from wasmq.broker.errors import BadRequest, TooLarge
+from wasmq.broker.errors import BadRequest, ConfigError
 from wasmq.broker.limits import PAGE_MB, Limits
-from wasmq.broker.settings import MB, Settings
+from wasmq.broker.settings import MB, Settings, check_queue_name
+from wasmq.toolchain.spool import Spooled
 
 # The form fields a function asks for its own limits with: the fields of Limits.
 LIMIT_FIELDS = tuple(f.name for f in fields(Limits))  # in the order of Limits
@@ -24,18 +25,18 @@ TEXT_LIMIT = 64 * 1024
 NAME_LIMIT = 200
 
 
-def uploaded_file(settings: Settings) -> bytes:
-    """The uploaded file's bytes, within the module size limit; the build step
-    (toolchain/build.py) decides what they are."""
+def uploaded_file(settings: Settings) -> Spooled:
+    """The uploaded file, within the module size limit, in a file of its own (never
+    whole in memory: toolchain/spool.py); the build step (toolchain/build.py)
+    decides what it is. The caller closes it."""
     upload = request.files.get("file")
     if upload is None:
         raise BadRequest("send the module as a multipart form field named 'file'")
-    wasm = upload.read(settings.max_module_mb * MB + 1)
-    if len(wasm) > settings.max_module_mb * MB:
-        raise TooLarge(f"module is larger than the limit of {settings.max_module_mb} MB")
-    if not wasm:
+    spooled = Spooled.copy(upload.stream, settings.max_module_mb * MB, "module")
+    if not spooled.size:
+        spooled.close()
         raise BadRequest("the uploaded file is empty")
-    return wasm
+    return spooled
 
 
 def text_field(name: str, limit: int = TEXT_LIMIT) -> str:
@@ -53,6 +54,19 @@ def function_name() -> str:
     upload = request.files.get("file")
     filename = os.path.basename((upload.filename or "") if upload else "")
     return os.path.splitext(filename)[0][:NAME_LIMIT]
+
+
+def requested_queue(settings: Settings, default: str | None) -> str | None:
+    """The form's `queue`: the Celery queue whose nodes run the function (`default`
+    when absent: the installation's on upload, unchanged on PUT)."""
+    raw = request.form.get("queue")
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        check_queue_name(raw.strip(), "queue")
+    except ConfigError as exc:
+        raise BadRequest(exc.message) from None
+    return raw.strip()
 
 
 def requested_limits(settings: Settings) -> dict[str, float] | None:

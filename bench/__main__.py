@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench import flood, inprocess, model, modules, report, versus
+from bench import flood, inprocess, lockout, model, modules, report, versus, zoo
 from bench.floor import Floor
 from bench.load import BENCH_ENV, Client, closed_loop, request_bytes
 from bench.peer import Peer
@@ -218,9 +218,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
     parser.add_argument("--no-flood", action="store_true",
                         help="skip the flood (one client's 2,000 waiting calls)")
+    parser.add_argument("--no-lockout", action="store_true",
+                        help="skip the upload lockout (five keys flood builds, another uploads)")
     parser.add_argument("--no-model", action="store_true",
                         help="skip the model section (a ResNet-20's build and inference "
                              "against onnxruntime)")
+    parser.add_argument("--no-zoo", action="store_true",
+                        help="skip the zoo CNNs' table (a few minutes; `python -m bench.model "
+                             "--zoo` runs it alone)")
+    parser.add_argument("--vgg", action="store_true",
+                        help="the zoo table with VGG-19 too (548 MB of weights: its build "
+                             "takes about 20 s and 3.5 GB)")
     args = parser.parse_args()
     results = run(args)
     if args.peer_only:
@@ -229,15 +237,27 @@ def main() -> None:
     if not args.no_model:  # in this process, the stack stopped: nothing else on the cores
         results["model"] = {**model.measure(reps=15 if args.quick else 30),
                             **results.get("model", {})}
+        if not args.no_zoo:
+            names = [n for n in zoo.ZOO if args.vgg or n != "VGG-19"]
+            web = model.ort_web()
+            results["zoo"] = [model.zoo_row(n, 3 if args.quick else 5, web) for n in names]
     if not args.no_flood:
         results["flood"] = {**flood.run(2000, 8 if args.quick else 15), "load": loadavg()}
+    if not args.no_lockout:
+        results["lockout"] = {**lockout.run(5 if args.quick else 10), "load": loadavg()}
     print(report.table(results))
     if "model" in results:
         print("model (ResNet-20, 1x3x32x32, the worker's runtime against onnxruntime on one "
               "thread):")
         print(model.report(results["model"]))
+    if "zoo" in results:
+        print("zoo CNNs (random weights; per inference, median; wasmq in the worker's runtime, "
+              "onnxruntime native on one thread, onnxruntime-web under node, back to back):")
+        print(model.zoo_table(results["zoo"]))
     if "flood" in results:
         print(flood.report(results["flood"]))
+    if "lockout" in results:
+        print(lockout.report(results["lockout"]))
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {args.out}")
 

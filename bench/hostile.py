@@ -17,6 +17,7 @@ from tests import bombs, hostile
 from wasmq.broker.limits import Limits
 from wasmq.broker.settings import MB, Settings
 from wasmq.toolchain.build import Builds
+from wasmq.toolchain.spool import Spooled
 from wasmq.workers.runtime import ModuleFailed, Runtime
 
 
@@ -37,7 +38,7 @@ def compile_bombs(settings: Settings) -> None:
         before = _rss_mb()
         started = time.perf_counter()
         try:
-            builds.build(module)
+            builds.build(Spooled.of(module))
             outcome = "built"
         except Exception as exc:  # the refusal is the figure
             outcome = getattr(exc, "message", str(exc))

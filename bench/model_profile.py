@@ -1,4 +1,4 @@
-"""`python -m bench.model_profile`: where one ResNet-20 inference spends its time.
+"""`python -m bench.model_profile [--model NAME]`: where one inference spends its time.
 
 bench.model gives the per-inference figure; this says what it is made of. It
 builds the kernels' profiling variant (`build_kernels.PROFILE_FLAGS`: each plan
@@ -6,7 +6,9 @@ instruction timed through WASI's clock), packs the bench's ResNet-20 into it and
 runs it in a fresh instance per call under the worker's engine settings (epoch
 interruption on), timing the phases of a call from Python as the worker makes
 them. Prints the median of each phase and of each instruction, grouped by
-kind and shape. The timers cost about a microsecond per instruction.
+kind and shape. Each timer reading is a call to WASI's clock, which costs tens of µs
+under wasmtime's WASI on this VM: an instruction's own time holds, but `pred` as a whole
+grows by about 0.15 ms an instruction (ShuffleNet's 31 ms against 15 ms unprofiled).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import wasmtime
 
-from bench.model import resnet20
+from bench.zoo import ZOO
 from wasmq.broker.engine import make_engine
 from wasmq.toolchain.model import build_kernels
 from wasmq.toolchain.model import program as pg
 from wasmq.toolchain.model.planner import Builder, load
 from wasmq.toolchain.model.wasmfile import Kernel
 
-MAX_BYTES = 256 * 1024 * 1024
+MAX_BYTES = 1 << 30
 NAMES = {pg.OP_CONV: "conv", pg.OP_GEMM: "gemm", pg.OP_POOL: "pool", pg.OP_ELT: "elementwise",
          pg.OP_SOFTMAX: "softmax", pg.OP_REDUCE: "reduce", pg.OP_ARG: "argmax",
          pg.OP_GATHER: "gather", pg.OP_TREES: "trees", pg.OP_FILL: "fill"}
@@ -40,33 +42,42 @@ def label(ins: pg.Instr) -> str:
     w = ins.words
     if ins.op == pg.OP_CONV:  # N C H W M KH KW OH OW sh sw ...
         mode = " winograd" if len(w) > 28 and w[28] else ""
-        return (f"conv {w[1]}->{w[4]} {w[5]}x{w[6]}/{w[9]} at {w[7]}x{w[8]}{mode}")
+        groups = f" g{w[15]}" if w[15] > 1 else ""
+        return (f"conv {w[1]}->{w[4]} {w[5]}x{w[6]}/{w[9]}{groups} at {w[7]}x{w[8]}{mode}")
     return NAMES.get(ins.op, str(ins.op))
 
 
-def packed(kernel_wasm: bytes) -> tuple[bytes, list[str]]:
-    """The bench's ResNet-20 packed into `kernel_wasm`, and a label per instruction."""
-    b = Builder(load(resnet20().SerializeToString()), MAX_BYTES, None)
+def packed(kernel_wasm: bytes, model: bytes) -> tuple[bytes, list[str]]:
+    """`model` packed into `kernel_wasm`, and a label per instruction."""
+    b = Builder(load(model), MAX_BYTES, None)
     inputs, outputs = b.run()
     k = Kernel.parse(kernel_wasm)
     blob, end = b.prog.pack(k.plan_address, inputs, outputs)
     return k.pack(blob, end, slack=1 << 20), [label(i) for i in b.prog.instrs]
 
 
-def measure(reps: int) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
+def measure(reps: int, name: str = "ResNet-20"
+            ) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
+    make, shape = ZOO[name]
+    return profile(make().SerializeToString(), shape, reps)
+
+
+def profile(model: bytes, shape: tuple[int, ...], reps: int
+            ) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
+    """The phases of a call and the instructions of `model` (one float input of `shape`)."""
     with tempfile.TemporaryDirectory() as tmp:
         kernel_wasm = build_kernels.build(Path(tmp) / "profile.wasm", profile=True)
-    wasm, labels = packed(kernel_wasm)
+    wasm, labels = packed(kernel_wasm, model)
     engine = make_engine()
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     pre = linker.instantiate_pre(wasmtime.Module(engine, wasm))
-    image = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    image = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     body = json.dumps({"input": base64.b64encode(image.tobytes()).decode(),
                        "type": "raw"}).encode() + b"\0"
     phases: dict[str, list[float]] = defaultdict(list)
     per_instr: list[list[float]] = [[] for _ in labels]
-    for rep in range(reps + 3):
+    for rep in range(reps + 1):
         t0 = time.perf_counter()
         store = wasmtime.Store(engine)
         store.set_epoch_deadline(1 << 30)
@@ -85,7 +96,7 @@ def measure(reps: int) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
         n, at = ex["get_out_len"](store), ex["get_out_loc"](store)
         json.loads(bytes(memory.read(store, at, at + n)))
         t5 = time.perf_counter()
-        if rep < 3:  # warm-up
+        if rep < 1:  # warm-up
             continue
         for name, a, b in (("store", t0, t1), ("instantiate", t1, t2), ("write input", t2, t3),
                            ("pred", t3, t4), ("read output", t4, t5), ("total", t0, t5)):
@@ -106,8 +117,10 @@ def measure(reps: int) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.model_profile", description=__doc__)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--model", default="ResNet-20", choices=sorted(ZOO),
+                        help="an architecture of bench/zoo.py (default: ResNet-20)")
     args = parser.parse_args()
-    phases, rows = measure(args.reps)
+    phases, rows = measure(args.reps, args.model)
     print("per call, median ms:")
     for name, ms in phases.items():
         print(f"  {name:>12}: {ms:.3f}")

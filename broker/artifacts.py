@@ -115,13 +115,6 @@ class Artifacts:
             pipe.expire(uploaded.replies, 60)
             pipe.execute()
 
-    def delete(self, sha256: str) -> None:
-        """Every engine's artifact of this binary."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(keys.artifacts(sha256))
-        pipe.zrem(keys.HOT_MODULES, sha256)
-        pipe.execute()
-
 
 def load_module(engine: wasmtime.Engine, artifacts: Artifacts, sha256: str,
                 fetch_wasm: Callable[[], bytes],

@@ -10,10 +10,10 @@ the build's id in `keys.build(cfid)`, the cfid in `keys.BUILDS`, and a lease,
 which that process renews. A gateway that dies mid-build stops renewing; once the
 lease has expired any gateway takes the build over (toolchain/jobs.py).
 
-Every write that ends a build checks, in one transaction (WATCH on the record and
-the pending build), that the build is still the function's current one: a function
-deleted or uploaded again meanwhile drops the result, and the uploaded model is
-deleted with the pending build.
+Every write that ends a build checks, in the same script that writes
+(broker/swap_record.lua), that the build is still the function's current one: a
+function deleted or uploaded again meanwhile drops the result, and the uploaded
+model is deleted with the pending build.
 """
 
 from __future__ import annotations
@@ -27,14 +27,18 @@ import redis
 
 from wasmq.broker import keys
 from wasmq.broker.clock import iso, now
-from wasmq.broker.errors import NotFound, Unavailable
-from wasmq.broker.registry import FunctionRecord, Registry, forget_build
-from wasmq.broker.store import sha256_hex
+from wasmq.broker.errors import Unavailable, cut_reason
+from wasmq.broker.registry import (
+    ATTEMPTS,
+    SUPERSEDED,
+    SWAPPED,
+    FunctionRecord,
+    Registry,
+    forget_build,
+)
 
 log = logging.getLogger("wasmq.builds")
 
-# Writes that lose a race with another writer of the same record this often give up.
-ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,8 @@ class BuildStore:
 
     def create(self, upload: bytes, *, token: str, name: str = "", documentation: str = "",
                exampleinput: str = "", private: bool = False,
-               limits: dict[str, float] | None = None) -> tuple[FunctionRecord, PendingBuild]:
+               limits: dict[str, float] | None = None,
+               queue: str = "") -> tuple[FunctionRecord, PendingBuild]:
         """A new function whose module is this model, once built: its record says
         `building`, and the build is leased to `token`."""
         cfid = str(uuid.uuid4())
@@ -66,7 +71,7 @@ class BuildStore:
             cfid=cfid, name=name or cfid, documentation=documentation,
             exampleinput=exampleinput, sha256="", size=0, imports=[], exports=[],
             createdAt=stamp, updatedAt=stamp, private=private, limits=dict(limits or {}),
-            kind="onnx", status="building")
+            kind="onnx", status="building", queue=queue)
         build = PendingBuild(cfid, uuid.uuid4().hex, upload, 1)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
@@ -174,81 +179,41 @@ class BuildStore:
     def finish(self, build: PendingBuild, *, wasm: bytes, imports: list[str],
                exports: list[str], artifact: bytes | None,
                model: dict | None) -> FunctionRecord | None:
-        """Make the built module the function's, workers told as for any upload;
-        None when the build is no longer the function's current one."""
-        registry, cfid = self.registry, build.cfid
-        uploaded = registry._store_binary(cfid, wasm, artifact)
-        sha = sha256_hex(wasm)
-        for _ in range(ATTEMPTS):
-            with self.redis.pipeline() as pipe:
-                try:
-                    record = self._current(pipe, build)
-                    if record is None:
-                        self._drop_binary(pipe, cfid, sha)
-                        return None
-                    old_sha = record.sha256
-                    record.sha256, record.size = sha, len(wasm)
-                    record.imports, record.exports = imports, exports
-                    record.kind, record.model = "onnx", model
-                    record.status, record.reason, record.build = "ready", "", None
-                    record.updatedAt = iso(now()) or ""
-                    if build.limits is not None:
-                        record.limits = dict(build.limits)
-                    if build.private is not None:
-                        record.private = build.private
-                    pipe.multi()
-                    pipe.set(keys.function(cfid), json.dumps(asdict(record)))
-                    forget_build(pipe, cfid)
-                    listeners = registry._write_and_announce(pipe, uploaded)
-                except redis.WatchError:
-                    continue
-            if old_sha and old_sha != sha:
-                registry._release_binary(cfid, old_sha)
-            registry._await_loaded(uploaded, listeners)
-            return record
-        raise Unavailable(f"compute function '{cfid}' kept changing while its build ended")
+        """Make the built module the function's, workers told as for any upload, in
+        one step with the end of the build and the release of the old module; None
+        when the build is no longer the function's current one."""
+        def change(record: FunctionRecord) -> None:
+            record.size, record.imports, record.exports = len(wasm), imports, exports
+            record.kind, record.model = "onnx", model
+            record.status, record.reason, record.build = "ready", "", None
+            record.updatedAt = iso(now()) or ""
+            if build.limits is not None:
+                record.limits = dict(build.limits)
+            if build.private is not None:
+                record.private = build.private
+
+        return self.registry.install(build.cfid, wasm, artifact, change, build_id=build.id)
 
     def fail(self, build: PendingBuild, reason: str) -> FunctionRecord | None:
         """Record why the build failed: a function with a module keeps serving it;
-        None when the build is no longer the function's current one."""
+        None when the build is no longer the function's current one. One step, which
+        Redis lets through when it is full (swap_record.lua)."""
+        reason = cut_reason(reason)
         for _ in range(ATTEMPTS):
-            with self.redis.pipeline() as pipe:
-                try:
-                    record = self._current(pipe, build)
-                    if record is None:
-                        return None
-                    if record.status == "ready":
-                        record.build = {"status": "failed", "reason": reason,
-                                        "finishedAt": iso(now())}
-                    else:
-                        record.status, record.reason = "failed", reason
-                    pipe.multi()
-                    pipe.set(keys.function(build.cfid), json.dumps(asdict(record)))
-                    forget_build(pipe, build.cfid)
-                    pipe.execute()
-                    return record
-                except redis.WatchError:
-                    continue
+            raw = self.redis.get(keys.function(build.cfid))
+            if raw is None:
+                return None
+            record = Registry.parse(build.cfid, raw)
+            if record.status == "ready":
+                record.build = {"status": "failed", "reason": reason,
+                                "finishedAt": iso(now())}
+            else:
+                record.status, record.reason = "failed", reason
+            done = self.registry.swap(build.cfid, raw, record, build_id=build.id, forget=True)
+            if done == SWAPPED:
+                return record
+            if done == SUPERSEDED:
+                return None
         raise Unavailable(f"compute function '{build.cfid}' kept changing while its build "
                           f"failed")
 
-    def _current(self, pipe: redis.client.Pipeline, build: PendingBuild) -> FunctionRecord | None:
-        """The function's record, watched, if `build` is still its pending build."""
-        pipe.watch(keys.function(build.cfid), keys.build(build.cfid))
-        raw = pipe.get(keys.function(build.cfid))
-        current = pipe.hget(keys.build(build.cfid), "id")
-        if raw is None or current is None or current.decode() != build.id:
-            return None
-        try:
-            return Registry.parse(build.cfid, raw)
-        except NotFound:  # pragma: no cover - raw is not None
-            return None
-
-    def _drop_binary(self, pipe: redis.client.Pipeline, cfid: str, sha: str) -> None:
-        """Give back the reference a dropped build took, unless the function's
-        record (still watched) uses the same binary."""
-        raw = pipe.get(keys.function(cfid))
-        if raw is not None and Registry.parse(cfid, raw).sha256 == sha:
-            return
-        pipe.unwatch()
-        self.registry._release_binary(cfid, sha)

@@ -10,6 +10,14 @@ from __future__ import annotations
 
 from wasmq.broker.causes import Cause
 
+# Longest reason a refusal or a failed build's record keeps: model-given names inside
+# one are cut already (toolchain/model/tensors.py), and records are listed often.
+MAX_REASON = 600
+
+
+def cut_reason(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 3] + "..."
+
 
 class WasmqError(Exception):
     def __init__(self, message: str) -> None:
@@ -79,6 +87,11 @@ class BuildFailed(WasmqError):
 
 class StorageFull(WasmqError):
     """Redis refused a write for memory (maxmemory with noeviction)."""
+
+
+class QuotaExceeded(StorageFull):
+    """A caller keeps as many bytes in the store as its quota allows
+    (WASMQ_STORAGE_PER_CALLER_MB); others' calls go on."""
 
 
 class TaskFailed(WasmqError):

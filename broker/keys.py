@@ -3,7 +3,6 @@
 PREFIX = "wasmq"
 
 FUNCTIONS_INDEX = f"{PREFIX}:functions"  # zset cfid -> createdAt
-PENDING = f"{PREFIX}:pending"  # zset tid -> when its message was last sent, until claimed
 DONE_CHANNEL = f"{PREFIX}:done"  # pub/sub: tid of every finished task
 UPLOADED_CHANNEL = f"{PREFIX}:uploaded"  # pub/sub: each module uploaded compiled (JSON)
 RATE_LIMIT = f"{PREFIX}:ratelimit"  # prefix of the rate-limit counters
@@ -33,11 +32,9 @@ def blob_refs(sha256: str) -> str:
 
 
 def task(tid: str) -> str:
-    return f"{PREFIX}:task:{tid}"
-
-
-def task_input(tid: str) -> str:
-    return f"{PREFIX}:input:{tid}"
+    """Hash: the task record (broker/protocol/record.py), its input when it travels by
+    reference (field `input`), and its job (field `job`): hash-tagged per task."""
+    return f"{PREFIX}:{{{tid}}}:task"
 
 
 def artifacts(sha256: str) -> str:
@@ -54,27 +51,20 @@ METRIC_EXEC_SECONDS = f"{PREFIX}:metrics:exec"  # hash: histogram bucket -> coun
 METRIC_E2E_SECONDS = f"{PREFIX}:metrics:e2e"
 WORKERS_SEEN = f"{PREFIX}:workers"  # zset: "<node>\t<pool size>" -> last heartbeat
 
-# kombu's Redis transport keeps delivered, unacknowledged messages here
-# (tests/test_node_recovery.py pins these names to kombu's own).
-KOMBU_UNACKED = "unacked"  # hash: delivery tag -> JSON [payload, exchange, routing key]
-KOMBU_UNACKED_INDEX = "unacked_index"  # zset: delivery tag -> when delivered
-
-# Node liveness and who holds which message (broker/nodes.py).
-NODES = f"{PREFIX}:nodes"  # zset: node identity (one per process start) -> last beat
+# Node liveness and the calls each node runs (broker/protocol/nodes.lua, requeue.lua).
+NODES = f"{PREFIX}:nodes"  # zset: node identity (one per worker start) -> last beat
 NODES_BEATING_SINCE = f"{PREFIX}:nodes:since"  # hash: node -> start of its gapless beats
-HELD_PREFIX = f"{PREFIX}:held:"
-TAKING_PREFIX = f"{PREFIX}:taking:"
+NODES_QUEUES = f"{PREFIX}:nodes:queues"  # hash: node -> the queues it consumes, comma-joined
 
 
-def held(node: str) -> str:
-    """Hash: delivery tag -> JSON list of queues, the messages `node` holds unacknowledged."""
-    return f"{HELD_PREFIX}{node}"
+def running(node: str) -> str:
+    """Set: the tids `node` has claimed and not yet finished or handed on."""
+    return f"{PREFIX}:running:{node}"
 
 
-def taking(node: str, queue: str) -> str:
-    """List: the messages `node` has taken off `queue` and not yet recorded as held
-    (broker/transport.py); requeue_dead.lua builds the same name."""
-    return f"{TAKING_PREFIX}{node}:{queue}"
+def queued(queue: str) -> str:
+    """Zset tid -> createdAt: the tasks sent to Celery queue `queue`, not yet claimed."""
+    return f"{PREFIX}:queued:{queue}"
 
 
 def loaded_replies(nonce: str) -> str:
@@ -82,21 +72,13 @@ def loaded_replies(nonce: str) -> str:
     return f"{PREFIX}:loaded:{nonce}"
 
 
-# Each caller's accounting (a caller is an API key's digest or a client address).
-BACKLOGS = f"{PREFIX}:backlogs"  # set: callers with calls held back in their backlog
+def usage(caller: str, bucket: int) -> str:
+    """String: bytes the caller stored (inputs and results) in time bucket `bucket`,
+    expiring once everything stored in it has (broker/protocol/queue.py `Usage`)."""
+    return f"{PREFIX}:usage:{caller}:{bucket}"
 
 
 def inflight(caller: str) -> str:
-    """Zset tid -> createdAt: the caller's tasks queued or running."""
+    """Zset tid -> createdAt: the caller's tasks queued or running (its cap and the
+    priority of its next call)."""
     return f"{PREFIX}:inflight:{caller}"
-
-
-def queued(caller: str) -> str:
-    """Zset: the caller's messages in the Celery queue (their first tid) -> when they
-    went in."""
-    return f"{PREFIX}:inqueue:{caller}"
-
-
-def backlog(caller: str) -> str:
-    """List of "<tid>\\n<message>": the caller's calls waiting for its queue share."""
-    return f"{PREFIX}:backlog:{caller}"

@@ -59,27 +59,31 @@ class Snapshot:
     exec_seconds: Histogram = field(default_factory=lambda: _histogram({}))
     e2e_seconds: Histogram = field(default_factory=lambda: _histogram({}))
     queue_depth: int = 0
-    unacked: int = 0
+    running: int = 0  # calls claimed by live nodes and not yet finished
     workers: dict[str, int] = field(default_factory=dict)  # live node -> pool size
 
 
 def read(client: redis.Redis, queue: str) -> Snapshot:
-    """Everything /metrics shows, in one round trip."""
+    """Everything /metrics shows, in two round trips."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.METRIC_COUNTS)
     pipe.hgetall(keys.METRIC_EXEC_SECONDS)
     pipe.hgetall(keys.METRIC_E2E_SECONDS)
-    pipe.llen(queue)
-    pipe.hlen(keys.KOMBU_UNACKED)
+    pipe.zcard(keys.queued(queue))
+    pipe.zrange(keys.NODES, 0, -1)
     pipe.zrangebyscore(keys.WORKERS_SEEN, now() - HEARTBEAT_STALE_S, "+inf")
-    counts, exec_h, e2e_h, depth, unacked, live = pipe.execute()
+    counts, exec_h, e2e_h, depth, nodes, live = pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    for node in nodes:
+        pipe.scard(keys.running(node.decode()))
+    running = sum(pipe.execute()) if nodes else 0
     counts = {k.decode(): int(v) for k, v in counts.items()}
     workers = dict(_parse_member(m) for m in live)
     return Snapshot(
         submitted=counts.get("submitted", 0), succeeded=counts.get("succeeded", 0),
         failed={k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("failed:")},
         exec_seconds=_histogram(exec_h), e2e_seconds=_histogram(e2e_h),
-        queue_depth=depth, unacked=unacked,
+        queue_depth=depth, running=running,
         workers=workers)
 
 
@@ -113,3 +117,33 @@ def heartbeat(client: redis.Redis, node: str, processes: int) -> None:
 
 def forget_worker(client: redis.Redis, node: str, processes: int) -> None:
     client.zrem(keys.WORKERS_SEEN, _member(node, processes))
+
+
+def consumers(client: redis.Redis, stale_s: float) -> dict[str, int]:
+    """Per queue, how many nodes that beat in the last `stale_s` consume it."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zrangebyscore(keys.NODES, now() - stale_s, "+inf")
+    pipe.hgetall(keys.NODES_QUEUES)
+    live, consumed = pipe.execute()
+    out: dict[str, int] = {}
+    for node in live:
+        for queue in (consumed.get(node) or b"").decode().split(","):
+            if queue:
+                out[queue] = out.get(queue, 0) + 1
+    return out
+
+
+def queues(client: redis.Redis, default_queue: str,
+           stale_s: float) -> dict[str, dict[str, int]]:
+    """Per queue: calls waiting for a node, and live nodes consuming it (what an
+    autoscaler such as KEDA scales a queue's nodes on, from zero)."""
+    prefix = keys.queued("")
+    names = {k.decode()[len(prefix):] for k in client.scan_iter(f"{prefix}*", count=1000)}
+    nodes = consumers(client, stale_s)
+    names |= set(nodes) | {default_queue}
+    ordered = sorted(names)
+    pipe = client.pipeline(transaction=False)
+    for name in ordered:
+        pipe.zcard(keys.queued(name))
+    return {name: {"queued": int(n), "nodes": nodes.get(name, 0)}
+            for name, n in zip(ordered, pipe.execute(), strict=True)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -67,7 +68,10 @@ class Settings:
     inline_input_kb: int = 256
     module_cache_mb: int = 256
     public_url: str = ""
+    # The installation's default queue: functions run there unless they name another.
     queue: str = "wasmq"
+    # The queues a worker node consumes (`wasmq worker -Q`); empty: the default queue.
+    queues: tuple[str, ...] = field(default_factory=tuple)
     data_dir: str = ""
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     # Task submissions per API key (or client address without one), in the
@@ -78,13 +82,13 @@ class Settings:
     # Tasks one API key (or address) may have queued or running at once:
     # OpenWhisk's default of 100 concurrent activations per namespace.
     max_inflight: int = 100
-    # Messages one caller may have in the Celery queue at once; its other calls
-    # wait in its own backlog, so another caller's call waits behind at most
-    # this many of its calls, not its whole backlog.
-    queue_share: int = 1
     # Calls of one caller to one function that arrive while its previous batch is on
     # its way travel together, up to this many in one message (api/batcher.py); 1: never.
     max_batch: int = 16  # chosen from the bench (README, Performance)
+    # Bytes one API key (or address) may keep in the store at once: the inputs and
+    # results of its calls until they expire (WASMQ_RESULT_TTL); 0: a sixteenth of
+    # WASMQ_REDIS_MAXMEMORY_MB.
+    storage_per_caller_mb: int = 0
     # Runs of a task whose worker process died before it fails for good.
     max_attempts: int = 3
     # Calls one gateway process holds open waiting for their task; past it a
@@ -151,6 +155,16 @@ class Settings:
         return settings
 
     @property
+    def storage_quota(self) -> int:
+        """Bytes a caller may keep in the store."""
+        return (self.storage_per_caller_mb or max(1, self.redis_maxmemory_mb // 16)) * MB
+
+    @property
+    def consumed_queues(self) -> list[str]:
+        """The queues a worker node of these settings consumes."""
+        return list(self.queues) or [self.queue]
+
+    @property
     def sentinels(self) -> list[tuple[str, int]]:
         """(host, port) of each sentinel; empty without Sentinel."""
         out = []
@@ -166,6 +180,8 @@ class Settings:
         return int(path) if path.isdigit() else 0
 
     def check(self) -> None:
+        for name in (self.queue, *self.queues):
+            check_queue_name(name, "WASMQ_QUEUES" if name != self.queue else "WASMQ_QUEUE")
         for item in self.redis_sentinels:
             host, _, port = item.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -181,7 +197,7 @@ class Settings:
                 raise ConfigError(f"WASMQ_{name.upper()} must not be negative")
         for name in ("result_ttl", "max_memory_mb", "max_input_mb", "max_output_mb",
                      "max_module_mb", "module_cache_mb", "prefetch_multiplier",
-                     "max_inflight", "queue_share", "max_batch", "max_attempts", "max_waiting",
+                     "max_inflight", "max_batch", "max_attempts", "max_waiting",
                      "compile_timeout", "compile_memory_mb", "redis_maxmemory_mb",
                      "build_lease_s", "compile_per_caller"):
             if getattr(self, name) <= 0:
@@ -208,6 +224,16 @@ class Settings:
 
 def rate_enabled(rate: str) -> bool:
     return rate.strip().lower() not in ("", "off", "none", "0")
+
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_queue_name(name: str, what: str = "queue") -> None:
+    """A Celery queue name wasmq accepts: letters, digits, '.', '_', '-' (at most 64)."""
+    if not QUEUE_NAME.fullmatch(name):
+        raise ConfigError(f"{what}: {name!r} is not a queue name (1 to 64 letters, digits, "
+                          f"'.', '_' or '-', starting with a letter or digit)")
 
 
 def _parse(name: str, kind: object, raw: str) -> object:

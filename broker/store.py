@@ -1,8 +1,10 @@
 """Content-addressed storage of module binaries.
 
 Binaries are kept by sha256 so the same module uploaded twice is stored once.
-The interface is small on purpose: a filesystem or S3 store only needs these
-three methods.
+The interface is small on purpose. A binary goes when no function references it
+any more, in the same Redis script as the record change that released it
+(broker/swap_record.lua, release_binary.lua): so the binaries live in Redis,
+beside the records, and nothing here deletes one.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ class ContentStore(Protocol):
 
     def get(self, sha256: str) -> bytes | None: ...
 
-    def delete(self, sha256: str) -> None: ...
-
 
 class RedisStore:
     """The default store: binaries in the same Redis as everything else."""
@@ -40,6 +40,3 @@ class RedisStore:
 
     def get(self, sha256: str) -> bytes | None:
         return self.redis.get(keys.blob(sha256))
-
-    def delete(self, sha256: str) -> None:
-        self.redis.delete(keys.blob(sha256))

@@ -87,9 +87,11 @@ def worker_ready(worker: Child, ready_file: Path, concurrency: int) -> bool:
 
 
 def start_worker(env: dict[str, str], log: Path, concurrency: int = 2,
-                 name: str = "worker@%h", heartbeat_file: Path | None = None) -> Child:
+                 name: str = "worker@%h", heartbeat_file: Path | None = None,
+                 queues: str = "") -> Child:
     """A Celery worker, returned once it consumes and every pool process is warm."""
     beat = ["--heartbeat-file", str(heartbeat_file)] if heartbeat_file else []
+    beat += ["-Q", queues] if queues else []
     ready = log.with_suffix(".ready")
     worker = wasmq(["worker", "--concurrency", str(concurrency), "--name", name,
                     "--ready-file", str(ready), *beat], env, log)

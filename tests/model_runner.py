@@ -53,8 +53,8 @@ def request(built: BuiltModel, feeds: dict[str, np.ndarray], raw: bool = False) 
 def outputs(built: BuiltModel, text: bytes) -> dict[str, np.ndarray]:
     reply = json.loads(text)
     out = {}
-    for info in built.outputs:
-        values = reply["output"] if info.name == "output" else reply[info.name]
+    for i, info in enumerate(built.outputs):  # the first under "output" only
+        values = reply["output"] if i == 0 else reply[info.name]
         out[info.name] = np.array(values, dtype=NUMPY[info.dtype]).reshape(info.shape)
     return out
 

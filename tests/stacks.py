@@ -59,10 +59,11 @@ class PrivateStack:
         self.gateway, url = start_gateway(self.env, self.workdir / "gateway.log")
         self.gateway_port = int(url.rsplit(":", 1)[1])
 
-    def start_worker(self, name: str, concurrency: int = 2) -> Child:
-        """A node named `name`, returned once it consumes and its processes are warm."""
+    def start_worker(self, name: str, concurrency: int = 2, queues: str = "") -> Child:
+        """A node named `name` (consuming `queues`, comma-separated, or the default
+        queue), returned once it consumes and its processes are warm."""
         proc = start_worker(self.env, self.workdir / f"worker-{name}.log", concurrency,
-                            f"{name}@%h")
+                            f"{name}@%h", queues=queues)
         self.workers[name] = proc
         return proc
 
@@ -90,15 +91,15 @@ def pool_pids(worker: Child) -> set[int]:
 
 
 def node_pid(node: str) -> int:
-    """A record's `node` is "<hostname>:<pid>" of the process that ran it."""
+    """A record's `worker` is "<hostname>:<pid>" of the process that ran it."""
     return int(node.rsplit(":", 1)[1])
 
 
 def statuses(client: redis.Redis, tids: list[str]) -> list[tuple[str, str, int]]:
-    """(status, node, attempts) of each task, in one round trip."""
+    """(status, worker process, attempts) of each task, in one round trip."""
     pipe = client.pipeline(transaction=False)
     for tid in tids:
-        pipe.hmget(keys.task(tid), "status", "node", "attempts")
+        pipe.hmget(keys.task(tid), "status", "worker", "attempts")
     return [((s or b"").decode(), (n or b"").decode(), int(a or 0))
             for s, n, a in pipe.execute()]
 
@@ -128,8 +129,10 @@ class DoneWatcher:
     def wait_for(self, tids: list[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while missing := [t for t in tids if not self.counts[t]]:
-            assert time.monotonic() < deadline, \
-                f"{len(missing)} of {len(tids)} tasks unfinished, e.g. {missing[:3]}"
+            if time.monotonic() >= deadline:
+                found = statuses(self._client, missing[:3])
+                raise AssertionError(f"{len(missing)} of {len(tids)} tasks unfinished, e.g. "
+                                     f"{list(zip(missing[:3], found, strict=True))}")
             time.sleep(0.2)
 
     def close(self) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -30,6 +32,18 @@ from wasmq.process import Child  # noqa: F401 - re-exported for the tests
 
 INTSUM = ROOT / "examples" / "intsum" / "intsum.wasm"
 TUTORIAL_INPUT = '{"input": [[1,2,3,4,5,6,7,8,9,10]]}'
+
+# Kept out of a copy of the checkout: local state, not the project.
+NOT_SOURCE = shutil.ignore_patterns(".venv*", ".git", "build", "dist", "*.egg-info",
+                                    "__pycache__", ".pytest_cache", ".ruff_cache",
+                                    "wasmq-data")
+
+
+def copy_checkout(dest: Path) -> Path:
+    """A copy of this checkout, as a fresh clone has it (a build from the tree
+    itself would leave build/ and egg-info behind in it)."""
+    shutil.copytree(ROOT, dest, ignore=NOT_SOURCE)
+    return dest
 
 
 def envelope(data: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Batches (WASMQ_MAX_BATCH) keep every call's guarantees: real processes, some killed.
 
-Calls that arrive together travel in one message (api/batcher.py, workers/batch.py).
+Calls that arrive together travel in one message (api/batcher.py, workers/tasks.py).
 A batch is seen running when several records were claimed by one process at the
 same instant (one claim script marks them all), which is how these tests find a
 batch to kill.
@@ -43,7 +43,7 @@ def batching_stack(private, module: bytes, name: str) -> tuple:
 
 def batches_run(log: str) -> list[int]:
     """The sizes of the batches a worker's log says it ran."""
-    return [int(n) for n in re.findall(r"batch wasmqt-[0-9a-f]+: (\d+) calls", log)]
+    return [int(n) for n in re.findall(r"batch wasmqb-[0-9a-f]+: (\d+) calls", log)]
 
 
 def ran_batches(log: str) -> None:
@@ -59,7 +59,7 @@ def running_batch(client, tids: list[str]) -> list[str] | None:
     at least one finished already and one still running."""
     pipe = client.pipeline(transaction=False)
     for tid in tids:
-        pipe.hmget(keys.task(tid), "status", "node", "startedAt", "attempts")
+        pipe.hmget(keys.task(tid), "status", "worker", "startedAt", "attempts")
     groups: dict[tuple[bytes, bytes], list[tuple[str, bytes]]] = {}
     for tid, (status, node, started, attempts) in zip(tids, pipe.execute(), strict=True):
         if node and started and attempts == b"1":

@@ -115,6 +115,19 @@ def test_a_failed_task_exits_1_with_the_servers_message(up: str, tmp_path: Path)
     assert json.loads(out(as_json))["statusCode"] == 0
 
 
+def test_a_failed_model_task_says_the_modules_stderr_once(up: str, tmp_path: Path) -> None:
+    from tests.test_model_upload import mlp
+
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(mlp(seed=8))
+    cfid = out(wasmq(up, "deploy", str(model))).strip()
+    result = wasmq(up, "run", cfid, '{"input": [[1, 2, 3]]}')
+    assert result.returncode == 1
+    said = err(result)
+    assert "pred() returned 1 (failure)" in said and "module stderr (last lines):" in said
+    assert said.count("got 3 values, the model expects 4") == 1, said
+
+
 def test_ls_lists_functions_newest_first(up: str, intsum: str, tmp_path: Path) -> None:
     newest = deploy(up, modules.ECHO, tmp_path, "echo-for-ls")
     listed = json.loads(out(wasmq(up, "ls", "--json")))["functions"]
@@ -194,12 +207,13 @@ def test_the_key_from_the_environment_is_sent_as_a_bearer_token(recorder: Record
     assert recorder.authorization == ["Bearer from-env", "Bearer from-flag", None]
 
 
-def on_a_terminal(url: str, *args: str) -> bytes:
-    """Run the CLI with its stdout on a pseudo-terminal, as a person at a shell sees it."""
+def on_a_terminal(url: str, *args: str, stderr_too: bool = False) -> bytes:
+    """Run the CLI with its stdout (and its stderr with `stderr_too`) on a
+    pseudo-terminal, as a person at a shell sees it."""
     leader, follower = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "wasmq", *args], cwd=ROOT,
                             env=child_env(WASMQ_URL=url), stdout=follower,
-                            stderr=subprocess.DEVNULL)
+                            stderr=follower if stderr_too else subprocess.DEVNULL)
     os.close(follower)
     chunks = []
     while True:
@@ -219,8 +233,17 @@ def test_run_on_a_terminal_ends_its_output_with_a_newline(up: str, intsum: str) 
     assert on_a_terminal(up, "run", intsum, TUTORIAL_INPUT) == b'{"output": [55]}\r\n'
 
 
-def test_the_readmes_terminal_example_runs_as_written(up: str, tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_run_on_a_terminal_tells_the_tid_on_stderr(up: str, intsum: str) -> None:
+    seen = on_a_terminal(up, "run", intsum, TUTORIAL_INPUT, stderr_too=True)
+    assert b'{"output": [55]}\r\n' in seen
+    tid = re.search(rb"tid (wasmqt-[0-9a-f]+) \(`wasmq result \1` shows it again\)", seen)
+    assert tid, seen
+    fetched = wasmq(up, "result", tid.group(1).decode())
+    assert fetched.stdout == b'{"output": [55]}', fetched.stderr
+
+
+def test_the_user_manuals_terminal_example_runs_as_written(up: str, tmp_path: Path) -> None:
+    readme = (ROOT / "docs" / "users.md").read_text()
     block = readme.split("**From a terminal.**", 1)[1].split("```sh\n", 1)[1].split("```")[0]
     # All but the line naming a task id by its shape (`wasmqt-…`).
     script = "\n".join(line for line in block.splitlines() if "…" not in line)
@@ -231,7 +254,7 @@ def test_the_readmes_terminal_example_runs_as_written(up: str, tmp_path: Path) -
     assert ran.returncode == 0, ran.stderr.decode()
     lines = ran.stdout.decode().splitlines()
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-                        lines[0]), "the README shows a cfid of this shape"
+                        lines[0]), "the manual shows a cfid of this shape"
     assert re.search(r"# [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", block)
     assert '{"output": [55]}{"output": [6]}' in ran.stdout.decode()  # piped: no newline added
 

@@ -169,6 +169,23 @@ def test_the_upload_name_is_empty_and_a_nameless_upload_takes_the_files_name(
     assert requests.get(f"{live_app}/functions/{cfid}", timeout=10).json()["name"] == "intsum"
 
 
+def test_the_console_takes_onnx_models_and_marks_them_in_the_list(
+        live_app: str, client, page: Any) -> None:
+    from tests.test_model_upload import mlp
+
+    page.goto(f"{live_app}/upload.html")
+    assert ".onnx" in page.get_attribute("#file", "accept").split(",")
+    assert "ONNX model" in page.inner_text(".lead")
+    module = upload(client, INTSUM.read_bytes(), name="intsum").get_json()["cfid"]
+    model = upload(client, mlp(seed=7), name="mlp", filename="mlp.onnx")
+    assert model.status_code == 202, model.get_json()
+    page.goto(f"{live_app}/")
+    page.wait_for_selector(f'tr[data-cfid="{module}"]')
+    model_row = page.locator(f'tr[data-cfid="{model.get_json()["cfid"]}"]')
+    assert model_row.locator("small.kind-model").inner_text() == "model"
+    assert page.locator(f'tr[data-cfid="{module}"] small.kind-model').count() == 0
+
+
 def test_an_unknown_cfid_shows_only_the_error(live_app: str, page: Any) -> None:
     page.goto(f"{live_app}/run.html?cfid=no-such-function")
     page.wait_for_selector("#run-status.error")

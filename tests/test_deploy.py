@@ -260,30 +260,32 @@ def test_redis_in_kubernetes_uses_the_same_config_and_port(k8s: dict) -> None:
     assert f"{mount['mountPath']}/redis.conf" in redis_container["command"]
 
 
-def test_keda_scales_workers_on_the_celery_queue_in_redis(k8s: dict) -> None:
+def test_keda_scales_each_queue_s_workers_on_its_calls_waiting(k8s: dict) -> None:
+    settings = settings_from_configmap(k8s)
     scaled = k8s[("ScaledObject", "wasmq-worker")]["spec"]
     assert ("Deployment", scaled["scaleTargetRef"]["name"]) in k8s
     assert scaled["scaleTargetRef"]["name"] == "wasmq-worker"
-    trigger = scaled["triggers"][0]
-    assert trigger["type"] == "redis"
-    settings = settings_from_configmap(k8s)
-    assert trigger["metadata"]["listName"] == settings.queue
-    address = settings.redis_url.split("//")[1].split("/")[0]
-    assert trigger["metadata"]["address"] == address
-    assert trigger["metadata"]["databaseIndex"] == settings.redis_url.rsplit("/", 1)[1]
-    assert int(trigger["metadata"]["listLength"]) > 0
-    assert scaled["minReplicaCount"] >= 1, "a queue of 0 must still have a worker to drain"
+    assert scaled["minReplicaCount"] >= 1, "the default queue keeps a worker"
+    for name, queue in (("wasmq-worker", settings.queue), ("wasmq-worker-big", "big")):
+        trigger = k8s[("ScaledObject", name)]["spec"]["triggers"][0]
+        assert trigger["type"] == "metrics-api"
+        service = k8s[("Service", "wasmq-gateway")]["spec"]["ports"][0]["port"]
+        assert trigger["metadata"]["url"] == \
+            f"http://wasmq-gateway:{service}/metrics/queues"  # GET /metrics/queues
+        assert trigger["metadata"]["valueLocation"] == f"{queue}.queued"
+        assert int(trigger["metadata"]["targetValue"]) > 0
+    assert k8s[("ScaledObject", "wasmq-worker-big")]["spec"]["minReplicaCount"] == 0
 
 
-def readme_cluster_section() -> str:
-    text = (ROOT / "README.md").read_text()
+def cluster_section() -> str:
+    text = (ROOT / "docs" / "operators.md").read_text()
     start = text.index("## Running a cluster")
     end = text.find("\n## ", start + 1)
     return text[start:end if end > 0 else None]
 
 
-def test_readme_cluster_section_matches_the_files() -> None:
-    section = readme_cluster_section()
+def test_the_operator_manuals_cluster_section_matches_the_files() -> None:
+    section = cluster_section()
     for needed in ("docker compose up --build --scale worker=", "kubectl apply -k deploy/k8s",
                    "deploy/redis.conf", "deploy/Dockerfile", "at-least-once", "everysec"):
         assert needed in section.lower() if needed.islower() else needed in section, needed

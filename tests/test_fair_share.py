@@ -88,7 +88,7 @@ def test_a_task_whose_run_kills_its_worker_every_time_fails_after_its_attempts(
     killed: set[int] = set()
 
     def kill_its_run() -> bool:
-        status, node = client.hmget(keys.task(tid), "status", "node")
+        status, node = client.hmget(keys.task(tid), "status", "worker")
         if status == b"running" and node:
             pid = node_pid(node.decode())
             if pid not in killed:

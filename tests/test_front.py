@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import sys
 import time
 
 import pytest
 
 from tests import modules
-from tests.support import envelope, run_async
+from tests.support import ROOT, child_env, envelope, run_async
 from wasmq.api.app import create_app
 from wasmq.api.front import Front
 from wasmq.broker.settings import Settings
@@ -128,3 +130,14 @@ def test_a_caller_just_refused_is_refused_again_at_once_then_served(redis_url: s
     assert third[1] == second[1] and "limit of 1" in third[1]["message"]
     time.sleep(0.3)  # the hold is over: the next call is the script's to judge again
     assert run_async(call(app, f"/task/{cfid}?wait=0"))[0] == 429
+
+
+def test_a_test_session_ends_without_its_listeners_reporting_the_redis_it_stopped() -> None:
+    """The session's Redis stops last; the in-process listeners' reconnect attempts
+    after it read, below pytest's summary, like a failure."""
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/test_front.py::test_a_client_that_hangs_up_ends_its_wait"],
+                         cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "1 passed" in ran.stdout
+    assert "lost Redis" not in ran.stdout + ran.stderr, ran.stdout + ran.stderr

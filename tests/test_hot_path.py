@@ -17,7 +17,7 @@ from tests.support import Api, envelope, upload, wait_until
 from wasmq.broker import keys
 from wasmq.broker.artifacts import Artifacts
 from wasmq.broker.limits import Limits
-from wasmq.broker.protocol.queue import TaskQueue
+from wasmq.broker.protocol.queue import Job, TaskQueue
 from wasmq.broker.store import RedisStore
 from wasmq.workers.runtime import Runtime
 from wasmq.workers.warmup import warm_up
@@ -58,7 +58,7 @@ def test_a_new_worker_process_preloads_the_hot_modules(redis_url: str) -> None:
     artifacts = Artifacts(client)
     Runtime(artifacts=artifacts).prepare(sha(wasm), lambda: wasm)  # compiles, stores, marks hot
     fresh = Runtime(artifacts=artifacts)
-    warm_up(fresh, TaskQueue(client, ttl=60, queue="hot-path"), preload_bytes=64 * 1024 * 1024)
+    warm_up(fresh, TaskQueue(client, ttl=60), preload_bytes=64 * 1024 * 1024)
     assert sha(wasm) in fresh.cached()
     assert "warmup-probe" not in fresh.cached()
 
@@ -81,21 +81,21 @@ def test_an_input_over_256_kib_waits_in_redis_and_its_message_stays_small(
     data = "x" * (300 * 1024)
     body = client.post(f"/task/{cfid}?wait=0", json=envelope(data)).get_json()
     assert body["statusCode"] == 5
-    assert inprocess_redis.get(keys.task_input(body["tid"])) == data.encode()
+    kept = Job.unpacked(inprocess_redis.hget(keys.task(body["tid"]), "job"))
+    assert kept.data == data.encode()  # with the record, until the call finishes
     [job] = queued_jobs(inprocess_redis)  # no worker reads this queue: it is still there
     assert job["tid"] == body["tid"] and job["data"] is None and job["size"] < 64 * 1024
 
 
 @pytest.mark.fast
-def test_an_inline_input_travels_in_its_message_and_writes_no_input_key(
+def test_an_inline_input_travels_in_its_message(
         client, inprocess_redis: redis.Redis) -> None:
-    """Checked while the task is still queued: the finish script would delete the key."""
+    """Checked while the task is still queued: the finish script drops the kept job."""
     cfid = upload(client, modules.ECHO).get_json()["cfid"]
     body = client.post(f"/task/{cfid}?wait=0", json=envelope("small")).get_json()
     [job] = queued_jobs(inprocess_redis)
     assert job["tid"] == body["tid"] and job["data"] == b"small"
     assert inprocess_redis.hget(keys.task(body["tid"]), "status") == b"queued"
-    assert not inprocess_redis.exists(keys.task_input(body["tid"]))
 
 
 def test_an_input_by_reference_is_read_by_the_worker_and_deleted_after_the_task(
@@ -104,8 +104,9 @@ def test_an_input_by_reference_is_read_by_the_worker_and_deleted_after_the_task(
     cfid = api.deploy(modules.SLOW)
     data = "400" + " " * (300 * 1024)  # the module busy-waits 400 ms, then echoes
     body = api.call(cfid, data, wait=0).json()
-    ref = keys.task_input(body["tid"])
-    assert client.strlen(ref) == len(data), "the input waits in Redis, not in the message"
+    ref = keys.task(body["tid"])
+    assert Job.unpacked(client.hget(ref, "job")).data == data.encode(), \
+        "the input waits in Redis, not in the message"
     final = api.poll(body["tid"])
     assert final["statusCode"] == 1 and final["result"] == data
-    wait_until(lambda: not client.exists(ref), timeout=5, what="input deleted")
+    wait_until(lambda: not client.hexists(ref, "job"), timeout=5, what="input deleted")

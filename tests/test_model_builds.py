@@ -24,6 +24,7 @@ from wasmq.broker.registry import Registry, forget_build
 from wasmq.broker.settings import Settings
 from wasmq.broker.store import RedisStore
 from wasmq.toolchain.build import Builds, Built
+from wasmq.toolchain.spool import Spooled
 
 
 def _status(stack: PrivateStack, cfid: str) -> str:
@@ -119,7 +120,8 @@ def _built_in_the_background(builds: Builds,
                              content: bytes) -> tuple[Built | None, Exception | None]:
     """A model's build as an upload starts it: in a warm build process."""
     done, outcome = threading.Event(), []
-    builds.reserve().start(content, lambda built, exc: (outcome.append((built, exc)), done.set()))
+    builds.reserve().start(Spooled.of(content),
+                           lambda built, exc: (outcome.append((built, exc)), done.set()))
     assert done.wait(120), "the build did not end"
     return outcome[0]
 
@@ -127,8 +129,7 @@ def _built_in_the_background(builds: Builds,
 def _stop_spare(builds: Builds) -> None:
     spare = builds._spare
     if spare is not None:
-        spare.kill()
-        spare.wait()
+        spare.discard()
 
 
 def _big(n: int) -> bytes:
@@ -162,7 +163,7 @@ def test_a_build_process_runs_one_thread_whatever_the_cores() -> None:
     try:
         built, exc = _built_in_the_background(builds, mlp(seed=8))
         assert built is not None, exc
-        spare = wait_until(lambda: builds._spare, what="the spare")
+        spare = wait_until(lambda: builds._spare, what="the spare").popen
         wait_until(lambda: psutil.Process(spare.pid).num_threads() == 1 and
                    psutil.Process(spare.pid).status() == psutil.STATUS_SLEEPING, timeout=20,
                    what=f"the spare to wait, on one thread "

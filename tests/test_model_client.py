@@ -51,9 +51,10 @@ def test_the_endpoint_answer_is_compared_with_onnxruntime(fitted) -> None:
                                atol=1e-5)
     answer = json.loads(run_wasm(built.wasm, modelfile.request(x[7]).encode()).output)
     assert modelfile.disagreement(local, answer) is None
-    wrong = dict(answer, output_label=[(answer["output_label"][0] + 1) % 3])
+    wrong = dict(answer, output=[(answer["output"][0] + 1) % 3])
     assert "output 'output_label' is" in modelfile.disagreement(local, wrong)
-    assert "has no output" in modelfile.disagreement(local, {"output": [1]})
+    assert "has no output 'output_probability'" in modelfile.disagreement(
+        local, {"output": answer["output"]})
 
 
 def test_deploy_model_end_to_end(up: str, fitted) -> None:
@@ -61,7 +62,7 @@ def test_deploy_model_end_to_end(up: str, fitted) -> None:
     client = Client(up)
     fn = client.deploy_model(model, name="iris", example=x[3], documentation="iris")
     answer = client.run(fn.cfid, modelfile.request(x[10])).json()
-    assert answer["output_label"] == model.predict(x[10:11]).tolist()
+    assert answer["output"] == model.predict(x[10:11]).tolist()
 
 
 def test_float64_rows_are_checked_as_a_batch_against_the_built_model() -> None:
@@ -142,7 +143,7 @@ def test_deploy_model_checks_a_batch_of_float64_rows_end_to_end(up: str) -> None
     client = Client(up)
     fn = client.deploy_model(model, name="iris-lgbm", example=x[:1], check=x[::15])
     answer = client.run(fn.cfid, modelfile.request(x[100])).json()
-    assert answer["label"] == model.predict(x[100:101]).tolist()
+    assert answer["output"] == model.predict(x[100:101]).tolist()
 
 
 def test_a_dataframe_with_string_categories_deploys() -> None:

@@ -60,15 +60,23 @@ def test_nan_and_infinities_print_as_python_json_reads_them() -> None:
     built = identity([3])
     raw = base64.b64encode(np.array([np.nan, np.inf, -np.inf], np.float32).tobytes()).decode()
     out = run_wasm(built.wasm, json.dumps({"input": raw, "type": "raw"}).encode()).output
-    assert out == b'{"output": [NaN, Infinity, -Infinity], "y": [NaN, Infinity, -Infinity]}'
+    assert out == b'{"output": [NaN, Infinity, -Infinity]}'
 
 
 def test_int64_and_bool_tensors_round_trip_exactly() -> None:
     ints = [-(2 ** 63), 2 ** 63 - 1, 0, -1, 12345678901234]
     out = run_wasm(identity([5], INT).wasm, json.dumps({"input": ints}).encode()).output
-    assert json.loads(out)["y"] == ints
+    assert json.loads(out)["output"] == ints
     out = run_wasm(identity([4], B).wasm, b'{"input": [true, false, 1, 0]}').output
-    assert out == b'{"output": [true, false, true, false], "y": [true, false, true, false]}'
+    assert out == b'{"output": [true, false, true, false]}'
+
+
+def test_each_output_is_written_once_the_first_under_output() -> None:
+    model = single("Split", [("x", [6], F)], ["first", "second"], axis=0, num_outputs=2,
+                   opset=18)
+    built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+    out = run_wasm(built.wasm, b'{"input": [1, 2, 3, 4, 5, 6]}').output
+    assert out == b'{"output": [1.0, 2.0, 3.0], "second": [4.0, 5.0, 6.0]}'
 
 
 def test_nested_flat_and_raw_inputs_are_the_same_tensor() -> None:
@@ -103,7 +111,7 @@ def test_int_input_refuses_fractions() -> None:
     with pytest.raises(ModuleFailed, match="a value is not an integer"):
         run_wasm(identity([2], INT).wasm, b'{"input": [1.5, 2]}')
     out = run_wasm(identity([2], INT).wasm, b'{"input": [1.0, 2e3]}').output
-    assert json.loads(out)["y"] == [1, 2000]
+    assert json.loads(out)["output"] == [1, 2000]
 
 
 def test_several_inputs_are_taken_by_name() -> None:
@@ -209,7 +217,7 @@ def test_an_input_named_input_is_found_by_name_among_several() -> None:
     model = single("Sub", [("input", [2], F), ("other", [2], F)], ["d"])
     built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
     out = run_wasm(built.wasm, b'{"input": [5, 5], "other": [1, 2]}').output
-    assert json.loads(out)["d"] == [4.0, 3.0]
+    assert json.loads(out)["output"] == [4.0, 3.0]
 
 
 def test_a_malformed_node_is_a_model_error_naming_it() -> None:

@@ -63,6 +63,6 @@ def test_a_pytorch_export_answers_as_torch_does(api: Api) -> None:
             want = net(x).numpy().ravel()
         reply = api.call(record["cfid"], json.dumps({"input": x.numpy().tolist()})).json()
         assert reply["statusCode"] == 1, reply
-        got = np.array(json.loads(reply["result"])["probabilities"], np.float32)
+        got = np.array(json.loads(reply["result"])["output"], np.float32)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
         assert got.argmax() == want.argmax()

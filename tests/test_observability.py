@@ -54,7 +54,7 @@ def test_metrics_count_tasks_by_outcome_and_time_them(api: Api) -> None:
     assert delta("wasmq_task_end_to_end_seconds_sum") > 0
     assert after["wasmq_task_end_to_end_seconds_bucket{le=+Inf}"] == \
         after["wasmq_task_end_to_end_seconds_count"]
-    assert after["wasmq_queue_depth"] >= 0 and "wasmq_tasks_unacked" in after
+    assert after["wasmq_queue_depth"] >= 0 and "wasmq_tasks_running" in after
     assert after["wasmq_workers_live"] >= 1 and after["wasmq_worker_processes_live"] >= 2
     assert "/metrics" in requests.get(f"{api.url}/openapi.json", timeout=10).json()["paths"]
 

@@ -5,7 +5,6 @@ the test and bench scaffolding."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,12 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
-
-# Kept out of the copy the wheel is built from: local state, not the project.
-NOT_SOURCE = shutil.ignore_patterns(".venv*", ".git", "build", "dist", "*.egg-info",
-                                    "__pycache__", ".pytest_cache", ".ruff_cache",
-                                    "wasmq-data")
+from tests.support import ROOT, copy_checkout
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +21,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]
     """`pip wheel` of a copy of this checkout (an in-tree build would leave
     build/ and egg-info behind in the worktree)."""
     work = tmp_path_factory.mktemp("wheel")
-    source = work / "src"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    source = copy_checkout(work / "src")
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                             "-w", str(work / "out"), str(source)],
                            capture_output=True, text=True, timeout=300)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import msgpack
@@ -14,8 +15,9 @@ from tests.queue_bench import Bench, bench_fixture  # noqa: F401 - the fixture
 from tests.support import wait_until
 from wasmq.broker import keys, metrics
 from wasmq.broker.causes import Cause
-from wasmq.broker.protocol import lua
-from wasmq.broker.protocol.queue import STALL_S, Admission, Finished, RateCounter
+from wasmq.broker.protocol import lua, recovery
+from wasmq.broker.protocol.calls import priority
+from wasmq.broker.protocol.queue import Admitted, Finished, RateCounter, Refusal
 from wasmq.broker.protocol.record import Status
 from wasmq.broker.protocol.wakeup import SHIP_LIMIT, parse_wakeup, parse_wakeups, unpack_shipped
 
@@ -46,12 +48,27 @@ def test_every_script_names_each_key_and_argument_it_uses_in_its_header() -> Non
                 f"{path.name}: {kind}[{max(used)}] is not named in its header"
 
 
-def test_the_key_names_the_scripts_build_are_those_of_broker_keys() -> None:
-    built = {"wasmq:task:": keys.task("x")[:-1], "wasmq:inqueue:": keys.queued("x")[:-1],
-             "wasmq:backlog:": keys.backlog("x")[:-1], "wasmq:input:": keys.task_input("x")[:-1]}
+def test_no_script_builds_a_key_name_every_key_comes_through_keys() -> None:
     for path in SCRIPTS:
-        for prefix in re.findall(r"'(wasmq:[a-z]+:)'", path.read_text()):
-            assert built[prefix] == prefix, f"{path.name} builds {prefix}"
+        assert not re.findall(r"'wasmq:", path.read_text()), f"{path.name} builds a key name"
+
+
+def test_wasmq_reaches_into_no_underscore_name_or_key_name_of_celery_or_kombu() -> None:
+    """Celery's and kombu's public API only: an upgrade that renames an internal must
+    not stop a worker (`celery` and `kombu` are pinned below their next minor release)."""
+    root = Path(lua.__file__).parents[2]
+    sources = [p for d in ("api", "broker", "workers", "wasmq", "toolchain")
+               for p in (root / d).rglob("*.py")]
+    private = re.compile(r"\b(?:celery|kombu|billiard)\.[\w.]*\b_[a-z]\w*")
+    kombu_keys = re.compile(r"[\"'](?:unacked|unacked_index|unacked_mutex)[\"']|_kombu\.binding")
+    for path in sources:
+        text = path.read_text()
+        assert not private.search(text), f"{path}: {private.search(text).group(0)}"
+        assert not kombu_keys.search(text), f"{path} names one of kombu's keys"
+        for line in text.splitlines():
+            if re.match(r"\s*class \w+\((?:[\w.]*\.)?(?:Task|Request|Consumer|Channel|"
+                        r"Transport|Celery|StartStopStep|Step)\)", line):
+                raise AssertionError(f"{path}: subclasses a Celery or kombu class: {line}")
 
 
 def test_the_finish_script_s_histogram_buckets_are_those_of_the_metrics() -> None:
@@ -67,169 +84,175 @@ def test_every_failure_cause_has_a_description_and_a_metric() -> None:
     assert metrics.counter(Status.SUCCEEDED, None) == "succeeded"
 
 
+def _claim(bench: Bench, task, node: str = "node-1", retries: int = 0):
+    return bench.tasks.claim([task.job], node, retries)[0]
+
+
 def test_a_task_is_queued_claimed_and_finished_once(bench: Bench) -> None:
     task = bench.new()
-    assert bench.tasks.enqueue(task, bench.admission()) is None
-    assert bench.queued() == [task.message]
+    assert bench.submit(task) == Admitted(0)
+    assert bench.client.zscore(keys.queued(bench.queue), task.job.tid) is not None
     assert bench.tasks.get(task.job.tid).status == Status.QUEUED
-    claim = bench.tasks.claim(task.job, "node-1")
-    assert claim.state == "running"
+    assert _claim(bench, task).state == "run"
     record = bench.tasks.get(task.job.tid)
     assert (record.status, record.node, record.attempts) == (Status.RUNNING, "node-1", 1)
-    assert b"job" not in bench.client.hgetall(keys.task(task.job.tid))  # nothing to resend
-    assert bench.tasks.finish(task.job, Finished(Status.SUCCEEDED, result=b"first"))
-    # A redelivered run (its node presumed dead) finishing later changes nothing.
-    assert not bench.tasks.finish(task.job, Finished(Status.SUCCEEDED, result=b"second"))
+    assert bench.client.sismember(keys.running("node-1"), task.job.tid)
+    assert bench.client.zscore(keys.queued(bench.queue), task.job.tid) is None
+    assert bench.tasks.finish([(task.job, Finished(Status.SUCCEEDED, result=b"first"))],
+                              "node-1") == [True]
+    # A second run (its node taken for dead while only paused) changes nothing.
+    assert bench.tasks.finish([(task.job, Finished(Status.SUCCEEDED, result=b"second"))],
+                              "node-2") == [False]
     assert bench.tasks.get(task.job.tid).result == b"first"
-    assert bench.tasks.claim(task.job, "node-2").state == "succeeded"
+    assert _claim(bench, task, "node-2").state == "finished"
     assert not bench.client.zscore(keys.inflight(bench.me), task.job.tid)
+    assert not bench.client.sismember(keys.running("node-1"), task.job.tid)
+    assert b"job" not in bench.client.hgetall(keys.task(task.job.tid))  # input dropped
 
 
-def test_enqueueing_the_same_task_twice_queues_it_once(bench: Bench) -> None:
+def test_submitting_the_same_task_twice_creates_it_once(bench: Bench) -> None:
     """As when redis-py resends the script after a dropped connection lost its answer."""
     task = bench.new()
-    assert bench.tasks.enqueue(task, bench.admission()) is None
-    assert bench.tasks.enqueue(task, bench.admission()) is None
-    assert bench.queued() == [task.message]
+    assert isinstance(bench.submit(task), Admitted)
+    assert isinstance(bench.submit(task), Admitted)
+    assert bench.client.zcard(keys.inflight(bench.me)) == 1
 
 
 def test_a_changed_or_deleted_function_refuses_the_call_with_the_function_now(
         bench: Bench) -> None:
-    task = bench.new()
-    stale = Admission(function_key=bench.function_key, expected=b"an older record",
-                      caller="addr:test")
-    refusal = bench.tasks.enqueue(task, stale)
-    assert refusal is not None and refusal.stale and refusal.function == b"function record"
+    refusal = bench.submit(bench.new(expected=b"an older record"))
+    assert isinstance(refusal, Refusal) and refusal.stale
+    assert refusal.function == b"function record"
     bench.client.delete(bench.function_key)
-    refusal = bench.tasks.enqueue(task, bench.admission())
-    assert refusal is not None and refusal.stale and refusal.function is None
-    assert bench.tasks.get(task.job.tid) is None and bench.queued() == []
+    task = bench.new()
+    refusal = bench.submit(task)
+    assert isinstance(refusal, Refusal) and refusal.stale and refusal.function is None
+    assert bench.tasks.get(task.job.tid) is None
 
 
 def test_rate_rules_count_calls_and_bytes_and_refuse_past_their_allowance(
         bench: Bench) -> None:
     key = f"wasmq:ratelimit:test-{uuid.uuid4().hex}"
+    counters = (RateCounter(key=key, window_s=30, allowance=100),)
     for cost, refused in ((40, False), (40, False), (40, True)):
-        refusal = bench.tasks.enqueue(bench.new(), bench.admission(
-            counters=(RateCounter(key=key, window_s=30, allowance=100, cost=cost),)))
-        assert (refusal is not None) == refused
-    assert refusal.rule == 0 and 1 <= refusal.retry_after <= 30
+        answer = bench.submit(bench.new(costs=(cost,)), counters=counters)
+        assert isinstance(answer, Refusal) == refused
+    assert answer.rule == 0 and 1 <= answer.retry_after <= 30
     assert bench.client.zcard(keys.inflight(bench.me)) == 2  # the refused one is not created
 
 
 def test_a_caller_at_its_cap_of_tasks_in_flight_is_refused_until_one_finishes(
         bench: Bench) -> None:
     tasks = [bench.new() for _ in range(3)]
-    for task in tasks:
-        assert bench.tasks.enqueue(task, bench.admission(max_inflight=3)) is None
-    refusal = bench.tasks.enqueue(bench.new(), bench.admission(max_inflight=3))
-    assert refusal is not None and refusal.inflight == 3
-    other = bench.tasks.enqueue(bench.new(bench.me + ":other"), bench.admission(bench.me + ":other",
-                                                                          max_inflight=3))
-    assert other is None  # another caller has its own cap
-    bench.tasks.claim(tasks[0].job, "n")
-    bench.tasks.finish(tasks[0].job, Finished(Status.SUCCEEDED, result=b""))
-    assert bench.tasks.enqueue(bench.new(), bench.admission(max_inflight=3)) is None
+    assert [bench.submit(t, max_inflight=3) for t in tasks] == \
+        [Admitted(0), Admitted(1), Admitted(2)]  # each says how many were ahead of it
+    refusal = bench.submit(bench.new(), max_inflight=3)
+    assert isinstance(refusal, Refusal) and refusal.inflight == 3
+    other = bench.new(bench.me + ":other")
+    assert bench.submit(other, max_inflight=3) == Admitted(0)  # another caller's own cap
+    bench.client.delete(keys.inflight(bench.me + ":other"))
+    _claim(bench, tasks[0])
+    bench.tasks.finish([(tasks[0].job, Finished(Status.SUCCEEDED, result=b""))], "node-1")
+    assert isinstance(bench.submit(bench.new(), max_inflight=3), Admitted)
 
 
-def test_an_expired_task_does_not_hold_a_place_in_flight_forever(bench: Bench) -> None:
+def test_a_task_whose_record_outlived_its_ttl_does_not_hold_a_place_in_flight(
+        bench: Bench) -> None:
     first = bench.new()
-    bench.tasks.enqueue(first, bench.admission(max_inflight=1))
-    bench.client.delete(keys.task(first.job.tid))  # its record expired unseen
-    assert bench.tasks.enqueue(bench.new(), bench.admission(max_inflight=1)) is None
+    bench.submit(first, max_inflight=1)
+    bench.client.zadd(keys.inflight(bench.me), {first.job.tid: 1.0})  # created long ago
+    assert isinstance(bench.submit(bench.new(), max_inflight=1), Admitted)
 
 
-def test_a_caller_s_calls_beyond_its_share_wait_in_its_backlog_not_in_the_queue(
-        bench: Bench) -> None:
-    mine = [bench.new(bench.me + ":flood") for _ in range(4)]
-    for task in mine:
-        bench.tasks.enqueue(task, bench.admission(bench.me + ":flood"))
-    theirs = bench.new(bench.me + ":polite")
-    bench.tasks.enqueue(theirs, bench.admission(bench.me + ":polite"))
-    # The queue (BRPOP takes from the right) holds one of each caller's calls.
-    assert bench.queued() == [theirs.message, mine[0].message]
-    assert bench.client.llen(keys.backlog(bench.me + ":flood")) == 3
-    for i, task in enumerate(mine):  # each claim lets the next held-back call in
-        bench.client.lrem(bench.tasks.queue, 1, task.message)  # what BRPOP does
-        assert bench.tasks.claim(task.job, "n").state == "running"
-        expected = [mine[i + 1].message] if i + 1 < len(mine) else []
-        assert [m for m in bench.queued() if m != theirs.message] == expected
-    assert not bench.client.sismember(keys.BACKLOGS, bench.me + ":flood")
+def test_a_caller_s_priority_falls_as_its_calls_in_flight_double() -> None:
+    assert [priority(n) for n in (0, 1, 2, 3, 4, 7, 8, 100, 10**6)] == \
+        [0, 1, 2, 2, 3, 3, 4, 7, 9]
 
 
-def test_a_held_back_call_is_pending_for_a_purge_but_never_resent_as_lost(
-        bench: Bench) -> None:
-    first, second = bench.new(), bench.new()
-    bench.tasks.enqueue(first, bench.admission())
-    bench.tasks.enqueue(second, bench.admission())  # held back: the caller's share is 1
-    assert bench.client.zscore(keys.PENDING, second.job.tid) is not None
-    lost = [job.tid for job in bench.tasks.unclaimed(older_than=time.time() + 1, limit=10**6)]
-    assert first.job.tid in lost and second.job.tid not in lost
-
-
-def test_a_backlog_whose_queued_call_was_lost_is_released_by_the_sweep(bench: Bench) -> None:
-    first, second = bench.new(bench.me + ":lost"), bench.new(bench.me + ":lost")
-    bench.tasks.enqueue(first, bench.admission(bench.me + ":lost"))
-    bench.tasks.enqueue(second, bench.admission(bench.me + ":lost"))
-    bench.client.delete(bench.tasks.queue, keys.task(first.job.tid))  # lost and expired
-    assert bench.tasks.release_backlogs() >= 1  # every caller's (one queue per installation)
-    assert second.message in bench.queued()
-    assert bench.client.zscore(keys.PENDING, second.job.tid)  # resendable if lost again
-
-
-def test_a_stranded_message_stops_holding_its_caller_s_place_after_the_stall(
-        bench: Bench) -> None:
-    """Its task still says queued (its message lost inside kombu, say): the sweep leaves
-    it alone at first, then lets the caller's next call in, so the backlog moves."""
-    caller = bench.me + ":stranded"
-    first, second = bench.new(caller), bench.new(caller)
-    bench.tasks.enqueue(first, bench.admission(caller))
-    bench.tasks.enqueue(second, bench.admission(caller))
-    bench.client.delete(bench.tasks.queue)  # the first message is gone, its task queued
-    bench.tasks.release_backlogs()
-    assert bench.queued() == []  # still holding its place: it may only be slow
-    bench.client.zadd(keys.queued(caller), {first.job.tid: time.time() - STALL_S - 1})
-    bench.tasks.release_backlogs()
-    assert bench.queued() == [second.message]
-
-
-def test_a_task_whose_runs_killed_their_worker_too_often_is_not_run_again(
+def test_a_message_older_than_its_call_s_attempt_is_stale_and_runs_nothing(
         bench: Bench) -> None:
     task = bench.new()
-    bench.tasks.enqueue(task, bench.admission())
-    for _ in range(3):
-        assert bench.tasks.claim(task.job, "n").state == "running"
-    bench.client.hset(keys.task(task.job.tid), "lost", "signal 9 (SIGKILL)")
-    claim = bench.tasks.claim(task.job, "n")
-    assert (claim.state, claim.attempts, claim.lost) == ("exhausted", 3, "signal 9 (SIGKILL)")
-    assert bench.tasks.get(task.job.tid).attempts == 3
+    bench.submit(task)
+    assert _claim(bench, task, "dead-node").state == "run"
+    taken = bench.tasks.take("dead-node", "live-node", [task.job.tid])
+    assert [(t.job.tid, t.attempt, t.exhausted) for t in taken] == [(task.job.tid, 2, False)]
+    assert taken[0].job.data == b"in"  # the job kept with the record, input included
+    assert bench.tasks.handed("live-node", taken) == 1
+    record = bench.tasks.get(task.job.tid)
+    assert (record.status, record.attempts) == (Status.QUEUED, 2)
+    assert not bench.client.smembers(keys.running("dead-node"))
+    assert not bench.client.smembers(keys.running("live-node"))
+    assert _claim(bench, task, "other", retries=0).state == "stale"  # kombu's late copy
+    assert _claim(bench, task, "other", retries=1).state == "run"  # the one sent again
 
 
-def test_a_claim_sent_ahead_marks_the_task_running_and_its_answer_comes_later(
-        bench: Bench) -> None:
+def test_taking_over_skips_calls_finished_or_run_by_another_node(bench: Bench) -> None:
+    done, moved = bench.new(), bench.new()
+    for task in (done, moved):
+        bench.submit(task)
+        _claim(bench, task, "dead-node")
+    bench.tasks.finish([(done.job, Finished(Status.SUCCEEDED, result=b""))], "elsewhere")
+    _claim(bench, moved, "node-b")  # Celery retried it on another node meanwhile
+    bench.client.sadd(keys.running("dead-node"), done.job.tid, moved.job.tid)
+    assert bench.tasks.take("dead-node", "live", [done.job.tid, moved.job.tid]) == []
+    assert not bench.client.smembers(keys.running("dead-node"))
+
+
+def test_a_call_taken_over_too_often_is_exhausted_not_sent_again(bench: Bench) -> None:
     task = bench.new()
-    bench.tasks.enqueue(task, bench.admission())
-    bench.tasks.load_scripts()
-    sent = bench.tasks.send_claim(task.job, "node-1")
-    wait_until(lambda: bench.client.hget(keys.task(task.job.tid), "status") == b"running",
-               what="running")
-    assert sent.answer().state == "running"
-    bench.tasks.finish(task.job, Finished(Status.SUCCEEDED, result=b"1"))
-    assert bench.tasks.send_claim(task.job, "node-2").answer().state == "succeeded"
-    assert bench.tasks.get(task.job.tid).node == "node-1"
-    bench.client.script_flush()  # as after a Redis restart: the claim is made the slow way
-    missing = bench.new()
-    assert bench.tasks.send_claim(missing.job, "node-1").answer().state == "missing"
+    bench.submit(task)
+    node = "n0"
+    for attempt in range(1, 3):
+        _claim(bench, task, node, retries=attempt - 1)
+        taken = bench.tasks.take(node, f"n{attempt}", [task.job.tid])
+        node = f"n{attempt}"
+        assert taken[0].attempt == attempt + 1 and not taken[0].exhausted
+        bench.tasks.handed(node, taken)
+    _claim(bench, task, node, retries=2)
+    assert bench.tasks.take(node, "n9", [task.job.tid])[0].exhausted
+
+
+def test_a_dead_node_is_named_only_by_a_node_that_beats_steadily(bench: Bench) -> None:
+    client = bench.client
+    dead, live = f"dead-{bench.queue}", f"live-{bench.queue}"
+    try:
+        client.zadd(keys.NODES, {dead: time.time() - recovery.STALE_S - 1})
+        script = bench.tasks.script("nodes")
+        args = [time.time(), recovery.STALE_S, recovery.MAX_GAP_S, bench.queue, 16]
+        reply = script(keys=[keys.NODES, keys.NODES_BEATING_SINCE, keys.NODES_QUEUES],
+                       args=["beat", live, *args])
+        assert reply == [1]  # new, and not beating long enough to judge
+        client.hset(keys.NODES_BEATING_SINCE, live, time.time() - recovery.STALE_S - 0.5)
+        args[0] = time.time()
+        reply = script(keys=[keys.NODES, keys.NODES_BEATING_SINCE, keys.NODES_QUEUES],
+                       args=["beat", live, *args])
+        assert reply[0] == 0 and dead.encode() in reply[1:]
+    finally:
+        client.zrem(keys.NODES, dead, live)
+        client.hdel(keys.NODES_BEATING_SINCE, dead, live)
+        client.hdel(keys.NODES_QUEUES, dead, live)
+
+
+def test_cancelling_finishes_a_queued_call_only(bench: Bench) -> None:
+    queued, running = bench.new(), bench.new()
+    for task in (queued, running):
+        bench.submit(task)
+    _claim(bench, running)
+    cancel = Finished(Status.FAILED, message="cancelled", cause=Cause.CANCELLED)
+    assert bench.tasks.finish([(queued.job, cancel), (running.job, cancel)], "",
+                              only_queued=True) == [True, False]
+    assert bench.tasks.get(running.job.tid).status == Status.RUNNING
 
 
 def test_a_failure_is_stored_and_counted_with_its_cause(bench: Bench) -> None:
     task = bench.new()
-    bench.tasks.enqueue(task, bench.admission())
-    before = metrics.read(bench.client, bench.tasks.queue).failed.get("trap", 0)
-    bench.tasks.finish(task.job, Finished(Status.FAILED, message="boom", cause=Cause.TRAP))
+    bench.submit(task)
+    before = metrics.read(bench.client, bench.queue).failed.get("trap", 0)
+    bench.tasks.finish([(task.job, Finished(Status.FAILED, message="boom", cause=Cause.TRAP))],
+                       "n")
     record = bench.tasks.get(task.job.tid)
     assert (record.status, record.cause, record.message) == (Status.FAILED, "trap", "boom")
-    assert metrics.read(bench.client, bench.tasks.queue).failed["trap"] == before + 1
+    assert metrics.read(bench.client, bench.queue).failed["trap"] == before + 1
 
 
 def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_not(
@@ -239,10 +262,10 @@ def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_no
     shipped = {}
     for name, result in (("small", b"\x00[55]\xff"), ("large", b"x" * (SHIP_LIMIT + 1))):
         task = bench.new()
-        bench.tasks.enqueue(task, bench.admission())
-        bench.tasks.claim(task.job, "node-1")
-        bench.tasks.finish(task.job, Finished(Status.SUCCEEDED, result=result, stdout="out",
-                                              exec_ms=0.2))
+        bench.submit(task)
+        _claim(bench, task)
+        bench.tasks.finish([(task.job, Finished(Status.SUCCEEDED, result=result, stdout="out",
+                                                exec_ms=0.2))], "node-1")
         while True:
             message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
             woken, packed = parse_wakeup(message["data"])
@@ -267,145 +290,21 @@ def test_a_shipped_record_that_cannot_be_read_or_is_unfinished_is_not_used() -> 
     assert unpack_shipped(done).result == b"1"
 
 
-# -- batches (api/batcher.py, workers/batch.py) -------------------------------------------
-
-def _enqueue_batch(bench: Bench, tasks: list, counters: tuple = (), costs: list | None = None):
-    return bench.tasks.enqueue_batch(
-        tasks, [bench.stored] * len(tasks), b"batch message", bench.admission(counters=counters),
-        costs or [tuple(c.cost for c in counters)] * len(tasks))
-
-
-def test_a_batch_is_created_claimed_and_finished_call_by_call_with_one_message_and_wakeup(
+def test_a_batch_is_created_claimed_and_finished_call_by_call_with_one_wakeup(
         bench: Bench) -> None:
-    tasks = [bench.new(), bench.new(data=None), bench.new()]
-    bench.client.set(keys.task_input(tasks[1].job.tid), b"by reference")
-    before = bench.client.hgetall(keys.METRIC_COUNTS)
-    refusals, settled = _enqueue_batch(bench, tasks)
-    assert refusals == [None, None, None] and settled
-    assert bench.queued() == [b"batch message"]
-    assert bench.client.hget(keys.METRIC_COUNTS, "submitted") == \
-        str(int(before.get(b"submitted", 0)) + 3).encode()
-    assert bench.client.zcard(keys.inflight(bench.me)) == 3
-    jobs = [t.job for t in tasks]
-    claims = bench.tasks.claim_batch(jobs, "node-1")
-    assert [c.state for c in claims] == ["running"] * 3
-    assert claims[1].data == b"by reference" and claims[0].data is None
+    tasks = [bench.new(), bench.new(data=b"big"), bench.new()]
+    answers = bench.tasks.submit(tasks, bench.admission())
+    assert answers == [Admitted(0), Admitted(1), Admitted(2)]
     subscription = bench.client.pubsub(ignore_subscribe_messages=True)
     subscription.subscribe(keys.DONE_CHANNEL)
-    wait_until(lambda: subscription.get_message(timeout=0.1) is None or True, what="subscribed")
-    done = [(jobs[0], Finished(Status.SUCCEEDED, result=b"a", exec_ms=0.3)),
-            (jobs[1], Finished(Status.FAILED, cause=Cause.TRAP, message="trapped")),
-            (jobs[2], Finished(Status.SUCCEEDED, result=b"c", exec_ms=0.2))]
-    assert bench.tasks.finish_batch(done) == [True, True, True]
-    # The first finish wins, call by call.
-    assert bench.tasks.finish_batch([(jobs[0], Finished(Status.SUCCEEDED, result=b"again")),
-                                     (jobs[2], Finished(Status.SUCCEEDED, result=b"x"))]) == \
-        [False, False]
-    woken = []
-    while len(woken) < 3:
-        message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
-        woken += parse_wakeups(message["data"])
+    jobs = [t.job for t in tasks]
+    bare = [jobs[0], replace(jobs[1], data=None), jobs[2]]  # the second came without input
+    claims = bench.tasks.claim(bare, "node-1", 0)
+    assert [c.state for c in claims] == ["run"] * 3
+    assert claims[1].job.data == b"big" and claims[0].job is None
+    stored = bench.tasks.finish([(j, Finished(Status.SUCCEEDED, result=j.tid.encode()))
+                                 for j in jobs], "node-1")
+    assert stored == [True] * 3
+    message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
     subscription.close()
-    assert [tid for tid, _ in woken] == [j.tid for j in jobs]
-    records = [unpack_shipped(packed) for _, packed in woken]
-    assert [r.result for r in records] == [b"a", None, b"c"]
-    assert records[1].cause == Cause.TRAP.value and records[1].status == Status.FAILED
-    assert bench.tasks.get(jobs[0].tid).result == b"a"
-    assert not bench.client.exists(keys.task_input(jobs[1].tid))
-    assert bench.client.zcard(keys.inflight(bench.me)) == 0
-
-
-def test_a_batch_with_a_refused_call_creates_nothing_and_counts_every_call_once(
-        bench: Bench) -> None:
-    key = f"wasmq:ratelimit:test-{uuid.uuid4().hex}"
-    counter = RateCounter(key=key, window_s=30, allowance=100, cost=40)
-    tasks = [bench.new(), bench.new(), bench.new()]
-    refusals, settled = _enqueue_batch(bench, tasks, (counter,))
-    assert not settled and refusals[:2] == [None, None] and refusals[2].rule == 0
-    assert bench.client.get(key) == b"120" and bench.queued() == []
-    assert not bench.client.exists(keys.task(tasks[0].job.tid))
-    # The gateway sends the admitted ones again, uncounted.
-    refusals, settled = bench.tasks.enqueue_batch(tasks[:2], [bench.stored] * 2, b"again",
-                                                  bench.admission(), [(), ()])
-    assert settled and refusals == [None, None] and bench.client.get(key) == b"120"
-    assert bench.queued() == [b"again"]
-
-
-def test_a_batch_against_a_replaced_function_is_refused_with_the_function_now(
-        bench: Bench) -> None:
-    bench.client.set(bench.function_key, b"replaced")
-    refusals, settled = _enqueue_batch(bench, [bench.new(), bench.new()])
-    assert settled and all(r.stale and r.function == b"replaced" for r in refusals)
-    assert bench.queued() == []
-
-
-def test_a_batch_beyond_its_caller_s_share_waits_whole_in_the_backlog(bench: Bench) -> None:
-    first = bench.new()
-    bench.tasks.enqueue(first, bench.admission())
-    batch = [bench.new(), bench.new()]
-    _enqueue_batch(bench, batch)
-    assert bench.queued() == [first.message]  # the share of 1 is taken
-    bench.tasks.claim(first.job, "node-1")  # it leaves the queue: the batch goes in
-    assert bench.queued() == [b"batch message", first.message]  # (nothing pops it here)
-    assert all(bench.client.zscore(keys.PENDING, t.job.tid) for t in batch)
-    bench.tasks.claim_batch([t.job for t in batch], "node-1")
-    assert not bench.client.zrange(keys.queued(bench.me), 0, -1)
-
-
-def _claimed_batch(bench: Bench, n: int) -> list:
-    tasks = [bench.new() for _ in range(n)]
-    _enqueue_batch(bench, tasks)
-    bench.client.delete(bench.tasks.queue)  # what BRPOP does
-    jobs = [t.job for t in tasks]
-    bench.tasks.claim_batch(jobs, "node-1")
-    return jobs
-
-
-def test_a_split_batch_sends_its_unfinished_calls_on_alone_through_its_caller_s_backlog(
-        bench: Bench) -> None:
-    """Never straight into the queue: sixteen messages there would stand in front of
-    every other caller's next call (the flood test's fast call waited 24 s)."""
-    jobs = _claimed_batch(bench, 3)
-    bench.tasks.finish(jobs[0], Finished(Status.SUCCEEDED, result=b"done"))
-    theirs = bench.new(bench.me + ":polite")
-    bench.tasks.enqueue(theirs, bench.admission(bench.me + ":polite"))
-    parts = [(j, f"alone {j.tid}".encode()) for j in jobs]
-    assert bench.tasks.split(parts, "node-1", undo=False) == 2  # the finished one stays
-    # The caller's share of one goes into the queue, behind the other caller's call.
-    assert bench.queued() == [parts[1][1], theirs.message]
-    assert bench.client.lrange(keys.backlog(bench.me), 0, -1) == \
-        [jobs[2].tid.encode() + b"\n" + parts[2][1]]
-    assert bench.tasks.get(jobs[1].tid).status == Status.RUNNING  # a redelivery's split
-    lost = [job.tid for job in bench.tasks.unclaimed(older_than=time.time() + 1, limit=10**6)]
-    assert jobs[2].tid not in lost  # held back, not lost
-    bench.client.lrem(bench.tasks.queue, 1, parts[1][1])
-    assert bench.tasks.claim(jobs[1], "node-2").state == "running"
-    assert bench.queued() == [parts[2][1], theirs.message]  # its next one takes its place
-
-
-def test_a_split_batch_hands_back_the_calls_its_node_claimed_but_did_not_start(
-        bench: Bench) -> None:
-    jobs = _claimed_batch(bench, 2)
-    parts = [(j, f"alone {j.tid}".encode()) for j in jobs]
-    assert bench.tasks.split(parts, "node-2", undo=True) == 2  # not its claim: as is
-    assert bench.tasks.get(jobs[1].tid).attempts == 1
-    assert bench.tasks.split(parts, "node-1", undo=True) == 2
-    record = bench.tasks.get(jobs[1].tid)
-    assert (record.status, record.attempts) == (Status.QUEUED, 0)
-    assert bench.client.hget(keys.task(jobs[1].tid), "job") == jobs[1].packed()
-
-
-def test_a_batch_redelivered_before_any_claim_goes_on_without_waiting_on_its_own_place(
-        bench: Bench) -> None:
-    """A batch a dead node had prefetched comes back unclaimed: its message still holds
-    its caller's place in the queue, and must give it up as a claim would, or its own
-    calls wait in the backlog behind it until release.lua finds the place stale."""
-    tasks = [bench.new(), bench.new()]
-    _enqueue_batch(bench, tasks)
-    bench.client.delete(bench.tasks.queue)  # BRPOP; the node dies; the message comes back
-    jobs = [t.job for t in tasks]
-    parts = [(j, f"alone {j.tid}".encode()) for j in jobs]
-    assert bench.tasks.split(parts, "node-2", undo=False, unclaimed=jobs[0].tid) == 2
-    assert bench.queued() == [parts[0][1]]
-    assert bench.client.zrange(keys.queued(bench.me), 0, -1) == [jobs[0].tid.encode()]
-    assert bench.client.hget(keys.task(jobs[0].tid), "held") is None  # in the queue
+    assert sorted(t for t, _ in parse_wakeups(message["data"])) == sorted(j.tid for j in jobs)

@@ -1,4 +1,4 @@
-"""Rate rules in the `limits` notation, for calls and for input bytes, counted by enqueue.lua."""
+"""Rate rules in the `limits` notation, for calls and for input bytes, counted by submit.lua."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flask import Flask
 
 from tests.queue_bench import Bench, bench_fixture  # noqa: F401 - the fixture
 from wasmq.api.ratelimit import RateRules, caller
+from wasmq.broker.protocol.queue import Admitted
 from wasmq.broker.settings import Settings
 
 pytestmark = pytest.mark.fast
@@ -22,9 +23,9 @@ def test_every_rule_counts_and_the_first_one_exceeded_refuses(bench: Bench) -> N
     with Flask(__name__).test_request_context(environ_base=source):
         who = caller(settings)
     counters = rules.counters(who, 10)
-    refusals = [bench.tasks.enqueue(bench.new(), bench.admission(counters=counters))
-                for _ in range(4)]
-    assert refusals[:3] == [None, None, None] and refusals[3].rule == 0
+    costs = tuple(c.cost for c in counters)
+    refusals = [bench.submit(bench.new(costs=costs), counters=counters) for _ in range(4)]
+    assert all(isinstance(r, Admitted) for r in refusals[:3]) and refusals[3].rule == 0
     refused = rules.refused(refusals[3].rule, refusals[3].retry_after, who)
     assert "3 per 1 minute" in refused.message and "client address" in refused.message
     assert 0 < refused.retry_after <= 60

@@ -60,6 +60,18 @@ def test_wrong_types_anywhere_in_the_envelope_answer_400(client, echo: str, path
     assert body["statusCode"] == 0 and expected in body["message"], body
 
 
+@pytest.mark.parametrize("raw", [b'{"input": [[1,2,3]]}', b'{"input": "[1,2,3]"}',
+                                 b'{"data": "[1,2,3]"}', b'{"input": {"content-type": "json"}}'])
+@pytest.mark.fast
+def test_a_body_without_the_envelope_is_shown_the_envelope_it_needs(client, echo: str,
+                                                                    raw: bytes) -> None:
+    response = client.post(f"/task/{echo}", data=raw)
+    assert response.status_code == 400
+    message = response.get_json()["message"]
+    assert "in 'input.data' of the Scailable envelope: " \
+        '{"input": {"content-type": "json", "location": "embedded", "data": "..."}' in message
+
+
 @pytest.mark.parametrize(("raw", "expected"), [
     (b"[" * 100_000 + b"]" * 100_000, "too deeply"),
     (b'{"input": {"data": "x"}, "control": 1' + b"0" * 5000 + b"}", "not usable JSON"),

@@ -32,7 +32,7 @@ def test_retrieve_shows_logs_timings_and_node_of_a_finished_task(api: Api) -> No
     assert queued <= started <= finished
     assert timings["execMs"] > 0 and timings["queueMs"] >= 0
     assert timings["totalMs"] >= timings["execMs"]
-    assert re.fullmatch(r".+:\d+", body["node"])
+    assert re.fullmatch(r".+:\d+", body["worker"])
     assert body["attempts"] == 1 and body["status"] == "succeeded"
 
 

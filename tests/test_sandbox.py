@@ -89,8 +89,8 @@ def test_a_hostile_module_fails_only_its_own_task(api: Api, echo: str, pool_pids
     assert expected in body["message"], body["message"]
     after = api.call(echo, "still serving", wait=TIMEOUT_S + 1).json()
     assert after["statusCode"] == 1 and after["result"] == "still serving"
-    assert after["node"] == body["node"]
-    assert int(body["node"].rsplit(":", 1)[1]) in pool_pids
+    assert after["worker"] == body["worker"]
+    assert int(body["worker"].rsplit(":", 1)[1]) in pool_pids
 
 
 def test_the_worker_pool_was_never_restarted(tight: Stack, api: Api, echo: str,

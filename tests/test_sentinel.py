@@ -13,24 +13,26 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 import requests
 
 from tests.localstack import start_worker
-from tests.support import INTSUM, Api, child_env, spawn, wait_until, wasmq
+from tests.support import INTSUM, Api, child_env, spawn, start_up, wait_until, wasmq
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.connections import broker_url
 from wasmq.broker.errors import ConfigError
 from wasmq.broker.redis_server import free_port, redis_command, redis_server_binary
 from wasmq.broker.settings import Settings
-from wasmq.broker.transport import SENTINEL_PATH
 from wasmq.process import Child
 
 MASTER = "wasmq-primary"
@@ -210,6 +212,39 @@ def test_a_killed_primary_is_replaced_and_every_replicated_task_finishes(
     assert gateway.alive() and cluster.procs["worker"].alive()
 
 
+def test_up_with_sentinels_starts_no_redis_and_names_the_primary_and_sentinels(
+        cluster: Cluster, tmp_path: Path) -> None:
+    up = start_up(tmp_path, WASMQ_REDIS_SENTINELS=cluster.sentinels(),
+                  WASMQ_REDIS_MASTER=MASTER)
+    try:
+        children = [" ".join(p.cmdline()) for p in
+                    psutil.Process(up.proc.pid).children(recursive=True)]
+        assert not [c for c in children if "redis-server" in c], children
+        banner = up.output()
+        assert f"the primary {MASTER!r} behind the sentinels " \
+               f"{cluster.sentinels().replace(',', ', ')}" in banner, banner
+        assert not (up.data_dir / "redis.log").exists()
+        api = Api(up.url)
+        cfid = api.deploy(INTSUM.read_bytes(), name="intsum")
+        assert api.call(cfid, "[1,2]").json()["result"] == '{"output": [3]}'
+        primary = redis.Redis(port=cluster.primary_port())
+        assert primary.dbsize() > 0  # the data went to the primary behind the sentinels
+        # `wasmq purge` with the same settings reaches that primary too.
+        purged = subprocess.run(
+            [sys.executable, "-m", "wasmq", "purge"], capture_output=True, text=True,
+            timeout=30, env=child_env(WASMQ_REDIS_SENTINELS=cluster.sentinels(),
+                                      WASMQ_REDIS_MASTER=MASTER))
+        assert purged.stdout.startswith("cancelled 0 queued tasks"), purged.stderr
+        # Without them, its data directory tells what to set rather than guess a Redis.
+        unset = subprocess.run([sys.executable, "-m", "wasmq", "purge", "--data-dir",
+                                str(up.data_dir)], capture_output=True, text=True, timeout=30,
+                               env=child_env())
+        assert unset.returncode == 2 and "follows Redis Sentinel: set WASMQ_REDIS_SENTINELS" \
+            in unset.stderr, unset.stderr
+    finally:
+        assert up.stop() == 0
+
+
 @pytest.mark.parametrize(("env", "named"), [
     ({"WASMQ_REDIS_SENTINELS": "s1:26379"}, "WASMQ_REDIS_MASTER"),
     ({"WASMQ_REDIS_MASTER": "m"}, "WASMQ_REDIS_SENTINELS"),
@@ -231,4 +266,4 @@ def test_sentinel_settings_give_kombu_its_sentinel_urls_and_master_name() -> Non
         "sentinel://:p%40ss@s1:26379/3;sentinel://:p%40ss@[::1]:26380/3"
     app = make_celery(settings)
     assert app.conf.broker_transport_options["master_name"] == "m"
-    assert app.conf.broker_transport == SENTINEL_PATH
+    assert app.conf.broker_url.startswith("sentinel://")  # kombu's own Sentinel transport

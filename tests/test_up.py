@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import site
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -15,7 +17,17 @@ import psutil
 import pytest
 import requests
 
-from tests.support import INTSUM, ROOT, TUTORIAL_INPUT, Api, child_env, start_up, wait_until
+from tests.support import (
+    INTSUM,
+    ROOT,
+    TUTORIAL_INPUT,
+    Api,
+    Child,
+    child_env,
+    copy_checkout,
+    start_up,
+    wait_until,
+)
 from wasmq.broker.redis_server import free_port
 
 
@@ -73,6 +85,47 @@ def test_wasmq_up_serves_the_tutorial_says_where_it_logs_and_stops_cleanly(
         up.stop()
 
 
+def installed_venv(tmp_path: Path, source: Path) -> Path:
+    """A venv with `source` installed as a user's `pip install .` does (not editable),
+    seeing this venv's packages for its dependencies (a plain path line, so this
+    venv's own editable wasmq is not seen); its `bin` folder."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=60)
+    purelib = sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)})
+    (Path(purelib) / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"),
+                                "install", "--no-deps", "-q", str(source)],
+                               capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    return venv / "bin"
+
+
+def test_up_in_a_checkout_runs_the_installed_package_not_the_checkouts_folder(
+        tmp_path: Path) -> None:
+    """The checkout's own wasmq/ folder (without broker/) must not shadow the
+    installed package in any child: gateway, workers, or the gateway's builds."""
+    clone = copy_checkout(tmp_path / "clone")
+    bin_dir = installed_venv(tmp_path, clone)
+    port = free_port()
+    proc = Child("wasmq up", [str(bin_dir / "wasmq"), "up", "--port", str(port), "--workers",
+                              "1", "--data-dir", str(tmp_path / "data")],
+                 child_env(), log=tmp_path / "up.log", cwd=clone).start()  # from the clone's root
+    try:
+        api = Api(f"http://127.0.0.1:{port}")
+        wait_until(lambda: not proc.alive() or "wasmq is up at" in proc.output(), timeout=120,
+                   what=f"wasmq up (see {proc.log})")
+        assert "ModuleNotFoundError" not in proc.output(), proc.output()
+        assert proc.alive(), proc.output()
+        cfid = api.deploy(INTSUM.read_bytes(), name="intsum")
+        assert api.call(cfid, TUTORIAL_INPUT).json()["result"] == '{"output": [55]}'
+        children = " ".join(" ".join(p.cmdline()) for p in family(proc.pid))
+        assert str(bin_dir / "python") in children
+    finally:
+        proc.signal(signal.SIGTERM, group=False)
+        proc.stop()
+
+
 def test_up_keeps_functions_across_a_restart(tmp_path: Path) -> None:
     up = start_up(tmp_path)
     try:
@@ -81,7 +134,9 @@ def test_up_keeps_functions_across_a_restart(tmp_path: Path) -> None:
         tid = api.call(cfid, "[2,3]").json()["tid"]
         time.sleep(1.5)  # appendfsync everysec
     finally:
-        up.stop(signal.SIGINT)
+        up.stop(signal.SIGINT)  # Ctrl-C: said when it starts and when it is done
+    said = up.output().splitlines()
+    assert "stopping..." in said and said[-1] == "stopped", said[-5:]
     up = start_up(tmp_path, data_dir=up.data_dir)
     try:
         api = Api(up.url)

@@ -19,6 +19,7 @@ and the build is resumed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -29,13 +30,19 @@ from collections.abc import Callable
 import redis
 
 from wasmq.broker.builds import BuildStore, PendingBuild
+from wasmq.broker.connections import storage_full
 from wasmq.broker.errors import InvalidModule, Unavailable, WasmqError
 from wasmq.broker.registry import FunctionRecord
 from wasmq.toolchain.build import Builds, Built, Reservation
+from wasmq.toolchain.spool import Spooled
 
 log = logging.getLogger("wasmq.build")
 
 MAX_ATTEMPTS = 3
+STORAGE_FULL = ("storage is full: the model was built, but the server's Redis has reached "
+                "its memory limit and refused to store it; delete functions you no longer "
+                "need, or ask the operator for room (WASMQ_REDIS_MAXMEMORY_MB), then upload "
+                "it again")
 
 
 class BuildJobs:
@@ -46,30 +53,35 @@ class BuildJobs:
         self._keeper: threading.Thread | None = None
         self._stop = threading.Event()
 
-    def create(self, upload: bytes, *, caller: str = "", **fields: object) -> FunctionRecord:
+    def create(self, upload: Spooled, *, caller: str = "", **fields: object) -> FunctionRecord:
         """A new function for the model `upload`, its record `building`
         (BuildsBusy past the bound, before anything is stored)."""
-        return self._pend(caller, lambda token: self.store.create(
-            upload, token=token, **fields))  # type: ignore[arg-type]
+        return self._pend(caller, upload, lambda token, data: self.store.create(
+            data, token=token, **fields))  # type: ignore[arg-type]
 
-    def rebuild(self, cfid: str, upload: bytes, *, limits: dict[str, float] | None,
+    def rebuild(self, cfid: str, upload: Spooled, *, limits: dict[str, float] | None,
                 private: bool | None, caller: str = "") -> FunctionRecord:
         """A new model under `cfid`; its current module, if any, serves until then."""
-        return self._pend(caller, lambda token: self.store.rebuild(
-            cfid, upload, token=token, limits=limits, private=private))
+        return self._pend(caller, upload, lambda token, data: self.store.rebuild(
+            cfid, data, token=token, limits=limits, private=private))
 
-    def _pend(self, caller: str,
-              store: Callable[[str], tuple[FunctionRecord, PendingBuild]]) -> FunctionRecord:
+    def _pend(self, caller: str, upload: Spooled,
+              store: Callable[[str, bytes], tuple[FunctionRecord, PendingBuild]]
+              ) -> FunctionRecord:
         """Take a build place for `caller`, store the build leased to a new token, and
-        start it; the place is given back if storing fails."""
+        start it; the place is given back if storing fails. The upload is in memory
+        only while it is stored (within the process's byte budget); the build reads
+        it from its file. The build owns `upload` from here (it closes it)."""
         reservation = self.builds.reserve(caller)
         token = uuid.uuid4().hex
         try:
-            record, build = store(token)
+            with self.builds.memory.hold(upload.size):
+                record, build = store(token, upload.read())
         except BaseException:
             reservation.cancel()
+            upload.close()
             raise
-        self._start(reservation, build, token)
+        self._start(reservation, dataclasses.replace(build, upload=b""), token, upload)
         return record
 
     def start(self) -> None:
@@ -98,14 +110,17 @@ class BuildJobs:
         with self._lock:
             return sorted(set(self._held.values()))
 
-    def _start(self, reservation: Reservation, build: PendingBuild, token: str) -> None:
+    def _start(self, reservation: Reservation, build: PendingBuild, token: str,
+               upload: Spooled) -> None:
         with self._lock:
             self._held[token] = build.cfid
         self.start()
-        reservation.start(build.upload, lambda built, exc: self._done(build, token, built, exc))
+        reservation.start(upload, lambda built, exc: self._done(build, token, upload, built,
+                                                                exc))
 
-    def _done(self, build: PendingBuild, token: str, built: Built | None,
+    def _done(self, build: PendingBuild, token: str, upload: Spooled, built: Built | None,
               exc: Exception | None) -> None:
+        upload.close()
         try:
             if built is not None:
                 self.store.finish(build, wasm=built.wasm, imports=built.info.imports,
@@ -116,11 +131,26 @@ class BuildJobs:
                 self.store.fail(build, exc.message)
             else:
                 raise exc  # type: ignore[misc]
-        except Exception:  # noqa: BLE001 - the lease runs out and the build is resumed
-            log.exception("the build of %s did not end; it will be resumed", build.cfid)
+        except Exception as exc:  # noqa: BLE001 - the lease runs out and the build is resumed
+            if storage_full(exc):
+                self._full(build)
+            else:
+                log.exception("the build of %s did not end; it will be resumed", build.cfid)
         finally:
+            if built is not None:
+                built.release()
             with self._lock:
                 self._held.pop(token, None)
+
+    def _full(self, build: PendingBuild) -> None:
+        """A build whose result Redis refused for memory fails at once: resumed, it
+        would be built again and refused again (three times, two minutes, issue 22)."""
+        log.warning("storage is full: the build of %s ended but could not be stored",
+                    build.cfid)
+        try:
+            self.store.fail(build, STORAGE_FULL)
+        except Exception:  # noqa: BLE001 - then the lease runs out and it is resumed
+            log.exception("could not record the failed build of %s", build.cfid)
 
     def _keep(self) -> None:
         renew_every = self.lease_s / 3
@@ -173,6 +203,7 @@ class BuildJobs:
                                        f"upload it again")
                 continue
             log.info("resuming the build of %s (attempt %d)", cfid, build.attempts)
-            self._start(reservation, build, token)
+            upload = Spooled.of(build.upload)
+            self._start(reservation, dataclasses.replace(build, upload=b""), token, upload)
             taken += 1
         return taken

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,11 +64,16 @@ def _refuse(message: str) -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               default=None, help="Where the embedded Redis keeps its data "
                                  "[default: $WASMQ_DATA_DIR or ./wasmq-data].")
-def up(port: int, host: str, workers: int | None, data_dir: Path | None) -> None:
+@click.option("--queues", default="", metavar="Q1,Q2",
+              help="The queues the workers consume [default: $WASMQ_QUEUES, else the "
+                   "installation's queue, $WASMQ_QUEUE].")
+def up(port: int, host: str, workers: int | None, data_dir: Path | None, queues: str) -> None:
     """Run everything on this machine: Redis, the gateway and workers."""
     from wasmq.instance import InUse, claim_data_dir
     from wasmq.supervisor import Supervisor
 
+    if queues:
+        os.environ["WASMQ_QUEUES"] = queues  # the workers' (and checked with the rest)
     settings = _settings()  # fail early on a malformed environment
     data_dir = (data_dir or Path(settings.data_dir or "wasmq-data")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +85,8 @@ def up(port: int, host: str, workers: int | None, data_dir: Path | None) -> None
     supervisor = Supervisor(port=port, host=host, workers=workers or available_cores(),
                             data_dir=data_dir, redis_url=os.environ.get("WASMQ_REDIS_URL"),
                             env=dict(os.environ), lock=lock,
-                            redis_maxmemory_mb=settings.redis_maxmemory_mb)
+                            redis_maxmemory_mb=settings.redis_maxmemory_mb,
+                            sentinels=settings.redis_sentinels, master=settings.redis_master)
     sys.exit(supervisor.run())
 
 
@@ -108,17 +115,24 @@ def gateway(port: int, host: str) -> None:
               default=None, help="Touch this file every few seconds (for `wasmq alive`).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Append 'node PID' once consuming and 'pool PID' per warm pool process.")
+@click.option("-Q", "--queues", default="", metavar="Q1,Q2",
+              help="The queues this node consumes, as `celery worker -Q` [default: "
+                   "$WASMQ_QUEUES, else the installation's queue, $WASMQ_QUEUE].")
 def worker(concurrency: int | None, name: str, heartbeat_file: Path | None,
-           ready_file: Path | None) -> None:
+           ready_file: Path | None, queues: str) -> None:
     """Run a compute node (Celery worker) alone, against WASMQ_REDIS_URL."""
     settings = _settings()
+    if queues:
+        settings = replace(settings, queues=tuple(q.strip() for q in queues.split(",")
+                                                  if q.strip()))
+        settings.check()
     from wasmq.workers.node import build_worker_app
     from wasmq.workers.readiness import write_readiness
 
     app = build_worker_app(settings, heartbeat_file)
     if ready_file is not None:  # after the app: its warm-up runs first
         write_readiness(ready_file)
-    app.worker_main(["worker", "--loglevel", "INFO", "-Q", settings.queue,
+    app.worker_main(["worker", "--loglevel", "INFO", "-Q", ",".join(settings.consumed_queues),
                      "--concurrency", str(concurrency or available_cores()),
                      "-n", name, "-E", "--without-mingle"])
 
@@ -128,28 +142,36 @@ DATA_DIR_HELP = ("The data directory of the running `wasmq up` whose Redis to us
 
 
 def _purger(data_dir: Path | None) -> Purger:
-    """A Purger on WASMQ_REDIS_URL, or else on the Redis of the `wasmq up` running
-    on `data_dir` (its lock file names it)."""
+    """A Purger on WASMQ_REDIS_URL (or the Sentinel primary), or else on the Redis
+    of the `wasmq up` running on `data_dir` (its lock file names it)."""
     import redis
 
-    from wasmq.broker.protocol.purge import Purger
+    from wasmq.broker.celery_app import make_celery
+    from wasmq.broker.connections import new_client
+    from wasmq.broker.protocol.purge import make_purger
     from wasmq.instance import read_instance
 
     settings = _settings()
-    url = os.environ.get("WASMQ_REDIS_URL")
-    if not url:
+    where = settings.redis_url
+    if not os.environ.get("WASMQ_REDIS_URL") and not settings.redis_sentinels:
         folder = (data_dir or Path(settings.data_dir or "wasmq-data")).resolve()
         running = read_instance(folder)
         if running is None:
             _refuse(f"no Redis to purge: set WASMQ_REDIS_URL, or give the --data-dir of a "
                     f"running wasmq up (none runs on {folder})")
-        url = running.redis_url
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+        if not running.redis_url:
+            _refuse(f"the wasmq up running on {folder} follows Redis Sentinel: set "
+                    f"WASMQ_REDIS_SENTINELS and WASMQ_REDIS_MASTER as it has them")
+        where = running.redis_url
+        settings = replace(settings, redis_url=where)
+    elif settings.redis_sentinels:
+        where = f"the primary {settings.redis_master!r} (Sentinel)"
+    client = new_client(settings, socket_connect_timeout=2, socket_timeout=30)
     try:
         client.ping()
     except redis.RedisError as exc:
-        _refuse(f"cannot reach Redis at {url}: {exc}")
-    return Purger(client, queue=settings.queue, ttl=settings.result_ttl)
+        _refuse(f"cannot reach Redis at {where}: {exc}")
+    return make_purger(client, make_celery(settings), settings.queue, settings.result_ttl)
 
 
 @main.command()
@@ -164,7 +186,7 @@ def purge(cfid: str, data_dir: Path | None) -> None:
     done = _purger(data_dir).purge(cfid)
     scope = f" of {cfid}" if cfid else ""
     click.echo(f"cancelled {done.tasks} queued task{'s' * (done.tasks != 1)}{scope} "
-               f"({done.messages} queue message{'s' * (done.messages != 1)} removed)")
+               f"({done.messages} Celery message{'s' * (done.messages != 1)} removed)")
 
 
 @main.command()

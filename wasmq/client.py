@@ -139,15 +139,17 @@ class Client:
     # functions
 
     def deploy(self, path: str | os.PathLike[str], *, name: str | None = None,
-               documentation: str = "", exampleinput: str = "",
+               documentation: str = "", exampleinput: str = "", queue: str = "",
                timeout: float = 300.0) -> Function:
         """Upload a .wasm, which the gateway checks against the ABI before keeping it,
         or an ONNX model, which it builds in the background: waits up to `timeout`
-        seconds for the build, and raises BuildFailed with the server's reason."""
+        seconds for the build, and raises BuildFailed with the server's reason.
+        `queue`: the Celery queue whose nodes run it (default: the installation's)."""
         with open(path, "rb") as module:
             wasm = module.read()
         fields = {"name": name or os.path.splitext(os.path.basename(path))[0],
-                  "documentation": documentation, "exampleinput": exampleinput}
+                  "documentation": documentation, "exampleinput": exampleinput,
+                  "queue": queue}
         response = self._request("POST", "/functions", data=fields,
                                  files={"file": (os.path.basename(path), wasm,
                                                  "application/wasm")})

@@ -25,6 +25,7 @@ from wasmq.client import Client, Function, Result
 
 DONE, TASK_FAILED, USAGE, PENDING = 0, 1, 2, 3
 DEFAULT_URL = "http://127.0.0.1:8080"
+STDERR_IN_MESSAGE = "; module stderr: "  # how a failure message quotes the module's stderr
 
 
 class Out:
@@ -69,9 +70,11 @@ def client_command(fn: Callable[..., int | None]) -> Callable[..., None]:
         except errors.TaskFailed as exc:
             if as_json:
                 out.json(exc.reply)
-            out.say(f"wasmq: task {exc.tid} failed: {exc.message}")
-            stderr = exc.logs.get("stderr", "").strip()
-            if stderr and not as_json:
+            stderr = exc.logs.get("stderr", "").strip() if not as_json else ""
+            # The server's message may end with the stderr's tail, shown below in full.
+            message = exc.message.partition(STDERR_IN_MESSAGE)[0] if stderr else exc.message
+            out.say(f"wasmq: task {exc.tid} failed: {message}")
+            if stderr:
                 out.say(f"module stderr (last lines):\n{_tail(stderr)}")
             code = TASK_FAILED
         except errors.TaskTimeout as exc:
@@ -129,15 +132,17 @@ def _try_url(client: Client, fn: Function) -> str:
 @click.option("--name", help="Name of the endpoint [default: the file's name].")
 @click.option("--doc", "documentation", default="", help="What it computes, what it expects.")
 @click.option("--example", "exampleinput", default="", help="An example input.")
+@click.option("--queue", default="", help="The Celery queue whose nodes run it "
+                                          "[default: the installation's].")
 @client_command
 def deploy(client: Client, out: Out, module: Path, name: str | None, documentation: str,
-           exampleinput: str) -> None:
+           exampleinput: str, queue: str) -> None:
     """Upload MODULE (a .wasm, or an ONNX model the server builds into one) as a new
     endpoint; prints its cfid."""
     with out.spinner(f"uploading {module.name}" + ("" if module.suffix == ".wasm"
                                                    else " (the server builds it)")):
         fn = client.deploy(module, name=name, documentation=documentation,
-                           exampleinput=exampleinput)
+                           exampleinput=exampleinput, queue=queue)
     if out.as_json:
         out.json(fn.record)
         return
@@ -229,6 +234,8 @@ def run(client: Client, out: Out, cfid: str, data: str, wait: float | None,
     with out.spinner(f"running {cfid}"):
         result = client.run(cfid, payload, wait=wait, timeout=timeout)
     _print_result(out, result)
+    if not out.as_json and out.err.is_terminal:  # for a person: scripts read it with --json
+        out.say(f"tid {result.tid} (`wasmq result {result.tid}` shows it again)")
 
 
 @click.command()

@@ -226,11 +226,15 @@ def row(outputs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
 
 def disagreement(local: dict[str, np.ndarray], remote: dict[str, Any],
                  tolerance: float = 1e-4) -> str | None:
-    """Why the endpoint's answer differs from onnxruntime's, or None when they agree."""
-    for name, want in local.items():
-        if name not in remote:
+    """Why the endpoint's answer differs from onnxruntime's, or None when they agree.
+
+    The endpoint writes each output once: the first under "output" (Scailable's key),
+    the others under their names."""
+    for i, (name, want) in enumerate(local.items()):
+        key = "output" if i == 0 else name
+        if key not in remote:
             return f"the endpoint's answer has no output '{name}'"
-        got = np.asarray(remote[name]).reshape(-1)
+        got = np.asarray(remote[key]).reshape(-1)
         want = want.reshape(-1)
         if got.shape != want.shape:
             return f"output '{name}' has {got.size} values, onnxruntime's {want.size}"

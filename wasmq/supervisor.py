@@ -12,6 +12,7 @@ from pathlib import Path
 import redis
 import requests
 
+from wasmq.broker.interpreter import python_module
 from wasmq.broker.redis_server import free_port, redis_command
 from wasmq.instance import Instance, InUse, Lock, claim_port, publish
 from wasmq.process import Child
@@ -32,23 +33,30 @@ WORKERS_START_S = 90.0  # a loaded machine may take this long to warm every proc
 class Supervisor:
     def __init__(self, *, port: int, host: str, workers: int, data_dir: Path,
                  redis_url: str | None, env: dict[str, str], lock: Lock,
-                 redis_maxmemory_mb: int | None = None) -> None:
+                 redis_maxmemory_mb: int | None = None, sentinels: tuple[str, ...] = (),
+                 master: str = "") -> None:
+        """`redis_url` None and no `sentinels`: an embedded Redis of our own. With
+        `sentinels`, every part follows `master` through them; nothing embedded."""
         self.data_dir = data_dir
         self.host, self.port = host, port
         self.lock = lock
         self.children: list[Child] = []
         self._stopping = False
         base = dict(env)
-        if redis_url is None:
+        self.redis: Child | None = None
+        if redis_url is None and not sentinels:
             redis_port = free_port()
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
             command = redis_command(data_dir, redis_port, maxmemory_mb=redis_maxmemory_mb)
-            self.children.append(Child("redis", command, base, log=data_dir / "redis.log"))
-        base["WASMQ_REDIS_URL"] = redis_url
+            self.redis = Child("redis", command, base, log=data_dir / "redis.log")
+            self.children.append(self.redis)
+            base["WASMQ_REDIS_URL"] = redis_url
         base.setdefault("WASMQ_DATA_DIR", str(data_dir))
         base.setdefault("WASMQ_LOG_FORMAT", "text")  # one machine: a person reads these
-        self.redis_url = redis_url
-        py = [sys.executable, "-m", "wasmq"]
+        self.redis_url = redis_url or ""  # "" behind Sentinel: no one address
+        self.where = (f"the primary {master!r} behind the sentinels {', '.join(sentinels)}"
+                      if sentinels else self.redis_url)
+        py = python_module("wasmq")
         self.gateway = Child("gateway", py + ["gateway", "--host", host, "--port", str(port)],
                              base)
         self.workers = workers
@@ -64,10 +72,13 @@ class Supervisor:
         return f"http://{host}:{self.port}"
 
     def banner(self) -> str:
-        redis_log = (f"Redis {self.data_dir / 'redis.log'}" if self.children[0].name == "redis"
-                     else f"Redis is yours ({self.redis_url})")
+        if self.redis is not None:
+            redis_line, redis_log = (f"{self.redis_url}, data in {self.data_dir}",
+                                     f"Redis {self.redis.log}")
+        else:
+            redis_line, redis_log = self.where, "Redis is yours"
         return (f"wasmq is up at {self.url}\n"
-                f"  Redis   {self.redis_url}, data in {self.data_dir}\n"
+                f"  Redis   {redis_line}\n"
                 f"  logs    gateway: this terminal; workers: {self.worker.log}; {redis_log}\n"
                 f"  Ctrl-C stops it")
 
@@ -107,7 +118,7 @@ class Supervisor:
             if self._stopping:
                 return
             child.start()
-            if child.name == "redis":
+            if child is self.redis:
                 self._wait_redis()
         self._wait_gateway()
         self._wait_workers()
@@ -125,7 +136,7 @@ class Supervisor:
         print(f"wasmq: {child.name} exited with {code}; restarting", file=sys.stderr,
               flush=True)
         child.start()
-        if child.name == "redis":
+        if child is self.redis:
             try:
                 self._wait_redis()
             except StartFailed as exc:
@@ -135,9 +146,15 @@ class Supervisor:
         self._stopping = True
 
     def stop(self) -> None:
+        """Stop every child, saying so: stopping the workers may take seconds."""
         self._stopping = True
+        started = [child for child in self.children if child.popen is not None]
+        if started:
+            print("stopping...", flush=True)
         for child in reversed(self.children):
             child.stop()
+        if started:
+            print("stopped", flush=True)
 
     def _wait_redis(self, timeout: float = 15.0) -> None:
         client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=0.5)

@@ -1,16 +1,23 @@
-"""The Celery task that runs one compute-function call on this node.
+"""The Celery tasks that run compute-function calls on this node: `wasmq.run` (one call,
+its task id is the tid) and `wasmq.run_batch` (calls that arrived together).
 
-The job message (broker/protocol/messages.py `Job`) carries the tid, the
-module's sha256, the input (or nothing when it travelled by reference), the
-limits and the caller, so a task costs one claim script, a binary fetch only on
-a cache miss, and one finish script.
+A task claims its calls in one script (claim.lua), runs each on a fresh instance,
+stores the outcomes (finish.lua: one script and one wake-up for the calls that end
+close together) and ends as Celery should tell it: SUCCESS, or FAILURE naming the
+calls that failed and why, so Flower and `celery events` tell the truth.
+
+A batch leaves its calls to go on alone in two cases: it was retried after its
+worker process died (so a call that kills its process is retried alone, and only
+its own attempts run out), and it has run for BATCH_BUDGET_S (so no call waits
+behind the others of its batch for longer, and another caller's call waits behind
+about one of them). The calls it hands on are taken over with their attempt bumped
+(broker/protocol/recovery.py), so the batch's own message, if it ever comes back,
+runs none of them again.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from functools import lru_cache
 
@@ -21,66 +28,73 @@ from celery.signals import worker_process_init
 
 from wasmq.broker.artifacts import Artifacts
 from wasmq.broker.causes import Cause
-from wasmq.broker.celery_app import RUN_BATCH, RUN_TASK
 from wasmq.broker.connections import get_redis, storage_full
 from wasmq.broker.errors import TaskFailed
 from wasmq.broker.limits import Limits
 from wasmq.broker.logs import bind_tid
-from wasmq.broker.protocol.messages import Job, JobMessages
-from wasmq.broker.protocol.queue import Claim, Finished, TaskQueue
+from wasmq.broker.protocol import recovery
+from wasmq.broker.protocol.calls import RUN_BATCH, RUN_TASK, Calls
+from wasmq.broker.protocol.queue import Finished, Job, TaskQueue
 from wasmq.broker.protocol.record import Status
 from wasmq.broker.settings import MB, Settings
 from wasmq.broker.store import RedisStore
-from wasmq.workers.batch import Finisher, batch_budget, batch_time_limit, split
-from wasmq.workers.lost import LOST_WORKER_REQUEST
 from wasmq.workers.prefetch import Prefetcher
 from wasmq.workers.runtime import ModuleFailed, Runtime
 from wasmq.workers.warmup import warm_up
 
 log = logging.getLogger("wasmq.worker")
 
+FLUSH_AFTER_S = 0.005  # outcomes that waited this long are stored before the next call runs
+BATCH_BUDGET_S = 1.0
+
+
+class CallsFailed(Exception):
+    """Ends a Celery task as FAILURE: its calls' outcomes are stored already."""
+
+
+def batch_budget(settings: Settings) -> float:
+    """How long a batch starts calls before it hands the rest on."""
+    return min(BATCH_BUDGET_S, settings.task_timeout)
+
+
+def batch_time_limit(settings: Settings) -> float:
+    """Celery's hard limit for a batch: its budget, plus the last call's own limit."""
+    return batch_budget(settings) + settings.hard_time_limit
+
 
 class NodeState:
     """What a worker process builds once, after the fork, and keeps."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, app: Celery, settings: Settings) -> None:
         self.settings = settings
         client = get_redis(settings)
         self.tasks = TaskQueue.from_settings(client, settings)
+        self.calls = Calls(app, settings.inline_input_kb * 1024)
         self.store = RedisStore(client)
         self.limits = Limits.from_settings(settings)
         self.runtime = Runtime(settings.module_cache_mb * MB, Artifacts(client))
         self.prefetcher = Prefetcher(self.runtime, client)
-        self.node = f"{socket.gethostname()}:{os.getpid()}"
-        self._finisher: Finisher | None = None
-
-    @property
-    def finisher(self) -> Finisher:
-        """Started on the first batch: a process that never runs one has no thread."""
-        if self._finisher is None:
-            self._finisher = Finisher(self.tasks, lambda job, outcome: store(self, job,
-                                                                             outcome))
-        return self._finisher
+        self.node = recovery.identity()  # the main process's: made before the fork
 
 
 # Celery's per-task INFO lines ("received", "succeeded in") cost the busiest
 # process, the worker's main one, a formatted write per task; wasmq logs each
-# task once itself, with its tid and outcome.
+# call once itself, with its tid and outcome.
 PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
     for name in PER_TASK_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
     @lru_cache(maxsize=1)
     def state() -> NodeState:
-        return NodeState(settings)
+        return NodeState(app, settings)
 
     @worker_process_init.connect(weak=False)
     def warm(**_: object) -> None:
         # Build the engine, linker and Redis connection and preload hot modules
         # when the pool process starts: a new process answers its first call warm.
-        # From then on, modules uploaded later are loaded as they arrive.
         st = state()
         st.prefetcher.start()
         try:
@@ -88,89 +102,71 @@ def register_tasks(app: Celery, settings: Settings) -> None:
         except redis.RedisError:  # Redis is down: the first task connects, or is redelivered
             log.warning("warm: 0 hot modules preloaded; Redis unreachable at process start")
 
-    @app.task(name=RUN_TASK, bind=True, acks_late=True, reject_on_worker_lost=True,
-              Request=LOST_WORKER_REQUEST)
-    def run(self: Task, job: dict) -> None:
-        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-        try:
-            execute(state(), Job.from_dict(job), redelivered=redelivered)
-        except redis.RedisError as exc:
-            # Failing would ack the message (acks_on_failure) and strand the
-            # task as "running"; requeued, it runs again once Redis answers.
-            raise Reject(exc, requeue=True) from exc
+    options = {"bind": True, "max_retries": settings.max_attempts - 1,
+               "default_retry_delay": 0, "throws": (CallsFailed,)}
 
-    messages = JobMessages(app, settings.queue)
+    @app.task(name=RUN_TASK, **options)
+    def run(self: Task, job: dict) -> str:
+        return _guarded(lambda: execute(state(), [Job.from_dict(job)], self.request.retries,
+                                        batch=False))[0]
 
-    @app.task(name=RUN_BATCH, bind=True, acks_late=True, reject_on_worker_lost=True,
-              Request=LOST_WORKER_REQUEST, time_limit=batch_time_limit(settings))
-    def run_batch(self: Task, jobs: list[dict]) -> None:
-        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-        try:
-            execute_batch(state(), [Job.from_dict(j) for j in jobs], messages,
-                          redelivered=redelivered)
-        except redis.RedisError as exc:
-            raise Reject(exc, requeue=True) from exc
+    @app.task(name=RUN_BATCH, time_limit=batch_time_limit(settings), **options)
+    def run_batch(self: Task, jobs: list[dict]) -> list[str]:
+        log.info("batch %s: %d calls", self.request.id, len(jobs))
+        return _guarded(lambda: execute(state(), [Job.from_dict(j) for j in jobs],
+                                        self.request.retries, batch=True))
 
 
-def execute_batch(st: NodeState, jobs: list[Job], messages: JobMessages, *,
-                  redelivered: bool = False) -> None:
-    """Run a batch's calls back to back (workers/batch.py says what leaves it)."""
-    if redelivered:  # claimed or not before: its message has left the queue either way
-        split(st.tasks, messages, jobs, st.node, undo=False, unclaimed=jobs[0].tid)
-        return
-    claims = st.tasks.claim_batch(jobs, st.node)
-    log.info("batch %s: %d calls", jobs[0].tid, len(jobs))
-    finisher = st.finisher
-    started = time.monotonic()
+def _guarded(body: object) -> list[str]:
     try:
-        for i, (job, claim) in enumerate(zip(jobs, claims, strict=True)):
-            if claim.state == "exhausted":
-                finisher.add(job, _exhausted(claim, st.tasks.max_attempts))
-                continue
-            if claim.state != "running":
-                log.info("tid=%s skipped: record is %s", job.tid, claim.state)
-                continue
-            if time.monotonic() - started >= batch_budget(st.settings):
-                rest = [j for j, c in zip(jobs[i:], claims[i:], strict=True)
-                        if c.state == "running"]
-                split(st.tasks, messages, rest, st.node, undo=True)
-                break
-            bind_tid(job.tid)  # its log lines carry its own tid
-            outcome = _outcome(st, job, job.data if job.data is not None else claim.data)
-            finisher.add(job, outcome)
-            _log_outcome(job, outcome)
-    finally:
-        finisher.flush()
+        return body()  # type: ignore[operator]
+    except redis.RedisError as exc:
+        # Failing would acknowledge the message and strand its calls as running;
+        # requeued, it runs again once Redis answers (claim.lua skips finished calls).
+        raise Reject(exc, requeue=True) from exc
 
 
-def execute(st: NodeState, job: Job, *, redelivered: bool = False) -> None:
-    """Run one call. A first delivery with its input inline is run while its claim
-    is on its way; a redelivered one waits for the claim's answer, which may say its
-    runs already ended their worker process too often (a poison pill must not run
-    again to say so)."""
-    if job.data is None or redelivered:
-        claim = st.tasks.claim(job, st.node)
-        if claim.state == "exhausted":
-            st.tasks.finish(job, _exhausted(claim, st.tasks.max_attempts))
-            return
-        if claim.state != "running":
-            log.info("tid=%s skipped: record is %s", job.tid, claim.state)
-            return
-        outcome = _outcome(st, job, job.data if job.data is not None else claim.data)
-    else:
-        sent = st.tasks.send_claim(job, st.node)
-        try:
-            outcome = _outcome(st, job, job.data)
-        finally:
-            claim = sent.answer()
-        if claim.state == "exhausted":  # ran once more than it may: its result is not stored
-            st.tasks.finish(job, _exhausted(claim, st.tasks.max_attempts))
-            return
-        if claim.state != "running":  # ran anyway; a finished record is not written again
-            log.info("tid=%s skipped: record is %s", job.tid, claim.state)
-            return
-    store(st, job, outcome)
-    _log_outcome(job, outcome)  # after the store: the caller's answer does not wait for it
+def execute(st: NodeState, jobs: list[Job], retries: int, *, batch: bool) -> list[str]:
+    """Run the calls of one message; each call's outcome in words (the task's result)."""
+    claims = st.tasks.claim(jobs, st.node, retries)
+    runnable = [c.job or j for j, c in zip(jobs, claims, strict=True) if c.state == "run"]
+    said = {j.tid: f"{j.tid}: skipped, {c.state}" for j, c in zip(jobs, claims, strict=True)
+            if c.state != "run"}
+    for line in said.values():
+        log.info("tid=%s", line)
+    if batch and retries > 0:  # its worker process died under it: each call goes alone
+        _hand_on(st, runnable, "retried after its worker process was lost")
+        return [said.get(j.tid, f"{j.tid}: sent on alone") for j in jobs]
+    pending: list[tuple[Job, Finished]] = []
+    failed: list[str] = []
+    started = pending_since = time.monotonic()
+    for i, job in enumerate(runnable):
+        if batch and time.monotonic() - started >= batch_budget(st.settings):
+            _hand_on(st, runnable[i:], f"over its budget of {batch_budget(st.settings):g} s")
+            said.update({j.tid: f"{j.tid}: sent on alone" for j in runnable[i:]})
+            break
+        if pending and time.monotonic() - pending_since >= FLUSH_AFTER_S:
+            _store(st, pending)
+            pending = []
+        bind_tid(job.tid)  # its log lines carry its own tid
+        outcome = _outcome(st, job)
+        if not pending:
+            pending_since = time.monotonic()
+        pending.append((job, outcome))
+        said[job.tid] = f"{job.tid}: {outcome.status.value}"
+        if outcome.status == Status.FAILED:
+            failed.append(f"{job.tid}: {outcome.message}")
+        _log_outcome(job, outcome)
+    if pending:
+        _store(st, pending)
+    if failed:
+        raise CallsFailed("; ".join(failed))
+    return [said[j.tid] for j in jobs]
+
+
+def _hand_on(st: NodeState, jobs: list[Job], why: str) -> None:
+    sent = recovery.take_over(st.tasks, st.calls, st.node, st.node, [j.tid for j in jobs])
+    log.info("batch: %d of its calls go on alone (%s)", sent, why)
 
 
 def _log_outcome(job: Job, outcome: Finished) -> None:
@@ -180,52 +176,43 @@ def _log_outcome(job: Job, outcome: Finished) -> None:
         log.info("tid=%s failed: %s", job.tid, outcome.message)
 
 
-def store(st: NodeState, job: Job, outcome: Finished) -> None:
-    """Store one outcome; when Redis is full, say so in the record if a small write fits."""
+def _store(st: NodeState, done: list[tuple[Job, Finished]]) -> None:
+    """Store outcomes; when Redis is full, each says so in its record if a small
+    write still fits (if not, the message is requeued and runs again later)."""
     try:
-        stored = st.tasks.finish(job, outcome)
+        stored = st.tasks.finish(done, st.node)
     except redis.RedisError as exc:
         if not storage_full(exc):
             raise
-        # Say so in the record if a small write still fits; if not, the message is
-        # requeued (`run`) and the task runs again once Redis has room.
-        log.warning("tid=%s: storage is full, its result could not be stored: %s",
-                    job.tid, exc)
-        stored = st.tasks.finish(job, Finished(Status.FAILED, cause=Cause.STORAGE_FULL,
-                                               message=(
+        log.warning("storage is full: %d results could not be stored: %s", len(done), exc)
+        full = Finished(Status.FAILED, cause=Cause.STORAGE_FULL, message=(
             "storage is full: the task ran, but Redis refused to store its result "
-            "(WASMQ_REDIS_MAXMEMORY_MB); call it again later")))
-    if not stored:
-        log.info("tid=%s finished already (a redelivered run); its first answer stands",
-                 job.tid)
+            "(WASMQ_REDIS_MAXMEMORY_MB); call it again later"))
+        stored = st.tasks.finish([(job, full) for job, _ in done], st.node)
+    for (job, _), ok in zip(done, stored, strict=True):
+        if not ok:
+            log.info("tid=%s finished already (run again after its node was taken for "
+                     "dead); its first answer stands", job.tid)
 
 
-def _exhausted(claim: Claim, max_attempts: int) -> Finished:
-    last = claim.lost or "its worker node stopped answering"
-    return Finished(Status.FAILED, cause=Cause.WORKER_LOST, message=(
-        f"the task's run ended its worker process {claim.attempts} times (last: {last}); "
-        f"it is not run again (WASMQ_MAX_ATTEMPTS={max_attempts})"))
-
-
-def _outcome(st: NodeState, job: Job, data: bytes | None) -> Finished:
-    tid = job.tid
-    if data is None:
+def _outcome(st: NodeState, job: Job) -> Finished:
+    if job.data is None:
         return Finished(Status.FAILED, cause=Cause.MISSING_DATA,
                         message="the task's input has expired")
     limits = st.limits.narrowed(job.limits)
     sha = job.sha256
     try:
         prepared = st.runtime.prepare(sha, lambda: _binary(st, sha))
-        outcome = st.runtime.run(prepared, data, limits)
+        outcome = st.runtime.run(prepared, job.data, limits)
     except ModuleFailed as exc:
         return Finished(Status.FAILED, message=exc.message, cause=exc.cause,
                         stdout=exc.stdout, stderr=exc.stderr)
     except TaskFailed as exc:
         return Finished(Status.FAILED, message=exc.message, cause=exc.cause)
     except redis.RedisError:
-        raise  # the record cannot be written now; the message is redelivered
+        raise  # the record cannot be written now; the message is requeued
     except Exception as exc:  # a bug of ours must fail the task, not leave it running
-        log.exception("tid=%s: internal error", tid)
+        log.exception("tid=%s: internal error", job.tid)
         return Finished(Status.FAILED, cause=Cause.INTERNAL,
                         message=f"internal error in the worker ({type(exc).__name__})")
     return Finished(Status.SUCCEEDED, result=outcome.output, stdout=outcome.stdout,

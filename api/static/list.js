@@ -8,6 +8,7 @@
   const prev = document.getElementById("prev");
   const next = document.getElementById("next");
   let offset = 0;
+  let shown = 0; // a page holds fewer than PAGE when its records are large
 
   async function load() {
     status.textContent = "Loading…";
@@ -26,11 +27,16 @@
       return [" ", wasmq.el("small", { class: `build-${pending.status}`, title: pending.reason || "",
                                        text })];
     };
+    // A model (uploaded as ONNX, built into a module) is marked as one beside its name.
+    const kindNote = (fn) => fn.kind === "onnx"
+      ? [" ", wasmq.el("small", { class: "kind-model", title: "an ONNX model, built into a module",
+                                  text: "model" })]
+      : [];
     const rows = body.functions.map((fn) => {
       const { el } = wasmq;
       return el("tr", { "data-cfid": fn.cfid },
         el("td", { class: "nowrap" }, el("a", { href: wasmq.runLink(fn), class: "fn-name", text: fn.name }),
-          ...buildNote(fn)),
+          ...kindNote(fn), ...buildNote(fn)),
         el("td", { class: "nowrap" }, el("code", { class: "cfid", text: fn.cfid })),
         el("td", { class: "num", text: wasmq.bytes(fn.size) }),
         el("td", { class: "nowrap wide", text: wasmq.when(fn.createdAt) }),
@@ -41,19 +47,20 @@
           el("a", { href: `file/${fn.cfid}.wasm`, download: `${fn.cfid}.wasm`,
                     text: "download" })));
     });
+    shown = rows.length;
     table.tBodies[0].replaceChildren(...rows);
     table.hidden = rows.length === 0;
     status.className = "status";
     status.textContent = body.total === 0
-      ? "No endpoints yet: upload a module to get one."
+      ? "No endpoints yet: upload a module or a model to get one."
       : `${body.total} endpoint${body.total === 1 ? "" : "s"}` +
         (body.total > PAGE ? `, ${offset + 1}–${offset + rows.length} shown` : "");
     prev.hidden = offset === 0;
-    next.hidden = offset + PAGE >= body.total;
+    next.hidden = offset + shown >= body.total;
   }
 
   prev.addEventListener("click", () => { offset = Math.max(0, offset - PAGE); load(); });
-  next.addEventListener("click", () => { offset += PAGE; load(); });
+  next.addEventListener("click", () => { offset += shown; load(); });
   document.addEventListener("wasmq:key", load);
   load();
 })();

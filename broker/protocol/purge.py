@@ -1,12 +1,18 @@
-"""Draining queued tasks: `wasmq purge` and `wasmq cancel` (the script is purge.lua).
+"""Draining queued tasks: `wasmq purge` and `wasmq cancel`.
 
-A queued task lives in three places: its message in the queue list, its job kept
-with its record (for resending a lost message) and its pending entry. Cancelling
-removes all three and finishes the record as failed, "cancelled", so a caller
-polling it gets an answer and a gateway waiting for it wakes. A running task
-cannot be stopped from here: wasmtime's epoch interruption lives inside the
-worker process that runs it, so `cancel` says so and leaves it to finish or to
-reach its time limit.
+`wasmq purge` is `celery purge` of the installation's queues (through kombu's public
+`queue_purge`, as `celery purge -Q` does it) and then the cancelling of every call
+those queues held: its record finishes as failed, "cancelled", so a caller polling it
+gets an answer and a waiting gateway wakes. `celery purge` alone drops the messages
+and leaves their records queued until `wasmq purge` or their TTL; nothing of
+wasmq's ever sends a queued call again (only calls a dead node was running are
+sent again), so neither command undoes the other.
+
+A call is cancelled only while its record says "queued" (finish.lua's
+`only_queued`): a running call cannot be stopped from here, since wasmtime's epoch
+interruption lives inside the worker process that runs it. A cancelled call whose
+message is still somewhere (`--function` purges records only; a node reserved it)
+is skipped when a node claims it.
 """
 
 from __future__ import annotations
@@ -14,20 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from celery import Celery
 
 from wasmq.broker import keys
 from wasmq.broker.causes import Cause
-from wasmq.broker.clock import now
-from wasmq.broker.protocol import lua
+from wasmq.broker.protocol.queue import Finished, Job, TaskQueue
+from wasmq.broker.protocol.record import Status
 
 MESSAGE = "cancelled"
-CHUNK = 500  # entries per script call: a flood never blocks Redis for long
+CHUNK = 500
 
 
 @dataclass
 class Purged:
     tasks: int  # records marked cancelled
-    messages: int  # queue messages dropped
+    messages: int  # Celery messages dropped
 
 
 @dataclass
@@ -41,43 +48,67 @@ class Cancelled:
     node: str = ""
 
 
+CANCELLED = Finished(Status.FAILED, message=MESSAGE, cause=Cause.CANCELLED)
+
+
 class Purger:
-    def __init__(self, client: redis.Redis, *, queue: str, ttl: int) -> None:
-        self.redis = client
-        self.queue = queue
-        self.ttl = ttl
-        self._script = lua.register(client, "purge")
+    def __init__(self, tasks: TaskQueue, app: Celery, default_queue: str) -> None:
+        self.tasks, self.redis, self.app = tasks, tasks.redis, app
+        self.default_queue = default_queue
+
+    def queues(self) -> list[str]:
+        """Every queue that has had calls, and the installation's own."""
+        prefix = keys.queued("")
+        found = {k.decode()[len(prefix):] for k in self.redis.scan_iter(f"{prefix}*")}
+        return sorted(found | {self.default_queue})
 
     def purge(self, cfid: str = "") -> Purged:
-        """Cancel every task queued now (of function `cfid`, when given)."""
-        return self._walk(cfid=cfid, tid="")
+        """Cancel every queued call (of function `cfid` only, when given: then the
+        messages stay, and are skipped when claimed)."""
+        messages = 0
+        queues = self.queues()
+        if not cfid:
+            with self.app.connection_for_write() as conn:
+                for queue in queues:
+                    messages += conn.default_channel.queue_purge(queue) or 0
+        tasks = 0
+        for queue in queues:
+            tasks += self._cancel_queued(queue, cfid)
+        return Purged(tasks, messages)
+
+    def _cancel_queued(self, queue: str, cfid: str) -> int:
+        cancelled, start = 0, 0
+        while True:
+            tids = [t.decode() for t in self.redis.zrange(keys.queued(queue), start,
+                                                          start + CHUNK - 1)]
+            if not tids:
+                return cancelled
+            pipe = self.redis.pipeline(transaction=False)
+            for tid in tids:
+                pipe.hmget(keys.task(tid), "cfid", "caller")
+            kept = 0
+            for tid, (fn, caller) in zip(tids, pipe.execute(), strict=True):
+                if cfid and (fn or b"").decode() != cfid:
+                    kept += 1
+                    continue
+                cancelled += self._cancel(tid, (caller or b"").decode(), queue)
+            start += kept  # cancelled calls left the set; those kept stay before `start`
+
+    def _cancel(self, tid: str, caller: str, queue: str) -> int:
+        job = Job(tid=tid, sha256="", data=None, limits=None, caller=caller, queue=queue)
+        return int(self.tasks.finish([(job, CANCELLED)], node="", only_queued=True)[0])
 
     def cancel(self, tid: str) -> Cancelled:
         """Cancel one task if it is still queued."""
-        status, node = self.redis.hmget(keys.task(tid), "status", "node")
+        status, node, caller, queue = self.redis.hmget(keys.task(tid), "status", "node",
+                                                       "caller", "queue")
         if status is None:
             return Cancelled(tid, None, False)
-        before = status.decode()
-        if before != "queued":
-            return Cancelled(tid, before, False, (node or b"").decode())
-        done = self._walk(cfid="", tid=tid)
-        if done.tasks:
-            return Cancelled(tid, before, True)
-        status, node = self.redis.hmget(keys.task(tid), "status", "node")  # claimed meanwhile
+        if self._cancel(tid, (caller or b"").decode(), (queue or b"").decode()):
+            return Cancelled(tid, status.decode(), True)
+        status, node = self.redis.hmget(keys.task(tid), "status", "node")
         return Cancelled(tid, (status or b"").decode() or None, False, (node or b"").decode())
 
-    def _walk(self, *, cfid: str, tid: str) -> Purged:
-        cutoff, tasks, messages = now(), 0, 0
-        for mode in ("records", "messages"):
-            offset, finished = 0, False
-            while not finished:
-                offset, cancelled, removed, over = self._script(
-                    keys=[self.queue, keys.PENDING, keys.METRIC_COUNTS],
-                    args=[mode, offset, CHUNK, cfid, tid, cutoff, now(), self.ttl,
-                          keys.DONE_CHANNEL, MESSAGE, Cause.CANCELLED.value,
-                          f"failed:{Cause.CANCELLED.value}", keys.task(""),
-                          keys.task_input("")])
-                tasks += cancelled
-                messages += removed
-                finished = over == 1
-        return Purged(tasks, messages)
+
+def make_purger(client: redis.Redis, app: Celery, default_queue: str, ttl: int) -> Purger:
+    return Purger(TaskQueue(client, ttl=ttl), app, default_queue)

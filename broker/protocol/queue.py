@@ -1,34 +1,81 @@
-"""The queue protocol's one entry point: enqueue, claim, finish, resend, release.
+"""The queue protocol's one entry point: submit, claim, finish, take over, cancel.
 
-Each step is one script (the `.lua` files beside this module), called with
-keyword arguments and dataclasses; nothing else in wasmq writes a task record,
-its pending entry, its caller's accounting or its queue message.
+Celery carries every call: the gateway sends it with `send_task` (broker/protocol/
+calls.py) and a stock Celery worker runs it. What Celery does not keep is kept here,
+beside it, in four Redis structures per call, each written only by the scripts
+beside this module (`.lua`, every key in KEYS):
 
-A task's life: `enqueue` (the gateway) creates its record and either queues
-its message or holds it in its caller's backlog; `claim` (the worker process
-that received the message) marks it running and releases the caller's next
-held-back message; `finish` stores the result, counts it and wakes the
-gateways; `unclaimed`/`resent` let nodes resend a message kombu lost;
-`release_backlogs` unblocks a backlog whose queued messages were lost.
+* the task record `wasmq:{<tid>}:task` (status, timings, result, logs; its job, input
+  included, until it finishes), with a TTL;
+* its caller's tasks in flight `wasmq:inflight:<caller>` (the cap, and the priority
+  of the caller's next call: the fair share), and the bytes its input and result
+  keep in its caller's usage (`Usage`: a quota per caller);
+* its queue's queued set `wasmq:queued:<queue>` until a node claims it (purge, cancel);
+* the running set `wasmq:running:<node>` of the node that claimed it, until it
+  finishes (a dead node's calls are taken over from there: broker/protocol/recovery.py).
+
+docs/queue.md draws a call's states and names the test of each guarantee.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import socket
+from dataclasses import asdict, dataclass
 
+import msgpack
 import redis
 
 from wasmq.broker import keys, metrics
 from wasmq.broker.causes import Cause
 from wasmq.broker.clock import now
 from wasmq.broker.protocol import lua
-from wasmq.broker.protocol.messages import Job
 from wasmq.broker.protocol.record import Status, TaskRecord
 from wasmq.broker.protocol.wakeup import SHIP_LIMIT
 from wasmq.broker.settings import Settings
 
-# A message in the queue holds its caller's place for at most this long (release.lua).
-STALL_S = 10
+_worker: tuple[int, str] = (0, "")
+
+
+def worker_process() -> str:
+    """This process, as a record names the one that ran it: "<host>:<pid>"."""
+    global _worker
+    if _worker[0] != os.getpid():
+        _worker = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}")
+    return _worker[1]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to run one call. It travels as the Celery task's argument
+    (without `data` when the input is too large to travel inline) and is kept with
+    the record until the call finishes, so a call can be sent again."""
+
+    tid: str
+    sha256: str
+    data: bytes | None
+    limits: dict[str, float] | None
+    caller: str
+    queue: str
+
+    def to_dict(self, *, with_data: bool = True) -> dict:
+        out = asdict(self)
+        if not with_data:
+            out["data"] = None
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Job":
+        return cls(tid=raw["tid"], sha256=raw["sha256"], data=raw.get("data"),
+                   limits=raw.get("limits"), caller=raw.get("caller", ""),
+                   queue=raw.get("queue", ""))
+
+    def packed(self) -> bytes:
+        return msgpack.packb(self.to_dict(), use_bin_type=True)
+
+    @classmethod
+    def unpacked(cls, raw: bytes) -> "Job":
+        return cls.from_dict(msgpack.unpackb(raw, raw=False))
 
 
 @dataclass(frozen=True)
@@ -43,21 +90,34 @@ class RateCounter:
 
 @dataclass(frozen=True)
 class Admission:
-    """What a call is created under, checked by the script that creates it."""
+    """What a caller's calls are created under, checked by submit.lua."""
 
     function_key: str
-    expected: bytes  # the function's stored record that the call was validated against
     caller: str
-    counters: tuple[RateCounter, ...] = ()  # empty when the call was counted already
     max_inflight: int = 100
+    counters: tuple[RateCounter, ...] = ()  # each with the rule's window and allowance
+    quota: int = 2**62  # bytes the caller may keep in the store
 
 
 @dataclass(frozen=True)
 class NewTask:
     record: TaskRecord
     job: Job
-    message: bytes  # the Celery message (JobMessages.encode)
-    input_by_ref: bytes | None = None
+    expected: bytes  # the function's stored record the call was validated against
+    costs: tuple[int, ...] = ()  # one per admission counter
+
+    @property
+    def size(self) -> int:
+        """Bytes the call keeps in the store until it finishes: its input, twice when it
+        also travels inline in its message."""
+        return RECORD_BYTES + 2 * len(self.job.data or b"")
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A call created: `ahead` is how many of its caller's tasks were in flight."""
+
+    ahead: int
 
 
 @dataclass(frozen=True)
@@ -71,24 +131,30 @@ class Refusal:
     stale: bool = False
     function: bytes | None = None
     inflight: int | None = None
+    kept: int | None = None  # bytes the caller keeps: its quota is reached
 
 
 @dataclass(frozen=True)
 class Claim:
-    """What the claim found: `running` (run it, with the input if it came by
-    reference), `succeeded`/`failed` (already finished), `missing` (expired), or
-    `exhausted` (its runs ended their worker process `attempts` times, the last
-    one as `lost` says)."""
+    """`run` (with the job when the message came without it), `finished`, `stale` (a
+    later attempt exists) or `missing` (expired)."""
 
     state: str
-    data: bytes | None = None
-    attempts: int = 0
-    lost: str = ""
+    job: Job | None = None
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A call taken over from a node: send it again with `attempt`, or fail it."""
+
+    job: Job
+    attempt: int
+    exhausted: bool
 
 
 @dataclass
 class Finished:
-    """A task's outcome, as the worker stores it."""
+    """A call's outcome, as the worker stores it."""
 
     status: Status
     result: bytes | None = None
@@ -97,201 +163,160 @@ class Finished:
     stdout: str = ""
     stderr: str = ""
     exec_ms: float | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+
+
+RECORD_BYTES = 512  # what a task record costs Redis besides its input and result
+
+
+class Usage:
+    """The bytes a caller keeps in the store, counted in time buckets of an eighth of
+    the records' TTL: a bucket expires once every record written in it has, so the sum
+    of the last nine is what the caller keeps now (an overestimate by at most a
+    bucket's worth of expired records), and no sweep is needed to forget old ones."""
+
+    BUCKETS = 8
+
+    def __init__(self, ttl: int) -> None:
+        self.span = max(1, -(-ttl // self.BUCKETS))
+        self.ttl = ttl
+
+    def current(self, caller: str, at: float) -> tuple[str, int]:
+        """The caller's bucket now, and when it expires (epoch seconds)."""
+        bucket = int(at // self.span)
+        return keys.usage(caller, bucket), (bucket + 1) * self.span + self.ttl
+
+    def window(self, caller: str, at: float) -> list[str]:
+        bucket = int(at // self.span)
+        return [keys.usage(caller, bucket - i) for i in range(self.BUCKETS + 1)]
+
+    def kept(self, client: redis.Redis, caller: str) -> int:
+        return sum(int(v or 0) for v in client.mget(self.window(caller, now())))
 
 
 class TaskQueue:
-    def __init__(self, client: redis.Redis, *, ttl: int, queue: str, share: int = 1,
-                 max_attempts: int = 3) -> None:
+    def __init__(self, client: redis.Redis, *, ttl: int, max_attempts: int = 3) -> None:
         self.redis = client
-        self.ttl, self.queue, self.share, self.max_attempts = ttl, queue, share, max_attempts
-        self._enqueue = lua.register(client, "enqueue")
-        self._claim = lua.register(client, "claim")
-        self._finish = lua.register(client, "finish")
-        self._release = lua.register(client, "release")
-        self._finish_batch = lua.register(client, "finish_batch")
-        self._split = lua.register(client, "split")
+        self.ttl, self.max_attempts = ttl, max_attempts
+        self.usage = Usage(ttl)
+        self._scripts = {name: lua.register(client, name)
+                         for name in ("submit", "claim", "finish", "requeue", "nodes")}
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> "TaskQueue":
-        return cls(client, ttl=settings.result_ttl, queue=settings.queue,
-                   share=settings.queue_share, max_attempts=settings.max_attempts)
+        return cls(client, ttl=settings.result_ttl, max_attempts=settings.max_attempts)
+
+    def script(self, name: str) -> object:
+        return self._scripts[name]
 
     def load_scripts(self) -> None:
         """Spares a new worker process the NOSCRIPT round trip on its first task."""
-        for script in (self._enqueue, self._claim, self._finish, self._release,
-                       self._finish_batch, self._split):
+        for script in self._scripts.values():
             self.redis.script_load(script.script)
-
-    # -- the gateway ------------------------------------------------------------
-
-    def enqueue(self, task: NewTask, admission: Admission) -> Refusal | None:
-        """Create the task, its input and its message together, if `admission` holds."""
-        refusals, _ = self.enqueue_batch([task], [admission.expected], task.message, admission,
-                                         [tuple(c.cost for c in admission.counters)])
-        return refusals[0]
-
-    def enqueue_batch(self, batch: list[NewTask], expected: list[bytes], message: bytes,
-                      admission: Admission,
-                      costs: list[tuple[int, ...]]) -> tuple[list[Refusal | None], bool]:
-        """Create one caller's calls to one function together, in one script and one
-        message (`message`, built for all of them), each admitted or refused on its
-        own as `enqueue` would. Returns each call's refusal (None: admitted) and
-        whether that is final: when some were refused and others admitted, nothing
-        was created, and the admitted ones must be sent again in a message of their
-        own (without counters: every call was counted)."""
-        caller = admission.caller
-        args: list = [self.ttl, now(), message, admission.max_inflight, self.share, caller,
-                      len(batch), len(admission.counters)]
-        args += [x for c in admission.counters for x in (c.window_s, c.allowance)]
-        for task, stored, cost in zip(batch, expected, costs, strict=True):
-            fields = task.record.to_hash()
-            fields["job"] = task.job.packed()
-            items = [x for pair in fields.items() for x in pair]
-            args += [task.record.tid, stored, task.input_by_ref or b"", len(items), *items,
-                     *cost]
-        reply = self._enqueue(
-            keys=[keys.PENDING, keys.METRIC_COUNTS, self.queue, admission.function_key,
-                  keys.inflight(caller), keys.queued(caller), keys.backlog(caller),
-                  keys.BACKLOGS, *(c.key for c in admission.counters)],
-            args=args)
-        settled = reply[0] != b"rebuild"
-        if not settled:
-            reply = reply[1:]
-        function = reply[len(batch)] if len(reply) > len(batch) else None
-        out: list[Refusal | None] = []
-        for answer in reply[:len(batch)]:
-            kind, _, detail = answer.decode().partition(":")
-            if kind in ("queued", "duplicate"):
-                out.append(None)
-            elif kind == "limited":
-                rule, _, left = detail.partition(":")
-                out.append(Refusal(rule=int(rule) - 1, retry_after=max(1, int(left))))
-            elif kind == "busy":
-                out.append(Refusal(inflight=int(detail), retry_after=1))
-            else:
-                out.append(Refusal(stale=True, function=function or None))
-        return out, settled
 
     def get(self, tid: str) -> TaskRecord | None:
         raw = self.redis.hgetall(keys.task(tid))
         return TaskRecord.from_hash(raw) if raw else None
 
-    # -- the worker ---------------------------------------------------------------
+    # -- the gateway -----------------------------------------------------------------
 
-    def claim(self, job: Job, node: str) -> Claim:
-        return self.claim_batch([job], node)[0]
+    def submit(self, tasks: list[NewTask], admission: Admission) -> list[Admitted | Refusal]:
+        """Create one caller's calls to one function (all of one queue), each admitted
+        or refused on its own."""
+        at = now()
+        window = self.usage.window(admission.caller, at)
+        _, expire_at = self.usage.current(admission.caller, at)
+        args: list = [self.ttl, at, admission.max_inflight, len(admission.counters),
+                      len(window), admission.quota, expire_at]
+        args += [x for c in admission.counters for x in (c.window_s, c.allowance)]
+        for task in tasks:
+            fields = task.record.to_hash()
+            fields["job"] = task.job.packed()
+            args += [task.expected, 2 * len(fields),
+                     *(x for pair in fields.items() for x in pair), *task.costs, task.size]
+        reply = self._scripts["submit"](
+            keys=[keys.METRIC_COUNTS, admission.function_key, keys.inflight(admission.caller),
+                  keys.queued(tasks[0].job.queue), *(c.key for c in admission.counters),
+                  *window, *(keys.task(t.record.tid) for t in tasks)],
+            args=args)
+        function = reply[len(tasks)] if len(reply) > len(tasks) else None
+        out: list[Admitted | Refusal] = []
+        for answer in reply[:len(tasks)]:
+            kind, _, detail = answer.decode().partition(":")
+            if kind == "queued":
+                out.append(Admitted(int(detail)))
+            elif kind == "duplicate":
+                out.append(Admitted(0))
+            elif kind == "limited":
+                rule, _, left = detail.partition(":")
+                out.append(Refusal(rule=int(rule) - 1, retry_after=max(1, int(left))))
+            elif kind == "busy":
+                out.append(Refusal(inflight=int(detail), retry_after=1))
+            elif kind == "quota":
+                out.append(Refusal(kept=int(detail), retry_after=self.usage.span))
+            else:
+                out.append(Refusal(stale=True, function=function or None))
+        return out
 
-    def send_claim(self, job: Job, node: str) -> "SentClaim":
-        """Send the claim and return without its answer: Redis marks the task running
-        at once while the caller runs it; `SentClaim.answer()` then says whether it
-        should have. Spares a task the wait for a round trip before it starts."""
-        return SentClaim(self, job, node)
+    # -- the worker --------------------------------------------------------------------
 
-    @staticmethod
-    def _claim_keys(jobs: list[Job], queue: str) -> list[str]:
-        caller = jobs[0].caller
-        return [keys.PENDING, queue, keys.queued(caller), keys.backlog(caller), keys.BACKLOGS]
-
-    def _claim_args(self, jobs: list[Job], node: str) -> list:
-        args: list = [node, now(), self.max_attempts, self.share, jobs[0].caller, jobs[0].tid]
+    def claim(self, jobs: list[Job], node: str, retries: int) -> list[Claim]:
+        """Start the calls of one message (jobs without data get theirs from the record)."""
+        args: list = [node, now(), retries, worker_process()]
         for job in jobs:
             args += [job.tid, "1" if job.data is None else "0"]
-        return args
+        flat = self._scripts["claim"](
+            keys=[keys.running(node), keys.queued(jobs[0].queue),
+                  *(keys.task(j.tid) for j in jobs)], args=args)
+        return [Claim(state.decode(), Job.unpacked(job) if job else None)
+                for state, job in zip(flat[::2], flat[1::2], strict=True)]
 
-    def claim_batch(self, jobs: list[Job], node: str) -> list[Claim]:
-        """Claim every call of one message (all one caller's), in one script."""
-        return _claims(self._claim(keys=self._claim_keys(jobs, self.queue),
-                                   args=self._claim_args(jobs, node)))
-
-    def finish_batch(self, done: list[tuple[Job, Finished]]) -> list[bool]:
-        """Store several outcomes of one caller's batch, each unless its task already
-        finished, and wake their waiters with one message; True for each stored."""
+    def finish(self, done: list[tuple[Job, Finished]], node: str, *,
+               only_queued: bool = False) -> list[bool]:
+        """Store outcomes of one caller's calls (each unless it finished already; with
+        `only_queued`, only while it is still queued) and wake their waiters at once."""
         finished_at = now()
-        args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at)]
+        usage_key, expire_at = self.usage.current(done[0][0].caller, finished_at)
+        args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at), expire_at]
         for job, outcome in done:
             fields = _finish_fields(outcome, finished_at)
             size = len(outcome.result or b"") + len(outcome.stdout) + len(outcome.stderr)
             args += [job.tid, metrics.counter(outcome.status, outcome.cause),
                      "" if outcome.exec_ms is None else repr(outcome.exec_ms / 1000),
-                     "1" if size <= SHIP_LIMIT else "0", 2 * len(fields),
-                     *(x for pair in fields.items() for x in pair)]
-        reply = self._finish_batch(
-            keys=[keys.PENDING, keys.inflight(done[0][0].caller), keys.METRIC_COUNTS,
-                  keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS], args=args)
+                     "1" if size <= SHIP_LIMIT else "0", "1" if only_queued else "0",
+                     size, 2 * len(fields), *(x for pair in fields.items() for x in pair)]
+        reply = self._scripts["finish"](
+            keys=[keys.inflight(done[0][0].caller), keys.running(node),
+                  keys.queued(done[0][0].queue), keys.METRIC_COUNTS,
+                  keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS, usage_key,
+                  *(keys.task(job.tid) for job, _ in done)], args=args)
         return [bool(x) for x in reply]
 
-    def split(self, parts: list[tuple[Job, bytes]], node: str, *, undo: bool,
-              unclaimed: str = "") -> int:
-        """Send each of a batch's unfinished calls (all one caller's) on as a message of
-        its own, through the caller's backlog (`parts`: each job with its single
-        message); with `undo`, the calls this node claimed go back to queued first;
-        `unclaimed`: the batch message's id when it left the queue with no claim (a
-        redelivery), so it gives up its caller's place. How many were sent on."""
-        if not parts:
-            return 0
-        caller = parts[0][0].caller
-        args: list = [now(), node, "1" if undo else "0", self.share, caller, self.ttl,
-                      unclaimed]
-        for job, message in parts:
-            args += [job.tid, job.packed(), message]
-        return int(self._split(keys=[self.queue, keys.PENDING, keys.queued(caller),
-                                     keys.backlog(caller), keys.BACKLOGS], args=args))
+    # -- taking calls over (a dead node's, a split batch's, a stopping node's) -----------
 
-    def finish(self, job: Job, outcome: Finished) -> bool:
-        """Store the outcome unless the task already finished; True if stored."""
-        finished_at = now()
-        fields = _finish_fields(outcome, finished_at)
-        size = len(outcome.result or b"") + len(outcome.stdout) + len(outcome.stderr)
-        return bool(self._finish(
-            keys=[keys.task(job.tid), keys.task_input(job.tid), keys.PENDING,
-                  keys.inflight(job.caller), keys.METRIC_COUNTS, keys.METRIC_EXEC_SECONDS,
-                  keys.METRIC_E2E_SECONDS],
-            args=[job.tid, keys.DONE_CHANNEL, self.ttl, metrics.counter(outcome.status,
-                                                                       outcome.cause),
-                  "" if outcome.exec_ms is None else repr(outcome.exec_ms / 1000),
-                  repr(finished_at), "1" if size <= SHIP_LIMIT else "0",
-                  *(x for pair in fields.items() for x in pair)]))
-
-    # -- maintenance, run by every worker node's heartbeat ------------------------------
-
-    def unclaimed(self, older_than: float, limit: int = 100) -> list[Job]:
-        """Tasks still queued whose message went into the queue before `older_than`
-        (epoch seconds) and was not claimed since; entries that finished or expired
-        are dropped."""
-        tids = [t.decode() for t in self.redis.zrangebyscore(keys.PENDING, "-inf", older_than,
-                                                           start=0, num=limit)]
+    def take(self, from_node: str, to_node: str, tids: list[str]) -> list[Taken]:
         if not tids:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for tid in tids:
-            pipe.hmget(keys.task(tid), "status", "job", "held")
-        out, done = [], []
-        for tid, (status, job, held) in zip(tids, pipe.execute(), strict=True):
-            if status == Status.QUEUED.value.encode() and job:
-                if not held:  # held back in its caller's backlog: not lost, only waiting
-                    out.append(Job.unpacked(job))
-            else:
-                done.append(tid)
-        if done:
-            self.redis.zrem(keys.PENDING, *done)
-        return out
+        flat = self._scripts["requeue"](
+            keys=[keys.running(from_node), keys.running(to_node),
+                  *(keys.task(t) for t in tids)],
+            args=["take", from_node, to_node, self.max_attempts, *tids])
+        return [Taken(Job.unpacked(flat[i + 2]), int(flat[i + 1]), flat[i + 4] == b"exhausted")
+                for i in range(0, len(flat), 5)]
 
-    def resent(self, tid: str) -> None:
-        self.redis.zadd(keys.PENDING, {tid: now()}, xx=True)
-
-    def release_backlogs(self) -> int:
-        """Held-back messages let into the queue because their caller's queued ones
-        were lost or cancelled; how many."""
-        return int(self._release(keys=[keys.BACKLOGS, keys.PENDING, self.queue],
-                                 args=[now(), self.share, STALL_S]))
+    def handed(self, node: str, sent: list[Taken]) -> int:
+        """The calls `node` took over and sent again are queued (no longer its own)."""
+        if not sent:
+            return 0
+        return int(self._scripts["requeue"](
+            keys=[keys.running(node),
+                  *(k for t in sent for k in (keys.task(t.job.tid), keys.queued(t.job.queue)))],
+            args=["handed", node, now(), *(x for t in sent for x in (t.job.tid, t.attempt))]))
 
 
 def _finish_fields(outcome: Finished, finished_at: float) -> dict[str, bytes | str | float]:
     fields: dict[str, bytes | str | float] = {
         "status": outcome.status.value, "finishedAt": finished_at,
-        "message": outcome.message, "stdout": outcome.stdout, "stderr": outcome.stderr,
-        **outcome.extra}
+        "message": outcome.message, "stdout": outcome.stdout, "stderr": outcome.stderr}
     if outcome.result is not None:
         fields["result"] = outcome.result
     if outcome.exec_ms is not None:
@@ -299,40 +324,3 @@ def _finish_fields(outcome: Finished, finished_at: float) -> dict[str, bytes | s
     if outcome.status == Status.FAILED:
         fields["cause"] = (outcome.cause or Cause.MODULE_ERROR).value
     return fields
-
-
-def _claims(flat: list) -> list[Claim]:
-    out = []
-    for i in range(0, len(flat), 4):
-        state, data, attempts, lost = flat[i:i + 4]
-        out.append(Claim(state.decode(), data or None, int(attempts),
-                         lost.decode(errors="replace") if lost else ""))
-    return out
-
-
-class SentClaim:
-    """A claim written to its own connection, its answer read later (once)."""
-
-    def __init__(self, tasks: TaskQueue, job: Job, node: str) -> None:
-        self.tasks, self.job, self.node = tasks, job, node
-        self.pool = tasks.redis.connection_pool
-        self.conn = self.pool.get_connection()
-        try:
-            claim_keys = tasks._claim_keys([job], tasks.queue)
-            self.conn.send_command("EVALSHA", tasks._claim.sha, len(claim_keys), *claim_keys,
-                                   *tasks._claim_args([job], node))
-        except BaseException:
-            self.pool.release(self.conn)
-            raise
-
-    def answer(self) -> Claim:
-        try:
-            reply = self.conn.read_response()
-        except redis.exceptions.NoScriptError:  # Redis restarted: nothing ran, claim now
-            return self.tasks.claim(self.job, self.node)
-        except BaseException:
-            self.conn.disconnect()  # an unread reply must not reach the next user
-            raise
-        finally:
-            self.pool.release(self.conn)
-        return _claims(reply)[0]

@@ -33,20 +33,21 @@ class TaskRecord:
     createdAt: float = field(default_factory=now)
     startedAt: float | None = None
     finishedAt: float | None = None
-    node: str = ""
+    node: str = ""  # the worker node (Celery worker) that claimed it
+    worker: str = ""  # the node's pool process that ran it, "<host>:<pid>"
     result: bytes | None = None
     message: str = ""
     cause: str = ""  # a broker.causes.Cause value when it failed
     stdout: str = ""
     stderr: str = ""
-    attempts: int = 0
-    lost: str = ""  # how the last worker process that ran it ended, if one died
+    attempts: int = 0  # runs started (1 the first; more after a node or process was lost)
     execMs: float | None = None
     private: bool = False  # its function was private: retrieving it needs a key
     caller: str = ""  # who submitted it (rate limits, tasks in flight, fair share)
+    queue: str = ""  # the Celery queue whose nodes run it
 
     _FLOATS = ("createdAt", "startedAt", "finishedAt", "execMs")
-    _TEXTS = ("node", "message", "cause", "stdout", "stderr", "lost", "caller")
+    _TEXTS = ("node", "worker", "message", "cause", "stdout", "stderr", "caller", "queue")
 
     def to_hash(self) -> dict[str, bytes | str | float | int]:
         out: dict[str, bytes | str | float | int] = {}

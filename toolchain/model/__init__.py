@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 from wasmq.toolchain.model.sniff import is_onnx
 
 if TYPE_CHECKING:
     from wasmq.toolchain.model.planner import BuiltModel, TensorInfo
 
-__all__ = ["BuiltModel", "ModelError", "TensorInfo", "build_model", "is_onnx"]
+__all__ = ["BuiltModel", "ModelError", "ModelTooLarge", "TensorInfo", "build_model", "is_onnx"]
 
 
 def __getattr__(name: str) -> Any:  # noqa: ANN401 - the planner's classes, imported late
@@ -44,3 +44,7 @@ def build_model(model: bytes, *, max_bytes: int,
         raise ModelError("the model is nested too deeply to plan") from None
     except MemoryError:
         raise ModelError("the model needs more memory to plan than the build may use") from None
+    except Exception as exc:  # noqa: BLE001 - a malformed model the checks did not foresee
+        # Still a refusal naming the problem, never a build that "ended unexpectedly".
+        raise ModelError(f"the model is malformed: planning it failed with "
+                         f"{type(exc).__name__}: {str(exc)[:200]}") from None

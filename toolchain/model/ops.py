@@ -10,6 +10,7 @@ is folded into its weights, an Add of a bias after MatMul becomes its bias.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -494,8 +495,9 @@ def concat(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tens
     for t in ins:
         if t.dtype != out.dtype or len(t.shape) != rank:
             raise ModelError(f"{b.where}: inputs differ in type or rank")
-        copy_view(b, t, t.shape, contiguous(t.shape), 0, out, ostr,
-                  at * ostr[axis] * pg.ESIZE[out.dtype])
+        offset = at * ostr[axis] * pg.ESIZE[out.dtype]
+        if not b.in_place(t, out, offset, whole=math.prod(shape[:axis]) == 1):
+            copy_view(b, t, t.shape, contiguous(t.shape), 0, out, ostr, offset)
         at += t.shape[axis]
     return [out]
 

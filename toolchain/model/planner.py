@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from wasmq.toolchain.model import (  # noqa: F401 - ml_tabular, ops_* register handlers
     ml,
@@ -28,7 +27,8 @@ from wasmq.toolchain.model import (  # noqa: F401 - ml_tabular, ops_* register h
     support,
 )
 from wasmq.toolchain.model import program as pg
-from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model import tensors as checked
+from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 from wasmq.toolchain.model.program import Instr, Program, Ref, Tensor, f32_bits
 from wasmq.toolchain.model.wasmfile import Kernel
 
@@ -49,6 +49,8 @@ GROWING = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "
 NEVER_FOLD = {"If", "Loop", "Scan", "SequenceMap"}  # could run without end at build time
 FOLD_LIMIT = 1 << 20
 MAX_NODES = 20_000  # ResNet-152 has about 500, BERT-base about 2,000; planning is quadratic
+LISTED = 12  # unsupported operators a refusal names
+IO_RANK = 8  # dimensions of an input or output (the module's header holds eight)
 
 
 @lru_cache(maxsize=1)
@@ -131,6 +133,8 @@ class Builder:
                             raise ModelError(f"{ops._where(node)}: a category holds a NUL")
                         self.categories.setdefault(text, len(self.categories))
         self.prog.categories = list(self.categories)
+        # id of a constant's array (kept alive here) -> its packed copy
+        self._packed: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
 
     # ---------------------------------------------------------------- setup
     def _opsets(self) -> dict[str, int]:
@@ -154,13 +158,10 @@ class Builder:
     def _inputs(self) -> list[Tensor]:
         inits = {i.name for i in self.graph.initializer}
         for init in self.graph.initializer:
-            self.values[init.name] = self.const_tensor(init.name, numpy_helper.to_array(init))
+            self.values[init.name] = self.const_tensor(init.name, checked.to_array(init))
         for sparse in self.graph.sparse_initializer:
-            arr = numpy_helper.to_array(sparse.values)
-            dense = np.zeros(tuple(sparse.dims), arr.dtype).reshape(-1)
-            dense[numpy_helper.to_array(sparse.indices).reshape(-1)] = arr
             self.values[sparse.values.name] = self.const_tensor(
-                sparse.values.name, dense.reshape(tuple(sparse.dims)))
+                sparse.values.name, checked.sparse_to_array(sparse))
         inputs = []
         for vi in self.graph.input:
             if vi.name in inits:
@@ -168,8 +169,6 @@ class Builder:
             inputs.append(self._input(vi))
         if not inputs:
             raise ModelError("the model has no inputs")
-        if len(inputs) > 16:
-            raise ModelError(f"the model has {len(inputs)} inputs; at most 16 are supported")
         return inputs
 
     def _input(self, vi: onnx.ValueInfoProto) -> Tensor:
@@ -248,8 +247,25 @@ class Builder:
             if t.dtype < 0:
                 raise ModelError(f"{self.where}: constant '{t.name}' has type "
                                  f"{t.const.dtype}, which the kernels cannot use")
-            return Ref(const=self.prog.constant(t.const.astype(pg.NUMPY[t.dtype])), extra=extra)
+            # One packed copy per constant however many nodes read it (issue 22).
+            key = (id(t.const), t.dtype)
+            if key not in self._packed:
+                self._packed[key] = (t.const, self.prog.constant(
+                    t.const.astype(pg.NUMPY[t.dtype])))
+            return Ref(const=self._packed[key][1], extra=extra)
         return self.prog.ref(t, extra)
+
+    def in_place(self, t: Tensor, out: Tensor, at: int, whole: bool) -> bool:
+        """Whether `t` (a Concat input, already planned) can be written straight into
+        `out` from byte `at` on, so that the Concat copies nothing: when its slice of
+        `out` is one run of bytes (`whole`) and t is all of its own storage. DenseNet
+        concatenates each layer's output onto all the earlier ones: copied, each
+        Concat would move them all again."""
+        if not whole or t.is_const or t.storage is None or out.storage is None or t.offset:
+            return False
+        if t.storage.nbytes != t.size * pg.ESIZE[t.dtype]:
+            return False
+        return self.prog.place_inside(t.storage, out.storage, at)
 
     def producer(self, t: Tensor, instr: Instr) -> None:
         self.producers[t.name] = instr
@@ -317,8 +333,10 @@ class Builder:
             self.node = node
             self._node(node)
         if self.unsupported:
-            listed = ", ".join(f"{k} ({n}x)" if n > 1 else k for k, n in self.unsupported.items())
-            raise ModelError(f"unsupported operators: {listed}")
+            kinds = list(self.unsupported.items())
+            listed = ", ".join(f"{k} ({n}x)" if n > 1 else k for k, n in kinds[:LISTED])
+            more = f" and {len(kinds) - LISTED} more" if len(kinds) > LISTED else ""
+            raise ModelError(f"unsupported operators: {listed}{more}")
         self.prog.step = len(self.graph.node)
         outputs = []
         for vi in self.graph.output:
@@ -392,7 +410,8 @@ class Builder:
                                                         and op in ml.HANDLERS)
 
     def _unsupported(self, domain: str, node: onnx.NodeProto) -> None:
-        key = f"{node.op_type} (domain {domain or 'ai.onnx'}, opset {self.opsets.get(domain, '?')})"
+        key = f"{checked.shown(node.op_type)} (domain {checked.shown(domain or 'ai.onnx')}, " \
+              f"opset {self.opsets.get(domain, '?')})"
         self.unsupported[key] = self.unsupported.get(key, 0) + 1
 
     def _fold(self, node: onnx.NodeProto, ins: list[Tensor | None], domain: str) -> bool:
@@ -419,8 +438,8 @@ class Builder:
             if name:
                 value = np.asarray(value)
                 if value.nbytes > self.prog.max_bytes:
-                    raise ModelError(f"{ops._where(node)}: its constant result is over the "
-                                     f"model limit")
+                    raise ModelTooLarge(f"{ops._where(node)}: its constant result is over "
+                                        f"the model limit", value.nbytes)
                 self.values[name] = self.const_tensor(name, value)
         return True
 
@@ -444,16 +463,19 @@ class Builder:
 
     def _small(self, node: onnx.NodeProto, ins: list[Tensor | None]) -> bool:
         try:
+            # Python integers: reps of [2**62, 4] wrap an int64 product to 0.
             if node.op_type == "ConstantOfShape":
-                return int(np.prod(ins[0].const)) <= FOLD_LIMIT
+                return pg.volume(ins[0].const.reshape(-1)) <= FOLD_LIMIT
             if node.op_type == "Range":
                 start, limit, delta = (float(t.const) for t in ins)
                 return delta != 0 and abs((limit - start) / delta) <= FOLD_LIMIT
             if node.op_type == "Expand":
-                shape = np.broadcast_shapes(ins[0].shape, tuple(int(d) for d in ins[1].const))
-                return int(np.prod(shape)) <= FOLD_LIMIT
+                wanted = [int(d) for d in ins[1].const.reshape(-1)]
+                if pg.volume(wanted) > FOLD_LIMIT:
+                    return False
+                return pg.volume(np.broadcast_shapes(ins[0].shape, tuple(wanted))) <= FOLD_LIMIT
             if node.op_type == "Tile":
-                return ins[0].size * int(np.prod(ins[1].const)) <= FOLD_LIMIT
+                return ins[0].size * pg.volume(ins[1].const.reshape(-1)) <= FOLD_LIMIT
             if node.op_type == "Pad" and len(ins) > 1 and ins[1] is not None:
                 pads = [int(p) for p in ins[1].const.reshape(-1)]
                 grown = ins[0].size + sum(abs(p) for p in pads) * max(ins[0].shape or (1,))
@@ -470,42 +492,14 @@ def _dims_text(dims: list | None) -> str:
                            (d.dim_param or "?") for d in dims) + "]"
 
 
-def tensors_in(graph: onnx.GraphProto):  # noqa: ANN201 - a generator of TensorProto
-    """Every tensor stored in the graph: initializers, Constant values, subgraphs' too."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("sparse_tensor"):
-                yield attr.sparse_tensor.values
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from tensors_in(sub)
-
-
-def check_self_contained(model: onnx.ModelProto) -> None:
-    """Weights must be in the file: external data would be read from the server's disk."""
-    for t in tensors_in(model.graph):
-        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
-            raise ModelError(f"tensor '{t.name}' keeps its data in an external file; save the "
-                             f"model with its weights inside (onnx.save_model(model, path, "
-                             f"save_as_external_data=False))")
-    for vi in list(model.graph.input) + list(model.graph.output):
-        if any(ord(ch) < 0x20 for ch in vi.name) or not vi.name:
-            raise ModelError(f"the input or output name {vi.name!r} is empty or holds control "
-                             f"characters")
-
-
 def build(data: bytes, max_bytes: int,
           input_shapes: dict[str, tuple[int, ...]] | None = None) -> BuiltModel:
     if len(data) > max_bytes:
-        raise ModelError(f"the model file is {len(data)} bytes, over the limit of {max_bytes}")
+        raise ModelTooLarge(f"the model file is {len(data)} bytes, over the limit of "
+                            f"{max_bytes}", len(data))
     model = load(data)
-    check_self_contained(model)
+    checked.check_tensors(model, max_bytes)  # before anything reads a tensor
+    checked.check_names(model)
     if len(model.graph.node) > MAX_NODES:
         raise ModelError(f"the model has {len(model.graph.node)} nodes; at most {MAX_NODES} "
                          f"are supported")
@@ -513,15 +507,22 @@ def build(data: bytes, max_bytes: int,
     b = Builder(model, max_bytes, input_shapes)
     support.refuse(*support.unsupported(model.graph, b.opsets, b._known))
     inputs, outputs = b.run()
+    for t in inputs + outputs:  # their shapes go into the record and the module's header
+        if len(t.shape) > IO_RANK:
+            raise ModelError(f"{t.describe()} has {len(t.shape)} dimensions; inputs and "
+                             f"outputs may have at most {IO_RANK}")
     k = kernel()
     blob, end = b.prog.pack(k.plan_address, inputs, outputs)
+    weights = b.prog.weights_bytes()
+    b.prog.consts.clear()  # in the blob now: a big model's weights are held twice, not thrice
     io_bytes = sum(t.size * pg.ESIZE[t.dtype] for t in inputs + outputs)
     wasm = k.pack(blob, end, slack=min(64 << 20, (1 << 20) + 8 * io_bytes))
+    del blob
 
     def info(t: Tensor) -> TensorInfo:
         return TensorInfo(t.name, t.shape, pg.NAMES[t.dtype])
 
     return BuiltModel(wasm, [info(t) for t in inputs], [info(t) for t in outputs],
                       {(d or "ai.onnx"): v for d, v in b.opsets.items() if v},
-                      dict(b.op_counts), sum(len(c) for c in b.prog.consts), end,
+                      dict(b.op_counts), weights, end,
                       len(b.prog.instrs), converted)

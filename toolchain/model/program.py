@@ -9,12 +9,14 @@ fusion can still rewrite an instruction after it was added.
 
 from __future__ import annotations
 
+import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 
 MAGIC = 0x314D5157
 F32, I64, BOOL = 0, 1, 2
@@ -30,14 +32,39 @@ OP_CONV, OP_GEMM, OP_POOL, OP_ELT, OP_SOFTMAX, OP_REDUCE = 1, 2, 3, 4, 5, 6
 OP_ARG, OP_GATHER, OP_TREES, OP_FILL = 7, 8, 9, 10
 
 
+# A dimension the kernels can address (they take 32-bit words).
+MAX_DIM = (1 << 31) - 1
+
+
+def volume(dims: Iterable[object]) -> int:
+    """The product of `dims` as a Python integer: numpy's int64 product wraps (a Tile
+    by [2**62, 4] made a 0-element tensor, a product wrapping negative passed the
+    size check). Negative dims count as their value; callers refuse them."""
+    return math.prod(int(d) for d in dims)
+
+
 class Storage:
-    """Bytes in the arena; several tensors (a Reshape and its input) may share one."""
+    """Bytes in the arena; several tensors (a Reshape and its input) may share one.
+
+    A storage may also lie inside another (`parent`, `at` bytes in): a Concat's
+    inputs are written in place in its output (see Program.place_inside). Only
+    storages without a parent are given offsets, live while anything inside them is.
+    """
 
     def __init__(self, nbytes: int, first: int) -> None:
         self.nbytes = max(int(nbytes), 1)
         self.first = first
         self.last = first
         self.offset = -1
+        self.parent: Storage | None = None
+        self.at = 0
+
+    def root(self) -> tuple[Storage, int]:
+        """The outermost storage holding this one, and where in it this one starts."""
+        s, at = self, 0
+        while s.parent is not None:
+            s, at = s.parent, at + s.at
+        return s, at
 
 
 @dataclass
@@ -51,7 +78,7 @@ class Tensor:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return volume(self.shape)
 
     @property
     def is_const(self) -> bool:
@@ -94,28 +121,44 @@ class Program:
         self.categories: list[str] = []  # what string inputs are read against, in order
 
     # ---------------------------------------------------------------- tensors
-    def new(self, name: str, shape: tuple[int, ...], dtype: int) -> Tensor:
+    def checked(self, name: str, shape: tuple[int, ...], dtype: int) -> tuple[int, ...]:
+        """`shape` as ints, refused naming the tensor when a dim is negative or the
+        tensor would be over the model limit (with Python integers: no product wraps).
+        A zero dim beside huge ones still makes kernels multiply the huge ones."""
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ModelError(f"tensor '{name}' would have a negative dimension {shape}")
-        count = int(np.prod(shape, dtype=np.int64))
-        nbytes = count * ESIZE[dtype]
-        if nbytes > self.max_bytes:
-            raise ModelError(f"tensor '{name}' of shape {shape} needs {nbytes} bytes, over the "
-                             f"model limit of {self.max_bytes} bytes")
+        span = volume(max(d, 1) for d in shape) * ESIZE.get(dtype, 8)
+        if span > self.max_bytes or any(d > MAX_DIM for d in shape):
+            raise ModelTooLarge(f"tensor '{name}' of shape {shape} needs {span} bytes, over "
+                                f"the model limit of {self.max_bytes} bytes", span)
+        return shape
+
+    def new(self, name: str, shape: tuple[int, ...], dtype: int) -> Tensor:
+        shape = self.checked(name, shape, dtype)
+        nbytes = volume(shape) * ESIZE[dtype]
         storage = Storage(nbytes, self.step)
         self.storages.append(storage)
         return Tensor(name, shape, dtype, storage=storage)
 
     def alias(self, src: Tensor, name: str, shape: tuple[int, ...]) -> Tensor:
         """The same bytes under a new shape (Reshape, Flatten, Squeeze, Identity)."""
-        shape = tuple(int(d) for d in shape)
+        shape = self.checked(name, shape, src.dtype)
         if src.is_const:
             return Tensor(name, shape, src.dtype, const=src.const.reshape(shape))
         return Tensor(name, shape, src.dtype, storage=src.storage, offset=src.offset)
 
     def scratch(self, nbytes: int) -> Tensor:
         return self.new(f"scratch{len(self.storages)}", (max(1, nbytes // 4),), F32)
+
+    def place_inside(self, child: Storage, parent: Storage, at: int) -> bool:
+        """Lay `child` out inside `parent` from byte `at` on, when it is in no other
+        storage yet (a tensor two Concats take can be in place in one of them)."""
+        if child.parent is not None or parent.root()[0] is child or \
+                at < 0 or at + child.nbytes > parent.nbytes:
+            return False
+        child.parent, child.at = parent, at
+        return True
 
     def use(self, t: Tensor) -> None:
         if t.storage is not None:
@@ -126,6 +169,10 @@ class Program:
             return Ref(const=self.constant(t.const), extra=extra)
         self.use(t)
         return Ref(tensor=t, extra=extra)
+
+    def weights_bytes(self) -> int:
+        """Bytes of constants as packed: each distinct one once."""
+        return sum(len(c) for c in set(self.consts))
 
     def constant(self, array: np.ndarray) -> int:
         data = np.ascontiguousarray(array).tobytes()
@@ -149,7 +196,11 @@ class Program:
         for t in live_to_end:
             if t.storage is not None:
                 t.storage.last = 1 << 30
-        order = sorted(self.storages, key=lambda s: (-s.nbytes, s.first))
+        for s in self.storages:  # a storage inside another keeps the outermost one live
+            root, _ = s.root()
+            root.first, root.last = min(root.first, s.first), max(root.last, s.last)
+        order = sorted((s for s in self.storages if s.parent is None),
+                       key=lambda s: (-s.nbytes, s.first))
         count = len(order)
         # what is placed so far, as arrays: the overlap test is one vectorised pass
         firsts = np.zeros(count, np.int64)
@@ -171,8 +222,10 @@ class Program:
             total = max(total, offset + size)
         return total
 
-    def pack(self, base: int, inputs: list[Tensor], outputs: list[Tensor]) -> tuple[bytes, int]:
-        """The blob at `base` and the end of the arena that follows it."""
+    def pack(self, base: int, inputs: list[Tensor], outputs: list[Tensor]
+             ) -> tuple[bytearray, int]:
+        """The blob at `base` and the end of the arena that follows it (a bytearray: the
+        module copies it once, so no second copy of the weights is made here)."""
         arena_size = self.plan_memory(outputs)
         names = bytearray()
         name_at: list[int] = []
@@ -188,23 +241,30 @@ class Program:
         vocab = self.constant(np.frombuffer(b"".join(
             c.encode() + b"\0" for c in self.categories) or b"\0", np.uint8)) \
             if any(t.dtype == STR for t in inputs) else None
+        # Equal constants are packed once: a folded constant used by twenty nodes (or
+        # twenty equal folds) is one copy in the module, not twenty (issue 22).
+        placed: dict[bytes, int] = {}
         const_at = []
         pos = consts_off
         for c in self.consts:
-            const_at.append(pos)
-            pos = (pos + len(c) + 63) & ~63
+            at = placed.setdefault(c, pos)
+            if at == pos:
+                pos = (pos + len(c) + 63) & ~63
+            const_at.append(at)
         blob_size = pos
         arena = (base + blob_size + 63) & ~63
         end = arena + arena_size
         if end - base > self.max_bytes:
-            raise ModelError(f"the model needs {end - base} bytes (weights {blob_size}, "
-                             f"activations {arena_size}), over the limit of {self.max_bytes}")
+            raise ModelTooLarge(f"the model needs {end - base} bytes (weights {blob_size}, "
+                                f"activations {arena_size}), over the limit of "
+                                f"{self.max_bytes}", end - base)
 
         def address(r: Ref) -> int:
             if r.tensor is not None:
                 if r.tensor.is_const:
                     raise AssertionError("constant tensor without a packed copy")
-                return arena + r.tensor.storage.offset + r.tensor.offset + r.extra
+                root, at = r.tensor.storage.root()
+                return arena + root.offset + at + r.tensor.offset + r.extra
             return base + const_at[r.const] + r.extra
 
         blob = bytearray(blob_size)
@@ -226,6 +286,6 @@ class Program:
             words += [address(w) if isinstance(w, Ref) else int(w) for w in ins.words]
         code = np.array([w & 0xFFFFFFFF for w in words], dtype=np.uint32).astype("<u4")
         blob[code_off:code_off + 4 * len(words)] = code.tobytes()
-        for at, c in zip(const_at, self.consts, strict=False):
+        for c, at in placed.items():
             blob[at:at + len(c)] = c
-        return bytes(blob), end
+        return blob, end

@@ -81,22 +81,25 @@ class Kernel:
         """Where the plan goes: the first 64-byte boundary at or after __heap_base."""
         return (self.heap_base + 63) & ~63
 
-    def pack(self, blob: bytes, memory_end: int, slack: int = 0) -> bytes:
+    def pack(self, blob: bytes | bytearray, memory_end: int, slack: int = 0) -> bytes:
         """A copy of the module with `blob` at plan_address and memory_end bytes of memory,
         plus `slack` for the request and the reply: growing memory during a call costs
-        more than pages never touched."""
+        more than pages never touched. The blob (a model's weights: hundreds of MB for
+        the largest) is copied once, by the final join."""
         pages = (memory_end + slack + PAGE - 1) // PAGE
-        out = bytearray(b"\0asm\x01\0\0\0")
+        parts: list[bytes | bytearray] = [b"\0asm\x01\0\0\0"]
         for sid, body in self.sections:
             if sid == MEMORY:
                 body = _memory(body, pages)
             elif sid == DATA:
-                body = _data(body, self.plan_address, blob)
+                head = _data_head(body, self.plan_address, len(blob))
+                parts += [bytes([sid]) + uleb(len(head) + len(blob)) + head, blob]
+                continue
             elif sid == DATACOUNT:
                 count, _ = read_uleb(body, 0)
                 body = uleb(count + 1)
-            out += bytes([sid]) + uleb(len(body)) + body
-        return bytes(out)
+            parts.append(bytes([sid]) + uleb(len(body)) + body)
+        return b"".join(parts)
 
 
 def _memory(body: bytes, pages: int) -> bytes:
@@ -109,10 +112,11 @@ def _memory(body: bytes, pages: int) -> bytes:
     return uleb(1) + bytes([flags]) + uleb(max(minimum, pages)) + rest
 
 
-def _data(body: bytes, address: int, blob: bytes) -> bytes:
+def _data_head(body: bytes, address: int, blob_len: int) -> bytes:
+    """The data section up to the blob: the kernel's segments, then the header of one
+    more at `address` whose bytes (`blob_len` of them) follow."""
     count, pos = read_uleb(body, 0)
-    segment = b"\x00\x41" + sleb(address) + b"\x0b" + uleb(len(blob)) + blob
-    return uleb(count + 1) + body[pos:] + segment
+    return uleb(count + 1) + body[pos:] + b"\x00\x41" + sleb(address) + b"\x0b" + uleb(blob_len)
 
 
 def _heap_base(sections: dict[int, bytes]) -> int:

@@ -1,0 +1,139 @@
+"""Taking over the calls of a node that died, split a batch, or is stopping.
+
+Each node claims a call into its running set (claim.lua) and leaves it there until
+the call is finished. Nodes beat every HEARTBEAT_S; a node silent for STALE_S is
+dead (broker/protocol/nodes.lua), and the live node that sees it first takes its
+running calls over (requeue.lua) and sends each again through Celery with its
+attempt bumped, at the front of its queue: a dead node's calls finish elsewhere
+about STALE_S + HEARTBEAT_S after its death. The dead node's own messages, still
+unacknowledged in kombu, come back after kombu's visibility timeout and are skipped
+as stale. A call whose attempts are used up (WASMQ_MAX_ATTEMPTS) fails instead.
+
+A node identity is made once per worker start and shared by its pool processes, so
+a restarted node is never mistaken for the dead one. A node only paused past
+STALE_S finds its calls taken over when it resumes: it finishes them all the same,
+and the first answer stored wins.
+
+What it cannot see: a message kombu popped off the queue for a node that died in
+the instant before kombu recorded it as unacknowledged, or before the node's pool
+claimed it. The first is lost to kombu too (its record stays `queued` until
+`wasmq purge` or its TTL); the second comes back after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+
+import redis
+
+from wasmq.broker import keys, metrics
+from wasmq.broker.causes import Cause
+from wasmq.broker.clock import now
+from wasmq.broker.protocol.calls import Calls
+from wasmq.broker.protocol.queue import Finished, Taken, TaskQueue
+from wasmq.broker.protocol.record import Status
+
+log = logging.getLogger("wasmq.node")
+
+HEARTBEAT_S = 1.0  # how often a node says it is alive
+# Silent for longer: dead. Several beats, so a node slowed by a loaded host, a
+# garbage collection or a Redis round trip is not taken for dead.
+STALE_S = 4.0
+MAX_DEAD_PER_BEAT = 16
+# A longer pause between two of its own beats (Redis unreachable, the node paused)
+# and a node first beats STALE_S again before it judges others.
+MAX_GAP_S = 2.5 * HEARTBEAT_S
+
+_identity: str | None = None
+
+
+def identity() -> str:
+    """This worker's node identity: host, pid and a random part, made once per start
+    in the main process and inherited by its pool processes."""
+    global _identity
+    if _identity is None:
+        _identity = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    return _identity
+
+
+def _nodes(tasks: TaskQueue, *extra: str, args: list) -> list:
+    return tasks.script("nodes")(keys=[keys.NODES, keys.NODES_BEATING_SINCE,
+                                       keys.NODES_QUEUES, *extra], args=args)
+
+
+def beat(tasks: TaskQueue, calls: Calls, node: str, queues: list[str]) -> tuple[bool, int]:
+    """Say `node` is alive; take over the calls of nodes that are not. Returns
+    (whether this node was unlisted, calls taken over)."""
+    reply = _nodes(tasks, args=["beat", node, now(), STALE_S, MAX_GAP_S, ",".join(queues),
+                                MAX_DEAD_PER_BEAT])
+    taken = 0
+    for dead in (d.decode() for d in reply[1:]):
+        taken += take_over(tasks, calls, dead, node)
+        if _nodes(tasks, keys.running(dead), args=["gone", dead, now(), STALE_S]):
+            log.warning("node %s stopped beating for %g s: %d of its calls sent again",
+                        dead, STALE_S, taken)
+    return bool(reply[0]), taken
+
+
+def leave(tasks: TaskQueue, calls: Calls, node: str) -> int:
+    """A node stopping: calls it still holds go on elsewhere, and it is unlisted."""
+    taken = take_over(tasks, calls, node, node)
+    _nodes(tasks, args=["leave", node])
+    return taken
+
+
+def take_over(tasks: TaskQueue, calls: Calls, from_node: str, to_node: str,
+              tids: list[str] | None = None) -> int:
+    """Send again the calls `from_node` runs (all of its running set, or `tids`)."""
+    if tids is None:
+        tids = [t.decode() for t in tasks.redis.smembers(keys.running(from_node))]
+    sent: list[Taken] = []
+    for taken in tasks.take(from_node, to_node, tids):
+        if taken.exhausted:
+            tasks.finish([(taken.job, exhausted(taken.attempt - 1, tasks.max_attempts))],
+                         to_node)
+            continue
+        try:
+            calls.send([taken.job], priority=0, retries=taken.attempt - 1)
+        except Exception:  # noqa: BLE001 - left in this node's running set for the next try
+            log.warning("tid=%s: could not be sent again", taken.job.tid, exc_info=True)
+            continue
+        sent.append(taken)
+    try:
+        tasks.handed(to_node, sent)
+    except redis.RedisError:
+        log.warning("could not mark %d calls sent again as queued", len(sent), exc_info=True)
+    if sent and from_node != to_node:
+        try:
+            calls.retried([t.job.tid for t in sent], f"its node {from_node} was lost")
+        except Exception:  # noqa: BLE001 - monitors missing an event must not stop recovery
+            log.warning("could not tell monitors of %d calls sent again", len(sent))
+    return len(sent)
+
+
+def exhausted(attempts: int, max_attempts: int, last: str = "") -> Finished:
+    how = last or "its worker node stopped answering"
+    return Finished(Status.FAILED, cause=Cause.WORKER_LOST, message=(
+        f"the task's run ended its worker process {attempts} times (last: {how}); "
+        f"it is not run again (WASMQ_MAX_ATTEMPTS={max_attempts})"))
+
+
+class LiveQueues:
+    """Which queues some live node consumes, read at most once a second: a call to a
+    queue no live node consumes waits (its nodes may be scaling up from zero), and
+    its reply says so."""
+
+    def __init__(self, client: redis.Redis, every_s: float = 1.0) -> None:
+        self.redis, self.every_s = client, every_s
+        self._read_at, self._queues = -every_s, frozenset[str]()
+
+    def serves(self, queue: str) -> bool:
+        at = now()
+        if at - self._read_at >= self.every_s:
+            self._queues = frozenset(metrics.consumers(self.redis, STALE_S))
+            self._read_at = at
+        return queue in self._queues
+

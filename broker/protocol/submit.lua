@@ -1,0 +1,120 @@
+-- submit.lua: create one caller's calls to one function, each admitted or refused on
+-- its own; the gateway then sends the admitted ones through Celery (`send_task`).
+--
+-- A call is counted against the caller's rate rules in order, up to the first one
+-- it exceeds (a refused call is counted all the same), checked against the function
+-- record it was validated against (byte for byte: a replaced or deleted function is
+-- never run from a stale copy), capped by the caller's tasks in flight (entries
+-- whose record finished or expired unseen are dropped first, so a lost record never
+-- holds a place for ever), and by the bytes the caller keeps in the store (its
+-- usage: the inputs and results of the last ttl, in time buckets). Then its record is
+-- written, its input counted in the caller's usage, it joins the caller's tasks in
+-- flight and its queue's queued set, and it is counted as submitted.
+--
+-- KEYS[1] counts    hash    wasmq:metrics:counts ('submitted')
+-- KEYS[2] function  string  wasmq:function:<cfid>: the function's stored record
+-- KEYS[3] inflight  zset    wasmq:inflight:<caller>: tid -> createdAt, until finished
+-- KEYS[4] queued    zset    wasmq:queued:<queue>: tid -> createdAt, until claimed
+-- KEYS[5 .. 4+nrules]       string: one rate-limit counter per rule (fixed window)
+-- then nusage keys          string: wasmq:usage:<caller>:<bucket>, the current first
+-- then                      hash: wasmq:{<tid>}:task, one per call, in call order
+--
+-- ARGV[1] ttl           seconds records are kept
+-- ARGV[2] now           epoch seconds
+-- ARGV[3] max_inflight  how many tasks the caller may have queued or running
+-- ARGV[4] nrules
+-- ARGV[5] nusage        how many usage buckets
+-- ARGV[6] quota         bytes the caller may keep
+-- ARGV[7] expire_at     when the current usage bucket expires (epoch seconds)
+-- then per rule:        window seconds, allowance
+-- then per call:        expected function record, nfields, field/value items, one
+--                       cost per rule, bytes it stores
+--
+-- Returns one reply per call: 'queued:<tasks the caller had in flight before it>';
+-- 'duplicate' (its record exists: redis-py resent the script after a dropped
+-- connection); 'limited:<rule>:<seconds left>'; 'busy:<in flight>'; 'quota:<bytes
+-- kept>'; 'stale' (then the function's current record, or false, is the last item).
+
+local counts_key, function_key, inflight_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ttl, now, max_inflight, nrules = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local nusage, quota, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local first_counter, first_usage = 5, 5 + nrules
+local first_task = first_usage + nusage
+
+local kept = 0
+for u = first_usage, first_task - 1 do kept = kept + tonumber(redis.call('GET', KEYS[u]) or '0') end
+local stored = 0
+
+local windows, allowances, used, added = {}, {}, {}, {}
+for r = 1, nrules do
+  windows[r], allowances[r] = ARGV[7 + 2 * r - 1], tonumber(ARGV[7 + 2 * r])
+  used[r] = tonumber(redis.call('GET', KEYS[first_counter + r - 1]) or '0')
+  added[r] = 0
+end
+
+local current = redis.call('GET', function_key)
+local held = redis.call('ZCARD', inflight_key)
+local swept, stale, admitted = false, false, 0
+local replies = {}
+local at = 8 + 2 * nrules
+local c = 0
+while at <= #ARGV do
+  c = c + 1
+  local record_key = KEYS[first_task + c - 1]
+  local expected, nfields = ARGV[at], tonumber(ARGV[at + 1])
+  local first_field, first_cost = at + 2, at + 2 + nfields
+  local size = tonumber(ARGV[first_cost + nrules])
+  at = first_cost + nrules + 1
+  local reply = nil
+  if redis.call('EXISTS', record_key) == 1 then reply = 'duplicate' end
+  if not reply then
+    for r = 1, nrules do  -- in order: rules after the first one exceeded are not counted
+      local cost = tonumber(ARGV[first_cost + r - 1])
+      used[r], added[r] = used[r] + cost, added[r] + cost
+      if used[r] > allowances[r] then reply = 'limited:' .. r .. ':'; break end
+    end
+  end
+  if not reply and current ~= expected then reply = 'stale'; stale = true end
+  if not reply and held >= max_inflight and not swept then
+    -- Drop entries that finished or expired unseen (a record is checked by its
+    -- presence in the caller's set only; its key is not known here).
+    swept = true
+    local cutoff = tonumber(now) - tonumber(ttl)
+    redis.call('ZREMRANGEBYSCORE', inflight_key, '-inf', cutoff)
+    held = redis.call('ZCARD', inflight_key)
+  end
+  if not reply and held >= max_inflight then reply = 'busy:' .. held end
+  if not reply and kept + size > quota then reply = 'quota:' .. kept end
+  if not reply then
+    local tid = ARGV[first_field + 1]  -- the first field written is always 'tid'
+    redis.call('HSET', record_key, unpack(ARGV, first_field, first_cost - 1))
+    redis.call('EXPIRE', record_key, ttl)
+    redis.call('ZADD', inflight_key, now, tid)
+    redis.call('ZADD', queued_key, now, tid)
+    reply = 'queued:' .. held
+    held = held + 1
+    admitted = admitted + 1
+    kept, stored = kept + size, stored + size
+  end
+  replies[c] = reply
+end
+
+for r = 1, nrules do  -- rate counters count every call, admitted or not
+  if added[r] > 0 then
+    local total = redis.call('INCRBY', KEYS[first_counter + r - 1], added[r])
+    if total == added[r] then redis.call('EXPIRE', KEYS[first_counter + r - 1], windows[r]) end
+  end
+end
+for i = 1, c do
+  local r = tonumber(string.match(replies[i], '^limited:(%d+):$') or '')
+  if r then replies[i] = replies[i] .. redis.call('TTL', KEYS[first_counter + r - 1]) end
+end
+if admitted > 0 then
+  redis.call('EXPIRE', inflight_key, ttl)
+  redis.call('EXPIRE', queued_key, ttl)
+  redis.call('HINCRBY', counts_key, 'submitted', admitted)
+  redis.call('INCRBY', KEYS[first_usage], stored)
+  redis.call('EXPIREAT', KEYS[first_usage], expire_at)
+end
+if stale then replies[#replies + 1] = current or false end
+return replies
