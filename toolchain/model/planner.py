@@ -457,9 +457,8 @@ class Builder:
         except (TypeError, ValueError, AttributeError):
             return
         if count is not None and count * 8 > self.prog.max_bytes:
-            raise ModelError(f"{ops._where(node)} makes a constant of {count} values, over the "
-                             f"model limit of {self.prog.max_bytes} bytes; the operator can "
-                             f"raise the limit (WASMQ_MAX_MEMORY_MB)")
+            raise ModelTooLarge(f"{ops._where(node)} makes a constant of {count} values, over "
+                                f"the model limit of {self.prog.max_bytes} bytes", count * 8)
 
     def _small(self, node: onnx.NodeProto, ins: list[Tensor | None]) -> bool:
         try:
