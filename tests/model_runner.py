@@ -18,7 +18,7 @@ from wasmq.workers.runtime import Outcome, Runtime
 LIMITS = Limits(timeout_s=20, max_memory_mb=512)
 MAX_BYTES = 256 * 1024 * 1024
 _RUNTIME: list[Runtime] = []
-NUMPY = {"float32": np.float32, "int64": np.int64, "bool": np.bool_}
+NUMPY = {"float32": np.float32, "int64": np.int64, "bool": np.bool_, "float64": np.float64}
 
 
 def runtime() -> Runtime:
@@ -37,7 +37,7 @@ def run_wasm(wasm: bytes, data: bytes) -> Outcome:
 def request(built: BuiltModel, feeds: dict[str, np.ndarray], raw: bool = False) -> bytes:
     """The request body: by name for several inputs, under "input" for one."""
     def value(a: np.ndarray) -> object:
-        if raw:
+        if raw and a.dtype.kind not in "OUS":  # strings go as JSON strings
             return base64.b64encode(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"))
                                     .tobytes()).decode()
         return a.tolist()

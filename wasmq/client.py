@@ -156,36 +156,48 @@ class Client:
         return Function.from_record(self._built(self._decode(response), timeout))
 
     def deploy_model(self, model: Any, *, name: str | None = None, example: Any = None,
-                     documentation: str = "", timeout: float = 300.0) -> Function:
-        """Upload a model (ONNX path or bytes, onnx.ModelProto, or a fitted scikit-learn
-        estimator, converted here with skl2onnx), wait for the server to build it, and
-        return the function.
+                     check: Any = None, documentation: str = "",
+                     timeout: float = 300.0) -> Function:
+        """Upload a model (ONNX path or bytes, onnx.ModelProto, a fitted scikit-learn
+        estimator converted here with skl2onnx, or an XGBoost or LightGBM model converted
+        with onnxmltools), wait for the server to build it, and return the function.
 
-        `example`, one feature vector, fixes the input's width; it is run locally with
-        onnxruntime and on the new endpoint, and a disagreement raises ModelMismatch.
+        `example` (a feature vector, rows of a float64 array, or a pandas DataFrame: one
+        input per column) fixes the inputs. The rows of `check` (the example's rows if not
+        given; e.g. `check=X[:50]`) are run locally with onnxruntime and one by one on the
+        new endpoint: a disagreement raises ModelMismatch. When the conversion itself
+        drifts from the estimator's own predictions on those rows, a ConversionDrift
+        warning says by how much.
         """
-        import numpy as np
+        import warnings
 
         from wasmq import modelfile
 
-        sample = None if example is None else np.asarray(example)
-        data = modelfile.onnx_bytes(model, sample)
+        data = modelfile.onnx_bytes(model, example)
         label = name or (os.path.splitext(os.path.basename(model))[0]
                          if isinstance(model, (str, os.PathLike)) else type(model).__name__)
         fields = {"name": label, "documentation": documentation,
-                  "exampleinput": modelfile.request(sample) if sample is not None else ""}
+                  "exampleinput": modelfile.request(example) if example is not None else ""}
         response = self._request("POST", "/functions", data=fields,
                                  files={"file": (f"{label}.onnx", data,
                                                  "application/octet-stream")})
         record = self._built(self._decode(response), timeout)
         function = Function.from_record(record)
-        if sample is not None:
-            local = modelfile.local_outputs(data, sample)
-            remote = self.run(function.cfid, modelfile.request(sample)).json()
-            why = modelfile.disagreement(local, remote if isinstance(remote, dict) else {})
+        rows = check if check is not None else example
+        if rows is None:
+            return function
+        rows = modelfile.rows_of(rows)
+        local = modelfile.local_outputs(data, rows)
+        for i in range(len(rows)):
+            remote = self.run(function.cfid, modelfile.row_request(rows, i)).json()
+            why = modelfile.disagreement(modelfile.row(local, i),
+                                         remote if isinstance(remote, dict) else {})
             if why:
                 raise errors.ModelMismatch(f"the endpoint {function.cfid} disagrees with the "
-                                           f"model run locally: {why}")
+                                           f"model run locally on row {i}: {why}")
+        drifted = modelfile.drift(model, local, rows)
+        if drifted:
+            warnings.warn(errors.ConversionDrift(drifted), stacklevel=2)
         return function
 
     def _built(self, record: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -68,6 +68,11 @@ class BuildFailed(ClientError):
         self.record = record
 
 
+class ConversionDrift(UserWarning):
+    """The ONNX conversion answers differently from the estimator it was converted from
+    (a warning: the endpoint matches the ONNX model; the message says by how much)."""
+
+
 class ModelMismatch(ClientError):
     """The endpoint answered the example differently from the model run locally."""
 

@@ -1,9 +1,13 @@
 """What `Client.deploy_model` uploads: ONNX bytes, from whatever the user holds.
 
-A file path, bytes, an `onnx.ModelProto`, or a fitted scikit-learn estimator
+A file path, bytes, an `onnx.ModelProto`, a fitted scikit-learn estimator
 (converted here, on the client, with skl2onnx: the server never unpickles
-anything). The example feature vector fixes the input's width and is run
-locally with onnxruntime, so the endpoint's answer can be checked against it.
+anything) or an XGBoost or LightGBM model (converted with onnxmltools). The
+data the user has (a float64 array, a pandas DataFrame with one input per
+column as skl2onnx makes them) fixes the inputs; its rows are run locally with
+onnxruntime so the endpoint's answers can be checked against them, and against
+the estimator itself: a conversion can drift from it (skl2onnx's trees compare
+float32 thresholds), and the drift is reported in numbers.
 """
 
 from __future__ import annotations
@@ -16,10 +20,26 @@ import numpy as np
 
 # skl2onnx's newest opsets reach past what the server's toolchain plans
 TARGET_OPSET = {"": 21, "ai.onnx.ml": 3}
+BOOSTING_OPSET = 15  # onnxmltools' tree converters
+ONNX_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+              "tensor(string)": np.str_}
 
 
-def onnx_bytes(model: Any, example: np.ndarray | None = None) -> bytes:
-    """The model as ONNX bytes; a scikit-learn estimator is converted with skl2onnx."""
+def is_frame(data: Any) -> bool:
+    return type(data).__name__ == "DataFrame" and hasattr(data, "dtypes")
+
+
+def rows_of(data: Any) -> Any:
+    """At least 2-d: one row a sample (a 1-d example is one sample)."""
+    if is_frame(data):
+        return data
+    array = np.asarray(data)
+    return array.reshape(1, -1) if array.ndim < 2 else array
+
+
+def onnx_bytes(model: Any, example: Any = None) -> bytes:
+    """The model as ONNX bytes; a scikit-learn, XGBoost or LightGBM model is converted."""
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model)
     if isinstance(model, (str, os.PathLike)):
@@ -27,54 +47,181 @@ def onnx_bytes(model: Any, example: np.ndarray | None = None) -> bytes:
             return f.read()
     if type(model).__name__ == "ModelProto" and hasattr(model, "SerializeToString"):
         return model.SerializeToString()
+    family = type(model).__module__.split(".")[0]
+    if family in ("xgboost", "lightgbm"):
+        return _from_boosting(model, family, example)
     if hasattr(model, "fit") and (hasattr(model, "predict") or hasattr(model, "transform")):
         return _from_sklearn(model, example)
-    raise TypeError(f"deploy_model takes an ONNX file path, ONNX bytes, an onnx.ModelProto or a "
-                    f"fitted scikit-learn estimator, not {type(model).__name__}")
+    raise TypeError(f"deploy_model takes an ONNX file path, ONNX bytes, an onnx.ModelProto, a "
+                    f"fitted scikit-learn estimator or an XGBoost or LightGBM model, not "
+                    f"{type(model).__name__}")
 
 
-def _from_sklearn(model: Any, example: np.ndarray | None) -> bytes:
+def _as_float32(example: Any) -> Any:
+    """float64 data converted as float32 inputs, the type the kernels compute in."""
+    if is_frame(example):
+        frame = example.copy()
+        for column, dtype in frame.dtypes.items():
+            if dtype.kind == "f":
+                frame[column] = frame[column].astype(np.float32)
+        return frame
+    array = np.asarray(example)
+    return array.astype(np.float32) if array.dtype.kind in "fiub" else array
+
+
+def _width(model: Any, example: Any) -> int:
+    if example is not None:
+        return int(rows_of(example).shape[1])
+    width = getattr(model, "n_features_in_", None)
+    if width is None:
+        raise ValueError("the model is not fitted (it has no n_features_in_); fit it or pass "
+                         "example=")
+    return int(width)
+
+
+def _from_sklearn(model: Any, example: Any) -> bytes:
     try:
         from skl2onnx import to_onnx
         from skl2onnx.common.data_types import FloatTensorType
     except ImportError:
         raise ImportError("converting a scikit-learn model needs skl2onnx: "
                           "pip install 'wasmq[sklearn]'") from None
+    _register_hist_gradient_boosting()
     if example is not None:
-        sample = np.asarray(example, np.float32).reshape(1, -1)
-        onx = to_onnx(model, sample, target_opset=TARGET_OPSET)
+        onx = to_onnx(model, _as_float32(rows_of(example))[:1], target_opset=TARGET_OPSET)
     else:
-        width = getattr(model, "n_features_in_", None)
-        if width is None:
-            raise ValueError("the estimator is not fitted (it has no n_features_in_); fit it "
-                             "or pass example=")
-        onx = to_onnx(model, initial_types=[("X", FloatTensorType([None, int(width)]))],
+        onx = to_onnx(model, initial_types=[("X", FloatTensorType([None, _width(model, None)]))],
                       target_opset=TARGET_OPSET)
     return onx.SerializeToString()
 
 
-def request(example: np.ndarray) -> str:
-    """The call body for one feature vector, as the endpoint reads it."""
-    return json.dumps({"input": np.asarray(example).reshape(1, -1).tolist()})
+_REGISTERED: list[bool] = []
 
 
-def local_outputs(data: bytes, example: np.ndarray) -> dict[str, np.ndarray]:
-    """What onnxruntime answers for the example, each output as an array (ZipMap's list of
+def _register_hist_gradient_boosting() -> None:
+    """skl2onnx 1.20 writes HistGradientBoosting's missing-value flags as numpy booleans,
+    which onnx refuses in an INTS attribute (`Expected an int, got a boolean`): its own
+    converters, registered again with the booleans cast to ints."""
+    if _REGISTERED:
+        return
+    _REGISTERED.append(True)
+    try:
+        from skl2onnx import update_registered_converter
+        from skl2onnx.operator_converters.random_forest import (
+            convert_sklearn_random_forest_classifier,
+            convert_sklearn_random_forest_regressor_converter,
+        )
+        from skl2onnx.shape_calculators.ensemble_shapes import (
+            calculate_tree_classifier_output_shapes,
+            calculate_tree_regressor_output_shapes,
+        )
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    except ImportError:  # another skl2onnx layout: its own converters stay
+        return
+    update_registered_converter(
+        HistGradientBoostingClassifier, "SklearnHistGradientBoostingClassifier",
+        calculate_tree_classifier_output_shapes,
+        _ints_not_booleans(convert_sklearn_random_forest_classifier),
+        options={"zipmap": [True, False, "columns"], "raw_scores": [True, False],
+                 "output_class_labels": [False, True], "nocl": [True, False]})
+    update_registered_converter(
+        HistGradientBoostingRegressor, "SklearnHistGradientBoostingRegressor",
+        calculate_tree_regressor_output_shapes,
+        _ints_not_booleans(convert_sklearn_random_forest_regressor_converter),
+        options={"raw_scores": [True, False]})
+
+
+def _ints_not_booleans(convert: Any) -> Any:
+    def converted(scope: Any, operator: Any, container: Any) -> None:
+        add_node = container.add_node
+
+        def add(*args: Any, **attrs: Any) -> Any:
+            for key, value in attrs.items():
+                if isinstance(value, (list, tuple)) and any(
+                        isinstance(v, (bool, np.bool_)) for v in value):
+                    attrs[key] = [int(v) if isinstance(v, (bool, np.bool_)) else v
+                                  for v in value]
+            return add_node(*args, **attrs)
+
+        container.add_node = add  # this conversion's container only
+        try:
+            convert(scope, operator, container)
+        finally:
+            del container.add_node
+    return converted
+
+
+def _from_boosting(model: Any, family: str, example: Any) -> bytes:
+    try:
+        import onnxmltools
+        from onnxmltools.convert.common.data_types import FloatTensorType
+    except ImportError:
+        raise ImportError(f"converting a {family} model needs onnxmltools: "
+                          f"pip install 'wasmq[sklearn]'") from None
+    convert = onnxmltools.convert_xgboost if family == "xgboost" else \
+        onnxmltools.convert_lightgbm
+    types = [("X", FloatTensorType([None, _width(model, example)]))]
+    return convert(model, initial_types=types, target_opset=BOOSTING_OPSET).SerializeToString()
+
+
+def feeds(data: bytes, rows: Any) -> dict[str, np.ndarray]:
+    """The rows as the model's inputs: one array, or a DataFrame's columns by name."""
+    import onnxruntime as ort
+
+    inputs = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()
+    rows = rows_of(rows)
+    out = {}
+    for meta in inputs:
+        kind = ONNX_TYPES.get(meta.type, np.float32)
+        if is_frame(rows):
+            if meta.name not in rows.columns:
+                if len(inputs) == 1:
+                    out[meta.name] = rows.to_numpy().astype(kind)
+                    continue
+                raise ValueError(f"the model's input '{meta.name}' is not a column of the "
+                                 f"DataFrame")
+            out[meta.name] = rows[meta.name].to_numpy().astype(kind).reshape(-1, 1)
+        else:
+            out[meta.name] = np.asarray(rows).astype(kind)
+    return out
+
+
+def request(example: Any) -> str:
+    """The call body for one sample (a feature vector, or a DataFrame's first row)."""
+    rows = rows_of(example)
+    if is_frame(rows):
+        return json.dumps({"input": {c: [[_plain(v)] for v in rows[c].to_numpy()[:1]]
+                                     for c in rows.columns}})
+    return json.dumps({"input": np.asarray(rows)[:1].tolist()})
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def local_outputs(data: bytes, rows: Any) -> dict[str, np.ndarray]:
+    """What onnxruntime answers for the rows, each output as an array (ZipMap's list of
     dicts becomes the probability matrix the endpoint answers)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    first = sess.get_inputs()[0]
-    kind = {"tensor(float)": np.float32, "tensor(int64)": np.int64,
-            "tensor(bool)": np.bool_}.get(first.type, np.float32)
-    feed = np.asarray(example).astype(kind).reshape(1, -1)
-    values = sess.run(None, {first.name: feed})
+    values = sess.run(None, feeds(data, rows))
     out = {}
     for meta, value in zip(sess.get_outputs(), values, strict=True):
         if isinstance(value, list) and value and isinstance(value[0], dict):
             value = np.array([[row[k] for k in row] for row in value], np.float32)
         out[meta.name] = np.asarray(value)
     return out
+
+
+def row_request(rows: Any, i: int) -> str:
+    """The call body for the i-th row."""
+    rows = rows_of(rows)
+    return request(rows.iloc[i:i + 1] if is_frame(rows) else np.asarray(rows)[i])
+
+
+def row(outputs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    return {k: v[i:i + 1] if v.ndim else v for k, v in outputs.items()}
 
 
 def disagreement(local: dict[str, np.ndarray], remote: dict[str, Any],
@@ -97,3 +244,46 @@ def disagreement(local: dict[str, np.ndarray], remote: dict[str, Any],
         elif not np.array_equal(got.astype(want.dtype), want):
             return f"output '{name}' is {got.tolist()}, onnxruntime says {want.tolist()}"
     return None
+
+
+def drift(model: Any, local: dict[str, np.ndarray], rows: Any,
+          tolerance: float = 1e-4) -> str | None:
+    """How far the ONNX conversion (run by onnxruntime) is from the estimator itself on
+    the rows, in numbers, or None when within `tolerance` (or nothing to compare)."""
+    if not hasattr(model, "predict") or isinstance(model, (bytes, str, os.PathLike)):
+        return None
+    rows = rows_of(rows)
+    outs = list(local.values())
+    n = len(rows)
+    found = []
+    try:
+        predicted = np.asarray(model.predict(rows))
+        proba = np.asarray(model.predict_proba(rows)) if hasattr(model, "predict_proba") \
+            and len(outs) > 1 else None
+    except Exception:  # noqa: BLE001 - an estimator that cannot predict these rows
+        return None
+    first = outs[0].reshape(n, -1)
+    if predicted.dtype.kind in "iub" or proba is not None:
+        wrong = int((first.reshape(-1)[:n] != predicted.reshape(-1)[:n]).sum()) \
+            if first.size == predicted.size else n
+        if wrong:
+            found.append(f"labels differ on {wrong} of {n} rows")
+    elif first.size == predicted.size:
+        found += _numbers("predictions", first.reshape(-1), predicted.reshape(-1), tolerance)
+    if proba is not None and outs[1].size == proba.size:
+        found += _numbers("probabilities", outs[1].reshape(n, -1), proba, tolerance)
+    if not found:
+        return None
+    return ("the ONNX conversion differs from the estimator itself (onnxruntime on the "
+            "converted model against its predict): " + "; ".join(found) + " (converters "
+            "compute in float32: tree thresholds rounded to float32 send values near them "
+            "down the other branch)")
+
+
+def _numbers(what: str, got: np.ndarray, want: np.ndarray, tolerance: float) -> list[str]:
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    bad = diff > tolerance * (1 + np.abs(want.astype(np.float64)))
+    rows = bad.reshape(len(bad), -1).any(axis=1) if bad.ndim else bad
+    if not rows.any():
+        return []
+    return [f"{what} by up to {float(diff.max()):.3g} on {int(rows.sum())} of {len(rows)} rows"]

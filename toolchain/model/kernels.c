@@ -62,9 +62,13 @@ static int fail(void) {
 }
 
 /* ---------------------------------------------------------------- plan layout */
-enum { F32 = 0, I64 = 1, BOOL = 2 };
-static const int ESIZE[3] = {4, 8, 1};
-static const char *TNAME[3] = {"float32", "int64", "bool"};
+/* F64 only at the edges: a float64 input is cast to float32 by the plan's first
+ * instructions, a float64 output cast from float32 by its last. */
+/* STR inputs only: each JSON string becomes its int64 index in the input's vocabulary
+ * (the model's categories, NUL-separated at pad[0], pad[1] of them), -1 if not in it. */
+enum { F32 = 0, I64 = 1, BOOL = 2, F64 = 3, STR = 4 };
+static const int ESIZE[5] = {4, 8, 1, 8, 8};
+static const char *TNAME[5] = {"float32", "int64", "bool", "float64", "string"};
 
 typedef struct {           /* one model input or output, 16 words */
     const char *name;
@@ -720,11 +724,13 @@ enum {
 static int64_t ld_i(const void *p, int dt) {
     if (dt == I64) return *(const int64_t *)p;
     if (dt == BOOL) return *(const uint8_t *)p;
+    if (dt == F64) return (int64_t)*(const double *)p;
     return (int64_t)*(const float *)p;
 }
 static float ld_f(const void *p, int dt) {
     if (dt == F32) return *(const float *)p;
     if (dt == I64) return (float)*(const int64_t *)p;
+    if (dt == F64) return (float)*(const double *)p;
     return (float)*(const uint8_t *)p;
 }
 
@@ -839,6 +845,7 @@ __attribute__((noinline)) static int op_elt(const int32_t *p) {
                 const char *q = p0 + (size_t)i * s0 * e0;
                 char *r = po + (size_t)i * sO * eo;
                 if (dto == F32) *(float *)r = ld_f(q, dt0);
+                else if (dto == F64) *(double *)r = (double)ld_f(q, dt0);
                 else if (dto == I64) {
                     if (dt0 == F32) {
                         float f = *(const float *)q;
@@ -1361,6 +1368,7 @@ static int parse_number(cur_t *c, int dt, void *out) {
         if (*s == '-') { neg = 1; s++; }
         if (s[0] == 'N' && s[1] == 'a' && s[2] == 'N') {
             c->s = s + 3;
+            if (dt == F64) { *(double *)out = __builtin_nan(""); return 1; }
             if (dt != F32) return 2;
             *(float *)out = __builtin_nanf(""); return 1;
         }
@@ -1368,6 +1376,7 @@ static int parse_number(cur_t *c, int dt, void *out) {
             s += 3;
             if (s[0] == 'i' && s[1] == 'n' && s[2] == 'i' && s[3] == 't' && s[4] == 'y') s += 5;
             c->s = s;
+            if (dt == F64) { *(double *)out = neg ? -__builtin_inf() : __builtin_inf(); return 1; }
             if (dt != F32) return 2;
             *(float *)out = neg ? -__builtin_inff() : __builtin_inff(); return 1;
         }
@@ -1395,9 +1404,10 @@ static int parse_number(cur_t *c, int dt, void *out) {
             exp10 += eneg ? -e : e;
         }
         c->s = s;
-        if (dt == F32) {
+        if (dt == F32 || dt == F64) {
             double v = m ? scale10((double)m, exp10) : 0.0;
-            *(float *)out = (float)(neg ? -v : v);
+            if (dt == F64) *(double *)out = neg ? -v : v;
+            else *(float *)out = (float)(neg ? -v : v);
             return 1;
         }
         /* integers: exact, so no fraction */
@@ -1411,10 +1421,10 @@ static int parse_number(cur_t *c, int dt, void *out) {
         return 1;
     }
 set_one:
-    if (dt == F32) *(float *)out = 1.0f; else if (dt == I64) *(int64_t *)out = 1; else *(uint8_t *)out = 1;
+    if (dt == F64) *(double *)out = 1.0; else if (dt == F32) *(float *)out = 1.0f; else if (dt == I64) *(int64_t *)out = 1; else *(uint8_t *)out = 1;
     return 1;
 set_zero:
-    if (dt == F32) *(float *)out = 0.0f; else if (dt == I64) *(int64_t *)out = 0; else *(uint8_t *)out = 0;
+    if (dt == F64) *(double *)out = 0.0; else if (dt == F32) *(float *)out = 0.0f; else if (dt == I64) *(int64_t *)out = 0; else *(uint8_t *)out = 0;
     return 1;
 }
 
@@ -1434,12 +1444,44 @@ static int bad_input(const io_t *io, const char *what) {
     return fail();
 }
 
-/* Numbers in nested arrays, in order, into the input's buffer. */
+/* A JSON string (\" \\ \/ escapes) to its index in the input's vocabulary, or -1.
+ * 0: not a string. */
+static int parse_category(cur_t *c, const io_t *io, int64_t *out) {
+    if (*c->s != '"') return 0;
+    char buf[256];
+    int n = 0, fits = 1;
+    c->s++;
+    while (*c->s && *c->s != '"') {
+        char ch = *c->s++;
+        if (ch == '\\') {
+            if (!*c->s) return 0;
+            ch = *c->s++;
+            if (ch != '"' && ch != '\\' && ch != '/') fits = 0;  /* other escapes: no category */
+        }
+        if (n < (int)sizeof buf - 1) buf[n++] = ch; else fits = 0;
+    }
+    if (*c->s != '"') return 0;
+    c->s++;
+    buf[n] = 0;
+    *out = -1;
+    const char *v = (const char *)(uintptr_t)io->pad[0];
+    for (int32_t i = 0; fits && i < io->pad[1]; i++) {
+        int k = 0;
+        while (v[k] && v[k] == buf[k]) k++;
+        if (!v[k] && !buf[k]) { *out = i; break; }
+        while (*v) v++;
+        v++;
+    }
+    return 1;
+}
+
+/* Numbers (or categories) in nested arrays, in order, into the input's buffer. */
 static int read_array(cur_t *c, const io_t *io, int *got, int depth) {
     ws(c);
     if (*c->s != '[') {
         if (*got >= io->count) { (*got)++; return skip_value(c, depth) ? 1 : 0; }
-        int r = parse_number(c, io->dtype, (char *)io->addr + (size_t)*got * ESIZE[io->dtype]);
+        char *at = (char *)io->addr + (size_t)*got * ESIZE[io->dtype];
+        int r = io->dtype == STR ? parse_category(c, io, (int64_t *)at) : parse_number(c, io->dtype, at);
         if (r == 0) return 0;
         if (r == 2) return 2;
         (*got)++;
@@ -1514,7 +1556,7 @@ static int read_raw(cur_t *c, const io_t *io) {
 
 static int read_input(cur_t *c, const io_t *io) {
     ws(c);
-    if (*c->s == '"') return read_raw(c, io);
+    if (*c->s == '"' && io->dtype != STR) return read_raw(c, io);
     int got = 0;
     int r = read_array(c, io, &got, 0);
     if (r == 2) {
@@ -1525,7 +1567,8 @@ static int read_input(cur_t *c, const io_t *io) {
         what[l] = 0;
         return bad_input(io, what);
     }
-    if (r == 0) return bad_input(io, "expected numbers in (nested) JSON arrays");
+    if (r == 0) return bad_input(io, io->dtype == STR ? "expected strings in (nested) JSON arrays"
+                                                      : "expected numbers in (nested) JSON arrays");
     if (got != io->count) {
         err_s("input '"); err_s(io->name); err_s("': got "); err_u((uint64_t)got);
         err_s(got == 1 ? " value" : " values"); err_s(", the model expects ");
@@ -1613,6 +1656,7 @@ static void out_tensor(const io_t *io) {
     for (int i = 0; i < io->count; i++) {
         if (i) { *op_++ = ','; *op_++ = ' '; }
         if (io->dtype == F32) out_f(((const float *)io->addr)[i]);
+        else if (io->dtype == F64) out_f((float)((const double *)io->addr)[i]);  /* computed in float32 */
         else if (io->dtype == I64) out_i(((const int64_t *)io->addr)[i]);
         else out_s(((const uint8_t *)io->addr)[i] ? "true" : "false");
     }
@@ -1690,6 +1734,7 @@ static int read_request(const char *text, const io_t *ins, int n_in) {
                     if (*d.s == '}') break;
                     goto malformed;
                 }
+                used = 1;  /* an object of inputs by name, even with an input named "input" */
             } else if (n_in == 1) { where[0] = c.s; used = 1; }
             else if (!named_input) {
                 err_s("the model has ");
@@ -1735,7 +1780,7 @@ EXPORT("pred") int32_t pred(void) {
     if (run_plan(h)) return fail();
     size_t cap = 32;
     for (uint32_t i = 0; i < h->n_out; i++) {
-        size_t per = outs[i].dtype == F32 ? 18 : outs[i].dtype == I64 ? 22 : 7;
+        size_t per = (outs[i].dtype == F32 || outs[i].dtype == F64) ? 18 : outs[i].dtype == I64 ? 22 : 7;
         size_t names = 8; for (const char *s = outs[i].name; *s; s++) names += 2;
         cap += (size_t)outs[i].count * per + names + 16;
     }

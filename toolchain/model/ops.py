@@ -185,10 +185,13 @@ COMPARE = {"Less": "LT", "Greater": "GT", "Equal": "EQ", "LessOrEqual": "LE",
 def binary(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     x, y = ins[0], ins[1]
     if node.op_type == "Pow":
+        if x.dtype != pg.F32:
+            raise ModelError(f"{b.where}: Pow on {pg.NAMES[x.dtype]} is not supported "
+                             f"(float32 is)")
         if y.dtype != x.dtype and y.is_const:
             y = Tensor(y.name, y.shape, x.dtype, const=y.const.astype(pg.NUMPY[x.dtype]))
-        if x.dtype != pg.F32:
-            raise ModelError(f"{b.where}: Pow is supported on float32 only")
+        elif y.dtype != x.dtype:
+            y = elementwise_to(b, E["CAST"], y, x.dtype)
     if x.dtype != y.dtype:
         raise ModelError(f"{b.where}: inputs {x.describe()} and {y.describe()} differ in type")
     need_dtype(b, x, pg.F32, pg.I64)
@@ -285,6 +288,7 @@ def clip(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
         lo = float(need_const(node, ins[1], "min")) if len(ins) > 1 and ins[1] else -np.inf
         hi = float(need_const(node, ins[2], "max")) if len(ins) > 2 and ins[2] else np.inf
     lo, hi = max(lo, -3.4028234663852886e38), min(hi, 3.4028234663852886e38)
+    lo = min(lo, hi)  # min over max: every value is max (ONNX's rule)
     if (fused := b.fuse_act(x, ACT_CLIP, lo, hi)) is not None:
         return [fused]
     return [elementwise(b, E["CLIP"], [x], a=lo, c=hi)]
@@ -321,6 +325,16 @@ def where(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tenso
 ONNX_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL}
 
 
+@handler("CastLike")
+def cast_like(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """Cast to the second input's type (what version_converter writes for newer Casts)."""
+    like = ins[1]
+    to = {pg.F32: 1, pg.I64: 7, pg.BOOL: 9, pg.F64: 11}[like.dtype]
+    if like.is_const and like.const.dtype.kind == "f":
+        to = 11 if like.const.dtype == np.float64 else 1
+    return cast(b, node, ins[:1], {**attrs, "to": to})
+
+
 @handler("Cast")
 def cast(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     to = int(attrs["to"])
@@ -343,6 +357,10 @@ def identity(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Te
     if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1]:
         if b.used(node.output[1]):
             raise ModelError(f"{b.where}: Dropout's mask output is not supported")
+    if node.op_type == "Dropout" and len(ins) > 2 and ins[2] is not None and (
+            not ins[2].is_const or bool(ins[2].const.reshape(-1)[0])):
+        raise ModelError(f"{b.where}: Dropout in training mode is not supported (export the "
+                         f"model in eval mode)")
     return [b.alias(ins[0], 0, ins[0].shape)]
 
 
@@ -435,6 +453,23 @@ def tile(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     x = ins[0]
     reps = ints(need_const(node, ins[1], "repeats"))
     shape = tuple(d * r for d, r in zip(x.shape, reps, strict=False))
+    if len(x.shape) > pg.MAX_DIMS // 2:  # one axis at a time: rank + 1 dims each
+        for axis, r in enumerate(reps):
+            if r == 1 and axis < len(reps) - 1:
+                continue
+            grown = tuple(d * (r if i == axis else 1) for i, d in enumerate(x.shape))
+            last = grown == shape and all(q == 1 for q in reps[axis + 1:])
+            t = b.out(0, grown, x.dtype) if last else b.prog.new(f"{b.name}:tile{axis}",
+                                                                   grown, x.dtype)
+            xs, os_ = contiguous(x.shape), contiguous(grown)
+            dims = (*x.shape[:axis], r, *x.shape[axis:])
+            strides = [*xs[:axis], 0, *xs[axis:]]
+            ostr = [*os_[:axis], os_[axis] * x.shape[axis], *os_[axis:]]
+            copy_view(b, x, dims, strides, 0, t, ostr)
+            x = t
+            if last:
+                break
+        return [x]
     out = b.out(0, shape, x.dtype)
     dims, strides, ostr = [], [], []
     xs, os_ = contiguous(x.shape), contiguous(shape)
@@ -533,8 +568,9 @@ def pad(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]
     x = ins[0]
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
-        raise ModelError(f"{b.where}: Pad mode '{mode}' is not supported (constant is)")
+    if mode not in ("constant", "edge", "reflect", "wrap"):
+        raise ModelError(f"{b.where}: Pad mode '{mode}' is not supported (constant, edge, "
+                         f"reflect and wrap are)")
     rank = len(x.shape)
     if b.opset < 11:
         pads, value = ints(attrs["pads"]), float(attrs.get("value", 0.0))
@@ -561,6 +597,12 @@ def pad(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]
     at = sum(max(0, p) * s for p, s in zip(before, ostr, strict=False)) * pg.ESIZE[x.dtype]
     if 0 not in src_shape:
         copy_view(b, x, src_shape, src_strides, extra, out, ostr, at)
+    if mode != "constant":
+        if min(pads) < 0:
+            raise ModelError(f"{b.where}: negative pads with mode '{mode}' are not supported")
+        from wasmq.toolchain.model.ops_composed import pad_borders
+
+        pad_borders(b, out, x.shape, before, after, mode)
     return [out]
 
 
@@ -841,6 +883,10 @@ def pack_conv(w: np.ndarray, groups: int, winograd: bool) -> np.ndarray:
 def conv(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     x = ins[0]
     need_dtype(b, x, pg.F32)
+    if len(x.shape) == 5:
+        from wasmq.toolchain.model.ops_composed import conv_3d
+
+        return conv_3d(b, node, ins, attrs)
     w = need_const(node, ins[1], "the weight W").astype(np.float32)
     bias = need_const(node, ins[2], "the bias B").astype(np.float32) \
         if len(ins) > 2 and ins[2] is not None else np.zeros(w.shape[0], np.float32)
@@ -922,6 +968,10 @@ def pool(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     need_dtype(b, x, pg.F32)
     if node.op_type == "LpPool":
         raise ModelError(f"{b.where}: LpPool is not supported")
+    if len(x.shape) == 5:
+        from wasmq.toolchain.model.ops_composed import pool_3d
+
+        return pool_3d(b, node, ins, attrs)
     if len(node.output) > 1 and node.output[1] and b.used(node.output[1]):
         raise ModelError(f"{b.where}: MaxPool's Indices output is not supported")
     kernel = ints(attrs["kernel_shape"])

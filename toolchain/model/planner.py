@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from wasmq.toolchain.model import ml, ops
+from wasmq.toolchain.model import (  # noqa: F401 - ml_tabular, ops_* register handlers
+    ml,
+    ml_tabular,
+    ops,
+    ops_composed,
+    ops_indexing,
+    scan,
+    support,
+)
 from wasmq.toolchain.model import program as pg
 from wasmq.toolchain.model import tensors as checked
 from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
@@ -28,7 +36,12 @@ KERNELS = Path(__file__).with_name("kernels.wasm")
 DEFAULT_DOMAINS = ("", "ai.onnx")
 ML_DOMAIN = "ai.onnx.ml"
 MIN_OPSET, MAX_OPSET = 7, 22  # 22 only widened types; skl2onnx emits it
-ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL}
+ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL, 11: pg.F64, 8: pg.STR}
+# what a string input (its categories' indices) may flow through: moved, or encoded
+STRING_MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice",
+                "Gather", "Transpose", "ArrayFeatureExtractor", "Split"}
+STRING_ENCODERS = {"OneHotEncoder", "LabelEncoder", "CategoryMapper"}
+CATEGORY_ATTRIBUTES = ("cats_strings", "keys_strings")
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 # Folding these could allocate their whole output: only when it is small.
 GROWING = {"ConstantOfShape", "Expand", "Tile", "Range", "Resize", "Upsample", "Pad", "OneHot",
@@ -67,12 +80,16 @@ class BuiltModel:
     weights_bytes: int = 0
     memory_bytes: int = 0
     instructions: int = 0
+    converted: dict | None = None  # an old opset converted: {"from", "to", "by"}
 
     def describe(self) -> dict:
-        return {"inputs": [t.as_dict() for t in self.inputs],
-                "outputs": [t.as_dict() for t in self.outputs], "opsets": self.opsets,
-                "operators": self.operators, "weightsBytes": self.weights_bytes,
-                "memoryBytes": self.memory_bytes, "instructions": self.instructions}
+        described = {"inputs": [t.as_dict() for t in self.inputs],
+                     "outputs": [t.as_dict() for t in self.outputs], "opsets": self.opsets,
+                     "operators": self.operators, "weightsBytes": self.weights_bytes,
+                     "memoryBytes": self.memory_bytes, "instructions": self.instructions}
+        if self.converted:
+            described["converted"] = self.converted
+        return described
 
 
 def load(data: bytes) -> onnx.ModelProto:
@@ -105,6 +122,17 @@ class Builder:
         self.opset = 0
         self.unsupported: dict[str, int] = {}
         self.op_counts: Counter[str] = Counter()
+        self.strings: set[str] = set()  # values holding categories' indices
+        self.categories: dict[str, int] = {}
+        for node in self.graph.node:
+            for attr in node.attribute:
+                if attr.name in CATEGORY_ATTRIBUTES:
+                    for value in attr.strings:
+                        text = value.decode("utf-8", "replace")
+                        if "\0" in text:
+                            raise ModelError(f"{ops._where(node)}: a category holds a NUL")
+                        self.categories.setdefault(text, len(self.categories))
+        self.prog.categories = list(self.categories)
         # id of a constant's array (kept alive here) -> its packed copy
         self._packed: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
 
@@ -180,6 +208,11 @@ class Builder:
         t = self.prog.new(vi.name, shape, ONNX_INPUT_TYPES[tt.elem_type])
         t.storage.first = -1
         self.values[vi.name] = t
+        if t.dtype == pg.F64:  # computed in float32 from here on
+            self.values[vi.name] = ops.elementwise_to(self, ops.E["CAST"], t, pg.F32)
+        if t.dtype == pg.STR:  # the same bytes: int64 indices of the model's categories
+            self.values[vi.name] = Tensor(vi.name, shape, pg.I64, storage=t.storage)
+            self.strings.add(vi.name)
         return t
 
     # ---------------------------------------------------------------- what handlers call
@@ -317,6 +350,11 @@ class Builder:
                 ops.copy_view(self, src, t.shape, ops.contiguous(t.shape), 0, t)
             elif t.name != vi.name:
                 t = Tensor(vi.name, t.shape, t.dtype, storage=t.storage, offset=t.offset)
+            if vi.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE and t.dtype == pg.F32:
+                self.node = onnx.helper.make_node("Cast", [], [vi.name], name=vi.name)
+                src = t
+                t = self.prog.new(vi.name, t.shape, pg.F64)
+                ops.elt(self, ops.E["CAST"], [(src, ops.contiguous(t.shape), 0)], t, t.shape)
             if t.size == 0:
                 raise ModelError(f"output '{vi.name}' is empty")
             outputs.append(t)
@@ -327,15 +365,15 @@ class Builder:
         ins = [self.values.get(n) if n else None for n in node.input]
         missing = [n for n, t in zip(node.input, ins, strict=False) if n and t is None]
         if missing:
-            if any(n not in self.values for n in missing):
-                # produced by an unsupported node: check this one's support and move on
-                if not self._known(domain, node.op_type):
-                    self._unsupported(domain, node)
-                for name in node.output:
-                    self.values[name] = None
-                return
+            # produced by an unsupported node (or by none): check this one's support and
+            # move on, so the refusal names the unsupported, not what follows it
+            if not self._known(domain, node.op_type):
+                self._unsupported(domain, node)
+            for name in node.output:
+                self.values[name] = None
+            return
         known = self._known(domain, node.op_type)
-        if node.op_type in ("If", "Loop", "Scan"):
+        if node.op_type in ("If", "Loop"):  # Scan: unrolled (scan.py)
             known = False
         if all(t is None or t.is_const for t in ins) and self._fold(node, ins, domain):
             return
@@ -345,6 +383,11 @@ class Builder:
                 self.values[name] = None
             return
         self.opset = self.opsets.get(domain, 1)
+        stringly = any(n in self.strings for n in node.input)
+        if stringly and node.op_type not in STRING_MOVES | STRING_ENCODERS:
+            raise ModelError(f"{self.where}: {node.op_type} on a string tensor is not "
+                             f"supported (strings are categories: encoded by OneHotEncoder, "
+                             f"LabelEncoder or CategoryMapper)")
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         table = ml.HANDLERS if domain == ML_DOMAIN else ops.HANDLERS
         try:
@@ -359,6 +402,8 @@ class Builder:
         for name, t in zip(node.output, outs, strict=False):
             if name:
                 self.values[name] = t
+                if stringly and node.op_type in STRING_MOVES:
+                    self.strings.add(name)
 
     def _known(self, domain: str, op: str) -> bool:
         return (domain == "" and op in ops.HANDLERS) or (domain == ML_DOMAIN
@@ -373,7 +418,10 @@ class Builder:
         if node.op_type == "Shape" or node.op_type == "Size":
             return False  # the handler knows shapes of runtime tensors too
         if node.op_type in GROWING and not self._small(node, ins):
-            return False
+            if node.op_type in self.WEIGHT_MAKERS and all(t is not None for t in ins):
+                self._check_weight_size(node, ins)  # no kernel: fold it whatever its size
+            else:
+                return False
         if node.op_type in NEVER_FOLD or any(a.type in (onnx.AttributeProto.GRAPH,
                                                          onnx.AttributeProto.GRAPHS)
                                              for a in node.attribute):
@@ -394,6 +442,23 @@ class Builder:
                                         f"the model limit", value.nbytes)
                 self.values[name] = self.const_tensor(name, value)
         return True
+
+    # growing operators without a kernel: a constant weight (ResNet-50's and VGG-19's
+    # exports make some with ConstantOfShape) is folded up to the model's size limit
+    WEIGHT_MAKERS = {"ConstantOfShape", "Range", "OneHot", "EyeLike"}
+
+    def _check_weight_size(self, node: onnx.NodeProto, ins: list[Tensor | None]) -> None:
+        count = None
+        try:
+            if node.op_type == "ConstantOfShape":
+                count = int(np.prod([int(d) for d in ins[0].const.reshape(-1)], dtype=object))
+            elif node.op_type == "EyeLike":
+                count = ins[0].size
+        except (TypeError, ValueError, AttributeError):
+            return
+        if count is not None and count * 8 > self.prog.max_bytes:
+            raise ModelTooLarge(f"{ops._where(node)} makes a constant of {count} values, over "
+                                f"the model limit of {self.prog.max_bytes} bytes", count * 8)
 
     def _small(self, node: onnx.NodeProto, ins: list[Tensor | None]) -> bool:
         try:
@@ -437,7 +502,9 @@ def build(data: bytes, max_bytes: int,
     if len(model.graph.node) > MAX_NODES:
         raise ModelError(f"the model has {len(model.graph.node)} nodes; at most {MAX_NODES} "
                          f"are supported")
+    model, converted = support.convert_opsets(model)
     b = Builder(model, max_bytes, input_shapes)
+    support.refuse(*support.unsupported(model.graph, b.opsets, b._known))
     inputs, outputs = b.run()
     for t in inputs + outputs:  # their shapes go into the record and the module's header
         if len(t.shape) > IO_RANK:
@@ -457,4 +524,4 @@ def build(data: bytes, max_bytes: int,
     return BuiltModel(wasm, [info(t) for t in inputs], [info(t) for t in outputs],
                       {(d or "ai.onnx"): v for d, v in b.opsets.items() if v},
                       dict(b.op_counts), weights, end,
-                      len(b.prog.instrs))
+                      len(b.prog.instrs), converted)

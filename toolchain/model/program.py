@@ -20,10 +20,12 @@ from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 
 MAGIC = 0x314D5157
 F32, I64, BOOL = 0, 1, 2
+F64 = 3  # inputs and outputs only: cast to and from float32 at the plan's edges
+STR = 4  # inputs only: each string read as its int64 index in the model's categories
 DTYPES = {np.dtype(np.float32): F32, np.dtype(np.int64): I64, np.dtype(np.bool_): BOOL}
-NAMES = {F32: "float32", I64: "int64", BOOL: "bool"}
-NUMPY = {F32: np.float32, I64: np.int64, BOOL: np.bool_}
-ESIZE = {F32: 4, I64: 8, BOOL: 1}
+NAMES = {F32: "float32", I64: "int64", BOOL: "bool", F64: "float64", STR: "string"}
+NUMPY = {F32: np.float32, I64: np.int64, BOOL: np.bool_, F64: np.float64, STR: np.int64}
+ESIZE = {F32: 4, I64: 8, BOOL: 1, F64: 8, STR: 8}
 MAX_DIMS = 6
 IO_WORDS = 16
 OP_CONV, OP_GEMM, OP_POOL, OP_ELT, OP_SOFTMAX, OP_REDUCE = 1, 2, 3, 4, 5, 6
@@ -116,6 +118,7 @@ class Program:
         self.consts: list[bytes] = []
         self.storages: list[Storage] = []
         self.step = 0
+        self.categories: list[str] = []  # what string inputs are read against, in order
 
     # ---------------------------------------------------------------- tensors
     def checked(self, name: str, shape: tuple[int, ...], dtype: int) -> tuple[int, ...]:
@@ -235,6 +238,9 @@ class Program:
         code_off = (names_off + len(names) + 15) & ~15
         code_words = sum(2 + len(i.words) for i in self.instrs)
         consts_off = (code_off + code_words * 4 + 63) & ~63
+        vocab = self.constant(np.frombuffer(b"".join(
+            c.encode() + b"\0" for c in self.categories) or b"\0", np.uint8)) \
+            if any(t.dtype == STR for t in inputs) else None
         # Equal constants are packed once: a folded constant used by twenty nodes (or
         # twenty equal folds) is one copy in the module, not twenty (issue 22).
         placed: dict[bytes, int] = {}
@@ -267,8 +273,10 @@ class Program:
         for i, t in enumerate(inputs + outputs):
             addr = address(Ref(tensor=t))
             dims = list(t.shape)[:8] + [0] * (8 - min(8, len(t.shape)))
+            vocab_words = [address(Ref(const=vocab)), len(self.categories), 0] \
+                if t.dtype == STR else [0, 0, 0]
             words = [base + names_off + name_at[i], t.dtype, len(t.shape), t.size, addr,
-                     *dims, 0, 0, 0]
+                     *dims, *vocab_words]
             struct.pack_into(f"<{IO_WORDS}i", blob, io_off + IO_WORDS * 4 * i,
                              *[w if w < 1 << 31 else w - (1 << 32) for w in words])
         blob[names_off:names_off + len(names)] = names

@@ -1,0 +1,105 @@
+"""Scan with a length known at build time, unrolled: its body planned once an iteration.
+
+skl2onnx's nearest neighbours compute the distances to every training row with a
+Scan over the training set (a constant): unrolled, each iteration is a few
+elementwise and reduce instructions on that row. The body's values are renamed
+per iteration; names it reads from the enclosing graph keep theirs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from wasmq.toolchain.model import program as pg
+from wasmq.toolchain.model.errors import ModelError
+from wasmq.toolchain.model.ops import axis_of, contiguous, copy_view, handler
+from wasmq.toolchain.model.program import Tensor
+
+MAX_ITERATIONS = 4096  # each one plans the body again
+
+
+def _slice(b: object, t: Tensor, axis: int, index: int, name: str) -> Tensor:
+    """t at `index` along `axis`, that axis dropped."""
+    shape = t.shape[:axis] + t.shape[axis + 1:]
+    if t.is_const:
+        return Tensor(name, shape, t.dtype, const=np.ascontiguousarray(t.const.take(index, axis)))
+    strides = contiguous(t.shape)
+    out = b.prog.new(name, shape, t.dtype)
+    copy_view(b, t, shape, strides[:axis] + strides[axis + 1:],
+              index * strides[axis] * pg.ESIZE[t.dtype], out)
+    return out
+
+
+@handler("Scan")
+def scan(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    if b.opset < 9:
+        raise ModelError(f"{b.where}: Scan before opset 9 (with sequence_lens) is not supported")
+    body: onnx.GraphProto = attrs["body"]
+    m = int(attrs["num_scan_inputs"])
+    n_state = len(ins) - m
+    k = len(body.output) - n_state
+    in_axes = [int(a) for a in attrs.get("scan_input_axes", [0] * m)]
+    in_dirs = [int(d) for d in attrs.get("scan_input_directions", [0] * m)]
+    out_axes = [int(a) for a in attrs.get("scan_output_axes", [0] * k)]
+    out_dirs = [int(d) for d in attrs.get("scan_output_directions", [0] * k)]
+    scans = ins[n_state:]
+    axes = [axis_of(node, a, len(t.shape)) for a, t in zip(in_axes, scans, strict=True)]
+    lengths = {t.shape[a] for t, a in zip(scans, axes, strict=True)}
+    if len(lengths) != 1:
+        raise ModelError(f"{b.where}: scan inputs of different lengths {sorted(lengths)}")
+    length = lengths.pop()
+    if not 0 < length <= MAX_ITERATIONS:
+        raise ModelError(f"{b.where}: {length} iterations (at most {MAX_ITERATIONS} are "
+                         f"unrolled)")
+    local = {vi.name for vi in body.input} | {i.name for i in body.initializer}
+    local |= {o for n in body.node for o in n.output if o}
+    scan_node, states = b.node, list(ins[:n_state])
+    stacked: list[list[Tensor]] = [[] for _ in range(k)]
+    for it in range(length):
+        prefix = f"{scan_node.name or scan_node.output[0]}/{it}/"
+
+        def named(name: str, prefix: str = prefix) -> str:
+            return prefix + name if name in local else name
+
+        for j, vi in enumerate(body.input):
+            if j < n_state:
+                b.values[named(vi.name)] = states[j]
+            else:
+                s = j - n_state
+                index = it if not in_dirs[s] else length - 1 - it
+                b.values[named(vi.name)] = _slice(b, scans[s], axes[s], index, named(vi.name))
+        for init in body.initializer:
+            b.values[named(init.name)] = b.const_tensor(named(init.name),
+                                                        numpy_helper.to_array(init))
+        for inner in body.node:
+            renamed = onnx.NodeProto()
+            renamed.CopyFrom(inner)
+            renamed.name = prefix + (inner.name or inner.output[0])
+            del renamed.input[:], renamed.output[:]
+            renamed.input.extend(named(n) if n else "" for n in inner.input)
+            renamed.output.extend(named(n) if n else "" for n in inner.output)
+            b.node = renamed
+            b._node(renamed)
+        results = [b.values.get(named(o.name)) for o in body.output]
+        b.node = scan_node
+        if any(r is None for r in results):
+            return [None] * len(node.output)  # the body's refusal is collected already
+        states = results[:n_state]
+        for j in range(k):
+            stacked[j].append(results[n_state + j])
+    outs = [b.alias(t, i, t.shape) for i, t in enumerate(states)]
+    for j, parts in enumerate(stacked):
+        if out_dirs[j]:
+            parts = parts[::-1]
+        part = parts[0].shape
+        axis = axis_of(node, out_axes[j], len(part) + 1)
+        shape = part[:axis] + (length,) + part[axis:]
+        out = b.out(n_state + j, shape, parts[0].dtype)
+        ostr = contiguous(shape)
+        for it, t in enumerate(parts):
+            copy_view(b, t, part, contiguous(part), 0, out, ostr[:axis] + ostr[axis + 1:],
+                      it * ostr[axis] * pg.ESIZE[out.dtype])
+        outs.append(out)
+    return outs
