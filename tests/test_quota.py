@@ -5,7 +5,7 @@ is refused once the key keeps its quota; another key's calls go on. Real stack."
 from __future__ import annotations
 
 from tests import hostile, modules
-from wasmq.api.ratelimit import identity
+from wasmq.api.caller import caller_of
 from wasmq.broker.protocol.queue import Usage
 from wasmq.broker.settings import Settings
 
@@ -39,6 +39,6 @@ def test_a_caller_that_fills_its_storage_quota_is_refused_and_others_go_on(priva
         assert len(api.retrieve(answer.json()["tid"]).json()["result"]) == 2 * 1024 * 1024
     other = _call(api, echo, "still served", BYSTANDER).json()
     assert other["statusCode"] == 1 and other["result"] == "still served"
-    flooder = identity(Settings(api_keys=(FLOODER,)), FLOODER, "127.0.0.1")
+    flooder = caller_of(Settings(api_keys=(FLOODER,)), FLOODER, "127.0.0.1").identity
     kept = Usage(Settings().result_ttl).kept(stack.client(), flooder)
     assert 6 * 2**20 <= kept <= 9 * 2**20, kept
