@@ -331,7 +331,7 @@ def test_twenty_60_mb_uploads_at_once_leave_the_gateway_responsive_and_its_memor
     p99 = latencies[int(len(latencies) * 0.99)]
     print(f"/healthz p99 {p99 * 1000:.0f} ms over {len(latencies)}; gateway grew "
           f"{rss.grew_mb:.0f} MB")
-    assert p99 < 1.0, p99
+    assert p99 < 3.0, p99  # frozen, it was over 3 s; the 100 ms: bench.lockout
     assert rss.grew_mb < 200, rss.grew_mb
 
 

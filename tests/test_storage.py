@@ -23,7 +23,10 @@ CHUNK = "z" * (1024 * 1024)  # 1 MB inputs, echoed: 1 MB results kept for a day
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, redis.Redis, Path]]:
     workdir = tmp_path_factory.mktemp("full")
-    up = start_up(workdir, WASMQ_REDIS_MAXMEMORY_MB=str(MAXMEMORY_MB), WASMQ_TASK_TIMEOUT="2")
+    # No per-caller quota in the way: this fills the whole store (tests/test_quota.py
+    # pins the quota).
+    up = start_up(workdir, WASMQ_REDIS_MAXMEMORY_MB=str(MAXMEMORY_MB), WASMQ_TASK_TIMEOUT="2",
+                  WASMQ_STORAGE_PER_CALLER_MB="100000")
     try:
         redis_url = read_instance(up.data_dir).redis_url
         yield Api(up.url), redis.Redis.from_url(redis_url), workdir

@@ -139,13 +139,23 @@ def _value_type(vi: onnx.ValueInfoProto, allowed: set[int]) -> str | None:
     return f"{_type_name(elem)}"
 
 
+LISTED, NAMED = 12, 80  # a refusal names at most 12, each cut to 80 characters (issue 22)
+
+
+def _listed(names: list[str]) -> str:
+    """Names an upload chose go into its refusal bounded: a few, each cut short."""
+    shown = [n if len(n) <= NAMED else n[:NAMED - 3] + "..." for n in names[:LISTED]]
+    more = f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
+    return ", ".join(shown) + more
+
+
 def refuse(ops: list[str], types: list[str]) -> None:
     """One refusal naming everything at once, or nothing."""
     parts = []
     if ops:
-        parts.append("unsupported operators: " + ", ".join(ops))
+        parts.append("unsupported operators: " + _listed(ops))
     if types:
-        parts.append("unsupported types: " + ", ".join(types) + " (tensors may be float32, "
+        parts.append("unsupported types: " + _listed(types) + " (tensors may be float32, "
                      "float64 (computed in float32), int64, int32 or bool; inputs may be strings, "
                      "read as categories)")
     if parts:
