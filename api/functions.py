@@ -19,6 +19,7 @@ from wasmq.api.bounds import bounds
 from wasmq.api.caller import caller
 from wasmq.api.negotiation import respond
 from wasmq.api.services import Services, services
+from wasmq.api.submission import quota_exceeded
 from wasmq.api.upload_form import (
     function_name,
     requested_limits,
@@ -51,7 +52,7 @@ def _create(svc: Services, form: MultiDict, files: MultiDict) -> Response:
               "exampleinput": text_field(form, "exampleinput"), "private": private,
               "limits": requested_limits(svc.settings, form), "queue": queue}
     upload = uploaded_file(svc.settings, files)
-    who = caller().identity
+    who = _charged(svc, upload)
     if _is_model(upload):
         return _accepted(svc.jobs.create(upload, caller=who, **fields), 201)
     built = _built(svc, upload, who)
@@ -62,6 +63,18 @@ def _create(svc: Services, form: MultiDict, files: MultiDict) -> Response:
     finally:
         built.release()
     return respond(record.public(), 201)
+
+
+def _charged(svc: Services, upload: Spooled) -> str:
+    """The uploading caller, its upload counted in its storage usage (twice: the module
+    and its compiled artifact), or refused past its quota before anything is built."""
+    who = caller()
+    kept = svc.tasks.usage.charge(svc.tasks.redis, who.identity, 2 * upload.size,
+                                  svc.settings.storage_quota)
+    if kept is not None:
+        upload.close()
+        raise quota_exceeded(svc.settings, who.kind, kept)
+    return who.identity
 
 
 def _is_model(upload: Spooled) -> bool:
@@ -128,7 +141,7 @@ def _replace(svc: Services, cfid: str, form: MultiDict, files: MultiDict) -> Res
     limits = requested_limits(svc.settings, form)
     queue = requested_queue(svc.settings, form, None)
     upload = uploaded_file(svc.settings, files)
-    who = caller().identity
+    who = _charged(svc, upload)
     if _is_model(upload):
         if queue is not None:
             svc.registry.set_queue(cfid, queue)

@@ -66,6 +66,15 @@ class Call:
         return self.who.identity, self.cfid
 
 
+def quota_exceeded(settings: Settings, kind: str, kept: int) -> QuotaExceeded:
+    """What a caller over its storage quota is told, for a call or an upload."""
+    return QuotaExceeded(
+        f"storage quota reached: this {kind} keeps {kept / MB:.1f} MB in the store (the "
+        f"inputs, results and uploads of the last WASMQ_RESULT_TTL={settings.result_ttl} s), "
+        f"its quota of {settings.storage_quota / MB:g} MB (WASMQ_STORAGE_PER_CALLER_MB); "
+        f"retry once older results expire")
+
+
 class Submissions:
     def __init__(self, settings: Settings, client: redis.Redis, tasks: TaskQueue,
                  calls: Calls) -> None:
@@ -153,12 +162,7 @@ class Submissions:
                     f"the limit of {self.settings.max_inflight}; retry once some have "
                     f"finished", retry_after=refusal.retry_after)
             if refusal.kept is not None:
-                raise QuotaExceeded(
-                    f"storage quota reached: this {call.who.kind} keeps "
-                    f"{refusal.kept / MB:.1f} MB in the store (inputs and results of its "
-                    f"calls, kept for WASMQ_RESULT_TTL={self.settings.result_ttl} s), its "
-                    f"quota of {self.settings.storage_quota / MB:g} MB "
-                    f"(WASMQ_STORAGE_PER_CALLER_MB); retry once older results expire")
+                raise quota_exceeded(self.settings, call.who.kind, refusal.kept)
             known = self._remember(call.cfid, refusal.function)
             job = call.task.job
             task = self._new_task(job.tid, call.cfid, known, job.data or b"", call.who, ())

@@ -42,3 +42,16 @@ def test_a_caller_that_fills_its_storage_quota_is_refused_and_others_go_on(priva
     flooder = caller_of(Settings(api_keys=(FLOODER,)), FLOODER, "127.0.0.1").identity
     kept = Usage(Settings().result_ttl).kept(stack.client(), flooder)
     assert 6 * 2**20 <= kept <= 9 * 2**20, kept
+
+
+def test_uploads_count_in_the_uploader_s_quota_and_are_refused_past_it(private) -> None:
+    stack = private(WASMQ_STORAGE_PER_CALLER_MB="1", WASMQ_API_KEYS=f"{FLOODER},{BYSTANDER}")
+    api = stack.api()
+    api.http.headers["Authorization"] = f"Bearer {FLOODER}"
+    padded = modules.wasm(data=f'(data (i32.const 4096) "{"x" * 200_000}")', pages=8)
+    codes = [api.upload(modules.variant(padded), f"fill-{i}").status_code for i in range(5)]
+    assert codes[:2] == [201, 201] and codes[-1] == 507, codes  # 2 x 200 KB each, of 1 MB
+    refused = api.upload(modules.variant(padded), "one-more")
+    assert "storage quota" in refused.json()["message"]
+    api.http.headers["Authorization"] = f"Bearer {BYSTANDER}"
+    assert api.upload(modules.variant(padded), "bystander's").status_code == 201
