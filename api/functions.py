@@ -52,29 +52,35 @@ def _create(svc: Services, form: MultiDict, files: MultiDict) -> Response:
               "exampleinput": text_field(form, "exampleinput"), "private": private,
               "limits": requested_limits(svc.settings, form), "queue": queue}
     upload = uploaded_file(svc.settings, files)
-    who = _charged(svc, upload)
+    who = _within_quota(svc, upload)
     if _is_model(upload):
+        svc.tasks.usage.add(svc.tasks.redis, who, upload.size)  # kept while it builds
         return _accepted(svc.jobs.create(upload, caller=who, **fields), 201)
     built = _built(svc, upload, who)
     try:
         record = svc.registry.create(
             built.wasm, imports=built.info.imports, exports=built.info.exports,
             artifact=built.artifact, kind=built.kind, model=built.model, **fields)
+        _count_stored(svc, who, built)
     finally:
         built.release()
     return respond(record.public(), 201)
 
 
-def _charged(svc: Services, upload: Spooled) -> str:
-    """The uploading caller, its upload counted in its storage usage (twice: the module
-    and its compiled artifact), or refused past its quota before anything is built."""
+def _within_quota(svc: Services, upload: Spooled) -> str:
+    """The uploading caller, refused before anything is built if what it keeps in the
+    store and this upload would pass its storage quota."""
     who = caller()
-    kept = svc.tasks.usage.charge(svc.tasks.redis, who.identity, 2 * upload.size,
-                                  svc.settings.storage_quota)
-    if kept is not None:
+    kept = svc.tasks.usage.kept(svc.tasks.redis, who.identity)
+    if kept + upload.size > svc.settings.storage_quota:
         upload.close()
         raise quota_exceeded(svc.settings, who.kind, kept)
     return who.identity
+
+
+def _count_stored(svc: Services, who: str, built: Built) -> None:
+    """A stored module counts in its uploader's usage: the module and its artifact."""
+    svc.tasks.usage.add(svc.tasks.redis, who, len(built.wasm) + len(built.artifact or b""))
 
 
 def _is_model(upload: Spooled) -> bool:
@@ -141,10 +147,11 @@ def _replace(svc: Services, cfid: str, form: MultiDict, files: MultiDict) -> Res
     limits = requested_limits(svc.settings, form)
     queue = requested_queue(svc.settings, form, None)
     upload = uploaded_file(svc.settings, files)
-    who = _charged(svc, upload)
+    who = _within_quota(svc, upload)
     if _is_model(upload):
         if queue is not None:
             svc.registry.set_queue(cfid, queue)
+        svc.tasks.usage.add(svc.tasks.redis, who, upload.size)  # kept while it builds
         return _accepted(svc.jobs.rebuild(cfid, upload, limits=limits, private=private,
                                           caller=who), 200)
     built = _built(svc, upload, who)
@@ -153,6 +160,7 @@ def _replace(svc: Services, cfid: str, form: MultiDict, files: MultiDict) -> Res
                                       exports=built.info.exports, limits=limits,
                                       private=private, queue=queue, artifact=built.artifact,
                                       kind=built.kind, model=built.model)
+        _count_stored(svc, who, built)
     finally:
         built.release()
     return respond(record.public())

@@ -16,7 +16,17 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bench import flood, inprocess, lockout, model, modules, report, versus, zoo
+from bench import (
+    flood,
+    inprocess,
+    lockout,
+    model,
+    modules,
+    report,
+    storage_fill,
+    versus,
+    zoo,
+)
 from bench.floor import Floor
 from bench.load import BENCH_ENV, Client, closed_loop, request_bytes
 from bench.peer import Peer
@@ -220,6 +230,8 @@ def main() -> None:
                         help="skip the flood (one client's 2,000 waiting calls)")
     parser.add_argument("--no-lockout", action="store_true",
                         help="skip the upload lockout (five keys flood builds, another uploads)")
+    parser.add_argument("--no-storage-fill", action="store_true",
+                        help="skip the storage fill (one key fills its quota, another calls)")
     parser.add_argument("--no-model", action="store_true",
                         help="skip the model section (a ResNet-20's build and inference "
                              "against onnxruntime)")
@@ -245,6 +257,9 @@ def main() -> None:
         results["flood"] = {**flood.run(2000, 8 if args.quick else 15), "load": loadavg()}
     if not args.no_lockout:
         results["lockout"] = {**lockout.run(5 if args.quick else 10), "load": loadavg()}
+    if not args.no_storage_fill:
+        results["storage_fill"] = {**storage_fill.run(5 if args.quick else 10),
+                                   "load": loadavg()}
     print(report.table(results))
     if "model" in results:
         print("model (ResNet-20, 1x3x32x32, the worker's runtime against onnxruntime on one "
@@ -258,6 +273,8 @@ def main() -> None:
         print(flood.report(results["flood"]))
     if "lockout" in results:
         print(lockout.report(results["lockout"]))
+    if "storage_fill" in results:
+        print(storage_fill.report(results["storage_fill"]))
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {args.out}")
 

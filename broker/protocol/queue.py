@@ -192,19 +192,14 @@ class Usage:
     def kept(self, client: redis.Redis, caller: str) -> int:
         return sum(int(v or 0) for v in client.mget(self.window(caller, now())))
 
-    def charge(self, client: redis.Redis, caller: str, nbytes: int, quota: int) -> int | None:
-        """Count an upload's bytes in the caller's usage, unless they would take it past
-        `quota`: then the bytes it keeps, and nothing is counted. (Check and count are
-        two steps: concurrent uploads of one caller may pass the quota by one upload.)"""
-        kept = self.kept(client, caller)
-        if kept + nbytes > quota:
-            return kept
+    def add(self, client: redis.Redis, caller: str, nbytes: int) -> None:
+        """Count what an upload stored in the caller's usage. (An upload checks its room
+        with `kept` first: concurrent uploads of one caller may pass its quota by one.)"""
         key, expire_at = self.current(caller, now())
         pipe = client.pipeline(transaction=False)
         pipe.incrby(key, nbytes)
         pipe.expireat(key, expire_at)
         pipe.execute()
-        return None
 
 
 class TaskQueue:
