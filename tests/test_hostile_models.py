@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tests import bombs, modules
 from tests.support import wait_until
 from tests.test_model_upload import mlp
-from wasmq.broker.errors import BuildsBusy, InvalidModule
+from wasmq.broker.errors import BuildsBusy, InvalidModule, Unavailable
 from wasmq.broker.settings import Settings
 from wasmq.toolchain.build import Builds
 from wasmq.toolchain.model import ModelError, build_model
@@ -194,9 +194,8 @@ def test_malformed_tensors_of_each_kind_are_refused_naming_them() -> None:
         assert f"tensor '{name}'" in message, message
 
 
-def test_a_build_killed_for_memory_by_the_kernel_names_the_memory_limit() -> None:
-    """The OOM killer sends SIGKILL, as the CPU limit's last resort does: it was
-    reported as over the time limit."""
+def _build_ended_by(sig: int) -> BaseException | None:
+    """What a build answers when its process gets `sig` mid-build."""
     builds = Builds(Settings(compile_timeout=30))
     outcome: list[BaseException] = []
 
@@ -214,12 +213,27 @@ def test_a_build_killed_for_memory_by_the_kernel_names_the_memory_limit() -> Non
                                      "wasmq.toolchain.build" in " ".join(p.cmdline())), None),
                        what="the build process")
     time.sleep(0.5)
-    child.send_signal(signal.SIGKILL)  # what the OOM killer sends
+    child.send_signal(sig)
     thread.join(60)
-    assert outcome and isinstance(outcome[0], InvalidModule), outcome
-    message = outcome[0].message
-    assert "WASMQ_COMPILE_MEMORY_MB" in message and "killed by the system for memory" in message
-    assert "WASMQ_COMPILE_TIMEOUT" not in message
+    return outcome[0] if outcome else None
+
+
+def test_a_build_killed_for_memory_by_the_kernel_names_the_memory_limit() -> None:
+    """The OOM killer sends SIGKILL, as the CPU limit's last resort does: it was
+    reported as over the time limit."""
+    outcome = _build_ended_by(signal.SIGKILL)  # what the OOM killer sends
+    assert isinstance(outcome, InvalidModule), outcome
+    assert "WASMQ_COMPILE_MEMORY_MB" in outcome.message
+    assert "killed by the system for memory" in outcome.message
+    assert "WASMQ_COMPILE_TIMEOUT" not in outcome.message
+
+
+def test_a_build_ended_by_a_stopping_gateway_answers_503_not_500() -> None:
+    """A gateway stopping ends its build processes with SIGTERM: the uploads they were
+    building answered 500 "ended unexpectedly" (python -m bench.lockout's last seconds)."""
+    outcome = _build_ended_by(signal.SIGTERM)
+    assert isinstance(outcome, Unavailable), outcome
+    assert "send it again" in outcome.message
 
 
 def test_five_flooding_callers_leave_a_place_and_the_next_slot_to_a_newcomer() -> None:

@@ -54,7 +54,7 @@ import msgpack
 
 from wasmq.broker import abi
 from wasmq.broker.engine import make_engine
-from wasmq.broker.errors import InvalidModule, WasmqError, cut_reason
+from wasmq.broker.errors import InvalidModule, Unavailable, WasmqError, cut_reason
 from wasmq.broker.interpreter import python_module
 from wasmq.broker.settings import MB, Settings, available_cores
 from wasmq.toolchain.places import Places
@@ -361,6 +361,9 @@ class Builds:
             raise InvalidModule(f"module refused: compiling it needs more memory than the "
                                 f"compile memory limit of {self.memory_mb} MB "
                                 f"(WASMQ_COMPILE_MEMORY_MB)")
+        if code == -signal.SIGTERM:  # the gateway is stopping, and its children with it
+            raise Unavailable("the gateway stopped while it built this upload; send it again "
+                              "(another gateway, or this one once it is back, builds it)")
         log.error("build process ended with %s: %s", code, err.decode(errors="replace"))
         raise WasmqError(f"the build of this upload ended unexpectedly (exit code "
                          f"{code}); it has been logged")
