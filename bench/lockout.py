@@ -15,13 +15,12 @@ pins the ordering that makes them hold.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench.stats import percentile
+from bench.stats import percentile, timed_main
 
 FLOODERS, CONNECTIONS_EACH = 5, 4
 
@@ -128,9 +127,7 @@ def report(figures: dict[str, object]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    print(report(run(parser.parse_args().seconds)))
+    timed_main(__doc__, run, report)
 
 
 if __name__ == "__main__":

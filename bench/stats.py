@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import wasmtime
@@ -68,3 +70,10 @@ def run_async(coroutine: Any) -> Any:
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+def timed_main(doc: str, run: Callable[[float], dict], report: Callable[[dict], str]) -> None:
+    """`python -m bench.<attack> [--seconds S]`: run the attack that long, print it."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    print(report(run(parser.parse_args().seconds)))

@@ -14,7 +14,6 @@ latency and refusals.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import threading
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from bench.stats import percentile
+from bench.stats import percentile, timed_main
 
 STORE_MB, CONNECTIONS = 512, 4
 
@@ -97,9 +96,7 @@ def report(figures: dict[str, object]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    print(report(run(parser.parse_args().seconds)))
+    timed_main(__doc__, run, report)
 
 
 if __name__ == "__main__":
