@@ -118,7 +118,7 @@ def test_wasmq_alive_reads_the_worker_heartbeat(stack) -> None:
 
 
 def test_task_events_reach_a_monitor_such_as_flower(stack, api: Api) -> None:
-    """Events go out in batches (workers/events.py); a receiver gets every one."""
+    """Celery sends every task event; a receiver (Flower, `celery events`) gets every one."""
     app = make_celery(Settings(redis_url=stack.redis_url))
     seen: dict[str, set[str]] = defaultdict(set)
 
