@@ -212,8 +212,7 @@ def _build_ended_by(sig: int) -> BaseException | None:
     child = wait_until(lambda: next((p for p in me.children() if p.pid not in others and
                                      "wasmq.toolchain.build" in " ".join(p.cmdline())), None),
                        what="the build process")
-    time.sleep(0.5)
-    child.send_signal(sig)
+    child.send_signal(sig)  # at once: a bomb may reach its own limit within half a second
     thread.join(60)
     return outcome[0] if outcome else None
 
