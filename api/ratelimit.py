@@ -5,7 +5,7 @@ cheap and clients poll in loops.
 
 The rules are parsed by the `limits` library (what Flask-Limiter is built on),
 which also names each rule's counter. The counting is its fixed window
-(INCRBY, EXPIRE on the first hit of a window), done inside enqueue.lua, the
+(INCRBY, EXPIRE on the first hit of a window), done inside submit.lua, the
 script that creates the task: a submission pays one round trip for counting,
 checking its function and queueing. Calls and input bytes have rules of their
 own (`WASMQ_RATE_LIMIT`, `WASMQ_RATE_LIMIT_BYTES`); a byte rule counts the

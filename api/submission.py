@@ -3,7 +3,7 @@
 A submission needs its function's record before it can build the task (its
 binary, limits, privacy), and the task must be created only if that record is
 still current. Each gateway process keeps the records it has used; the script
-that creates the task (enqueue.lua) checks that the stored record is byte for
+that creates the task (submit.lua) checks that the stored record is byte for
 byte the one the call was validated against, and answers with the current one
 if not, so a replaced or deleted function is never run from a stale copy: the
 call is validated again and retried. A function not yet known to this process

@@ -3,7 +3,7 @@
 The gateway may run several processes and the workers are other processes on
 other hosts, so a per-process prometheus_client registry would each show one
 slice. The figures live in Redis instead, updated inside the scripts that
-already write a task record (broker/protocol: enqueue.lua and finish.lua), so
+already write a task record (broker/protocol: submit.lua and finish.lua), so
 counting adds no round trip; the gateway's `/metrics` reads them back in one pipeline
 and exports them through a custom collector (api/metrics.py).
 

@@ -133,7 +133,7 @@ class Settings:
         the Redis transport's default hour (live nodes restore a dead node's
         messages within seconds; this is the last resort): twice the longest a
         message may legitimately be held, a batch's (its calls' budget plus one
-        call's hard limit, workers/batch.py), because a prefetched message waits
+        call's hard limit, workers/tasks.py), because a prefetched message waits
         at most one such run before its own starts. It must never be shorter
         than a message may legitimately be held, or live tasks would be handed
         out twice.

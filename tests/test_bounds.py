@@ -130,7 +130,7 @@ def test_a_caller_just_refused_is_refused_again_at_once_then_served(redis_url: s
 
     async def three() -> list[tuple[int, dict, float]]:
         first = await call(app, f"/task/{cfid}?wait=0")  # in flight (no worker runs it)
-        second = await call(app, f"/task/{cfid}?wait=0")  # refused by enqueue.lua
+        second = await call(app, f"/task/{cfid}?wait=0")  # refused by submit.lua
         third = await call(app, f"/task/{cfid}?wait=0")  # refused by the bounds, held reply
         return [first, second, third]
 

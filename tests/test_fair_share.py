@@ -1,5 +1,5 @@
 """One caller cannot starve the others: tasks in flight are capped per caller, each
-caller's calls beyond its share of the queue wait in its own backlog, and a task whose
+caller's calls go at a Celery priority that falls as its calls in flight double, and a task whose
 run kills its worker process is retried a bounded number of times."""
 
 from __future__ import annotations

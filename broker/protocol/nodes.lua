@@ -1,6 +1,6 @@
 -- nodes.lua: which worker nodes are alive.
 --
--- Every node beats every HEARTBEAT_S (broker/nodes.py). A node silent for
+-- Every node beats every HEARTBEAT_S (broker/protocol/recovery.py). A node silent for
 -- `stale_s` is dead, but a node judges others only after beating without a gap
 -- for `stale_s` itself: a Redis outage (restart, failover) silences every node at
 -- once, and must not be taken for their deaths. This script only names the dead;

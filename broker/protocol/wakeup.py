@@ -18,7 +18,7 @@ SHIP_LIMIT = 16 * 1024
 
 def parse_wakeups(data: bytes) -> list[tuple[str, bytes]]:
     """Every (tid, packed record) of a completion message: finish.lua's one, or
-    finish_batch.lua's ('*' and a msgpack list of [tid, packed or ''])."""
+    finish.lua's for several calls ('*' and a msgpack list of [tid, packed or ''])."""
     if not data.startswith(b"*"):
         return [parse_wakeup(data)]
     try:
