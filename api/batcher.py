@@ -1,24 +1,13 @@
-"""Calls that arrive together travel together: group commit of submissions, on the event loop.
+"""Calls that arrive together travel together: group commit of submissions.
 
-A call's handler (api/tasks.py) validates it (api/submission.py) and sends it from
-here. While one batch of a lane (a caller's calls to
-one function) is on its way to Redis, the calls that arrive meanwhile wait, holding
-no thread, and go as the next batch when it returns: one script, one Celery message.
-A call that arrives alone goes at once, alone, as Triton's dynamic batcher does by
-default, so batching adds no delay at low load; under load a batch grows with the
-calls that queued behind the one in flight, up to WASMQ_MAX_BATCH.
-
-Waiting here rather than in a thread is what lets batches grow: a caller holds at
-most a sixteenth of a gateway process's threads (api/bounds.py), so batches formed
-in threads held at most that many calls.
-
-Under load a lane also holds its next batch back while it is not full and at least
-WASMQ_MAX_BATCH of the lane's calls from this process are still in flight (sent, and
-waited for, but not answered): the workers have that many to run before they reach
-it, so a fuller batch costs its calls no time, and fewer messages cost the workers
-less. It goes as soon as it is full, as soon as the calls in flight fall below that
-mark, or after HOLD_S at the most. A lone call, or a client calling one call after
-another, never has calls in flight ahead of it, so it is never held.
+While one batch of a lane (a caller's calls to one function) is on its way to Redis,
+the lane's calls that arrive meanwhile wait on the event loop, holding no thread, and
+go as the next batch: one script, one Celery message. A call that arrives alone goes
+at once (as Triton's dynamic batcher does by default), so batching adds no delay at
+low load. Under load a lane also holds a batch that is not full while WASMQ_MAX_BATCH
+of its calls are still unanswered (the workers have that many to run first, so a
+fuller batch costs its calls no time and the workers fewer messages), for HOLD_S at
+most. A client calling one call after another never has calls ahead: it is never held.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """Submitting a call: validate it against its function, create its task in one script.
 
-A submission needs its function's record before it can build the task (its
-binary, limits, privacy), and the task must be created only if that record is
-still current. Each gateway process keeps the records it has used; the script
-that creates the task (submit.lua) checks that the stored record is byte for
-byte the one the call was validated against, and answers with the current one
-if not, so a replaced or deleted function is never run from a stale copy: the
-call is validated again and retried. A function not yet known to this process
-costs one extra read, once, before the request body is read.
+Each gateway process keeps the function records it has used. submit.lua creates a
+call only if the stored record is byte for byte the one it was validated against,
+and answers with the current one if not: the call is validated again and retried, so
+a replaced or deleted function never runs from a stale copy, and a known function
+costs no read of its own.
 """
 
 from __future__ import annotations

@@ -75,18 +75,18 @@ class CompletionListener:
                 if not group:
                     del self._waiters[tid]
 
-    def _wake(self, tid: str | None, packed: bytes = b"") -> None:
+    def _wake(self, tid: str | None, shipped: list | None = None) -> None:
         with self._lock:
             groups = [self._waiters.get(tid, set())] if tid else list(self._waiters.values())
             waiters = [w for group in groups for w in group]
         # Every process hears every completion: unpack only what someone waits for.
-        record = unpack_shipped(packed) if waiters and packed else None
+        record = unpack_shipped(shipped) if waiters and shipped else None
         for waiter in waiters:
             waiter.wake(record)
 
     def _heard(self, data: bytes) -> None:
-        for tid, packed in parse_wakeups(data):
-            self._wake(tid or None, packed)
+        for tid, shipped in parse_wakeups(data):
+            self._wake(tid or None, shipped)
 
     def _run(self) -> None:
         def subscribed() -> None:

@@ -32,8 +32,8 @@ def run(seconds: float = 10.0) -> dict[str, object]:
     from tests.localstack import start_redis, start_stack
     from tests.support import Api
     from wasmq.api.caller import caller_of
-    from wasmq.broker.protocol.queue import Usage
     from wasmq.broker.settings import Settings
+    from wasmq.broker.usage import Usage
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

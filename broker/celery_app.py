@@ -1,12 +1,10 @@
 """The Celery app, built by one factory from settings for gateway and workers alike.
 
-Delivery guarantees come from this configuration, all of it Celery's: a message is
-acknowledged only after its task finished (`acks_late`); a pool process that dies
-mid-task has its task retried as a Celery retry (`task_retry_on_worker_lost`, the
-retries capped by WASMQ_MAX_ATTEMPTS, after which the task fails); a message whose
-node died entirely comes back after kombu's visibility timeout, though live nodes
-send its call again within seconds (broker/protocol/recovery.py). Messages carry
-Celery priorities (broker/protocol/calls.py: the fair share per caller).
+The delivery guarantees are this configuration, all of it Celery's: a message is
+acknowledged after its task finished (`acks_late`); a pool process that dies
+mid-task has its task retried (`task_retry_on_worker_lost`, capped by
+WASMQ_MAX_ATTEMPTS); a dead node's messages come back after kombu's visibility
+timeout, though live nodes send its calls again within seconds (recovery.py).
 """
 
 from __future__ import annotations
@@ -39,22 +37,18 @@ def make_celery(settings: Settings) -> Celery:
         task_default_priority=0,
         task_time_limit=settings.hard_time_limit,
         worker_send_task_events=True,
-        # A "sent" event costs the gateway a publish per call; Flower and
-        # `celery inspect` do without it.
-        task_send_sent_event=False,
+        task_send_sent_event=False,  # a publish per call; Flower does without it
         worker_disable_rate_limits=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,  # a worker waits for Redis forever
         broker_connection_timeout=SOCKET_CONNECT_TIMEOUT,
-        # Running tasks keep going when Redis drops: their record is written once
-        # it is back, and claim.lua skips a redelivered copy.
+        # Running tasks go on when Redis drops; claim.lua skips a redelivered copy.
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
-            # kombu looks for messages a dead node reserved every 10 s (by default
-            # it scans on every tenth look only: 100 s after the visibility timeout).
+            # Look for a dead node's reserved messages every 10 s (kombu's default: 100 s).
             "unacked_restore_interval": min(10, max(1, settings.visibility_timeout // 5)),
             "unacked_restore_throttle": 1,
             "priority_steps": PRIORITY_STEPS,

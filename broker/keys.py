@@ -74,7 +74,7 @@ def loaded_replies(nonce: str) -> str:
 
 def usage(caller: str, bucket: int) -> str:
     """String: bytes the caller stored (inputs and results) in time bucket `bucket`,
-    expiring once everything stored in it has (broker/protocol/queue.py `Usage`)."""
+    expiring once everything stored in it has (broker/usage.py)."""
     return f"{PREFIX}:usage:{caller}:{bucket}"
 
 

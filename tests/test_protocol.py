@@ -15,14 +15,14 @@ from tests.queue_bench import Bench, bench_fixture  # noqa: F401 - the fixture
 from tests.support import wait_until
 from wasmq.broker import keys, metrics
 from wasmq.broker.causes import Cause
-from wasmq.broker.protocol import lua, recovery
+from wasmq.broker.protocol import queue, recovery
 from wasmq.broker.protocol.calls import priority
 from wasmq.broker.protocol.queue import Admitted, Finished, RateCounter, Refusal
 from wasmq.broker.protocol.record import Status
-from wasmq.broker.protocol.wakeup import SHIP_LIMIT, parse_wakeup, parse_wakeups, unpack_shipped
+from wasmq.broker.protocol.wakeup import SHIP_LIMIT, parse_wakeups, unpack_shipped
 
 pytestmark = pytest.mark.fast
-SCRIPTS = sorted(Path(lua.__file__).parent.glob("*.lua"))
+SCRIPTS = sorted(Path(queue.__file__).parent.glob("*.lua"))
 
 
 def _named(header: str, kind: str) -> int:
@@ -56,7 +56,7 @@ def test_no_script_builds_a_key_name_every_key_comes_through_keys() -> None:
 def test_wasmq_reaches_into_no_underscore_name_or_key_name_of_celery_or_kombu() -> None:
     """Celery's and kombu's public API only: an upgrade that renames an internal must
     not stop a worker (`celery` and `kombu` are pinned below their next minor release)."""
-    root = Path(lua.__file__).parents[2]
+    root = Path(queue.__file__).parents[2]
     sources = [p for d in ("api", "broker", "workers", "wasmq", "toolchain")
                for p in (root / d).rglob("*.py")]
     private = re.compile(r"\b(?:celery|kombu|billiard)\.[\w.]*\b_[a-z]\w*")
@@ -72,7 +72,7 @@ def test_wasmq_reaches_into_no_underscore_name_or_key_name_of_celery_or_kombu() 
 
 
 def test_the_finish_script_s_histogram_buckets_are_those_of_the_metrics() -> None:
-    text = lua.source("finish")
+    text = queue.script_source("finish")
     listed = re.search(r"local buckets = \{(.*?)\}", text, re.S).group(1)
     assert tuple(re.findall(r"'([^']+)'", listed)) == metrics.BUCKET_LABELS
 
@@ -268,10 +268,10 @@ def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_no
                                                 exec_ms=0.2))], "node-1")
         while True:
             message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
-            woken, packed = parse_wakeup(message["data"])
+            [(woken, flat)] = parse_wakeups(message["data"])
             if woken == task.job.tid:
                 break
-        record = unpack_shipped(packed)
+        record = unpack_shipped(flat)
         shipped[name] = record
         if record is not None:
             assert record == bench.tasks.get(task.job.tid)
@@ -281,12 +281,13 @@ def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_no
 
 
 def test_a_shipped_record_that_cannot_be_read_or_is_unfinished_is_not_used() -> None:
-    assert unpack_shipped(b"") is None
-    assert unpack_shipped(b"\xc1 not msgpack") is None
-    assert unpack_shipped(msgpack.packb([b"tid", b"t", b"status"])) is None  # odd list
-    running = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"running"])
+    assert parse_wakeups(b"\xc1 not msgpack") == [("", None)]  # every waiter looks again
+    assert parse_wakeups(msgpack.packb([[b"t", False]])) == [("t", None)]
+    assert unpack_shipped(None) is None
+    assert unpack_shipped([b"tid", b"t", b"status"]) is None  # odd list
+    running = [b"tid", b"t", b"cfid", b"c", b"status", b"running"]
     assert unpack_shipped(running) is None  # the waiter reads the record instead
-    done = msgpack.packb([b"tid", b"t", b"cfid", b"c", b"status", b"succeeded", b"result", b"1"])
+    done = [b"tid", b"t", b"cfid", b"c", b"status", b"succeeded", b"result", b"1"]
     assert unpack_shipped(done).result == b"1"
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from tests import hostile, modules
 from wasmq.api.caller import caller_of
-from wasmq.broker.protocol.queue import Usage
 from wasmq.broker.settings import Settings
+from wasmq.broker.usage import Usage
 
 FLOODER, BYSTANDER = "quota-flooder-key", "quota-bystander-key"
 

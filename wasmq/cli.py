@@ -148,7 +148,8 @@ def _purger(data_dir: Path | None) -> Purger:
 
     from wasmq.broker.celery_app import make_celery
     from wasmq.broker.connections import new_client
-    from wasmq.broker.protocol.purge import make_purger
+    from wasmq.broker.protocol.purge import Purger
+    from wasmq.broker.protocol.queue import TaskQueue
     from wasmq.instance import read_instance
 
     settings = _settings()
@@ -171,7 +172,8 @@ def _purger(data_dir: Path | None) -> Purger:
         client.ping()
     except redis.RedisError as exc:
         _refuse(f"cannot reach Redis at {where}: {exc}")
-    return make_purger(client, make_celery(settings), settings.queue, settings.result_ttl)
+    return Purger(TaskQueue.from_settings(client, settings), make_celery(settings),
+                  settings.queue)
 
 
 @main.command()

@@ -1,10 +1,8 @@
-"""A compute node: the Celery app with the wasm tasks, plus what a node does besides
-running them, hooked in through Celery's signals: structured logs with the tid, a
-heartbeat (liveness, `/metrics`, and taking over dead nodes' calls), and failing a
-call whose worker process Celery had to kill or lost too often.
-
-`wasmq worker` and `celery -A wasmq.workers.celery_main` both build the app here,
-so Flower and `celery inspect` see the same node as the CLI starts.
+"""A compute node: the Celery app with the wasm tasks, and what a node does besides,
+through Celery's signals: logs with the tid, a heartbeat (liveness, `/metrics`,
+taking over dead nodes' calls), and failing a call whose worker process Celery
+killed or lost too often. `wasmq worker` and `celery -A wasmq.workers.celery_main`
+both build the app here.
 """
 
 from __future__ import annotations
@@ -83,8 +81,7 @@ class Node:
     # -- heartbeat ------------------------------------------------------------------
 
     def start(self, sender: object = None, **_: object) -> None:
-        """Beats once before the consumer starts (Celery sends worker_init first), so
-        no call is claimed by a node that was never listed."""
+        """Beats once before the consumer starts: no call is claimed by an unlisted node."""
         self._worker = sender
         try:
             self._beat()
@@ -133,8 +130,7 @@ class Node:
             pass  # it goes silent, and live nodes take over what it held
 
     def stop(self, **_: object) -> None:
-        """After the pool has stopped (Celery's worker_shutdown): what is still held
-        goes on elsewhere, and the node is no longer listed."""
+        """After the pool stopped: what it still holds goes on elsewhere (`leave`)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=SOCKET_TIMEOUT + 1)
@@ -143,9 +139,8 @@ class Node:
 
     def on_failure(self, exception: BaseException | None = None, args: tuple = (),
                    sender: Task | None = None, **_: object) -> None:
-        """A call's worker process was killed past the hard time limit, or was lost
-        more often than WASMQ_MAX_ATTEMPTS allows: Celery fails the task; without
-        this its calls would say "running" until they expired."""
+        """Celery failed the task (its process killed past the hard time limit, or lost
+        WASMQ_MAX_ATTEMPTS times): without this its calls would say "running"."""
         if not isinstance(exception, (TimeLimitExceeded, WorkerLostError)) or not args:
             return
         raw = args[0] if isinstance(args[0], list) else [args[0]]
@@ -154,9 +149,7 @@ class Node:
             return
         node = recovery.identity()
         try:
-            if len(jobs) > 1:
-                # A batch: its unfinished calls go on alone; the one that hung meets
-                # the limit again by itself and fails then, the others run.
+            if len(jobs) > 1:  # a batch: its calls go on alone, the culprit fails alone
                 recovery.take_over(self.tasks, self.calls(), node, node,
                                    [j.tid for j in jobs])
                 return

@@ -1,18 +1,14 @@
-"""The Celery tasks that run compute-function calls on this node: `wasmq.run` (one call,
-its task id is the tid) and `wasmq.run_batch` (calls that arrived together).
+"""The Celery tasks that run calls: `wasmq.run` (one call; its task id is the tid) and
+`wasmq.run_batch` (calls that arrived together).
 
-A task claims its calls in one script (claim.lua), runs each on a fresh instance,
-stores the outcomes (finish.lua: one script and one wake-up for the calls that end
-close together) and ends as Celery should tell it: SUCCESS, or FAILURE naming the
-calls that failed and why, so Flower and `celery events` tell the truth.
-
-A batch leaves its calls to go on alone in two cases: it was retried after its
-worker process died (so a call that kills its process is retried alone, and only
-its own attempts run out), and it has run for BATCH_BUDGET_S (so no call waits
-behind the others of its batch for longer, and another caller's call waits behind
-about one of them). The calls it hands on are taken over with their attempt bumped
-(broker/protocol/recovery.py), so the batch's own message, if it ever comes back,
-runs none of them again.
+A task claims its calls in one script, runs each on a fresh instance, stores the
+outcomes (one script and one wake-up for outcomes that end close together) and ends
+as SUCCESS, or FAILURE naming the calls that failed and why, so Flower and `celery
+events` tell the truth. A batch hands its calls on to go alone (with their attempt
+bumped, so its own message never runs them again) when it was retried after its
+worker process died (a call that kills its process then uses up only its own
+attempts) and once it has run for BATCH_BUDGET_S (no call waits behind its batch
+longer, and another caller's call waits behind about one of them).
 """
 
 from __future__ import annotations
@@ -77,9 +73,8 @@ class NodeState:
         self.node = recovery.identity()  # the main process's: made before the fork
 
 
-# Celery's per-task INFO lines ("received", "succeeded in") cost the busiest
-# process, the worker's main one, a formatted write per task; wasmq logs each
-# call once itself, with its tid and outcome.
+# Celery's per-task INFO lines cost the busy main process a write per task; wasmq logs
+# each call once itself, with its tid and outcome.
 PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 
 
@@ -93,8 +88,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 
     @worker_process_init.connect(weak=False)
     def warm(**_: object) -> None:
-        # Build the engine, linker and Redis connection and preload hot modules
-        # when the pool process starts: a new process answers its first call warm.
+        """A new pool process answers its first call warm: hot modules preloaded."""
         st = state()
         st.prefetcher.start()
         try:
@@ -120,9 +114,7 @@ def register_tasks(app: Celery, settings: Settings) -> None:
 def _guarded(body: object) -> list[str]:
     try:
         return body()  # type: ignore[operator]
-    except redis.RedisError as exc:
-        # Failing would acknowledge the message and strand its calls as running;
-        # requeued, it runs again once Redis answers (claim.lua skips finished calls).
+    except redis.RedisError as exc:  # failing would strand its calls as running
         raise Reject(exc, requeue=True) from exc
 
 
@@ -146,8 +138,7 @@ def execute(st: NodeState, jobs: list[Job], retries: int, *, batch: bool) -> lis
             said.update({j.tid: f"{j.tid}: sent on alone" for j in runnable[i:]})
             break
         if pending and time.monotonic() - pending_since >= FLUSH_AFTER_S:
-            _store(st, pending)
-            pending = []
+            pending = _flush(st, pending)
         bind_tid(job.tid)  # its log lines carry its own tid
         outcome = _outcome(st, job)
         if not pending:
@@ -156,24 +147,27 @@ def execute(st: NodeState, jobs: list[Job], retries: int, *, batch: bool) -> lis
         said[job.tid] = f"{job.tid}: {outcome.status.value}"
         if outcome.status == Status.FAILED:
             failed.append(f"{job.tid}: {outcome.message}")
-        _log_outcome(job, outcome)
-    if pending:
-        _store(st, pending)
+    _flush(st, pending)
     if failed:
         raise CallsFailed("; ".join(failed))
     return [said[j.tid] for j in jobs]
 
 
+def _flush(st: NodeState, pending: list[tuple[Job, Finished]]) -> list:
+    """Store outcomes, then log them: an answer never waits for its log line."""
+    if pending:
+        _store(st, pending)
+    for job, outcome in pending:
+        if outcome.status == Status.SUCCEEDED:
+            log.info("tid=%s succeeded in %.2f ms", job.tid, outcome.exec_ms or 0.0)
+        elif outcome.cause != Cause.INTERNAL:  # logged with its traceback where it happened
+            log.info("tid=%s failed: %s", job.tid, outcome.message)
+    return []
+
+
 def _hand_on(st: NodeState, jobs: list[Job], why: str) -> None:
     sent = recovery.take_over(st.tasks, st.calls, st.node, st.node, [j.tid for j in jobs])
     log.info("batch: %d of its calls go on alone (%s)", sent, why)
-
-
-def _log_outcome(job: Job, outcome: Finished) -> None:
-    if outcome.status == Status.SUCCEEDED:
-        log.info("tid=%s succeeded in %.2f ms", job.tid, outcome.exec_ms or 0.0)
-    elif outcome.cause != Cause.INTERNAL:  # logged with its traceback where it happened
-        log.info("tid=%s failed: %s", job.tid, outcome.message)
 
 
 def _store(st: NodeState, done: list[tuple[Job, Finished]]) -> None:

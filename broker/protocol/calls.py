@@ -1,17 +1,13 @@
-"""Sending calls through Celery: `send_task`, a task id that is the call's tid.
+"""Sending calls through Celery: `send_task`, with the call's tid as the task id.
 
-A call that travels alone is the task `wasmq.run` with its job as the argument and
-its tid as the task id; calls that arrived together travel as one `wasmq.run_batch`
-task whose argument lists their jobs (the gateway's api/batcher.py). An input over
-WASMQ_INLINE_INPUT_KB stays with the record and the message goes without it.
+A call travels alone as `wasmq.run` (its job the argument), or with others that
+arrived together as one `wasmq.run_batch` (a list of jobs). An input over
+WASMQ_INLINE_INPUT_KB stays with the record and travels without the message.
 
-Fair share is Celery's message priority: kombu's Redis transport keeps one list
-per priority and its consumers take from the most urgent first. A caller's call
-goes at a priority that grows with the calls it already has in flight (0 for the
-first, then 1, 2, 3... as that number doubles), so a caller with hundreds queued
-never stands in front of another caller's first few calls, and when every caller
-floods, calls are served in the order they came. A call sent again (its node was
-lost, or its batch handed it on) goes at its caller's priority at that moment.
+Fair share is Celery's message priority (kombu's Redis transport keeps a list per
+priority and takes the most urgent first): a caller's call goes at a priority that
+grows as its calls in flight double, so a caller with hundreds queued never stands
+before another's first few, and when everyone floods, calls go in the order they came.
 """
 
 from __future__ import annotations
@@ -25,8 +21,7 @@ from wasmq.broker.protocol.queue import Job
 RUN_TASK = "wasmq.run"
 RUN_BATCH = "wasmq.run_batch"
 PRIORITY_STEPS = list(range(10))  # kombu's priority lists: 0 is taken first
-# A publish that cannot reach Redis gives up after about half a second, so the
-# gateway answers 503 instead of hanging a request (kombu retries much longer).
+# A publish that cannot reach Redis gives up in about half a second: a 503, not a hang.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                         "interval_max": 0.3}
 
@@ -34,10 +29,6 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 
 def priority(ahead: int) -> int:
     """The priority of a caller's call with `ahead` of its calls already in flight."""
     return min(PRIORITY_STEPS[-1], max(0, ahead).bit_length())
-
-
-def new_batch_id() -> str:
-    return f"wasmqb-{secrets.token_hex(16)}"
 
 
 class Calls:
@@ -58,7 +49,7 @@ class Calls:
             self.app.send_task(RUN_TASK, args=[self._argument(first)], task_id=first.tid,
                                argsrepr=f"[{first.tid!r}]", **options)
             return first.tid
-        batch_id = new_batch_id()
+        batch_id = f"wasmqb-{secrets.token_hex(16)}"
         self.app.send_task(RUN_BATCH, args=[[self._argument(j) for j in jobs]],
                            task_id=batch_id, argsrepr=repr([[j.tid for j in jobs]]),
                            **options)

@@ -1,32 +1,24 @@
 -- finish.lua: store the outcomes of one caller's calls, count them, wake the gateways.
 --
--- The first finish wins: a call run twice (its node taken for dead while only
--- paused) keeps the answer it was first given, is counted once and woken once.
--- Each call leaves its caller's tasks in flight and the running set of the node
--- that finishes it, and its job (with its input) is dropped. Cancelling a call
--- (broker/protocol/purge.py) is finishing it only while it is still queued.
+-- The first finish wins: a call run twice (its node taken for dead while only paused)
+-- keeps its first answer, counted and woken once. Cancelling (purge.py) is finishing
+-- only while the call is still queued.
 --
 -- KEYS[1] inflight  zset  wasmq:inflight:<caller>
--- KEYS[2] running   set   wasmq:running:<node>: this node's
--- KEYS[3] queued    zset  wasmq:queued:<queue>: a call failed before any claim leaves it
+-- KEYS[2] running   set   wasmq:running:<node> (this node's)
+-- KEYS[3] queued    zset  wasmq:queued:<queue>
 -- KEYS[4] counts    hash  wasmq:metrics:counts: 'succeeded', 'failed:<cause>'
 -- KEYS[5] exec      hash  wasmq:metrics:exec: execution seconds histogram
 -- KEYS[6] e2e       hash  wasmq:metrics:e2e: submission-to-result seconds histogram
--- KEYS[7] usage     string wasmq:usage:<caller>:<bucket>: bytes the caller keeps, now
+-- KEYS[7] usage     string wasmq:usage:<caller>:<bucket> (the current one)
 -- KEYS[8 ..]        hash  wasmq:{<tid>}:task, one per call
+-- args=[channel: wasmq:done, ttl, now, expire_at: the usage bucket's, per call: tid and
+--       counter and exec seconds or '' and '1' to ship the record with its wake-up and
+--       '1' to store only if still queued and bytes it keeps and nfields and items...]
 --
--- ARGV[1] channel   the completion channel (wasmq:done)
--- ARGV[2] ttl       seconds a finished record is kept
--- ARGV[3] now       epoch seconds
--- ARGV[4] expire_at when the usage bucket expires (epoch seconds)
--- then per call:    tid, counter ('succeeded' or 'failed:<cause>'), exec seconds or '',
---                   '1' to ship the record with its wake-up, '1' to store only if the
---                   call is still queued, bytes its outcome keeps, nfields, field/value
---                   items
---
--- Histogram buckets (seconds) are broker/metrics.py BUCKETS (a test compares them).
--- Publishes one wake-up: the tid and, when shipped, "\n" and the record packed; or,
--- for several calls, "*" and a msgpack list of [tid, packed record or ''].
+-- Histogram buckets are broker/metrics.py BUCKETS (a test compares them). Publishes
+-- one wake-up, a msgpack list of [tid, the record's field/value list or false] (the
+-- record when small: the waiting gateway needs no HGETALL; broker/protocol/wakeup.py).
 -- Returns 1 per call stored, 0 per call that had finished already.
 
 local inflight_key, running_key, queued_key = KEYS[1], KEYS[2], KEYS[3]
@@ -35,7 +27,6 @@ local channel, ttl, now, expire_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4
 
 local buckets = {'0.001', '0.0025', '0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5',
                  '1', '2.5', '5', '10', '30', '60', '120', '300'}
--- Counts and histograms are summed here and written once per script, not per call.
 local counters, histograms = {}, {[exec_key] = {}, [e2e_key] = {}}
 local function observe(key, value)
   local bucket = '+Inf'
@@ -71,9 +62,7 @@ while at <= #ARGV do
     redis.call('HDEL', record_key, 'job')
     redis.call('HSET', record_key, unpack(ARGV, first_field, at - 1))
     redis.call('EXPIRE', record_key, ttl)
-    local packed = ''
-    if ship == '1' then packed = cmsgpack.pack(redis.call('HGETALL', record_key)) end
-    wakeups[#wakeups + 1] = {tid, packed}
+    wakeups[#wakeups + 1] = {tid, ship == '1' and redis.call('HGETALL', record_key)}
   end
 end
 if #gone > 0 then
@@ -96,11 +85,5 @@ if kept > 0 then
   redis.call('INCRBY', usage_key, kept)
   redis.call('EXPIREAT', usage_key, expire_at)
 end
-if #wakeups == 1 then
-  local tid, packed = wakeups[1][1], wakeups[1][2]
-  if packed ~= '' then tid = tid .. '\n' .. packed end
-  redis.call('PUBLISH', channel, tid)
-elseif #wakeups > 1 then
-  redis.call('PUBLISH', channel, '*' .. cmsgpack.pack(wakeups))
-end
+if #wakeups > 0 then redis.call('PUBLISH', channel, cmsgpack.pack(wakeups)) end
 return stored

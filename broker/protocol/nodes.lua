@@ -1,23 +1,18 @@
 -- nodes.lua: which worker nodes are alive.
 --
--- Every node beats every HEARTBEAT_S (broker/protocol/recovery.py). A node silent for
--- `stale_s` is dead, but a node judges others only after beating without a gap
--- for `stale_s` itself: a Redis outage (restart, failover) silences every node at
--- once, and must not be taken for their deaths. This script only names the dead;
--- their calls are taken over with requeue.lua, and a dead node whose running set
--- is empty is forgotten ('gone').
+-- Every node beats every HEARTBEAT_S (recovery.py). A node silent for `stale_s` is
+-- dead, but a node judges others only after beating without a gap for `stale_s`
+-- itself: a Redis outage silences every node at once and must not be taken for their
+-- deaths. This script only names the dead; requeue.lua takes their calls over.
 --
 -- KEYS[1] nodes   zset  wasmq:nodes: node -> its last beat (epoch seconds)
 -- KEYS[2] since   hash  wasmq:nodes:since: node -> start of its gapless beats
 -- KEYS[3] queues  hash  wasmq:nodes:queues: node -> the queues it consumes (comma-joined)
---
--- mode 'beat':  ARGV[1] 'beat', ARGV[2] node, ARGV[3] now, ARGV[4] stale_s,
---               ARGV[5] max_gap_s, ARGV[6] its queues, ARGV[7] at most this many dead
---               Returns {1 if the node was not listed else 0, dead nodes...}.
--- mode 'gone':  KEYS[4] running set of the dead node; ARGV[1] 'gone', ARGV[2] the dead
---               node, ARGV[3] now, ARGV[4] stale_s. Forgets it if it is still silent
---               and runs nothing. Returns 1 if forgotten.
--- mode 'leave': ARGV[1] 'leave', ARGV[2] node. A node stopping is no longer listed.
+-- KEYS[4] running set  of the dead node ('gone' only)
+-- args=[mode, node, now, stale_s, max_gap_s, queues: the node's, max_dead: most named]
+-- 'beat' (all args) returns {1 if the node was not listed else 0, dead nodes...};
+-- 'gone' (mode to stale_s) forgets a node still silent and running nothing (1 if so);
+-- 'leave' (mode, node) forgets a node stopping.
 
 local nodes_key, since_key, queues_key = KEYS[1], KEYS[2], KEYS[3]
 local mode, node = ARGV[1], ARGV[2]
@@ -42,18 +37,13 @@ if mode == 'beat' then
 end
 
 if mode == 'gone' then
-  local now, stale_s = tonumber(ARGV[3]), tonumber(ARGV[4])
   local last = tonumber(redis.call('ZSCORE', nodes_key, node) or '')
-  if last and now - last >= stale_s and redis.call('SCARD', KEYS[4]) == 0 then
-    redis.call('ZREM', nodes_key, node)
-    redis.call('HDEL', since_key, node)
-    redis.call('HDEL', queues_key, node)
-    return 1
+  if not last or tonumber(ARGV[3]) - last < tonumber(ARGV[4])
+      or redis.call('SCARD', KEYS[4]) > 0 then
+    return 0
   end
-  return 0
 end
-
-if mode == 'leave' then
+if mode == 'gone' or mode == 'leave' then
   redis.call('ZREM', nodes_key, node)
   redis.call('HDEL', since_key, node)
   redis.call('HDEL', queues_key, node)

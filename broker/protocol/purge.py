@@ -1,25 +1,18 @@
-"""Draining queued tasks: `wasmq purge` and `wasmq cancel`.
+"""`wasmq purge` and `wasmq cancel`: draining queued calls.
 
-`wasmq purge` is `celery purge` of the installation's queues (through kombu's public
+`wasmq purge` is `celery purge` of the installation's queues (kombu's public
 `queue_purge`, as `celery purge -Q` does it) and then the cancelling of every call
-those queues held: its record finishes as failed, "cancelled", so a caller polling it
-gets an answer and a waiting gateway wakes. `celery purge` alone drops the messages
-and leaves their records queued until `wasmq purge` or their TTL; nothing of
-wasmq's ever sends a queued call again (only calls a dead node was running are
-sent again), so neither command undoes the other.
-
-A call is cancelled only while its record says "queued" (finish.lua's
-`only_queued`): a running call cannot be stopped from here, since wasmtime's epoch
-interruption lives inside the worker process that runs it. A cancelled call whose
-message is still somewhere (`--function` purges records only; a node reserved it)
-is skipped when a node claims it.
+they held: its record fails as "cancelled", so pollers get an answer and waiting
+gateways wake. Nothing of wasmq's sends a queued call again, so neither command
+undoes the other. Only a queued call can be cancelled (finish.lua's `only_queued`):
+a running one lives in its worker process's wasmtime store; a cancelled call whose
+message is still somewhere is skipped when claimed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from celery import Celery
 
 from wasmq.broker import keys
@@ -39,8 +32,7 @@ class Purged:
 
 @dataclass
 class Cancelled:
-    """What `cancel` found: the task's status before (None if there is no such
-    task), whether it is cancelled now, and the node running it."""
+    """The task's status before (None: no such task), and the node running it."""
 
     tid: str
     status: str | None
@@ -109,6 +101,3 @@ class Purger:
         status, node = self.redis.hmget(keys.task(tid), "status", "node")
         return Cancelled(tid, (status or b"").decode() or None, False, (node or b"").decode())
 
-
-def make_purger(client: redis.Redis, app: Celery, default_queue: str, ttl: int) -> Purger:
-    return Purger(TaskQueue(client, ttl=ttl), app, default_queue)

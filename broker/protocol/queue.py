@@ -1,20 +1,10 @@
-"""The queue protocol's one entry point: submit, claim, finish, take over, cancel.
+"""The queue protocol's one entry point: submit, claim, finish, take over.
 
-Celery carries every call: the gateway sends it with `send_task` (broker/protocol/
-calls.py) and a stock Celery worker runs it. What Celery does not keep is kept here,
-beside it, in four Redis structures per call, each written only by the scripts
-beside this module (`.lua`, every key in KEYS):
-
-* the task record `wasmq:{<tid>}:task` (status, timings, result, logs; its job, input
-  included, until it finishes), with a TTL;
-* its caller's tasks in flight `wasmq:inflight:<caller>` (the cap, and the priority
-  of the caller's next call: the fair share), and the bytes its input and result
-  keep in its caller's usage (`Usage`: a quota per caller);
-* its queue's queued set `wasmq:queued:<queue>` until a node claims it (purge, cancel);
-* the running set `wasmq:running:<node>` of the node that claimed it, until it
-  finishes (a dead node's calls are taken over from there: broker/protocol/recovery.py).
-
-docs/queue.md draws a call's states and names the test of each guarantee.
+Celery carries every call (calls.py); what Celery does not keep is kept beside it in
+four Redis structures per call, written only by the `.lua` scripts beside this
+module: the task record, its caller's calls in flight, its queue's queued set and
+the running set of the node that claimed it. docs/queue.md draws a call's states
+and names the test of each guarantee.
 """
 
 from __future__ import annotations
@@ -22,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 
 import msgpack
 import redis
@@ -29,20 +20,20 @@ import redis
 from wasmq.broker import keys, metrics
 from wasmq.broker.causes import Cause
 from wasmq.broker.clock import now
-from wasmq.broker.protocol import lua
 from wasmq.broker.protocol.record import Status, TaskRecord
 from wasmq.broker.protocol.wakeup import SHIP_LIMIT
 from wasmq.broker.settings import Settings
+from wasmq.broker.usage import Usage
 
-_worker: tuple[int, str] = (0, "")
+
+def script_source(name: str) -> str:
+    """The text of `<name>.lua` beside this module."""
+    return files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
 def worker_process() -> str:
     """This process, as a record names the one that ran it: "<host>:<pid>"."""
-    global _worker
-    if _worker[0] != os.getpid():
-        _worker = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}")
-    return _worker[1]
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -53,22 +44,17 @@ class Job:
 
     tid: str
     sha256: str
-    data: bytes | None
-    limits: dict[str, float] | None
-    caller: str
-    queue: str
+    data: bytes | None = None
+    limits: dict[str, float] | None = None
+    caller: str = ""
+    queue: str = ""
 
     def to_dict(self, *, with_data: bool = True) -> dict:
-        out = asdict(self)
-        if not with_data:
-            out["data"] = None
-        return out
+        return {**asdict(self), **({} if with_data else {"data": None})}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Job":
-        return cls(tid=raw["tid"], sha256=raw["sha256"], data=raw.get("data"),
-                   limits=raw.get("limits"), caller=raw.get("caller", ""),
-                   queue=raw.get("queue", ""))
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
     def packed(self) -> bytes:
         return msgpack.packb(self.to_dict(), use_bin_type=True)
@@ -76,6 +62,9 @@ class Job:
     @classmethod
     def unpacked(cls, raw: bytes) -> "Job":
         return cls.from_dict(msgpack.unpackb(raw, raw=False))
+
+
+RECORD_BYTES = 512  # what a task record costs Redis besides its input and result
 
 
 @dataclass(frozen=True)
@@ -165,49 +154,12 @@ class Finished:
     exec_ms: float | None = None
 
 
-RECORD_BYTES = 512  # what a task record costs Redis besides its input and result
-
-
-class Usage:
-    """The bytes a caller keeps in the store, counted in time buckets of an eighth of
-    the records' TTL: a bucket expires once every record written in it has, so the sum
-    of the last nine is what the caller keeps now (an overestimate by at most a
-    bucket's worth of expired records), and no sweep is needed to forget old ones."""
-
-    BUCKETS = 8
-
-    def __init__(self, ttl: int) -> None:
-        self.span = max(1, -(-ttl // self.BUCKETS))
-        self.ttl = ttl
-
-    def current(self, caller: str, at: float) -> tuple[str, int]:
-        """The caller's bucket now, and when it expires (epoch seconds)."""
-        bucket = int(at // self.span)
-        return keys.usage(caller, bucket), (bucket + 1) * self.span + self.ttl
-
-    def window(self, caller: str, at: float) -> list[str]:
-        bucket = int(at // self.span)
-        return [keys.usage(caller, bucket - i) for i in range(self.BUCKETS + 1)]
-
-    def kept(self, client: redis.Redis, caller: str) -> int:
-        return sum(int(v or 0) for v in client.mget(self.window(caller, now())))
-
-    def add(self, client: redis.Redis, caller: str, nbytes: int) -> None:
-        """Count what an upload stored in the caller's usage. (An upload checks its room
-        with `kept` first: concurrent uploads of one caller may pass its quota by one.)"""
-        key, expire_at = self.current(caller, now())
-        pipe = client.pipeline(transaction=False)
-        pipe.incrby(key, nbytes)
-        pipe.expireat(key, expire_at)
-        pipe.execute()
-
-
 class TaskQueue:
     def __init__(self, client: redis.Redis, *, ttl: int, max_attempts: int = 3) -> None:
         self.redis = client
         self.ttl, self.max_attempts = ttl, max_attempts
         self.usage = Usage(ttl)
-        self._scripts = {name: lua.register(client, name)
+        self._scripts = {name: client.register_script(script_source(name))
                          for name in ("submit", "claim", "finish", "requeue", "nodes")}
 
     @classmethod
@@ -309,8 +261,8 @@ class TaskQueue:
             keys=[keys.running(from_node), keys.running(to_node),
                   *(keys.task(t) for t in tids)],
             args=["take", from_node, to_node, self.max_attempts, *tids])
-        return [Taken(Job.unpacked(flat[i + 2]), int(flat[i + 1]), flat[i + 4] == b"exhausted")
-                for i in range(0, len(flat), 5)]
+        return [Taken(Job.unpacked(job), int(attempt), state == b"exhausted")
+                for attempt, job, state in zip(flat[::3], flat[1::3], flat[2::3], strict=True)]
 
     def handed(self, node: str, sent: list[Taken]) -> int:
         """The calls `node` took over and sent again are queued (no longer its own)."""

@@ -1,23 +1,12 @@
 """Taking over the calls of a node that died, split a batch, or is stopping.
 
-Each node claims a call into its running set (claim.lua) and leaves it there until
-the call is finished. Nodes beat every HEARTBEAT_S; a node silent for STALE_S is
-dead (broker/protocol/nodes.lua), and the live node that sees it first takes its
-running calls over (requeue.lua) and sends each again through Celery with its
-attempt bumped, at its caller's priority (calls.py): a dead node's calls finish elsewhere
-about STALE_S + HEARTBEAT_S after its death. The dead node's own messages, still
-unacknowledged in kombu, come back after kombu's visibility timeout and are skipped
-as stale. A call whose attempts are used up (WASMQ_MAX_ATTEMPTS) fails instead.
-
-A node identity is made once per worker start and shared by its pool processes, so
-a restarted node is never mistaken for the dead one. A node only paused past
-STALE_S finds its calls taken over when it resumes: it finishes them all the same,
-and the first answer stored wins.
-
-What it cannot see: a message kombu popped off the queue for a node that died in
-the instant before kombu recorded it as unacknowledged, or before the node's pool
-claimed it. The first is lost to kombu too (its record stays `queued` until
-`wasmq purge` or its TTL); the second comes back after the visibility timeout.
+A node claims a call into its running set and keeps it there until it finishes.
+The first live node to see a node dead (nodes.lua) takes its running calls over
+(requeue.lua) and sends each again through Celery, attempt bumped, at its caller's
+priority: they finish elsewhere about STALE_S + HEARTBEAT_S after the death. The
+dead node's unacknowledged messages come back after kombu's visibility timeout and
+are skipped as stale. A node only paused finishes its calls all the same when it
+resumes: the first answer stored wins. docs/queue.md says what this cannot see.
 """
 
 from __future__ import annotations
@@ -38,21 +27,17 @@ from wasmq.broker.protocol.record import Status
 
 log = logging.getLogger("wasmq.node")
 
-HEARTBEAT_S = 1.0  # how often a node says it is alive
-# Silent for longer: dead. Several beats, so a node slowed by a loaded host, a
-# garbage collection or a Redis round trip is not taken for dead.
-STALE_S = 4.0
+HEARTBEAT_S = 1.0
+STALE_S = 4.0  # silent this long: dead (several beats: a loaded host is not dead)
 MAX_DEAD_PER_BEAT = 16
-# A longer pause between two of its own beats (Redis unreachable, the node paused)
-# and a node first beats STALE_S again before it judges others.
-MAX_GAP_S = 2.5 * HEARTBEAT_S
+MAX_GAP_S = 2.5 * HEARTBEAT_S  # a node silent this long itself judges no one for STALE_S
 
 _identity: str | None = None
 
 
 def identity() -> str:
-    """This worker's node identity: host, pid and a random part, made once per start
-    in the main process and inherited by its pool processes."""
+    """Host, pid and a random part, made once per worker start in the main process and
+    inherited by its pool processes: a restarted node is never taken for the dead one."""
     global _identity
     if _identity is None:
         _identity = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -92,8 +77,7 @@ def take_over(tasks: TaskQueue, calls: Calls, from_node: str, to_node: str,
         tids = [t.decode() for t in tasks.redis.smembers(keys.running(from_node))]
     sent: list[Taken] = []
     taken_over = tasks.take(from_node, to_node, tids)
-    # Each goes at its caller's priority now, as a new call of its would (fair share):
-    # a flooding caller's calls handed on must not stand before another caller's.
+    # At its caller's priority now: a flooder's calls must not go before others'.
     callers = sorted({t.job.caller for t in taken_over})
     pipe = tasks.redis.pipeline(transaction=False)
     for caller in callers:

@@ -1,39 +1,29 @@
 -- submit.lua: create one caller's calls to one function, each admitted or refused on
--- its own; the gateway then sends the admitted ones through Celery (`send_task`).
+-- its own; the gateway then sends the admitted ones with Celery's `send_task`.
 --
--- A call is counted against the caller's rate rules in order, up to the first one
--- it exceeds (a refused call is counted all the same), checked against the function
--- record it was validated against (byte for byte: a replaced or deleted function is
--- never run from a stale copy), capped by the caller's tasks in flight (entries
--- whose record finished or expired unseen are dropped first, so a lost record never
--- holds a place for ever), and by the bytes the caller keeps in the store (its
--- usage: the inputs and results of the last ttl, in time buckets). Then its record is
--- written, its input counted in the caller's usage, it joins the caller's tasks in
--- flight and its queue's queued set, and it is counted as submitted.
+-- A call is checked, in order: against the caller's rate rules (every call counts,
+-- refused or not, up to the first rule it exceeds); against the function record it was
+-- validated against, byte for byte (a replaced or deleted function never runs from a
+-- stale copy); against the caller's cap of calls in flight (entries past the TTL are
+-- dropped first: a lost record never holds a place for ever); against the bytes the
+-- caller keeps (its usage buckets, broker/usage.py).
 --
 -- KEYS[1] counts    hash    wasmq:metrics:counts ('submitted')
--- KEYS[2] function  string  wasmq:function:<cfid>: the function's stored record
--- KEYS[3] inflight  zset    wasmq:inflight:<caller>: tid -> createdAt, until finished
--- KEYS[4] queued    zset    wasmq:queued:<queue>: tid -> createdAt, until claimed
--- KEYS[5 .. 4+nrules]       string: one rate-limit counter per rule (fixed window)
--- then nusage keys          string: wasmq:usage:<caller>:<bucket>, the current first
--- then                      hash: wasmq:{<tid>}:task, one per call, in call order
+-- KEYS[2] function  string  wasmq:function:<cfid>
+-- KEYS[3] inflight  zset    wasmq:inflight:<caller>: tid -> createdAt
+-- KEYS[4] queued    zset    wasmq:queued:<queue>: tid -> createdAt
+-- KEYS[5 ..]                one string per rate rule (fixed window counters), then
+--                           the caller's usage buckets (the current one first), then
+--                           hash wasmq:{<tid>}:task per call
+-- args=[ttl, now, max_inflight, nrules, nusage, quota, expire_at: the current usage
+--       bucket's, per rule: window seconds and allowance, per call: expected function
+--       record and nfields and field/value items (tid first) and one cost per rule and
+--       bytes it keeps...]
 --
--- ARGV[1] ttl           seconds records are kept
--- ARGV[2] now           epoch seconds
--- ARGV[3] max_inflight  how many tasks the caller may have queued or running
--- ARGV[4] nrules
--- ARGV[5] nusage        how many usage buckets
--- ARGV[6] quota         bytes the caller may keep
--- ARGV[7] expire_at     when the current usage bucket expires (epoch seconds)
--- then per rule:        window seconds, allowance
--- then per call:        expected function record, nfields, field/value items, one
---                       cost per rule, bytes it stores
---
--- Returns one reply per call: 'queued:<tasks the caller had in flight before it>';
--- 'duplicate' (its record exists: redis-py resent the script after a dropped
--- connection); 'limited:<rule>:<seconds left>'; 'busy:<in flight>'; 'quota:<bytes
--- kept>'; 'stale' (then the function's current record, or false, is the last item).
+-- Returns per call 'queued:<calls in flight before it>', 'duplicate' (redis-py resent
+-- the script after a dropped connection), 'limited:<rule>:<seconds left>',
+-- 'busy:<in flight>', 'quota:<bytes kept>' or 'stale' (then the function's current
+-- record, or false, is the last item).
 
 local counts_key, function_key, inflight_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local ttl, now, max_inflight, nrules = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -57,7 +47,7 @@ end
 local current = redis.call('GET', function_key)
 local held = redis.call('ZCARD', inflight_key)
 local swept, stale, admitted = false, false, 0
-local members = {}  -- score, tid of each call created: one ZADD for all
+local members = {}  -- score, tid of each call created
 local replies = {}
 local at = 8 + 2 * nrules
 local c = 0
@@ -79,8 +69,6 @@ while at <= #ARGV do
   end
   if not reply and current ~= expected then reply = 'stale'; stale = true end
   if not reply and held >= max_inflight and not swept then
-    -- Drop entries that finished or expired unseen (a record is checked by its
-    -- presence in the caller's set only; its key is not known here).
     swept = true
     local cutoff = tonumber(now) - tonumber(ttl)
     redis.call('ZREMRANGEBYSCORE', inflight_key, '-inf', cutoff)

@@ -1,9 +1,8 @@
-"""The completion message every gateway process hears when a task finishes.
+"""The completion message every gateway process hears when calls finish (finish.lua).
 
-`finish.lua` publishes the tid, then, for a small record, a newline and the
-finished record packed with msgpack (the hash's field/value list), which spares
-the waiting gateway its HGETALL. A wake-up only ever means "look again": one
-that cannot be read makes the waiter read the record from Redis.
+It lists each finished call's tid and, for a small record, the record itself, which
+spares the waiting gateway its HGETALL. A wake-up only ever means "look again": one
+that cannot be read makes every waiter read its record from Redis.
 """
 
 from __future__ import annotations
@@ -12,35 +11,24 @@ import msgpack
 
 from wasmq.broker.protocol.record import TaskRecord
 
-# Records up to this size (result and logs) travel with their wake-up.
-SHIP_LIMIT = 16 * 1024
+SHIP_LIMIT = 16 * 1024  # records up to this size (result and logs) travel with their wake-up
 
 
-def parse_wakeups(data: bytes) -> list[tuple[str, bytes]]:
-    """Every (tid, packed record) of a completion message: finish.lua's one, or
-    finish.lua's for several calls ('*' and a msgpack list of [tid, packed or ''])."""
-    if not data.startswith(b"*"):
-        return [parse_wakeup(data)]
+def parse_wakeups(data: bytes) -> list[tuple[str, list | None]]:
+    """(tid, the record's field/value list if shipped) of each call; ("", None) when
+    the message cannot be read."""
     try:
-        pairs = msgpack.unpackb(data[1:], raw=True)
-        return [(tid.decode(errors="replace"), packed or b"") for tid, packed in pairs]
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return [("", b"")]  # unreadable: every waiter looks again
+        return [(tid.decode(errors="replace"), flat or None)
+                for tid, flat in msgpack.unpackb(data, raw=True)]
+    except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
+        return [("", None)]
 
 
-def parse_wakeup(data: bytes) -> tuple[str, bytes]:
-    """A completion message: the tid, and the packed record if one was shipped."""
-    tid, _, packed = data.partition(b"\n")
-    return tid.decode(errors="replace"), packed
-
-
-def unpack_shipped(packed: bytes) -> TaskRecord | None:
-    """The shipped record, or None if there is none or it cannot be read."""
-    if not packed:
-        return None
+def unpack_shipped(flat: list | None) -> TaskRecord | None:
+    """The shipped record, or None if there is none, it cannot be read or it is not
+    finished."""
     try:
-        flat = msgpack.unpackb(packed, raw=True)
         record = TaskRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
     return record if record.status.finished else None
