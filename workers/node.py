@@ -39,17 +39,14 @@ def build_worker_app(settings: Settings, heartbeat_file: Path | None = None) -> 
     node = Node(app, settings, heartbeat_file)
     signals.setup_logging.connect(lambda **_: setup_logging(settings.log_format),
                                   weak=False, dispatch_uid="wasmq-logging")
-    signals.task_prerun.connect(_bind_task_tid, weak=False, dispatch_uid="wasmq-tid")
+    signals.task_prerun.connect(lambda task_id="", **_: bind_tid(task_id), weak=False,
+                                dispatch_uid="wasmq-tid")
     signals.task_postrun.connect(lambda **_: bind_tid(""), weak=False,
                                  dispatch_uid="wasmq-tid-reset")
     signals.task_failure.connect(node.on_failure, weak=False, dispatch_uid="wasmq-failure")
     signals.worker_init.connect(node.start, weak=False, dispatch_uid="wasmq-heartbeat")
     signals.worker_shutdown.connect(node.stop, weak=False, dispatch_uid="wasmq-heartbeat-end")
     return app
-
-
-def _bind_task_tid(task_id: str = "", **_: object) -> None:
-    bind_tid(task_id)
 
 
 def how_it_ended(exc: BaseException) -> str:

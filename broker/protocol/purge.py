@@ -69,25 +69,16 @@ class Purger:
         return Purged(tasks, messages)
 
     def _cancel_queued(self, queue: str, cfid: str) -> int:
-        cancelled, start = 0, 0
-        while True:
-            tids = [t.decode() for t in self.redis.zrange(keys.queued(queue), start,
-                                                          start + CHUNK - 1)]
-            if not tids:
-                return cancelled
-            pipe = self.redis.pipeline(transaction=False)
-            for tid in tids:
-                pipe.hmget(keys.task(tid), "cfid", "caller")
-            kept = 0
-            for tid, (fn, caller) in zip(tids, pipe.execute(), strict=True):
-                if cfid and (fn or b"").decode() != cfid:
-                    kept += 1
-                    continue
+        cancelled = 0
+        for raw, _ in self.redis.zscan_iter(keys.queued(queue), count=CHUNK):
+            tid = raw.decode()
+            fn, caller = self.redis.hmget(keys.task(tid), "cfid", "caller")
+            if not cfid or (fn or b"").decode() == cfid:
                 cancelled += self._cancel(tid, (caller or b"").decode(), queue)
-            start += kept  # cancelled calls left the set; those kept stay before `start`
+        return cancelled
 
     def _cancel(self, tid: str, caller: str, queue: str) -> int:
-        job = Job(tid=tid, sha256="", data=None, limits=None, caller=caller, queue=queue)
+        job = Job(tid=tid, sha256="", caller=caller, queue=queue)
         return int(self.tasks.finish([(job, CANCELLED)], node="", only_queued=True)[0])
 
     def cancel(self, tid: str) -> Cancelled:

@@ -31,11 +31,6 @@ def script_source(name: str) -> str:
     return files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
-def worker_process() -> str:
-    """This process, as a record names the one that ran it: "<host>:<pid>"."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 @dataclass(frozen=True)
 class Job:
     """What a worker needs to run one call. It travels as the Celery task's argument
@@ -97,38 +92,31 @@ class NewTask:
 
     @property
     def size(self) -> int:
-        """Bytes the call keeps in the store until it finishes: its input, twice when it
-        also travels inline in its message."""
+        """Bytes it keeps until it finishes: its input, twice when it travels inline too."""
         return RECORD_BYTES + 2 * len(self.job.data or b"")
 
 
 @dataclass(frozen=True)
 class Admitted:
-    """A call created: `ahead` is how many of its caller's tasks were in flight."""
-
-    ahead: int
+    ahead: int  # how many of its caller's calls were in flight before it
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a call was not created: a rate rule (its index) with the seconds left in
-    its window; the function changed (`stale`, with its stored form now, None if
-    gone); or the caller has `inflight` tasks queued or running already."""
+    """Why a call was not created: which of these is set."""
 
-    rule: int | None = None
+    rule: int | None = None  # the rate rule exceeded, `retry_after` seconds left in its window
     retry_after: int = 0
-    stale: bool = False
+    stale: bool = False  # the function changed: `function` is its stored form (None: gone)
     function: bytes | None = None
-    inflight: int | None = None
+    inflight: int | None = None  # the caller's calls in flight: its cap is reached
     kept: int | None = None  # bytes the caller keeps: its quota is reached
 
 
 @dataclass(frozen=True)
 class Claim:
-    """`run` (with the job when the message came without it), `finished`, `stale` (a
-    later attempt exists) or `missing` (expired)."""
-
-    state: str
+    state: str  # 'run' (with the job if the message came without), 'finished', 'stale',
+    # 'missing' (see claim.lua)
     job: Job | None = None
 
 
@@ -222,7 +210,7 @@ class TaskQueue:
 
     def claim(self, jobs: list[Job], node: str, retries: int) -> list[Claim]:
         """Start the calls of one message (jobs without data get theirs from the record)."""
-        args: list = [node, now(), retries, worker_process()]
+        args: list = [node, now(), retries, f"{socket.gethostname()}:{os.getpid()}"]
         for job in jobs:
             args += [job.tid, "1" if job.data is None else "0"]
         flat = self._scripts["claim"](
