@@ -154,14 +154,21 @@ def execute(st: NodeState, jobs: list[Job], retries: int, *, batch: bool) -> lis
 
 
 def _flush(st: NodeState, pending: list[tuple[Job, Finished]]) -> list:
-    """Store outcomes, then log them: an answer never waits for its log line."""
+    """Store outcomes, then log them (an answer never waits for its log line): each
+    failure on a line of its own, the calls that succeeded together on one line."""
     if pending:
         _store(st, pending)
+    ok = [(job.tid, outcome.exec_ms or 0.0) for job, outcome in pending
+          if outcome.status == Status.SUCCEEDED]
+    if len(ok) == 1:
+        log.info("tid=%s succeeded in %.2f ms", *ok[0])
+    elif ok:
+        bind_tid("")  # the line is about several calls: `tids`, not the last one's tid
+        log.info("%d calls succeeded in %.2f ms: %s", len(ok), sum(ms for _, ms in ok),
+                 " ".join(tid for tid, _ in ok), extra={"tids": [tid for tid, _ in ok]})
     for job, outcome in pending:
-        if outcome.status == Status.SUCCEEDED:
-            log.info("tid=%s succeeded in %.2f ms", job.tid, outcome.exec_ms or 0.0)
-        elif outcome.cause != Cause.INTERNAL:  # logged with its traceback where it happened
-            log.info("tid=%s failed: %s", job.tid, outcome.message)
+        if outcome.status == Status.FAILED and outcome.cause != Cause.INTERNAL:
+            log.info("tid=%s failed: %s", job.tid, outcome.message)  # internal: logged already
     return []
 
 
