@@ -13,9 +13,10 @@ from wasmq.api.waiter import CompletionListener
 from wasmq.broker.builds import BuildStore
 from wasmq.broker.celery_app import make_celery
 from wasmq.broker.connections import get_redis
+from wasmq.broker.metrics import LiveQueues
 from wasmq.broker.protocol.calls import Calls
 from wasmq.broker.protocol.queue import TaskQueue
-from wasmq.broker.protocol.recovery import LiveQueues
+from wasmq.broker.protocol.recovery import STALE_S
 from wasmq.broker.registry import Registry
 from wasmq.broker.settings import Settings
 from wasmq.broker.store import RedisStore
@@ -52,7 +53,7 @@ class Services:
                    builds=builds,
                    jobs=BuildJobs(BuildStore(registry, settings.build_lease_s), builds,
                                   settings.build_lease_s),
-                   live_queues=LiveQueues(client),
+                   live_queues=LiveQueues(client, STALE_S),
                    batcher=Batcher(settings.max_batch, submissions.send,
                                    ThreadPoolExecutor(SENDERS, thread_name_prefix="wasmq-send")))
 

@@ -18,6 +18,7 @@ synchronised.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -147,3 +148,27 @@ def queues(client: redis.Redis, default_queue: str,
         pipe.zcard(keys.queued(name))
     return {name: {"queued": int(n), "nodes": nodes.get(name, 0)}
             for name, n in zip(ordered, pipe.execute(), strict=True)}
+
+
+class LiveQueues:
+    """Which queues some live node consumes: a call to a queue no live node consumes
+    waits (its nodes may be scaling up from zero), and its reply says so. Read again
+    at most once a second, on a thread of its own: a reply never waits for Redis."""
+
+    def __init__(self, client: redis.Redis, stale_s: float, every_s: float = 1.0) -> None:
+        self.redis, self.stale_s, self.every_s = client, stale_s, every_s
+        self._read_at, self._queues = -every_s, None  # None: not read yet
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasmq-queues")
+
+    def serves(self, queue: str) -> bool:
+        """False only when known: some node consumes it, or it is not known yet."""
+        if now() - self._read_at >= self.every_s:
+            self._read_at = now()
+            self._reader.submit(self._read)
+        return self._queues is None or queue in self._queues
+
+    def _read(self) -> None:
+        try:
+            self._queues = frozenset(consumers(self.redis, self.stale_s))
+        except redis.RedisError:
+            pass  # the last answer stands

@@ -18,7 +18,7 @@ import socket
 
 import redis
 
-from wasmq.broker import keys, metrics
+from wasmq.broker import keys
 from wasmq.broker.causes import Cause
 from wasmq.broker.clock import now
 from wasmq.broker.protocol.calls import Calls, priority
@@ -112,21 +112,3 @@ def exhausted(attempts: int, max_attempts: int, last: str = "") -> Finished:
     return Finished(Status.FAILED, cause=Cause.WORKER_LOST, message=(
         f"the task's run ended its worker process {attempts} times (last: {how}); "
         f"it is not run again (WASMQ_MAX_ATTEMPTS={max_attempts})"))
-
-
-class LiveQueues:
-    """Which queues some live node consumes, read at most once a second: a call to a
-    queue no live node consumes waits (its nodes may be scaling up from zero), and
-    its reply says so."""
-
-    def __init__(self, client: redis.Redis, every_s: float = 1.0) -> None:
-        self.redis, self.every_s = client, every_s
-        self._read_at, self._queues = -every_s, frozenset[str]()
-
-    def serves(self, queue: str) -> bool:
-        at = now()
-        if at - self._read_at >= self.every_s:
-            self._queues = frozenset(metrics.consumers(self.redis, STALE_S))
-            self._read_at = at
-        return queue in self._queues
-
