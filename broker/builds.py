@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import redis
 
-from wasmq.broker import keys
+from wasmq.broker import chunks, keys
 from wasmq.broker.clock import iso, now
 from wasmq.broker.errors import Unavailable, cut_reason
 from wasmq.broker.registry import (
@@ -43,7 +43,8 @@ log = logging.getLogger("wasmq.builds")
 
 @dataclass(frozen=True)
 class PendingBuild:
-    """One build of a model under `cfid`, as any gateway can resume it."""
+    """One build of a model under `cfid`, as any gateway can resume it (its upload in
+    parts in `keys.build(cfid)` when over a Redis value's limit: broker/chunks.py)."""
 
     cfid: str
     id: str  # the same across resumptions; a new upload makes a new one
@@ -54,8 +55,8 @@ class PendingBuild:
 
 
 class BuildStore:
-    def __init__(self, registry: Registry, lease_s: float) -> None:
-        self.registry = registry
+    def __init__(self, registry: Registry, lease_s: float, chunk: int = chunks.CHUNK) -> None:
+        self.registry, self.chunk = registry, chunk
         self.redis = registry.redis
         self.lease_ms = max(1, int(lease_s * 1000))
 
@@ -108,9 +109,10 @@ class BuildStore:
                           f"was stored; try again")
 
     def _pend(self, pipe: redis.client.Pipeline, build: PendingBuild, token: str) -> None:
-        fields = {"id": build.id, "upload": build.upload, "attempts": build.attempts,
+        fields = {"id": build.id, "attempts": build.attempts,
                   "limits": "" if build.limits is None else json.dumps(build.limits),
-                  "private": "" if build.private is None else str(int(build.private))}
+                  "private": "" if build.private is None else str(int(build.private)),
+                  **chunks.as_fields("upload", build.upload, self.chunk)}  # 548 MB: parts
         pipe.delete(keys.build(build.cfid))
         pipe.hset(keys.build(build.cfid), mapping=fields)
         pipe.sadd(keys.BUILDS, build.cfid)
@@ -144,7 +146,10 @@ class BuildStore:
             return None
         fields = replies[-1]
         limits, private = fields.get(b"limits", b""), fields.get(b"private", b"")
-        return PendingBuild(cfid, fields[b"id"].decode(), fields[b"upload"],
+        upload = chunks.from_fields(fields, "upload")
+        if upload is None:  # cannot be: the build is stored in one step
+            raise Unavailable(f"the pending build of '{cfid}' lost its model; upload it again")
+        return PendingBuild(cfid, fields[b"id"].decode(), upload,
                             int(fields[b"attempts"]),
                             json.loads(limits) if limits else None,
                             bool(int(private)) if private else None)

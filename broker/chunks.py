@@ -67,3 +67,35 @@ def write_parts(put: Callable[[str, memoryview], bool], name: str, data: bytes |
         if not put(part(name, index), view):
             return False
     return put(parts_field(name), memoryview(str(len(views)).encode()))
+
+
+def as_fields(name: str, data: bytes | memoryview, chunk: int) -> dict[str, object]:
+    """Hash fields holding `data`, for one HSET: `name` itself when it fits a part,
+    else its parts and their count (each part its own bulk string, under Redis's limit)."""
+    if len(data) <= chunk:
+        return {name: data}
+    views = pieces(data, chunk)
+    fields: dict[str, object] = {part(name, i): view for i, view in enumerate(views)}
+    fields[parts_field(name)] = len(views)
+    return fields
+
+
+def from_fields(fields: dict[bytes, bytes], name: str) -> bytes | None:
+    """The value `as_fields` stored under `name`, from a hash's HGETALL (None when it
+    is not there whole); each part leaves `fields` once copied, so the parts and the
+    value are not all held at once."""
+    whole = fields.get(name.encode())
+    if whole is not None:
+        return whole
+    count = fields.get(parts_field(name).encode())
+    names = [part(name, i).encode() for i in range(int(count or 0))]
+    if count is None or any(n not in fields for n in names):
+        return None
+    out = bytearray(sum(len(fields[n]) for n in names))
+    at = 0
+    for n in names:
+        piece = fields.pop(n)
+        out[at:at + len(piece)] = piece
+        at += len(piece)
+        del piece
+    return out
