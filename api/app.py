@@ -29,11 +29,11 @@ from wasmq.api.linger import Linger
 from wasmq.api.request_log import register_request_log
 from wasmq.api.services import Services
 from wasmq.api.upload_body import BodyWindow
+from wasmq.api.upload_form import UPLOADS
 from wasmq.broker.settings import MB, Settings
 
 BODY_SLACK = 64 * 1024
 LINGER_MARGIN = 1 * MB  # read past a refused body's limit before closing
-UPLOADS = ("functions.create", "functions.replace")
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -28,8 +28,9 @@ from wasmq.api.upload_form import (
     text_field,
     uploaded_file,
 )
-from wasmq.broker.errors import BadRequest
+from wasmq.broker.errors import BadRequest, QuotaExceeded
 from wasmq.broker.registry import FunctionRecord
+from wasmq.broker.settings import MB
 from wasmq.toolchain.build import Built
 from wasmq.toolchain.model import is_onnx
 from wasmq.toolchain.spool import Spooled
@@ -77,8 +78,18 @@ def _within_quota(svc: Services, upload: Spooled) -> str:
     """The uploading caller, refused before anything is built if what it keeps in the
     store and this upload would pass its storage quota."""
     who = caller()
+    quota = svc.settings.storage_quota
+    if upload.size > quota:  # no wait helps: only the operator can
+        upload.close()
+        raise QuotaExceeded(
+            f"storage quota reached: this upload of {upload.size / MB:.1f} MB alone is over "
+            f"the storage quota of {quota / MB:g} MB per {who.kind} "
+            f"(WASMQ_STORAGE_PER_CALLER_MB); the store keeps an upload while it builds, "
+            f"then its module and compiled form (for a model, about 3 times its size): "
+            f"ask the operator to raise WASMQ_STORAGE_PER_CALLER_MB, with room in Redis "
+            f"(WASMQ_REDIS_MAXMEMORY_MB)")
     kept = svc.tasks.usage.kept(svc.tasks.redis, who.identity)
-    if kept + upload.size > svc.settings.storage_quota:
+    if kept + upload.size > quota:
         upload.close()
         raise quota_exceeded(svc.settings, who.kind, kept)
     return who.identity

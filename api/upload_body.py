@@ -154,7 +154,7 @@ class _Parser:
 
     def _data(self, event: Data) -> None:
         if self._spooling and self.file is not None:
-            self.file.append(event.data, self.file_limit, "module")
+            self.file.append(event.data, self.file_limit, "module", "WASMQ_MAX_MODULE_MB")
             if not event.more_data:
                 self.file.finish()
                 self._spooling = False

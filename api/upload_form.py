@@ -23,6 +23,7 @@ from wasmq.toolchain.spool import Spooled
 # The form fields a function asks for its own limits with: the fields of Limits.
 LIMIT_FIELDS = tuple(f.name for f in fields(Limits))  # in the order of Limits
 TEXT_LIMIT = 64 * 1024
+UPLOADS = ("functions.create", "functions.replace")  # the endpoints that take this form
 NAME_LIMIT = 200
 
 

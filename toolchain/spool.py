@@ -42,10 +42,12 @@ class Spooled:
         """A file to `append` to, then `finish`."""
         return cls(_file(), 0, done=False)
 
-    def append(self, data: bytes, limit: int, what: str) -> None:
-        """`data` added at the end; TooLarge (naming `what`) past `limit` bytes in all."""
+    def append(self, data: bytes, limit: int, what: str, setting: str) -> None:
+        """`data` added at the end; TooLarge (naming `what` and the `setting` that
+        bounds it) past `limit` bytes in all."""
         if self.size + len(data) > limit:
-            raise TooLarge(f"{what} is larger than the limit of {limit // (1 << 20)} MB")
+            raise TooLarge(f"{what} is larger than the limit of {limit // (1 << 20)} MB "
+                           f"({setting})")
         self.file.write(data)
         self.size += len(data)
 
