@@ -74,12 +74,17 @@ def run(model_name: str = "VGG-19") -> dict[str, object]:
                 return figures
             cfid = reply.json()["cfid"]
             del data
+            errors: list[str] = []
             while True:
-                record = requests.get(f"{stack.url}/functions/{cfid}", timeout=60).json()
+                answer = requests.get(f"{stack.url}/functions/{cfid}", timeout=60)
                 peak[0] = max(peak[0], redis_ps.memory_info().rss)
-                if record["status"] != "building":
+                record = answer.json()
+                if answer.status_code != 200:  # the gateway busy or Redis away: said, not fatal
+                    errors.append(f"{answer.status_code} {record.get('message')}")
+                elif record["status"] != "building":
                     break
                 time.sleep(1)
+            figures["errors_while_building"] = errors
             figures["upload_to_ready_s"] = round(time.monotonic() - started, 1)
             figures["status"] = record["status"]
             model = record.get("model") or {}
