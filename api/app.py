@@ -2,7 +2,8 @@
 
 A request's path through the gateway: api/linger.py (a refused request's body is
 still read, so its reply arrives), api/bounds.py (who the caller is, and what it may
-hold), then in the app the route's one handler (api/tasks.py, api/functions.py, api/meta.py,
+hold), api/upload_body.py (an upload's body read as fast as it is parsed), then in
+the app the route's one handler (api/tasks.py, api/functions.py, api/meta.py,
 api/metrics.py, api/pages.py), api/negotiation.py (the reply encoded), and
 api/errors.py for whatever was raised on the way.
 
@@ -27,11 +28,12 @@ from wasmq.api.errors import register_error_handlers
 from wasmq.api.linger import Linger
 from wasmq.api.request_log import register_request_log
 from wasmq.api.services import Services
+from wasmq.api.upload_body import BodyWindow
+from wasmq.api.upload_form import UPLOADS
 from wasmq.broker.settings import MB, Settings
 
 BODY_SLACK = 64 * 1024
 LINGER_MARGIN = 1 * MB  # read past a refused body's limit before closing
-UPLOADS = ("functions.create", "functions.replace")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -61,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     biggest = max(settings.max_module_mb, settings.max_input_mb) * MB + BODY_SLACK
     app.config["MAX_CONTENT_LENGTH"] = biggest  # what a request may buffer, any route
     app.extensions["wasmq"] = svc = Services.build(settings)
-    app.extensions["wasmq.bounds"] = limits = Bounds(app.asgi_app, settings)
+    app.extensions["wasmq.bounds"] = limits = Bounds(BodyWindow(app.asgi_app), settings)
     for blueprint in (tasks.bp, functions.bp, meta.bp, metrics.bp, pages.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

@@ -131,8 +131,11 @@ class Bounds:
         """`func` made awaitable: run on the pool, within its caller's share of it."""
         @functools.wraps(func)
         async def run(*args: P.args, **kwargs: P.kwargs) -> T:
-            slots = self.slots.get(request.scope[SCOPE_KEY].identity) \
-                if has_request_context() and SCOPE_KEY in request.scope else None
+            scope = request.scope if has_request_context() else {}
+            # A probe is answered whoever floods: outside its caller's share, whose
+            # threads may all be waiting for build places while that caller uploads.
+            slots = self.slots.get(scope[SCOPE_KEY].identity) \
+                if SCOPE_KEY in scope and scope["path"] not in UNCOUNTED else None
             call = functools.partial(copy_context().run, functools.partial(func, *args, **kwargs))
             if slots is None:
                 return await asyncio.get_running_loop().run_in_executor(self.threads, call)

@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from wasmq.api.negotiation import respond
 from wasmq.api.replies import error_body
+from wasmq.api.upload_form import UPLOADS
 from wasmq.broker.connections import storage_full
 from wasmq.broker.errors import (
     BadRequest,
@@ -43,6 +44,7 @@ from wasmq.broker.errors import (
     Unavailable,
     WasmqError,
 )
+from wasmq.toolchain.build import big_model_limits
 
 log = logging.getLogger("wasmq.gateway")
 STORAGE_FULL = ("storage is full: Redis has reached its memory limit and refuses new writes "
@@ -124,8 +126,11 @@ def register_error_handlers(app: Quart) -> None:
         if declared is None:  # chunked: read up to the limit, and no further
             return _json(f"request body is larger than {limit}", 413)
         if allowed is not None and declared > allowed:
+            # An upload this large is most likely a big model: name all it needs at once.
+            hint = f". If it is a model: {big_model_limits(0, declared)}" \
+                if request.endpoint in UPLOADS else ""
             return _json(f"request body of {declared} bytes is larger than {limit}; "
-                         "it was refused unread", 413)
+                         f"it was refused unread{hint}", 413)
         return _json(f"request body or one of its form fields is too large ({limit}; "
                      "text fields up to 64 KiB)", 413)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from contextlib import closing
 
 from quart import Blueprint, Response, request
-from werkzeug.datastructures import MultiDict
 
 from wasmq.api.access import private_flag, require_key, require_key_if_private
 from wasmq.api.bounds import bounds
@@ -20,15 +19,18 @@ from wasmq.api.caller import caller
 from wasmq.api.negotiation import respond
 from wasmq.api.services import Services, services
 from wasmq.api.submission import quota_exceeded
+from wasmq.api.upload_body import Upload
 from wasmq.api.upload_form import (
     function_name,
+    read_form,
     requested_limits,
     requested_queue,
     text_field,
     uploaded_file,
 )
-from wasmq.broker.errors import BadRequest
+from wasmq.broker.errors import BadRequest, QuotaExceeded
 from wasmq.broker.registry import FunctionRecord
+from wasmq.broker.settings import MB
 from wasmq.toolchain.build import Built
 from wasmq.toolchain.model import is_onnx
 from wasmq.toolchain.spool import Spooled
@@ -40,18 +42,23 @@ bp = Blueprint("functions", __name__)
 async def create() -> Response:
     svc = services()
     require_key(svc.settings, "uploading a function")  # before the body is read
-    form, files = await request.form, await request.files
-    return await bounds().on_thread(_create)(svc, form, files)
+    form = await read_form(svc.settings)
+    try:
+        return await bounds().on_thread(_create)(svc, form)
+    except BaseException:  # refused before a build took the file (closing twice is harmless)
+        if form.file is not None:
+            form.file.close()
+        raise
 
 
-def _create(svc: Services, form: MultiDict, files: MultiDict) -> Response:
-    private = private_flag(form.get("private"), svc.settings)
-    queue = requested_queue(svc.settings, form, svc.settings.queue)
-    fields = {"name": function_name(form, files),
-              "documentation": text_field(form, "documentation"),
-              "exampleinput": text_field(form, "exampleinput"), "private": private,
-              "limits": requested_limits(svc.settings, form), "queue": queue}
-    upload = uploaded_file(svc.settings, files)
+def _create(svc: Services, form: Upload) -> Response:
+    private = private_flag(form.form.get("private"), svc.settings)
+    queue = requested_queue(svc.settings, form.form, svc.settings.queue)
+    fields = {"name": function_name(form),
+              "documentation": text_field(form.form, "documentation"),
+              "exampleinput": text_field(form.form, "exampleinput"), "private": private,
+              "limits": requested_limits(svc.settings, form.form), "queue": queue}
+    upload = uploaded_file(form)
     who = _within_quota(svc, upload)
     if _is_model(upload):
         svc.tasks.usage.add(svc.tasks.redis, who, upload.size)  # kept while it builds
@@ -71,8 +78,18 @@ def _within_quota(svc: Services, upload: Spooled) -> str:
     """The uploading caller, refused before anything is built if what it keeps in the
     store and this upload would pass its storage quota."""
     who = caller()
+    quota = svc.settings.storage_quota
+    if upload.size > quota:  # no wait helps: only the operator can
+        upload.close()
+        raise QuotaExceeded(
+            f"storage quota reached: this upload of {upload.size / MB:.1f} MB alone is over "
+            f"the storage quota of {quota / MB:g} MB per {who.kind} "
+            f"(WASMQ_STORAGE_PER_CALLER_MB); the store keeps an upload while it builds, "
+            f"then its module and compiled form (for a model, about 3 times its size): "
+            f"ask the operator to raise WASMQ_STORAGE_PER_CALLER_MB, with room in Redis "
+            f"(WASMQ_REDIS_MAXMEMORY_MB)")
     kept = svc.tasks.usage.kept(svc.tasks.redis, who.identity)
-    if kept + upload.size > svc.settings.storage_quota:
+    if kept + upload.size > quota:
         upload.close()
         raise quota_exceeded(svc.settings, who.kind, kept)
     return who.identity
@@ -137,16 +154,21 @@ async def replace(cfid: str) -> Response:
     require_key(svc.settings, "replacing a function")
     # 404 before reading a body we would throw away
     await bounds().on_thread(svc.registry.get)(cfid)
-    form, files = await request.form, await request.files
-    return await bounds().on_thread(_replace)(svc, cfid, form, files)
+    form = await read_form(svc.settings)
+    try:
+        return await bounds().on_thread(_replace)(svc, cfid, form)
+    except BaseException:  # refused before a build took the file (closing twice is harmless)
+        if form.file is not None:
+            form.file.close()
+        raise
 
 
-def _replace(svc: Services, cfid: str, form: MultiDict, files: MultiDict) -> Response:
-    raw_private = form.get("private")
+def _replace(svc: Services, cfid: str, form: Upload) -> Response:
+    raw_private = form.form.get("private")
     private = None if raw_private is None else private_flag(raw_private, svc.settings)
-    limits = requested_limits(svc.settings, form)
-    queue = requested_queue(svc.settings, form, None)
-    upload = uploaded_file(svc.settings, files)
+    limits = requested_limits(svc.settings, form.form)
+    queue = requested_queue(svc.settings, form.form, None)
+    upload = uploaded_file(form)
     who = _within_quota(svc, upload)
     if _is_model(upload):
         if queue is not None:

@@ -14,6 +14,7 @@ from dataclasses import fields
 
 from werkzeug.datastructures import MultiDict
 
+from wasmq.api.upload_body import Upload, read_upload
 from wasmq.broker.errors import BadRequest, ConfigError
 from wasmq.broker.limits import PAGE_MB, Limits
 from wasmq.broker.settings import MB, Settings, check_queue_name
@@ -22,17 +23,22 @@ from wasmq.toolchain.spool import Spooled
 # The form fields a function asks for its own limits with: the fields of Limits.
 LIMIT_FIELDS = tuple(f.name for f in fields(Limits))  # in the order of Limits
 TEXT_LIMIT = 64 * 1024
+UPLOADS = ("functions.create", "functions.replace")  # the endpoints that take this form
 NAME_LIMIT = 200
 
 
-def uploaded_file(settings: Settings, files: MultiDict) -> Spooled:
-    """The uploaded file, within the module size limit, in a file of its own (never
-    whole in memory: toolchain/spool.py); the build step (toolchain/build.py)
-    decides what it is. The caller closes it."""
-    upload = files.get("file")
-    if upload is None:
+async def read_form(settings: Settings) -> Upload:
+    """This request's upload form, its file within the module size limit."""
+    return await read_upload(settings.max_module_mb * MB, TEXT_LIMIT)
+
+
+def uploaded_file(upload: Upload) -> Spooled:
+    """The uploaded file, within the module size limit (checked as it was read), in a
+    file of its own (never whole in memory: toolchain/spool.py); the build step
+    (toolchain/build.py) decides what it is. The caller closes it."""
+    spooled = upload.file
+    if spooled is None:
         raise BadRequest("send the module as a multipart form field named 'file'")
-    spooled = Spooled.copy(upload.stream, settings.max_module_mb * MB, "module")
     if not spooled.size:
         spooled.close()
         raise BadRequest("the uploaded file is empty")
@@ -46,13 +52,12 @@ def text_field(form: MultiDict, name: str, limit: int = TEXT_LIMIT) -> str:
     return value
 
 
-def function_name(form: MultiDict, files: MultiDict) -> str:
+def function_name(upload: Upload) -> str:
     """The `name` field, or the uploaded file's name without `.wasm`, as `wasmq deploy` does."""
-    name = text_field(form, "name", NAME_LIMIT).strip()
+    name = text_field(upload.form, "name", NAME_LIMIT).strip()
     if name:
         return name
-    upload = files.get("file")
-    filename = os.path.basename((upload.filename or "") if upload else "")
+    filename = os.path.basename(upload.filename)
     return os.path.splitext(filename)[0][:NAME_LIMIT]
 
 

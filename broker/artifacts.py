@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import redis
 import wasmtime
 
-from wasmq.broker import abi, keys
+from wasmq.broker import abi, chunks, keys
 from wasmq.broker.engine import fingerprint
 
 log = logging.getLogger("wasmq.artifacts")
@@ -61,26 +61,39 @@ class Uploaded:
 
 
 class Artifacts:
-    def __init__(self, client: redis.Redis, engine_fingerprint: str | None = None) -> None:
-        self.redis = client
+    """Artifacts by binary and engine fingerprint; one larger than `chunk` bytes is
+    kept in parts (broker/chunks.py): fields `<fingerprint>:0`, ... of the same hash."""
+
+    def __init__(self, client: redis.Redis, engine_fingerprint: str | None = None,
+                 chunk: int = chunks.CHUNK) -> None:
+        self.redis, self.chunk = client, chunk
         self.fingerprint = engine_fingerprint or fingerprint()
         self._put = client.register_script(_PUT_IF_BINARY)
 
     def get(self, sha256: str) -> bytes | None:
         """The artifact, and the module marked hot: a worker is about to load it."""
+        key = keys.artifacts(sha256)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(keys.artifacts(sha256), self.fingerprint)
+        pipe.hget(key, self.fingerprint)
+        pipe.hget(key, chunks.parts_field(self.fingerprint))
         pipe.zadd(keys.HOT_MODULES, {sha256: time.time()})
-        return pipe.execute()[0]
+        whole, count, _ = pipe.execute()
+        if whole is not None or count is None:
+            return whole
+        return chunks.read_parts(self.redis, key, self.fingerprint, int(count))
 
     def hot(self, count: int) -> list[str]:
         """The modules workers loaded most recently, newest first."""
         return [s.decode() for s in self.redis.zrevrange(keys.HOT_MODULES, 0, count - 1)]
 
     def put(self, sha256: str, artifact: bytes) -> bool:
-        """False when the binary is gone (deleted meanwhile): nothing is stored."""
-        return bool(self._put(keys=[keys.blob(sha256), keys.artifacts(sha256)],
-                              args=[self.fingerprint, artifact]))
+        """False when the binary is gone (deleted meanwhile): nothing whole is stored."""
+        script_keys = [keys.blob(sha256), keys.artifacts(sha256)]
+        if len(artifact) <= self.chunk:
+            return bool(self._put(keys=script_keys, args=[self.fingerprint, artifact]))
+        return chunks.write_parts(
+            lambda field, value: bool(self._put(keys=script_keys, args=[field, value])),
+            self.fingerprint, artifact, self.chunk)
 
     def announce(self, pipe: redis.client.Pipeline, uploaded: Uploaded) -> None:
         """Queue, in the caller's pipeline, the news that workers may load it now;

@@ -22,10 +22,11 @@ import json
 import logging
 import uuid
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 
 import redis
 
-from wasmq.broker import keys
+from wasmq.broker import chunks, keys
 from wasmq.broker.clock import iso, now
 from wasmq.broker.errors import Unavailable, cut_reason
 from wasmq.broker.registry import (
@@ -43,7 +44,8 @@ log = logging.getLogger("wasmq.builds")
 
 @dataclass(frozen=True)
 class PendingBuild:
-    """One build of a model under `cfid`, as any gateway can resume it."""
+    """One build of a model under `cfid`, as any gateway can resume it (its upload in
+    parts in `keys.build(cfid)` when over a Redis value's limit: broker/chunks.py)."""
 
     cfid: str
     id: str  # the same across resumptions; a new upload makes a new one
@@ -54,9 +56,11 @@ class PendingBuild:
 
 
 class BuildStore:
-    def __init__(self, registry: Registry, lease_s: float) -> None:
-        self.registry = registry
+    def __init__(self, registry: Registry, lease_s: float, chunk: int = chunks.CHUNK) -> None:
+        self.registry, self.chunk = registry, chunk
         self.redis = registry.redis
+        self._put_part = self.redis.register_script(
+            files(__package__).joinpath("put_build_part.lua").read_text(encoding="utf-8"))
         self.lease_ms = max(1, int(lease_s * 1000))
 
     def create(self, upload: bytes, *, token: str, name: str = "", documentation: str = "",
@@ -78,6 +82,7 @@ class BuildStore:
         pipe.zadd(keys.FUNCTIONS_INDEX, {cfid: now()})
         self._pend(pipe, build, token)
         pipe.execute()
+        self._put_parts(build)
         return record, build
 
     def rebuild(self, cfid: str, upload: bytes, *, token: str,
@@ -101,6 +106,7 @@ class BuildStore:
                     pipe.set(keys.function(cfid), json.dumps(asdict(record)))
                     self._pend(pipe, build, token)
                     pipe.execute()
+                    self._put_parts(build)
                     return record, build
                 except redis.WatchError:
                     continue
@@ -108,13 +114,26 @@ class BuildStore:
                           f"was stored; try again")
 
     def _pend(self, pipe: redis.client.Pipeline, build: PendingBuild, token: str) -> None:
-        fields = {"id": build.id, "upload": build.upload, "attempts": build.attempts,
+        fields = {"id": build.id, "attempts": build.attempts,
                   "limits": "" if build.limits is None else json.dumps(build.limits),
                   "private": "" if build.private is None else str(int(build.private))}
+        if len(build.upload) <= self.chunk:
+            fields["upload"] = build.upload  # else in parts, once pended: `_put_parts`
         pipe.delete(keys.build(build.cfid))
         pipe.hset(keys.build(build.cfid), mapping=fields)
         pipe.sadd(keys.BUILDS, build.cfid)
         pipe.set(keys.build_lease(build.cfid), token, px=self.lease_ms)
+
+    def _put_parts(self, build: PendingBuild) -> None:
+        """An upload over a part's size, written in parts after the transaction that
+        pended its build (broker/put_build_part.lua); until its count is written the
+        build has no upload, which only a gateway taking over its lease could see."""
+        if len(build.upload) <= self.chunk:
+            return
+        key = keys.build(build.cfid)
+        chunks.write_parts(
+            lambda field, value: bool(self._put_part(keys=[key], args=[build.id, field, value])),
+            "upload", build.upload, self.chunk)
 
     def pending(self) -> list[str]:
         """The cfids with a build pending, leased or not."""
@@ -144,10 +163,16 @@ class BuildStore:
             return None
         fields = replies[-1]
         limits, private = fields.get(b"limits", b""), fields.get(b"private", b"")
-        return PendingBuild(cfid, fields[b"id"].decode(), fields[b"upload"],
-                            int(fields[b"attempts"]),
-                            json.loads(limits) if limits else None,
-                            bool(int(private)) if private else None)
+        upload = chunks.from_fields(fields, "upload")
+        build = PendingBuild(cfid, fields[b"id"].decode(), upload or b"",
+                             int(fields[b"attempts"]),
+                             json.loads(limits) if limits else None,
+                             bool(int(private)) if private else None)
+        if upload is None:  # its gateway lost Redis while it wrote the parts
+            self.fail(build, "its upload was not stored whole (the gateway that received "
+                             "it lost Redis meanwhile); upload it again")
+            return None
+        return build
 
     def give_up(self, cfid: str, token: str) -> None:
         """End the lease `token` holds, if it still does: a gateway that stops lets the

@@ -92,10 +92,11 @@ def _script(name: str) -> str:
 
 
 class Registry:
-    def __init__(self, client: redis.Redis, store: ContentStore) -> None:
+    def __init__(self, client: redis.Redis, store: ContentStore,
+                 artifacts: Artifacts | None = None) -> None:
         self.redis = client
         self.store = store
-        self.artifacts = Artifacts(client)
+        self.artifacts = artifacts or Artifacts(client)
         self._swap = client.register_script(_script("swap_record"))
         self._release = client.register_script(_script("release_binary"))
 
@@ -259,7 +260,7 @@ class Registry:
         data = self.store.get(record.sha256)
         if data is None:
             raise NotFound(f"the binary of compute function '{record.cfid}' is missing")
-        return data
+        return data if isinstance(data, bytes) else bytes(data)  # read in parts: a bytearray
 
     def _write_and_announce(self, pipe: redis.client.Pipeline,
                             uploaded: Uploaded | None) -> int:

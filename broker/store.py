@@ -1,6 +1,7 @@
 """Content-addressed storage of module binaries.
 
-Binaries are kept by sha256 so the same module uploaded twice is stored once.
+Binaries are kept by sha256 so the same module uploaded twice is stored once; one
+over a Redis value's limit in parts (broker/chunks.py).
 The interface is small on purpose. A binary goes when no function references it
 any more, in the same Redis script as the record change that released it
 (broker/swap_record.lua, release_binary.lua): so the binaries live in Redis,
@@ -14,7 +15,9 @@ from typing import Protocol
 
 import redis
 
-from wasmq.broker import keys
+from wasmq.broker import chunks, keys
+
+PARTS = "data"  # the name of a binary's parts: fields data:0, data:1, ..., data:parts
 
 
 def sha256_hex(data: bytes) -> str:
@@ -28,15 +31,31 @@ class ContentStore(Protocol):
 
 
 class RedisStore:
-    """The default store: binaries in the same Redis as everything else."""
+    """The default store: binaries in the same Redis as everything else; one larger
+    than `chunk` bytes is kept in parts (broker/chunks.py), as a hash under its key."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.redis = client
+    def __init__(self, client: redis.Redis, chunk: int = chunks.CHUNK) -> None:
+        self.redis, self.chunk = client, chunk
 
     def put(self, data: bytes) -> str:
         digest = sha256_hex(data)
-        self.redis.set(keys.blob(digest), data, nx=True)
+        key = keys.blob(digest)
+        if len(data) <= self.chunk:
+            self.redis.set(key, data, nx=True)
+            return digest
+        kind = self.redis.type(key)
+        if kind == b"string" or (kind == b"hash" and self.redis.hexists(
+                key, chunks.parts_field(PARTS))):
+            return digest  # stored whole already
+        chunks.write_parts(lambda field, value: self.redis.hset(key, field, value) >= 0,
+                           PARTS, data, self.chunk)
         return digest
 
     def get(self, sha256: str) -> bytes | None:
-        return self.redis.get(keys.blob(sha256))
+        key = keys.blob(sha256)
+        try:
+            return self.redis.get(key)
+        except redis.ResponseError:  # WRONGTYPE: a hash, the binary in parts
+            count = self.redis.hget(key, chunks.parts_field(PARTS))
+            return None if count is None else chunks.read_parts(self.redis, key, PARTS,
+                                                                int(count))

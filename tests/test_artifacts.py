@@ -136,3 +136,38 @@ def test_at_most_256_modules_of_a_full_cache_hold_a_memory_file() -> None:
     for mb in (1, 256, 4096):
         runtime = Runtime(cache_bytes=mb * MB)
         assert runtime.cache_bytes // runtime.map_from <= MAX_MAPPED_MODULES == 256
+
+
+def padded(module: bytes, nbytes: int) -> bytes:
+    """`module` made `nbytes` longer by a custom section: a new sha256, the same code."""
+    name = b"wasmq-padding"
+    payload = bytes([len(name)]) + name + os.urandom(16) + bytes(nbytes)
+    return bytes(module) + b"\x00" + modules._leb128(len(payload)) + payload
+
+
+def test_a_module_over_redis_s_value_limit_is_stored_in_parts_run_and_deleted(
+        api: Api, client: redis.Redis) -> None:
+    """VGG-19 built into 607 MB: over Redis's 512 MB bulk limit, it could not be stored.
+    Here the limit is lowered to 1 MB and the module is 3 MB; a worker, which knows
+    nothing of part sizes, runs it."""
+    wasm = padded(modules.ECHO, 3 * MB)
+    limit = client.config_get("proto-max-bulk-len")["proto-max-bulk-len"]
+    client.config_set("proto-max-bulk-len", str(1 * MB))
+    try:
+        with pytest.raises(redis.RedisError):
+            RedisStore(client).put(wasm)  # whole, as before: refused by Redis
+        store = RedisStore(client, chunk=512 * 1024)
+        artifacts = Artifacts(client, chunk=4096)  # the artifact is small: parts too
+        artifact = compiled(wasm)
+        assert len(artifact) > 2 * 4096
+        record = Registry(client, store, artifacts).create(wasm, imports=[], exports=[],
+                                                           artifact=artifact)
+        assert client.type(keys.blob(sha(wasm))) == b"hash"
+        assert client.hget(keys.artifacts(sha(wasm)), fingerprint()) is None  # only parts
+        assert store.get(sha(wasm)) == wasm and Artifacts(client).get(sha(wasm)) == artifact
+        assert api.call(record.cfid, "in parts").json()["result"] == "in parts"
+        assert requests.get(f"{api.url}/file/{record.cfid}.wasm").content == wasm
+        assert requests.delete(f"{api.url}/functions/{record.cfid}").status_code == 204
+        assert not client.exists(keys.blob(sha(wasm)), keys.artifacts(sha(wasm)))
+    finally:
+        client.config_set("proto-max-bulk-len", limit)

@@ -167,3 +167,27 @@ def test_a_test_session_ends_without_its_listeners_reporting_the_redis_it_stoppe
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "1 passed" in ran.stdout
     assert "lost Redis" not in ran.stdout + ran.stderr, ran.stdout + ran.stderr
+
+
+def test_healthz_is_answered_while_its_caller_s_threads_are_all_taken(redis_url: str) -> None:
+    """Twenty big uploads from one address held all of its threads, waiting for build
+    places, and a probe from that address waited its turn behind them: 4 to 10 s."""
+    app = gateway(redis_url, max_inflight=10000)
+    cfid = deploy(app)
+    limits = bounds_of(app)
+
+    async def probe_while_taken() -> tuple[int, dict, float]:
+        waiting = asyncio.ensure_future(call(app, f"/task/{cfid}?wait=3"))
+        await asyncio.sleep(0.3)  # the caller is being served: its share exists
+        (share,) = [slots.threads for slots in limits.slots.values()]
+        for _ in range(limits.per_caller):
+            await share.acquire()  # every thread of its share busy
+        try:
+            return await asyncio.wait_for(call(app, "/healthz", method="GET"), 5)
+        finally:
+            for _ in range(limits.per_caller):
+                share.release()
+            await waiting
+
+    status, body, took = run_async(probe_while_taken())
+    assert status == 200 and body["status"] == "ok" and took < 2, (status, took)

@@ -300,9 +300,11 @@ def test_twenty_60_mb_uploads_at_once_leave_the_gateway_responsive_and_its_memor
         private) -> None:  # noqa: ANN001 - fixture
     """Uploads held whole in memory while they waited for a build slot took a gateway
     to about 2 GB, with /healthz over 3 s. They are spooled to files now: the bound
-    stated is 200 MB of growth for the gateway's processes (builds not counted). The
-    latency bound is generous (a loaded machine answers /healthz in 60 ms p99 with no
-    upload at all); `python -m bench` prints the figure."""
+    stated is 200 MB of growth for the gateway's processes (builds not counted). A probe
+    from the uploading address then still waited 4-11 s for a thread of that address's
+    share, held by the uploads waiting for build places. The latency bound is generous
+    (a loaded machine answers /healthz in 60 ms p99 with no upload at all, 80-140 ms
+    during them); `python -m bench.big_uploads` prints the figures."""
     from concurrent.futures import ThreadPoolExecutor
 
     import requests
@@ -344,7 +346,7 @@ def test_twenty_60_mb_uploads_at_once_leave_the_gateway_responsive_and_its_memor
     p99 = latencies[int(len(latencies) * 0.99)]
     print(f"/healthz p99 {p99 * 1000:.0f} ms over {len(latencies)}; gateway grew "
           f"{rss.grew_mb:.0f} MB")
-    assert p99 < 3.0, p99  # frozen, it was over 3 s; the issue's 100 ms: bench.lockout
+    assert p99 < 1.5, p99  # it was 4-11 s; the issue's 100 ms: bench.big_uploads
     assert rss.grew_mb < 200, rss.grew_mb
 
 

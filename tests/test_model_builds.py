@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import psutil
+import pytest
 import redis
 import requests
 from onnx import TensorProto, helper, numpy_helper
@@ -241,3 +242,26 @@ def test_a_gateway_stopped_gracefully_gives_its_builds_back_at_once(private) -> 
     stack.start_gateway()
     wait_until(lambda: _status(stack, cfid) == "ready", timeout=20, interval=0.1,
                what="the build, resumed by the next gateway at once")
+
+
+def test_a_model_over_redis_s_value_limit_pends_in_parts_and_resumes_whole(
+        inprocess_redis: redis.Redis) -> None:
+    """VGG-19's 548 MB upload, kept for any gateway to resume its build, was one value
+    over Redis's 512 MB bulk limit: the upload answered 503 "Redis is unavailable".
+    Here the limit is 1 MB and the model 3 MB."""
+    model = np.random.default_rng(5).bytes(3 << 20)
+    limit = inprocess_redis.config_get("proto-max-bulk-len")["proto-max-bulk-len"]
+    inprocess_redis.config_set("proto-max-bulk-len", str(1 << 20))
+    try:
+        registry = Registry(inprocess_redis, RedisStore(inprocess_redis))
+        with pytest.raises(redis.RedisError):
+            BuildStore(registry, 30).create(model, token="gateway-0")  # whole: refused
+        store = BuildStore(registry, 30, chunk=256 << 10)
+        _, build = store.create(model, token="gateway-1")
+        inprocess_redis.delete(keys.build_lease(build.cfid))  # its gateway died
+        resumed = store.take(build.cfid, "gateway-2")
+        assert resumed is not None and resumed.upload == model and resumed.attempts == 2
+        registry.delete(build.cfid)
+        assert not inprocess_redis.exists(keys.build(build.cfid))
+    finally:
+        inprocess_redis.config_set("proto-max-bulk-len", limit)

@@ -102,7 +102,8 @@ def test_a_model_over_the_memory_limit_names_every_setting_to_raise() -> None:
     message = refused.value.message
     assert message.startswith("model refused: ")
     for setting in ("WASMQ_MAX_MEMORY_MB", "WASMQ_MAX_MODULE_MB", "WASMQ_COMPILE_MEMORY_MB",
-                    "WASMQ_COMPILE_TIMEOUT"):
+                    "WASMQ_COMPILE_TIMEOUT", "WASMQ_STORAGE_PER_CALLER_MB",
+                    "WASMQ_REDIS_MAXMEMORY_MB"):
         assert setting in message
     built = build_content(data, max_memory=64 << 20)
     assert built.kind == "onnx"

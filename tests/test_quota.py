@@ -55,3 +55,9 @@ def test_uploads_count_in_the_uploader_s_quota_and_are_refused_past_it(private) 
     assert "storage quota" in refused.json()["message"]
     api.http.headers["Authorization"] = f"Bearer {BYSTANDER}"
     assert api.upload(modules.variant(padded), "bystander's").status_code == 201
+    # An upload over the quota by itself: no wait helps, the message says what would.
+    huge = modules.wasm(data=f'(data (i32.const 4096) "{"x" * 1_200_000}")', pages=32)
+    alone = api.upload(modules.variant(huge), "huge")
+    assert alone.status_code == 507, alone.json()
+    assert "alone is over the storage quota of 1 MB" in alone.json()["message"]
+    assert "WASMQ_STORAGE_PER_CALLER_MB" in alone.json()["message"]

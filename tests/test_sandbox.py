@@ -177,12 +177,18 @@ def test_a_module_over_the_size_limit_is_refused_with_413(api: Api) -> None:
     just_over = _padded(MB + 16 * 1024)
     response = api.upload(just_over)
     assert response.status_code == 413
-    assert "module is larger than the limit of 1 MB" in response.json()["message"]
+    assert "module is larger than the limit of 1 MB (WASMQ_MAX_MODULE_MB)" in \
+        response.json()["message"]
     # Refused unread, so the server may close the connection after answering: send
     # it on a connection of its own, not on the session's kept-alive one.
     response = requests.post(f"{api.url}/functions", files={"file": ("m", _padded(3 * MB))})
     assert response.status_code == 413
-    assert "module size limit of 1 MB" in response.json()["message"]
+    message = response.json()["message"]
+    assert "module size limit of 1 MB (WASMQ_MAX_MODULE_MB)" in message
+    # Likely a big model: every setting that would refuse it in turn, named at once.
+    for setting in ("WASMQ_MAX_MEMORY_MB", "WASMQ_COMPILE_MEMORY_MB", "WASMQ_COMPILE_TIMEOUT",
+                    "WASMQ_STORAGE_PER_CALLER_MB", "WASMQ_REDIS_MAXMEMORY_MB"):
+        assert setting in message, message
 
 
 def _padded(size: int) -> bytes:

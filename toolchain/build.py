@@ -156,8 +156,11 @@ def big_model_limits(needed: int, upload: int) -> str:
             f"WASMQ_MAX_MODULE_MB over its file and built module "
             f"(about {math.ceil(upload / MB)} MB each), WASMQ_COMPILE_MEMORY_MB to about "
             f"{math.ceil(7 * upload / MB) + 512} (the build holds the model, its weights and "
-            f"the module at once) and WASMQ_COMPILE_TIMEOUT to about "
-            f"{max(10, math.ceil(upload / MB / 10))} s")
+            f"the module at once), WASMQ_COMPILE_TIMEOUT to about "
+            f"{max(10, math.ceil(upload / MB / 10))} s, and WASMQ_STORAGE_PER_CALLER_MB to "
+            f"over about {3 * math.ceil(upload / MB)} MB with as much room in Redis "
+            f"(WASMQ_REDIS_MAXMEMORY_MB): the store keeps the upload while it builds, then "
+            f"the module and its compiled form")
 
 
 def _serve(cpu_s: int, memory: int, max_memory: int, max_module: int, warm: bool) -> int:

@@ -1,8 +1,8 @@
 """Uploads kept on disk while they wait, and the bytes a gateway process holds of them.
 
 Twenty 60 MB uploads held as `bytes` while they waited for a build slot took a
-gateway to about 2 GB (issue 22). So an upload is copied, in chunks, from the
-request into a file of its own (`Spooled`), which is what a build process reads
+gateway to about 2 GB (issue 22). So an upload is written, as its body is parsed
+(api/upload_body.py), into a file of its own (`Spooled`), which is what a build process reads
 (toolchain/build.py) and what is sniffed (through a memory map, paged in by the
 kernel, not copied). What must be in memory at once (a model stored in Redis, a
 build's result on its way there) is counted against `InMemory`, a byte budget per
@@ -21,8 +21,6 @@ from typing import BinaryIO
 
 from wasmq.broker.errors import BuildsBusy, TooLarge
 
-CHUNK = 1 << 20
-
 
 def _file() -> BinaryIO:
     return tempfile.NamedTemporaryFile(prefix="wasmq-upload-")  # noqa: SIM115 - kept open
@@ -32,31 +30,30 @@ class Spooled:
     """An upload in a file of its own, at `path` (a build process opens it there),
     deleted by `close`."""
 
-    def __init__(self, file: BinaryIO, size: int) -> None:
-        self.file, self.size = file, size
+    def __init__(self, file: BinaryIO, size: int, done: bool = True) -> None:
+        self.file, self.size, self.done = file, size, done
 
     @property
     def path(self) -> str:
         return self.file.name
 
     @classmethod
-    def copy(cls, stream: BinaryIO, limit: int, what: str) -> "Spooled":
-        """`stream`'s bytes, at most `limit` of them (TooLarge past it, naming `what`)."""
-        file = _file()
-        try:
-            size = 0
-            while chunk := stream.read(min(CHUNK, limit + 1 - size)):
-                size += len(chunk)
-                if size > limit:
-                    raise TooLarge(f"{what} is larger than the limit of {limit // (1 << 20)} MB")
-                file.write(chunk)
-                if size == limit + 1:
-                    break
-        except BaseException:
-            file.close()
-            raise
-        file.flush()
-        return cls(file, size)
+    def empty(cls) -> "Spooled":
+        """A file to `append` to, then `finish`."""
+        return cls(_file(), 0, done=False)
+
+    def append(self, data: bytes, limit: int, what: str, setting: str) -> None:
+        """`data` added at the end; TooLarge (naming `what` and the `setting` that
+        bounds it) past `limit` bytes in all."""
+        if self.size + len(data) > limit:
+            raise TooLarge(f"{what} is larger than the limit of {limit // (1 << 20)} MB "
+                           f"({setting})")
+        self.file.write(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        self.file.flush()
+        self.done = True
 
     @classmethod
     def of(cls, data: bytes) -> "Spooled":

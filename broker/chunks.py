@@ -1,0 +1,101 @@
+"""Values larger than Redis takes in one piece, stored in parts under their own key.
+
+Redis refuses a single value over `proto-max-bulk-len` (512 MB by default): VGG-19
+built into a 607 MB module could not be stored at all (issue 21). A value of at most
+`chunk` bytes is stored as it always was; a larger one is stored in parts of `chunk`
+bytes, as hash fields `<name>:0`, `<name>:1`, ... under the same key, with
+`<name>:parts` (how many, written last, once all of them are there) marking it whole.
+So the scripts that delete a binary with its artifacts (broker/release_binary.lua,
+swap_record.lua) delete every part with the key, and a reader never sees half a value.
+
+A value is read back into one buffer allocated once, a part at a time: the value and
+one part in memory, never the parts and their join. Parts are written from views of
+the value, not copies of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+
+CHUNK = 64 << 20  # bytes per part: well under proto-max-bulk-len, few round trips
+
+
+def part(name: str, index: int) -> str:
+    return f"{name}:{index}"
+
+
+def parts_field(name: str) -> str:
+    return f"{name}:parts"
+
+
+def pieces(data: bytes | memoryview, chunk: int) -> list[memoryview]:
+    """`data` cut into parts of `chunk` bytes, as views (no copies)."""
+    view = memoryview(data)
+    return [view[i:i + chunk] for i in range(0, len(view), chunk)] or [view]
+
+
+def read_parts(client: redis.Redis, key: str, name: str, count: int) -> bytearray | None:
+    """The value in `count` parts, or None when a part is gone (deleted meanwhile)."""
+    first = client.hget(key, part(name, 0))
+    if first is None:
+        return None
+    # Every part but the last is as long as the first: one buffer of `count` parts,
+    # filled in place, then cut to the length read (shrunk in place, not copied).
+    size = len(first)
+    out = bytearray(size * count)
+    out[:size] = first
+    del first
+    for index in range(1, count):
+        piece = client.hget(key, part(name, index))
+        if piece is None:
+            return None
+        out[size:size + len(piece)] = piece
+        size += len(piece)
+        del piece
+    del out[size:]
+    return out
+
+
+def write_parts(put: Callable[[str, memoryview], bool], name: str, data: bytes | memoryview,
+                chunk: int) -> bool:
+    """`data` written in parts through `put(field, value)` (False: stop, nothing whole
+    is left), then the count that marks it whole."""
+    views = pieces(data, chunk)
+    for index, view in enumerate(views):
+        if not put(part(name, index), view):
+            return False
+    return put(parts_field(name), memoryview(str(len(views)).encode()))
+
+
+def as_fields(name: str, data: bytes | memoryview, chunk: int) -> dict[str, object]:
+    """Hash fields holding `data`, for one HSET: `name` itself when it fits a part,
+    else its parts and their count (each part its own bulk string, under Redis's limit)."""
+    if len(data) <= chunk:
+        return {name: data}
+    views = pieces(data, chunk)
+    fields: dict[str, object] = {part(name, i): view for i, view in enumerate(views)}
+    fields[parts_field(name)] = len(views)
+    return fields
+
+
+def from_fields(fields: dict[bytes, bytes], name: str) -> bytes | None:
+    """The value `as_fields` stored under `name`, from a hash's HGETALL (None when it
+    is not there whole); each part leaves `fields` once copied, so the parts and the
+    value are not all held at once."""
+    whole = fields.get(name.encode())
+    if whole is not None:
+        return whole
+    count = fields.get(parts_field(name).encode())
+    names = [part(name, i).encode() for i in range(int(count or 0))]
+    if count is None or any(n not in fields for n in names):
+        return None
+    out = bytearray(sum(len(fields[n]) for n in names))
+    at = 0
+    for n in names:
+        piece = fields.pop(n)
+        out[at:at + len(piece)] = piece
+        at += len(piece)
+        del piece
+    return out
