@@ -1,8 +1,9 @@
 """The gateway's app factory: configuration passed in, nothing global at import.
 
 A request's path through the gateway: api/linger.py (a refused request's body is
-still read, so its reply arrives), api/bounds.py (who the caller is, and what it may
-hold), api/upload_body.py (an upload's body read as fast as it is parsed), then in
+still read, so its reply arrives), api/cors.py (the CORS headers of every reply),
+api/bounds.py (who the caller is, and what it may hold), api/request_log.py (its log
+line), api/upload_body.py (an upload's body read as fast as it is parsed), then in
 the app the route's one handler (api/tasks.py, api/functions.py, api/meta.py,
 api/metrics.py, api/pages.py), api/negotiation.py (the reply encoded), and
 api/errors.py for whatever was raised on the way.
@@ -18,15 +19,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
-from quart import Quart, Response, g, request
+from quart import Quart, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from wasmq.api import functions, meta, metrics, pages, tasks
 from wasmq.api.bounds import Bounds, bounds
-from wasmq.api.cors import cors_headers
+from wasmq.api.cors import Cors
 from wasmq.api.errors import register_error_handlers
 from wasmq.api.linger import Linger
-from wasmq.api.request_log import register_request_log
+from wasmq.api.request_log import RequestLog
 from wasmq.api.services import Services
 from wasmq.api.upload_body import BodyWindow
 from wasmq.api.upload_form import UPLOADS
@@ -63,11 +64,11 @@ def create_app(settings: Settings | None = None) -> Quart:
     biggest = max(settings.max_module_mb, settings.max_input_mb) * MB + BODY_SLACK
     app.config["MAX_CONTENT_LENGTH"] = biggest  # what a request may buffer, any route
     app.extensions["wasmq"] = svc = Services.build(settings)
-    app.extensions["wasmq.bounds"] = limits = Bounds(BodyWindow(app.asgi_app), settings)
+    limits = Bounds(RequestLog(BodyWindow(app.asgi_app)), settings)
+    app.extensions["wasmq.bounds"] = limits
     for blueprint in (tasks.bp, functions.bp, meta.bp, metrics.bp, pages.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
-    register_request_log(app)
 
     module_limit = (settings.max_module_mb * MB + BODY_SLACK,
                     f"the module size limit of {settings.max_module_mb} MB (WASMQ_MAX_MODULE_MB)")
@@ -83,26 +84,11 @@ def create_app(settings: Settings | None = None) -> Quart:
         if (req.content_length or 0) > limit:
             raise RequestEntityTooLarge()
 
-    app.after_request(_cors)
-
     @app.after_serving
     async def stop_jobs() -> None:
         await bounds().on_thread(svc.jobs.stop)()
 
-    app.asgi_app = Linger(limits, biggest + LINGER_MARGIN)  # type: ignore[method-assign]
+    app.asgi_app = Linger(Cors(limits), biggest + LINGER_MARGIN)  # type: ignore[method-assign]
     logging.getLogger("wasmq").setLevel(logging.INFO)
     return app
 
-
-async def _cors(response: Response) -> Response:
-    headers = request.headers
-    preflight = request.method == "OPTIONS"
-    for name, value in cors_headers(
-            request.path, headers.get("Origin"),
-            preflight_method=headers.get("Access-Control-Request-Method") if preflight else None,
-            preflight_headers=headers.get("Access-Control-Request-Headers")).items():
-        if name == "Vary":
-            response.vary.add("Origin")
-        else:
-            response.headers[name] = value
-    return response

@@ -49,7 +49,6 @@ from limits import parse_many
 from quart import current_app, has_request_context, request
 
 from wasmq.api.caller import SCOPE_KEY, read_caller
-from wasmq.api.cors import cors_headers
 from wasmq.api.errors import reply_for
 from wasmq.api.negotiation import encode
 from wasmq.api.replies import error_body
@@ -228,10 +227,7 @@ def bounds() -> Bounds:
 async def _refuse(scope: dict, send: Any, refusal: RateLimited) -> None:
     status, extra, message = reply_for(refusal)
     content, kind = encode(error_body(message))
-    origin = next((v.decode("latin-1") for k, v in scope.get("headers", ())
-                   if k.lower() == b"origin"), None)
     headers = [(b"content-type", kind.encode()), (b"content-length", str(len(content)).encode())]
-    headers += [(k.lower().encode(), v.encode())
-                for k, v in {**extra, **cors_headers(scope["path"], origin)}.items()]
+    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})

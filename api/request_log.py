@@ -1,52 +1,57 @@
 """One structured log line per API request, carrying the task id it concerns.
 
-The tid is bound where it becomes known (the submit route, or the URL of
-`/retrieve/<tid>`), so any line logged while serving the request, a Redis
-warning included, carries it too. Probes and scrapes are not logged.
+An ASGI middleware around the app, so a request costs no Quart hook: the status
+comes from the reply's start, the tid from the path (`/retrieve/<tid>`) or from the
+scope, where the submit route leaves the tid it made (`TID_KEY`). The tid is bound
+before the app runs, so any line logged while serving the request carries it too.
+Probes and scrapes are not logged.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from typing import Any
 
-from quart import Quart, Response, g, request
-
-from wasmq.broker.logs import TID, bind_tid
+from wasmq.broker.logs import bind_tid
 
 log = logging.getLogger("wasmq.gateway.request")
 
-QUIET = frozenset({"meta.healthz", "metrics.scrape"})
+QUIET = frozenset({"/healthz", "/metrics"})
+TID_KEY = "wasmq.tid"  # scope key: the tid a submission created
+NAMED = {"task": "cfid", "functions": "cfid", "file": "cfid", "retrieve": "tid"}
 
 
-@dataclass(frozen=True)
-class RequestLine:
-    method: str
-    path: str
-    cfid: str
-    tid: str
-    started: float  # time.perf_counter()
-
-    def log(self, status: int) -> None:
-        ms = (time.perf_counter() - self.started) * 1000
-        log.info("%s %s %s", self.method, self.path, status,
-                 extra={"status": status, "ms": round(ms, 3), "cfid": self.cfid,
-                        "tid": self.tid})
+def _named(path: str) -> tuple[str, str]:
+    """(cfid, tid) as the path names them: /task/<cfid>, /retrieve/<tid>..."""
+    parts = path.split("/", 3)
+    kind = NAMED.get(parts[1]) if len(parts) > 2 else None
+    name = parts[2].removesuffix(".wasm") if kind else ""
+    return (name, "") if kind == "cfid" else ("", name)
 
 
-def register_request_log(app: Quart) -> None:
-    @app.before_request
-    async def started() -> None:
-        g.started = time.perf_counter()
-        bind_tid((request.view_args or {}).get("tid", ""))
+class RequestLog:
+    def __init__(self, app: Any) -> None:
+        self.app = app
 
-    @app.after_request
-    async def finished(response: Response) -> Response:
-        if request.endpoint in QUIET:
-            return response
-        RequestLine(request.method, request.path, (request.view_args or {}).get("cfid", ""),
-                    TID.get(), g.get("started", time.perf_counter())).log(response.status_code)
-        return response
-    # Each request runs in a task of its own, with a copy of the context: the tid it
-    # binds is gone with it.
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in QUIET:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        cfid, tid = _named(scope["path"])
+        bind_tid(tid)
+        status = 0
+
+        async def sending(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            log.info("%s %s %s", scope["method"], scope["path"], status,
+                     extra={"status": status, "cfid": cfid, "tid": scope.get(TID_KEY, tid),
+                            "ms": round((time.perf_counter() - started) * 1000, 3)})

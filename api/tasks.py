@@ -24,6 +24,7 @@ from wasmq.api.caller import caller
 from wasmq.api.envelope import parse_envelope, request_body
 from wasmq.api.negotiation import respond, wants_msgpack
 from wasmq.api.replies import task_reply
+from wasmq.api.request_log import TID_KEY
 from wasmq.api.services import Services, services
 from wasmq.api.waiter import Waiter
 from wasmq.broker.errors import BadRequest, NotFound
@@ -63,7 +64,7 @@ async def submit(cfid: str) -> Response:
     if not on_loop:  # 404 (or a model's 503) before the body is read
         await limits.on_thread(svc.submissions.function)(cfid)
     data = parse_envelope(await request_body(), request.mimetype)
-    tid = new_tid()
+    tid = request.scope[TID_KEY] = new_tid()  # its log line's (api/request_log.py)
     bind_tid(tid)
     who = caller()
     call = svc.submissions.prepare(cfid, data, who, tid=tid) if on_loop else \
