@@ -23,7 +23,9 @@ TARGET_OPSET = {"": 21, "ai.onnx.ml": 3}
 BOOSTING_OPSET = 15  # onnxmltools' tree converters
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-              "tensor(string)": np.str_}
+              "tensor(string)": np.str_, "tensor(float16)": np.float16,
+              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+              "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32}
 
 
 def is_frame(data: Any) -> bool:

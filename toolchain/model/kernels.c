@@ -66,9 +66,50 @@ static int fail(void) {
  * instructions, a float64 output cast from float32 by its last. */
 /* STR inputs only: each JSON string becomes its int64 index in the input's vocabulary
  * (the model's categories, NUL-separated at pad[0], pad[1] of them), -1 if not in it. */
-enum { F32 = 0, I64 = 1, BOOL = 2, F64 = 3, STR = 4 };
-static const int ESIZE[5] = {4, 8, 1, 8, 8};
-static const char *TNAME[5] = {"float32", "int64", "bool", "float64", "string"};
+/* I8 .. F16 only at the edges too: an integer input cast to int64 (a float16 one to
+ * float32) by the plan's first instructions, an output cast back by its last; a Cast
+ * to one of them inside the plan goes there and back, so values wrap (or round) as
+ * they would in that type. TXT inputs: each string's bytes (unescaped in place in the
+ * request) as an int64 {address, length} for the text kernel (op_text). */
+enum { F32 = 0, I64 = 1, BOOL = 2, F64 = 3, STR = 4, I8 = 5, U8 = 6, I16 = 7, U16 = 8,
+       I32 = 9, U32 = 10, F16 = 11, TXT = 12, NTYPES = 13 };
+static const int ESIZE[NTYPES] = {4, 8, 1, 8, 8, 1, 1, 2, 2, 4, 4, 2, 8};
+static const char *TNAME[NTYPES] = {"float32", "int64", "bool", "float64", "string", "int8",
+                                    "uint8", "int16", "uint16", "int32", "uint32", "float16",
+                                    "string"};
+static int is_narrow_int(int dt) { return dt >= I8 && dt <= U32; }
+
+/* IEEE half precision, by bits: round to nearest even, subnormals, infinities, NaN. */
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 31, man = h & 1023, bits;
+    if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
+    else if (exp) bits = sign | ((exp + 112) << 23) | (man << 13);
+    else if (!man) bits = sign;
+    else {  /* subnormal: normalise */
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 1024));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 1023) << 13);
+    }
+    union { uint32_t u; float f; } v = {bits};
+    return v.f;
+}
+static uint16_t float_to_half(float f) {
+    union { float f; uint32_t u; } v = {f};
+    uint32_t x = v.u, sign = (x >> 16) & 0x8000, absx = x & 0x7fffffffu;
+    if (absx > 0x7f800000u) return (uint16_t)(sign | 0x7e00 | ((absx >> 13) & 1023));  /* NaN */
+    if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);  /* rounds past 65504: inf */
+    if (absx < 0x38800000u) {  /* a half subnormal (or zero) */
+        if (absx < 0x33000000u) return (uint16_t)sign;  /* under half the smallest */
+        uint32_t e = absx >> 23, man = (absx & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e;  /* 14..24: the mantissa's place in a subnormal half */
+        uint32_t q = man >> shift, rest = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t q = ((absx >> 13) - (112u << 10)), rest = absx & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (q & 1))) q++;
+    return (uint16_t)(sign | q);
+}
 
 typedef struct {           /* one model input or output, 16 words */
     const char *name;
@@ -722,16 +763,32 @@ enum {
 };
 
 static int64_t ld_i(const void *p, int dt) {
-    if (dt == I64) return *(const int64_t *)p;
-    if (dt == BOOL) return *(const uint8_t *)p;
-    if (dt == F64) return (int64_t)*(const double *)p;
+    switch (dt) {
+    case I64: return *(const int64_t *)p;
+    case BOOL: case U8: return *(const uint8_t *)p;
+    case F64: return (int64_t)*(const double *)p;
+    case I8: return *(const int8_t *)p;
+    case I16: return *(const int16_t *)p;
+    case U16: return *(const uint16_t *)p;
+    case I32: return *(const int32_t *)p;
+    case U32: return *(const uint32_t *)p;
+    case F16: return (int64_t)half_to_float(*(const uint16_t *)p);
+    }
     return (int64_t)*(const float *)p;
 }
 static float ld_f(const void *p, int dt) {
     if (dt == F32) return *(const float *)p;
-    if (dt == I64) return (float)*(const int64_t *)p;
     if (dt == F64) return (float)*(const double *)p;
-    return (float)*(const uint8_t *)p;
+    if (dt == F16) return half_to_float(*(const uint16_t *)p);
+    return (float)ld_i(p, dt);
+}
+/* v stored as a narrow integer: the low bits, as a C cast (and onnxruntime) keeps them */
+static void st_narrow(void *r, int dt, int64_t v) {
+    switch (dt) {
+    case I8: case U8: *(uint8_t *)r = (uint8_t)v; break;
+    case I16: case U16: *(uint16_t *)r = (uint16_t)v; break;
+    default: *(uint32_t *)r = (uint32_t)v;
+    }
 }
 
 static float probit(float p) {  /* the inverse of the normal CDF, as ONNX-ML defines it */
@@ -839,6 +896,7 @@ __attribute__((noinline)) static int op_elt(const int32_t *p) {
             if (sO == 1 && s0 == 1) __builtin_memcpy(po, p0, (size_t)inner * eo);
             else if (eo == 4) for (int i = 0; i < inner; i++) ((int32_t *)po)[i * sO] = ((const int32_t *)p0)[i * s0];
             else if (eo == 8) for (int i = 0; i < inner; i++) ((int64_t *)po)[i * sO] = ((const int64_t *)p0)[i * s0];
+            else if (eo == 2) for (int i = 0; i < inner; i++) ((int16_t *)po)[i * sO] = ((const int16_t *)p0)[i * s0];
             else for (int i = 0; i < inner; i++) po[i * sO] = p0[i * s0];
         } else if (op == E_CAST) {
             for (int i = 0; i < inner; i++) {
@@ -846,13 +904,16 @@ __attribute__((noinline)) static int op_elt(const int32_t *p) {
                 char *r = po + (size_t)i * sO * eo;
                 if (dto == F32) *(float *)r = ld_f(q, dt0);
                 else if (dto == F64) *(double *)r = (double)ld_f(q, dt0);
-                else if (dto == I64) {
-                    if (dt0 == F32) {
-                        float f = *(const float *)q;
-                        *(int64_t *)r = (f != f) ? INT64_MIN : (f >= 9.2233720e18f ? INT64_MAX :
-                                        (f <= -9.2233720e18f ? INT64_MIN : (int64_t)f));
-                    } else *(int64_t *)r = ld_i(q, dt0);
-                } else *(uint8_t *)r = dt0 == F32 ? (*(const float *)q != 0) : (ld_i(q, dt0) != 0);
+                else if (dto == F16) *(uint16_t *)r = float_to_half(ld_f(q, dt0));
+                else if (dto == I64 || is_narrow_int(dto)) {
+                    int64_t v;
+                    if (dt0 == F32 || dt0 == F16) {
+                        float f = ld_f(q, dt0);
+                        v = (f != f) ? INT64_MIN : (f >= 9.2233720e18f ? INT64_MAX :
+                            (f <= -9.2233720e18f ? INT64_MIN : (int64_t)f));
+                    } else v = ld_i(q, dt0);
+                    if (dto == I64) *(int64_t *)r = v; else st_narrow(r, dto, v);
+                } else *(uint8_t *)r = (dt0 == F32 || dt0 == F16) ? (ld_f(q, dt0) != 0) : (ld_i(q, dt0) != 0);
             }
         } else if (op == E_WHERE) {
             for (int i = 0; i < inner; i++) {
@@ -1357,7 +1418,8 @@ static double scale10(double m, int e) {
     return e >= 0 ? m * P10[e] : m / P10[-e];
 }
 
-/* A JSON number (or true/false) into the input's type. 0: not a number; 2: not an integer. */
+/* A JSON number (or true/false) into the input's type. 0: not a number; 2: not an integer;
+ * 3: an integer outside the input's type. */
 static int parse_number(cur_t *c, int dt, void *out) {
     const char *s = c->s;
     if (s[0] == 't' && s[1] == 'r' && s[2] == 'u' && s[3] == 'e') { c->s += 4; goto set_one; }
@@ -1369,6 +1431,7 @@ static int parse_number(cur_t *c, int dt, void *out) {
         if (s[0] == 'N' && s[1] == 'a' && s[2] == 'N') {
             c->s = s + 3;
             if (dt == F64) { *(double *)out = __builtin_nan(""); return 1; }
+            if (dt == F16) { *(uint16_t *)out = 0x7e00; return 1; }
             if (dt != F32) return 2;
             *(float *)out = __builtin_nanf(""); return 1;
         }
@@ -1377,6 +1440,7 @@ static int parse_number(cur_t *c, int dt, void *out) {
             if (s[0] == 'i' && s[1] == 'n' && s[2] == 'i' && s[3] == 't' && s[4] == 'y') s += 5;
             c->s = s;
             if (dt == F64) { *(double *)out = neg ? -__builtin_inf() : __builtin_inf(); return 1; }
+            if (dt == F16) { *(uint16_t *)out = neg ? 0xfc00 : 0x7c00; return 1; }
             if (dt != F32) return 2;
             *(float *)out = neg ? -__builtin_inff() : __builtin_inff(); return 1;
         }
@@ -1404,9 +1468,10 @@ static int parse_number(cur_t *c, int dt, void *out) {
             exp10 += eneg ? -e : e;
         }
         c->s = s;
-        if (dt == F32 || dt == F64) {
+        if (dt == F32 || dt == F64 || dt == F16) {
             double v = m ? scale10((double)m, exp10) : 0.0;
             if (dt == F64) *(double *)out = neg ? -v : v;
+            else if (dt == F16) *(uint16_t *)out = float_to_half((float)(neg ? -v : v));
             else *(float *)out = (float)(neg ? -v : v);
             return 1;
         }
@@ -1416,15 +1481,26 @@ static int parse_number(cur_t *c, int dt, void *out) {
         while (exp10 > 0) { if (m > 922337203685477580ull) return 2; m *= 10; exp10--; }
         if (m > 9223372036854775807ull + (uint64_t)neg) return 2;
         if (dt == I64) { *(int64_t *)out = neg ? (int64_t)(0 - m) : (int64_t)m; return 1; }
+        if (is_narrow_int(dt)) {  /* in the type's range, or refused (3) */
+            int64_t v = neg ? (int64_t)(0 - m) : (int64_t)m;
+            int64_t lo = dt == I8 ? -128 : dt == I16 ? -32768 : dt == I32 ? INT32_MIN : 0;
+            int64_t hi = dt == I8 ? 127 : dt == U8 ? 255 : dt == I16 ? 32767 : dt == U16 ? 65535 :
+                         dt == I32 ? INT32_MAX : (int64_t)UINT32_MAX;
+            if (v < lo || v > hi) return 3;
+            st_narrow(out, dt, v);
+            return 1;
+        }
         if (m > 1) return 2;
         *(uint8_t *)out = (uint8_t)m;
         return 1;
     }
 set_one:
-    if (dt == F64) *(double *)out = 1.0; else if (dt == F32) *(float *)out = 1.0f; else if (dt == I64) *(int64_t *)out = 1; else *(uint8_t *)out = 1;
+    if (dt == F64) *(double *)out = 1.0; else if (dt == F32) *(float *)out = 1.0f; else if (dt == I64) *(int64_t *)out = 1;
+    else if (dt == F16) *(uint16_t *)out = 0x3c00; else if (is_narrow_int(dt)) st_narrow(out, dt, 1); else *(uint8_t *)out = 1;
     return 1;
 set_zero:
-    if (dt == F64) *(double *)out = 0.0; else if (dt == F32) *(float *)out = 0.0f; else if (dt == I64) *(int64_t *)out = 0; else *(uint8_t *)out = 0;
+    if (dt == F64) *(double *)out = 0.0; else if (dt == F32) *(float *)out = 0.0f; else if (dt == I64) *(int64_t *)out = 0;
+    else if (dt == F16) *(uint16_t *)out = 0; else if (is_narrow_int(dt)) st_narrow(out, dt, 0); else *(uint8_t *)out = 0;
     return 1;
 }
 
@@ -1483,7 +1559,7 @@ static int read_array(cur_t *c, const io_t *io, int *got, int depth) {
         char *at = (char *)io->addr + (size_t)*got * ESIZE[io->dtype];
         int r = io->dtype == STR ? parse_category(c, io, (int64_t *)at) : parse_number(c, io->dtype, at);
         if (r == 0) return 0;
-        if (r == 2) return 2;
+        if (r >= 2) return r;
         (*got)++;
         return 1;
     }
@@ -1559,11 +1635,12 @@ static int read_input(cur_t *c, const io_t *io) {
     if (*c->s == '"' && io->dtype != STR) return read_raw(c, io);
     int got = 0;
     int r = read_array(c, io, &got, 0);
-    if (r == 2) {
+    if (r == 2 || r == 3) {
         char what[64] = "a value is not ";
         int l = 15;
-        const char *t = io->dtype == I64 ? "an integer" : "true, false, 0 or 1";
+        const char *t = r == 3 ? "in the range of " : io->dtype == BOOL ? "true, false, 0 or 1" : "an integer";
         while (*t) what[l++] = *t++;
+        if (r == 3) for (t = TNAME[io->dtype]; *t; ) what[l++] = *t++;
         what[l] = 0;
         return bad_input(io, what);
     }
@@ -1655,10 +1732,11 @@ static void out_tensor(const io_t *io) {
     *op_++ = '[';
     for (int i = 0; i < io->count; i++) {
         if (i) { *op_++ = ','; *op_++ = ' '; }
-        if (io->dtype == F32) out_f(((const float *)io->addr)[i]);
-        else if (io->dtype == F64) out_f((float)((const double *)io->addr)[i]);  /* computed in float32 */
-        else if (io->dtype == I64) out_i(((const int64_t *)io->addr)[i]);
-        else out_s(((const uint8_t *)io->addr)[i] ? "true" : "false");
+        const char *at = (const char *)io->addr + (size_t)i * ESIZE[io->dtype];
+        if (io->dtype == F32) out_f(*(const float *)at);
+        else if (io->dtype == F64 || io->dtype == F16) out_f(ld_f(at, io->dtype));  /* computed in float32 */
+        else if (io->dtype == BOOL) out_s(*(const uint8_t *)at ? "true" : "false");
+        else out_i(ld_i(at, io->dtype));
     }
     *op_++ = ']';
 }
@@ -1780,7 +1858,8 @@ EXPORT("pred") int32_t pred(void) {
     if (run_plan(h)) return fail();
     size_t cap = 32;
     for (uint32_t i = 0; i < h->n_out; i++) {
-        size_t per = (outs[i].dtype == F32 || outs[i].dtype == F64) ? 18 : outs[i].dtype == I64 ? 22 : 7;
+        int dt = outs[i].dtype;
+        size_t per = (dt == F32 || dt == F64 || dt == F16) ? 18 : dt == BOOL ? 7 : 22;
         size_t names = 8; for (const char *s = outs[i].name; *s; s++) names += 2;
         cap += (size_t)outs[i].count * per + names + 16;
     }

@@ -36,7 +36,11 @@ KERNELS = Path(__file__).with_name("kernels.wasm")
 DEFAULT_DOMAINS = ("", "ai.onnx")
 ML_DOMAIN = "ai.onnx.ml"
 MIN_OPSET, MAX_OPSET = 7, 22  # 22 only widened types; skl2onnx emits it
-ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL, 11: pg.F64, 8: pg.STR}
+ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL, 11: pg.F64, 8: pg.STR, 3: pg.I8,
+                    2: pg.U8, 5: pg.I16, 4: pg.U16, 6: pg.I32, 12: pg.U32, 10: pg.F16}
+# outputs the plan computes in float32 or int64 and casts at its edge to the declared type
+EDGE_OUTPUT_TYPES = {11: pg.F64, 3: pg.I8, 2: pg.U8, 5: pg.I16, 4: pg.U16, 6: pg.I32,
+                     12: pg.U32, 10: pg.F16}
 # what a string input (its categories' indices) may flow through: moved, or encoded
 STRING_MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice",
                 "Gather", "Transpose", "ArrayFeatureExtractor", "Split"}
@@ -178,8 +182,8 @@ class Builder:
                              f"supported as inputs)")
         if tt.elem_type not in ONNX_INPUT_TYPES:
             name = TYPE_NAMES.get(tt.elem_type, str(tt.elem_type))
-            raise ModelError(f"input '{vi.name}' has type {name}; inputs must be float32, "
-                             f"int64 or bool (skl2onnx: FloatTensorType)")
+            raise ModelError(f"input '{vi.name}' has type {name}; inputs may be "
+                             f"{support.SUPPORTED_TYPES} or strings")
         given = self.input_shapes.get(vi.name)
         dims = list(tt.shape.dim) if tt.HasField("shape") else None
         if given is not None:
@@ -208,8 +212,9 @@ class Builder:
         t = self.prog.new(vi.name, shape, ONNX_INPUT_TYPES[tt.elem_type])
         t.storage.first = -1
         self.values[vi.name] = t
-        if t.dtype == pg.F64:  # computed in float32 from here on
-            self.values[vi.name] = ops.elementwise_to(self, ops.E["CAST"], t, pg.F32)
+        if t.dtype in pg.COMPUTED:  # computed in float32 or int64 from here on
+            self.values[vi.name] = ops.elementwise_to(self, ops.E["CAST"], t,
+                                                      pg.COMPUTED[t.dtype])
         if t.dtype == pg.STR:  # the same bytes: int64 indices of the model's categories
             self.values[vi.name] = Tensor(vi.name, shape, pg.I64, storage=t.storage)
             self.strings.add(vi.name)
@@ -350,10 +355,11 @@ class Builder:
                 ops.copy_view(self, src, t.shape, ops.contiguous(t.shape), 0, t)
             elif t.name != vi.name:
                 t = Tensor(vi.name, t.shape, t.dtype, storage=t.storage, offset=t.offset)
-            if vi.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE and t.dtype == pg.F32:
+            edge = EDGE_OUTPUT_TYPES.get(vi.type.tensor_type.elem_type)
+            if edge is not None and t.dtype == pg.COMPUTED[edge]:
                 self.node = onnx.helper.make_node("Cast", [], [vi.name], name=vi.name)
                 src = t
-                t = self.prog.new(vi.name, t.shape, pg.F64)
+                t = self.prog.new(vi.name, t.shape, edge)
                 ops.elt(self, ops.E["CAST"], [(src, ops.contiguous(t.shape), 0)], t, t.shape)
             if t.size == 0:
                 raise ModelError(f"output '{vi.name}' is empty")

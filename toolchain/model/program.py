@@ -22,10 +22,22 @@ MAGIC = 0x314D5157
 F32, I64, BOOL = 0, 1, 2
 F64 = 3  # inputs and outputs only: cast to and from float32 at the plan's edges
 STR = 4  # inputs only: each string read as its int64 index in the model's categories
+# Edge types too: integers computed as int64, float16 as float32, cast at the plan's edges
+# (and a Cast to one of them goes there and back, so values wrap or round as in the type).
+I8, U8, I16, U16, I32, U32, F16 = 5, 6, 7, 8, 9, 10, 11
+TXT = 12  # inputs only: each string as {address, length} of its bytes, for the text kernel
+NARROW_INTS = (I8, U8, I16, U16, I32, U32)
 DTYPES = {np.dtype(np.float32): F32, np.dtype(np.int64): I64, np.dtype(np.bool_): BOOL}
-NAMES = {F32: "float32", I64: "int64", BOOL: "bool", F64: "float64", STR: "string"}
-NUMPY = {F32: np.float32, I64: np.int64, BOOL: np.bool_, F64: np.float64, STR: np.int64}
-ESIZE = {F32: 4, I64: 8, BOOL: 1, F64: 8, STR: 8}
+NAMES = {F32: "float32", I64: "int64", BOOL: "bool", F64: "float64", STR: "string",
+         I8: "int8", U8: "uint8", I16: "int16", U16: "uint16", I32: "int32", U32: "uint32",
+         F16: "float16", TXT: "string"}
+NUMPY = {F32: np.float32, I64: np.int64, BOOL: np.bool_, F64: np.float64, STR: np.int64,
+         I8: np.int8, U8: np.uint8, I16: np.int16, U16: np.uint16, I32: np.int32,
+         U32: np.uint32, F16: np.float16, TXT: np.int64}
+ESIZE = {F32: 4, I64: 8, BOOL: 1, F64: 8, STR: 8, I8: 1, U8: 1, I16: 2, U16: 2, I32: 4,
+         U32: 4, F16: 2, TXT: 8}
+# what an edge type is computed as inside the plan
+COMPUTED = {F64: F32, F16: F32, **{t: I64 for t in NARROW_INTS}}
 MAX_DIMS = 6
 IO_WORDS = 16
 OP_CONV, OP_GEMM, OP_POOL, OP_ELT, OP_SOFTMAX, OP_REDUCE = 1, 2, 3, 4, 5, 6

@@ -23,10 +23,13 @@ MIN_OPSET, MAX_OPSET = 7, 22   # what the handlers are written for
 CONVERT_TO = 13
 ML_OPSETS = (1, 5)
 # ONNX element types a tensor of the model may have (doubles are computed in float32)
-TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
-         onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
-INPUT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
-               onnx.TensorProto.BOOL, onnx.TensorProto.STRING}  # strings as categories
+# (float16 and integers of up to 32 bits computed as float32 and int64, cast at the edges)
+TP = onnx.TensorProto
+TYPES = {TP.FLOAT, TP.DOUBLE, TP.FLOAT16, TP.INT64, TP.INT32, TP.UINT32, TP.INT16, TP.UINT16,
+         TP.INT8, TP.UINT8, TP.BOOL}
+INPUT_TYPES = TYPES | {TP.STRING}  # strings as categories, or text
+SUPPORTED_TYPES = ("float32, float64 and float16 (computed in float32), int64, int32, uint32, "
+                   "int16, uint16, int8, uint8 (computed in int64) or bool")
 CONTROL_FLOW = {"If", "Loop", "SequenceMap"}  # Scan of a known length is unrolled
 SHAPE_QUERIES = {"Shape", "Size"}  # constant whatever their input holds
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
@@ -155,8 +158,7 @@ def refuse(ops: list[str], types: list[str]) -> None:
     if ops:
         parts.append("unsupported operators: " + _listed(ops))
     if types:
-        parts.append("unsupported types: " + _listed(types) + " (tensors may be float32, "
-                     "float64 (computed in float32), int64, int32 or bool; inputs may be strings, "
-                     "read as categories)")
+        parts.append("unsupported types: " + _listed(types) + f" (tensors may be "
+                     f"{SUPPORTED_TYPES}; inputs may be strings, read as categories or text)")
     if parts:
         raise ModelError("; ".join(parts))
