@@ -68,13 +68,9 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], raw: bool = 
 
 
 def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from wasmq.modelfile import session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = session(model.SerializeToString(), threads=1)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, feeds), strict=False))
 

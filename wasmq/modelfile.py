@@ -34,8 +34,8 @@ def is_frame(data: Any) -> bool:
 
 def rows_of(data: Any) -> Any:
     """At least 2-d: one row a sample (a 1-d example is one sample)."""
-    if is_frame(data):
-        return data
+    if is_frame(data) or is_text(data):
+        return data if is_frame(data) else np.asarray(data, dtype=str)
     array = np.asarray(data)
     return array.reshape(1, -1) if array.ndim < 2 else array
 
@@ -166,11 +166,48 @@ def _from_boosting(model: Any, family: str, example: Any) -> bytes:
     return convert(model, initial_types=types, target_opset=BOOSTING_OPSET).SerializeToString()
 
 
-def feeds(data: bytes, rows: Any) -> dict[str, np.ndarray]:
-    """The rows as the model's inputs: one array, or a DataFrame's columns by name."""
+def session(data: bytes, threads: int = 0) -> Any:
+    """An onnxruntime session for the local check. onnxruntime's StringNormalizer builds
+    its locale (en_US.UTF-8 unless the model names one) and fails where the machine has
+    no such locale: then the local copy is run with C.UTF-8, which lowers ASCII the same."""
     import onnxruntime as ort
 
-    inputs = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()
+    def options(severity: int) -> Any:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = severity
+        if threads:
+            opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+        return opts
+
+    try:  # quiet: a locale's failure is handled below, not printed
+        return ort.InferenceSession(data, options(4), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail
+        if "locale" not in str(exc):
+            raise
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    for node in model.graph.node:
+        if node.op_type == "StringNormalizer":
+            for attr in list(node.attribute):
+                if attr.name == "locale":
+                    node.attribute.remove(attr)
+            node.attribute.append(onnx.helper.make_attribute("locale", "C.UTF-8"))
+    return ort.InferenceSession(model.SerializeToString(), options(2),
+                                providers=["CPUExecutionProvider"])
+
+
+def is_text(data: Any) -> bool:
+    """A list (or 1-d array, or Series) of strings: one document a sample."""
+    if is_frame(data):
+        return False
+    array = np.asarray(data, dtype=object) if not isinstance(data, np.ndarray) else data
+    return array.ndim == 1 and array.size > 0 and isinstance(array.reshape(-1)[0], str)
+
+
+def feeds(data: bytes, rows: Any) -> dict[str, np.ndarray]:
+    """The rows as the model's inputs: one array, or a DataFrame's columns by name."""
+    inputs = session(data).get_inputs()
     rows = rows_of(rows)
     out = {}
     for meta in inputs:
@@ -185,6 +222,10 @@ def feeds(data: bytes, rows: Any) -> dict[str, np.ndarray]:
             out[meta.name] = rows[meta.name].to_numpy().astype(kind).reshape(-1, 1)
         else:
             out[meta.name] = np.asarray(rows).astype(kind)
+        if meta.shape and len(meta.shape) != out[meta.name].ndim:  # text: [n] or [n, 1]
+            width = 1 if len(meta.shape) == 1 else -1
+            out[meta.name] = out[meta.name].reshape(-1) if width == 1 else \
+                out[meta.name].reshape(len(out[meta.name]), -1)
     return out
 
 
@@ -204,9 +245,7 @@ def _plain(value: Any) -> Any:
 def local_outputs(data: bytes, rows: Any) -> dict[str, np.ndarray]:
     """What onnxruntime answers for the rows, each output as an array (ZipMap's list of
     dicts becomes the probability matrix the endpoint answers)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    sess = session(data)
     values = sess.run(None, feeds(data, rows))
     out = {}
     for meta, value in zip(sess.get_outputs(), values, strict=True):

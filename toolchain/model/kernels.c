@@ -361,7 +361,7 @@ static void gemm_general(int M, int N, int K, const float *A, int sam, int sak,
 /* ---------------------------------------------------------------- ops */
 enum {
     OP_CONV = 1, OP_GEMM = 2, OP_POOL = 3, OP_ELT = 4, OP_SOFTMAX = 5, OP_REDUCE = 6,
-    OP_ARG = 7, OP_GATHER = 8, OP_TREES = 9, OP_FILL = 10,
+    OP_ARG = 7, OP_GATHER = 8, OP_TREES = 9, OP_FILL = 10, OP_TEXT = 11, OP_COUPLE = 12,
 };
 
 static act_t read_act(const int32_t *p) {
@@ -1196,6 +1196,141 @@ __attribute__((noinline)) static void op_fill(const int32_t *p) {
     for (int i = 0; i < count; i++) __builtin_memcpy(y + (size_t)i * es, v, (size_t)es);
 }
 
+/* Text to n-gram counts: StringNormalizer (case), Tokenizer (a character class, as
+ * skl2onnx's `[a-zA-Z0-9_]+`) and TfIdfVectorizer in one pass over each string, as
+ * onnxruntime runs the three (the token tensor is never made). The n-grams are found in
+ * a hash table (FNV-1a over the tokens, NUL between them; entries {offset, length,
+ * output index, 0} into the key bytes, length -1 when empty; linear probing).
+ * p: rows, src {address, length} a row, out [rows][V], V, case before / after the
+ * tokenizer (0 none, 1 lower, 2 upper), class[256], mincharnum, min and max n, mode
+ * (0 TF, 1 IDF, 2 TFIDF), table, its size (a power of two), key bytes, weights or 0. */
+#define TEXT_MAX_GRAM 8
+static void text_case(unsigned char *s, int n, int how) {
+    for (int i = 0; i < n; i++) {
+        if (how == 1 && s[i] >= 'A' && s[i] <= 'Z') s[i] = (unsigned char)(s[i] + 32);
+        else if (how == 2 && s[i] >= 'a' && s[i] <= 'z') s[i] = (unsigned char)(s[i] - 32);
+    }
+}
+__attribute__((noinline)) static int op_text(const int32_t *p) {
+    int rows = p[0], V = p[3], before = p[4], after = p[5], minchars = p[7];
+    int lo = p[8], hi = p[9], mode = p[10], tsize = p[12];
+    const uint64_t *src = (const uint64_t *)(uintptr_t)p[1];
+    float *out = (float *)(uintptr_t)p[2];
+    const unsigned char *cls = (const unsigned char *)(uintptr_t)p[6];
+    const int32_t *table = (const int32_t *)(uintptr_t)p[11];
+    const unsigned char *keys = (const unsigned char *)(uintptr_t)p[13];
+    const float *w = (const float *)(uintptr_t)p[14];
+    uint32_t longest = 1;
+    for (int r = 0; r < rows; r++) if ((uint32_t)(src[r] >> 32) > longest) longest = (uint32_t)(src[r] >> 32);
+    unsigned char *buf = (unsigned char *)alloc(longest);
+    if (!buf) { err_s("out of memory for a text input"); return 1; }
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)r * V;
+        for (int j = 0; j < V; j++) o[j] = 0;
+        uint32_t len = (uint32_t)(src[r] >> 32);
+        __builtin_memcpy(buf, (const void *)(uintptr_t)(uint32_t)src[r], len);
+        text_case(buf, (int)len, before);
+        int ts[TEXT_MAX_GRAM], tl[TEXT_MAX_GRAM], seen = 0;  /* the last tokens, a ring */
+        uint32_t i = 0;
+        while (i < len) {
+            while (i < len && !cls[buf[i]]) i++;
+            uint32_t start = i;
+            while (i < len && cls[buf[i]]) i++;
+            if (i == start || (int)(i - start) < minchars) continue;
+            text_case(buf + start, (int)(i - start), after);
+            ts[seen % TEXT_MAX_GRAM] = (int)start; tl[seen % TEXT_MAX_GRAM] = (int)(i - start);
+            seen++;
+            for (int n = lo; n <= hi && n <= seen; n++) {
+                uint32_t h = 2166136261u;
+                for (int k = seen - n; k < seen; k++) {
+                    const unsigned char *t = buf + ts[k % TEXT_MAX_GRAM];
+                    if (k > seen - n) h = (h ^ 0u) * 16777619u;
+                    for (int c = 0; c < tl[k % TEXT_MAX_GRAM]; c++) h = (h ^ t[c]) * 16777619u;
+                }
+                for (uint32_t at = h & (uint32_t)(tsize - 1);; at = (at + 1) & (uint32_t)(tsize - 1)) {
+                    const int32_t *e = table + (size_t)at * 4;
+                    if (e[1] < 0) break;
+                    const unsigned char *key = keys + e[0], *end = key + e[1];
+                    int same = 1;
+                    for (int k = seen - n; k < seen && same; k++) {
+                        if (k > seen - n) { if (key >= end || *key++ != 0) same = 0; }
+                        const unsigned char *t = buf + ts[k % TEXT_MAX_GRAM];
+                        int tn = tl[k % TEXT_MAX_GRAM];
+                        if (same && end - key < tn) same = 0;
+                        for (int c = 0; same && c < tn; c++) if (key[c] != t[c]) same = 0;
+                        key += tn;
+                    }
+                    if (same && key == end) { o[e[2]] += 1; break; }
+                }
+            }
+        }
+        for (int j = 0; j < V; j++) {
+            float c = o[j], wj = w ? w[j] : 1.0f;
+            o[j] = mode == 0 ? c : mode == 1 ? (c > 0 ? wj : 0) : c * wj;
+        }
+    }
+    return 0;
+}
+
+/* libsvm's pairwise coupling (onnxruntime's multiclass_probability): from the pairwise
+ * probabilities r[i][j] (pairs i < j in order, in float32 as onnxruntime), the class
+ * probabilities by its iteration, stopped as it stops.
+ * p: rows, k classes, pairwise [rows][k(k-1)/2], out [rows][k], scratch (k*k + k floats). */
+__attribute__((noinline)) static void op_couple(const int32_t *p) {
+    int rows = p[0], k = p[1];
+    const float *pr = (const float *)(uintptr_t)p[2];
+    float *out = (float *)(uintptr_t)p[3];
+    float *Q = (float *)(uintptr_t)p[4], *Qp = Q + (size_t)k * k;
+    int pairs = k * (k - 1) / 2;
+    float eps = 0.005f / (float)k;
+    int max_iter = k > 100 ? k : 100;
+    for (int row = 0; row < rows; row++) {
+        const float *rp = pr + (size_t)row * pairs;
+        float *P = out + (size_t)row * k;
+        /* r[i][j] for i < j is rp's pair (i, j); r[j][i] = 1 - r[i][j] */
+#define R_AT(i, j) ((i) < (j) ? rp[(i) * k - (i) * ((i) + 1) / 2 + ((j) - (i) - 1)] \
+                              : 1.0f - rp[(j) * k - (j) * ((j) + 1) / 2 + ((i) - (j) - 1)])
+        for (int t = 0; t < k; t++) {
+            P[t] = 1.0f / (float)k;
+            Q[t * k + t] = 0;
+            for (int j = 0; j < t; j++) {
+                float rjt = R_AT(j, t);
+                Q[t * k + t] += rjt * rjt;
+                Q[t * k + j] = Q[j * k + t];
+            }
+            for (int j = t + 1; j < k; j++) {
+                float rjt = R_AT(j, t);
+                Q[t * k + t] += rjt * rjt;
+                Q[t * k + j] = -rjt * R_AT(t, j);
+            }
+        }
+#undef R_AT
+        for (int iter = 0; iter < max_iter; iter++) {
+            float pQp = 0;
+            for (int t = 0; t < k; t++) {
+                Qp[t] = 0;
+                for (int j = 0; j < k; j++) Qp[t] += Q[t * k + j] * P[j];
+                pQp += P[t] * Qp[t];
+            }
+            float max_error = 0;
+            for (int t = 0; t < k; t++) {
+                float e = __builtin_fabsf(Qp[t] - pQp);
+                if (e > max_error) max_error = e;
+            }
+            if (max_error < eps) break;
+            for (int t = 0; t < k; t++) {
+                float diff = (-Qp[t] + pQp) / Q[t * k + t];
+                P[t] += diff;
+                pQp = (pQp + diff * (diff * Q[t * k + t] + 2 * Qp[t])) / (1 + diff) / (1 + diff);
+                for (int j = 0; j < k; j++) {
+                    Qp[j] = (Qp[j] + diff * Q[t * k + j]) / (1 + diff);
+                    P[j] /= (1 + diff);
+                }
+            }
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- speed
  * Fast paths of Conv and pooling for the shapes CNNs are made of (issue 21). */
 
@@ -1355,6 +1490,8 @@ static int run_plan(const header_t *h) {
         case OP_GATHER: rc = op_gather(p); break;
         case OP_TREES: op_trees(p); break;
         case OP_FILL: op_fill(p); break;
+        case OP_TEXT: rc = op_text(p); break;
+        case OP_COUPLE: op_couple(p); break;
         default: err_s("corrupt plan: unknown operation"); rc = 1;
         }
 #ifdef WQ_PROFILE
@@ -1551,13 +1688,69 @@ static int parse_category(cur_t *c, const io_t *io, int64_t *out) {
     return 1;
 }
 
+/* A JSON string for the text kernel: unescaped in place in the request (never longer
+ * than its JSON form) and stored as {address, length}. 0: not a string. */
+static int parse_text(cur_t *c, uint64_t *out) {
+    if (*c->s != '"') return 0;
+    unsigned char *w = (unsigned char *)(uintptr_t)++c->s, *start = w;
+    const char *r = c->s;
+    while (*r && *r != '"') {
+        char ch = *r++;
+        if (ch != '\\') { *w++ = (unsigned char)ch; continue; }
+        ch = *r++;
+        uint32_t u = 0;
+        switch (ch) {
+        case 'n': *w++ = '\n'; continue;
+        case 't': *w++ = '\t'; continue;
+        case 'r': *w++ = '\r'; continue;
+        case 'b': *w++ = '\b'; continue;
+        case 'f': *w++ = '\f'; continue;
+        case '"': case '\\': case '/': *w++ = (unsigned char)ch; continue;
+        case 'u': break;
+        default: return 0;
+        }
+        for (int q = 0; q < 4; q++, r++) {
+            char d = *r;
+            int v = d >= '0' && d <= '9' ? d - '0' : d >= 'a' && d <= 'f' ? d - 'a' + 10 :
+                    d >= 'A' && d <= 'F' ? d - 'A' + 10 : -1;
+            if (v < 0) return 0;
+            u = u * 16 + (uint32_t)v;
+        }
+        if (u >= 0xd800 && u < 0xdc00 && r[0] == '\\' && r[1] == 'u') {  /* a surrogate pair */
+            uint32_t lo = 0; int ok = 1;
+            for (int q = 0; q < 4; q++) {
+                char d = r[2 + q];
+                int v = d >= '0' && d <= '9' ? d - '0' : d >= 'a' && d <= 'f' ? d - 'a' + 10 :
+                        d >= 'A' && d <= 'F' ? d - 'A' + 10 : -1;
+                if (v < 0) { ok = 0; break; }
+                lo = lo * 16 + (uint32_t)v;
+            }
+            if (ok && lo >= 0xdc00 && lo < 0xe000) { u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00); r += 6; }
+        }
+        if (u < 0x80) *w++ = (unsigned char)u;
+        else if (u < 0x800) { *w++ = (unsigned char)(0xc0 | (u >> 6)); *w++ = (unsigned char)(0x80 | (u & 63)); }
+        else if (u < 0x10000) {
+            *w++ = (unsigned char)(0xe0 | (u >> 12)); *w++ = (unsigned char)(0x80 | ((u >> 6) & 63));
+            *w++ = (unsigned char)(0x80 | (u & 63));
+        } else {
+            *w++ = (unsigned char)(0xf0 | (u >> 18)); *w++ = (unsigned char)(0x80 | ((u >> 12) & 63));
+            *w++ = (unsigned char)(0x80 | ((u >> 6) & 63)); *w++ = (unsigned char)(0x80 | (u & 63));
+        }
+    }
+    if (*r != '"') return 0;
+    c->s = r + 1;
+    *out = (uint64_t)(uint32_t)(uintptr_t)start | ((uint64_t)(uint32_t)(w - start) << 32);
+    return 1;
+}
+
 /* Numbers (or categories) in nested arrays, in order, into the input's buffer. */
 static int read_array(cur_t *c, const io_t *io, int *got, int depth) {
     ws(c);
     if (*c->s != '[') {
         if (*got >= io->count) { (*got)++; return skip_value(c, depth) ? 1 : 0; }
         char *at = (char *)io->addr + (size_t)*got * ESIZE[io->dtype];
-        int r = io->dtype == STR ? parse_category(c, io, (int64_t *)at) : parse_number(c, io->dtype, at);
+        int r = io->dtype == STR ? parse_category(c, io, (int64_t *)at) :
+                io->dtype == TXT ? parse_text(c, (uint64_t *)at) : parse_number(c, io->dtype, at);
         if (r == 0) return 0;
         if (r >= 2) return r;
         (*got)++;
@@ -1632,7 +1825,7 @@ static int read_raw(cur_t *c, const io_t *io) {
 
 static int read_input(cur_t *c, const io_t *io) {
     ws(c);
-    if (*c->s == '"' && io->dtype != STR) return read_raw(c, io);
+    if (*c->s == '"' && io->dtype != STR && io->dtype != TXT) return read_raw(c, io);
     int got = 0;
     int r = read_array(c, io, &got, 0);
     if (r == 2 || r == 3) {
@@ -1644,8 +1837,9 @@ static int read_input(cur_t *c, const io_t *io) {
         what[l] = 0;
         return bad_input(io, what);
     }
-    if (r == 0) return bad_input(io, io->dtype == STR ? "expected strings in (nested) JSON arrays"
-                                                      : "expected numbers in (nested) JSON arrays");
+    if (r == 0) return bad_input(io, (io->dtype == STR || io->dtype == TXT) ?
+                                 "expected strings in (nested) JSON arrays" :
+                                 "expected numbers in (nested) JSON arrays");
     if (got != io->count) {
         err_s("input '"); err_s(io->name); err_s("': got "); err_u((uint64_t)got);
         err_s(got == 1 ? " value" : " values"); err_s(", the model expects ");

@@ -206,6 +206,13 @@ def normalizer(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[
         raise ModelError(f"{b.where}: norm {norm} is not supported")
     total = b.prog.new(f"{b.name}:norm", (n, 1), pg.F32)
     b.prog.emit(pg.OP_REDUCE, [n, f, 1, mode, pg.F32, b.ref(x), b.prog.ref(total)])
+    # a row of zeros (an empty text's counts) stays zeros, as onnxruntime answers
+    zero = Tensor("zero", (1,), pg.F32, const=np.zeros(1, np.float32))
+    one = Tensor("one", (1,), pg.F32, const=np.ones(1, np.float32))
+    empty = b.prog.new(f"{b.name}:empty", (n, 1), pg.BOOL)
+    elt(b, E["EQ"], [(total, [1, 0], 0), (zero, [0, 0], 0)], empty, (n, 1))
+    elt(b, E["WHERE"], [(empty, [1, 0], 0), (one, [0, 0], 0), (total, [1, 0], 0)], total,
+        (n, 1))
     out = b.out(0, ins[0].shape, pg.F32)
     elt(b, E["DIV"], [(x, [f, 1], 0), (total, [1, 0], 0)], out, (n, f))
     return [out]

@@ -25,6 +25,7 @@ from wasmq.toolchain.model import (  # noqa: F401 - ml_tabular, ops_* register h
     ops_indexing,
     scan,
     support,
+    text,
 )
 from wasmq.toolchain.model import program as pg
 from wasmq.toolchain.model import tensors as checked
@@ -137,10 +138,30 @@ class Builder:
                             raise ModelError(f"{ops._where(node)}: a category holds a NUL")
                         self.categories.setdefault(text, len(self.categories))
         self.prog.categories = list(self.categories)
+        self.texts: dict[str, text.Flow] = {}  # values standing for text (text.py)
+        self.text_inputs = self._text_inputs()
         # id of a constant's array (kept alive here) -> its packed copy
         self._packed: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
 
     # ---------------------------------------------------------------- setup
+    def _text_inputs(self) -> set[str]:
+        """String inputs that reach a text operator through views: read as text (their
+        bytes), not as categories."""
+        found = set()
+        for vi in self.graph.input:
+            if vi.type.tensor_type.elem_type != onnx.TensorProto.STRING:
+                continue
+            reach = {vi.name}
+            for node in self.graph.node:
+                if not any(n in reach for n in node.input):
+                    continue
+                if node.op_type in text.OPERATORS:
+                    found.add(vi.name)
+                    break
+                if node.op_type in text.MOVES:
+                    reach.update(node.output)
+        return found
+
     def _opsets(self) -> dict[str, int]:
         opsets = {}
         for imp in self.model.opset_import:
@@ -209,12 +230,17 @@ class Builder:
                                      f"export the model with a fixed size there or give the "
                                      f"input's shape")
             shape = tuple(shape_list)
-        t = self.prog.new(vi.name, shape, ONNX_INPUT_TYPES[tt.elem_type])
+        dtype = ONNX_INPUT_TYPES[tt.elem_type]
+        if vi.name in self.text_inputs:
+            dtype = pg.TXT
+        t = self.prog.new(vi.name, shape, dtype)
         t.storage.first = -1
         self.values[vi.name] = t
         if t.dtype in pg.COMPUTED:  # computed in float32 or int64 from here on
             self.values[vi.name] = ops.elementwise_to(self, ops.E["CAST"], t,
                                                       pg.COMPUTED[t.dtype])
+        if t.dtype == pg.TXT:
+            self.texts[vi.name] = text.Flow(t)
         if t.dtype == pg.STR:  # the same bytes: int64 indices of the model's categories
             self.values[vi.name] = Tensor(vi.name, shape, pg.I64, storage=t.storage)
             self.strings.add(vi.name)
@@ -348,6 +374,9 @@ class Builder:
             t = self.values.get(vi.name)
             if t is None:
                 raise ModelError(f"output '{vi.name}' is not computed by any node")
+            if vi.name in self.texts or t.dtype == pg.TXT:
+                raise ModelError(f"output '{vi.name}' is strings; outputs may be numbers or "
+                                 f"bool")
             if t.is_const:  # nothing of the input flows there: answer the constant
                 self.node = onnx.helper.make_node("Identity", [], [vi.name], name=vi.name)
                 src = t
@@ -394,8 +423,14 @@ class Builder:
             raise ModelError(f"{self.where}: {node.op_type} on a string tensor is not "
                              f"supported (strings are categories: encoded by OneHotEncoder, "
                              f"LabelEncoder or CategoryMapper)")
+        textual = any(n in self.texts for n in node.input)
+        if textual and node.op_type not in text.MOVES | text.OPERATORS:
+            raise ModelError(f"{self.where}: {node.op_type} on text is not supported (text "
+                             f"is lowered, tokenized and counted: StringNormalizer, Tokenizer, "
+                             f"TfIdfVectorizer)")
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        table = ml.HANDLERS if domain == ML_DOMAIN else ops.HANDLERS
+        table = ml.HANDLERS if domain == ML_DOMAIN else text.MS_HANDLERS \
+            if domain == text.MS_DOMAIN else ops.HANDLERS
         try:
             outs = table[node.op_type](self, node, ins, attrs)
         except ModelError:
@@ -410,10 +445,13 @@ class Builder:
                 self.values[name] = t
                 if stringly and node.op_type in STRING_MOVES:
                     self.strings.add(name)
+                if textual and node.op_type in text.MOVES:
+                    self.texts[name] = self.texts[node.input[0]]
 
     def _known(self, domain: str, op: str) -> bool:
-        return (domain == "" and op in ops.HANDLERS) or (domain == ML_DOMAIN
-                                                        and op in ml.HANDLERS)
+        return (domain == "" and op in ops.HANDLERS) or (
+            domain == ML_DOMAIN and op in ml.HANDLERS) or (
+            domain == text.MS_DOMAIN and op in text.MS_HANDLERS)
 
     def _unsupported(self, domain: str, node: onnx.NodeProto) -> None:
         key = f"{checked.shown(node.op_type)} (domain {checked.shown(domain or 'ai.onnx')}, " \

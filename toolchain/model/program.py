@@ -41,7 +41,7 @@ COMPUTED = {F64: F32, F16: F32, **{t: I64 for t in NARROW_INTS}}
 MAX_DIMS = 6
 IO_WORDS = 16
 OP_CONV, OP_GEMM, OP_POOL, OP_ELT, OP_SOFTMAX, OP_REDUCE = 1, 2, 3, 4, 5, 6
-OP_ARG, OP_GATHER, OP_TREES, OP_FILL = 7, 8, 9, 10
+OP_ARG, OP_GATHER, OP_TREES, OP_FILL, OP_TEXT, OP_COUPLE = 7, 8, 9, 10, 11, 12
 
 
 # A dimension the kernels can address (they take 32-bit words).
