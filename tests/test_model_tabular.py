@@ -211,12 +211,31 @@ def test_svc_matches_predict_and_predict_proba(kernel: str, probability: bool,
         np.testing.assert_allclose(got["probabilities"], model.predict_proba(x), atol=1e-4)
 
 
-def test_svc_with_probabilities_of_three_classes_is_refused_by_name() -> None:
+@pytest.mark.parametrize(("kernel", "dataset"), [
+    ("rbf", "iris"), ("linear", "iris"), ("poly", "iris"), ("rbf", "digits"),
+], ids=["rbf-iris", "linear-iris", "poly-iris", "rbf-digits-6-classes"])
+def test_svc_probabilities_of_many_classes_answer_as_onnxruntime(kernel: str,
+                                                                 dataset: str) -> None:
+    """SVC(probability=True) over more than two classes: each pair's Platt sigmoid, then
+    libsvm's pairwise coupling as onnxruntime iterates it; against onnxruntime, and
+    against predict_proba (which couples in double, to a tighter stop)."""
+    from sklearn.datasets import load_digits
     from sklearn.svm import SVC
 
-    x, y = iris()
-    with pytest.raises(Exception, match="probabilities of more than two classes"):
-        run(SVC(probability=True, random_state=0).fit(x, y), x, zipmap=False)
+    if dataset == "iris":
+        x, y = iris()
+    else:
+        x, y = load_digits(n_class=6, return_X_y=True)
+        x = (x / 16.0).astype(np.float32)
+    model = SVC(kernel=kernel, probability=True, random_state=0).fit(x, y)
+    onx = skl2onnx.to_onnx(model, x[:1], target_opset=OPSETS, options={"zipmap": False})
+    got = run(model, x, zipmap=False)
+    label, probabilities = reference(onx, {"X": x}).values()
+    np.testing.assert_array_equal(got["label"], label)
+    np.testing.assert_array_equal(got["label"], model.predict(x))
+    np.testing.assert_allclose(got["probabilities"], probabilities, atol=1e-4)
+    np.testing.assert_allclose(got["probabilities"], model.predict_proba(x), atol=2e-3)
+    np.testing.assert_allclose(got["probabilities"].sum(axis=1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
