@@ -258,3 +258,65 @@ def test_nearest_neighbours_through_an_unrolled_scan(kind: str) -> None:
         if kind == "classifier":
             np.testing.assert_allclose(got["probabilities"], model.predict_proba(x[i:i + 1]),
                                        atol=1e-6)
+
+
+def unified(old: onnx.ModelProto) -> onnx.ModelProto:
+    """A TreeEnsembleRegressor (one target a leaf) rewritten as ai.onnx.ml opset 5's
+    TreeEnsemble, as a converter at that opset writes it: interior nodes and leaves apart,
+    modes and splits as tensors, roots by index."""
+    from onnx import helper as h
+
+    node = old.graph.node[0]
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    keys = list(zip(a["nodes_treeids"], a["nodes_nodeids"], strict=True))
+    modes = [m.decode() for m in a["nodes_modes"]]
+    interior = [i for i, m in enumerate(modes) if m != "LEAF"]
+    leaves = [i for i, m in enumerate(modes) if m == "LEAF"]
+    at_node = {keys[i]: k for k, i in enumerate(interior)}
+    at_leaf = {keys[i]: k for k, i in enumerate(leaves)}
+    weight = {(t, n): w for t, n, w in zip(a["target_treeids"], a["target_nodeids"],
+                                           a["target_weights"], strict=True)}
+    codes = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3}
+
+    def branch(i: int, which: str) -> tuple[int, int]:
+        key = (keys[i][0], a[which][i])
+        return (1, at_leaf[key]) if key in at_leaf else (0, at_node[key])
+
+    trues = [branch(i, "nodes_truenodeids") for i in interior]
+    falses = [branch(i, "nodes_falsenodeids") for i in interior]
+    roots = [at_node[(t, 0)] for t in sorted(set(a["nodes_treeids"]))]
+    tensor = onnx.numpy_helper.from_array
+    new = h.make_node(
+        "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml", n_targets=1,
+        aggregate_function=1, post_transform=0, tree_roots=roots,
+        nodes_featureids=[a["nodes_featureids"][i] for i in interior],
+        nodes_modes=tensor(np.array([codes[modes[i]] for i in interior], np.uint8)),
+        nodes_splits=tensor(np.array([a["nodes_values"][i] for i in interior], np.float32)),
+        nodes_trueleafs=[t[0] for t in trues], nodes_truenodeids=[t[1] for t in trues],
+        nodes_falseleafs=[f[0] for f in falses], nodes_falsenodeids=[f[1] for f in falses],
+        nodes_missing_value_tracks_true=[0] * len(interior),
+        leaf_targetids=[0] * len(leaves),
+        leaf_weights=tensor(np.array([weight[keys[i]] for i in leaves], np.float32)))
+    graph = h.make_graph([new], "trees", [h.make_tensor_value_info("X", F, [None, 4])],
+                         [h.make_tensor_value_info("Y", F, [None, 1])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21),
+                                               h.make_opsetid("ai.onnx.ml", 5)])
+    model.ir_version = 10
+    return model
+
+
+def test_ml_opset_5_tree_ensemble_answers_as_onnxruntime_and_the_forest() -> None:
+    """A random forest written as opset 5's TreeEnsemble: against onnxruntime running the
+    same model and the forest's predict (ONNX's own TreeEnsemble cases, set membership
+    among them, run in test_model_backend)."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    x, y = iris()
+    forest = RandomForestRegressor(n_estimators=6, max_depth=5, random_state=0).fit(x, y)
+    model = unified(skl2onnx.to_onnx(forest, x[:1], target_opset=OPSETS))
+    built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES,
+                        input_shapes={"X": x.shape})
+    assert built.opsets["ai.onnx.ml"] == 5 and built.operators == {"TreeEnsemble": 1}
+    got = outputs(built, run_wasm(built.wasm, request(built, {"X": x}, raw=True)).output)["Y"]
+    np.testing.assert_allclose(got, reference(model, {"X": x})["Y"], atol=1e-6)
+    np.testing.assert_allclose(got.reshape(-1), forest.predict(x), atol=1e-5)
