@@ -1123,9 +1123,10 @@ __attribute__((noinline)) static int op_gather(const int32_t *p) {
         for (int j = 0; j < nidx; j++) {
             int64_t k = idx[j];
             if (k < 0) k += axis;
-            if (k < 0 || k >= axis) {
-                err_s("Gather: index "); err_u((uint64_t)(idx[j] < 0 ? -idx[j] : idx[j]));
-                err_s(" is out of range for an axis of "); err_u((uint64_t)axis);
+            if (k < 0 || k >= axis) {  /* Gather, GatherElements, ArrayFeatureExtractor */
+                err_s("an index is out of range: "); if (idx[j] < 0) err_s("-");
+                err_u(idx[j] < 0 ? 0 - (uint64_t)idx[j] : (uint64_t)idx[j]);
+                err_s(" for an axis of "); err_u((uint64_t)axis);
                 return 1;
             }
             __builtin_memcpy(y, data + ((size_t)o * axis + (size_t)k) * row, row);

@@ -359,8 +359,8 @@ class Builder:
     # ---------------------------------------------------------------- the walk
     def run(self) -> tuple[list[Tensor], list[Tensor]]:
         inputs = self._inputs()
-        for step, node in enumerate(self.graph.node):
-            self.prog.step = step
+        for node in self.graph.node:
+            self.prog.step += 1  # when it runs: a Scan's body nodes take steps of their own
             self.node = node
             self._node(node)
         if self.unsupported:
@@ -368,7 +368,7 @@ class Builder:
             listed = ", ".join(f"{k} ({n}x)" if n > 1 else k for k, n in kinds[:LISTED])
             more = f" and {len(kinds) - LISTED} more" if len(kinds) > LISTED else ""
             raise ModelError(f"unsupported operators: {listed}{more}")
-        self.prog.step = len(self.graph.node)
+        self.prog.step += 1
         outputs = []
         for vi in self.graph.output:
             t = self.values.get(vi.name)

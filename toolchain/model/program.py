@@ -118,7 +118,7 @@ def f32_bits(value: float) -> int:
 class Instr:
     op: int
     words: list  # ints and Refs
-    node: int    # the node's index: when it runs
+    node: int    # the step it runs at (Program.step)
     kind: str = ""
     fields: dict = field(default_factory=dict)  # what fusion may change
 
@@ -129,7 +129,7 @@ class Program:
         self.instrs: list[Instr] = []
         self.consts: list[bytes] = []
         self.storages: list[Storage] = []
-        self.step = 0
+        self.step = 0  # when what is added now runs: one step a node planned, in order
         self.categories: list[str] = []  # what string inputs are read against, in order
 
     # ---------------------------------------------------------------- tensors

@@ -56,7 +56,7 @@ def scan(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     local = {vi.name for vi in body.input} | {i.name for i in body.initializer}
     local |= {o for n in body.node for o in n.output if o}
     scan_node, states = b.node, list(ins[:n_state])
-    stacked: list[list[Tensor]] = [[] for _ in range(k)]
+    stacked: list[tuple[Tensor, int, tuple[int, ...]] | None] = [None] * k
     for it in range(length):
         prefix = f"{scan_node.name or scan_node.output[0]}/{it}/"
 
@@ -81,25 +81,26 @@ def scan(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
             renamed.input.extend(named(n) if n else "" for n in inner.input)
             renamed.output.extend(named(n) if n else "" for n in inner.output)
             b.node = renamed
+            b.prog.step += 1  # its own step: what it leaves behind dies with the iteration
             b._node(renamed)
         results = [b.values.get(named(o.name)) for o in body.output]
         b.node = scan_node
         if any(r is None for r in results):
             return [None] * len(node.output)  # the body's refusal is collected already
         states = results[:n_state]
-        for j in range(k):
-            stacked[j].append(results[n_state + j])
-    outs = [b.alias(t, i, t.shape) for i, t in enumerate(states)]
-    for j, parts in enumerate(stacked):
-        if out_dirs[j]:
-            parts = parts[::-1]
-        part = parts[0].shape
-        axis = axis_of(node, out_axes[j], len(part) + 1)
-        shape = part[:axis] + (length,) + part[axis:]
-        out = b.out(n_state + j, shape, parts[0].dtype)
-        ostr = contiguous(shape)
-        for it, t in enumerate(parts):
-            copy_view(b, t, part, contiguous(part), 0, out, ostr[:axis] + ostr[axis + 1:],
-                      it * ostr[axis] * pg.ESIZE[out.dtype])
-        outs.append(out)
-    return outs
+        for j in range(k):  # each scan output copied into place now, not kept to the end
+            part = results[n_state + j]
+            if stacked[j] is None:
+                axis = axis_of(node, out_axes[j], len(part.shape) + 1)
+                shape = part.shape[:axis] + (length,) + part.shape[axis:]
+                stacked[j] = (b.out(n_state + j, shape, part.dtype), axis, part.shape)
+            out, axis, first = stacked[j]
+            if part.shape != first:
+                raise ModelError(f"{b.where}: scan output {j} changes shape between "
+                                 f"iterations")
+            at = length - 1 - it if out_dirs[j] else it
+            ostr = contiguous(out.shape)
+            copy_view(b, part, first, contiguous(first), 0, out, ostr[:axis] + ostr[axis + 1:],
+                      at * ostr[axis] * pg.ESIZE[out.dtype])
+    return [b.alias(t, i, t.shape) for i, t in enumerate(states)] + \
+        [out for out, _, _ in stacked]
