@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from wasmq.toolchain.model import (  # noqa: F401 - ml_tabular, ops_* register handlers
+    control,
     ml,
     ml_tabular,
     ops,
@@ -407,9 +408,7 @@ class Builder:
             for name in node.output:
                 self.values[name] = None
             return
-        known = self._known(domain, node.op_type)
-        if node.op_type in ("If", "Loop"):  # Scan: unrolled (scan.py)
-            known = False
+        known = self._known(domain, node.op_type)  # If, Loop, Scan: unrolled (control.py)
         if all(t is None or t.is_const for t in ins) and self._fold(node, ins, domain):
             return
         if not known:

@@ -30,7 +30,8 @@ TYPES = {TP.FLOAT, TP.DOUBLE, TP.FLOAT16, TP.INT64, TP.INT32, TP.UINT32, TP.INT1
 INPUT_TYPES = TYPES | {TP.STRING}  # strings as categories, or text
 SUPPORTED_TYPES = ("float32, float64 and float16 (computed in float32), int64, int32, uint32, "
                    "int16, uint16, int8, uint8 (computed in int64) or bool")
-CONTROL_FLOW = {"If", "Loop", "SequenceMap"}  # Scan of a known length is unrolled
+# their outputs are not folded (If, Loop and Scan are unrolled while planning: control.py)
+CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
 SHAPE_QUERIES = {"Shape", "Size"}  # constant whatever their input holds
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 
@@ -95,7 +96,7 @@ def unsupported(graph: onnx.GraphProto, opsets: dict[str, int],
         runs = not all(n in static for n in node.input) or node.op_type in CONTROL_FLOW
         if node.op_type in SHAPE_QUERIES:
             runs = False
-        if runs and (node.op_type in CONTROL_FLOW or not known(domain, node.op_type)):
+        if runs and not known(domain, node.op_type):
             key = (f"{node.op_type} (domain {domain or 'ai.onnx'}, opset "
                    f"{opsets.get(domain, '?')})")
             ops[key] = ops.get(key, 0) + 1
