@@ -188,8 +188,9 @@ def tfidf_vectorizer(b: object, node: object, ins: list[Tensor], attrs: dict) ->
     table, blob, size, width = vocabulary(b, attrs, [int(c) for c in attrs["ngram_counts"]])
     rows = flow.source.size
     rank = len(ins[0].shape)
-    if rank == 1 and rows != 1 or rank > 2:
-        raise ModelError(f"{b.where}: tokens of shape {ins[0].shape} from {rows} strings")
+    if (rank == 1 and rows != 1) or rank > 2 or (rank == 2 and ins[0].shape[0] != rows):
+        raise ModelError(f"{b.where}: tokens of shape {ins[0].shape} from {rows} strings "
+                         f"(one string a row is supported, as skl2onnx reshapes them)")
     shape = (width,) if rank == 1 else (rows, width)
     out = b.out(0, shape, pg.F32)
     weights = None
