@@ -12,6 +12,7 @@ from onnx import helper as h
 from onnx import numpy_helper
 
 from tests.model_runner import MAX_BYTES, reference, run_model, run_wasm, single, typed_outputs
+from wasmq import modelfile
 from wasmq.toolchain.model import ModelError, build_model
 
 TP = onnx.TensorProto
@@ -113,3 +114,25 @@ def test_a_type_that_stays_unsupported_is_named_in_the_refusal(elem: int) -> Non
     with pytest.raises(ModelError, match=rf"unsupported types: input 'x' is {name}, output "
                                          rf"'y' is {name} \(tensors may be float32"):
         build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+
+
+@pytest.mark.parametrize(("elem", "dtype"), [(TP.INT8, np.int8), (TP.UINT8, np.uint8),
+                                             (TP.INT32, np.int32), (TP.FLOAT16, np.float16)])
+def test_deploy_models_check_of_each_type_agrees_with_onnxruntime(elem: int, dtype: type
+                                                                  ) -> None:
+    """What deploy_model's check does for such a model: the rows run locally (onnxruntime,
+    fed in the input's type) and on the module (JSON numbers) agree, row by row."""
+    x = h.make_tensor_value_info("x", elem, [None, 4])
+    w = numpy_helper.from_array(np.array([1, 2, 3, 1], dtype), "w")
+    graph = h.make_graph([h.make_node("Mul", ["x", "w"], ["y"])], "g", [x],
+                         [h.make_tensor_value_info("y", elem, [None, 4])], [w])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    built = build_model(data, max_bytes=MAX_BYTES)
+    rows = values(dtype, (6, 4)) // (3 if np.dtype(dtype).kind in "iu" else 1)
+    local = modelfile.local_outputs(data, rows)
+    for i in range(len(rows)):
+        answer = json.loads(run_wasm(built.wasm, modelfile.row_request(rows, i).encode())
+                            .output)
+        assert modelfile.disagreement(modelfile.row(local, i), answer) is None
