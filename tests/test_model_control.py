@@ -125,3 +125,24 @@ def test_a_loop_whose_condition_is_computed_at_run_time_is_refused_by_name() -> 
     with pytest.raises(ModelError, match="Loop node 'y': a Loop whose condition is computed "
                                          "at run time is not supported"):
         build_model(loop_model("while").SerializeToString(), max_bytes=MAX_BYTES)
+
+
+def test_unrolling_is_bounded_over_the_whole_model() -> None:
+    """Two nested Loops of 4096 (each allowed alone) would plan 16 M bodies: refused by
+    name before the build's time limit ends it."""
+    inner_body = h.make_graph(
+        [h.make_node("Identity", ["c0"], ["c1"]), h.make_node("Neg", ["v0"], ["v1"])],
+        "inner", [h.make_tensor_value_info("j", INT, []), h.make_tensor_value_info("c0", B, []),
+                  h.make_tensor_value_info("v0", F, [1])],
+        [h.make_tensor_value_info("c1", B, []), h.make_tensor_value_info("v1", F, [1])])
+    outer_body = h.make_graph(
+        [h.make_node("Identity", ["oc0"], ["oc1"]),
+         h.make_node("Loop", ["many", "", "w0"], ["w1"], body=inner_body)],
+        "outer", [h.make_tensor_value_info("i", INT, []), h.make_tensor_value_info("oc0", B, []),
+                  h.make_tensor_value_info("w0", F, [1])],
+        [h.make_tensor_value_info("oc1", B, []), h.make_tensor_value_info("w1", F, [1])])
+    many = numpy_helper.from_array(np.array(4096, np.int64), "many")
+    model = model_of([h.make_node("Loop", ["many", "", "x"], ["y"], body=outer_body)],
+                     [h.make_tensor_value_info("x", F, [1])], ["y"], [many])
+    with pytest.raises(ModelError, match="unrolling its body plans more than 100000 nodes"):
+        build_model(model.SerializeToString(), max_bytes=MAX_BYTES)

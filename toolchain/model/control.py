@@ -24,6 +24,9 @@ from wasmq.toolchain.model.ops import E, broadcast_strides, contiguous, copy_vie
 from wasmq.toolchain.model.program import Tensor
 
 MAX_ITERATIONS = 4096  # each one plans the body again
+# nodes planned by unrolling, over the whole model (nested loops multiply): planning is
+# the build's time, and a small model must not ask for millions of node plans
+MAX_UNROLLED = 100_000
 
 
 def run_body(b: object, body: onnx.GraphProto, inputs: list[Tensor]) -> list[Tensor | None]:
@@ -34,6 +37,10 @@ def run_body(b: object, body: onnx.GraphProto, inputs: list[Tensor]) -> list[Ten
     if len(inputs) != len(body.input):
         raise ModelError(f"{where}: its body takes {len(body.input)} inputs, "
                          f"{len(inputs)} given")
+    b.unrolled += len(body.node)
+    if b.unrolled > MAX_UNROLLED:
+        raise ModelError(f"{where}: unrolling its body plans more than {MAX_UNROLLED} nodes "
+                         f"in all (If, Loop and Scan bodies, once an iteration)")
     for vi, t in zip(body.input, inputs, strict=True):
         b.values[vi.name] = t
     for init in body.initializer:

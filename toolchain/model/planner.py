@@ -140,6 +140,7 @@ class Builder:
                         self.categories.setdefault(text, len(self.categories))
         self.prog.categories = list(self.categories)
         self.texts: dict[str, text.Flow] = {}  # values standing for text (text.py)
+        self.unrolled = 0  # nodes planned from If, Loop and Scan bodies (control.py)
         self.text_inputs = self._text_inputs()
         # id of a constant's array (kept alive here) -> its packed copy
         self._packed: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
