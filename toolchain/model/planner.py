@@ -134,10 +134,10 @@ class Builder:
             for attr in node.attribute:
                 if attr.name in CATEGORY_ATTRIBUTES:
                     for value in attr.strings:
-                        text = value.decode("utf-8", "replace")
-                        if "\0" in text:
+                        category = value.decode("utf-8", "replace")
+                        if "\0" in category:
                             raise ModelError(f"{ops._where(node)}: a category holds a NUL")
-                        self.categories.setdefault(text, len(self.categories))
+                        self.categories.setdefault(category, len(self.categories))
         self.prog.categories = list(self.categories)
         self.texts: dict[str, text.Flow] = {}  # values standing for text (text.py)
         self.unrolled = 0  # nodes planned from If, Loop and Scan bodies (control.py)
