@@ -67,14 +67,15 @@ def test_text_pipelines_answer_as_onnxruntime_and_scikit_learn(make: object) -> 
 
 def test_ngram_weights_and_indexes_against_onnxruntime() -> None:
     """TfIdfVectorizer alone after a Tokenizer: TFIDF and IDF modes, weights of the pool's
-    n-grams landing at permuted output indexes, a vocabulary of uni- and bigrams."""
-    for mode in ("TF", "IDF", "TFIDF"):
+    n-grams landing at permuted output indexes, a vocabulary of uni- and bigrams, and
+    skip-grams (ONNX's own cases, over integers, run in test_model_backend)."""
+    for mode, skips in (("TF", 0), ("IDF", 0), ("TFIDF", 0), ("TF", 2), ("TFIDF", 1)):
         nodes = [h.make_node("StringNormalizer", ["x"], ["n"], case_change_action="UPPER"),
                  h.make_node("Tokenizer", ["n"], ["t"], domain="com.microsoft", mark=0,
                              mincharnum=2, pad_value="#", tokenexp="[A-Z]+"),
                  h.make_node("Flatten", ["t"], ["f"]),
                  h.make_node("TfIdfVectorizer", ["f"], ["y"], mode=mode, min_gram_length=1,
-                             max_gram_length=2, max_skip_count=0, ngram_counts=[0, 3],
+                             max_gram_length=2, max_skip_count=skips, ngram_counts=[0, 3],
                              ngram_indexes=[4, 0, 2, 1, 3],
                              pool_strings=["AB", "CD", "EF", "AB", "CD", "CD", "EF"],
                              weights=[0.5, 2.0, 3.0, 4.0, 5.0])]
@@ -84,11 +85,12 @@ def test_ngram_weights_and_indexes_against_onnxruntime() -> None:
                                                    h.make_opsetid("com.microsoft", 1)])
         model.ir_version = 8
         built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
-        for doc in ("ab cd cd ef x ab", "cd-ef cd ef", "z", "AbCd aB cD"):
+        for doc in ("ab cd cd ef x ab", "cd-ef cd ef", "z", "AbCd aB cD", "ab zz cd qq cd ef"):
             got = outputs(built, run_wasm(built.wasm, json.dumps({"input": [doc]}).encode())
                           .output)["y"]
             want = reference(model, {"x": np.array([doc], dtype=object)})["y"]
-            np.testing.assert_allclose(got.reshape(-1), want.reshape(-1), err_msg=f"{mode} {doc}")
+            np.testing.assert_allclose(got.reshape(-1), want.reshape(-1),
+                                       err_msg=f"{mode} {skips} {doc}")
 
 
 def test_what_text_cannot_do_is_refused_by_name() -> None:

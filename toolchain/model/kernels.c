@@ -1197,73 +1197,93 @@ __attribute__((noinline)) static void op_fill(const int32_t *p) {
     for (int i = 0; i < count; i++) __builtin_memcpy(y + (size_t)i * es, v, (size_t)es);
 }
 
-/* Text to n-gram counts: StringNormalizer (case), Tokenizer (a character class, as
- * skl2onnx's `[a-zA-Z0-9_]+`) and TfIdfVectorizer in one pass over each string, as
- * onnxruntime runs the three (the token tensor is never made). The n-grams are found in
- * a hash table (FNV-1a over the tokens, NUL between them; entries {offset, length,
- * output index, 0} into the key bytes, length -1 when empty; linear probing).
- * p: rows, src {address, length} a row, out [rows][V], V, case before / after the
- * tokenizer (0 none, 1 lower, 2 upper), class[256], mincharnum, min and max n, mode
- * (0 TF, 1 IDF, 2 TFIDF), table, its size (a power of two), key bytes, weights or 0. */
-#define TEXT_MAX_GRAM 8
+/* N-gram counts, as onnxruntime's TfIdfVectorizer counts them, over text or integers.
+ * Text: StringNormalizer (case), Tokenizer (a character class, as skl2onnx's
+ * `[a-zA-Z0-9_]+`) and TfIdfVectorizer in one pass over each string (the token tensor
+ * is never made). Integers: each value of a row is a token (its 8 bytes). The n-grams
+ * are found in a hash table (FNV-1a over the tokens' bytes, a NUL between tokens;
+ * entries {offset, length, output index, 0} into the key bytes, length -1 when empty;
+ * linear probing). Skip-grams as onnxruntime: for each distance d from 1 to skips + 1,
+ * from each start, tokens d apart; unigrams only at d = 1.
+ * p: rows, src (text: {address, length} a row; integers: [rows][C] int64), out
+ * [rows][V], V, case before / after the tokenizer (0 none, 1 lower, 2 upper), class[256],
+ * mincharnum, min and max n, mode (0 TF, 1 IDF, 2 TFIDF), table, its size (a power of
+ * two), key bytes, weights or 0, max skip count, C (0: text). */
 static void text_case(unsigned char *s, int n, int how) {
     for (int i = 0; i < n; i++) {
         if (how == 1 && s[i] >= 'A' && s[i] <= 'Z') s[i] = (unsigned char)(s[i] + 32);
         else if (how == 2 && s[i] >= 'a' && s[i] <= 'z') s[i] = (unsigned char)(s[i] - 32);
     }
 }
+/* the pool's index of the n tokens at tp[at], tp[at + d], ..., or -1 */
+static int ngram_index(const int32_t *table, int tsize, const unsigned char *keys,
+                       unsigned char *const *tp, const int *tl, int at, int n, int d) {
+    uint32_t h = 2166136261u;
+    for (int k = 0; k < n; k++) {
+        const unsigned char *t = tp[at + k * d];
+        if (k) h = (h ^ 0u) * 16777619u;
+        for (int c = 0; c < tl[at + k * d]; c++) h = (h ^ t[c]) * 16777619u;
+    }
+    for (uint32_t i = h & (uint32_t)(tsize - 1);; i = (i + 1) & (uint32_t)(tsize - 1)) {
+        const int32_t *e = table + (size_t)i * 4;
+        if (e[1] < 0) return -1;
+        const unsigned char *key = keys + e[0], *end = key + e[1];
+        int same = 1;
+        for (int k = 0; k < n && same; k++) {
+            if (k) { if (key >= end || *key++ != 0) same = 0; }
+            const unsigned char *t = tp[at + k * d];
+            int tn = tl[at + k * d];
+            if (same && end - key < tn) same = 0;
+            for (int c = 0; same && c < tn; c++) if (key[c] != t[c]) same = 0;
+            key += tn;
+        }
+        if (same && key == end) return e[2];
+    }
+}
 __attribute__((noinline)) static int op_text(const int32_t *p) {
     int rows = p[0], V = p[3], before = p[4], after = p[5], minchars = p[7];
-    int lo = p[8], hi = p[9], mode = p[10], tsize = p[12];
+    int lo = p[8], hi = p[9], mode = p[10], tsize = p[12], skips = p[15], C = p[16];
     const uint64_t *src = (const uint64_t *)(uintptr_t)p[1];
     float *out = (float *)(uintptr_t)p[2];
     const unsigned char *cls = (const unsigned char *)(uintptr_t)p[6];
     const int32_t *table = (const int32_t *)(uintptr_t)p[11];
     const unsigned char *keys = (const unsigned char *)(uintptr_t)p[13];
     const float *w = (const float *)(uintptr_t)p[14];
-    uint32_t longest = 1;
-    for (int r = 0; r < rows; r++) if ((uint32_t)(src[r] >> 32) > longest) longest = (uint32_t)(src[r] >> 32);
-    unsigned char *buf = (unsigned char *)alloc(longest);
-    if (!buf) { err_s("out of memory for a text input"); return 1; }
+    uint32_t longest = C > 0 ? (uint32_t)C : 1;
+    if (!C) for (int r = 0; r < rows; r++) if ((uint32_t)(src[r] >> 32) > longest) longest = (uint32_t)(src[r] >> 32);
+    /* a row's bytes (text), and its tokens: at most one a byte, or C */
+    unsigned char *buf = (unsigned char *)alloc(C ? 1 : longest);
+    unsigned char **tp = (unsigned char **)alloc(sizeof(unsigned char *) * (longest + 1));
+    int *tl = (int *)alloc(sizeof(int) * (longest + 1));
+    if (!buf || !tp || !tl) { err_s("out of memory for the n-grams of an input"); return 1; }
     for (int r = 0; r < rows; r++) {
         float *o = out + (size_t)r * V;
         for (int j = 0; j < V; j++) o[j] = 0;
-        uint32_t len = (uint32_t)(src[r] >> 32);
-        __builtin_memcpy(buf, (const void *)(uintptr_t)(uint32_t)src[r], len);
-        text_case(buf, (int)len, before);
-        int ts[TEXT_MAX_GRAM], tl[TEXT_MAX_GRAM], seen = 0;  /* the last tokens, a ring */
-        uint32_t i = 0;
-        while (i < len) {
-            while (i < len && !cls[buf[i]]) i++;
-            uint32_t start = i;
-            while (i < len && cls[buf[i]]) i++;
-            if (i == start || (int)(i - start) < minchars) continue;
-            text_case(buf + start, (int)(i - start), after);
-            ts[seen % TEXT_MAX_GRAM] = (int)start; tl[seen % TEXT_MAX_GRAM] = (int)(i - start);
-            seen++;
-            for (int n = lo; n <= hi && n <= seen; n++) {
-                uint32_t h = 2166136261u;
-                for (int k = seen - n; k < seen; k++) {
-                    const unsigned char *t = buf + ts[k % TEXT_MAX_GRAM];
-                    if (k > seen - n) h = (h ^ 0u) * 16777619u;
-                    for (int c = 0; c < tl[k % TEXT_MAX_GRAM]; c++) h = (h ^ t[c]) * 16777619u;
-                }
-                for (uint32_t at = h & (uint32_t)(tsize - 1);; at = (at + 1) & (uint32_t)(tsize - 1)) {
-                    const int32_t *e = table + (size_t)at * 4;
-                    if (e[1] < 0) break;
-                    const unsigned char *key = keys + e[0], *end = key + e[1];
-                    int same = 1;
-                    for (int k = seen - n; k < seen && same; k++) {
-                        if (k > seen - n) { if (key >= end || *key++ != 0) same = 0; }
-                        const unsigned char *t = buf + ts[k % TEXT_MAX_GRAM];
-                        int tn = tl[k % TEXT_MAX_GRAM];
-                        if (same && end - key < tn) same = 0;
-                        for (int c = 0; same && c < tn; c++) if (key[c] != t[c]) same = 0;
-                        key += tn;
-                    }
-                    if (same && key == end) { o[e[2]] += 1; break; }
-                }
+        int count = 0;
+        if (C) {
+            for (int i = 0; i < C; i++) { tp[i] = (unsigned char *)(src + (size_t)r * C + i); tl[i] = 8; }
+            count = C;
+        } else {
+            uint32_t len = (uint32_t)(src[r] >> 32), i = 0;
+            __builtin_memcpy(buf, (const void *)(uintptr_t)(uint32_t)src[r], len);
+            text_case(buf, (int)len, before);
+            while (i < len) {
+                while (i < len && !cls[buf[i]]) i++;
+                uint32_t start = i;
+                while (i < len && cls[buf[i]]) i++;
+                if (i == start || (int)(i - start) < minchars) continue;
+                text_case(buf + start, (int)(i - start), after);
+                tp[count] = buf + start; tl[count] = (int)(i - start); count++;
             }
+        }
+        int least = lo;
+        for (int d = 1; d <= skips + 1; d++) {
+            for (int at = 0; at + d * (least - 1) < count; at++)
+                for (int n = least; n <= hi && at + d * (n - 1) < count; n++) {
+                    int j = ngram_index(table, tsize, keys, tp, tl, at, n, d);
+                    if (j >= 0) o[j] += 1;
+                }
+            if (least == 1 && ++least > hi) break;  /* unigrams once: no distance in them */
         }
         for (int j = 0; j < V; j++) {
             float c = o[j], wj = w ? w[j] : 1.0f;

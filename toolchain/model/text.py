@@ -9,6 +9,7 @@ static shapes cannot hold, so the first two only describe what is to be done (a
 instruction (the kernels' op_text) that lowers, splits and counts each string as
 onnxruntime's three operators would. A text input is read as each string's bytes
 ({address, length} into the request); anything else done to text is refused by name.
+TfIdfVectorizer over an integer tensor runs the same kernel, each value a token.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MS_HANDLERS: dict[str, ops.Handler] = {}
 ms_handler = ops.registrar(MS_HANDLERS)
 handler = ops.handler  # ai.onnx's table
 CASES = {"NONE": 0, "LOWER": 1, "UPPER": 2}
-MAX_GRAM = 8  # the kernel keeps this many tokens
+MAX_GRAM, MAX_SKIP = 8, 64  # n-grams the kernel looks up: n a start and distance
 MAX_PATTERN = 200
 # operators a text tensor may pass through unchanged (views of the same strings)
 MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
@@ -126,8 +127,12 @@ def fnv1a(key: bytes) -> int:
 
 
 def vocabulary(b: object, attrs: dict, counts: list[int]) -> tuple[np.ndarray, bytes, int, int]:
-    """The pool's n-grams in the kernel's hash table: (table, key bytes, its size, V)."""
-    pool = [s if isinstance(s, bytes) else str(s).encode() for s in attrs["pool_strings"]]
+    """The pool's n-grams in the kernel's hash table: (table, key bytes, its size, V). A
+    token is a string's bytes, or an integer's 8 little-endian bytes."""
+    if attrs.get("pool_strings"):
+        pool = [s if isinstance(s, bytes) else str(s).encode() for s in attrs["pool_strings"]]
+    else:
+        pool = [int(v).to_bytes(8, "little", signed=True) for v in attrs.get("pool_int64s", [])]
     indexes = [int(i) for i in attrs["ngram_indexes"]]
     keys: list[tuple[bytes, int]] = []
     bounds = list(counts) + [len(pool)]
@@ -167,30 +172,37 @@ def vocabulary(b: object, attrs: dict, counts: list[int]) -> tuple[np.ndarray, b
 
 @handler("TfIdfVectorizer")
 def tfidf_vectorizer(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """Over text (after a Tokenizer) or over integers (each value a token)."""
     flow = b.texts.get(node.input[0])
-    if flow is None:
-        raise ModelError(f"{b.where}: TfIdfVectorizer over integers is not supported (over "
-                         f"text from a string input, tokenized, is)")
-    if flow.classes is None:
+    if flow is not None and flow.classes is None:
         raise ModelError(f"{b.where}: TfIdfVectorizer over untokenized strings is not "
                          f"supported (after a Tokenizer, as skl2onnx writes, it is)")
-    if not attrs.get("pool_strings"):
-        raise ModelError(f"{b.where}: TfIdfVectorizer without pool_strings over text")
+    if flow is not None and not attrs.get("pool_strings"):
+        raise ModelError(f"{b.where}: TfIdfVectorizer over text needs pool_strings")
+    if flow is None and not attrs.get("pool_int64s"):
+        raise ModelError(f"{b.where}: TfIdfVectorizer over numbers needs pool_int64s")
     lo, hi = int(attrs.get("min_gram_length", 1)), int(attrs.get("max_gram_length", 1))
-    if not 1 <= lo <= hi <= MAX_GRAM:
-        raise ModelError(f"{b.where}: n-grams of {lo} to {hi} tokens (1 to {MAX_GRAM} are "
-                         f"supported)")
-    if int(attrs.get("max_skip_count", 0)):
-        raise ModelError(f"{b.where}: skip-grams (max_skip_count > 0) are not supported")
+    skips = int(attrs.get("max_skip_count", 0))
+    if not 1 <= lo <= hi <= MAX_GRAM or not 0 <= skips <= MAX_SKIP:
+        raise ModelError(f"{b.where}: n-grams of {lo} to {hi} tokens, skipping up to {skips} "
+                         f"(1 to {MAX_GRAM} tokens, up to {MAX_SKIP} skipped, are supported)")
     mode = {"TF": 0, "IDF": 1, "TFIDF": 2}.get(_text(attrs.get("mode"), "TF"))
     if mode is None:
         raise ModelError(f"{b.where}: mode {_text(attrs.get('mode'))[:40]} is not supported")
     table, blob, size, width = vocabulary(b, attrs, [int(c) for c in attrs["ngram_counts"]])
-    rows = flow.source.size
-    rank = len(ins[0].shape)
-    if (rank == 1 and rows != 1) or rank > 2 or (rank == 2 and ins[0].shape[0] != rows):
-        raise ModelError(f"{b.where}: tokens of shape {ins[0].shape} from {rows} strings "
-                         f"(one string a row is supported, as skl2onnx reshapes them)")
+    x = ins[0]
+    rank = len(x.shape)
+    if flow is not None:
+        rows, per_row, source = flow.source.size, 0, flow.source
+        if (rank == 1 and rows != 1) or rank > 2 or (rank == 2 and x.shape[0] != rows):
+            raise ModelError(f"{b.where}: tokens of shape {x.shape} from {rows} strings "
+                             f"(one string a row is supported, as skl2onnx reshapes them)")
+    else:
+        if rank not in (1, 2) or x.size == 0:
+            raise ModelError(f"{b.where}: the input must be [C] or [N, C], it is {x.shape}")
+        if x.dtype != pg.I64:
+            raise ModelError(f"{b.where}: input {x.describe()} must be integers")
+        (rows, per_row), source = ((1, x.shape[0]) if rank == 1 else x.shape), x
     shape = (width,) if rank == 1 else (rows, width)
     out = b.out(0, shape, pg.F32)
     weights = None
@@ -201,10 +213,11 @@ def tfidf_vectorizer(b: object, node: object, ins: list[Tensor], attrs: dict) ->
             raise ModelError(f"{b.where}: {given.size} weights for {indexes.size} n-grams")
         weights = np.ones(width, np.float32)
         weights[indexes[::-1]] = given[::-1]  # the first n-gram naming an index gives its own
-    b.prog.emit(pg.OP_TEXT, [rows, b.prog.ref(flow.source), b.prog.ref(out), width,
-                             flow.before, flow.after, b.prog.cref(np.frombuffer(
-                                 flow.classes, np.uint8)), flow.mincharnum, lo, hi, mode,
-                             b.prog.cref(table), size,
-                             b.prog.cref(np.frombuffer(blob, np.uint8)),
-                             b.prog.cref(weights) if weights is not None else 0])
+    classes = flow.classes if flow is not None else bytes(256)
+    b.prog.emit(pg.OP_TEXT, [
+        rows, b.ref(source), b.prog.ref(out), width, flow.before if flow else 0,
+        flow.after if flow else 0, b.prog.cref(np.frombuffer(classes, np.uint8)),
+        flow.mincharnum if flow else 1, lo, hi, mode, b.prog.cref(table), size,
+        b.prog.cref(np.frombuffer(blob, np.uint8)),
+        b.prog.cref(weights) if weights is not None else 0, skips, per_row])
     return [out]
