@@ -20,7 +20,7 @@ MAX_BYTES = 256 * 1024 * 1024
 _RUNTIME: list[Runtime] = []
 NUMPY = {"float32": np.float32, "int64": np.int64, "bool": np.bool_, "float64": np.float64,
          "float16": np.float16, "int8": np.int8, "uint8": np.uint8, "int16": np.int16,
-         "uint16": np.uint16, "int32": np.int32, "uint32": np.uint32}
+         "uint16": np.uint16, "int32": np.int32, "uint32": np.uint32, "string": np.str_}
 
 
 def runtime() -> Runtime:

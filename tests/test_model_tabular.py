@@ -18,6 +18,7 @@ skl2onnx = pytest.importorskip("skl2onnx")
 
 from sklearn.datasets import load_diabetes, load_iris  # noqa: E402
 from sklearn.ensemble import (  # noqa: E402
+    GradientBoostingClassifier,
     GradientBoostingRegressor,
     IsolationForest,
     RandomForestClassifier,  # noqa: E402
@@ -31,7 +32,7 @@ from sklearn.preprocessing import (  # noqa: E402
     OneHotEncoder,
     StandardScaler,  # noqa: E402
 )
-from sklearn.svm import SVR  # noqa: E402
+from sklearn.svm import SVC, SVR  # noqa: E402
 
 F, INT = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 OPSETS = {"": 21, "ai.onnx.ml": 3}
@@ -320,3 +321,36 @@ def test_ml_opset_5_tree_ensemble_answers_as_onnxruntime_and_the_forest() -> Non
     got = outputs(built, run_wasm(built.wasm, request(built, {"X": x}, raw=True)).output)["Y"]
     np.testing.assert_allclose(got, reference(model, {"X": x})["Y"], atol=1e-6)
     np.testing.assert_allclose(got.reshape(-1), forest.predict(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(("make", "two"), [
+    (lambda: LogisticRegression(max_iter=500), False),
+    (lambda: RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0), False),
+    (lambda: make_pipeline(StandardScaler(), SVC()), False),
+    (lambda: GradientBoostingClassifier(n_estimators=10, random_state=0), True),
+], ids=["logistic", "forest", "scaler-svc", "boosting-binary"])
+def test_string_class_labels_are_answered_as_strings(make: object, two: bool) -> None:
+    """A classifier fit on string labels (iris' species names, one with a quote and one
+    not ASCII; or two classes, the binary paths): the label output is those strings, as
+    predict and onnxruntime answer them."""
+    x, y = iris()
+    names = np.where(y == 0, "yes", "no") if two else \
+        np.array(["setosa", 'versi"color', "virgin\u00efca"])[y]
+    model = make().fit(x, names)
+    onx = skl2onnx.to_onnx(model, x[:1], target_opset=OPSETS,
+                           options={id(model): {"zipmap": False}})
+    built = build_model(onx.SerializeToString(), max_bytes=MAX_BYTES,
+                        input_shapes={"X": x.shape})
+    assert built.outputs[0].dtype == "string"
+    got = outputs(built, run_wasm(built.wasm, request(built, {"X": x}, raw=True)).output)
+    np.testing.assert_array_equal(got[built.outputs[0].name], model.predict(x))
+    label, *_ = reference(onx, {"X": x}).values()
+    np.testing.assert_array_equal(got[built.outputs[0].name], label)
+
+
+def test_a_string_output_that_is_not_class_labels_is_refused_by_name() -> None:
+    model = single("Identity", [("x", [2], S)], ["y"])
+    model = onnx.shape_inference.infer_shapes(model)
+    with pytest.raises(Exception, match="output 'y' is strings; string outputs may be a "
+                                        "classifier's labels only"):
+        build_model(model.SerializeToString(), max_bytes=MAX_BYTES)

@@ -306,7 +306,7 @@ def drift(model: Any, local: dict[str, np.ndarray], rows: Any,
     except Exception:  # noqa: BLE001 - an estimator that cannot predict these rows
         return None
     first = outs[0].reshape(n, -1)
-    if predicted.dtype.kind in "iub" or proba is not None:
+    if predicted.dtype.kind in "iubUSO" or proba is not None:  # labels, numbers or strings
         wrong = int((first.reshape(-1)[:n] != predicted.reshape(-1)[:n]).sum()) \
             if first.size == predicted.size else n
         if wrong:

@@ -1943,6 +1943,24 @@ static void out_f(float f) {
     }
 }
 
+/* A STR output (class labels): index v of its vocabulary (NUL-separated at pad[0], pad[1]
+ * of them, the longest pad[2] bytes) as a JSON string; null if v is not one. */
+static void out_label(const io_t *io, int64_t v) {
+    if (v < 0 || v >= io->pad[1]) { out_s("null"); return; }
+    const char *s = (const char *)(uintptr_t)io->pad[0];
+    for (int64_t k = 0; k < v; k++) { while (*s) s++; s++; }
+    *op_++ = '"';
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') { *op_++ = '\\'; *op_++ = (char)ch; }
+        else if (ch < 0x20) {
+            const char *hex = "0123456789abcdef";
+            out_s("\\u00"); *op_++ = hex[ch >> 4]; *op_++ = hex[ch & 15];
+        } else *op_++ = (char)ch;
+    }
+    *op_++ = '"';
+}
+
 static void out_tensor(const io_t *io) {
     *op_++ = '[';
     for (int i = 0; i < io->count; i++) {
@@ -1951,6 +1969,7 @@ static void out_tensor(const io_t *io) {
         if (io->dtype == F32) out_f(*(const float *)at);
         else if (io->dtype == F64 || io->dtype == F16) out_f(ld_f(at, io->dtype));  /* computed in float32 */
         else if (io->dtype == BOOL) out_s(*(const uint8_t *)at ? "true" : "false");
+        else if (io->dtype == STR) out_label(io, *(const int64_t *)at);
         else out_i(ld_i(at, io->dtype));
     }
     *op_++ = ']';
@@ -2074,7 +2093,8 @@ EXPORT("pred") int32_t pred(void) {
     size_t cap = 32;
     for (uint32_t i = 0; i < h->n_out; i++) {
         int dt = outs[i].dtype;
-        size_t per = (dt == F32 || dt == F64 || dt == F16) ? 18 : dt == BOOL ? 7 : 22;
+        size_t per = (dt == F32 || dt == F64 || dt == F16) ? 18 : dt == BOOL ? 7 :
+                     dt == STR ? 6 * (size_t)outs[i].pad[2] + 8 : 22;
         size_t names = 8; for (const char *s = outs[i].name; *s; s++) names += 2;
         cap += (size_t)outs[i].count * per + names + 16;
     }

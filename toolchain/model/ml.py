@@ -89,9 +89,15 @@ def labels_from(b: object, scores: Tensor, classes: np.ndarray, index: int) -> T
 
 
 def class_labels(b: object, attrs: dict) -> np.ndarray:
+    """The class labels as int64; string labels become their indices, and the label
+    output (the node's first) is written as those strings where it leaves the model."""
     if attrs.get("classlabels_strings"):
-        raise ModelError(f"{b.where}: string class labels are not supported (tensors are "
-                         f"float32, int64 or bool): fit the model on integer labels")
+        labels = [text(v) for v in attrs["classlabels_strings"]]
+        if any("\0" in label or len(label) > 256 for label in labels):
+            raise ModelError(f"{b.where}: a class label holds a NUL or is over 256 "
+                             f"characters")
+        b.labelled[b.node.output[0]] = labels
+        return np.arange(len(labels), dtype=np.int64)
     ints = attrs.get("classlabels_ints", attrs.get("classlabels_int64s"))
     if ints is None or len(ints) == 0:
         raise ModelError(f"{b.where}: the classifier has no class labels")

@@ -47,6 +47,8 @@ EDGE_OUTPUT_TYPES = {11: pg.F64, 3: pg.I8, 2: pg.U8, 5: pg.I16, 4: pg.U16, 6: pg
 STRING_MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice",
                 "Gather", "Transpose", "ArrayFeatureExtractor", "Split"}
 STRING_ENCODERS = {"OneHotEncoder", "LabelEncoder", "CategoryMapper"}
+# what string class labels (their indices) may pass through on their way out
+LABEL_MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 CATEGORY_ATTRIBUTES = ("cats_strings", "keys_strings")
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 # Folding these could allocate their whole output: only when it is small.
@@ -141,6 +143,8 @@ class Builder:
         self.prog.categories = list(self.categories)
         self.texts: dict[str, text.Flow] = {}  # values standing for text (text.py)
         self.unrolled = 0  # nodes planned from If, Loop and Scan bodies (control.py)
+        # values holding indices of string class labels (ml.class_labels), their labels
+        self.labelled: dict[str, list[str]] = {}
         self.text_inputs = self._text_inputs()
         # id of a constant's array (kept alive here) -> its packed copy
         self._packed: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
@@ -379,6 +383,12 @@ class Builder:
             if vi.name in self.texts or t.dtype == pg.TXT:
                 raise ModelError(f"output '{vi.name}' is strings; outputs may be numbers or "
                                  f"bool")
+            if vi.type.tensor_type.elem_type == onnx.TensorProto.STRING:
+                if vi.name not in self.labelled or t.is_const:
+                    raise ModelError(f"output '{vi.name}' is strings; string outputs may be "
+                                     f"a classifier's labels only")
+                t = Tensor(vi.name, t.shape, pg.STR, storage=t.storage, offset=t.offset)
+                self.prog.labels[vi.name] = self.labelled[vi.name]
             if t.is_const:  # nothing of the input flows there: answer the constant
                 self.node = onnx.helper.make_node("Identity", [], [vi.name], name=vi.name)
                 src = t
@@ -447,6 +457,9 @@ class Builder:
                     self.strings.add(name)
                 if textual and node.op_type in text.MOVES:
                     self.texts[name] = self.texts[node.input[0]]
+                if node.input and node.input[0] in self.labelled and \
+                        node.op_type in LABEL_MOVES:
+                    self.labelled[name] = self.labelled[node.input[0]]
 
     def _known(self, domain: str, op: str) -> bool:
         return (domain == "" and op in ops.HANDLERS) or (

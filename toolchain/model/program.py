@@ -21,7 +21,8 @@ from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 MAGIC = 0x314D5157
 F32, I64, BOOL = 0, 1, 2
 F64 = 3  # inputs and outputs only: cast to and from float32 at the plan's edges
-STR = 4  # inputs only: each string read as its int64 index in the model's categories
+STR = 4  # an input: each string read as its int64 index in the model's categories; an
+# output: class labels' int64 indices, each written as its label (Program.labels)
 # Edge types too: integers computed as int64, float16 as float32, cast at the plan's edges
 # (and a Cast to one of them goes there and back, so values wrap or round as in the type).
 I8, U8, I16, U16, I32, U32, F16 = 5, 6, 7, 8, 9, 10, 11
@@ -131,6 +132,7 @@ class Program:
         self.storages: list[Storage] = []
         self.step = 0  # when what is added now runs: one step a node planned, in order
         self.categories: list[str] = []  # what string inputs are read against, in order
+        self.labels: dict[str, list[str]] = {}  # a string output's class labels, by name
 
     # ---------------------------------------------------------------- tensors
     def checked(self, name: str, shape: tuple[int, ...], dtype: int) -> tuple[int, ...]:
@@ -253,6 +255,12 @@ class Program:
         vocab = self.constant(np.frombuffer(b"".join(
             c.encode() + b"\0" for c in self.categories) or b"\0", np.uint8)) \
             if any(t.dtype == STR for t in inputs) else None
+        # a string output's labels: [vocabulary, count, longest in bytes]
+        labelled = {t.name: (self.constant(np.frombuffer(b"".join(
+            s.encode() + b"\0" for s in self.labels[t.name]) or b"\0", np.uint8)),
+            len(self.labels[t.name]), max((len(s.encode()) for s in self.labels[t.name]),
+                                          default=0))
+            for t in outputs if t.dtype == STR}
         # Equal constants are packed once: a folded constant used by twenty nodes (or
         # twenty equal folds) is one copy in the module, not twenty (issue 22).
         placed: dict[bytes, int] = {}
@@ -285,8 +293,13 @@ class Program:
         for i, t in enumerate(inputs + outputs):
             addr = address(Ref(tensor=t))
             dims = list(t.shape)[:8] + [0] * (8 - min(8, len(t.shape)))
-            vocab_words = [address(Ref(const=vocab)), len(self.categories), 0] \
-                if t.dtype == STR else [0, 0, 0]
+            if t.dtype == STR and i >= len(inputs):
+                at, count, longest = labelled[t.name]
+                vocab_words = [address(Ref(const=at)), count, longest]
+            elif t.dtype == STR:
+                vocab_words = [address(Ref(const=vocab)), len(self.categories), 0]
+            else:
+                vocab_words = [0, 0, 0]
             words = [base + names_off + name_at[i], t.dtype, len(t.shape), t.size, addr,
                      *dims, *vocab_words]
             struct.pack_into(f"<{IO_WORDS}i", blob, io_off + IO_WORDS * 4 * i,
