@@ -380,13 +380,12 @@ class Builder:
             t = self.values.get(vi.name)
             if t is None:
                 raise ModelError(f"output '{vi.name}' is not computed by any node")
-            if vi.name in self.texts or t.dtype == pg.TXT:
-                raise ModelError(f"output '{vi.name}' is strings; outputs may be numbers or "
-                                 f"bool")
+            if vi.name in self.texts or t.dtype == pg.TXT or (
+                    vi.type.tensor_type.elem_type == onnx.TensorProto.STRING and (
+                        vi.name not in self.labelled or t.is_const)):
+                raise ModelError(f"unsupported types: output '{checked.shown(vi.name)}' is "
+                                 f"STRING (a string output can only be a classifier's labels)")
             if vi.type.tensor_type.elem_type == onnx.TensorProto.STRING:
-                if vi.name not in self.labelled or t.is_const:
-                    raise ModelError(f"output '{vi.name}' is strings; string outputs may be "
-                                     f"a classifier's labels only")
                 t = Tensor(vi.name, t.shape, pg.STR, storage=t.storage, offset=t.offset)
                 self.prog.labels[vi.name] = self.labelled[vi.name]
             if t.is_const:  # nothing of the input flows there: answer the constant
