@@ -41,6 +41,20 @@ poll_oneoff proc_exit proc_raise sched_yield random_get sock_accept sock_recv so
 sock_shutdown""".split())
 
 
+# What a module's record keeps is bounded like a model's (issue 22, point 5): at most so
+# many imports and exports, each name at most MAX_NAME characters; past a bound the
+# upload is refused by name, and a refusal lists at most LISTED names, each cut short.
+MAX_EXPORTS, MAX_IMPORTS, MAX_NAME = 512, 256, 256
+LISTED, QUOTED = 12, 80
+
+
+def _listed(names: list[str]) -> str:
+    shown = [n if len(n) <= QUOTED else f"{n[:QUOTED]}... ({len(n)} characters)"
+             for n in names[:LISTED]]
+    more = f" and {len(names) - LISTED} more" if len(names) > LISTED else ""
+    return ", ".join(shown) + more
+
+
 @dataclass(frozen=True)
 class ModuleInfo:
     imports: list[str]
@@ -61,11 +75,22 @@ def inspect_module(module: wasmtime.Module) -> ModuleInfo:
     """Check a compiled module against the ABI; raise InvalidModule naming every problem."""
     problems: list[str] = []
     exports = {e.name: e.type for e in module.exports}
+    imports = [f"{i.module}.{i.name}" for i in module.imports]
+    for what, names, bound in (("exports", list(exports), MAX_EXPORTS),
+                               ("imports", imports, MAX_IMPORTS)):
+        if len(names) > bound:
+            problems.append(f"it has {len(names)} {what}; at most {bound} are supported")
+        long = [n for n in names if len(n) > MAX_NAME]
+        if long:
+            problems.append(f"{what} with names longer than {MAX_NAME} characters: "
+                            f"{_listed(long)}")
+    if problems:  # nothing below lists a bounded number of names before this passes
+        raise InvalidModule("module refused: " + "; ".join(problems))
     if not isinstance(exports.get(MEMORY), wasmtime.MemoryType):
         problems.append("it does not export its linear memory as 'memory'")
     missing = [name for name in FUNCTIONS if name not in exports]
     if missing:
-        problems.append("missing exports: " + ", ".join(missing))
+        problems.append("missing exports: " + _listed(missing))
     for name, want in FUNCTIONS.items():
         ty = exports.get(name)
         if ty is None:
@@ -85,19 +110,19 @@ def inspect_module(module: wasmtime.Module) -> ModuleInfo:
                if i.module not in WASI_NAMESPACES]
     if foreign:
         problems.append("imports outside WASI (only wasi_snapshot_preview1 and "
-                        "wasi_unstable are provided): " + ", ".join(foreign))
+                        "wasi_unstable are provided): " + _listed(foreign))
     unknown = [f"{i.module}.{i.name}" for i in module.imports
                if i.module == WASI_NAMESPACES[0] and i.name not in PREVIEW1_FUNCTIONS]
     if unknown:
-        problems.append("imports that WASI preview1 does not define: " + ", ".join(unknown))
+        problems.append("imports that WASI preview1 does not define: " + _listed(unknown))
     bad_kind = [f"{i.module}.{i.name}" for i in module.imports
                 if i.module in WASI_NAMESPACES and not isinstance(i.type, wasmtime.FuncType)]
     if bad_kind:
-        problems.append("WASI imports that are not functions: " + ", ".join(bad_kind))
+        problems.append("WASI imports that are not functions: " + _listed(bad_kind))
     if problems:
         raise InvalidModule("module refused: " + "; ".join(problems))
     return ModuleInfo(
-        imports=[f"{i.module}.{i.name}" for i in module.imports],
+        imports=imports,
         exports=sorted(exports),
         entry=entry,  # type: ignore[arg-type]
     )

@@ -18,7 +18,9 @@ from wasmq.workers.runtime import Outcome, Runtime
 LIMITS = Limits(timeout_s=20, max_memory_mb=512)
 MAX_BYTES = 256 * 1024 * 1024
 _RUNTIME: list[Runtime] = []
-NUMPY = {"float32": np.float32, "int64": np.int64, "bool": np.bool_, "float64": np.float64}
+NUMPY = {"float32": np.float32, "int64": np.int64, "bool": np.bool_, "float64": np.float64,
+         "float16": np.float16, "int8": np.int8, "uint8": np.uint8, "int16": np.int16,
+         "uint16": np.uint16, "int32": np.int32, "uint32": np.uint32, "string": np.str_}
 
 
 def runtime() -> Runtime:
@@ -66,13 +68,9 @@ def run_model(model: onnx.ModelProto, feeds: dict[str, np.ndarray], raw: bool = 
 
 
 def reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from wasmq.modelfile import session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = session(model.SerializeToString(), threads=1)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, feeds), strict=False))
 

@@ -146,3 +146,27 @@ def test_upload_without_a_file_field_says_so(api: Api) -> None:
     response = requests.post(f"{api.url}/functions", data={"name": "x"})
     assert response.status_code == 400
     assert "'file'" in response.json()["message"]
+
+
+def test_an_upload_with_unbounded_exports_is_refused_naming_the_bound(api: Api) -> None:
+    """A record's export list is bounded like a model's fields (issue 22, point 5): a
+    module of 600 exports, or one export named with 100,000 characters, was stored whole
+    and listed by GET /functions every time."""
+    import wasmtime
+
+    from wasmq.broker import abi
+
+    many = "".join(f'(func (export "f{i}"))' for i in range(abi.MAX_EXPORTS + 88))
+    response = api.upload(wasmtime.wat2wasm(modules.wat(extra=many)))
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert f"it has {abi.MAX_EXPORTS + 88 + 7} exports; at most {abi.MAX_EXPORTS}" in message
+    long = "x" * 100_000
+    response = api.upload(wasmtime.wat2wasm(modules.wat(extra=f'(func (export "{long}"))')))
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert "exports with names longer than 256 characters: xxx" in message
+    assert "(100000 characters)" in message and len(message) < 1000
+    fine = "".join(f'(func (export "f{i}"))' for i in range(100))
+    record = api.upload(wasmtime.wat2wasm(modules.wat(extra=fine))).json()
+    assert len(record["exports"]) == 107

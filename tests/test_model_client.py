@@ -190,3 +190,18 @@ def test_hist_gradient_boosting_converts_and_matches_the_estimator() -> None:
             answer = json.loads(run_wasm(built.wasm, modelfile.row_request(x, i).encode())
                                 .output)
             assert modelfile.disagreement(modelfile.row(local, i), answer) is None
+
+
+def test_deploy_model_of_a_classifier_fit_on_string_labels_end_to_end(up: str) -> None:
+    """Labels as a data scientist has them (species names): the endpoint answers them,
+    deploy_model's check compares them with onnxruntime's, and no drift is reported."""
+    import warnings
+
+    x, y = load_iris(return_X_y=True)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300)).fit(x, names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", category=UserWarning)  # a ConversionDrift fails it
+        fn = Client(up).deploy_model(model, name="species", example=x[:1], check=x[::10])
+    answer = Client(up).run(fn.cfid, modelfile.request(x[120])).json()
+    assert answer["output"] == model.predict(x[120:121]).tolist() == ["virginica"]

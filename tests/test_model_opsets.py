@@ -14,7 +14,7 @@ from tests.model_runner import MAX_BYTES, reference, run_model, run_wasm, single
 from wasmq.toolchain.model import ModelError, build_model
 
 F, D, INT, H = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
-                onnx.TensorProto.FLOAT16)
+                onnx.TensorProto.BFLOAT16)
 RNG = np.random.default_rng(3)
 
 
@@ -65,7 +65,7 @@ def test_an_unsupported_operator_before_a_supported_one_is_named_not_the_next() 
 
 
 def test_unsupported_types_and_operators_are_named_together_before_anything_else() -> None:
-    """A float16 input, a sequence operator and a dynamic dimension: the refusal names the
+    """A bfloat16 input, a sequence operator and a dynamic dimension: the refusal names the
     first two at once, and comes before the shape problem."""
     s = h.make_tensor_value_info("s", H, [1, "T"])
     x = h.make_tensor_value_info("x", F, [1, "T"])
@@ -79,7 +79,7 @@ def test_unsupported_types_and_operators_are_named_together_before_anything_else
     text = str(err.value)
     assert text.startswith("unsupported operators: SequenceConstruct (domain ai.onnx, opset "
                            "13), SequenceLength (domain ai.onnx, opset 13); unsupported types: "
-                           "input 's' is FLOAT16, output 't' is FLOAT16")
+                           "input 's' is BFLOAT16, output 't' is BFLOAT16")
     assert "dynamic" not in text
 
 

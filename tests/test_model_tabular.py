@@ -18,6 +18,7 @@ skl2onnx = pytest.importorskip("skl2onnx")
 
 from sklearn.datasets import load_diabetes, load_iris  # noqa: E402
 from sklearn.ensemble import (  # noqa: E402
+    GradientBoostingClassifier,
     GradientBoostingRegressor,
     IsolationForest,
     RandomForestClassifier,  # noqa: E402
@@ -31,7 +32,7 @@ from sklearn.preprocessing import (  # noqa: E402
     OneHotEncoder,
     StandardScaler,  # noqa: E402
 )
-from sklearn.svm import SVR  # noqa: E402
+from sklearn.svm import SVC, SVR  # noqa: E402
 
 F, INT = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 OPSETS = {"": 21, "ai.onnx.ml": 3}
@@ -211,12 +212,31 @@ def test_svc_matches_predict_and_predict_proba(kernel: str, probability: bool,
         np.testing.assert_allclose(got["probabilities"], model.predict_proba(x), atol=1e-4)
 
 
-def test_svc_with_probabilities_of_three_classes_is_refused_by_name() -> None:
+@pytest.mark.parametrize(("kernel", "dataset"), [
+    ("rbf", "iris"), ("linear", "iris"), ("poly", "iris"), ("rbf", "digits"),
+], ids=["rbf-iris", "linear-iris", "poly-iris", "rbf-digits-6-classes"])
+def test_svc_probabilities_of_many_classes_answer_as_onnxruntime(kernel: str,
+                                                                 dataset: str) -> None:
+    """SVC(probability=True) over more than two classes: each pair's Platt sigmoid, then
+    libsvm's pairwise coupling as onnxruntime iterates it; against onnxruntime, and
+    against predict_proba (which couples in double, to a tighter stop)."""
+    from sklearn.datasets import load_digits
     from sklearn.svm import SVC
 
-    x, y = iris()
-    with pytest.raises(Exception, match="probabilities of more than two classes"):
-        run(SVC(probability=True, random_state=0).fit(x, y), x, zipmap=False)
+    if dataset == "iris":
+        x, y = iris()
+    else:
+        x, y = load_digits(n_class=6, return_X_y=True)
+        x = (x / 16.0).astype(np.float32)
+    model = SVC(kernel=kernel, probability=True, random_state=0).fit(x, y)
+    onx = skl2onnx.to_onnx(model, x[:1], target_opset=OPSETS, options={"zipmap": False})
+    got = run(model, x, zipmap=False)
+    label, probabilities = reference(onx, {"X": x}).values()
+    np.testing.assert_array_equal(got["label"], label)
+    np.testing.assert_array_equal(got["label"], model.predict(x))
+    np.testing.assert_allclose(got["probabilities"], probabilities, atol=1e-4)
+    np.testing.assert_allclose(got["probabilities"], model.predict_proba(x), atol=2e-3)
+    np.testing.assert_allclose(got["probabilities"].sum(axis=1), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["classifier", "regressor"])
@@ -239,3 +259,98 @@ def test_nearest_neighbours_through_an_unrolled_scan(kind: str) -> None:
         if kind == "classifier":
             np.testing.assert_allclose(got["probabilities"], model.predict_proba(x[i:i + 1]),
                                        atol=1e-6)
+
+
+def unified(old: onnx.ModelProto) -> onnx.ModelProto:
+    """A TreeEnsembleRegressor (one target a leaf) rewritten as ai.onnx.ml opset 5's
+    TreeEnsemble, as a converter at that opset writes it: interior nodes and leaves apart,
+    modes and splits as tensors, roots by index."""
+    from onnx import helper as h
+
+    node = old.graph.node[0]
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in node.attribute}
+    keys = list(zip(a["nodes_treeids"], a["nodes_nodeids"], strict=True))
+    modes = [m.decode() for m in a["nodes_modes"]]
+    interior = [i for i, m in enumerate(modes) if m != "LEAF"]
+    leaves = [i for i, m in enumerate(modes) if m == "LEAF"]
+    at_node = {keys[i]: k for k, i in enumerate(interior)}
+    at_leaf = {keys[i]: k for k, i in enumerate(leaves)}
+    weight = {(t, n): w for t, n, w in zip(a["target_treeids"], a["target_nodeids"],
+                                           a["target_weights"], strict=True)}
+    codes = {"BRANCH_LEQ": 0, "BRANCH_LT": 1, "BRANCH_GTE": 2, "BRANCH_GT": 3}
+
+    def branch(i: int, which: str) -> tuple[int, int]:
+        key = (keys[i][0], a[which][i])
+        return (1, at_leaf[key]) if key in at_leaf else (0, at_node[key])
+
+    trues = [branch(i, "nodes_truenodeids") for i in interior]
+    falses = [branch(i, "nodes_falsenodeids") for i in interior]
+    roots = [at_node[(t, 0)] for t in sorted(set(a["nodes_treeids"]))]
+    tensor = onnx.numpy_helper.from_array
+    new = h.make_node(
+        "TreeEnsemble", ["X"], ["Y"], domain="ai.onnx.ml", n_targets=1,
+        aggregate_function=1, post_transform=0, tree_roots=roots,
+        nodes_featureids=[a["nodes_featureids"][i] for i in interior],
+        nodes_modes=tensor(np.array([codes[modes[i]] for i in interior], np.uint8)),
+        nodes_splits=tensor(np.array([a["nodes_values"][i] for i in interior], np.float32)),
+        nodes_trueleafs=[t[0] for t in trues], nodes_truenodeids=[t[1] for t in trues],
+        nodes_falseleafs=[f[0] for f in falses], nodes_falsenodeids=[f[1] for f in falses],
+        nodes_missing_value_tracks_true=[0] * len(interior),
+        leaf_targetids=[0] * len(leaves),
+        leaf_weights=tensor(np.array([weight[keys[i]] for i in leaves], np.float32)))
+    graph = h.make_graph([new], "trees", [h.make_tensor_value_info("X", F, [None, 4])],
+                         [h.make_tensor_value_info("Y", F, [None, 1])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21),
+                                               h.make_opsetid("ai.onnx.ml", 5)])
+    model.ir_version = 10
+    return model
+
+
+def test_ml_opset_5_tree_ensemble_answers_as_onnxruntime_and_the_forest() -> None:
+    """A random forest written as opset 5's TreeEnsemble: against onnxruntime running the
+    same model and the forest's predict (ONNX's own TreeEnsemble cases, set membership
+    among them, run in test_model_backend)."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    x, y = iris()
+    forest = RandomForestRegressor(n_estimators=6, max_depth=5, random_state=0).fit(x, y)
+    model = unified(skl2onnx.to_onnx(forest, x[:1], target_opset=OPSETS))
+    built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES,
+                        input_shapes={"X": x.shape})
+    assert built.opsets["ai.onnx.ml"] == 5 and built.operators == {"TreeEnsemble": 1}
+    got = outputs(built, run_wasm(built.wasm, request(built, {"X": x}, raw=True)).output)["Y"]
+    np.testing.assert_allclose(got, reference(model, {"X": x})["Y"], atol=1e-6)
+    np.testing.assert_allclose(got.reshape(-1), forest.predict(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(("make", "two"), [
+    (lambda: LogisticRegression(max_iter=500), False),
+    (lambda: RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0), False),
+    (lambda: make_pipeline(StandardScaler(), SVC()), False),
+    (lambda: GradientBoostingClassifier(n_estimators=10, random_state=0), True),
+], ids=["logistic", "forest", "scaler-svc", "boosting-binary"])
+def test_string_class_labels_are_answered_as_strings(make: object, two: bool) -> None:
+    """A classifier fit on string labels (iris' species names, one with a quote and one
+    not ASCII; or two classes, the binary paths): the label output is those strings, as
+    predict and onnxruntime answer them."""
+    x, y = iris()
+    names = np.where(y == 0, "yes", "no") if two else \
+        np.array(["setosa", 'versi"color', "virgin\u00efca"])[y]
+    model = make().fit(x, names)
+    onx = skl2onnx.to_onnx(model, x[:1], target_opset=OPSETS,
+                           options={id(model): {"zipmap": False}})
+    built = build_model(onx.SerializeToString(), max_bytes=MAX_BYTES,
+                        input_shapes={"X": x.shape})
+    assert built.outputs[0].dtype == "string"
+    got = outputs(built, run_wasm(built.wasm, request(built, {"X": x}, raw=True)).output)
+    np.testing.assert_array_equal(got[built.outputs[0].name], model.predict(x))
+    label, *_ = reference(onx, {"X": x}).values()
+    np.testing.assert_array_equal(got[built.outputs[0].name], label)
+
+
+def test_a_string_output_that_is_not_class_labels_is_refused_by_name() -> None:
+    model = single("Identity", [("x", [2], S)], ["y"])
+    model = onnx.shape_inference.infer_shapes(model)
+    with pytest.raises(Exception, match=r"unsupported types: output 'y' is STRING \(a "
+                                        r"string output can only be a classifier's labels\)"):
+        build_model(model.SerializeToString(), max_bytes=MAX_BYTES)

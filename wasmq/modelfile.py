@@ -23,7 +23,9 @@ TARGET_OPSET = {"": 21, "ai.onnx.ml": 3}
 BOOSTING_OPSET = 15  # onnxmltools' tree converters
 ONNX_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-              "tensor(string)": np.str_}
+              "tensor(string)": np.str_, "tensor(float16)": np.float16,
+              "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+              "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32}
 
 
 def is_frame(data: Any) -> bool:
@@ -32,8 +34,8 @@ def is_frame(data: Any) -> bool:
 
 def rows_of(data: Any) -> Any:
     """At least 2-d: one row a sample (a 1-d example is one sample)."""
-    if is_frame(data):
-        return data
+    if is_frame(data) or is_text(data):
+        return data if is_frame(data) else np.asarray(data, dtype=str)
     array = np.asarray(data)
     return array.reshape(1, -1) if array.ndim < 2 else array
 
@@ -164,11 +166,48 @@ def _from_boosting(model: Any, family: str, example: Any) -> bytes:
     return convert(model, initial_types=types, target_opset=BOOSTING_OPSET).SerializeToString()
 
 
-def feeds(data: bytes, rows: Any) -> dict[str, np.ndarray]:
-    """The rows as the model's inputs: one array, or a DataFrame's columns by name."""
+def session(data: bytes, threads: int = 0) -> Any:
+    """An onnxruntime session for the local check. onnxruntime's StringNormalizer builds
+    its locale (en_US.UTF-8 unless the model names one) and fails where the machine has
+    no such locale: then the local copy is run with C.UTF-8, which lowers ASCII the same."""
     import onnxruntime as ort
 
-    inputs = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_inputs()
+    def options(severity: int) -> Any:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = severity
+        if threads:
+            opts.intra_op_num_threads = opts.inter_op_num_threads = threads
+        return opts
+
+    try:  # quiet: a locale's failure is handled below, not printed
+        return ort.InferenceSession(data, options(4), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail
+        if "locale" not in str(exc):
+            raise
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    for node in model.graph.node:
+        if node.op_type == "StringNormalizer":
+            for attr in list(node.attribute):
+                if attr.name == "locale":
+                    node.attribute.remove(attr)
+            node.attribute.append(onnx.helper.make_attribute("locale", "C.UTF-8"))
+    return ort.InferenceSession(model.SerializeToString(), options(2),
+                                providers=["CPUExecutionProvider"])
+
+
+def is_text(data: Any) -> bool:
+    """A list (or 1-d array, or Series) of strings: one document a sample."""
+    if is_frame(data):
+        return False
+    array = np.asarray(data, dtype=object) if not isinstance(data, np.ndarray) else data
+    return array.ndim == 1 and array.size > 0 and isinstance(array.reshape(-1)[0], str)
+
+
+def feeds(data: bytes, rows: Any) -> dict[str, np.ndarray]:
+    """The rows as the model's inputs: one array, or a DataFrame's columns by name."""
+    inputs = session(data).get_inputs()
     rows = rows_of(rows)
     out = {}
     for meta in inputs:
@@ -183,6 +222,10 @@ def feeds(data: bytes, rows: Any) -> dict[str, np.ndarray]:
             out[meta.name] = rows[meta.name].to_numpy().astype(kind).reshape(-1, 1)
         else:
             out[meta.name] = np.asarray(rows).astype(kind)
+        if meta.shape and len(meta.shape) != out[meta.name].ndim:  # text: [n] or [n, 1]
+            width = 1 if len(meta.shape) == 1 else -1
+            out[meta.name] = out[meta.name].reshape(-1) if width == 1 else \
+                out[meta.name].reshape(len(out[meta.name]), -1)
     return out
 
 
@@ -202,9 +245,7 @@ def _plain(value: Any) -> Any:
 def local_outputs(data: bytes, rows: Any) -> dict[str, np.ndarray]:
     """What onnxruntime answers for the rows, each output as an array (ZipMap's list of
     dicts becomes the probability matrix the endpoint answers)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    sess = session(data)
     values = sess.run(None, feeds(data, rows))
     out = {}
     for meta, value in zip(sess.get_outputs(), values, strict=True):
@@ -239,7 +280,9 @@ def disagreement(local: dict[str, np.ndarray], remote: dict[str, Any],
         if got.shape != want.shape:
             return f"output '{name}' has {got.size} values, onnxruntime's {want.size}"
         if want.dtype.kind == "f":
-            if not np.allclose(got.astype(np.float64), want, rtol=tolerance, atol=tolerance):
+            # float16 is computed in float32 here: a few float16 steps (2^-10) apart
+            close = max(tolerance, 4e-3) if want.dtype == np.float16 else tolerance
+            if not np.allclose(got.astype(np.float64), want, rtol=close, atol=close):
                 return f"output '{name}' is {got.tolist()}, onnxruntime says {want.tolist()}"
         elif not np.array_equal(got.astype(want.dtype), want):
             return f"output '{name}' is {got.tolist()}, onnxruntime says {want.tolist()}"
@@ -263,7 +306,7 @@ def drift(model: Any, local: dict[str, np.ndarray], rows: Any,
     except Exception:  # noqa: BLE001 - an estimator that cannot predict these rows
         return None
     first = outs[0].reshape(n, -1)
-    if predicted.dtype.kind in "iub" or proba is not None:
+    if predicted.dtype.kind in "iubUSO" or proba is not None:  # labels, numbers or strings
         wrong = int((first.reshape(-1)[:n] != predicted.reshape(-1)[:n]).sum()) \
             if first.size == predicted.size else n
         if wrong:

@@ -66,9 +66,50 @@ static int fail(void) {
  * instructions, a float64 output cast from float32 by its last. */
 /* STR inputs only: each JSON string becomes its int64 index in the input's vocabulary
  * (the model's categories, NUL-separated at pad[0], pad[1] of them), -1 if not in it. */
-enum { F32 = 0, I64 = 1, BOOL = 2, F64 = 3, STR = 4 };
-static const int ESIZE[5] = {4, 8, 1, 8, 8};
-static const char *TNAME[5] = {"float32", "int64", "bool", "float64", "string"};
+/* I8 .. F16 only at the edges too: an integer input cast to int64 (a float16 one to
+ * float32) by the plan's first instructions, an output cast back by its last; a Cast
+ * to one of them inside the plan goes there and back, so values wrap (or round) as
+ * they would in that type. TXT inputs: each string's bytes (unescaped in place in the
+ * request) as an int64 {address, length} for the text kernel (op_text). */
+enum { F32 = 0, I64 = 1, BOOL = 2, F64 = 3, STR = 4, I8 = 5, U8 = 6, I16 = 7, U16 = 8,
+       I32 = 9, U32 = 10, F16 = 11, TXT = 12, NTYPES = 13 };
+static const int ESIZE[NTYPES] = {4, 8, 1, 8, 8, 1, 1, 2, 2, 4, 4, 2, 8};
+static const char *TNAME[NTYPES] = {"float32", "int64", "bool", "float64", "string", "int8",
+                                    "uint8", "int16", "uint16", "int32", "uint32", "float16",
+                                    "string"};
+static int is_narrow_int(int dt) { return dt >= I8 && dt <= U32; }
+
+/* IEEE half precision, by bits: round to nearest even, subnormals, infinities, NaN. */
+static float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 31, man = h & 1023, bits;
+    if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
+    else if (exp) bits = sign | ((exp + 112) << 23) | (man << 13);
+    else if (!man) bits = sign;
+    else {  /* subnormal: normalise */
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 1024));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 1023) << 13);
+    }
+    union { uint32_t u; float f; } v = {bits};
+    return v.f;
+}
+static uint16_t float_to_half(float f) {
+    union { float f; uint32_t u; } v = {f};
+    uint32_t x = v.u, sign = (x >> 16) & 0x8000, absx = x & 0x7fffffffu;
+    if (absx > 0x7f800000u) return (uint16_t)(sign | 0x7e00 | ((absx >> 13) & 1023));  /* NaN */
+    if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);  /* rounds past 65504: inf */
+    if (absx < 0x38800000u) {  /* a half subnormal (or zero) */
+        if (absx < 0x33000000u) return (uint16_t)sign;  /* under half the smallest */
+        uint32_t e = absx >> 23, man = (absx & 0x7fffff) | 0x800000;
+        uint32_t shift = 126 - e;  /* 14..24: the mantissa's place in a subnormal half */
+        uint32_t q = man >> shift, rest = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t q = ((absx >> 13) - (112u << 10)), rest = absx & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (q & 1))) q++;
+    return (uint16_t)(sign | q);
+}
 
 typedef struct {           /* one model input or output, 16 words */
     const char *name;
@@ -320,7 +361,7 @@ static void gemm_general(int M, int N, int K, const float *A, int sam, int sak,
 /* ---------------------------------------------------------------- ops */
 enum {
     OP_CONV = 1, OP_GEMM = 2, OP_POOL = 3, OP_ELT = 4, OP_SOFTMAX = 5, OP_REDUCE = 6,
-    OP_ARG = 7, OP_GATHER = 8, OP_TREES = 9, OP_FILL = 10,
+    OP_ARG = 7, OP_GATHER = 8, OP_TREES = 9, OP_FILL = 10, OP_TEXT = 11, OP_COUPLE = 12,
 };
 
 static act_t read_act(const int32_t *p) {
@@ -722,16 +763,32 @@ enum {
 };
 
 static int64_t ld_i(const void *p, int dt) {
-    if (dt == I64) return *(const int64_t *)p;
-    if (dt == BOOL) return *(const uint8_t *)p;
-    if (dt == F64) return (int64_t)*(const double *)p;
+    switch (dt) {
+    case I64: return *(const int64_t *)p;
+    case BOOL: case U8: return *(const uint8_t *)p;
+    case F64: return (int64_t)*(const double *)p;
+    case I8: return *(const int8_t *)p;
+    case I16: return *(const int16_t *)p;
+    case U16: return *(const uint16_t *)p;
+    case I32: return *(const int32_t *)p;
+    case U32: return *(const uint32_t *)p;
+    case F16: return (int64_t)half_to_float(*(const uint16_t *)p);
+    }
     return (int64_t)*(const float *)p;
 }
 static float ld_f(const void *p, int dt) {
     if (dt == F32) return *(const float *)p;
-    if (dt == I64) return (float)*(const int64_t *)p;
     if (dt == F64) return (float)*(const double *)p;
-    return (float)*(const uint8_t *)p;
+    if (dt == F16) return half_to_float(*(const uint16_t *)p);
+    return (float)ld_i(p, dt);
+}
+/* v stored as a narrow integer: the low bits, as a C cast (and onnxruntime) keeps them */
+static void st_narrow(void *r, int dt, int64_t v) {
+    switch (dt) {
+    case I8: case U8: *(uint8_t *)r = (uint8_t)v; break;
+    case I16: case U16: *(uint16_t *)r = (uint16_t)v; break;
+    default: *(uint32_t *)r = (uint32_t)v;
+    }
 }
 
 static float probit(float p) {  /* the inverse of the normal CDF, as ONNX-ML defines it */
@@ -839,6 +896,7 @@ __attribute__((noinline)) static int op_elt(const int32_t *p) {
             if (sO == 1 && s0 == 1) __builtin_memcpy(po, p0, (size_t)inner * eo);
             else if (eo == 4) for (int i = 0; i < inner; i++) ((int32_t *)po)[i * sO] = ((const int32_t *)p0)[i * s0];
             else if (eo == 8) for (int i = 0; i < inner; i++) ((int64_t *)po)[i * sO] = ((const int64_t *)p0)[i * s0];
+            else if (eo == 2) for (int i = 0; i < inner; i++) ((int16_t *)po)[i * sO] = ((const int16_t *)p0)[i * s0];
             else for (int i = 0; i < inner; i++) po[i * sO] = p0[i * s0];
         } else if (op == E_CAST) {
             for (int i = 0; i < inner; i++) {
@@ -846,13 +904,16 @@ __attribute__((noinline)) static int op_elt(const int32_t *p) {
                 char *r = po + (size_t)i * sO * eo;
                 if (dto == F32) *(float *)r = ld_f(q, dt0);
                 else if (dto == F64) *(double *)r = (double)ld_f(q, dt0);
-                else if (dto == I64) {
-                    if (dt0 == F32) {
-                        float f = *(const float *)q;
-                        *(int64_t *)r = (f != f) ? INT64_MIN : (f >= 9.2233720e18f ? INT64_MAX :
-                                        (f <= -9.2233720e18f ? INT64_MIN : (int64_t)f));
-                    } else *(int64_t *)r = ld_i(q, dt0);
-                } else *(uint8_t *)r = dt0 == F32 ? (*(const float *)q != 0) : (ld_i(q, dt0) != 0);
+                else if (dto == F16) *(uint16_t *)r = float_to_half(ld_f(q, dt0));
+                else if (dto == I64 || is_narrow_int(dto)) {
+                    int64_t v;
+                    if (dt0 == F32 || dt0 == F16) {
+                        float f = ld_f(q, dt0);
+                        v = (f != f) ? INT64_MIN : (f >= 9.2233720e18f ? INT64_MAX :
+                            (f <= -9.2233720e18f ? INT64_MIN : (int64_t)f));
+                    } else v = ld_i(q, dt0);
+                    if (dto == I64) *(int64_t *)r = v; else st_narrow(r, dto, v);
+                } else *(uint8_t *)r = (dt0 == F32 || dt0 == F16) ? (ld_f(q, dt0) != 0) : (ld_i(q, dt0) != 0);
             }
         } else if (op == E_WHERE) {
             for (int i = 0; i < inner; i++) {
@@ -1062,9 +1123,10 @@ __attribute__((noinline)) static int op_gather(const int32_t *p) {
         for (int j = 0; j < nidx; j++) {
             int64_t k = idx[j];
             if (k < 0) k += axis;
-            if (k < 0 || k >= axis) {
-                err_s("Gather: index "); err_u((uint64_t)(idx[j] < 0 ? -idx[j] : idx[j]));
-                err_s(" is out of range for an axis of "); err_u((uint64_t)axis);
+            if (k < 0 || k >= axis) {  /* Gather, GatherElements, ArrayFeatureExtractor */
+                err_s("an index is out of range: "); if (idx[j] < 0) err_s("-");
+                err_u(idx[j] < 0 ? 0 - (uint64_t)idx[j] : (uint64_t)idx[j]);
+                err_s(" for an axis of "); err_u((uint64_t)axis);
                 return 1;
             }
             __builtin_memcpy(y, data + ((size_t)o * axis + (size_t)k) * row, row);
@@ -1133,6 +1195,161 @@ __attribute__((noinline)) static void op_fill(const int32_t *p) {
     char *y = (char *)(uintptr_t)p[2];
     const char *v = (const char *)(p + 3);
     for (int i = 0; i < count; i++) __builtin_memcpy(y + (size_t)i * es, v, (size_t)es);
+}
+
+/* N-gram counts, as onnxruntime's TfIdfVectorizer counts them, over text or integers.
+ * Text: StringNormalizer (case), Tokenizer (a character class, as skl2onnx's
+ * `[a-zA-Z0-9_]+`) and TfIdfVectorizer in one pass over each string (the token tensor
+ * is never made). Integers: each value of a row is a token (its 8 bytes). The n-grams
+ * are found in a hash table (FNV-1a over the tokens' bytes, a NUL between tokens;
+ * entries {offset, length, output index, 0} into the key bytes, length -1 when empty;
+ * linear probing). Skip-grams as onnxruntime: for each distance d from 1 to skips + 1,
+ * from each start, tokens d apart; unigrams only at d = 1.
+ * p: rows, src (text: {address, length} a row; integers: [rows][C] int64), out
+ * [rows][V], V, case before / after the tokenizer (0 none, 1 lower, 2 upper), class[256],
+ * mincharnum, min and max n, mode (0 TF, 1 IDF, 2 TFIDF), table, its size (a power of
+ * two), key bytes, weights or 0, max skip count, C (0: text). */
+static void text_case(unsigned char *s, int n, int how) {
+    for (int i = 0; i < n; i++) {
+        if (how == 1 && s[i] >= 'A' && s[i] <= 'Z') s[i] = (unsigned char)(s[i] + 32);
+        else if (how == 2 && s[i] >= 'a' && s[i] <= 'z') s[i] = (unsigned char)(s[i] - 32);
+    }
+}
+/* the pool's index of the n tokens at tp[at], tp[at + d], ..., or -1 */
+static int ngram_index(const int32_t *table, int tsize, const unsigned char *keys,
+                       unsigned char *const *tp, const int *tl, int at, int n, int d) {
+    uint32_t h = 2166136261u;
+    for (int k = 0; k < n; k++) {
+        const unsigned char *t = tp[at + k * d];
+        if (k) h = (h ^ 0u) * 16777619u;
+        for (int c = 0; c < tl[at + k * d]; c++) h = (h ^ t[c]) * 16777619u;
+    }
+    for (uint32_t i = h & (uint32_t)(tsize - 1);; i = (i + 1) & (uint32_t)(tsize - 1)) {
+        const int32_t *e = table + (size_t)i * 4;
+        if (e[1] < 0) return -1;
+        const unsigned char *key = keys + e[0], *end = key + e[1];
+        int same = 1;
+        for (int k = 0; k < n && same; k++) {
+            if (k) { if (key >= end || *key++ != 0) same = 0; }
+            const unsigned char *t = tp[at + k * d];
+            int tn = tl[at + k * d];
+            if (same && end - key < tn) same = 0;
+            for (int c = 0; same && c < tn; c++) if (key[c] != t[c]) same = 0;
+            key += tn;
+        }
+        if (same && key == end) return e[2];
+    }
+}
+__attribute__((noinline)) static int op_text(const int32_t *p) {
+    int rows = p[0], V = p[3], before = p[4], after = p[5], minchars = p[7];
+    int lo = p[8], hi = p[9], mode = p[10], tsize = p[12], skips = p[15], C = p[16];
+    const uint64_t *src = (const uint64_t *)(uintptr_t)p[1];
+    float *out = (float *)(uintptr_t)p[2];
+    const unsigned char *cls = (const unsigned char *)(uintptr_t)p[6];
+    const int32_t *table = (const int32_t *)(uintptr_t)p[11];
+    const unsigned char *keys = (const unsigned char *)(uintptr_t)p[13];
+    const float *w = (const float *)(uintptr_t)p[14];
+    uint32_t longest = C > 0 ? (uint32_t)C : 1;
+    if (!C) for (int r = 0; r < rows; r++) if ((uint32_t)(src[r] >> 32) > longest) longest = (uint32_t)(src[r] >> 32);
+    /* a row's bytes (text), and its tokens: at most one a byte, or C */
+    unsigned char *buf = (unsigned char *)alloc(C ? 1 : longest);
+    unsigned char **tp = (unsigned char **)alloc(sizeof(unsigned char *) * (longest + 1));
+    int *tl = (int *)alloc(sizeof(int) * (longest + 1));
+    if (!buf || !tp || !tl) { err_s("out of memory for the n-grams of an input"); return 1; }
+    for (int r = 0; r < rows; r++) {
+        float *o = out + (size_t)r * V;
+        for (int j = 0; j < V; j++) o[j] = 0;
+        int count = 0;
+        if (C) {
+            for (int i = 0; i < C; i++) { tp[i] = (unsigned char *)(src + (size_t)r * C + i); tl[i] = 8; }
+            count = C;
+        } else {
+            uint32_t len = (uint32_t)(src[r] >> 32), i = 0;
+            __builtin_memcpy(buf, (const void *)(uintptr_t)(uint32_t)src[r], len);
+            text_case(buf, (int)len, before);
+            while (i < len) {
+                while (i < len && !cls[buf[i]]) i++;
+                uint32_t start = i;
+                while (i < len && cls[buf[i]]) i++;
+                if (i == start || (int)(i - start) < minchars) continue;
+                text_case(buf + start, (int)(i - start), after);
+                tp[count] = buf + start; tl[count] = (int)(i - start); count++;
+            }
+        }
+        int least = lo;
+        for (int d = 1; d <= skips + 1; d++) {
+            for (int at = 0; at + d * (least - 1) < count; at++)
+                for (int n = least; n <= hi && at + d * (n - 1) < count; n++) {
+                    int j = ngram_index(table, tsize, keys, tp, tl, at, n, d);
+                    if (j >= 0) o[j] += 1;
+                }
+            if (least == 1 && ++least > hi) break;  /* unigrams once: no distance in them */
+        }
+        for (int j = 0; j < V; j++) {
+            float c = o[j], wj = w ? w[j] : 1.0f;
+            o[j] = mode == 0 ? c : mode == 1 ? (c > 0 ? wj : 0) : c * wj;
+        }
+    }
+    return 0;
+}
+
+/* libsvm's pairwise coupling (onnxruntime's multiclass_probability): from the pairwise
+ * probabilities r[i][j] (pairs i < j in order, in float32 as onnxruntime), the class
+ * probabilities by its iteration, stopped as it stops.
+ * p: rows, k classes, pairwise [rows][k(k-1)/2], out [rows][k], scratch (k*k + k floats). */
+__attribute__((noinline)) static void op_couple(const int32_t *p) {
+    int rows = p[0], k = p[1];
+    const float *pr = (const float *)(uintptr_t)p[2];
+    float *out = (float *)(uintptr_t)p[3];
+    float *Q = (float *)(uintptr_t)p[4], *Qp = Q + (size_t)k * k;
+    int pairs = k * (k - 1) / 2;
+    float eps = 0.005f / (float)k;
+    int max_iter = k > 100 ? k : 100;
+    for (int row = 0; row < rows; row++) {
+        const float *rp = pr + (size_t)row * pairs;
+        float *P = out + (size_t)row * k;
+        /* r[i][j] for i < j is rp's pair (i, j); r[j][i] = 1 - r[i][j] */
+#define R_AT(i, j) ((i) < (j) ? rp[(i) * k - (i) * ((i) + 1) / 2 + ((j) - (i) - 1)] \
+                              : 1.0f - rp[(j) * k - (j) * ((j) + 1) / 2 + ((i) - (j) - 1)])
+        for (int t = 0; t < k; t++) {
+            P[t] = 1.0f / (float)k;
+            Q[t * k + t] = 0;
+            for (int j = 0; j < t; j++) {
+                float rjt = R_AT(j, t);
+                Q[t * k + t] += rjt * rjt;
+                Q[t * k + j] = Q[j * k + t];
+            }
+            for (int j = t + 1; j < k; j++) {
+                float rjt = R_AT(j, t);
+                Q[t * k + t] += rjt * rjt;
+                Q[t * k + j] = -rjt * R_AT(t, j);
+            }
+        }
+#undef R_AT
+        for (int iter = 0; iter < max_iter; iter++) {
+            float pQp = 0;
+            for (int t = 0; t < k; t++) {
+                Qp[t] = 0;
+                for (int j = 0; j < k; j++) Qp[t] += Q[t * k + j] * P[j];
+                pQp += P[t] * Qp[t];
+            }
+            float max_error = 0;
+            for (int t = 0; t < k; t++) {
+                float e = __builtin_fabsf(Qp[t] - pQp);
+                if (e > max_error) max_error = e;
+            }
+            if (max_error < eps) break;
+            for (int t = 0; t < k; t++) {
+                float diff = (-Qp[t] + pQp) / Q[t * k + t];
+                P[t] += diff;
+                pQp = (pQp + diff * (diff * Q[t * k + t] + 2 * Qp[t])) / (1 + diff) / (1 + diff);
+                for (int j = 0; j < k; j++) {
+                    Qp[j] = (Qp[j] + diff * Q[t * k + j]) / (1 + diff);
+                    P[j] /= (1 + diff);
+                }
+            }
+        }
+    }
 }
 
 /* ---------------------------------------------------------------- speed
@@ -1294,6 +1511,8 @@ static int run_plan(const header_t *h) {
         case OP_GATHER: rc = op_gather(p); break;
         case OP_TREES: op_trees(p); break;
         case OP_FILL: op_fill(p); break;
+        case OP_TEXT: rc = op_text(p); break;
+        case OP_COUPLE: op_couple(p); break;
         default: err_s("corrupt plan: unknown operation"); rc = 1;
         }
 #ifdef WQ_PROFILE
@@ -1357,7 +1576,8 @@ static double scale10(double m, int e) {
     return e >= 0 ? m * P10[e] : m / P10[-e];
 }
 
-/* A JSON number (or true/false) into the input's type. 0: not a number; 2: not an integer. */
+/* A JSON number (or true/false) into the input's type. 0: not a number; 2: not an integer;
+ * 3: an integer outside the input's type. */
 static int parse_number(cur_t *c, int dt, void *out) {
     const char *s = c->s;
     if (s[0] == 't' && s[1] == 'r' && s[2] == 'u' && s[3] == 'e') { c->s += 4; goto set_one; }
@@ -1369,6 +1589,7 @@ static int parse_number(cur_t *c, int dt, void *out) {
         if (s[0] == 'N' && s[1] == 'a' && s[2] == 'N') {
             c->s = s + 3;
             if (dt == F64) { *(double *)out = __builtin_nan(""); return 1; }
+            if (dt == F16) { *(uint16_t *)out = 0x7e00; return 1; }
             if (dt != F32) return 2;
             *(float *)out = __builtin_nanf(""); return 1;
         }
@@ -1377,6 +1598,7 @@ static int parse_number(cur_t *c, int dt, void *out) {
             if (s[0] == 'i' && s[1] == 'n' && s[2] == 'i' && s[3] == 't' && s[4] == 'y') s += 5;
             c->s = s;
             if (dt == F64) { *(double *)out = neg ? -__builtin_inf() : __builtin_inf(); return 1; }
+            if (dt == F16) { *(uint16_t *)out = neg ? 0xfc00 : 0x7c00; return 1; }
             if (dt != F32) return 2;
             *(float *)out = neg ? -__builtin_inff() : __builtin_inff(); return 1;
         }
@@ -1404,9 +1626,10 @@ static int parse_number(cur_t *c, int dt, void *out) {
             exp10 += eneg ? -e : e;
         }
         c->s = s;
-        if (dt == F32 || dt == F64) {
+        if (dt == F32 || dt == F64 || dt == F16) {
             double v = m ? scale10((double)m, exp10) : 0.0;
             if (dt == F64) *(double *)out = neg ? -v : v;
+            else if (dt == F16) *(uint16_t *)out = float_to_half((float)(neg ? -v : v));
             else *(float *)out = (float)(neg ? -v : v);
             return 1;
         }
@@ -1416,15 +1639,26 @@ static int parse_number(cur_t *c, int dt, void *out) {
         while (exp10 > 0) { if (m > 922337203685477580ull) return 2; m *= 10; exp10--; }
         if (m > 9223372036854775807ull + (uint64_t)neg) return 2;
         if (dt == I64) { *(int64_t *)out = neg ? (int64_t)(0 - m) : (int64_t)m; return 1; }
+        if (is_narrow_int(dt)) {  /* in the type's range, or refused (3) */
+            int64_t v = neg ? (int64_t)(0 - m) : (int64_t)m;
+            int64_t lo = dt == I8 ? -128 : dt == I16 ? -32768 : dt == I32 ? INT32_MIN : 0;
+            int64_t hi = dt == I8 ? 127 : dt == U8 ? 255 : dt == I16 ? 32767 : dt == U16 ? 65535 :
+                         dt == I32 ? INT32_MAX : (int64_t)UINT32_MAX;
+            if (v < lo || v > hi) return 3;
+            st_narrow(out, dt, v);
+            return 1;
+        }
         if (m > 1) return 2;
         *(uint8_t *)out = (uint8_t)m;
         return 1;
     }
 set_one:
-    if (dt == F64) *(double *)out = 1.0; else if (dt == F32) *(float *)out = 1.0f; else if (dt == I64) *(int64_t *)out = 1; else *(uint8_t *)out = 1;
+    if (dt == F64) *(double *)out = 1.0; else if (dt == F32) *(float *)out = 1.0f; else if (dt == I64) *(int64_t *)out = 1;
+    else if (dt == F16) *(uint16_t *)out = 0x3c00; else if (is_narrow_int(dt)) st_narrow(out, dt, 1); else *(uint8_t *)out = 1;
     return 1;
 set_zero:
-    if (dt == F64) *(double *)out = 0.0; else if (dt == F32) *(float *)out = 0.0f; else if (dt == I64) *(int64_t *)out = 0; else *(uint8_t *)out = 0;
+    if (dt == F64) *(double *)out = 0.0; else if (dt == F32) *(float *)out = 0.0f; else if (dt == I64) *(int64_t *)out = 0;
+    else if (dt == F16) *(uint16_t *)out = 0; else if (is_narrow_int(dt)) st_narrow(out, dt, 0); else *(uint8_t *)out = 0;
     return 1;
 }
 
@@ -1475,15 +1709,71 @@ static int parse_category(cur_t *c, const io_t *io, int64_t *out) {
     return 1;
 }
 
+/* A JSON string for the text kernel: unescaped in place in the request (never longer
+ * than its JSON form) and stored as {address, length}. 0: not a string. */
+static int parse_text(cur_t *c, uint64_t *out) {
+    if (*c->s != '"') return 0;
+    unsigned char *w = (unsigned char *)(uintptr_t)++c->s, *start = w;
+    const char *r = c->s;
+    while (*r && *r != '"') {
+        char ch = *r++;
+        if (ch != '\\') { *w++ = (unsigned char)ch; continue; }
+        ch = *r++;
+        uint32_t u = 0;
+        switch (ch) {
+        case 'n': *w++ = '\n'; continue;
+        case 't': *w++ = '\t'; continue;
+        case 'r': *w++ = '\r'; continue;
+        case 'b': *w++ = '\b'; continue;
+        case 'f': *w++ = '\f'; continue;
+        case '"': case '\\': case '/': *w++ = (unsigned char)ch; continue;
+        case 'u': break;
+        default: return 0;
+        }
+        for (int q = 0; q < 4; q++, r++) {
+            char d = *r;
+            int v = d >= '0' && d <= '9' ? d - '0' : d >= 'a' && d <= 'f' ? d - 'a' + 10 :
+                    d >= 'A' && d <= 'F' ? d - 'A' + 10 : -1;
+            if (v < 0) return 0;
+            u = u * 16 + (uint32_t)v;
+        }
+        if (u >= 0xd800 && u < 0xdc00 && r[0] == '\\' && r[1] == 'u') {  /* a surrogate pair */
+            uint32_t lo = 0; int ok = 1;
+            for (int q = 0; q < 4; q++) {
+                char d = r[2 + q];
+                int v = d >= '0' && d <= '9' ? d - '0' : d >= 'a' && d <= 'f' ? d - 'a' + 10 :
+                        d >= 'A' && d <= 'F' ? d - 'A' + 10 : -1;
+                if (v < 0) { ok = 0; break; }
+                lo = lo * 16 + (uint32_t)v;
+            }
+            if (ok && lo >= 0xdc00 && lo < 0xe000) { u = 0x10000 + ((u - 0xd800) << 10) + (lo - 0xdc00); r += 6; }
+        }
+        if (u < 0x80) *w++ = (unsigned char)u;
+        else if (u < 0x800) { *w++ = (unsigned char)(0xc0 | (u >> 6)); *w++ = (unsigned char)(0x80 | (u & 63)); }
+        else if (u < 0x10000) {
+            *w++ = (unsigned char)(0xe0 | (u >> 12)); *w++ = (unsigned char)(0x80 | ((u >> 6) & 63));
+            *w++ = (unsigned char)(0x80 | (u & 63));
+        } else {
+            *w++ = (unsigned char)(0xf0 | (u >> 18)); *w++ = (unsigned char)(0x80 | ((u >> 12) & 63));
+            *w++ = (unsigned char)(0x80 | ((u >> 6) & 63)); *w++ = (unsigned char)(0x80 | (u & 63));
+        }
+    }
+    if (*r != '"') return 0;
+    c->s = r + 1;
+    *out = (uint64_t)(uint32_t)(uintptr_t)start | ((uint64_t)(uint32_t)(w - start) << 32);
+    return 1;
+}
+
 /* Numbers (or categories) in nested arrays, in order, into the input's buffer. */
 static int read_array(cur_t *c, const io_t *io, int *got, int depth) {
     ws(c);
     if (*c->s != '[') {
         if (*got >= io->count) { (*got)++; return skip_value(c, depth) ? 1 : 0; }
         char *at = (char *)io->addr + (size_t)*got * ESIZE[io->dtype];
-        int r = io->dtype == STR ? parse_category(c, io, (int64_t *)at) : parse_number(c, io->dtype, at);
+        int r = io->dtype == STR ? parse_category(c, io, (int64_t *)at) :
+                io->dtype == TXT ? parse_text(c, (uint64_t *)at) : parse_number(c, io->dtype, at);
         if (r == 0) return 0;
-        if (r == 2) return 2;
+        if (r >= 2) return r;
         (*got)++;
         return 1;
     }
@@ -1556,19 +1846,21 @@ static int read_raw(cur_t *c, const io_t *io) {
 
 static int read_input(cur_t *c, const io_t *io) {
     ws(c);
-    if (*c->s == '"' && io->dtype != STR) return read_raw(c, io);
+    if (*c->s == '"' && io->dtype != STR && io->dtype != TXT) return read_raw(c, io);
     int got = 0;
     int r = read_array(c, io, &got, 0);
-    if (r == 2) {
+    if (r == 2 || r == 3) {
         char what[64] = "a value is not ";
         int l = 15;
-        const char *t = io->dtype == I64 ? "an integer" : "true, false, 0 or 1";
+        const char *t = r == 3 ? "in the range of " : io->dtype == BOOL ? "true, false, 0 or 1" : "an integer";
         while (*t) what[l++] = *t++;
+        if (r == 3) for (t = TNAME[io->dtype]; *t; ) what[l++] = *t++;
         what[l] = 0;
         return bad_input(io, what);
     }
-    if (r == 0) return bad_input(io, io->dtype == STR ? "expected strings in (nested) JSON arrays"
-                                                      : "expected numbers in (nested) JSON arrays");
+    if (r == 0) return bad_input(io, (io->dtype == STR || io->dtype == TXT) ?
+                                 "expected strings in (nested) JSON arrays" :
+                                 "expected numbers in (nested) JSON arrays");
     if (got != io->count) {
         err_s("input '"); err_s(io->name); err_s("': got "); err_u((uint64_t)got);
         err_s(got == 1 ? " value" : " values"); err_s(", the model expects ");
@@ -1651,14 +1943,34 @@ static void out_f(float f) {
     }
 }
 
+/* A STR output (class labels): index v of its vocabulary (NUL-separated at pad[0], pad[1]
+ * of them, the longest pad[2] bytes) as a JSON string; null if v is not one. */
+static void out_label(const io_t *io, int64_t v) {
+    if (v < 0 || v >= io->pad[1]) { out_s("null"); return; }
+    const char *s = (const char *)(uintptr_t)io->pad[0];
+    for (int64_t k = 0; k < v; k++) { while (*s) s++; s++; }
+    *op_++ = '"';
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') { *op_++ = '\\'; *op_++ = (char)ch; }
+        else if (ch < 0x20) {
+            const char *hex = "0123456789abcdef";
+            out_s("\\u00"); *op_++ = hex[ch >> 4]; *op_++ = hex[ch & 15];
+        } else *op_++ = (char)ch;
+    }
+    *op_++ = '"';
+}
+
 static void out_tensor(const io_t *io) {
     *op_++ = '[';
     for (int i = 0; i < io->count; i++) {
         if (i) { *op_++ = ','; *op_++ = ' '; }
-        if (io->dtype == F32) out_f(((const float *)io->addr)[i]);
-        else if (io->dtype == F64) out_f((float)((const double *)io->addr)[i]);  /* computed in float32 */
-        else if (io->dtype == I64) out_i(((const int64_t *)io->addr)[i]);
-        else out_s(((const uint8_t *)io->addr)[i] ? "true" : "false");
+        const char *at = (const char *)io->addr + (size_t)i * ESIZE[io->dtype];
+        if (io->dtype == F32) out_f(*(const float *)at);
+        else if (io->dtype == F64 || io->dtype == F16) out_f(ld_f(at, io->dtype));  /* computed in float32 */
+        else if (io->dtype == BOOL) out_s(*(const uint8_t *)at ? "true" : "false");
+        else if (io->dtype == STR) out_label(io, *(const int64_t *)at);
+        else out_i(ld_i(at, io->dtype));
     }
     *op_++ = ']';
 }
@@ -1780,7 +2092,9 @@ EXPORT("pred") int32_t pred(void) {
     if (run_plan(h)) return fail();
     size_t cap = 32;
     for (uint32_t i = 0; i < h->n_out; i++) {
-        size_t per = (outs[i].dtype == F32 || outs[i].dtype == F64) ? 18 : outs[i].dtype == I64 ? 22 : 7;
+        int dt = outs[i].dtype;
+        size_t per = (dt == F32 || dt == F64 || dt == F16) ? 18 : dt == BOOL ? 7 :
+                     dt == STR ? 6 * (size_t)outs[i].pad[2] + 8 : 22;
         size_t names = 8; for (const char *s = outs[i].name; *s; s++) names += 2;
         cap += (size_t)outs[i].count * per + names + 16;
     }

@@ -89,9 +89,15 @@ def labels_from(b: object, scores: Tensor, classes: np.ndarray, index: int) -> T
 
 
 def class_labels(b: object, attrs: dict) -> np.ndarray:
+    """The class labels as int64; string labels become their indices, and the label
+    output (the node's first) is written as those strings where it leaves the model."""
     if attrs.get("classlabels_strings"):
-        raise ModelError(f"{b.where}: string class labels are not supported (tensors are "
-                         f"float32, int64 or bool): fit the model on integer labels")
+        labels = [text(v) for v in attrs["classlabels_strings"]]
+        if any("\0" in label or len(label) > 256 for label in labels):
+            raise ModelError(f"{b.where}: a class label holds a NUL or is over 256 "
+                             f"characters")
+        b.labelled[b.node.output[0]] = labels
+        return np.arange(len(labels), dtype=np.int64)
     ints = attrs.get("classlabels_ints", attrs.get("classlabels_int64s"))
     if ints is None or len(ints) == 0:
         raise ModelError(f"{b.where}: the classifier has no class labels")
@@ -206,6 +212,13 @@ def normalizer(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[
         raise ModelError(f"{b.where}: norm {norm} is not supported")
     total = b.prog.new(f"{b.name}:norm", (n, 1), pg.F32)
     b.prog.emit(pg.OP_REDUCE, [n, f, 1, mode, pg.F32, b.ref(x), b.prog.ref(total)])
+    # a row of zeros (an empty text's counts) stays zeros, as onnxruntime answers
+    zero = Tensor("zero", (1,), pg.F32, const=np.zeros(1, np.float32))
+    one = Tensor("one", (1,), pg.F32, const=np.ones(1, np.float32))
+    empty = b.prog.new(f"{b.name}:empty", (n, 1), pg.BOOL)
+    elt(b, E["EQ"], [(total, [1, 0], 0), (zero, [0, 0], 0)], empty, (n, 1))
+    elt(b, E["WHERE"], [(empty, [1, 0], 0), (one, [0, 0], 0), (total, [1, 0], 0)], total,
+        (n, 1))
     out = b.out(0, ins[0].shape, pg.F32)
     elt(b, E["DIV"], [(x, [f, 1], 0), (total, [1, 0], 0)], out, (n, f))
     return [out]
@@ -367,3 +380,123 @@ def tree_classifier(b: object, node: object, ins: list[Tensor], attrs: dict) -> 
     hi = Tensor("hi", (1,), pg.I64, const=classes[1:])
     elt(b, E["WHERE"], [(positive, [1], 0), (hi, [0], 0), (lo, [0], 0)], label, (n,))
     return [label, binary_probabilities(b, scores, transform, mixed, 1)]
+
+
+# ---------------------------------------------------------------- ai.onnx.ml opset 5
+UNIFIED_MODES = {0: MODES["BRANCH_LEQ"], 1: MODES["BRANCH_LT"], 2: MODES["BRANCH_GTE"],
+                 3: MODES["BRANCH_GT"], 4: MODES["BRANCH_EQ"], 5: MODES["BRANCH_NEQ"]}
+MEMBER = 6
+UNIFIED_AGGREGATE = {0: "AVERAGE", 1: "SUM", 2: "MIN", 3: "MAX"}
+UNIFIED_TRANSFORM = {0: "NONE", 1: "SOFTMAX", 2: "LOGISTIC", 3: "SOFTMAX_ZERO", 4: "PROBIT"}
+
+
+def _tensor_values(attrs: dict, name: str) -> np.ndarray:
+    from onnx import numpy_helper
+
+    value = attrs.get(name)
+    return numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(0)
+
+
+def pack_unified(b: object, attrs: dict, n_features: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """TreeEnsemble's arrays (interior nodes, leaves apart, roots by index) in the tree
+    kernel's layout: interior nodes first, then one node a leaf; a set-membership node
+    becomes a chain of BRANCH_EQ nodes, one a member (NaN separates the sets)."""
+    feats = [int(f) for f in attrs.get("nodes_featureids", [])]
+    count = len(feats)
+    modes = _tensor_values(attrs, "nodes_modes").astype(np.int64)
+    splits = _tensor_values(attrs, "nodes_splits").astype(np.float32)
+    trues, falses = list(attrs.get("nodes_truenodeids", [])), list(attrs.get(
+        "nodes_falsenodeids", []))
+    true_leaf, false_leaf = list(attrs.get("nodes_trueleafs", [])), list(attrs.get(
+        "nodes_falseleafs", []))
+    missing = list(attrs.get("nodes_missing_value_tracks_true", [0] * count))
+    targets = [int(t) for t in attrs.get("leaf_targetids", [])]
+    weights = _tensor_values(attrs, "leaf_weights").astype(np.float32)
+    roots = [int(r) for r in attrs.get("tree_roots", [])]
+    lengths = {len(modes), len(trues), len(falses), len(true_leaf), len(false_leaf),
+               len(missing)}
+    if lengths != {count} or len(targets) != len(weights) or not roots:
+        raise ModelError(f"{b.where}: the tree arrays disagree in length")
+    members = _tensor_values(attrs, "membership_values").astype(np.float32)
+    sets: list[list[float]] = []
+    current: list[float] = []
+    for v in members.tolist():
+        if np.isnan(v):
+            sets.append(current)
+            current = []
+        else:
+            current.append(v)
+    if current:
+        sets.append(current)
+    leaf_base = count
+    rows: list[list[int]] = [[0, 0, 0, 0, 0, 0] for _ in range(count)]
+    leaves: list[int] = [0]
+
+    def child(i: int, is_leaf: int, target: int) -> int:
+        limit = len(targets) if is_leaf else count
+        if not 0 <= target < limit:
+            raise ModelError(f"{b.where}: node {i} branches to {target}, outside the "
+                             f"{'leaves' if is_leaf else 'nodes'}")
+        return leaf_base + target if is_leaf else target
+
+    member_at = 0
+    extra: list[list[int]] = []  # chain nodes of set memberships, placed after the leaves
+    for i in range(count):
+        f = feats[i]
+        if not 0 <= f < n_features:
+            raise ModelError(f"{b.where}: a node reads feature {f} of {n_features}")
+        t, e = child(i, true_leaf[i], trues[i]), child(i, false_leaf[i], falses[i])
+        flag = 256 if missing[i] else 0
+        mode = int(modes[i])
+        if mode in UNIFIED_MODES:
+            if i >= len(splits):
+                raise ModelError(f"{b.where}: node {i} has no split value")
+            rows[i] = [f, pg.f32_bits(float(splits[i])), UNIFIED_MODES[mode] | flag, t, e, 0]
+            continue
+        if mode != MEMBER or member_at >= len(sets) or not sets[member_at]:
+            raise ModelError(f"{b.where}: node {i} has mode {mode}, or a membership set that "
+                             f"is missing")
+        values = sets[member_at]
+        member_at += 1
+        chain = [i] + [-1] * (len(values) - 1)
+        for k in range(1, len(values)):
+            chain[k] = leaf_base + len(targets) + len(extra)
+            extra.append([0] * 6)
+        for k, v in enumerate(values):
+            nxt = chain[k + 1] if k + 1 < len(values) else e
+            row = [f, pg.f32_bits(v), MODES["BRANCH_EQ"] | flag, t, nxt, 0]
+            if k == 0:
+                rows[i] = row
+            else:
+                extra[chain[k] - leaf_base - len(targets)] = row
+    for j, (target, weight) in enumerate(zip(targets, weights.tolist(), strict=True)):
+        rows.append([0, 0, 0, leaf_base + j, leaf_base + j, len(leaves)])
+        leaves += [1, target, pg.f32_bits(weight)]
+    rows += extra
+    nodes = np.array(rows, np.int32).reshape(-1, 6)
+    if any(not 0 <= r < count for r in roots):
+        raise ModelError(f"{b.where}: a tree root is outside the nodes")
+    _check_acyclic(b, nodes, roots)
+    return np.array(roots, np.int32), nodes, np.array(leaves, np.int32), len(roots)
+
+
+@handler("TreeEnsemble")
+def tree_ensemble(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
+    """ai.onnx.ml opset 5's one tree operator, run by the same tree walker."""
+    xs, n, f = features(b, ins[0])
+    roots, nodes, leaves, ntrees = pack_unified(b, attrs, f)
+    t = int(attrs.get("n_targets", 1))
+    if t < 1 or any(not 0 <= int(k) < t for k in attrs.get("leaf_targetids", [])):
+        raise ModelError(f"{b.where}: a leaf's target is outside n_targets {t}")
+    aggregate = UNIFIED_AGGREGATE.get(int(attrs.get("aggregate_function", 1)))
+    transform = UNIFIED_TRANSFORM.get(int(attrs.get("post_transform", 0)))
+    if aggregate is None or transform is None:
+        raise ModelError(f"{b.where}: aggregate_function or post_transform out of range")
+    scores = b.prog.new(f"{b.name}:scores", (n, t), pg.F32)
+    scratch = b.prog.scratch(8 * t + 8)
+    b.prog.emit(pg.OP_TREES, [n, f, t, ntrees, AGGREGATE[aggregate], b.ref(xs),
+                              b.prog.ref(scores), b.prog.cref(roots), b.prog.cref(nodes),
+                              b.prog.cref(leaves), b.prog.cref(np.zeros(t, np.float32)),
+                              b.prog.ref(scratch)])
+    return [post_transform(b, scores, transform, 0)]

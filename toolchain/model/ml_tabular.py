@@ -223,8 +223,8 @@ def svm_regressor(b: object, node: object, ins: list[Tensor], attrs: dict) -> li
 def svm_classifier(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     """One-vs-one as onnxruntime: the pairwise decisions are one GEMM against the kernel
     matrix, the votes a second (a win for i is a row of +1 at i, -1 at j, plus the -1s
-    back as a bias), the label the first class with most votes. Probabilities: two
-    classes only (more need libsvm's iterative pairwise coupling)."""
+    back as a bias), the label the first class with most votes. Probabilities (SVC with
+    probability=True): each pair's Platt sigmoid, coupled as libsvm does (`_coupled`)."""
     from wasmq.toolchain.model.ml import class_labels
 
     x, n, f = features(b, ins[0])
@@ -240,10 +240,6 @@ def svm_classifier(b: object, node: object, ins: list[Tensor], attrs: dict) -> l
     coef = floats(attrs, "coefficients").reshape(-1, count)
     rho = floats(attrs, "rho")
     prob_a, prob_b = floats(attrs, "prob_a"), floats(attrs, "prob_b")
-    if prob_a.size and c != 2:
-        raise ModelError(f"{b.where}: probabilities of more than two classes are not "
-                         f"supported (libsvm's iterative coupling): convert SVC(probability="
-                         f"False), or two classes")
     if c == 2 and not prob_a.size and (floats(attrs, "coefficients") >= 0).all():
         raise ModelError(f"{b.where}: a binary SVMClassifier with only positive "
                          f"coefficients is not supported")
@@ -283,74 +279,36 @@ def svm_classifier(b: object, node: object, ins: list[Tensor], attrs: dict) -> l
 
     label = labels_from(b, votes, classes, 0)
     transform = text(attrs.get("post_transform"), "NONE")
-    if prob_a.size:  # P(class 0) = 1 - logistic(A s + B), clamped as libsvm does
-        arg = b.prog.new(f"{b.name}:platt", (n, 1), pg.F32)
-        elt(b, E["MUL"], [(decisions, [1, 0], 0), (_const("a", prob_a[:1], pg.F32), [0, 0], 0)],
-            arg, (n, 1))
-        elt(b, E["ADD"], [(arg, [1, 0], 0), (_const("b", prob_b[:1], pg.F32), [0, 0], 0)], arg,
-            (n, 1))
-        elt(b, E["NEG"], [(arg, [1, 0], 0)], arg, (n, 1))
-        elt(b, E["SIGMOID"], [(arg, [1, 0], 0)], arg, (n, 1))
-        elt(b, E["CLIP"], [(arg, [1, 0], 0)], arg, (n, 1), a=1e-7, c=1 - 1e-7)
-        p0, p1 = _coupled_pair(b, arg, n)
-        probs = b.out(1, (n, 2), pg.F32)
-        elt(b, E["COPY"], [(p0, [1, 0], 0)], probs, (n, 1), [2, 1], 0)
-        elt(b, E["COPY"], [(p1, [1, 0], 0)], probs, (n, 1), [2, 1], 4)
+    if prob_a.size:
+        if prob_a.size != len(pairs) or prob_b.size != len(pairs):
+            raise ModelError(f"{b.where}: {prob_a.size} prob_a and {prob_b.size} prob_b "
+                             f"values for {len(pairs)} class pairs")
         if transform != "NONE":
             raise ModelError(f"{b.where}: post_transform {transform} over probabilities is "
                              f"not supported")
-        return [label, probs]
+        return [label, _coupled(b, decisions, prob_a, prob_b, n, c)]
     if len(pairs) == 1:  # one decision: answered as [-s, s]
         return [label, binary_probabilities(b, decisions, transform, True, 1)]
     return [label, post_transform(b, decisions, transform, 1)]
 
 
-def _coupled_pair(b: object, r: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """libsvm's pairwise coupling (onnxruntime's multiclass_probability) for two classes,
-    as it runs: from (0.5, 0.5), stopping once the error is under 0.0025; for two classes
-    it stops within two rounds (checked over r in (0, 1)), so three rounds are unrolled,
-    each kept only where the one before had not stopped."""
-    def op(name: str, x: Tensor | float, y: Tensor | float | None = None) -> Tensor:
-        views = []
-        for v in (x, y):
-            if v is None:
-                continue
-            t = v if isinstance(v, Tensor) else _const("k", [float(v)], pg.F32)
-            views.append((t, [1, 0] if t.shape == (n, 1) else [0, 0], 0))
-        out = b.prog.new(f"{b.name}:c{len(b.prog.storages)}", (n, 1),
-                         pg.BOOL if name in ("LT",) else pg.F32)
-        elt(b, E[name], views, out, (n, 1))
-        return out
-
-    q = op("SUB", 1.0, r)                       # R[1][0]
-    q00, q11 = op("MUL", q, q), op("MUL", r, r)
-    q01 = op("NEG", op("MUL", q, r))
-    p0 = op("ADD", op("MUL", r, 0.0), 0.5)      # 0.5 a row
-    p1 = op("ADD", op("MUL", r, 0.0), 0.5)
-    done = op("LT", op("MUL", r, 0.0), -1.0)    # false a row
-    for _ in range(3):
-        qp0 = op("ADD", op("MUL", q00, p0), op("MUL", q01, p1))
-        qp1 = op("ADD", op("MUL", q01, p0), op("MUL", q11, p1))
-        pqp = op("ADD", op("MUL", p0, qp0), op("MUL", p1, qp1))
-        err = op("MAX", op("ABS", op("SUB", qp0, pqp)), op("ABS", op("SUB", qp1, pqp)))
-        stop = op("LT", err, 0.0025)
-        elt(b, E["OR"], [(done, [1, 0], 0), (stop, [1, 0], 0)], done, (n, 1))
-        n0, n1 = p0, p1
-        for qtt, qpt, q_other in ((q00, 0, q01), (q11, 1, q01)):
-            qp_t = qp0 if qpt == 0 else qp1
-            diff = op("DIV", op("SUB", pqp, qp_t), qtt)
-            if qpt == 0:
-                n0 = op("ADD", n0, diff)
-            else:
-                n1 = op("ADD", n1, diff)
-            grow = op("ADD", diff, 1.0)
-            inner = op("ADD", op("MUL", diff, qtt), op("MUL", qp_t, 2.0))
-            pqp = op("DIV", op("ADD", pqp, op("MUL", diff, inner)), op("MUL", grow, grow))
-            n0, n1 = op("DIV", n0, grow), op("DIV", n1, grow)
-            row0, row1 = (qtt, q_other) if qpt == 0 else (q_other, qtt)
-            qp0 = op("DIV", op("ADD", qp0, op("MUL", diff, row0)), grow)
-            qp1 = op("DIV", op("ADD", qp1, op("MUL", diff, row1)), grow)
-        kept0, kept1 = op("ADD", p0, 0.0), op("ADD", p1, 0.0)
-        elt(b, E["WHERE"], [(done, [1, 0], 0), (kept0, [1, 0], 0), (n0, [1, 0], 0)], p0, (n, 1))
-        elt(b, E["WHERE"], [(done, [1, 0], 0), (kept1, [1, 0], 0), (n1, [1, 0], 0)], p1, (n, 1))
-    return p0, p1
+def _coupled(b: object, decisions: Tensor, prob_a: np.ndarray, prob_b: np.ndarray, n: int,
+             c: int) -> Tensor:
+    """Class probabilities as onnxruntime's SVMClassifier answers them: each pair's
+    decision through its Platt sigmoid, 1 - logistic(A s + B) clamped to [1e-7, 1 - 1e-7],
+    then libsvm's pairwise coupling (the kernels' op_couple, iterating as it does)."""
+    pairs = len(prob_a)
+    shape = (n, pairs)
+    arg = b.prog.new(f"{b.name}:platt", shape, pg.F32)
+    row = [0, 1]
+    elt(b, E["MUL"], [(decisions, [pairs, 1], 0), (_const("a", prob_a, pg.F32), row, 0)],
+        arg, shape)
+    elt(b, E["ADD"], [(arg, [pairs, 1], 0), (_const("b", prob_b, pg.F32), row, 0)], arg,
+        shape)
+    elt(b, E["NEG"], [(arg, [pairs, 1], 0)], arg, shape)
+    elt(b, E["SIGMOID"], [(arg, [pairs, 1], 0)], arg, shape)
+    elt(b, E["CLIP"], [(arg, [pairs, 1], 0)], arg, shape, a=1e-7, c=1 - 1e-7)
+    probs = b.out(1, (n, c), pg.F32)
+    scratch = b.prog.scratch(4 * (c * c + c))
+    b.prog.emit(pg.OP_COUPLE, [n, c, b.prog.ref(arg), b.prog.ref(probs), b.prog.ref(scratch)])
+    return probs

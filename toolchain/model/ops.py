@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 
 from wasmq.toolchain.model import program as pg
 from wasmq.toolchain.model.errors import ModelError
@@ -335,17 +336,27 @@ def cast_like(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[T
     return cast(b, node, ins[:1], {**attrs, "to": to})
 
 
+# Cast to these: there and back, so values wrap (integers) or round (float16) as in them
+NARROW = {3: pg.I8, 2: pg.U8, 5: pg.I16, 4: pg.U16, 6: pg.I32, 12: pg.U32, 10: pg.F16}
+
+
 @handler("Cast")
 def cast(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor]:
     to = int(attrs["to"])
     if to == 11:  # double: computed in float32, the only float type the kernels have
         to = 1
-    if to == 6:   # int32 values fit int64
-        to = 7
-    if to not in ONNX_TYPES:
-        raise ModelError(f"{b.where}: Cast to ONNX type {to} is not supported "
-                         f"(float32, int64 and bool are)")
     x = ins[0]
+    if to == 8 and node.input[0] in b.labelled:  # class labels' indices, written as strings
+        return [b.alias(x, 0, x.shape)]
+    if to in NARROW:
+        narrow = elementwise_to(b, E["CAST"], x, NARROW[to])
+        computed = pg.COMPUTED[NARROW[to]]
+        return [elementwise(b, E["CAST"], [narrow], computed)]
+    if to not in ONNX_TYPES:
+        name = onnx.TensorProto.DataType.Name(to) if to in \
+            onnx.TensorProto.DataType.values() else str(to)
+        raise ModelError(f"{b.where}: Cast to {name} is not supported (float32, float64, "
+                         f"float16, bool and integers of up to 32 bits and int64 are)")
     if x.dtype == ONNX_TYPES[to]:
         return [b.alias(x, 0, x.shape)]
     return [elementwise(b, E["CAST"], [x], ONNX_TYPES[to])]

@@ -147,11 +147,12 @@ def _flat_positions(b: object, data: Tensor, idx: Tensor, axis: int) -> Tensor:
     need_dtype(b, idx, pg.I64)
     s, shape = contiguous(idx.shape), idx.shape
     zero = [0] * len(shape)
-    negative = b.prog.new(f"{b.name}:negative", shape, pg.BOOL)
-    elt(b, E["LT"], [(idx, s, 0), (_const("zero", [0], pg.I64), zero, 0)], negative, shape)
+    # each index looked up in 0 .. dim-1: the Gather kernel wraps a negative one and fails
+    # the call on one out of range, which would otherwise read another row's value
     fixed = b.prog.new(f"{b.name}:fixed", shape, pg.I64)
-    elt(b, E["ADD"], [(idx, s, 0), (_const("dim", [dim], pg.I64), zero, 0)], fixed, shape)
-    elt(b, E["WHERE"], [(negative, s, 0), (fixed, s, 0), (idx, s, 0)], fixed, shape)
+    b.prog.emit(pg.OP_GATHER, [1, dim, 1, idx.size, 8, b.ref(_const("axis", np.arange(dim),
+                                                                    pg.I64)),
+                               b.ref(idx), b.prog.ref(fixed)])
     elt(b, E["MUL"], [(fixed, s, 0), (_const("stride", [dstr[axis]], pg.I64), zero, 0)],
         fixed, shape)
     elt(b, E["ADD"], [(fixed, s, 0), (_const("base", base, pg.I64), s, 0)], fixed, shape)

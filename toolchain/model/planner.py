@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from wasmq.toolchain.model import (  # noqa: F401 - ml_tabular, ops_* register handlers
+    control,
     ml,
     ml_tabular,
     ops,
@@ -25,6 +26,7 @@ from wasmq.toolchain.model import (  # noqa: F401 - ml_tabular, ops_* register h
     ops_indexing,
     scan,
     support,
+    text,
 )
 from wasmq.toolchain.model import program as pg
 from wasmq.toolchain.model import tensors as checked
@@ -36,11 +38,17 @@ KERNELS = Path(__file__).with_name("kernels.wasm")
 DEFAULT_DOMAINS = ("", "ai.onnx")
 ML_DOMAIN = "ai.onnx.ml"
 MIN_OPSET, MAX_OPSET = 7, 22  # 22 only widened types; skl2onnx emits it
-ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL, 11: pg.F64, 8: pg.STR}
+ONNX_INPUT_TYPES = {1: pg.F32, 7: pg.I64, 9: pg.BOOL, 11: pg.F64, 8: pg.STR, 3: pg.I8,
+                    2: pg.U8, 5: pg.I16, 4: pg.U16, 6: pg.I32, 12: pg.U32, 10: pg.F16}
+# outputs the plan computes in float32 or int64 and casts at its edge to the declared type
+EDGE_OUTPUT_TYPES = {11: pg.F64, 3: pg.I8, 2: pg.U8, 5: pg.I16, 4: pg.U16, 6: pg.I32,
+                     12: pg.U32, 10: pg.F16}
 # what a string input (its categories' indices) may flow through: moved, or encoded
 STRING_MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Concat", "Slice",
                 "Gather", "Transpose", "ArrayFeatureExtractor", "Split"}
 STRING_ENCODERS = {"OneHotEncoder", "LabelEncoder", "CategoryMapper"}
+# what string class labels (their indices) may pass through on their way out
+LABEL_MOVES = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 CATEGORY_ATTRIBUTES = ("cats_strings", "keys_strings")
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 # Folding these could allocate their whole output: only when it is small.
@@ -128,15 +136,38 @@ class Builder:
             for attr in node.attribute:
                 if attr.name in CATEGORY_ATTRIBUTES:
                     for value in attr.strings:
-                        text = value.decode("utf-8", "replace")
-                        if "\0" in text:
+                        category = value.decode("utf-8", "replace")
+                        if "\0" in category:
                             raise ModelError(f"{ops._where(node)}: a category holds a NUL")
-                        self.categories.setdefault(text, len(self.categories))
+                        self.categories.setdefault(category, len(self.categories))
         self.prog.categories = list(self.categories)
+        self.texts: dict[str, text.Flow] = {}  # values standing for text (text.py)
+        self.unrolled = 0  # nodes planned from If, Loop and Scan bodies (control.py)
+        # values holding indices of string class labels (ml.class_labels), their labels
+        self.labelled: dict[str, list[str]] = {}
+        self.text_inputs = self._text_inputs()
         # id of a constant's array (kept alive here) -> its packed copy
         self._packed: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
 
     # ---------------------------------------------------------------- setup
+    def _text_inputs(self) -> set[str]:
+        """String inputs that reach a text operator through views: read as text (their
+        bytes), not as categories."""
+        found = set()
+        for vi in self.graph.input:
+            if vi.type.tensor_type.elem_type != onnx.TensorProto.STRING:
+                continue
+            reach = {vi.name}
+            for node in self.graph.node:
+                if not any(n in reach for n in node.input):
+                    continue
+                if node.op_type in text.OPERATORS:
+                    found.add(vi.name)
+                    break
+                if node.op_type in text.MOVES:
+                    reach.update(node.output)
+        return found
+
     def _opsets(self) -> dict[str, int]:
         opsets = {}
         for imp in self.model.opset_import:
@@ -178,8 +209,8 @@ class Builder:
                              f"supported as inputs)")
         if tt.elem_type not in ONNX_INPUT_TYPES:
             name = TYPE_NAMES.get(tt.elem_type, str(tt.elem_type))
-            raise ModelError(f"input '{vi.name}' has type {name}; inputs must be float32, "
-                             f"int64 or bool (skl2onnx: FloatTensorType)")
+            raise ModelError(f"input '{vi.name}' has type {name}; inputs may be "
+                             f"{support.SUPPORTED_TYPES} or strings")
         given = self.input_shapes.get(vi.name)
         dims = list(tt.shape.dim) if tt.HasField("shape") else None
         if given is not None:
@@ -205,11 +236,17 @@ class Builder:
                                      f"export the model with a fixed size there or give the "
                                      f"input's shape")
             shape = tuple(shape_list)
-        t = self.prog.new(vi.name, shape, ONNX_INPUT_TYPES[tt.elem_type])
+        dtype = ONNX_INPUT_TYPES[tt.elem_type]
+        if vi.name in self.text_inputs:
+            dtype = pg.TXT
+        t = self.prog.new(vi.name, shape, dtype)
         t.storage.first = -1
         self.values[vi.name] = t
-        if t.dtype == pg.F64:  # computed in float32 from here on
-            self.values[vi.name] = ops.elementwise_to(self, ops.E["CAST"], t, pg.F32)
+        if t.dtype in pg.COMPUTED:  # computed in float32 or int64 from here on
+            self.values[vi.name] = ops.elementwise_to(self, ops.E["CAST"], t,
+                                                      pg.COMPUTED[t.dtype])
+        if t.dtype == pg.TXT:
+            self.texts[vi.name] = text.Flow(t)
         if t.dtype == pg.STR:  # the same bytes: int64 indices of the model's categories
             self.values[vi.name] = Tensor(vi.name, shape, pg.I64, storage=t.storage)
             self.strings.add(vi.name)
@@ -328,8 +365,8 @@ class Builder:
     # ---------------------------------------------------------------- the walk
     def run(self) -> tuple[list[Tensor], list[Tensor]]:
         inputs = self._inputs()
-        for step, node in enumerate(self.graph.node):
-            self.prog.step = step
+        for node in self.graph.node:
+            self.prog.step += 1  # when it runs: a Scan's body nodes take steps of their own
             self.node = node
             self._node(node)
         if self.unsupported:
@@ -337,12 +374,20 @@ class Builder:
             listed = ", ".join(f"{k} ({n}x)" if n > 1 else k for k, n in kinds[:LISTED])
             more = f" and {len(kinds) - LISTED} more" if len(kinds) > LISTED else ""
             raise ModelError(f"unsupported operators: {listed}{more}")
-        self.prog.step = len(self.graph.node)
+        self.prog.step += 1
         outputs = []
         for vi in self.graph.output:
             t = self.values.get(vi.name)
             if t is None:
                 raise ModelError(f"output '{vi.name}' is not computed by any node")
+            if vi.name in self.texts or t.dtype == pg.TXT or (
+                    vi.type.tensor_type.elem_type == onnx.TensorProto.STRING and (
+                        vi.name not in self.labelled or t.is_const)):
+                raise ModelError(f"unsupported types: output '{checked.shown(vi.name)}' is "
+                                 f"STRING (a string output can only be a classifier's labels)")
+            if vi.type.tensor_type.elem_type == onnx.TensorProto.STRING:
+                t = Tensor(vi.name, t.shape, pg.STR, storage=t.storage, offset=t.offset)
+                self.prog.labels[vi.name] = self.labelled[vi.name]
             if t.is_const:  # nothing of the input flows there: answer the constant
                 self.node = onnx.helper.make_node("Identity", [], [vi.name], name=vi.name)
                 src = t
@@ -350,10 +395,11 @@ class Builder:
                 ops.copy_view(self, src, t.shape, ops.contiguous(t.shape), 0, t)
             elif t.name != vi.name:
                 t = Tensor(vi.name, t.shape, t.dtype, storage=t.storage, offset=t.offset)
-            if vi.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE and t.dtype == pg.F32:
+            edge = EDGE_OUTPUT_TYPES.get(vi.type.tensor_type.elem_type)
+            if edge is not None and t.dtype == pg.COMPUTED[edge]:
                 self.node = onnx.helper.make_node("Cast", [], [vi.name], name=vi.name)
                 src = t
-                t = self.prog.new(vi.name, t.shape, pg.F64)
+                t = self.prog.new(vi.name, t.shape, edge)
                 ops.elt(self, ops.E["CAST"], [(src, ops.contiguous(t.shape), 0)], t, t.shape)
             if t.size == 0:
                 raise ModelError(f"output '{vi.name}' is empty")
@@ -372,9 +418,7 @@ class Builder:
             for name in node.output:
                 self.values[name] = None
             return
-        known = self._known(domain, node.op_type)
-        if node.op_type in ("If", "Loop"):  # Scan: unrolled (scan.py)
-            known = False
+        known = self._known(domain, node.op_type)  # If, Loop, Scan: unrolled (control.py)
         if all(t is None or t.is_const for t in ins) and self._fold(node, ins, domain):
             return
         if not known:
@@ -388,8 +432,14 @@ class Builder:
             raise ModelError(f"{self.where}: {node.op_type} on a string tensor is not "
                              f"supported (strings are categories: encoded by OneHotEncoder, "
                              f"LabelEncoder or CategoryMapper)")
+        textual = any(n in self.texts for n in node.input)
+        if textual and node.op_type not in text.MOVES | text.OPERATORS:
+            raise ModelError(f"{self.where}: {node.op_type} on text is not supported (text "
+                             f"is lowered, tokenized and counted: StringNormalizer, Tokenizer, "
+                             f"TfIdfVectorizer)")
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        table = ml.HANDLERS if domain == ML_DOMAIN else ops.HANDLERS
+        table = ml.HANDLERS if domain == ML_DOMAIN else text.MS_HANDLERS \
+            if domain == text.MS_DOMAIN else ops.HANDLERS
         try:
             outs = table[node.op_type](self, node, ins, attrs)
         except ModelError:
@@ -404,10 +454,16 @@ class Builder:
                 self.values[name] = t
                 if stringly and node.op_type in STRING_MOVES:
                     self.strings.add(name)
+                if textual and node.op_type in text.MOVES:
+                    self.texts[name] = self.texts[node.input[0]]
+                if node.input and node.input[0] in self.labelled and \
+                        node.op_type in LABEL_MOVES:
+                    self.labelled[name] = self.labelled[node.input[0]]
 
     def _known(self, domain: str, op: str) -> bool:
-        return (domain == "" and op in ops.HANDLERS) or (domain == ML_DOMAIN
-                                                        and op in ml.HANDLERS)
+        return (domain == "" and op in ops.HANDLERS) or (
+            domain == ML_DOMAIN and op in ml.HANDLERS) or (
+            domain == text.MS_DOMAIN and op in text.MS_HANDLERS)
 
     def _unsupported(self, domain: str, node: onnx.NodeProto) -> None:
         key = f"{checked.shown(node.op_type)} (domain {checked.shown(domain or 'ai.onnx')}, " \

@@ -21,15 +21,28 @@ from wasmq.toolchain.model.errors import ModelError, ModelTooLarge
 MAGIC = 0x314D5157
 F32, I64, BOOL = 0, 1, 2
 F64 = 3  # inputs and outputs only: cast to and from float32 at the plan's edges
-STR = 4  # inputs only: each string read as its int64 index in the model's categories
+STR = 4  # an input: each string read as its int64 index in the model's categories; an
+# output: class labels' int64 indices, each written as its label (Program.labels)
+# Edge types too: integers computed as int64, float16 as float32, cast at the plan's edges
+# (and a Cast to one of them goes there and back, so values wrap or round as in the type).
+I8, U8, I16, U16, I32, U32, F16 = 5, 6, 7, 8, 9, 10, 11
+TXT = 12  # inputs only: each string as {address, length} of its bytes, for the text kernel
+NARROW_INTS = (I8, U8, I16, U16, I32, U32)
 DTYPES = {np.dtype(np.float32): F32, np.dtype(np.int64): I64, np.dtype(np.bool_): BOOL}
-NAMES = {F32: "float32", I64: "int64", BOOL: "bool", F64: "float64", STR: "string"}
-NUMPY = {F32: np.float32, I64: np.int64, BOOL: np.bool_, F64: np.float64, STR: np.int64}
-ESIZE = {F32: 4, I64: 8, BOOL: 1, F64: 8, STR: 8}
+NAMES = {F32: "float32", I64: "int64", BOOL: "bool", F64: "float64", STR: "string",
+         I8: "int8", U8: "uint8", I16: "int16", U16: "uint16", I32: "int32", U32: "uint32",
+         F16: "float16", TXT: "string"}
+NUMPY = {F32: np.float32, I64: np.int64, BOOL: np.bool_, F64: np.float64, STR: np.int64,
+         I8: np.int8, U8: np.uint8, I16: np.int16, U16: np.uint16, I32: np.int32,
+         U32: np.uint32, F16: np.float16, TXT: np.int64}
+ESIZE = {F32: 4, I64: 8, BOOL: 1, F64: 8, STR: 8, I8: 1, U8: 1, I16: 2, U16: 2, I32: 4,
+         U32: 4, F16: 2, TXT: 8}
+# what an edge type is computed as inside the plan
+COMPUTED = {F64: F32, F16: F32, **{t: I64 for t in NARROW_INTS}}
 MAX_DIMS = 6
 IO_WORDS = 16
 OP_CONV, OP_GEMM, OP_POOL, OP_ELT, OP_SOFTMAX, OP_REDUCE = 1, 2, 3, 4, 5, 6
-OP_ARG, OP_GATHER, OP_TREES, OP_FILL = 7, 8, 9, 10
+OP_ARG, OP_GATHER, OP_TREES, OP_FILL, OP_TEXT, OP_COUPLE = 7, 8, 9, 10, 11, 12
 
 
 # A dimension the kernels can address (they take 32-bit words).
@@ -106,7 +119,7 @@ def f32_bits(value: float) -> int:
 class Instr:
     op: int
     words: list  # ints and Refs
-    node: int    # the node's index: when it runs
+    node: int    # the step it runs at (Program.step)
     kind: str = ""
     fields: dict = field(default_factory=dict)  # what fusion may change
 
@@ -117,8 +130,9 @@ class Program:
         self.instrs: list[Instr] = []
         self.consts: list[bytes] = []
         self.storages: list[Storage] = []
-        self.step = 0
+        self.step = 0  # when what is added now runs: one step a node planned, in order
         self.categories: list[str] = []  # what string inputs are read against, in order
+        self.labels: dict[str, list[str]] = {}  # a string output's class labels, by name
 
     # ---------------------------------------------------------------- tensors
     def checked(self, name: str, shape: tuple[int, ...], dtype: int) -> tuple[int, ...]:
@@ -241,6 +255,12 @@ class Program:
         vocab = self.constant(np.frombuffer(b"".join(
             c.encode() + b"\0" for c in self.categories) or b"\0", np.uint8)) \
             if any(t.dtype == STR for t in inputs) else None
+        # a string output's labels: [vocabulary, count, longest in bytes]
+        labelled = {t.name: (self.constant(np.frombuffer(b"".join(
+            s.encode() + b"\0" for s in self.labels[t.name]) or b"\0", np.uint8)),
+            len(self.labels[t.name]), max((len(s.encode()) for s in self.labels[t.name]),
+                                          default=0))
+            for t in outputs if t.dtype == STR}
         # Equal constants are packed once: a folded constant used by twenty nodes (or
         # twenty equal folds) is one copy in the module, not twenty (issue 22).
         placed: dict[bytes, int] = {}
@@ -273,8 +293,13 @@ class Program:
         for i, t in enumerate(inputs + outputs):
             addr = address(Ref(tensor=t))
             dims = list(t.shape)[:8] + [0] * (8 - min(8, len(t.shape)))
-            vocab_words = [address(Ref(const=vocab)), len(self.categories), 0] \
-                if t.dtype == STR else [0, 0, 0]
+            if t.dtype == STR and i >= len(inputs):
+                at, count, longest = labelled[t.name]
+                vocab_words = [address(Ref(const=at)), count, longest]
+            elif t.dtype == STR:
+                vocab_words = [address(Ref(const=vocab)), len(self.categories), 0]
+            else:
+                vocab_words = [0, 0, 0]
             words = [base + names_off + name_at[i], t.dtype, len(t.shape), t.size, addr,
                      *dims, *vocab_words]
             struct.pack_into(f"<{IO_WORDS}i", blob, io_off + IO_WORDS * 4 * i,

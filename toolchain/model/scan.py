@@ -2,17 +2,17 @@
 
 skl2onnx's nearest neighbours compute the distances to every training row with a
 Scan over the training set (a constant): unrolled, each iteration is a few
-elementwise and reduce instructions on that row. The body's values are renamed
-per iteration; names it reads from the enclosing graph keep theirs.
+elementwise and reduce instructions on that row (the body planned by
+control.run_body, as If's and Loop's are).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from wasmq.toolchain.model import program as pg
+from wasmq.toolchain.model.control import run_body
 from wasmq.toolchain.model.errors import ModelError
 from wasmq.toolchain.model.ops import axis_of, contiguous, copy_view, handler
 from wasmq.toolchain.model.program import Tensor
@@ -53,53 +53,31 @@ def scan(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     if not 0 < length <= MAX_ITERATIONS:
         raise ModelError(f"{b.where}: {length} iterations (at most {MAX_ITERATIONS} are "
                          f"unrolled)")
-    local = {vi.name for vi in body.input} | {i.name for i in body.initializer}
-    local |= {o for n in body.node for o in n.output if o}
     scan_node, states = b.node, list(ins[:n_state])
-    stacked: list[list[Tensor]] = [[] for _ in range(k)]
+    stacked: list[tuple[Tensor, int, tuple[int, ...]] | None] = [None] * k
     for it in range(length):
-        prefix = f"{scan_node.name or scan_node.output[0]}/{it}/"
-
-        def named(name: str, prefix: str = prefix) -> str:
-            return prefix + name if name in local else name
-
-        for j, vi in enumerate(body.input):
-            if j < n_state:
-                b.values[named(vi.name)] = states[j]
-            else:
-                s = j - n_state
-                index = it if not in_dirs[s] else length - 1 - it
-                b.values[named(vi.name)] = _slice(b, scans[s], axes[s], index, named(vi.name))
-        for init in body.initializer:
-            b.values[named(init.name)] = b.const_tensor(named(init.name),
-                                                        numpy_helper.to_array(init))
-        for inner in body.node:
-            renamed = onnx.NodeProto()
-            renamed.CopyFrom(inner)
-            renamed.name = prefix + (inner.name or inner.output[0])
-            del renamed.input[:], renamed.output[:]
-            renamed.input.extend(named(n) if n else "" for n in inner.input)
-            renamed.output.extend(named(n) if n else "" for n in inner.output)
-            b.node = renamed
-            b._node(renamed)
-        results = [b.values.get(named(o.name)) for o in body.output]
-        b.node = scan_node
+        bound = list(states)
+        for s, vi in enumerate(body.input[n_state:]):
+            index = it if not in_dirs[s] else length - 1 - it
+            bound.append(_slice(b, scans[s], axes[s], index, f"{scan_node.output[0]}/{it}/"
+                                                             f"{vi.name}"))
+        results = run_body(b, body, bound)
         if any(r is None for r in results):
             return [None] * len(node.output)  # the body's refusal is collected already
         states = results[:n_state]
-        for j in range(k):
-            stacked[j].append(results[n_state + j])
-    outs = [b.alias(t, i, t.shape) for i, t in enumerate(states)]
-    for j, parts in enumerate(stacked):
-        if out_dirs[j]:
-            parts = parts[::-1]
-        part = parts[0].shape
-        axis = axis_of(node, out_axes[j], len(part) + 1)
-        shape = part[:axis] + (length,) + part[axis:]
-        out = b.out(n_state + j, shape, parts[0].dtype)
-        ostr = contiguous(shape)
-        for it, t in enumerate(parts):
-            copy_view(b, t, part, contiguous(part), 0, out, ostr[:axis] + ostr[axis + 1:],
-                      it * ostr[axis] * pg.ESIZE[out.dtype])
-        outs.append(out)
-    return outs
+        for j in range(k):  # each scan output copied into place now, not kept to the end
+            part = results[n_state + j]
+            if stacked[j] is None:
+                axis = axis_of(node, out_axes[j], len(part.shape) + 1)
+                shape = part.shape[:axis] + (length,) + part.shape[axis:]
+                stacked[j] = (b.out(n_state + j, shape, part.dtype), axis, part.shape)
+            out, axis, first = stacked[j]
+            if part.shape != first:
+                raise ModelError(f"{b.where}: scan output {j} changes shape between "
+                                 f"iterations")
+            at = length - 1 - it if out_dirs[j] else it
+            ostr = contiguous(out.shape)
+            copy_view(b, part, first, contiguous(first), 0, out, ostr[:axis] + ostr[axis + 1:],
+                      at * ostr[axis] * pg.ESIZE[out.dtype])
+    return [b.alias(t, i, t.shape) for i, t in enumerate(states)] + \
+        [out for out, _, _ in stacked]

@@ -23,11 +23,15 @@ MIN_OPSET, MAX_OPSET = 7, 22   # what the handlers are written for
 CONVERT_TO = 13
 ML_OPSETS = (1, 5)
 # ONNX element types a tensor of the model may have (doubles are computed in float32)
-TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
-         onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
-INPUT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT64,
-               onnx.TensorProto.BOOL, onnx.TensorProto.STRING}  # strings as categories
-CONTROL_FLOW = {"If", "Loop", "SequenceMap"}  # Scan of a known length is unrolled
+# (float16 and integers of up to 32 bits computed as float32 and int64, cast at the edges)
+TP = onnx.TensorProto
+TYPES = {TP.FLOAT, TP.DOUBLE, TP.FLOAT16, TP.INT64, TP.INT32, TP.UINT32, TP.INT16, TP.UINT16,
+         TP.INT8, TP.UINT8, TP.BOOL}
+INPUT_TYPES = TYPES | {TP.STRING}  # strings as categories, or text
+SUPPORTED_TYPES = ("float32, float64 and float16 (computed in float32), int64, int32, uint32, "
+                   "int16, uint16, int8, uint8 (computed in int64) or bool")
+# their outputs are not folded (If, Loop and Scan are unrolled while planning: control.py)
+CONTROL_FLOW = {"If", "Loop", "Scan", "SequenceMap"}
 SHAPE_QUERIES = {"Shape", "Size"}  # constant whatever their input holds
 TYPE_NAMES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 
@@ -92,7 +96,7 @@ def unsupported(graph: onnx.GraphProto, opsets: dict[str, int],
         runs = not all(n in static for n in node.input) or node.op_type in CONTROL_FLOW
         if node.op_type in SHAPE_QUERIES:
             runs = False
-        if runs and (node.op_type in CONTROL_FLOW or not known(domain, node.op_type)):
+        if runs and not known(domain, node.op_type):
             key = (f"{node.op_type} (domain {domain or 'ai.onnx'}, opset "
                    f"{opsets.get(domain, '?')})")
             ops[key] = ops.get(key, 0) + 1
@@ -105,8 +109,8 @@ def unsupported(graph: onnx.GraphProto, opsets: dict[str, int],
         what = _value_type(vi, INPUT_TYPES)
         if what:
             types.append(f"input '{vi.name}' is {what}")
-    for vi in graph.output:
-        what = _value_type(vi, TYPES)
+    for vi in graph.output:  # strings: a classifier's labels (the planner checks)
+        what = _value_type(vi, TYPES | {TP.STRING})
         if what and vi.type.HasField("tensor_type"):
             types.append(f"output '{vi.name}' is {what}")
     for init in graph.initializer:
@@ -155,8 +159,7 @@ def refuse(ops: list[str], types: list[str]) -> None:
     if ops:
         parts.append("unsupported operators: " + _listed(ops))
     if types:
-        parts.append("unsupported types: " + _listed(types) + " (tensors may be float32, "
-                     "float64 (computed in float32), int64, int32 or bool; inputs may be strings, "
-                     "read as categories)")
+        parts.append("unsupported types: " + _listed(types) + f" (tensors may be "
+                     f"{SUPPORTED_TYPES}; inputs may be strings, read as categories or text)")
     if parts:
         raise ModelError("; ".join(parts))
