@@ -154,3 +154,25 @@ def test_a_malformed_form_gets_a_400_naming_its_problem(small: str, body: str,
               + data)
         status, reply = _reply(sock, 10)
     assert status == 400 and says in reply["message"], reply
+
+
+def test_a_function_deleted_while_its_replacement_is_uploading_answers_404(
+        small: str) -> None:
+    http = urllib3.PoolManager()
+    made = http.request("POST", f"{small}/functions",
+                        fields={"file": ("echo.wasm", modules.ECHO), "name": "echo"})
+    assert made.status == 201, made.data
+    cfid = json.loads(made.data)["cfid"]
+    body, content_type = urllib3.encode_multipart_formdata({"file": ("e.wasm", modules.ECHO)})
+    sock = _open(small)
+    with sock:
+        _send(sock, _head(small, {"Content-Type": content_type,
+                                  "Content-Length": str(len(body))},
+                          method="PUT", path=f"/functions/{cfid}") + body[:100])
+        time.sleep(0.3)  # the gateway has found the function and reads its body
+        gone = http.request("DELETE", f"{small}/functions/{cfid}")
+        assert gone.status in (200, 204), gone.data
+        _send(sock, body[100:])
+        status, reply = _reply(sock, 10)
+    assert status == 404 and cfid in reply["message"], reply
+    assert http.request("GET", f"{small}/functions/{cfid}").status == 404
