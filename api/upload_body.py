@@ -201,11 +201,14 @@ class _Parser:
 async def read_upload(file_limit: int, text_limit: int) -> Upload:
     """This request's upload form, its body parsed as it arrives."""
     mimetype, options = parse_options_header(request.headers.get("Content-Type", ""))
-    boundary = options.get("boundary", "").encode("latin-1")
+    boundary = options.get("boundary", "")
     if mimetype != "multipart/form-data" or not boundary:
         return Upload(MultiDict(), None, "")
+    if not boundary.isascii():  # RFC 2231 lets a parameter be any text
+        raise BadRequest("the upload's multipart boundary is not ASCII text (RFC 2046)")
     window: _Window = request.scope[SCOPE_KEY]
-    parser = _Parser(boundary, file_limit, text_limit, request.max_form_memory_size or 500_000)
+    parser = _Parser(boundary.encode(), file_limit, text_limit,
+                     request.max_form_memory_size or 500_000)
     limit = request.max_content_length  # a chunked body has no length to refuse up front
 
     async def parse() -> None:

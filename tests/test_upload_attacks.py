@@ -14,8 +14,8 @@ import pytest
 import urllib3
 
 from tests import modules
-from tests.support import serve
-from tests.test_bounds import gateway
+from tests.support import serve, wait_until
+from tests.test_bounds import bounds_of, gateway
 from wasmq.api.upload_body import HEAD_LIMIT, MAX_PARTS
 
 pytestmark = pytest.mark.fast
@@ -176,3 +176,33 @@ def test_a_function_deleted_while_its_replacement_is_uploading_answers_404(
         status, reply = _reply(sock, 10)
     assert status == 404 and cfid in reply["message"], reply
     assert http.request("GET", f"{small}/functions/{cfid}").status == 404
+
+
+def test_a_client_that_stops_mid_body_is_answered_408_and_holds_nothing(
+        redis_url: str) -> None:
+    app = gateway(redis_url, max_module_mb=1)
+    app.config["BODY_TIMEOUT"] = 1
+    window = bounds_of(app).app  # the BodyWindow in front of the app
+    body, content_type = urllib3.encode_multipart_formdata({"file": ("e.wasm", bytes(600_000))})
+    with serve(app) as url, _open(url) as sock:
+        _send(sock, _head(url, {"Content-Type": content_type,
+                                "Content-Length": str(len(body))}) + body[:400_000])
+        started = time.monotonic()
+        status, reply = _reply(sock, 10)
+        took = time.monotonic() - started
+        assert status == 408 and reply["message"], reply
+        assert took < 3, took
+        assert wait_until(lambda: window.unread == 0 and not window.windows, timeout=5)
+
+
+def test_a_boundary_that_is_not_ascii_is_refused_naming_it(small: str) -> None:
+    """RFC 2231 lets a header parameter be any text (`boundary*=UTF-8''...`); a
+    boundary is ASCII (RFC 2046): encoding it as Latin-1 was an unhandled error, a 500."""
+    data = b"--x\r\n"
+    sock = _open(small)
+    with sock:
+        _send(sock, _head(small, {"Content-Type": "multipart/form-data; "
+                                                  "boundary*=UTF-8''%E2%82%AC",
+                                  "Content-Length": str(len(data))}) + data)
+        status, reply = _reply(sock, 10)
+    assert status == 400 and "boundary" in reply["message"], reply
