@@ -206,3 +206,20 @@ def test_a_boundary_that_is_not_ascii_is_refused_naming_it(small: str) -> None:
                                   "Content-Length": str(len(data))}) + data)
         status, reply = _reply(sock, 10)
     assert status == 400 and "boundary" in reply["message"], reply
+
+
+def test_a_nameless_part_and_a_second_file_change_nothing(small: str) -> None:
+    """The first part named `file` is the module; parts without a name, and a second
+    `file`, are dropped (the second unread into memory or disk)."""
+    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\nnameless\r\n"
+            f"--{BOUNDARY}\r\nContent-Disposition: form-data; filename=\"x\"\r\n\r\nx\r\n"
+            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"first.wasm\"\r\n\r\n").encode() + modules.ECHO + (
+            f"\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"second.wasm\"\r\n\r\nnot a module\r\n--{BOUNDARY}--\r\n").encode()
+    sock = _open(small)
+    with sock:
+        _send(sock, _head(small, {"Content-Type": TYPE, "Content-Length": str(len(body))})
+              + body)
+        status, reply = _reply(sock, 10)
+    assert status == 201 and reply["name"] == "first", reply
