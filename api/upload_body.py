@@ -151,7 +151,7 @@ class _Parser:
         self._text_bytes = 0
         self.memory_limit = memory_limit
 
-    def feed(self, data: bytes | None) -> None:
+    def feed(self, data: bytes | bytearray | None) -> None:
         """`data`, the next bytes of the body (None at its end)."""
         self.decoder.receive_data(data)
         event = self.decoder.next_event()
@@ -212,21 +212,19 @@ async def read_upload(file_limit: int, text_limit: int) -> Upload:
     limit = request.max_content_length  # a chunked body has no length to refuse up front
 
     async def parse() -> None:
-        batch: list[bytes] = []
-        held = total = 0
+        batch = bytearray()  # not a list of messages: tiny ones cost 40 bytes each
+        total = 0
         async for data in request.body:
             window.taken(len(data))
             total += len(data)
             if limit is not None and total > limit:
                 raise RequestEntityTooLarge()
-            batch.append(data)
-            held += len(data)
-            if held >= BATCH:
-                parser.feed(b"".join(batch))
+            batch += data
+            if len(batch) >= BATCH:
+                parser.feed(batch)  # the decoder copies it
                 batch.clear()
-                held = 0
         if batch:
-            parser.feed(b"".join(batch))
+            parser.feed(batch)
         parser.feed(None)
 
     try:
