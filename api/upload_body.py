@@ -30,15 +30,30 @@ from quart import request
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 from werkzeug.http import parse_options_header
-from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+from werkzeug.sansio.multipart import (
+    Data,
+    Epilogue,
+    Field,
+    File,
+    MultipartDecoder,
+    NeedData,
+    State,
+)
 
-from wasmq.broker.errors import BadRequest
+from wasmq.broker.errors import BadRequest, TooLarge
 from wasmq.toolchain.spool import Spooled
 
 WINDOW = 1 << 20  # bytes of one upload read from its socket but not yet parsed
 BUDGET = 8 << 20  # the same, all uploads of a gateway process together
 BATCH = 256 << 10  # bytes parsed at once
 MAX_PARTS = 64  # parts of a form (the file, a name, limits: a dozen are used)
+# Bytes the decoder may hold outside a part's data: werkzeug's decoder keeps the text
+# before the first boundary, a part's headers and the text after the last boundary
+# until they end, so a body made of them alone was held whole, past BUDGET.
+HEAD_LIMIT = 64 << 10
+OUTSIDE = {State.PREAMBLE: "preamble (the bytes before its first boundary)",
+           State.PART: "part headers", State.EPILOGUE: "epilogue (the bytes after its "
+           "closing boundary)"}
 SCOPE_KEY = "wasmq.upload_body"
 UPLOAD_PATH = "/functions"
 
@@ -124,7 +139,8 @@ class _Parser:
 
     def __init__(self, boundary: bytes, file_limit: int, text_limit: int,
                  memory_limit: int) -> None:
-        self.decoder = MultipartDecoder(boundary, max_parts=MAX_PARTS)
+        self.decoder = MultipartDecoder(boundary)
+        self.parts = 0
         self.file_limit, self.text_limit = file_limit, text_limit
         self.fields: list[tuple[str, str]] = []
         self.file: Spooled | None = None
@@ -135,11 +151,15 @@ class _Parser:
         self._text_bytes = 0
         self.memory_limit = memory_limit
 
-    def feed(self, data: bytes | None) -> None:
+    def feed(self, data: bytes | bytearray | None) -> None:
         """`data`, the next bytes of the body (None at its end)."""
         self.decoder.receive_data(data)
         event = self.decoder.next_event()
         while not isinstance(event, (Epilogue, NeedData)):
+            if isinstance(event, (Field, File)):
+                self.parts += 1
+                if self.parts > MAX_PARTS:
+                    raise TooLarge(f"the upload's form has more than {MAX_PARTS} parts")
             if isinstance(event, Field):
                 self._part, self._spooling = event, False
                 self._text.clear()
@@ -151,6 +171,10 @@ class _Parser:
             elif isinstance(event, Data):
                 self._data(event)
             event = self.decoder.next_event()
+        where = OUTSIDE.get(self.decoder.state)
+        if where and len(self.decoder.buffer) > HEAD_LIMIT:
+            raise BadRequest(f"the upload's {where} is longer than {HEAD_LIMIT >> 10} KiB; "
+                             "send a multipart form whose parts start at once")
 
     def _data(self, event: Data) -> None:
         if self._spooling and self.file is not None:
@@ -177,25 +201,30 @@ class _Parser:
 async def read_upload(file_limit: int, text_limit: int) -> Upload:
     """This request's upload form, its body parsed as it arrives."""
     mimetype, options = parse_options_header(request.headers.get("Content-Type", ""))
-    boundary = options.get("boundary", "").encode("latin-1")
+    boundary = options.get("boundary", "")
     if mimetype != "multipart/form-data" or not boundary:
         return Upload(MultiDict(), None, "")
+    if not boundary.isascii():  # RFC 2231 lets a parameter be any text
+        raise BadRequest("the upload's multipart boundary is not ASCII text (RFC 2046)")
     window: _Window = request.scope[SCOPE_KEY]
-    parser = _Parser(boundary, file_limit, text_limit, request.max_form_memory_size or 500_000)
+    parser = _Parser(boundary.encode(), file_limit, text_limit,
+                     request.max_form_memory_size or 500_000)
+    limit = request.max_content_length  # a chunked body has no length to refuse up front
 
     async def parse() -> None:
-        batch: list[bytes] = []
-        held = 0
+        batch = bytearray()  # not a list of messages: tiny ones cost 40 bytes each
+        total = 0
         async for data in request.body:
             window.taken(len(data))
-            batch.append(data)
-            held += len(data)
-            if held >= BATCH:
-                parser.feed(b"".join(batch))
+            total += len(data)
+            if limit is not None and total > limit:
+                raise RequestEntityTooLarge()
+            batch += data
+            if len(batch) >= BATCH:
+                parser.feed(batch)  # the decoder copies it
                 batch.clear()
-                held = 0
         if batch:
-            parser.feed(b"".join(batch))
+            parser.feed(batch)
         parser.feed(None)
 
     try:
@@ -205,11 +234,11 @@ async def read_upload(file_limit: int, text_limit: int) -> Upload:
         raise RequestTimeout() from None
     except ValueError as exc:  # werkzeug's word for a malformed form
         parser.close()
+        if parser.file is not None and not parser.file.done:  # the body ended inside it
+            raise BadRequest("the upload's form ended before its file did: the body was "
+                             "cut short, or its closing boundary is missing") from None
         raise BadRequest(f"the upload is not a well-formed multipart form ({exc})") from None
     except BaseException:
         parser.close()
         raise
-    if parser.file is not None and not parser.file.done:  # the body ended inside the file
-        parser.close()
-        raise BadRequest("the upload's form ended before its file did")
     return Upload(MultiDict(parser.fields), parser.file, parser.filename)

@@ -18,7 +18,7 @@ synchronised.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -159,12 +159,14 @@ class LiveQueues:
         self.redis, self.stale_s, self.every_s = client, stale_s, every_s
         self._read_at, self._queues = -every_s, None  # None: not read yet
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wasmq-queues")
+        self._reading: Future | None = None  # one read at a time: a slow one is not queued
 
     def serves(self, queue: str) -> bool:
         """False only when known: some node consumes it, or it is not known yet."""
-        if now() - self._read_at >= self.every_s:
+        if now() - self._read_at >= self.every_s and (
+                self._reading is None or self._reading.done()):
             self._read_at = now()
-            self._reader.submit(self._read)
+            self._reading = self._reader.submit(self._read)
         return self._queues is None or queue in self._queues
 
     def _read(self) -> None:

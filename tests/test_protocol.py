@@ -15,11 +15,13 @@ from tests.queue_bench import Bench, bench_fixture  # noqa: F401 - the fixture
 from tests.support import wait_until
 from wasmq.broker import keys, metrics
 from wasmq.broker.causes import Cause
+from wasmq.broker.celery_app import make_celery
 from wasmq.broker.protocol import queue, recovery
-from wasmq.broker.protocol.calls import priority
+from wasmq.broker.protocol.calls import Calls, priority
 from wasmq.broker.protocol.queue import Admitted, Finished, RateCounter, Refusal
 from wasmq.broker.protocol.record import Status
 from wasmq.broker.protocol.wakeup import SHIP_LIMIT, parse_wakeups, unpack_shipped
+from wasmq.broker.settings import Settings
 
 pytestmark = pytest.mark.fast
 SCRIPTS = sorted(Path(queue.__file__).parent.glob("*.lua"))
@@ -309,3 +311,20 @@ def test_a_batch_is_created_claimed_and_finished_call_by_call_with_one_wakeup(
     message = wait_until(lambda: subscription.get_message(timeout=1), what="wake-up")
     subscription.close()
     assert sorted(t for t, _ in parse_wakeups(message["data"])) == sorted(j.tid for j in jobs)
+
+
+def test_calls_to_a_queue_no_node_ever_declared_wait_in_it_for_its_first_node(
+        redis_url: str) -> None:
+    """Calls go with declare=[]: a queue no node has consumed yet (scaling from zero)
+    was never declared, so its calls must reach its list by name (Celery's direct
+    routing: the default exchange), where its first node and `celery purge` find them."""
+    url = redis_url.rsplit("/", 1)[0] + "/2"
+    app = make_celery(Settings(redis_url=url, queue=f"proto-default-{uuid.uuid4().hex[:8]}"))
+    name = f"late-{uuid.uuid4().hex[:8]}"
+    calls = Calls(app, inline_bytes=1024)
+    for _ in range(2):
+        calls.send([queue.Job(tid=f"t-{uuid.uuid4().hex}", sha256="s", data=b"in",
+                              caller="c", queue=name)])
+    with app.connection_for_write() as conn:  # as `celery purge -Q <name>` does
+        held = app.amqp.queues[name].bind(conn.default_channel).purge()
+    assert held == 2
