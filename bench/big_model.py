@@ -90,6 +90,8 @@ def run(model_name: str = "VGG-19") -> dict[str, object]:
             model = record.get("model") or {}
             figures["build_plan_ms"] = model.get("planMs")  # what the record says
             figures["build_compile_ms"] = model.get("compileMs")
+            figures["build_process_ms"] = model.get("buildMs")  # plan, compile, reply
+            figures["build_store_ms"] = model.get("storeMs")  # module and artifact to Redis
             if record["status"] != "ready":
                 figures["reason"] = record.get("reason") or record.get("message")
                 return figures
