@@ -290,3 +290,21 @@ def test_a_built_model_s_record_says_how_long_each_phase_of_its_build_took(
     model = json.loads(inprocess_redis.get(keys.function(build.cfid)))["model"]
     assert model["buildMs"] >= model["planMs"] + model["compileMs"]
     assert 0 <= model["storeMs"] < 60_000
+
+
+def test_a_spare_started_while_an_upload_is_stored_builds_it() -> None:
+    """A gateway's first model waited for its build process to import the planner after
+    its upload was stored (VGG-19's: 8 s to store); the spare starts with the upload."""
+    builds = Builds(Settings())
+    try:
+        builds.start_spare()
+        spare = builds._spare
+        assert spare is not None
+        builds.start_spare()
+        assert builds._spare is spare  # one spare, not one per upload
+        built, exc = _built_in_the_background(builds, mlp(seed=12))
+        assert exc is None and built is not None
+        built.release()
+        assert spare.popen.returncode == 0 and builds._spare is not spare  # it built it
+    finally:
+        _stop_spare(builds)
