@@ -193,15 +193,17 @@ def _serve(cpu_s: int, memory: int, max_memory: int, max_module: int, warm: bool
         with open(path, "rb") as upload:
             content = upload.read()
         built = build_content(content, max_memory=max_memory, max_module=max_module)
-        _write_reply(sys.stdout.buffer, {"info": dataclasses.asdict(built.info),
-                                         "kind": built.kind, "model": built.model},
-                     built.wasm, built.artifact)
-        return 0
+        del content  # the upload, once built: not held while the reply is written
     except InvalidModule as exc:
-        reply = {"refused": cut_reason(exc.message)}
+        _write_reply(sys.stdout.buffer, {"refused": cut_reason(exc.message)})
+        return 0
     except MemoryError:
-        reply = {"memory": True}
-    _write_reply(sys.stdout.buffer, reply)
+        _write_reply(sys.stdout.buffer, {"memory": True})
+        return 0
+    # Outside the `try`: a reply that failed half written is not followed by another.
+    _write_reply(sys.stdout.buffer, {"info": dataclasses.asdict(built.info),
+                                     "kind": built.kind, "model": built.model},
+                 built.wasm, built.artifact)
     return 0
 
 
