@@ -5,7 +5,8 @@ a worker of its own whose limits are raised as an operator would (the settings
 below), against a Redis with the `maxmemory` `wasmq up` gives its embedded one.
 The figures: the upload's answer time, the build's time (upload to `ready`), the
 built module's size, the first call's time (the worker loads the module) and the
-next one's, and the peak memory of Redis.
+next one's, and the peak resident memory of Redis, the gateway, its build process and
+the worker.
 """
 
 from __future__ import annotations
@@ -29,6 +30,48 @@ LIMITS = {
     "WASMQ_MODULE_CACHE_MB": "2048",
     "WASMQ_TASK_TIMEOUT": "120",
 }
+
+
+class PeakRss:
+    """The largest resident size seen, every 0.2 s, of the gateway's serving processes,
+    its build processes and the worker's processes (each the largest one of its kind):
+    what a big module costs in memory on its way from the build to a worker."""
+
+    KINDS = (("build", "wasmq.toolchain.build"), ("gateway", "wasmq gateway"),
+             ("worker", "wasmq worker"))
+
+    def __init__(self, *pids: int) -> None:
+        import threading
+
+        self.pids, self.peak = pids, dict.fromkeys((k for k, _ in self.KINDS), 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.2):
+            for pid in self.pids:
+                try:
+                    root = psutil.Process(pid)
+                    procs = [root, *root.children(recursive=True)]
+                except psutil.Error:
+                    continue
+                for proc in procs:
+                    try:
+                        line, rss = " ".join(proc.cmdline()), proc.memory_info().rss
+                    except psutil.Error:
+                        continue
+                    for kind, mark in self.KINDS:
+                        if mark in line:
+                            self.peak[kind] = max(self.peak[kind], rss)
+                            break
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
 def run(model_name: str = "VGG-19") -> dict[str, object]:
@@ -62,6 +105,7 @@ def run(model_name: str = "VGG-19") -> dict[str, object]:
         wait_until(client.ping, what="redis")
         stack = start_stack(work, redis_url, concurrency=1, **LIMITS)
         peak = [0]
+        rss = PeakRss(stack.gateway.popen.pid, stack.worker.popen.pid)
         try:
             redis_ps = psutil.Process(redis_proc.pid)
             started = time.monotonic()
@@ -90,6 +134,8 @@ def run(model_name: str = "VGG-19") -> dict[str, object]:
             model = record.get("model") or {}
             figures["build_plan_ms"] = model.get("planMs")  # what the record says
             figures["build_compile_ms"] = model.get("compileMs")
+            figures["build_process_ms"] = model.get("buildMs")  # plan, compile, reply
+            figures["build_store_ms"] = model.get("storeMs")  # module and artifact to Redis
             if record["status"] != "ready":
                 figures["reason"] = record.get("reason") or record.get("message")
                 return figures
@@ -106,7 +152,10 @@ def run(model_name: str = "VGG-19") -> dict[str, object]:
             peak[0] = max(peak[0], redis_ps.memory_info().rss)
             figures["redis_used_mb"] = round(client.info("memory")["used_memory"] / MB)
             figures["redis_peak_rss_mb"] = round(peak[0] / MB)
+            for kind, most in rss.stop().items():
+                figures[f"{kind}_peak_rss_mb"] = round(most / MB)
         finally:
+            rss.stop()
             stack.stop()
             redis_proc.stop()
     return figures

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import BinaryIO
 
 import redis
 import wasmtime
@@ -72,15 +73,28 @@ class Artifacts:
 
     def get(self, sha256: str) -> bytes | None:
         """The artifact, and the module marked hot: a worker is about to load it."""
-        key = keys.artifacts(sha256)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hget(key, self.fingerprint)
-        pipe.hget(key, chunks.parts_field(self.fingerprint))
-        pipe.zadd(keys.HOT_MODULES, {sha256: time.time()})
-        whole, count, _ = pipe.execute()
+        whole, count = self._find(sha256)
         if whole is not None or count is None:
             return whole
-        return chunks.read_parts(self.redis, key, self.fingerprint, int(count))
+        return chunks.read_parts(self.redis, keys.artifacts(sha256), self.fingerprint, count)
+
+    def get_into(self, sha256: str, out: BinaryIO) -> bytes | int | None:
+        """As `get`, but an artifact stored in parts is written to `out` a part at a
+        time, and its size returned: a large one is never held whole."""
+        whole, count = self._find(sha256)
+        if whole is not None or count is None:
+            return whole
+        return chunks.copy_parts(self.redis, keys.artifacts(sha256), self.fingerprint, count,
+                                 out)
+
+    def _find(self, sha256: str) -> tuple[bytes | None, int | None]:
+        """The artifact stored whole, or how many parts it is in; the module marked hot."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(keys.artifacts(sha256), self.fingerprint)
+        pipe.hget(keys.artifacts(sha256), chunks.parts_field(self.fingerprint))
+        pipe.zadd(keys.HOT_MODULES, {sha256: time.time()})
+        whole, count, _ = pipe.execute()
+        return whole, None if count is None else int(count)
 
     def hot(self, count: int) -> list[str]:
         """The modules workers loaded most recently, newest first."""
@@ -92,7 +106,8 @@ class Artifacts:
         if len(artifact) <= self.chunk:
             return bool(self._put(keys=script_keys, args=[self.fingerprint, artifact]))
         return chunks.write_parts(
-            lambda field, value: bool(self._put(keys=script_keys, args=[field, value])),
+            self.redis, lambda pipe, field, value: self._put(keys=script_keys,
+                                                             args=[field, value], client=pipe),
             self.fingerprint, artifact, self.chunk)
 
     def announce(self, pipe: redis.client.Pipeline, uploaded: Uploaded) -> None:
@@ -137,46 +152,62 @@ def load_module(engine: wasmtime.Engine, artifacts: Artifacts, sha256: str,
 
     An artifact of at least `map_from` bytes is loaded from a memory file
     (see `_deserialize_mapped`), which holds a file descriptor while the
-    module lives: the caller bounds how many such modules it keeps.
+    module lives: the caller bounds how many such modules it keeps. One
+    stored in parts goes into that file a part at a time, as it is read.
     """
-    artifact = artifacts.get(sha256)
-    if artifact is not None:
-        try:
-            if map_from is not None and len(artifact) >= map_from:
-                module = _deserialize_mapped(engine, artifact)
+    memory = _memory_file() if map_from is not None else None
+    try:
+        if memory is None or map_from is None:
+            artifact: bytes | int | None = artifacts.get(sha256)
+        else:
+            artifact = artifacts.get_into(sha256, memory)
+            if isinstance(artifact, bytes) and len(artifact) >= map_from:
+                memory.write(artifact)  # whole in Redis, yet large: mapped too
+                artifact = len(artifact)
+            if isinstance(artifact, int):  # in the memory file
+                module = _deserialize_mapped(engine, memory) if artifact >= map_from else None
                 if module is not None:
-                    return module, len(artifact)
-            return wasmtime.Module.deserialize(engine, artifact), len(artifact)
-        except wasmtime.WasmtimeError as exc:  # same fingerprint, yet refused: recompile
-            log.warning("artifact of %s does not load here (%s); compiling", sha256, exc)
+                    return module, artifact
+                memory.seek(0)  # small after all, or refused: from bytes
+                artifact = memory.read()
+        if artifact is not None:
+            assert not isinstance(artifact, int)
+            try:
+                return wasmtime.Module.deserialize(engine, artifact), len(artifact)
+            except wasmtime.WasmtimeError as exc:  # same fingerprint, yet refused: recompile
+                log.warning("artifact of %s does not load here (%s); compiling", sha256, exc)
+    finally:
+        if memory is not None:
+            memory.close()
     module = abi.compile_module(engine, fetch_wasm())
     artifact = bytes(module.serialize())
     artifacts.put(sha256, artifact)
     return module, len(artifact)
 
 
-def _deserialize_mapped(engine: wasmtime.Engine, artifact: bytes) -> wasmtime.Module | None:
-    """The module loaded from a memory file holding the artifact; None where
-    that fails (not Linux, out of descriptors, no /proc; a refused artifact is
-    then refused again, from bytes).
+def _memory_file() -> BinaryIO | None:
+    """A new memory file (closed by the caller), or None where there are none (not
+    Linux, out of descriptors)."""
+    if not hasattr(os, "memfd_create"):
+        return None
+    try:
+        return open(os.memfd_create("wasmq-module", os.MFD_CLOEXEC), "w+b")
+    except OSError:
+        return None
+
+
+def _deserialize_mapped(engine: wasmtime.Engine, memory: BinaryIO) -> wasmtime.Module | None:
+    """The module loaded from the memory file holding the artifact; None where
+    that fails (no /proc; a refused artifact is then refused again, from bytes).
 
     wasmtime then maps the module's code and data from the file rather than
     copying them, and builds the memory image of each new instance from that
     mapping instead of from another copy of the data segments: for a module
     with 1.5 MB of data, loading and a first instance cost about half.
     """
-    if not hasattr(os, "memfd_create"):
-        return None
     try:
-        fd = os.memfd_create("wasmq-module", os.MFD_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        with open(fd, "wb", closefd=False) as file:
-            file.write(artifact)
+        memory.flush()
         # wasmtime opens its own descriptor of the file and keeps it.
-        return wasmtime.Module.deserialize_file(engine, f"/proc/self/fd/{fd}")
+        return wasmtime.Module.deserialize_file(engine, f"/proc/self/fd/{memory.fileno()}")
     except (OSError, wasmtime.WasmtimeError):
         return None
-    finally:
-        os.close(fd)

@@ -16,6 +16,7 @@ the value, not copies of it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import BinaryIO
 
 import redis
 
@@ -58,15 +59,46 @@ def read_parts(client: redis.Redis, key: str, name: str, count: int) -> bytearra
     return out
 
 
-def write_parts(put: Callable[[str, memoryview], bool], name: str, data: bytes | memoryview,
-                chunk: int) -> bool:
-    """`data` written in parts through `put(field, value)` (False: stop, nothing whole
-    is left), then the count that marks it whole."""
+def copy_parts(client: redis.Redis, key: str, name: str, count: int,
+               out: BinaryIO) -> int | None:
+    """The value in `count` parts written to `out` a part at a time, as read: one part
+    in memory, never the value (a worker mapping a 600 MB artifact from a memory file
+    held it whole, then copied it). Its size, or None when a part is gone."""
+    size = 0
+    for index in range(count):
+        piece = client.hget(key, part(name, index))
+        if piece is None:
+            return None
+        out.write(piece)
+        size += len(piece)
+        del piece
+    return size
+
+
+def write_parts(client: redis.Redis,
+                put: Callable[[redis.client.Pipeline, str, memoryview], object], name: str,
+                data: bytes | memoryview, chunk: int,
+                accepted: Callable[[object], bool] = bool) -> bool:
+    """`data` written in parts, each queued by `put(pipe, field, value)` on one
+    pipeline, then the count that marks it whole, once every part's reply was
+    `accepted` (False, and no count, when one was not: nothing whole is left).
+
+    One round trip for the parts, not one each: Redis takes in the next part while
+    the client is still sending (VGG-19's 607 MB module and its artifact, written a
+    part per round trip, were most of the time between its build and `ready`). Not
+    a transaction: Redis would hold every part queued, the value twice over, until
+    EXEC. The pipeline holds views of `data`, not copies."""
     views = pieces(data, chunk)
+    pipe = client.pipeline(transaction=False)
     for index, view in enumerate(views):
-        if not put(part(name, index), view):
-            return False
-    return put(parts_field(name), memoryview(str(len(views)).encode()))
+        put(pipe, part(name, index), view)
+    replies = pipe.execute()
+    del views
+    if not all(accepted(reply) for reply in replies):
+        return False
+    pipe = client.pipeline(transaction=False)
+    put(pipe, parts_field(name), memoryview(str(len(replies)).encode()))
+    return accepted(pipe.execute()[0])
 
 
 def as_fields(name: str, data: bytes | memoryview, chunk: int) -> dict[str, object]:

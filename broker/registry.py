@@ -113,7 +113,7 @@ class Registry:
             exampleinput=exampleinput, sha256=sha256_hex(wasm), size=len(wasm),
             imports=imports, exports=exports, createdAt=stamp, updatedAt=stamp,
             private=private, limits=dict(limits or {}), kind=kind, model=model, queue=queue)
-        uploaded = self._store_binary(cfid, wasm, artifact)
+        uploaded = self._store_binary(cfid, wasm, artifact, record.sha256)
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
         pipe.zadd(keys.FUNCTIONS_INDEX, {cfid: now()})
@@ -182,7 +182,7 @@ class Registry:
         while that build is the function's (None once it is not). The binary is
         given back if the record does not take it."""
         sha = sha256_hex(wasm)
-        uploaded = self._store_binary(cfid, wasm, artifact)
+        uploaded = self._store_binary(cfid, wasm, artifact, sha)
         try:
             for _ in range(ATTEMPTS):
                 raw = self.redis.get(keys.function(cfid))
@@ -205,7 +205,7 @@ class Registry:
                     self.release_binary(cfid, sha)
                     return None
                 if done == BINARY_GONE:  # released by a writer that lost the record
-                    uploaded = self._store_binary(cfid, wasm, artifact)
+                    uploaded = self._store_binary(cfid, wasm, artifact, sha)
         except BaseException:
             self.release_binary(cfid, sha)  # a full store, say: nothing left behind
             raise
@@ -287,12 +287,14 @@ class Registry:
         except redis.RedisError as exc:
             log.warning("not waiting for workers to load %s: %s", uploaded.sha256, exc)
 
-    def _store_binary(self, cfid: str, wasm: bytes, artifact: bytes | None) -> Uploaded | None:
-        """What to announce to the workers once the record is written, if anything."""
+    def _store_binary(self, cfid: str, wasm: bytes, artifact: bytes | None,
+                      sha: str) -> Uploaded | None:
+        """What to announce to the workers once the record is written, if anything;
+        `sha` is the sha256 of `wasm`, which the caller has (hashed once)."""
         # Reference first, then bytes: a concurrent release never sees zero refs
         # for a binary that is about to be used.
-        self.redis.sadd(keys.blob_refs(sha256_hex(wasm)), cfid)
-        digest = self.store.put(wasm)
+        self.redis.sadd(keys.blob_refs(sha), cfid)
+        digest = self.store.put(wasm, sha)
         if artifact is None or not self.artifacts.put(digest, artifact):
             return None
         return Uploaded(digest, len(artifact), abi.runs_code_on_instantiation(wasm),

@@ -20,12 +20,12 @@ from wasmq.broker import chunks, keys
 PARTS = "data"  # the name of a binary's parts: fields data:0, data:1, ..., data:parts
 
 
-def sha256_hex(data: bytes) -> str:
+def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 class ContentStore(Protocol):
-    def put(self, data: bytes) -> str: ...
+    def put(self, data: bytes | memoryview, digest: str = "") -> str: ...
 
     def get(self, sha256: str) -> bytes | None: ...
 
@@ -37,8 +37,10 @@ class RedisStore:
     def __init__(self, client: redis.Redis, chunk: int = chunks.CHUNK) -> None:
         self.redis, self.chunk = client, chunk
 
-    def put(self, data: bytes) -> str:
-        digest = sha256_hex(data)
+    def put(self, data: bytes | memoryview, digest: str = "") -> str:
+        """Store `data` under its sha256, `digest` when the caller has it already
+        (hashing a 600 MB module takes a second: once is enough)."""
+        digest = digest or sha256_hex(data)
         key = keys.blob(digest)
         if len(data) <= self.chunk:
             self.redis.set(key, data, nx=True)
@@ -47,8 +49,8 @@ class RedisStore:
         if kind == b"string" or (kind == b"hash" and self.redis.hexists(
                 key, chunks.parts_field(PARTS))):
             return digest  # stored whole already
-        chunks.write_parts(lambda field, value: self.redis.hset(key, field, value) >= 0,
-                           PARTS, data, self.chunk)
+        chunks.write_parts(self.redis, lambda pipe, field, value: pipe.hset(key, field, value),
+                           PARTS, data, self.chunk, accepted=lambda reply: True)
         return digest
 
     def get(self, sha256: str) -> bytes | None:

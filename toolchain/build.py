@@ -11,7 +11,11 @@ but its pipes, so killing it harms nothing else (no pool to break, unlike
 `ProcessPoolExecutor`; no re-import of the gateway's main module, unlike
 `multiprocessing`'s spawn and forkserver). The child reads its upload from the
 file named on its stdin (uploads wait on disk: toolchain/spool.py), writes its
-result to a file, and runs in an empty folder of its own; the gateway reaps it with
+result to a file (a small msgpack header, then the module and its artifact as they
+are: `_write_reply`), and runs in an empty folder of its own; the gateway maps that
+file and stores the module and artifact from views of it, so a 600 MB module is
+neither packed nor unpacked nor copied (it was seconds of each, and 2.4 GB of
+memory, for VGG-19: issue 21); the gateway reaps it with
 `wait4`, which says what it used: a SIGKILL that was neither the gateway's nor the
 CPU limit's is the kernel's OOM killer, and is reported as memory. A gateway process runs at
 most one build per core it has (`Builds.slots`), lets `WASMQ_COMPILE_QUEUE`
@@ -37,10 +41,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import mmap
 import os
 import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -72,9 +78,12 @@ ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THRE
 
 @dataclass(frozen=True)
 class Built:
-    wasm: bytes  # the module to store and serve at /file (for a model: the packed one)
+    # The module to store and serve at /file (for a model: the packed one), and its
+    # Module.serialize() for workers with the same engine fingerprint: in the gateway,
+    # views of the child's reply file (`_read_reply`), valid while this result lives.
+    wasm: bytes | memoryview
     info: abi.ModuleInfo
-    artifact: bytes  # Module.serialize(), for workers with the same engine fingerprint
+    artifact: bytes | bytearray | memoryview
     kind: str = "wasm"  # "onnx" for a model packed into a module
     model: dict | None = None  # a model's inputs, outputs, operators and sizes
     # Gives back the bytes this result holds of the process's budget (Builds.memory):
@@ -107,8 +116,8 @@ def build_content(content: bytes, *, max_memory: int, max_module: int = 1 << 62)
     if model is not None:  # how long the build took, said in the record (a big model's: s)
         model = {**model, "planMs": round((planned - started) * 1000),
                  "compileMs": round((time.perf_counter() - planned) * 1000)}
-    return Built(source.wasm, abi.inspect_module(module), bytes(module.serialize()),
-                 source.kind, model)
+    return Built(source.wasm, abi.inspect_module(module), module.serialize(), source.kind,
+                 model)
 
 
 def _as_module(content: bytes, max_memory: int) -> _Module:
@@ -184,16 +193,52 @@ def _serve(cpu_s: int, memory: int, max_memory: int, max_module: int, warm: bool
         with open(path, "rb") as upload:
             content = upload.read()
         built = build_content(content, max_memory=max_memory, max_module=max_module)
-        reply = {"wasm": built.wasm, "artifact": built.artifact,
-                 "info": dataclasses.asdict(built.info), "kind": built.kind,
-                 "model": built.model}
+        del content  # the upload, once built: not held while the reply is written
     except InvalidModule as exc:
-        reply = {"refused": cut_reason(exc.message)}
+        _write_reply(sys.stdout.buffer, {"refused": cut_reason(exc.message)})
+        return 0
     except MemoryError:
-        reply = {"memory": True}
-    sys.stdout.buffer.write(msgpack.packb(reply))
-    sys.stdout.buffer.flush()
+        _write_reply(sys.stdout.buffer, {"memory": True})
+        return 0
+    # Outside the `try`: a reply that failed half written is not followed by another.
+    _write_reply(sys.stdout.buffer, {"info": dataclasses.asdict(built.info),
+                                     "kind": built.kind, "model": built.model},
+                 built.wasm, built.artifact)
     return 0
+
+
+# A reply: the header's length (8 bytes, big-endian), the header (msgpack: the build's
+# description, or why it was refused; `wasm` and `artifact` the lengths of what follows),
+# then the module and the artifact, each as it is.
+HEADER_LENGTH = struct.Struct(">Q")
+
+
+def _write_reply(out: BinaryIO, header: dict, wasm: bytes | memoryview = b"",
+                 artifact: bytes | bytearray | memoryview = b"") -> None:
+    head = msgpack.packb({**header, "wasm": len(wasm), "artifact": len(artifact)})
+    out.write(HEADER_LENGTH.pack(len(head)))
+    out.write(head)
+    out.write(wasm)
+    out.write(artifact)
+    out.flush()
+
+
+def _read_reply(out: BinaryIO, size: int) -> tuple[dict, memoryview, memoryview]:
+    """The header, module and artifact of a reply file of `size` bytes; the two are
+    views of the file mapped (the mapping ends when the last view goes). A reply that
+    is not whole reads as an empty header."""
+    empty = memoryview(b"")
+    if size < HEADER_LENGTH.size:
+        return {}, empty, empty
+    view = memoryview(mmap.mmap(out.fileno(), size, prot=mmap.PROT_READ))
+    (length,) = HEADER_LENGTH.unpack(view[:HEADER_LENGTH.size])
+    at = HEADER_LENGTH.size + length
+    header = _unpack(bytes(view[HEADER_LENGTH.size:at])) if at <= size else {}
+    wasm, artifact = header.get("wasm", 0), header.get("artifact", 0)
+    if not (isinstance(wasm, int) and isinstance(artifact, int)
+            and 0 <= wasm and 0 <= artifact and at + wasm + artifact == size):
+        return {}, empty, empty
+    return header, view[at:at + wasm], view[at + wasm:size]
 
 
 @dataclass
@@ -279,6 +324,18 @@ class Builds:
                                  cwd=workdir, env={**os.environ, **ONE_THREAD})
         return _Child(popen, out, err, workdir)
 
+    def start_spare(self) -> None:
+        """Start the spare now if there is none: a model's upload takes seconds to
+        store (VGG-19's: 8 s), while which the spare imports the planner, instead of
+        after it (a second or more on the way to `ready`)."""
+        with self._lock:
+            old = self._spare
+            if old is not None and old.popen.poll() is None:
+                return
+            self._spare = self._spawn(warm=True)
+        if old is not None:
+            old.discard()
+
     def _child(self, *, warm: bool) -> _Child:
         """A process for one build. A model's takes the spare, which has already spent
         the second of importing onnx and numpy, and leaves a new spare for the next
@@ -305,6 +362,7 @@ class Builds:
         timer = threading.Timer(self.timeout_s * WALL_FACTOR + WALL_SLACK_S, stop)
         timer.daemon = True  # a stopping gateway does not wait for it
         timer.start()
+        started = time.perf_counter()
         try:
             try:
                 child.popen.stdin.write(upload.path.encode() + b"\n")
@@ -317,7 +375,13 @@ class Builds:
             size = child.out.tell()
             child.err.seek(max(0, child.err.seek(0, os.SEEK_END) - 2000))
             err = child.err.read()
-            return self._outcome(child, size, err, usage, over_time.is_set())
+            built = self._outcome(child, size, err, usage, over_time.is_set())
+            if built.model is None:
+                return built
+            # What the build process took in all (planning and compiling, as the model
+            # says, then writing its reply), for the record (broker/builds.py).
+            return dataclasses.replace(built, model={
+                **built.model, "buildMs": round((time.perf_counter() - started) * 1000)})
         finally:
             timer.cancel()
             child.discard()
@@ -332,15 +396,15 @@ class Builds:
         if code == 0:
             self.memory.take(size)
             try:
-                child.out.seek(0)
-                reply = _unpack(child.out.read())
+                reply, wasm, artifact = _read_reply(child.out, size)
             except BaseException:
                 self.memory.give(size)
                 raise
-            if "wasm" in reply:
-                return Built(reply["wasm"], abi.ModuleInfo(**reply["info"]),
-                             reply["artifact"], reply.get("kind", "wasm"), reply.get("model"),
+            if "info" in reply:
+                return Built(wasm, abi.ModuleInfo(**reply["info"]), artifact,
+                             reply.get("kind", "wasm"), reply.get("model"),
                              lambda: self.memory.give(size))
+            del wasm, artifact
             self.memory.give(size)
         else:
             reply = {}

@@ -75,6 +75,7 @@ class BuildJobs:
         reservation = self.builds.reserve(caller)
         token = uuid.uuid4().hex
         try:
+            self.builds.start_spare()  # it gets ready while the upload is stored
             with self.builds.memory.hold(upload.size):
                 record, build = store(token, upload.read())
         except BaseException:
