@@ -29,6 +29,7 @@ from bench.zoo import ZOO
 from wasmq.broker.engine import make_engine
 from wasmq.toolchain.model import build_kernels
 from wasmq.toolchain.model import program as pg
+from wasmq.toolchain.model.ops import E
 from wasmq.toolchain.model.planner import Builder, load
 from wasmq.toolchain.model.wasmfile import Kernel
 
@@ -44,6 +45,13 @@ def label(ins: pg.Instr) -> str:
         mode = " winograd" if len(w) > 28 and w[28] else ""
         groups = f" g{w[15]}" if w[15] > 1 else ""
         return (f"conv {w[1]}->{w[4]} {w[5]}x{w[6]}/{w[9]}{groups} at {w[7]}x{w[8]}{mode}")
+    if ins.op == pg.OP_POOL:  # planes H W OH OW KH KW sh sw ... mode
+        return f"{('max', 'avg')[w[15]]}pool {w[0]} planes {w[5]}x{w[6]}/{w[7]} at {w[3]}x{w[4]}"
+    if ins.op == pg.OP_ELT:  # op inputs dtype ndims a c dims...
+        name = next((k for k, v in E.items() if v == w[0]), str(w[0])).lower()
+        return f"{name}{' relu' if w[4] else ''} over {'x'.join(map(str, w[6:6 + w[3]]))}"
+    if ins.op == pg.OP_GEMM:
+        return f"gemm {w[1]}x{w[3]} by {w[3]}x{w[2]}"
     return NAMES.get(ins.op, str(ins.op))
 
 

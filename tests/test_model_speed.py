@@ -229,3 +229,51 @@ def test_column_matrices_at_row_widths_not_a_multiple_of_8_match_onnxruntime(
     inits = {"w": rand(6, c, k, k), "b": rand(6)}
     check(single("Conv", [("x", shape, F)], ["y"], inits, opset=13, **attrs),
           {"x": rand(*shape)})
+
+
+def shortcut_block(kernel: int, group: int, late_shortcut: bool, width: int) -> onnx.ModelProto:
+    """Conv (BatchNormalization folded in), Add of a shortcut, Relu: ResNet's and
+    ShuffleNet's blocks. `late_shortcut`: the shortcut is a Conv after the first one in
+    the graph (ResNet's downsampling block), so only it can take the sum."""
+    c = 6
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
+        ("w", rand(c, c // group, kernel, kernel)), ("wb", rand(c)), ("ws", rand(c, c, 1, 1)),
+        ("s", 1 + 0.1 * rand(c)), ("t", rand(c)), ("m", rand(c)), ("v", 1 + np.abs(rand(c))))
+        if late_shortcut or n != "ws"]
+    pad = kernel // 2
+    nodes = [h.make_node("Conv", ["x", "w", "wb"], ["c"], pads=[pad] * 4, group=group),
+             h.make_node("BatchNormalization", ["c", "s", "t", "m", "v"], ["y"])]
+    short = "x"
+    if late_shortcut:
+        nodes.append(h.make_node("Conv", ["x", "ws"], ["short"]))
+        short = "short"
+    nodes += [h.make_node("Add", ["y", short], ["sum"]), h.make_node("Relu", ["sum"], ["out"])]
+    graph = h.make_graph(nodes, "block", [h.make_tensor_value_info("x", F, [1, c, 5, width])],
+                         [onnx.ValueInfoProto(name="out")], initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    return typed_outputs(model)
+
+
+@pytest.mark.parametrize("kernel, group", [(1, 1), (3, 1), (1, 3), (3, 6)])
+@pytest.mark.parametrize("late_shortcut", [False, True])
+@pytest.mark.parametrize("width", [6, 13])
+def test_a_shortcut_add_is_taken_by_the_conv_and_answers_as_onnxruntime(
+        kernel: int, group: int, late_shortcut: bool, width: int) -> None:
+    """Im2col (1x1, grouped, with edge tiles), Winograd (3x3) and, not fused, depthwise."""
+    from wasmq.toolchain.model import program as pg
+    from wasmq.toolchain.model.planner import Builder
+
+    model = shortcut_block(kernel, group, late_shortcut, width)
+    check(model, {"x": rand(1, 6, 5, width)})
+    b = Builder(model, 1 << 26, None)
+    b.run()
+    kinds = [i.op for i in b.prog.instrs]
+    # the sum and the Relu go into a Conv, never a depthwise one: with no other Conv, they
+    # stay in the Add
+    alone = group == 6 and not late_shortcut
+    assert kinds.count(pg.OP_ELT) == (1 if alone else 0), kinds
+    fused = [i for i in b.prog.instrs if i.op == pg.OP_CONV and i.fields["residual"]]
+    assert len(fused) == (0 if alone else 1)
+    if late_shortcut:
+        assert fused[0] is b.prog.instrs[1]  # the later Conv took the earlier one's output

@@ -224,13 +224,14 @@ static inline float sact(float v, act_t a) {
 #define MK_STEP4(i, BS) MK_STEP(i, BS); MK_STEP((i) + 1, BS); MK_STEP((i) + 2, BS); MK_STEP((i) + 3, BS)
 
 /* `init`: four starting values (the bias), else the tile's current values are
- * loaded from c; `act`: applied before the final store (0 on all but the last chunk).
+ * loaded from c; `res`: a residual added before the activation, laid out as c (a Conv
+ * followed by Add, ResNet's shortcut); `res` and `act`: 0 on all but the last chunk.
  * BS: floats from one step's 8 values of B to the next's, a constant, so that every
  * address is an offset from bp (a panel: 8; Winograd's interleaved V: 128). */
 #define MK_DEFINE(name, BS) \
 __attribute__((noinline)) \
 static void name(int n, const float *ap, const float *bp, float *c, int ldc, \
-                 const float *init, const act_t *act) { \
+                 const float *init, const float *res, const act_t *act) { \
     v128_t c00, c01, c10, c11, c20, c21, c30, c31; \
     if (init) { \
         c00 = c01 = wasm_v128_load32_splat(init); \
@@ -247,6 +248,16 @@ static void name(int n, const float *ap, const float *bp, float *c, int ldc, \
     MK_STEP4(0, BS); MK_STEP4(4, BS); MK_STEP4(8, BS); MK_STEP4(12, BS); \
     MK_STEP4(16, BS); MK_STEP4(20, BS); MK_STEP4(24, BS); MK_STEP4(28, BS); \
 done: \
+    if (res) { \
+        c00 = wasm_f32x4_add(c00, wasm_v128_load(res)); \
+        c01 = wasm_f32x4_add(c01, wasm_v128_load(res + 4)); res += ldc; \
+        c10 = wasm_f32x4_add(c10, wasm_v128_load(res)); \
+        c11 = wasm_f32x4_add(c11, wasm_v128_load(res + 4)); res += ldc; \
+        c20 = wasm_f32x4_add(c20, wasm_v128_load(res)); \
+        c21 = wasm_f32x4_add(c21, wasm_v128_load(res + 4)); res += ldc; \
+        c30 = wasm_f32x4_add(c30, wasm_v128_load(res)); \
+        c31 = wasm_f32x4_add(c31, wasm_v128_load(res + 4)); \
+    } \
     if (act && act->act) { \
         c00 = vact(c00, *act); c01 = vact(c01, *act); c10 = vact(c10, *act); c11 = vact(c11, *act); \
         c20 = vact(c20, *act); c21 = vact(c21, *act); c30 = vact(c30, *act); c31 = vact(c31, *act); \
@@ -259,12 +270,13 @@ done: \
 MK_DEFINE(mk4x8, 8)
 MK_DEFINE(mk4x8_wino, 128)
 
-/* C[M][N] (row stride ldc) = act(A B + bias): A packed in blocks of 4 rows,
+/* C[M][N] (row stride ldc) = act(A B + bias + R): A packed in blocks of 4 rows,
  * [M/4][K][4] (rows padded with zeros), B panel-packed, N/8 panels of [K][8]
- * (columns padded with zeros). Edge tiles go through a scratch tile. */
+ * (columns padded with zeros); R (0: none) laid out as C. Edge tiles go through a
+ * scratch tile. */
 static void gemm_packed(int M, int N, int K, const float *Ap, const float *Bp, float *C,
-                        int ldc, const float *bias, act_t act) {
-    float tile[32];
+                        int ldc, const float *bias, const float *R, act_t act) {
+    float tile[32], rtile[32];
     for (int m = 0; m < M; m += 4) {
         int rows = M - m < 4 ? M - m : 4;
         float b4[4];
@@ -275,11 +287,20 @@ static void gemm_packed(int M, int N, int K, const float *Ap, const float *Bp, f
             float *c = full ? C + (size_t)m * ldc + n : tile;
             int l = full ? ldc : 8;
             const float *bp = Bp + (size_t)n * K;
+            const float *r = R ? R + (size_t)m * ldc + n : 0;
+            if (R && !full) {
+                int cols = N - n < 8 ? N - n : 8;
+                for (int i = 0; i < 32; i++) rtile[i] = 0;
+                for (int i = 0; i < rows; i++)
+                    for (int j = 0; j < cols; j++) rtile[i * 8 + j] = r[(size_t)i * ldc + j];
+                r = rtile;
+            }
             int k = 0;
             do {
                 int steps = K - k < MK_STEPS ? K - k : MK_STEPS;
+                int last = k + steps >= K;
                 mk4x8(steps, ap + (size_t)4 * k, bp + (size_t)8 * k, c, l, k == 0 ? b4 : 0,
-                      k + steps >= K ? &act : 0);
+                      last ? r : 0, last ? &act : 0);
                 k += steps;
             } while (k < K);
             if (!full) {
@@ -436,7 +457,7 @@ static void wino_gemm(int M, int C, int tb, const float *U, const float *V, floa
                 do {
                     int steps = C - k < MK_STEPS ? C - k : MK_STEPS;
                     mk4x8_wino(steps, A + (size_t)m * C + 4 * k, bp + (size_t)WPANEL * k, c, l,
-                               k == 0 ? zero4 : 0, 0);
+                               k == 0 ? zero4 : 0, 0, 0);
                     k += steps;
                 } while (k < C);
                 for (int i = 0; i < rows && rows < 4; i++)
@@ -446,13 +467,14 @@ static void wino_gemm(int M, int C, int tb, const float *U, const float *V, floa
     }
 }
 
-/* Y = A^T X A + bias, act, for each output channel and tile; tiles past the
- * output's edge are dropped. */
+/* Y = act(A^T X A + bias + R), for each output channel and tile (R: a residual laid
+ * out as Y, or 0); tiles past the output's edge are dropped. */
 __attribute__((noinline))
 static void wino_output(const float *X, int M, int TB, int t0, int tb, int TW4,
-                        const float *bias, act_t act, float *y, int OH, int OW) {
+                        const float *bias, const float *R, act_t act, float *y, int OH, int OW) {
     for (int m = 0; m < M; m++) {
         float *ym = y + (size_t)m * OH * OW;
+        const float *rm = R ? R + (size_t)m * OH * OW : 0;
         const float *xm = X + (size_t)m * 16 * TB;
         for (int t = t0; t < t0 + tb; t += 4) {
             const float *q = xm + (size_t)((t - t0) >> 3) * WPANEL + ((t - t0) & 7);
@@ -466,25 +488,36 @@ static void wino_output(const float *X, int M, int TB, int t0, int tb, int TW4,
             v128_t p0, p1, q0, q1, r0, r1, w0, w1;
             WCOL(0, p0, p1); WCOL(1, q0, q1); WCOL(2, r0, r1); WCOL(3, w0, w1);
 #undef WCOL
-            v128_t y00 = vact(wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(p0, q0), r0), bv), act);
-            v128_t y01 = vact(wasm_f32x4_add(wasm_f32x4_sub(wasm_f32x4_sub(q0, r0), w0), bv), act);
-            v128_t y10 = vact(wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(p1, q1), r1), bv), act);
-            v128_t y11 = vact(wasm_f32x4_add(wasm_f32x4_sub(wasm_f32x4_sub(q1, r1), w1), bv), act);
+            v128_t y00 = wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(p0, q0), r0), bv);
+            v128_t y01 = wasm_f32x4_add(wasm_f32x4_sub(wasm_f32x4_sub(q0, r0), w0), bv);
+            v128_t y10 = wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(p1, q1), r1), bv);
+            v128_t y11 = wasm_f32x4_add(wasm_f32x4_sub(wasm_f32x4_sub(q1, r1), w1), bv);
             /* tile k's 2x2 at rows 2ty, 2ty+1 and columns 2(tx+k), 2(tx+k)+1 */
             v128_t lo0 = wasm_i32x4_shuffle(y00, y01, 0, 4, 1, 5), hi0 = wasm_i32x4_shuffle(y00, y01, 2, 6, 3, 7);
             v128_t lo1 = wasm_i32x4_shuffle(y10, y11, 0, 4, 1, 5), hi1 = wasm_i32x4_shuffle(y10, y11, 2, 6, 3, 7);
             int oy = 2 * (t / TW4), ox = 2 * (t % TW4);
-            float *o = ym + (size_t)oy * OW + ox;
+            size_t at = (size_t)oy * OW + ox;
+            float *o = ym + at;
             if (oy + 1 < OH && ox + 8 <= OW) {
-                wasm_v128_store(o, lo0); wasm_v128_store(o + 4, hi0);
-                wasm_v128_store(o + OW, lo1); wasm_v128_store(o + OW + 4, hi1);
+                if (rm) {
+                    lo0 = wasm_f32x4_add(lo0, wasm_v128_load(rm + at));
+                    hi0 = wasm_f32x4_add(hi0, wasm_v128_load(rm + at + 4));
+                    lo1 = wasm_f32x4_add(lo1, wasm_v128_load(rm + at + OW));
+                    hi1 = wasm_f32x4_add(hi1, wasm_v128_load(rm + at + OW + 4));
+                }
+                wasm_v128_store(o, vact(lo0, act)); wasm_v128_store(o + 4, vact(hi0, act));
+                wasm_v128_store(o + OW, vact(lo1, act)); wasm_v128_store(o + OW + 4, vact(hi1, act));
             } else if (oy < OH && ox < OW) {
                 float tmp[16];
                 wasm_v128_store(tmp, lo0); wasm_v128_store(tmp + 4, hi0);
                 wasm_v128_store(tmp + 8, lo1); wasm_v128_store(tmp + 12, hi1);
                 int cols = OW - ox < 8 ? OW - ox : 8, rows = OH - oy < 2 ? OH - oy : 2;
                 for (int r = 0; r < rows; r++)
-                    for (int j = 0; j < cols; j++) o[(size_t)r * OW + j] = tmp[r * 8 + j];
+                    for (int j = 0; j < cols; j++) {
+                        size_t e = (size_t)r * OW + j;
+                        float v = tmp[r * 8 + j];
+                        o[e] = sact(rm ? v + rm[at + e] : v, act);
+                    }
             }
         }
     }
@@ -504,6 +537,7 @@ static void conv_winograd(const int32_t *p) {
     int Hp = p[25], Wp = p[26];
     float *V = (float *)(uintptr_t)p[29], *X = (float *)(uintptr_t)p[30];
     int TB = p[31], TW4 = p[32], TH = p[33];
+    const float *res = (const float *)(uintptr_t)p[34];
     int T = TH * TW4;
     for (int n = 0; n < N; n++) {
         pad_input(x + (size_t)n * C * H * W, padded, C, H, W, Hp, Wp, pt, pl);
@@ -511,7 +545,8 @@ static void conv_winograd(const int32_t *p) {
             int tb = T - t0 < TB ? T - t0 : TB;
             wino_input(padded, C, Hp, Wp, TW4, t0, tb, V);
             wino_gemm(M, C, tb, U, V, X, TB);
-            wino_output(X, M, TB, t0, tb, TW4, bias, act, y + (size_t)n * M * OH * OW, OH, OW);
+            wino_output(X, M, TB, t0, tb, TW4, bias, res ? res + (size_t)n * M * OH * OW : 0,
+                        act, y + (size_t)n * M * OH * OW, OH, OW);
         }
     }
 }
@@ -523,7 +558,8 @@ static void pool_interior(const float *xc, int H, int W, int h0, int KH, int KW,
                           int dw, int sw, int pl, int mode, int cnt, int owa, int owb, float *yr);
 
 /* Conv, NCHW, weights packed per group as [Mg/4][Kg][4], Kg = Cg*KH*KW.
- * p[28] = 1: Winograd (conv_winograd). */
+ * p[28] = 1: Winograd (conv_winograd). p[34]: a residual laid out as the output, added
+ * before the activation (0: none; never with the depthwise kernel). */
 __attribute__((noinline)) static void op_conv(const int32_t *p) {
     int N = p[0], C = p[1], H = p[2], W = p[3], M = p[4], KH = p[5], KW = p[6];
     int OH = p[7], OW = p[8], sh = p[9], sw = p[10], pt = p[11], pl = p[12];
@@ -536,6 +572,7 @@ __attribute__((noinline)) static void op_conv(const int32_t *p) {
     float *col = (float *)(uintptr_t)p[23];
     float *padded = (float *)(uintptr_t)p[24];  /* 0 when there is no padding */
     int Hp = p[25], Wp = p[26], NT = p[27];  /* NT: columns a chunk, a multiple of 8 */
+    const float *res = (const float *)(uintptr_t)p[34];  /* added before act; 0: none */
     if (p[28]) { conv_winograd(p); return; }
     if (conv_depthwise(p)) return;
     int Cg = C / G, Mg = M / G, Kg = Cg * KH * KW, P = OH * OW;
@@ -555,6 +592,7 @@ __attribute__((noinline)) static void op_conv(const int32_t *p) {
             /* The column matrix, a chunk of NT columns at a time (it stays in cache and
              * touches few pages), panel-packed: element (k, p) at (p/8)*Kg*8 + k*8 + p%8. */
             float *yg = y + ((size_t)n * M + (size_t)g * Mg) * P;
+            const float *rg = res ? res + ((size_t)n * M + (size_t)g * Mg) * P : 0;
             int32_t *off = (int32_t *)(col + (size_t)Kg * NT);  /* each tap's input offset */
             {
                 int k = 0;
@@ -622,7 +660,7 @@ __attribute__((noinline)) static void op_conv(const int32_t *p) {
                     }
                 }
                 gemm_packed(Mg, p1 - p0, Kg, w + (size_t)g * Mg4 * Kg, col, yg + p0, P,
-                            bias ? bias + g * Mg : 0, act);
+                            bias ? bias + g * Mg : 0, rg ? rg + p0 : 0, act);
             }
         }
     }

@@ -195,7 +195,8 @@ def binary(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tens
     if x.dtype != y.dtype:
         raise ModelError(f"{b.where}: inputs {x.describe()} and {y.describe()} differ in type")
     need_dtype(b, x, pg.F32, pg.I64)
-    if node.op_type == "Add" and (fused := b.fuse_bias(x, y)):
+    if node.op_type == "Add" and ((fused := b.fuse_bias(x, y)) or
+                                  (fused := b.fuse_residual(x, y))):
         return [fused]
     return [elementwise(b, E[BINARY[node.op_type]], [x, y])]
 
@@ -929,9 +930,11 @@ def conv(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     words = [n, c, hw[0], hw[1], m, kk[0], kk[1], ohw[0], ohw[1], st[0], st[1], begin[0],
              begin[1], dl[0], dl[1], groups, b.ref(x), Ref(const=wi), Ref(const=bi),
              b.prog.ref(out), ACT_NONE, 0, 0, b.prog.ref(col) if col is not None else 0,
-             b.prog.ref(padded) if padded is not None else 0, hp, wp, chunk, *extra]
+             b.prog.ref(padded) if padded is not None else 0, hp, wp, chunk, *extra,
+             0]  # the residual (planner.fuse_residual)
+    depthwise = groups == c == m
     instr = b.prog.emit(pg.OP_CONV, words, "conv", w=w, bias=bias, wi=wi, bi=bi, groups=groups,
-                        act=0, winograd=winograd)
+                        act=0, winograd=winograd, depthwise=depthwise, residual=False)
     b.producer(out, instr)
     return [out]
 
