@@ -1204,10 +1204,45 @@ static inline v128_t pool4(const float *xc, int W, int h0, int KH, int KW, int d
 /* Columns [owa, owb) of one output row (at least 4): four at a time, the last four
  * overlapping the previous ones when the count is not a multiple of 4. `cnt`: the
  * divisor of an average. */
+/* pool4 for a 3x3 window of three rows inside the plane, unrolled; `sw` and `mode` are
+ * constants where it is called, so each combination is its own straight-line code. */
+static inline __attribute__((always_inline)) void pool3x3_row(
+        const float *r0, int W, int sw, int mode, v128_t div, int owa, int owb, float *yr) {
+    const float *r1 = r0 + W, *r2 = r1 + W;
+    for (int ow = owa;; ow += 4) {
+        if (ow + 4 > owb) ow = owb - 4;
+        size_t at = (size_t)ow * sw;
+        v128_t a = load_cols(r0 + at, sw), b = load_cols(r0 + at + 1, sw);
+        v128_t c = load_cols(r0 + at + 2, sw), d = load_cols(r1 + at, sw);
+        v128_t e = load_cols(r1 + at + 1, sw), f = load_cols(r1 + at + 2, sw);
+        v128_t g = load_cols(r2 + at, sw), h = load_cols(r2 + at + 1, sw);
+        v128_t i = load_cols(r2 + at + 2, sw), v;
+        if (mode == 0) {  /* max, NaN propagating as pool4's */
+            v = wasm_f32x4_max(wasm_f32x4_max(wasm_f32x4_max(a, b), wasm_f32x4_max(c, d)),
+                               wasm_f32x4_max(wasm_f32x4_max(e, f), wasm_f32x4_max(g, h)));
+            v = wasm_f32x4_max(v, i);
+        } else {  /* summed in pool4's order: the same roundings */
+            v = wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(
+                    wasm_f32x4_add(wasm_f32x4_splat(0.0f), a), b), c), d), e), f);
+            v = wasm_f32x4_div(wasm_f32x4_add(wasm_f32x4_add(wasm_f32x4_add(v, g), h), i), div);
+        }
+        wasm_v128_store(yr + ow, v);
+        if (ow + 4 >= owb) break;
+    }
+}
+
 static void pool_interior(const float *xc, int H, int W, int h0, int KH, int KW, int dh,
                           int dw, int sw, int pl, int mode, int cnt, int owa, int owb,
                           float *yr) {
     v128_t div = wasm_f32x4_splat((float)(cnt ? cnt : 1));
+    if (KH == 3 && KW == 3 && dh == 1 && dw == 1 && h0 >= 0 && h0 + 3 <= H && cnt) {
+        const float *r0 = xc + (size_t)h0 * W - pl;
+        if (sw == 1 && mode == 0) pool3x3_row(r0, W, 1, 0, div, owa, owb, yr);
+        else if (sw == 1) pool3x3_row(r0, W, 1, 1, div, owa, owb, yr);
+        else if (mode == 0) pool3x3_row(r0, W, 2, 0, div, owa, owb, yr);
+        else pool3x3_row(r0, W, 2, 1, div, owa, owb, yr);
+        return;
+    }
     for (int ow = owa;; ow += 4) {
         if (ow + 4 > owb) ow = owb - 4;
         v128_t v = pool4(xc, W, h0, KH, KW, dh, dw, sw, ow * sw - pl, H, mode);
