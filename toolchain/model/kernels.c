@@ -320,7 +320,26 @@ static void gemm_general(int M, int N, int K, const float *A, int sam, int sak,
         float *c = C + (size_t)m * ldc;
         for (int n = 0; n < N; n++) c[n] = 0;
         const float *a = A + (size_t)m * sam;
-        for (int k = 0; k < K; k++) {
+        int k = 0;
+        /* four rows of B a pass, so each vector of C is loaded and stored once for four
+         * products (a classifier's 1 x K by K x N is all passes); the same additions in
+         * the same order as one row a pass */
+        for (; k + 4 <= K; k += 4) {
+            float a0 = a[(size_t)k * sak], a1 = a[(size_t)(k + 1) * sak];
+            float a2 = a[(size_t)(k + 2) * sak], a3 = a[(size_t)(k + 3) * sak];
+            const float *b0 = B + (size_t)k * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+            v128_t s0 = wasm_f32x4_splat(a0), s1 = wasm_f32x4_splat(a1);
+            v128_t s2 = wasm_f32x4_splat(a2), s3 = wasm_f32x4_splat(a3);
+            int n = 0;
+            for (; n + 4 <= N; n += 4) {
+                v128_t v = wasm_f32x4_add(wasm_v128_load(c + n), wasm_f32x4_mul(s0, wasm_v128_load(b0 + n)));
+                v = wasm_f32x4_add(v, wasm_f32x4_mul(s1, wasm_v128_load(b1 + n)));
+                v = wasm_f32x4_add(v, wasm_f32x4_mul(s2, wasm_v128_load(b2 + n)));
+                wasm_v128_store(c + n, wasm_f32x4_add(v, wasm_f32x4_mul(s3, wasm_v128_load(b3 + n))));
+            }
+            for (; n < N; n++) c[n] = c[n] + a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n];
+        }
+        for (; k < K; k++) {
             float av = a[(size_t)k * sak];
             const float *b = B + (size_t)k * ldb;
             v128_t s = wasm_f32x4_splat(av);
