@@ -277,3 +277,28 @@ def test_a_shortcut_add_is_taken_by_the_conv_and_answers_as_onnxruntime(
     assert len(fused) == (0 if alone else 1)
     if late_shortcut:
         assert fused[0] is b.prog.instrs[1]  # the later Conv took the earlier one's output
+
+
+@pytest.mark.parametrize("c,hw,k,group,attrs", [
+    (3, (224, 224), 3, 1, {"pads": [1, 1, 1, 1], "strides": [2, 2]}),  # ShuffleNet's stem
+    (3, (32, 32), 7, 1, {"pads": [3, 3, 3, 3], "strides": [2, 2]}),    # ResNet's, smaller
+    (3, (9, 16), 3, 1, {"pads": [1, 1, 1, 1]}),                        # stride 1, one panel a row
+    (4, (12, 32), 5, 2, {"pads": [2, 1, 3, 2], "strides": [2, 2]}),    # grouped, uneven pads
+    (6, (10, 16), 3, 1, {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+])
+def test_padding_read_inline_matches_onnxruntime_and_allocates_no_padded_copy(
+        c: int, hw: tuple[int, int], k: int, group: int, attrs: dict) -> None:
+    """Rows of 8 output columns at strides 1 and 2 read the padding as zeros where the
+    taps fall: panels inside the row in vectors, those at its edges one column at a time,
+    rows above and below the plane as zeros."""
+    from wasmq.toolchain.model import program as pg
+    from wasmq.toolchain.model.planner import Builder
+
+    shape = [1, c, *hw]
+    inits = {"w": rand(8, c // group, k, k), "b": rand(8)}
+    model = single("Conv", [("x", shape, F)], ["y"], inits, opset=13, group=group, **attrs)
+    check(model, {"x": rand(*shape)})
+    b = Builder(model, 1 << 28, None)
+    b.run()
+    conv = next(i for i in b.prog.instrs if i.op == pg.OP_CONV)
+    assert conv.words[35] == 1 and conv.words[24] == 0  # inline, no padded scratch

@@ -576,9 +576,69 @@ static int conv_depthwise(const int32_t *p);
 static void pool_interior(const float *xc, int H, int W, int h0, int KH, int KW, int dh,
                           int dw, int sw, int pl, int mode, int cnt, int owa, int owb, float *yr);
 
+/* The column matrices of a padded Conv read straight from its input, each tap's rows
+ * and columns checked against the plane, and multiplied: no padded copy of the input,
+ * whose pages (as large as the input: a stem's 3 x 230 x 230 floats) a fresh instance
+ * would fault in on every call. For 8 output columns a row (OW a multiple of 8) at
+ * strides 1 and 2: a panel whose taps all fall inside the row is read in vectors. */
+static void conv_columns_inline_pad(const int32_t *p, const float *xg, float *col, int32_t *off,
+                                    float *yg, const float *rg, const float *wg,
+                                    const float *bias, act_t act, int Cg, int Mg) {
+    int H = p[2], W = p[3], KH = p[5], KW = p[6], OW = p[8], sh = p[9], sw = p[10];
+    int pt = p[11], pl = p[12], dh = p[13], dw = p[14], NT = p[27], P = p[7] * OW;
+    int Kg = Cg * KH * KW;
+    int32_t *th = off + Kg, *tw = th + Kg;  /* each tap's row and column in the window */
+    for (int c = 0, k = 0; c < Cg; c++)
+        for (int kh = 0; kh < KH; kh++)
+            for (int kw = 0; kw < KW; kw++, k++) {
+                off[k] = c * H * W;
+                th[k] = kh * dh;
+                tw[k] = kw * dw;
+            }
+    v128_t z = wasm_f32x4_splat(0.0f);
+    for (int p0 = 0; p0 < P; p0 += NT) {
+        int p1 = p0 + NT < P ? p0 + NT : P;
+        int oh = p0 / OW, ow = p0 % OW;
+        for (int q = p0; q < p1; q += 8) {
+            float *d = col + (size_t)((q - p0) >> 3) * Kg * 8;
+            int ih0 = oh * sh - pt, iw0 = ow * sw - pl;
+            int inside = iw0 >= 0 && iw0 + (KW - 1) * dw + 7 * sw < W;
+            for (int k = 0; k < Kg; k++, d += 8) {
+                int ih = ih0 + th[k];
+                if (ih < 0 || ih >= H) {
+                    wasm_v128_store(d, z);
+                    wasm_v128_store(d + 4, z);
+                    continue;
+                }
+                const float *row = xg + off[k] + (size_t)ih * W;
+                int iw = iw0 + tw[k];
+                if (inside && sw == 1) {
+                    wasm_v128_store(d, wasm_v128_load(row + iw));
+                    wasm_v128_store(d + 4, wasm_v128_load(row + iw + 4));
+                } else if (inside) {  /* as op_conv's stride 2: the last read is never used */
+                    const float *from = row + iw;
+                    v128_t l0 = wasm_v128_load(from), l1 = wasm_v128_load(from + 4);
+                    v128_t l2 = wasm_v128_load(from + 8), l3 = wasm_v128_load(from + 12);
+                    wasm_v128_store(d, wasm_i32x4_shuffle(l0, l1, 0, 2, 4, 6));
+                    wasm_v128_store(d + 4, wasm_i32x4_shuffle(l2, l3, 0, 2, 4, 6));
+                } else {
+                    for (int j = 0; j < 8; j++) {
+                        int cj = iw + j * sw;
+                        d[j] = cj >= 0 && cj < W ? row[cj] : 0.0f;
+                    }
+                }
+            }
+            ow += 8;
+            if (ow == OW) { ow = 0; oh++; }
+        }
+        gemm_packed(Mg, p1 - p0, Kg, wg, col, yg + p0, P, bias, rg ? rg + p0 : 0, act);
+    }
+}
+
 /* Conv, NCHW, weights packed per group as [Mg/4][Kg][4], Kg = Cg*KH*KW.
  * p[28] = 1: Winograd (conv_winograd). p[34]: a residual laid out as the output, added
- * before the activation (0: none; never with the depthwise kernel). */
+ * before the activation (0: none; never with the depthwise kernel). p[35] = 1: the
+ * padding is read inline (conv_columns_inline_pad), p[24] is 0. */
 __attribute__((noinline)) static void op_conv(const int32_t *p) {
     int N = p[0], C = p[1], H = p[2], W = p[3], M = p[4], KH = p[5], KW = p[6];
     int OH = p[7], OW = p[8], sh = p[9], sw = p[10], pt = p[11], pl = p[12];
@@ -592,6 +652,7 @@ __attribute__((noinline)) static void op_conv(const int32_t *p) {
     float *padded = (float *)(uintptr_t)p[24];  /* 0 when there is no padding */
     int Hp = p[25], Wp = p[26], NT = p[27];  /* NT: columns a chunk, a multiple of 8 */
     const float *res = (const float *)(uintptr_t)p[34];  /* added before act; 0: none */
+    int inline_pad = p[35];  /* padding read as zeros where the taps fall, not copied */
     if (p[28]) { conv_winograd(p); return; }
     if (conv_depthwise(p)) return;
     int Cg = C / G, Mg = M / G, Kg = Cg * KH * KW, P = OH * OW;
@@ -613,6 +674,11 @@ __attribute__((noinline)) static void op_conv(const int32_t *p) {
             float *yg = y + ((size_t)n * M + (size_t)g * Mg) * P;
             const float *rg = res ? res + ((size_t)n * M + (size_t)g * Mg) * P : 0;
             int32_t *off = (int32_t *)(col + (size_t)Kg * NT);  /* each tap's input offset */
+            if (inline_pad) {
+                conv_columns_inline_pad(p, xg, col, off, yg, rg, w + (size_t)g * Mg4 * Kg,
+                                        bias ? bias + g * Mg : 0, act, Cg, Mg);
+                continue;
+            }
             {
                 int k = 0;
                 for (int c = 0; c < Cg; c++)
