@@ -302,3 +302,62 @@ def test_padding_read_inline_matches_onnxruntime_and_allocates_no_padded_copy(
     b.run()
     conv = next(i for i in b.prog.instrs if i.op == pg.OP_CONV)
     assert conv.words[35] == 1 and conv.words[24] == 0  # inline, no padded scratch
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_the_request_text_lies_in_the_arena_clear_of_the_inputs(raw: bool) -> None:
+    """malloc_buffer places the request where the activations later go (their pages are
+    then faulted in once a call, not twice), never over an input tensor, which pred()
+    writes while it reads the text; a text the arena cannot hold goes above it."""
+    import struct
+
+    import wasmtime
+
+    from tests.model_runner import MAX_BYTES, outputs, request, run_wasm
+    from wasmq.toolchain.model import build_model
+    from wasmq.toolchain.model.planner import kernel
+
+    shape = [1, 3, 32, 32]
+    inits = [numpy_helper.from_array(rand(16, 3, 3, 3), "w"),
+             numpy_helper.from_array(rand(16), "b")]
+    # a second input, so that the text must avoid two tensors
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["z"], ["zz"])]
+    graph = h.make_graph(nodes, "two", [h.make_tensor_value_info("x", F, shape),
+                                        h.make_tensor_value_info("z", F, [2, 3])],
+                         [onnx.ValueInfoProto(name="y"), onnx.ValueInfoProto(name="zz")],
+                         initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    model = typed_outputs(model)
+    feeds = {"x": rand(*shape), "z": rand(2, 3)}
+    built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+    body = request(built, feeds, raw=raw)
+    want = reference(model, feeds)
+    got = outputs(built, run_wasm(built.wasm, body).output)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    ex = linker.instantiate(store, wasmtime.Module(engine, built.wasm)).exports(store)
+    ex["_initialize"](store)
+    memory = ex["memory"]
+    base = kernel().plan_address
+    head = struct.unpack("<8I", bytes(memory.read(store, base, base + 32)))
+    arena = (base + head[1] + 63) & ~63
+    arena_end, n_in, io_off = head[2], head[3], head[5]
+    ins = []
+    for i in range(n_in):
+        words = struct.unpack("<16i", bytes(memory.read(store, base + io_off + 64 * i,
+                                                        base + io_off + 64 * (i + 1))))
+        ins.append((words[4], words[4] + 4 * words[3]))  # float32: 4 bytes a value
+    ptr = ex["malloc_buffer"](store, len(body) + 1) & 0xFFFFFFFF
+    # 16 KB of base64 or 60 KB of JSON, beside the 12 KB image in a 90 KB arena
+    assert arena <= ptr and ptr + len(body) + 1 <= arena_end
+    assert all(e <= ptr or a >= ptr + len(body) + 1 for a, e in ins)
+    big = ex["malloc_buffer"](store, 1 << 24) & 0xFFFFFFFF
+    assert big >= arena_end
