@@ -356,7 +356,7 @@ def test_the_request_text_lies_in_the_arena_clear_of_the_inputs(raw: bool) -> No
                                                         base + io_off + 64 * (i + 1))))
         ins.append((words[4], words[4] + 4 * words[3]))  # float32: 4 bytes a value
     ptr = ex["malloc_buffer"](store, len(body) + 1) & 0xFFFFFFFF
-    # 16 KB of base64 or 60 KB of JSON, beside the 12 KB image in a 90 KB arena
+    # 16 KB of base64 or about 60 KB of JSON: either fits beside the 12 KB image
     assert arena <= ptr and ptr + len(body) + 1 <= arena_end
     assert all(e <= ptr or a >= ptr + len(body) + 1 for a, e in ins)
     big = ex["malloc_buffer"](store, 1 << 24) & 0xFFFFFFFF
