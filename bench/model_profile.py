@@ -29,6 +29,7 @@ from bench.zoo import ZOO
 from wasmq.broker.engine import make_engine
 from wasmq.toolchain.model import build_kernels
 from wasmq.toolchain.model import program as pg
+from wasmq.toolchain.model.ops import E
 from wasmq.toolchain.model.planner import Builder, load
 from wasmq.toolchain.model.wasmfile import Kernel
 
@@ -44,6 +45,13 @@ def label(ins: pg.Instr) -> str:
         mode = " winograd" if len(w) > 28 and w[28] else ""
         groups = f" g{w[15]}" if w[15] > 1 else ""
         return (f"conv {w[1]}->{w[4]} {w[5]}x{w[6]}/{w[9]}{groups} at {w[7]}x{w[8]}{mode}")
+    if ins.op == pg.OP_POOL:  # planes H W OH OW KH KW sh sw ... mode
+        return f"{('max', 'avg')[w[15]]}pool {w[0]} planes {w[5]}x{w[6]}/{w[7]} at {w[3]}x{w[4]}"
+    if ins.op == pg.OP_ELT:  # op inputs dtype ndims a c dims...
+        name = next((k for k, v in E.items() if v == w[0]), str(w[0])).lower()
+        return f"{name}{' relu' if w[4] else ''} over {'x'.join(map(str, w[6:6 + w[3]]))}"
+    if ins.op == pg.OP_GEMM:
+        return f"gemm {w[1]}x{w[3]} by {w[3]}x{w[2]}"
     return NAMES.get(ins.op, str(ins.op))
 
 
@@ -56,17 +64,22 @@ def packed(kernel_wasm: bytes, model: bytes) -> tuple[bytes, list[str]]:
     return k.pack(blob, end, slack=1 << 20), [label(i) for i in b.prog.instrs]
 
 
-def measure(reps: int, name: str = "ResNet-20"
+def measure(reps: int, name: str = "ResNet-20", timed: bool = True
             ) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
     make, shape = ZOO[name]
-    return profile(make().SerializeToString(), shape, reps)
+    return profile(make().SerializeToString(), shape, reps, timed)
 
 
-def profile(model: bytes, shape: tuple[int, ...], reps: int
+def profile(model: bytes, shape: tuple[int, ...], reps: int, timed: bool = True
             ) -> tuple[dict[str, float], list[tuple[str, int, float]]]:
-    """The phases of a call and the instructions of `model` (one float input of `shape`)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        kernel_wasm = build_kernels.build(Path(tmp) / "profile.wasm", profile=True)
+    """The phases of a call and the instructions of `model` (one float input of `shape`);
+    `timed` False: the shipped kernels, without the instruction timers (whose clock
+    calls inflate `pred`), and no instruction rows."""
+    if timed:
+        with tempfile.TemporaryDirectory() as tmp:
+            kernel_wasm = build_kernels.build(Path(tmp) / "profile.wasm", profile=True)
+    else:
+        kernel_wasm = build_kernels.TARGET.read_bytes()
     wasm, labels = packed(kernel_wasm, model)
     engine = make_engine()
     linker = wasmtime.Linker(engine)
@@ -101,11 +114,15 @@ def profile(model: bytes, shape: tuple[int, ...], reps: int
         for name, a, b in (("store", t0, t1), ("instantiate", t1, t2), ("write input", t2, t3),
                            ("pred", t3, t4), ("read output", t4, t5), ("total", t0, t5)):
             phases[name].append((b - a) * 1000)
+        if not timed:
+            continue
         base = ex["prof_ns"](store) & 0xFFFFFFFF
         ns = np.frombuffer(bytes(memory.read(store, base, base + 8 * len(labels))), "<i8")
         for i, v in enumerate(ns):
             per_instr[i].append(v / 1e6)
     summary = {k: statistics.median(v) for k, v in phases.items()}
+    if not timed:
+        return summary, []
     groups: dict[str, list[float]] = defaultdict(list)
     for name, times in zip(labels, per_instr, strict=True):
         groups[name].append(statistics.median(times))
@@ -117,13 +134,17 @@ def profile(model: bytes, shape: tuple[int, ...], reps: int
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.model_profile", description=__doc__)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--phases", action="store_true",
+                        help="only the phases of a call, with the shipped kernels (no timers)")
     parser.add_argument("--model", default="ResNet-20", choices=sorted(ZOO),
                         help="an architecture of bench/zoo.py (default: ResNet-20)")
     args = parser.parse_args()
-    phases, rows = measure(args.reps, args.model)
+    phases, rows = measure(args.reps, args.model, timed=not args.phases)
     print("per call, median ms:")
     for name, ms in phases.items():
         print(f"  {name:>12}: {ms:.3f}")
+    if not rows:
+        return
     total = sum(r[2] for r in rows)
     print(f"instructions, median ms (sum {total:.3f}):")
     for name, count, ms in rows:

@@ -230,3 +230,135 @@ def test_column_matrices_at_row_widths_not_a_multiple_of_8_match_onnxruntime(
     inits = {"w": rand(6, c, k, k), "b": rand(6)}
     check(single("Conv", [("x", shape, F)], ["y"], inits, opset=13, **attrs),
           {"x": rand(*shape)})
+
+
+def shortcut_block(kernel: int, group: int, late_shortcut: bool, width: int) -> onnx.ModelProto:
+    """Conv (BatchNormalization folded in), Add of a shortcut, Relu: ResNet's and
+    ShuffleNet's blocks. `late_shortcut`: the shortcut is a Conv after the first one in
+    the graph (ResNet's downsampling block), so only it can take the sum."""
+    c = 6
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in (
+        ("w", rand(c, c // group, kernel, kernel)), ("wb", rand(c)), ("ws", rand(c, c, 1, 1)),
+        ("s", 1 + 0.1 * rand(c)), ("t", rand(c)), ("m", rand(c)), ("v", 1 + np.abs(rand(c))))
+        if late_shortcut or n != "ws"]
+    pad = kernel // 2
+    nodes = [h.make_node("Conv", ["x", "w", "wb"], ["c"], pads=[pad] * 4, group=group),
+             h.make_node("BatchNormalization", ["c", "s", "t", "m", "v"], ["y"])]
+    short = "x"
+    if late_shortcut:
+        nodes.append(h.make_node("Conv", ["x", "ws"], ["short"]))
+        short = "short"
+    nodes += [h.make_node("Add", ["y", short], ["sum"]), h.make_node("Relu", ["sum"], ["out"])]
+    graph = h.make_graph(nodes, "block", [h.make_tensor_value_info("x", F, [1, c, 5, width])],
+                         [onnx.ValueInfoProto(name="out")], initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    return typed_outputs(model)
+
+
+@pytest.mark.parametrize("kernel, group", [(1, 1), (3, 1), (1, 3), (3, 6)])
+@pytest.mark.parametrize("late_shortcut", [False, True])
+@pytest.mark.parametrize("width", [6, 13])
+def test_a_shortcut_add_is_taken_by_the_conv_and_answers_as_onnxruntime(
+        kernel: int, group: int, late_shortcut: bool, width: int) -> None:
+    """Im2col (1x1, grouped, with edge tiles), Winograd (3x3) and, not fused, depthwise."""
+    from wasmq.toolchain.model import program as pg
+    from wasmq.toolchain.model.planner import Builder
+
+    model = shortcut_block(kernel, group, late_shortcut, width)
+    check(model, {"x": rand(1, 6, 5, width)})
+    b = Builder(model, 1 << 26, None)
+    b.run()
+    kinds = [i.op for i in b.prog.instrs]
+    # the sum and the Relu go into a Conv, never a depthwise one: with no other Conv, they
+    # stay in the Add
+    alone = group == 6 and not late_shortcut
+    assert kinds.count(pg.OP_ELT) == (1 if alone else 0), kinds
+    fused = [i for i in b.prog.instrs if i.op == pg.OP_CONV and i.fields["residual"]]
+    assert len(fused) == (0 if alone else 1)
+    if late_shortcut:
+        assert fused[0] is b.prog.instrs[1]  # the later Conv took the earlier one's output
+
+
+@pytest.mark.parametrize("c,hw,k,group,attrs", [
+    (3, (224, 224), 3, 1, {"pads": [1, 1, 1, 1], "strides": [2, 2]}),  # ShuffleNet's stem
+    (3, (32, 32), 7, 1, {"pads": [3, 3, 3, 3], "strides": [2, 2]}),    # ResNet's, smaller
+    (3, (9, 16), 3, 1, {"pads": [1, 1, 1, 1]}),                        # stride 1, one panel a row
+    (4, (12, 32), 5, 2, {"pads": [2, 1, 3, 2], "strides": [2, 2]}),    # grouped, uneven pads
+    (6, (10, 16), 3, 1, {"pads": [2, 2, 2, 2], "dilations": [2, 2]}),
+])
+def test_padding_read_inline_matches_onnxruntime_and_allocates_no_padded_copy(
+        c: int, hw: tuple[int, int], k: int, group: int, attrs: dict) -> None:
+    """Rows of 8 output columns at strides 1 and 2 read the padding as zeros where the
+    taps fall: panels inside the row in vectors, those at its edges one column at a time,
+    rows above and below the plane as zeros."""
+    from wasmq.toolchain.model import program as pg
+    from wasmq.toolchain.model.planner import Builder
+
+    shape = [1, c, *hw]
+    inits = {"w": rand(8, c // group, k, k), "b": rand(8)}
+    model = single("Conv", [("x", shape, F)], ["y"], inits, opset=13, group=group, **attrs)
+    check(model, {"x": rand(*shape)})
+    b = Builder(model, 1 << 28, None)
+    b.run()
+    conv = next(i for i in b.prog.instrs if i.op == pg.OP_CONV)
+    assert conv.words[35] == 1 and conv.words[24] == 0  # inline, no padded scratch
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_the_request_text_lies_in_the_arena_clear_of_the_inputs(raw: bool) -> None:
+    """malloc_buffer places the request where the activations later go (their pages are
+    then faulted in once a call, not twice), never over an input tensor, which pred()
+    writes while it reads the text; a text the arena cannot hold goes above it."""
+    import struct
+
+    import wasmtime
+
+    from tests.model_runner import MAX_BYTES, outputs, request, run_wasm
+    from wasmq.toolchain.model import build_model
+    from wasmq.toolchain.model.planner import kernel
+
+    shape = [1, 3, 32, 32]
+    inits = [numpy_helper.from_array(rand(16, 3, 3, 3), "w"),
+             numpy_helper.from_array(rand(16), "b")]
+    # a second input, so that the text must avoid two tensors
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["z"], ["zz"])]
+    graph = h.make_graph(nodes, "two", [h.make_tensor_value_info("x", F, shape),
+                                        h.make_tensor_value_info("z", F, [2, 3])],
+                         [onnx.ValueInfoProto(name="y"), onnx.ValueInfoProto(name="zz")],
+                         initializer=inits)
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+    model.ir_version = 8
+    model = typed_outputs(model)
+    feeds = {"x": rand(*shape), "z": rand(2, 3)}
+    built = build_model(model.SerializeToString(), max_bytes=MAX_BYTES)
+    body = request(built, feeds, raw=raw)
+    want = reference(model, feeds)
+    got = outputs(built, run_wasm(built.wasm, body).output)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    ex = linker.instantiate(store, wasmtime.Module(engine, built.wasm)).exports(store)
+    ex["_initialize"](store)
+    memory = ex["memory"]
+    base = kernel().plan_address
+    head = struct.unpack("<8I", bytes(memory.read(store, base, base + 32)))
+    arena = (base + head[1] + 63) & ~63
+    arena_end, n_in, io_off = head[2], head[3], head[5]
+    ins = []
+    for i in range(n_in):
+        words = struct.unpack("<16i", bytes(memory.read(store, base + io_off + 64 * i,
+                                                        base + io_off + 64 * (i + 1))))
+        ins.append((words[4], words[4] + 4 * words[3]))  # float32: 4 bytes a value
+    ptr = ex["malloc_buffer"](store, len(body) + 1) & 0xFFFFFFFF
+    # 16 KB of base64 or about 60 KB of JSON: either fits beside the 12 KB image
+    assert arena <= ptr and ptr + len(body) + 1 <= arena_end
+    assert all(e <= ptr or a >= ptr + len(body) + 1 for a, e in ins)
+    big = ex["malloc_buffer"](store, 1 << 24) & 0xFFFFFFFF
+    assert big >= arena_end

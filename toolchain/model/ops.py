@@ -196,7 +196,8 @@ def binary(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tens
     if x.dtype != y.dtype:
         raise ModelError(f"{b.where}: inputs {x.describe()} and {y.describe()} differ in type")
     need_dtype(b, x, pg.F32, pg.I64)
-    if node.op_type == "Add" and (fused := b.fuse_bias(x, y)):
+    if node.op_type == "Add" and ((fused := b.fuse_bias(x, y)) or
+                                  (fused := b.fuse_residual(x, y))):
         return [fused]
     return [elementwise(b, E[BINARY[node.op_type]], [x, y])]
 
@@ -913,6 +914,7 @@ def conv(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
     kg = (c // groups) * kk[0] * kk[1]
     winograd = (kk == [3, 3] and st == [1, 1] and dl == [1, 1] and groups == 1
                 and c >= WINOGRAD_MIN_CHANNELS)
+    inline_pad = False
     if winograd:
         # 2x2 output tiles, four side by side in a vector and a block a multiple of 8
         th, tw4 = -(-ohw[0] // 2), -(-ohw[1] // 8) * 4
@@ -928,21 +930,29 @@ def conv(b: object, node: object, ins: list[Tensor], attrs: dict) -> list[Tensor
         hp = max(hw[0] + begin[0], (ohw[0] - 1) * st[0] + (kk[0] - 1) * dl[0] + 1)
         wp = max(hw[1] + begin[1], (ohw[1] - 1) * st[1] + (kk[1] - 1) * dl[1] + 1)
         pads = any(begin) or hp > hw[0] or wp > hw[1]
-        padded = b.prog.scratch((c // groups) * hp * wp * 4) if pads else None
+        # Read inline (kernels.c, conv_columns_inline_pad) where the kernel can, rows of 8
+        # output columns at strides 1 and 2 (a stem's): no padded copy to fault in.
+        inline_pad = pads and ohw[1] % 8 == 0 and st[1] in (1, 2) and \
+            not (groups == c == m)
+        padded = b.prog.scratch((c // groups) * hp * wp * 4) if pads and not inline_pad \
+            else None
         # the column matrix, panel-packed for the GEMM, built a chunk of columns at a time
         # (a multiple of 8, about 32 KB of columns: it stays in cache and touches few pages)
         cols = ohw[0] * ohw[1]
         chunk = min((cols + 7) // 8 * 8, max(8, (8192 // kg) // 8 * 8))
-        col = b.prog.scratch(kg * chunk * 4 + kg * 4)  # and each tap's offset
+        col = b.prog.scratch(kg * chunk * 4 + kg * 12)  # and each tap's offsets
         extra = [0, 0, 0, 0, 0, 0]
     wi = b.prog.constant(pack_conv(w, groups, winograd))
     bi = b.prog.constant(bias)
     words = [n, c, hw[0], hw[1], m, kk[0], kk[1], ohw[0], ohw[1], st[0], st[1], begin[0],
              begin[1], dl[0], dl[1], groups, b.ref(x), Ref(const=wi), Ref(const=bi),
              b.prog.ref(out), ACT_NONE, 0, 0, b.prog.ref(col) if col is not None else 0,
-             b.prog.ref(padded) if padded is not None else 0, hp, wp, chunk, *extra]
+             b.prog.ref(padded) if padded is not None else 0, hp, wp, chunk, *extra,
+             0,  # the residual (planner.fuse_residual)
+             int(not winograd and inline_pad)]
+    depthwise = groups == c == m
     instr = b.prog.emit(pg.OP_CONV, words, "conv", w=w, bias=bias, wi=wi, bi=bi, groups=groups,
-                        act=0, winograd=winograd)
+                        act=0, winograd=winograd, depthwise=depthwise, residual=False)
     b.producer(out, instr)
     return [out]
 

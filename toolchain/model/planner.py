@@ -335,7 +335,7 @@ class Builder:
 
     def fuse_batchnorm(self, x: Tensor, s: np.ndarray, t: np.ndarray) -> Tensor | None:
         instr = self._fusable(x, "conv")
-        if instr is None or instr.fields["act"]:
+        if instr is None or instr.fields["act"] or instr.fields["residual"]:
             return None
         f = instr.fields
         w = (f["w"].astype(np.float64) * s.reshape(-1, *([1] * (f["w"].ndim - 1)))).astype(
@@ -345,6 +345,22 @@ class Builder:
         self.prog.consts[f["wi"]] = ops.pack_conv(w, f["groups"], f["winograd"]).tobytes()
         self.prog.consts[f["bi"]] = bias.tobytes()
         return self.alias(x, 0, x.shape)
+
+    def fuse_residual(self, x: Tensor, y: Tensor) -> Tensor | None:
+        """Add(conv, r) as the Conv adding r before its activation (ResNet's and
+        ShuffleNet's shortcuts), so the sum is not a pass of its own over memory: when
+        r has the Conv's shape and is computed before the Conv runs."""
+        for out, res in ((x, y), (y, x)):
+            instr = self._fusable(out, "conv")
+            if instr is None or instr.fields["act"] or instr.fields["residual"] or \
+                    instr.fields["depthwise"] or res.is_const or res.dtype != pg.F32 or \
+                    res.shape != out.shape or res.storage is None or \
+                    res.storage.first >= instr.node:
+                continue
+            instr.words[34] = self.prog.ref(res)
+            instr.fields["residual"] = True
+            return self.alias(out, 0, out.shape)
+        return None
 
     def fuse_bias(self, x: Tensor, y: Tensor) -> Tensor | None:
         for mat, bias in ((x, y), (y, x)):
