@@ -37,7 +37,15 @@ def encode(body: Any, *, as_msgpack: bool = False) -> tuple[bytes, str]:
     return json.dumps(body, separators=(",", ":")).encode(), "application/json"
 
 
+# A reply this small fits in the socket's buffers: sending it never waits for the
+# client, so it needs no RESPONSE_TIMEOUT (whose wait_for costs a task per request).
+UNTIMED_BYTES = 64 * 1024
+
+
 def respond(body: Any, status: int = 200, headers: Mapping[str, str] | None = None, *,
             as_msgpack: bool = False) -> Response:
     content, kind = encode(body, as_msgpack=as_msgpack)
-    return Response(content, status=status, headers=dict(headers or {}), content_type=kind)
+    response = Response(content, status=status, headers=dict(headers or {}), content_type=kind)
+    if len(content) <= UNTIMED_BYTES:
+        response.timeout = None
+    return response
