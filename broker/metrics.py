@@ -162,7 +162,7 @@ class LiveQueues:
         self._reading: Future | None = None  # one read at a time: a slow one is not queued
 
     def serves(self, queue: str) -> bool:
-        """False only when known: some node consumes it, or it is not known yet."""
+        """True when some live node consumes `queue`, or when that is not known yet."""
         if now() - self._read_at >= self.every_s and (
                 self._reading is None or self._reading.done()):
             self._read_at = now()
