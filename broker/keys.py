@@ -55,6 +55,9 @@ WORKERS_SEEN = f"{PREFIX}:workers"  # zset: "<node>\t<pool size>" -> last heartb
 NODES = f"{PREFIX}:nodes"  # zset: node identity (one per worker start) -> last beat
 NODES_BEATING_SINCE = f"{PREFIX}:nodes:since"  # hash: node -> start of its gapless beats
 NODES_QUEUES = f"{PREFIX}:nodes:queues"  # hash: node -> the queues it consumes, comma-joined
+# hash: queue -> when a node consuming it was found dead: calls queued before then whose
+# message the dead node may have taken with it are looked for once the queue drains
+NODES_LOST = f"{PREFIX}:nodes:lost"
 
 
 def running(node: str) -> str:

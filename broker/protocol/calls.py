@@ -57,6 +57,14 @@ class Calls:
                            **options)
         return batch_id
 
+    def waiting(self, queue: str) -> int:
+        """Messages waiting in `queue`, as kombu counts them (0 when it holds none)."""
+        with self.app.connection_for_read() as conn:
+            try:
+                return conn.default_channel.queue_declare(queue=queue, passive=True)[1]
+            except conn.channel_errors:  # not found: no message waits in it
+                return 0
+
     def retried(self, tids: list[str], reason: str) -> None:
         """Tell monitors (Flower, `celery events`) that these calls were sent again: a
         node lost is a retry in Celery's words, as a worker process lost is."""

@@ -243,10 +243,11 @@ class TaskQueue:
     # -- taking calls over (a dead node's, a split batch's, a stopping node's) -----------
 
     def take(self, from_node: str, to_node: str, tids: list[str]) -> list[Taken]:
+        """`from_node`'s calls, or with `from_node` '' calls whose message was lost."""
         if not tids:
             return []
         flat = self._scripts["requeue"](
-            keys=[keys.running(from_node), keys.running(to_node),
+            keys=[keys.running(from_node or to_node), keys.running(to_node),
                   *(keys.task(t) for t in tids)],
             args=["take", from_node, to_node, self.max_attempts, *tids])
         return [Taken(Job.unpacked(job), int(attempt), state == b"exhausted")

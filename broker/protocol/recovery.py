@@ -30,6 +30,7 @@ log = logging.getLogger("wasmq.node")
 HEARTBEAT_S = 1.0
 STALE_S = 4.0  # silent this long: dead (several beats: a loaded host is not dead)
 MAX_DEAD_PER_BEAT = 16
+MAX_LOST_PER_BEAT = 500
 MAX_GAP_S = 2.5 * HEARTBEAT_S  # a node silent this long itself judges no one for STALE_S
 
 _identity: str | None = None
@@ -46,7 +47,7 @@ def identity() -> str:
 
 def _nodes(tasks: TaskQueue, *extra: str, args: list) -> list:
     return tasks.script("nodes")(keys=[keys.NODES, keys.NODES_BEATING_SINCE,
-                                       keys.NODES_QUEUES, *extra], args=args)
+                                       keys.NODES_QUEUES, keys.NODES_LOST, *extra], args=args)
 
 
 def beat(tasks: TaskQueue, calls: Calls, node: str, queues: list[str]) -> tuple[bool, int]:
@@ -60,7 +61,27 @@ def beat(tasks: TaskQueue, calls: Calls, node: str, queues: list[str]) -> tuple[
         if _nodes(tasks, keys.running(dead), args=["gone", dead, now(), STALE_S]):
             log.warning("node %s stopped beating for %g s: %d of its calls sent again",
                         dead, STALE_S, taken)
-    return bool(reply[0]), taken
+    return bool(reply[0]), taken + resend_lost(tasks, calls, node, queues)
+
+
+def resend_lost(tasks: TaskQueue, calls: Calls, node: str, queues: list[str]) -> int:
+    """kombu takes a message off its list and records it as unacknowledged in a second
+    command: a node that dies between the two takes the message with it, and its call
+    stays queued. Once a queue a dead node consumed holds no message, every call queued
+    in it before that death and claimed by no node has no message anywhere (a copy a
+    live node reserved, if any, becomes stale): it is sent again."""
+    sent = 0
+    for queue, since in zip(queues, tasks.redis.hmget(keys.NODES_LOST, queues), strict=True):
+        if since is None or calls.waiting(queue):
+            continue
+        tids = [t.decode() for t in tasks.redis.zrangebyscore(
+            keys.queued(queue), "-inf", float(since), start=0, num=MAX_LOST_PER_BEAT)]
+        sent += take_over(tasks, calls, "", node, tids)
+        if len(tids) < MAX_LOST_PER_BEAT:
+            _nodes(tasks, args=["drained", queue, since])
+    if sent:
+        log.warning("%d calls whose message was lost with a dead node sent again", sent)
+    return sent
 
 
 def leave(tasks: TaskQueue, calls: Calls, node: str) -> int:
@@ -72,7 +93,8 @@ def leave(tasks: TaskQueue, calls: Calls, node: str) -> int:
 
 def take_over(tasks: TaskQueue, calls: Calls, from_node: str, to_node: str,
               tids: list[str] | None = None) -> int:
-    """Send again the calls `from_node` runs (all of its running set, or `tids`)."""
+    """Send again the calls `from_node` runs (all of its running set, or `tids`); with
+    `from_node` '', the calls `tids` whose message was lost."""
     if tids is None:
         tids = [t.decode() for t in tasks.redis.smembers(keys.running(from_node))]
     sent: list[Taken] = []
@@ -101,7 +123,8 @@ def take_over(tasks: TaskQueue, calls: Calls, from_node: str, to_node: str,
         log.warning("could not mark %d calls sent again as queued", len(sent), exc_info=True)
     if sent and from_node != to_node:
         try:
-            calls.retried([t.job.tid for t in sent], f"its node {from_node} was lost")
+            calls.retried([t.job.tid for t in sent], f"its node {from_node} was lost"
+                          if from_node else "its message was lost with a node")
         except Exception:  # noqa: BLE001 - monitors missing an event must not stop recovery
             log.warning("could not tell monitors of %d calls sent again", len(sent))
     return len(sent)

@@ -13,6 +13,9 @@
 --           Returns per call taken: its new attempt, its packed job, and 'send' or
 --           'exhausted' (it ran max_attempts times: the taker fails it). A call
 --           finished, gone, or run by another node now is only dropped from `from`.
+--           With from node '': calls still queued and claimed by no node, whose
+--           message is nowhere (recovery.py looks once their queue has drained), their
+--           attempt raised by two, so any copy of their message left is stale.
 -- 'handed': KEYS[1] the taker's running set, then per call its record and
 --           wasmq:queued:<its queue>
 --           args=[mode: 'handed', taker, now, per call: tid and attempt...]
@@ -26,18 +29,22 @@ if mode == 'take' then
   local out = {}
   for i = 3, #KEYS do
     local record_key, tid = KEYS[i], ARGV[i + 2]
-    if redis.call('SREM', from_key, tid) == 1 then
-      local status, node, attempts, job = unpack(redis.call(
-        'HMGET', record_key, 'status', 'node', 'attempts', 'job'))
-      if status and status ~= 'succeeded' and status ~= 'failed' and node == from_node
-          and job then
-        local attempt = tonumber(attempts or '0') + 1
-        redis.call('HSET', record_key, 'attempts', attempt, 'node', to_node)
-        redis.call('SADD', to_key, tid)
-        out[#out + 1] = attempt
-        out[#out + 1] = job
-        out[#out + 1] = (attempt > max_attempts and 'exhausted') or 'send'
-      end
+    local status, node, attempts, job = unpack(redis.call(
+      'HMGET', record_key, 'status', 'node', 'attempts', 'job'))
+    local raise = nil
+    if from_node == '' then
+      if status == 'queued' and (node or '') == '' then raise = 2 end
+    elseif redis.call('SREM', from_key, tid) == 1 and status and status ~= 'succeeded'
+        and status ~= 'failed' and node == from_node then
+      raise = 1
+    end
+    if raise and job then
+      local attempt = tonumber(attempts or '0') + raise
+      redis.call('HSET', record_key, 'status', 'running', 'attempts', attempt, 'node', to_node)
+      redis.call('SADD', to_key, tid)
+      out[#out + 1] = attempt
+      out[#out + 1] = job
+      out[#out + 1] = (attempt > max_attempts and 'exhausted') or 'send'
     end
   end
   return out
