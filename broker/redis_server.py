@@ -36,19 +36,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+AOF_REWRITE_MIN_MB = 64  # Redis's own default
+
+
 def redis_command(data_dir: Path, port: int, host: str = "127.0.0.1",
                   maxmemory_mb: int | None = None) -> list[str]:
     """With `maxmemory_mb`, Redis refuses writes past it ("OOM command not allowed")
     rather than evict anything: a queued task or a stored result is never dropped.
 
-    It then rewrites its append-only file once the file is over `maxmemory_mb` (and
-    has doubled since the last rewrite), not over Redis's 64 MB: the file may grow
-    to the memory limit before its first rewrite (never over twice the limit, as
-    before), but a big model's upload, module and artifact (1.8 GB for VGG-19) no
-    longer set off rewrites of everything while they are written, which took half
-    the time from its build to `ready` (issue 21)."""
+    It rewrites its append-only file once the file is over `maxmemory_mb` (and has
+    doubled since the last rewrite), not over Redis's 64 MB: the file may grow to the
+    memory limit before its first rewrite (never over twice the limit, as before), but
+    a big model's upload, module and artifact (1.8 GB for VGG-19) no longer set off
+    rewrites of everything while they are written, which took half the time from its
+    build to `ready` (issue 21). A store under 64 MB still rewrites at 64 MB: rewriting
+    a full small store took it over its limit, where Redis refuses every command inside
+    MULTI, kombu's acknowledgements among them, and the worker died of it."""
     limit = (["--maxmemory", f"{maxmemory_mb}mb",
-              "--auto-aof-rewrite-min-size", f"{maxmemory_mb}mb"] if maxmemory_mb else [])
+              "--auto-aof-rewrite-min-size", f"{max(AOF_REWRITE_MIN_MB, maxmemory_mb)}mb"]
+             if maxmemory_mb else [])
     return [
         redis_server_binary(),
         *limit,

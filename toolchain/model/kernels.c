@@ -2148,6 +2148,8 @@ EXPORT("_initialize") void _initialize(void) { heap_top = (uintptr_t)&__heap_bas
 static uintptr_t text_in_arena(const header_t *h, size_t n) {
     uintptr_t lo = ((uintptr_t)h + h->size + 63) & ~(uintptr_t)63, hi = h->arena_end;
     const io_t *ios = (const io_t *)((const char *)h + h->io_off);
+    for (uint32_t i = 0; i < h->n_in; i++)  /* a text input points into the request while */
+        if (ios[i].dtype == TXT) return 0;  /* the plan runs: the text stays out of the arena */
     for (uint32_t c = 0; c <= h->n_in; c++) {  /* the arena's start, then each input's end */
         uintptr_t at = lo;
         if (c) {
