@@ -51,14 +51,11 @@ class PeakRss:
     def _run(self) -> None:
         import psutil
 
+        from bench.stats import process_tree
+
         while not self._stop.wait(0.2):
             for pid in self.pids:
-                try:
-                    root = psutil.Process(pid)
-                    procs = [root, *root.children(recursive=True)]
-                except psutil.Error:
-                    continue
-                for proc in procs:
+                for proc in process_tree(pid):
                     try:
                         line, rss = " ".join(proc.cmdline()), proc.memory_info().rss
                     except psutil.Error:

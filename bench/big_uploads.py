@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,7 +31,7 @@ def run(uploads: int = 20, mb: int = 60) -> dict[str, object]:
     import urllib3
 
     from tests.localstack import start_gateway, start_redis
-    from tests.support import PeakRss, child_env
+    from tests.support import HealthProbe, PeakRss, child_env
 
     junk = b"\0asm\x01\0\0\0" + bytes(mb << 20)
     # Encoded once: one encoding per upload would cost this process a copy each.
@@ -47,34 +46,20 @@ def run(uploads: int = 20, mb: int = 60) -> dict[str, object]:
         try:
             me = psutil.Process(gateway.pid)
             pids = [me.pid] + [p.pid for p in me.children(recursive=True)]
-            latencies: list[float] = []
-            stop = threading.Event()
-
-            def health() -> None:
-                http = requests.Session()
-                while not stop.wait(0.02):
-                    started = time.monotonic()
-                    http.get(f"{url}/healthz", timeout=30).raise_for_status()
-                    latencies.append(time.monotonic() - started)
-
             def upload(_: int) -> int:
                 return requests.post(f"{url}/functions", data=body, timeout=600,
                                      headers={"Content-Type": content_type}).status_code
 
-            watcher = threading.Thread(target=health)
-            with PeakRss(*pids) as rss:
-                watcher.start()
+            with PeakRss(*pids) as rss, HealthProbe(url) as probe:
                 time.sleep(0.5)  # a few probes before
                 started = time.monotonic()
                 with ThreadPoolExecutor(uploads) as pool:
                     codes = list(pool.map(upload, range(uploads)))
                 took = time.monotonic() - started
-                stop.set()
-                watcher.join()
         finally:
             gateway.stop()
             redis_proc.stop()
-    latencies.sort()
+    latencies = sorted(probe.latencies)
     return {"uploads": uploads, "mb": mb, "statuses": {c: codes.count(c) for c in set(codes)},
             "uploads_s": round(took, 2), "probes": len(latencies),
             "healthz_p50_ms": round(percentile(latencies, 50) * 1000, 1),

@@ -77,3 +77,14 @@ def timed_main(doc: str, run: Callable[[float], dict], report: Callable[[dict], 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     print(report(run(parser.parse_args().seconds)))
+
+
+def process_tree(pid: int) -> list:
+    """The process `pid` and its descendants, as psutil sees them ([] once it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []

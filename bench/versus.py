@@ -16,7 +16,7 @@ import psutil
 import redis
 
 from bench.load import Client, closed_loop
-from bench.stats import loadavg, ms, percentile
+from bench.stats import loadavg, ms, percentile, process_tree
 
 LEVELS = (16, 64, 256)
 
@@ -25,12 +25,7 @@ def cpu_seconds(pids: list[int]) -> float:
     """user+sys of these processes and all their descendants, from /proc."""
     total = 0.0
     for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for proc in procs:
+        for proc in process_tree(pid):
             try:
                 t = proc.cpu_times()
                 total += t.user + t.system

@@ -8,6 +8,7 @@ import json
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -203,6 +204,32 @@ class Api:
             return body if body["statusCode"] != 5 else None
 
         return wait_until(done, timeout=timeout, interval=0.1, what=f"task {tid}")
+
+
+class HealthProbe:
+    """`GET /healthz` every 20 ms on one keep-alive connection, on a thread, while the
+    `with` block runs: how long a probe waited while an attack went on."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url, self.timeout = url, timeout
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._probe, daemon=True)
+
+    def _probe(self) -> None:
+        http = requests.Session()
+        while not self._stop.wait(0.02):
+            started = time.monotonic()
+            http.get(f"{self.url}/healthz", timeout=self.timeout).raise_for_status()
+            self.latencies.append(time.monotonic() - started)
+
+    def __enter__(self) -> "HealthProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class PeakRss:

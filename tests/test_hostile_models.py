@@ -310,23 +310,13 @@ def test_twenty_60_mb_uploads_at_once_leave_the_gateway_responsive_and_its_memor
     import requests
     import urllib3
 
-    from tests.support import PeakRss
+    from tests.support import HealthProbe, PeakRss
 
     stack = private(WASMQ_GATEWAY_PROCESSES="1", WASMQ_COMPILE_PER_CALLER="1000")
     junk = b"\0asm\x01\0\0\0" + bytes(60 << 20)  # a module that does not validate
     me = psutil.Process(stack.gateway.pid)
     gateway = [me.pid] + [p.pid for p in me.children(recursive=True)
                           if "wasmq.toolchain.build" not in " ".join(p.cmdline())]
-    latencies: list[float] = []
-    stop = threading.Event()
-
-    def health() -> None:
-        http = requests.Session()
-        while not stop.wait(0.02):
-            started = time.monotonic()
-            assert http.get(f"{stack.url}/healthz", timeout=10).ok
-            latencies.append(time.monotonic() - started)
-
     # Encoded once: twenty encodings would cost this process a copy each.
     body, content_type = urllib3.encode_multipart_formdata({"file": ("j.wasm", junk)})
 
@@ -334,15 +324,11 @@ def test_twenty_60_mb_uploads_at_once_leave_the_gateway_responsive_and_its_memor
         return requests.post(f"{stack.url}/functions", data=body, timeout=300,
                              headers={"Content-Type": content_type}).status_code
 
-    watcher = threading.Thread(target=health)
-    with PeakRss(*gateway) as rss:
-        watcher.start()
+    with PeakRss(*gateway) as rss, HealthProbe(stack.url, timeout=10) as probe:
         with ThreadPoolExecutor(20) as pool:
             codes = list(pool.map(upload, range(20)))
-        stop.set()
-        watcher.join()
     assert set(codes) <= {400, 503} and codes.count(400) >= 10, codes
-    latencies.sort()
+    latencies = sorted(probe.latencies)
     p99 = latencies[int(len(latencies) * 0.99)]
     print(f"/healthz p99 {p99 * 1000:.0f} ms over {len(latencies)}; gateway grew "
           f"{rss.grew_mb:.0f} MB")
