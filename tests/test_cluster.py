@@ -157,7 +157,7 @@ def _run_cluster(lab: Lab, tmp_path: Path, procs: list[Child], max_batch: str) -
     assert recovered < RECOVERY_BOUND, f"the held tasks took {recovered:.1f} s"
     if max_batch != "1":
         sizes = [int(n) for proc in nodes.values()
-                 for n in re.findall(r"batch wasmqt-[0-9a-f]+: (\d+) calls", proc.output())]
+                 for n in re.findall(r"batch wasmqb-[0-9a-f]+: (\d+) calls", proc.output())]
         print(f"batches run: {len(sizes)}, of {sum(sizes)} calls")
         if not sizes:  # every guarantee above held, but nothing here ran as a batch
             pytest.skip("no batch formed under this machine's load (the gateway batches "
