@@ -126,15 +126,15 @@ def worker(concurrency: int | None, name: str, heartbeat_file: Path | None,
         settings = replace(settings, queues=tuple(q.strip() for q in queues.split(",")
                                                   if q.strip()))
         settings.check()
-    from wasmq.workers.node import build_worker_app
+    from wasmq.workers.node import build_worker_app, run_node
     from wasmq.workers.readiness import write_readiness
 
     app = build_worker_app(settings, heartbeat_file)
     if ready_file is not None:  # after the app: its warm-up runs first
         write_readiness(ready_file)
-    app.worker_main(["worker", "--loglevel", "INFO", "-Q", ",".join(settings.consumed_queues),
-                     "--concurrency", str(concurrency or available_cores()),
-                     "-n", name, "-E", "--without-mingle"])
+    run_node(app, ["worker", "--loglevel", "INFO", "-Q", ",".join(settings.consumed_queues),
+                   "--concurrency", str(concurrency or available_cores()),
+                   "-n", name, "-E", "--without-mingle"])
 
 
 DATA_DIR_HELP = ("The data directory of the running `wasmq up` whose Redis to use when "

@@ -8,8 +8,11 @@ both build the app here.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import threading
+import time
 from pathlib import Path
 
 import redis
@@ -47,6 +50,36 @@ def build_worker_app(settings: Settings, heartbeat_file: Path | None = None) -> 
     signals.worker_init.connect(node.start, weak=False, dispatch_uid="wasmq-heartbeat")
     signals.worker_shutdown.connect(node.stop, weak=False, dispatch_uid="wasmq-heartbeat-end")
     return app
+
+
+# Celery 5.7 stops a whole worker on "Unrecoverable error: AttributeError('NoneType' object
+# has no attribute 'hostname')" when its broker connection drops while it holds messages
+# not yet acknowledged (a Redis restart or a Sentinel failover under load): the consumer
+# closes its connection twice and kombu's second close has no connection left to read.
+# A node that was serving and stopped that way starts again, as the same process, rather
+# than leave its queues unserved; one stopped by a signal, or that never came up, stops.
+RESTART_DELAY_S = 1.0
+
+
+def run_node(app: Celery, argv: list[str]) -> None:
+    """Celery's `worker` command, started again in this process (`exec`: same PID, a
+    fresh Celery and a fresh node identity) when it stopped on an error of its own."""
+    seen = {"ready": False, "asked": False, "code": None}
+    signals.worker_ready.connect(lambda **_: seen.update(ready=True), weak=False,
+                                 dispatch_uid="wasmq-ready")
+    signals.worker_shutting_down.connect(lambda **_: seen.update(asked=True), weak=False,
+                                         dispatch_uid="wasmq-asked-to-stop")
+    signals.worker_shutdown.connect(
+        lambda sender=None, **_: seen.update(code=getattr(sender, "exitcode", None)),
+        weak=False, dispatch_uid="wasmq-exit-code")
+    app.worker_main(argv)  # returns, whatever the exit code: the signals tell it
+    code = seen["code"]
+    if not code or seen["asked"] or not seen["ready"]:
+        sys.exit(code or 0)
+    log.warning("the Celery worker stopped with exit code %s (its error is above); "
+                "starting it again in %g s", code, RESTART_DELAY_S)
+    time.sleep(RESTART_DELAY_S)
+    os.execv(sys.executable, [sys.executable, "-m", "wasmq", *sys.argv[1:]])
 
 
 def how_it_ended(exc: BaseException) -> str:
