@@ -26,6 +26,7 @@ import wasmtime
 
 from wasmq.broker import abi, chunks, keys
 from wasmq.broker.engine import fingerprint
+from wasmq.broker.room import Room
 
 log = logging.getLogger("wasmq.artifacts")
 
@@ -70,6 +71,7 @@ class Artifacts:
         self.redis, self.chunk = client, chunk
         self.fingerprint = engine_fingerprint or fingerprint()
         self._put = client.register_script(_PUT_IF_BINARY)
+        self.room = Room(client)
 
     def get(self, sha256: str) -> bytes | None:
         """The artifact, and the module marked hot: a worker is about to load it."""
@@ -103,6 +105,7 @@ class Artifacts:
     def put(self, sha256: str, artifact: bytes) -> bool:
         """False when the binary is gone (deleted meanwhile): nothing whole is stored."""
         script_keys = [keys.blob(sha256), keys.artifacts(sha256)]
+        self.room.take(len(artifact))
         if len(artifact) <= self.chunk:
             return bool(self._put(keys=script_keys, args=[self.fingerprint, artifact]))
         return chunks.write_parts(

@@ -38,6 +38,7 @@ from wasmq.broker.registry import (
     Registry,
     forget_build,
 )
+from wasmq.broker.room import Room
 
 log = logging.getLogger("wasmq.builds")
 
@@ -63,6 +64,7 @@ class BuildStore:
         self._put_part = self.redis.register_script(
             files(__package__).joinpath("put_build_part.lua").read_text(encoding="utf-8"))
         self.lease_ms = max(1, int(lease_s * 1000))
+        self.room = Room(self.redis)
 
     def create(self, upload: bytes, *, token: str, name: str = "", documentation: str = "",
                exampleinput: str = "", private: bool = False,
@@ -78,6 +80,7 @@ class BuildStore:
             createdAt=stamp, updatedAt=stamp, private=private, limits=dict(limits or {}),
             kind="onnx", status="building", queue=queue)
         build = PendingBuild(cfid, uuid.uuid4().hex, upload, 1)
+        self.room.take(len(upload))
         pipe = self.redis.pipeline()
         pipe.set(keys.function(cfid), json.dumps(asdict(record)))
         pipe.zadd(keys.FUNCTIONS_INDEX, {cfid: now()})
@@ -93,6 +96,7 @@ class BuildStore:
         serving it, its record showing the pending build; one without (building or
         failed) is building again. A build already pending is superseded."""
         build = PendingBuild(cfid, uuid.uuid4().hex, upload, 1, limits, private)
+        self.room.take(len(upload))
         for _ in range(ATTEMPTS):
             with self.redis.pipeline() as pipe:
                 try:

@@ -7,6 +7,7 @@ DONE_CHANNEL = f"{PREFIX}:done"  # pub/sub: tid of every finished task
 UPLOADED_CHANNEL = f"{PREFIX}:uploaded"  # pub/sub: each module uploaded compiled (JSON)
 RATE_LIMIT = f"{PREFIX}:ratelimit"  # prefix of the rate-limit counters
 BUILDS = f"{PREFIX}:builds"  # set: cfids with a model build pending (broker/builds.py)
+ROOM = f"{PREFIX}:room"  # string, 1 s TTL: bytes writable before INFO is read (room.lua)
 
 
 def function(cfid: str) -> str:

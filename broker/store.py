@@ -16,6 +16,7 @@ from typing import Protocol
 import redis
 
 from wasmq.broker import chunks, keys
+from wasmq.broker.room import Room
 
 PARTS = "data"  # the name of a binary's parts: fields data:0, data:1, ..., data:parts
 
@@ -36,12 +37,14 @@ class RedisStore:
 
     def __init__(self, client: redis.Redis, chunk: int = chunks.CHUNK) -> None:
         self.redis, self.chunk = client, chunk
+        self.room = Room(client)
 
     def put(self, data: bytes | memoryview, digest: str = "") -> str:
         """Store `data` under its sha256, `digest` when the caller has it already
         (hashing a 600 MB module takes a second: once is enough)."""
         digest = digest or sha256_hex(data)
         key = keys.blob(digest)
+        self.room.take(len(data))
         if len(data) <= self.chunk:
             self.redis.set(key, data, nx=True)
             return digest

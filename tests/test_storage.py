@@ -5,6 +5,7 @@ loses nothing already stored; a result a worker cannot store is not lost either.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import redis
 import requests
 
 from tests import modules
+from tests.stacks import PrivateStack
 from tests.support import Api, start_up
 from wasmq.instance import read_instance
 
@@ -86,3 +88,28 @@ def test_a_full_redis_answers_storage_is_full_and_loses_nothing(small) -> None:
     # Room again (the operator raises the limit): calls run and are stored again.
     client.config_set("maxmemory", f"{4 * MAXMEMORY_MB}mb")
     assert api.call(echo, "room again").json()["result"] == "room again"
+
+
+def test_calls_are_refused_a_reserve_short_of_redis_s_limit(private) -> None:
+    # Past its limit Redis refuses every command queued in a MULTI, kombu's
+    # acknowledgements and delivery records among them, and Celery's consumer stops on
+    # it ("Unrecoverable error"). Redis admits a write while under its limit, so writes
+    # admitted just under it, and what they make Redis allocate besides, leave it over:
+    # wasmq's stop a twentieth of the limit short (broker/room.lua). No node here:
+    # every call's input stays stored.
+    stack: PrivateStack = private(WASMQ_STORAGE_PER_CALLER_MB="100000")
+    client, api = stack.client(), stack.api()
+    echo = api.deploy(modules.ECHO, name="echo")
+    client.config_set("maxmemory-policy", "noeviction")
+    limit = client.info("memory")["used_memory"] + 24 * 2**20
+    client.config_set("maxmemory", limit)
+    time.sleep(1.1)  # wasmq reads the limit again within a second
+    for _ in range(200):
+        response = api.call(echo, "y" * (256 * 1024), wait=0)
+        assert client.info("memory")["used_memory"] <= limit - limit // 20
+        if response.status_code == 507:
+            assert response.json()["message"].startswith("storage is full: ")
+            break
+        assert response.status_code == 202, response.text
+    else:
+        raise AssertionError("Redis never filled up")

@@ -11,7 +11,8 @@
 -- KEYS[5] exec      hash  wasmq:metrics:exec: execution seconds histogram
 -- KEYS[6] e2e       hash  wasmq:metrics:e2e: submission-to-result seconds histogram
 -- KEYS[7] usage     string wasmq:usage:<caller>:<bucket> (the current one)
--- KEYS[8 ..]        hash  wasmq:{<tid>}:task, one per call
+-- KEYS[8] room      string wasmq:room (broker/room.lua, prepended)
+-- KEYS[9 ..]        hash  wasmq:{<tid>}:task, one per call
 -- args=[channel: wasmq:done, ttl, now, expire_at: the usage bucket's, per call: tid and
 --       counter and exec seconds or '' and '1' to ship the record with its wake-up and
 --       '1' to store only if still queued and bytes it keeps and nfields and items...]
@@ -19,11 +20,22 @@
 -- Histogram buckets are broker/metrics.py BUCKETS (a test compares them). Publishes
 -- one wake-up, a msgpack list of [tid, the record's field/value list or false] (the
 -- record when small: the waiting gateway needs no HGETALL; broker/protocol/wakeup.py).
--- Returns 1 per call stored, 0 per call that had finished already.
+-- Returns 1 per call stored, 0 per call that had finished already. Outcomes of over
+-- 16 KB in all need room (broker/room.lua): without it, nothing is stored and the reply
+-- is an OOM error; smaller ones go into the reserve.
 
 local inflight_key, running_key, queued_key = KEYS[1], KEYS[2], KEYS[3]
 local counts_key, exec_key, e2e_key, usage_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local room_key = KEYS[8]
 local channel, ttl, now, expire_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+
+local need, a = 0, 5
+while a <= #ARGV do
+  local nfields = tonumber(ARGV[a + 6])
+  for f = a + 7, a + 6 + nfields do need = need + #ARGV[f] end
+  a = a + 7 + nfields
+end
+if need > 16384 and not make_room(room_key, need) then return redis.error_reply(ROOM_FULL) end
 
 local buckets = {'0.001', '0.0025', '0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5',
                  '1', '2.5', '5', '10', '30', '60', '120', '300'}
@@ -42,7 +54,7 @@ local stored, wakeups, gone, was_queued = {}, {}, {}, {}
 local at, c, kept = 5, 0, 0
 while at <= #ARGV do
   c = c + 1
-  local record_key = KEYS[7 + c]
+  local record_key = KEYS[8 + c]
   local tid, counter, exec_s, ship = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local only_queued, size = ARGV[at + 4], tonumber(ARGV[at + 5])
   local nfields = tonumber(ARGV[at + 6])

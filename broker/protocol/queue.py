@@ -17,7 +17,7 @@ from importlib.resources import files
 import msgpack
 import redis
 
-from wasmq.broker import keys, metrics
+from wasmq.broker import keys, metrics, room
 from wasmq.broker.causes import Cause
 from wasmq.broker.clock import now
 from wasmq.broker.protocol.record import Status, TaskRecord
@@ -27,8 +27,10 @@ from wasmq.broker.usage import Usage
 
 
 def script_source(name: str) -> str:
-    """The text of `<name>.lua` beside this module."""
-    return files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """The text of `<name>.lua` beside this module, after broker/room.lua's (its
+    `make_room`, for the scripts that store what calls keep)."""
+    return room.ROOM_LUA + files(__package__).joinpath(f"{name}.lua").read_text(
+        encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ class TaskQueue:
                      *(x for pair in fields.items() for x in pair), *task.costs, task.size]
         reply = self._scripts["submit"](
             keys=[keys.METRIC_COUNTS, admission.function_key, keys.inflight(admission.caller),
-                  keys.queued(tasks[0].job.queue), *(c.key for c in admission.counters),
+                  keys.queued(tasks[0].job.queue), keys.ROOM,
+                  *(c.key for c in admission.counters),
                   *window, *(keys.task(t.record.tid) for t in tasks)],
             args=args)
         function = reply[len(tasks)] if len(reply) > len(tasks) else None
@@ -236,7 +239,7 @@ class TaskQueue:
         reply = self._scripts["finish"](
             keys=[keys.inflight(done[0][0].caller), keys.running(node),
                   keys.queued(done[0][0].queue), keys.METRIC_COUNTS,
-                  keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS, usage_key,
+                  keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS, usage_key, keys.ROOM,
                   *(keys.task(job.tid) for job, _ in done)], args=args)
         return [bool(x) for x in reply]
 

@@ -12,7 +12,8 @@
 -- KEYS[2] function  string  wasmq:function:<cfid>
 -- KEYS[3] inflight  zset    wasmq:inflight:<caller>: tid -> createdAt
 -- KEYS[4] queued    zset    wasmq:queued:<queue>: tid -> createdAt
--- KEYS[5 ..]                one string per rate rule (fixed window counters), then
+-- KEYS[5] room      string  wasmq:room (broker/room.lua, prepended)
+-- KEYS[6 ..]                one string per rate rule (fixed window counters), then
 --                           the caller's usage buckets (the current one first), then
 --                           hash wasmq:{<tid>}:task per call
 -- args=[ttl, now, max_inflight, nrules, nusage, quota, expire_at: the current usage
@@ -23,13 +24,23 @@
 -- Returns per call 'queued:<calls in flight before it>', 'duplicate' (redis-py resent
 -- the script after a dropped connection), 'limited:<rule>:<seconds left>',
 -- 'busy:<in flight>', 'quota:<bytes kept>' or 'stale' (then the function's current
--- record, or false, is the last item).
+-- record, or false, is the last item). When Redis has no room for all of them
+-- (twice their fields: the record and the message), none is made: an OOM error.
 
 local counts_key, function_key, inflight_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local room_key = KEYS[5]
 local ttl, now, max_inflight, nrules = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local nusage, quota, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local first_counter, first_usage = 5, 5 + nrules
+local first_counter, first_usage = 6, 6 + nrules
 local first_task = first_usage + nusage
+
+local need, a = 0, 8 + 2 * nrules
+while a <= #ARGV do
+  local nfields = tonumber(ARGV[a + 1])
+  for f = a + 2, a + 1 + nfields do need = need + #ARGV[f] end
+  need, a = need + 1024, a + 2 + nfields + nrules + 1
+end
+if not make_room(room_key, 2 * need) then return redis.error_reply(ROOM_FULL) end
 
 local kept = 0
 for _, v in ipairs(redis.call('MGET', unpack(KEYS, first_usage, first_task - 1))) do
