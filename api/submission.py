@@ -16,9 +16,16 @@ from dataclasses import dataclass
 import redis
 
 from wasmq.api.access import require_key_if_private
+from wasmq.api.errors import STORAGE_FULL
 from wasmq.api.ratelimit import Caller, RateRules
 from wasmq.broker import keys
-from wasmq.broker.errors import QuotaExceeded, TooLarge, TooManyInFlight, Unavailable
+from wasmq.broker.errors import (
+    QuotaExceeded,
+    StorageFull,
+    TooLarge,
+    TooManyInFlight,
+    Unavailable,
+)
 from wasmq.broker.limits import Limits
 from wasmq.broker.protocol.calls import Calls, priority
 from wasmq.broker.protocol.queue import (
@@ -160,6 +167,8 @@ class Submissions:
                     f"finished", retry_after=refusal.retry_after)
             if refusal.kept is not None:
                 raise quota_exceeded(self.settings, call.who.kind, refusal.kept)
+            if refusal.full:
+                raise StorageFull(STORAGE_FULL)
             known = self._remember(call.cfid, refusal.function)
             job = call.task.job
             task = self._new_task(job.tid, call.cfid, known, job.data or b"", call.who, ())

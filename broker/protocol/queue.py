@@ -113,6 +113,7 @@ class Refusal:
     function: bytes | None = None
     inflight: int | None = None  # the caller's calls in flight: its cap is reached
     kept: int | None = None  # bytes the caller keeps: its quota is reached
+    full: bool = False  # Redis has no room for it (broker/room.lua)
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,8 @@ class TaskQueue:
                 out.append(Refusal(inflight=int(detail), retry_after=1))
             elif kind == "quota":
                 out.append(Refusal(kept=int(detail), retry_after=self.usage.span))
+            elif kind == "full":
+                out.append(Refusal(full=True))
             else:
                 out.append(Refusal(stale=True, function=function or None))
         return out

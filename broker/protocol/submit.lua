@@ -23,9 +23,9 @@
 --
 -- Returns per call 'queued:<calls in flight before it>', 'duplicate' (redis-py resent
 -- the script after a dropped connection), 'limited:<rule>:<seconds left>',
--- 'busy:<in flight>', 'quota:<bytes kept>' or 'stale' (then the function's current
--- record, or false, is the last item). When Redis has no room for all of them
--- (twice their fields: the record and the message), none is made: an OOM error.
+-- 'busy:<in flight>', 'quota:<bytes kept>', 'full' (Redis has no room for the bytes it
+-- keeps: broker/room.lua) or 'stale' (then the function's current record, or false, is
+-- the last item).
 
 local counts_key, function_key, inflight_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local room_key = KEYS[5]
@@ -33,14 +33,6 @@ local ttl, now, max_inflight, nrules = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonu
 local nusage, quota, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local first_counter, first_usage = 6, 6 + nrules
 local first_task = first_usage + nusage
-
-local need, a = 0, 8 + 2 * nrules
-while a <= #ARGV do
-  local nfields = tonumber(ARGV[a + 1])
-  for f = a + 2, a + 1 + nfields do need = need + #ARGV[f] end
-  need, a = need + 1024, a + 2 + nfields + nrules + 1
-end
-if not make_room(room_key, 2 * need) then return redis.error_reply(ROOM_FULL) end
 
 local kept = 0
 for _, v in ipairs(redis.call('MGET', unpack(KEYS, first_usage, first_task - 1))) do
@@ -87,6 +79,7 @@ while at <= #ARGV do
   end
   if not reply and held >= max_inflight then reply = 'busy:' .. held end
   if not reply and kept + size > quota then reply = 'quota:' .. kept end
+  if not reply and not make_room(room_key, size) then reply = 'full' end
   if not reply then
     local tid = ARGV[first_field + 1]  -- the first field written is always 'tid'
     redis.call('HSET', record_key, unpack(ARGV, first_field, first_cost - 1))
