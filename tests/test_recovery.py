@@ -47,7 +47,7 @@ def test_two_killed_nodes_tasks_finish_elsewhere_in_seconds_not_the_visibility_t
     pools = {name: pool_pids(proc) for name, proc in nodes.items()}
     watcher = DoneWatcher(client)
     try:
-        inputs = [f"700 queued {i}" for i in range(60)]
+        inputs = [f"700 queued {i}" for i in range(30)]
         tids = submit_all(api, cfid, inputs)
         held = wait_until(lambda: (h := running_on(client, tids, pools["a"]) +
                                    running_on(client, tids, pools["b"])) and len(h) >= 3 and h,
