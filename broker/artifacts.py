@@ -25,6 +25,7 @@ import redis
 import wasmtime
 
 from wasmq.broker import abi, chunks, keys
+from wasmq.broker.connections import storage_full
 from wasmq.broker.engine import fingerprint
 from wasmq.broker.room import Room
 
@@ -184,7 +185,12 @@ def load_module(engine: wasmtime.Engine, artifacts: Artifacts, sha256: str,
             memory.close()
     module = abi.compile_module(engine, fetch_wasm())
     artifact = bytes(module.serialize())
-    artifacts.put(sha256, artifact)
+    try:
+        artifacts.put(sha256, artifact)
+    except redis.RedisError as exc:  # kept for other workers only when there is room
+        if not storage_full(exc):
+            raise
+        log.warning("storage is full: %s compiled here is not kept for other workers", sha256)
     return module, len(artifact)
 
 
