@@ -23,9 +23,9 @@
 --
 -- Returns per call 'queued:<calls in flight before it>', 'duplicate' (redis-py resent
 -- the script after a dropped connection), 'limited:<rule>:<seconds left>',
--- 'busy:<in flight>', 'quota:<bytes kept>', 'full' (Redis has no room for the bytes it
--- keeps: broker/room.lua) or 'stale' (then the function's current record, or false, is
--- the last item).
+-- 'busy:<in flight>', 'quota:<bytes kept>', 'full' (Redis has no room for the bytes
+-- they keep: broker/room.lua) or 'stale' (then the function's current record, or false,
+-- is the last item).
 
 local counts_key, function_key, inflight_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local room_key = KEYS[5]
@@ -33,6 +33,13 @@ local ttl, now, max_inflight, nrules = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonu
 local nusage, quota, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local first_counter, first_usage = 6, 6 + nrules
 local first_task = first_usage + nusage
+
+local need, a = 0, 8 + 2 * nrules  -- the bytes all of them keep: room asked once
+while a <= #ARGV do
+  local last = a + 2 + tonumber(ARGV[a + 1]) + nrules
+  need, a = need + tonumber(ARGV[last]), last + 1
+end
+local room = make_room(room_key, need)
 
 local kept = 0
 for _, v in ipairs(redis.call('MGET', unpack(KEYS, first_usage, first_task - 1))) do
@@ -79,7 +86,7 @@ while at <= #ARGV do
   end
   if not reply and held >= max_inflight then reply = 'busy:' .. held end
   if not reply and kept + size > quota then reply = 'quota:' .. kept end
-  if not reply and not make_room(room_key, size) then reply = 'full' end
+  if not reply and not room then reply = 'full' end
   if not reply then
     local tid = ARGV[first_field + 1]  -- the first field written is always 'tid'
     redis.call('HSET', record_key, unpack(ARGV, first_field, first_cost - 1))
