@@ -53,7 +53,9 @@ def _drain(stack: PrivateStack, tids: list[str]) -> None:
 def test_a_caller_past_its_tasks_in_flight_gets_429_and_another_caller_does_not(
         fair: PrivateStack) -> None:
     slow = _deploy(fair, modules.SLOW)
-    answers = [_call(fair, slow, "300", ATTACKER) for _ in range(MAX_INFLIGHT + 3)]
+    # Long enough that none ends while the rest are sent, on a loaded machine too.
+    answers = [_call(fair, slow, str(int(TASK_S * 1000)), ATTACKER)
+               for _ in range(MAX_INFLIGHT + 3)]
     assert [a.status_code for a in answers[:MAX_INFLIGHT]] == [202] * MAX_INFLIGHT
     refused = answers[MAX_INFLIGHT:]
     assert {a.status_code for a in refused} == {429}

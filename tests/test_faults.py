@@ -223,18 +223,22 @@ def test_redis_restarted_under_load_leaves_the_node_serving(private) -> None:
             stack.kill_redis(signal.SIGKILL)
             time.sleep(0.5)
             stack.restart_redis()
-            body = api.call(intsum, f"[{round_},1]", wait=30).json()
+            body = api.call(intsum, f"[{round_},1]", wait=5).json()
+            if body["statusCode"] == 5:  # Celery's stop of the broken worker: up to 31 s seen
+                body = api.poll(body["tid"], timeout=90)
             assert body["result"] == f'{{"output": [{round_ + 1}]}}', body
             assert worker.alive()  # the same process: no supervisor had to act
             if "Unrecoverable error" in log.read_text():
-                wait_until(lambda: "starting it again" in log.read_text(), timeout=30,
+                wait_until(lambda: "starting it again" in log.read_text(), timeout=90,
                            what="the node starting Celery again")
                 break
     finally:
         stop.set()
         for t in threads:
             t.join(25)
-    body = api.call(intsum, "[40,2]", wait=30).json()
+    body = api.call(intsum, "[40,2]", wait=5).json()
+    if body["statusCode"] == 5:
+        body = api.poll(body["tid"], timeout=90)
     assert body["statusCode"] == 1 and body["result"] == '{"output": [42]}', body
     assert worker.alive()
 
