@@ -1,7 +1,7 @@
 -- room.lua: whether Redis has room for `bytes` more of wasmq's own data while keeping a
 -- reserve below its memory limit. Prepended to the scripts that store what calls keep
--- (broker/protocol: submit.lua, finish.lua), run alone before an upload is stored
--- (broker/room.py).
+-- (broker/protocol: submit.lua, finish.lua; queue.py's ROOMY), run alone before an
+-- upload is stored (broker/room.py).
 --
 -- Why a reserve: past `maxmemory` Redis refuses every command queued in a MULTI, and
 -- kombu acknowledges and records deliveries in MULTIs; a Celery consumer refused one

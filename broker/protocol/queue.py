@@ -25,12 +25,14 @@ from wasmq.broker.protocol.wakeup import SHIP_LIMIT
 from wasmq.broker.settings import Settings
 from wasmq.broker.usage import Usage
 
+ROOMY = ("submit", "finish")  # the scripts that store what calls keep: room.lua first
+
 
 def script_source(name: str) -> str:
-    """The text of `<name>.lua` beside this module, after broker/room.lua's (its
-    `make_room`, for the scripts that store what calls keep)."""
-    return room.ROOM_LUA + files(__package__).joinpath(f"{name}.lua").read_text(
-        encoding="utf-8")
+    """The text of `<name>.lua` beside this module (after broker/room.lua's, for the
+    scripts that call its `make_room`)."""
+    text = files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return room.ROOM_LUA + text if name in ROOMY else text
 
 
 @dataclass(frozen=True)
