@@ -28,8 +28,8 @@ from wasmq.broker.causes import Cause
 from wasmq.broker.clock import now
 from wasmq.broker.protocol.record import Status
 
-# Seconds; exported as the histogram's `le` bounds (+Inf is implied). finish.lua
-# holds the same list (tests/test_protocol.py compares them).
+# Seconds; exported as the histogram's `le` bounds (+Inf is implied), and finish.lua's
+# (queue.py prepends them to it).
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
            30.0, 60.0, 120.0, 300.0)
 BUCKET_LABELS = tuple(format(b, "g") for b in BUCKETS)

@@ -73,12 +73,6 @@ def test_wasmq_reaches_into_no_underscore_name_or_key_name_of_celery_or_kombu() 
                 raise AssertionError(f"{path}: subclasses a Celery or kombu class: {line}")
 
 
-def test_the_finish_script_s_histogram_buckets_are_those_of_the_metrics() -> None:
-    text = queue.script_source("finish")
-    listed = re.search(r"local buckets = \{(.*?)\}", text, re.S).group(1)
-    assert tuple(re.findall(r"'([^']+)'", listed)) == metrics.BUCKET_LABELS
-
-
 def test_every_failure_cause_has_a_description_and_a_metric() -> None:
     for cause in Cause:
         assert cause.description.strip(), cause
@@ -219,7 +213,7 @@ def test_a_dead_node_is_named_only_by_a_node_that_beats_steadily(bench: Bench) -
     dead, live = f"dead-{bench.queue}", f"live-{bench.queue}"
     try:
         client.zadd(keys.NODES, {dead: time.time() - recovery.STALE_S - 1})
-        script = bench.tasks.script("nodes")
+        script = bench.tasks.scripts["nodes"]
         args = [time.time(), recovery.STALE_S, recovery.MAX_GAP_S, bench.queue, 16]
         reply = script(keys=[keys.NODES, keys.NODES_BEATING_SINCE, keys.NODES_QUEUES],
                        args=["beat", live, *args])

@@ -13,13 +13,14 @@
 -- KEYS[7] usage     string wasmq:usage:<caller>:<bucket> (the current one)
 -- KEYS[8] room      string wasmq:room (broker/room.lua, prepended)
 -- KEYS[9 ..]        hash  wasmq:{<tid>}:task, one per call
--- args=[channel: wasmq:done, ttl, now, expire_at: the usage bucket's, per call: tid and
---       counter and exec seconds or '' and '1' to ship the record with its wake-up and
---       '1' to store only if still queued and bytes it keeps and nfields and items...]
+-- args=[channel: wasmq:done, ttl, now, expire_at: the usage bucket's, need: the bytes
+--       all outcomes keep, per call: tid and counter and exec seconds or '' and '1' to
+--       ship the record with its wake-up and '1' to store only if still queued and bytes
+--       it keeps and nfields and items...]
 --
--- Histogram buckets are broker/metrics.py BUCKETS (a test compares them). Publishes
--- one wake-up, a msgpack list of [tid, the record's field/value list or false] (the
--- record when small: the waiting gateway needs no HGETALL; broker/protocol/wakeup.py).
+-- BUCKETS, the histograms' bounds, are broker/metrics.py's (prepended by queue.py).
+-- Publishes one wake-up, a msgpack list of [tid, the record's field/value list or false]
+-- (the record when small: the waiting gateway needs no HGETALL; protocol/wakeup.py).
 -- Returns 1 per call stored, 0 per call that had finished already. Outcomes of over
 -- 16 KB in all need room (broker/room.lua): without it, nothing is stored and the reply
 -- is an OOM error; smaller ones go into the reserve.
@@ -28,21 +29,13 @@ local inflight_key, running_key, queued_key = KEYS[1], KEYS[2], KEYS[3]
 local counts_key, exec_key, e2e_key, usage_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local room_key = KEYS[8]
 local channel, ttl, now, expire_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-
-local need, a = 0, 5
-while a <= #ARGV do
-  local nfields = tonumber(ARGV[a + 6])
-  for f = a + 7, a + 6 + nfields do need = need + #ARGV[f] end
-  a = a + 7 + nfields
-end
+local need = tonumber(ARGV[5])
 if need > 16384 and not make_room(room_key, need) then return redis.error_reply(ROOM_FULL) end
 
-local buckets = {'0.001', '0.0025', '0.005', '0.01', '0.025', '0.05', '0.1', '0.25', '0.5',
-                 '1', '2.5', '5', '10', '30', '60', '120', '300'}
 local counters, histograms = {}, {[exec_key] = {}, [e2e_key] = {}}
 local function observe(key, value)
   local bucket = '+Inf'
-  for _, le in ipairs(buckets) do
+  for _, le in ipairs(BUCKETS) do
     if value <= tonumber(le) then bucket = le; break end
   end
   local h = histograms[key]
@@ -50,24 +43,20 @@ local function observe(key, value)
   h.sum, h.count = (h.sum or 0) + value, (h.count or 0) + 1
 end
 
-local stored, wakeups, gone, was_queued = {}, {}, {}, {}
-local at, c, kept = 5, 0, 0
+local stored, wakeups, gone = {}, {}, {}
+local at, c, kept = 6, 0, 0
 while at <= #ARGV do
   c = c + 1
   local record_key = KEYS[8 + c]
   local tid, counter, exec_s, ship = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-  local only_queued, size = ARGV[at + 4], tonumber(ARGV[at + 5])
-  local nfields = tonumber(ARGV[at + 6])
-  local first_field = at + 7
-  at = first_field + nfields
+  local only_queued, size, first_field = ARGV[at + 4] == '1', tonumber(ARGV[at + 5]), at + 7
+  at = first_field + tonumber(ARGV[at + 6])
   local status, created = unpack(redis.call('HMGET', record_key, 'status', 'createdAt'))
+  local skip = only_queued and status ~= 'queued'
+  if not skip then gone[#gone + 1] = tid end
   stored[c] = 0
-  if not (only_queued == '1' and status ~= 'queued') then gone[#gone + 1] = tid end
-  if status == 'queued' then was_queued[#was_queued + 1] = tid end
-  if status and status ~= 'succeeded' and status ~= 'failed'
-      and not (only_queued == '1' and status ~= 'queued') then
-    stored[c] = 1
-    kept = kept + size
+  if status and status ~= 'succeeded' and status ~= 'failed' and not skip then
+    stored[c], kept = 1, kept + size
     counters[counter] = (counters[counter] or 0) + 1
     if exec_s ~= '' then observe(exec_key, tonumber(exec_s)) end
     if tonumber(created or '') then observe(e2e_key, math.max(0, now - tonumber(created))) end
@@ -80,17 +69,12 @@ end
 if #gone > 0 then
   redis.call('ZREM', inflight_key, unpack(gone))
   redis.call('SREM', running_key, unpack(gone))
+  redis.call('ZREM', queued_key, unpack(gone))
 end
-if #was_queued > 0 then redis.call('ZREM', queued_key, unpack(was_queued)) end
 for counter, n in pairs(counters) do redis.call('HINCRBY', counts_key, counter, n) end
-for key, h in pairs(histograms) do
-  if h.count then
-    for _, le in ipairs(buckets) do
-      if h[le] then redis.call('HINCRBY', key, le, h[le]) end
-    end
-    if h['+Inf'] then redis.call('HINCRBY', key, '+Inf', h['+Inf']) end
-    redis.call('HINCRBYFLOAT', key, 'sum', h.sum)
-    redis.call('HINCRBY', key, 'count', h.count)
+for key, h in pairs(histograms) do  -- per bucket observed, 'sum' and 'count'
+  for field, n in pairs(h) do
+    redis.call((field == 'sum' and 'HINCRBYFLOAT') or 'HINCRBY', key, field, n)
   end
 end
 if kept > 0 then

@@ -26,12 +26,15 @@ from wasmq.broker.settings import Settings
 from wasmq.broker.usage import Usage
 
 ROOMY = ("submit", "finish")  # the scripts that store what calls keep: room.lua first
+BUCKETS_LUA = f"local BUCKETS = {{{', '.join(map(repr, metrics.BUCKET_LABELS))}}}\n"
 
 
 def script_source(name: str) -> str:
-    """The text of `<name>.lua` beside this module (after broker/room.lua's, for the
-    scripts that call its `make_room`)."""
+    """The text of `<name>.lua` beside this module, after what it uses of others':
+    broker/room.lua's `make_room`, broker/metrics.py's histogram bounds."""
     text = files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name == "finish":
+        text = BUCKETS_LUA + text
     return room.ROOM_LUA + text if name in ROOMY else text
 
 
@@ -152,19 +155,16 @@ class TaskQueue:
         self.redis = client
         self.ttl, self.max_attempts = ttl, max_attempts
         self.usage = Usage(ttl)
-        self._scripts = {name: client.register_script(script_source(name))
-                         for name in ("submit", "claim", "finish", "requeue", "nodes")}
+        self.scripts = {name: client.register_script(script_source(name))
+                        for name in ("submit", "claim", "finish", "requeue", "nodes")}
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> "TaskQueue":
         return cls(client, ttl=settings.result_ttl, max_attempts=settings.max_attempts)
 
-    def script(self, name: str) -> object:
-        return self._scripts[name]
-
     def load_scripts(self) -> None:
         """Spares a new worker process the NOSCRIPT round trip on its first task."""
-        for script in self._scripts.values():
+        for script in self.scripts.values():
             self.redis.script_load(script.script)
 
     def get(self, tid: str) -> TaskRecord | None:
@@ -180,14 +180,14 @@ class TaskQueue:
         window = self.usage.window(admission.caller, at)
         _, expire_at = self.usage.current(admission.caller, at)
         args: list = [self.ttl, at, admission.max_inflight, len(admission.counters),
-                      len(window), admission.quota, expire_at]
+                      len(window), admission.quota, expire_at, sum(t.size for t in tasks)]
         args += [x for c in admission.counters for x in (c.window_s, c.allowance)]
         for task in tasks:
             fields = task.record.to_hash()
             fields["job"] = task.job.packed()
             args += [task.expected, 2 * len(fields),
                      *(x for pair in fields.items() for x in pair), *task.costs, task.size]
-        reply = self._scripts["submit"](
+        reply = self.scripts["submit"](
             keys=[keys.METRIC_COUNTS, admission.function_key, keys.inflight(admission.caller),
                   keys.queued(tasks[0].job.queue), keys.ROOM,
                   *(c.key for c in admission.counters),
@@ -199,8 +199,6 @@ class TaskQueue:
             kind, _, detail = answer.decode().partition(":")
             if kind == "queued":
                 out.append(Admitted(int(detail)))
-            elif kind == "duplicate":
-                out.append(Admitted(0))
             elif kind == "limited":
                 rule, _, left = detail.partition(":")
                 out.append(Refusal(rule=int(rule) - 1, retry_after=max(1, int(left))))
@@ -221,7 +219,7 @@ class TaskQueue:
         args: list = [node, now(), retries, f"{socket.gethostname()}:{os.getpid()}"]
         for job in jobs:
             args += [job.tid, "1" if job.data is None else "0"]
-        flat = self._scripts["claim"](
+        flat = self.scripts["claim"](
             keys=[keys.running(node), keys.queued(jobs[0].queue),
                   *(keys.task(j.tid) for j in jobs)], args=args)
         return [Claim(state.decode(), Job.unpacked(job) if job else None)
@@ -233,15 +231,15 @@ class TaskQueue:
         `only_queued`, only while it is still queued) and wake their waiters at once."""
         finished_at = now()
         usage_key, expire_at = self.usage.current(done[0][0].caller, finished_at)
-        args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at), expire_at]
-        for job, outcome in done:
+        sizes = [len(o.result or b"") + len(o.stdout) + len(o.stderr) for _, o in done]
+        args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at), expire_at, sum(sizes)]
+        for (job, outcome), size in zip(done, sizes, strict=True):
             fields = _finish_fields(outcome, finished_at)
-            size = len(outcome.result or b"") + len(outcome.stdout) + len(outcome.stderr)
             args += [job.tid, metrics.counter(outcome.status, outcome.cause),
                      "" if outcome.exec_ms is None else repr(outcome.exec_ms / 1000),
                      "1" if size <= SHIP_LIMIT else "0", "1" if only_queued else "0",
                      size, 2 * len(fields), *(x for pair in fields.items() for x in pair)]
-        reply = self._scripts["finish"](
+        reply = self.scripts["finish"](
             keys=[keys.inflight(done[0][0].caller), keys.running(node),
                   keys.queued(done[0][0].queue), keys.METRIC_COUNTS,
                   keys.METRIC_EXEC_SECONDS, keys.METRIC_E2E_SECONDS, usage_key, keys.ROOM,
@@ -254,7 +252,7 @@ class TaskQueue:
         """`from_node`'s calls, or with `from_node` '' calls whose message was lost."""
         if not tids:
             return []
-        flat = self._scripts["requeue"](
+        flat = self.scripts["requeue"](
             keys=[keys.running(from_node or to_node), keys.running(to_node),
                   *(keys.task(t) for t in tids)],
             args=["take", from_node, to_node, self.max_attempts, *tids])
@@ -265,7 +263,7 @@ class TaskQueue:
         """The calls `node` took over and sent again are queued (no longer its own)."""
         if not sent:
             return 0
-        return int(self._scripts["requeue"](
+        return int(self.scripts["requeue"](
             keys=[keys.running(node),
                   *(k for t in sent for k in (keys.task(t.job.tid), keys.queued(t.job.queue)))],
             args=["handed", node, now(), *(x for t in sent for x in (t.job.tid, t.attempt))]))

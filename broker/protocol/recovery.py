@@ -46,7 +46,7 @@ def identity() -> str:
 
 
 def _nodes(tasks: TaskQueue, *extra: str, args: list) -> list:
-    return tasks.script("nodes")(keys=[keys.NODES, keys.NODES_BEATING_SINCE,
+    return tasks.scripts["nodes"](keys=[keys.NODES, keys.NODES_BEATING_SINCE,
                                        keys.NODES_QUEUES, keys.NODES_LOST, *extra], args=args)
 
 

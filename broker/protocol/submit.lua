@@ -13,19 +13,18 @@
 -- KEYS[3] inflight  zset    wasmq:inflight:<caller>: tid -> createdAt
 -- KEYS[4] queued    zset    wasmq:queued:<queue>: tid -> createdAt
 -- KEYS[5] room      string  wasmq:room (broker/room.lua, prepended)
--- KEYS[6 ..]                one string per rate rule (fixed window counters), then
---                           the caller's usage buckets (the current one first), then
---                           hash wasmq:{<tid>}:task per call
--- args=[ttl, now, max_inflight, nrules, nusage, quota, expire_at: the current usage
---       bucket's, per rule: window seconds and allowance, per call: expected function
---       record and nfields and field/value items (tid first) and one cost per rule and
---       bytes it keeps...]
+-- KEYS[6 ..]                a string per rate rule (fixed window counters), the caller's
+--                           usage buckets (the current one first), a hash
+--                           wasmq:{<tid>}:task per call
+-- args=[ttl, now, max_inflight, nrules, nusage, quota, expire_at (the current usage
+--       bucket's), need (the bytes all calls keep: room is asked once), per rule: window
+--       seconds and allowance, per call: the function record it was validated against,
+--       nfields, field/value items (tid first), a cost per rule, the bytes it keeps...]
 --
--- Returns per call 'queued:<calls in flight before it>', 'duplicate' (redis-py resent
--- the script after a dropped connection), 'limited:<rule>:<seconds left>',
--- 'busy:<in flight>', 'quota:<bytes kept>', 'full' (Redis has no room for the bytes
--- they keep: broker/room.lua) or 'stale' (then the function's current record, or false,
--- is the last item).
+-- Returns per call 'queued:<calls in flight before it>' (also for a call that exists:
+-- redis-py resent the script after a dropped connection), 'limited:<rule>:<seconds
+-- left>', 'busy:<in flight>', 'quota:<bytes kept>', 'full' (no room: broker/room.lua)
+-- or 'stale' (then the function's current record, or false, is the last item).
 
 local counts_key, function_key, inflight_key, queued_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local room_key = KEYS[5]
@@ -33,34 +32,24 @@ local ttl, now, max_inflight, nrules = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonu
 local nusage, quota, expire_at = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local first_counter, first_usage = 6, 6 + nrules
 local first_task = first_usage + nusage
-
-local need, a = 0, 8 + 2 * nrules  -- the bytes all of them keep: room asked once
-while a <= #ARGV do
-  local last = a + 2 + tonumber(ARGV[a + 1]) + nrules
-  need, a = need + tonumber(ARGV[last]), last + 1
-end
-local room = make_room(room_key, need)
+local room = make_room(room_key, tonumber(ARGV[8]))
 
 local kept = 0
 for _, v in ipairs(redis.call('MGET', unpack(KEYS, first_usage, first_task - 1))) do
   kept = kept + tonumber(v or '0')
 end
-local stored = 0
 
 local windows, allowances, used, added = {}, {}, {}, {}
 for r = 1, nrules do
-  windows[r], allowances[r] = ARGV[7 + 2 * r - 1], tonumber(ARGV[7 + 2 * r])
-  used[r] = tonumber(redis.call('GET', KEYS[first_counter + r - 1]) or '0')
-  added[r] = 0
+  windows[r], allowances[r] = ARGV[7 + 2 * r], tonumber(ARGV[8 + 2 * r])
+  used[r], added[r] = tonumber(redis.call('GET', KEYS[first_counter + r - 1]) or '0'), 0
 end
 
 local current = redis.call('GET', function_key)
 local held = redis.call('ZCARD', inflight_key)
-local swept, stale, admitted = false, false, 0
+local swept, stale, replies = false, false, {}
 local members = {}  -- score, tid of each call created
-local replies = {}
-local at = 8 + 2 * nrules
-local c = 0
+local at, c, stored = 9 + 2 * nrules, 0, 0
 while at <= #ARGV do
   c = c + 1
   local record_key = KEYS[first_task + c - 1]
@@ -69,7 +58,7 @@ while at <= #ARGV do
   local size = tonumber(ARGV[first_cost + nrules])
   at = first_cost + nrules + 1
   local reply = nil
-  if redis.call('EXISTS', record_key) == 1 then reply = 'duplicate' end
+  if redis.call('EXISTS', record_key) == 1 then reply = 'queued:0' end
   if not reply then
     for r = 1, nrules do  -- in order: rules after the first one exceeded are not counted
       local cost = tonumber(ARGV[first_cost + r - 1])
@@ -80,23 +69,18 @@ while at <= #ARGV do
   if not reply and current ~= expected then reply = 'stale'; stale = true end
   if not reply and held >= max_inflight and not swept then
     swept = true
-    local cutoff = tonumber(now) - tonumber(ttl)
-    redis.call('ZREMRANGEBYSCORE', inflight_key, '-inf', cutoff)
+    redis.call('ZREMRANGEBYSCORE', inflight_key, '-inf', tonumber(now) - tonumber(ttl))
     held = redis.call('ZCARD', inflight_key)
   end
   if not reply and held >= max_inflight then reply = 'busy:' .. held end
   if not reply and kept + size > quota then reply = 'quota:' .. kept end
   if not reply and not room then reply = 'full' end
   if not reply then
-    local tid = ARGV[first_field + 1]  -- the first field written is always 'tid'
     redis.call('HSET', record_key, unpack(ARGV, first_field, first_cost - 1))
     redis.call('EXPIRE', record_key, ttl)
     members[#members + 1] = now
-    members[#members + 1] = tid
-    reply = 'queued:' .. held
-    held = held + 1
-    admitted = admitted + 1
-    kept, stored = kept + size, stored + size
+    members[#members + 1] = ARGV[first_field + 1]  -- the first field written is 'tid'
+    reply, held, kept, stored = 'queued:' .. held, held + 1, kept + size, stored + size
   end
   replies[c] = reply
 end
@@ -111,12 +95,12 @@ for i = 1, c do
   local r = tonumber(string.match(replies[i], '^limited:(%d+):$') or '')
   if r then replies[i] = replies[i] .. redis.call('TTL', KEYS[first_counter + r - 1]) end
 end
-if admitted > 0 then
+if #members > 0 then
   redis.call('ZADD', inflight_key, unpack(members))
   redis.call('ZADD', queued_key, unpack(members))
   redis.call('EXPIRE', inflight_key, ttl)
   redis.call('EXPIRE', queued_key, ttl)
-  redis.call('HINCRBY', counts_key, 'submitted', admitted)
+  redis.call('HINCRBY', counts_key, 'submitted', #members / 2)
   redis.call('INCRBY', KEYS[first_usage], stored)
   redis.call('EXPIREAT', KEYS[first_usage], expire_at)
 end
