@@ -20,7 +20,7 @@ from wasmq.broker.protocol import queue, recovery
 from wasmq.broker.protocol.calls import Calls, priority
 from wasmq.broker.protocol.queue import Admitted, Finished, RateCounter, Refusal
 from wasmq.broker.protocol.record import Status
-from wasmq.broker.protocol.wakeup import SHIP_LIMIT, parse_wakeups, unpack_shipped
+from wasmq.broker.protocol.wakeup import parse_wakeups, unpack_shipped
 from wasmq.broker.settings import Settings
 
 pytestmark = pytest.mark.fast
@@ -255,8 +255,8 @@ def test_a_small_finished_record_travels_with_its_wakeup_and_a_large_one_does_no
         bench: Bench) -> None:
     subscription = bench.client.pubsub(ignore_subscribe_messages=True)
     subscription.subscribe(keys.DONE_CHANNEL)
-    shipped = {}
-    for name, result in (("small", b"\x00[55]\xff"), ("large", b"x" * (SHIP_LIMIT + 1))):
+    shipped, small = {}, 16 * 1024  # finish.lua's SMALL
+    for name, result in (("small", b"\x00[55]\xff"), ("large", b"x" * (small + 1))):
         task = bench.new()
         bench.submit(task)
         _claim(bench, task)

@@ -93,9 +93,11 @@ class Node:
 
     def __init__(self, app: Celery, settings: Settings, heartbeat_file: Path | None) -> None:
         self.app, self.settings, self.heartbeat_file = app, settings, heartbeat_file
+        self.calls = Calls(app, settings.inline_input_kb * 1024)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tasks: TaskQueue | None = None
+        self._worker, self._beaten = None, False
 
     @property
     def tasks(self) -> TaskQueue:
@@ -104,9 +106,6 @@ class Node:
         if self._tasks is None:
             self._tasks = TaskQueue.from_settings(new_client(self.settings), self.settings)
         return self._tasks
-
-    def calls(self) -> Calls:
-        return Calls(self.app, self.settings.inline_input_kb * 1024)
 
     # -- heartbeat ------------------------------------------------------------------
 
@@ -120,12 +119,9 @@ class Node:
         self._thread = threading.Thread(target=self._run, name="wasmq-heartbeat", daemon=True)
         self._thread.start()
 
-    _beaten = False
-    _worker: object = None
-
     def _beat(self) -> None:
         node = recovery.identity()
-        was_new, _ = recovery.beat(self.tasks, self.calls(), node,
+        was_new, _ = recovery.beat(self.tasks, self.calls, node,
                                    self.settings.consumed_queues)
         if was_new and self._beaten:
             log.warning("this node (%s) was silent for over %g s and taken for dead: the "
@@ -155,7 +151,7 @@ class Node:
                 break
         try:
             metrics.forget_worker(self.tasks.redis, node, size)
-            recovery.leave(self.tasks, self.calls(), node)
+            recovery.leave(self.tasks, self.calls, node)
         except redis.RedisError:
             pass  # it goes silent, and live nodes take over what it held
 
@@ -180,7 +176,7 @@ class Node:
         node = recovery.identity()
         try:
             if len(jobs) > 1:  # a batch: its calls go on alone, the culprit fails alone
-                recovery.take_over(self.tasks, self.calls(), node, node,
+                recovery.take_over(self.tasks, self.calls, node, node,
                                    [j.tid for j in jobs])
                 return
             if isinstance(exception, TimeLimitExceeded):

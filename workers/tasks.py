@@ -53,11 +53,6 @@ def batch_budget(settings: Settings) -> float:
     return min(BATCH_BUDGET_S, settings.task_timeout)
 
 
-def batch_time_limit(settings: Settings) -> float:
-    """Celery's hard limit for a batch: its budget, plus the last call's own limit."""
-    return batch_budget(settings) + settings.hard_time_limit
-
-
 class NodeState:
     """What a worker process builds once, after the fork, and keeps."""
 
@@ -99,23 +94,22 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     options = {"bind": True, "max_retries": settings.max_attempts - 1,
                "default_retry_delay": 0, "throws": (CallsFailed,)}
 
+    def run_calls(jobs: list[dict], retries: int, batch: bool) -> list[str]:
+        try:
+            return execute(state(), [Job.from_dict(j) for j in jobs], retries, batch=batch)
+        except redis.RedisError as exc:  # failing would strand its calls as running
+            raise Reject(exc, requeue=True) from exc
+
     @app.task(name=RUN_TASK, **options)
     def run(self: Task, job: dict) -> str:
-        return _guarded(lambda: execute(state(), [Job.from_dict(job)], self.request.retries,
-                                        batch=False))[0]
+        return run_calls([job], self.request.retries, False)[0]
 
-    @app.task(name=RUN_BATCH, time_limit=batch_time_limit(settings), **options)
+    # A batch's hard time limit: its budget, plus the last call's own.
+    @app.task(name=RUN_BATCH, time_limit=batch_budget(settings) + settings.hard_time_limit,
+              **options)
     def run_batch(self: Task, jobs: list[dict]) -> list[str]:
         log.info("batch %s: %d calls", self.request.id, len(jobs))
-        return _guarded(lambda: execute(state(), [Job.from_dict(j) for j in jobs],
-                                        self.request.retries, batch=True))
-
-
-def _guarded(body: object) -> list[str]:
-    try:
-        return body()  # type: ignore[operator]
-    except redis.RedisError as exc:  # failing would strand its calls as running
-        raise Reject(exc, requeue=True) from exc
+        return run_calls(jobs, self.request.retries, True)
 
 
 def execute(st: NodeState, jobs: list[Job], retries: int, *, batch: bool) -> list[str]:
@@ -132,9 +126,10 @@ def execute(st: NodeState, jobs: list[Job], retries: int, *, batch: bool) -> lis
     pending: list[tuple[Job, Finished]] = []
     failed: list[str] = []
     started = pending_since = time.monotonic()
+    budget = batch_budget(st.settings)
     for i, job in enumerate(runnable):
-        if batch and time.monotonic() - started >= batch_budget(st.settings):
-            _hand_on(st, runnable[i:], f"over its budget of {batch_budget(st.settings):g} s")
+        if batch and time.monotonic() - started >= budget:
+            _hand_on(st, runnable[i:], f"over its budget of {budget:g} s")
             said.update({j.tid: f"{j.tid}: sent on alone" for j in runnable[i:]})
             break
         if pending and time.monotonic() - pending_since >= FLUSH_AFTER_S:

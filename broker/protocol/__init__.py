@@ -1,5 +1,2 @@
-"""The queue protocol: how a task is enqueued, claimed, finished, resent and swept.
-
-Every step that changes a task is one Redis script, kept beside this module as a
-`.lua` file whose header names its keys and arguments; `lua.py` loads them.
-"""
+"""The queue protocol: what wasmq keeps of a call beside Celery's message, changed only
+by the `.lua` scripts here (their keys and arguments named at the top); docs/queue.md."""

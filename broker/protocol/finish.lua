@@ -14,23 +14,22 @@
 -- KEYS[8] room      string wasmq:room (broker/room.lua, prepended)
 -- KEYS[9 ..]        hash  wasmq:{<tid>}:task, one per call
 -- args=[channel: wasmq:done, ttl, now, expire_at: the usage bucket's, need: the bytes
---       all outcomes keep, per call: tid and counter and exec seconds or '' and '1' to
---       ship the record with its wake-up and '1' to store only if still queued and bytes
---       it keeps and nfields and items...]
+--       all outcomes keep, '1' to store them only if still queued, per call: tid,
+--       counter, exec seconds or '', the bytes it keeps, nfields, field/value items...]
 --
 -- BUCKETS, the histograms' bounds, are broker/metrics.py's (prepended by queue.py).
 -- Publishes one wake-up, a msgpack list of [tid, the record's field/value list or false]
--- (the record when small: the waiting gateway needs no HGETALL; protocol/wakeup.py).
+-- (the record when SMALL: the waiting gateway needs no HGETALL; protocol/wakeup.py).
 -- Returns 1 per call stored, 0 per call that had finished already. Outcomes of over
--- 16 KB in all need room (broker/room.lua): without it, nothing is stored and the reply
+-- SMALL in all need room (broker/room.lua): without it, nothing is stored and the reply
 -- is an OOM error; smaller ones go into the reserve.
 
 local inflight_key, running_key, queued_key = KEYS[1], KEYS[2], KEYS[3]
 local counts_key, exec_key, e2e_key, usage_key = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local room_key = KEYS[8]
 local channel, ttl, now, expire_at = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local need = tonumber(ARGV[5])
-if need > 16384 and not make_room(room_key, need) then return redis.error_reply(ROOM_FULL) end
+local need, only_queued, SMALL = tonumber(ARGV[5]), ARGV[6] == '1', 16384
+if need > SMALL and not make_room(room_key, need) then return redis.error_reply(ROOM_FULL) end
 
 local counters, histograms = {}, {[exec_key] = {}, [e2e_key] = {}}
 local function observe(key, value)
@@ -44,13 +43,13 @@ local function observe(key, value)
 end
 
 local stored, wakeups, gone = {}, {}, {}
-local at, c, kept = 6, 0, 0
+local at, c, kept = 7, 0, 0
 while at <= #ARGV do
   c = c + 1
   local record_key = KEYS[8 + c]
-  local tid, counter, exec_s, ship = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-  local only_queued, size, first_field = ARGV[at + 4] == '1', tonumber(ARGV[at + 5]), at + 7
-  at = first_field + tonumber(ARGV[at + 6])
+  local tid, counter, exec_s = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local size, first_field = tonumber(ARGV[at + 3]), at + 5
+  at = first_field + tonumber(ARGV[at + 4])
   local status, created = unpack(redis.call('HMGET', record_key, 'status', 'createdAt'))
   local skip = only_queued and status ~= 'queued'
   if not skip then gone[#gone + 1] = tid end
@@ -63,7 +62,7 @@ while at <= #ARGV do
     redis.call('HDEL', record_key, 'job')
     redis.call('HSET', record_key, unpack(ARGV, first_field, at - 1))
     redis.call('EXPIRE', record_key, ttl)
-    wakeups[#wakeups + 1] = {tid, ship == '1' and redis.call('HGETALL', record_key)}
+    wakeups[#wakeups + 1] = {tid, size <= SMALL and redis.call('HGETALL', record_key)}
   end
 end
 if #gone > 0 then

@@ -21,7 +21,6 @@ from wasmq.broker import keys, metrics, room
 from wasmq.broker.causes import Cause
 from wasmq.broker.clock import now
 from wasmq.broker.protocol.record import Status, TaskRecord
-from wasmq.broker.protocol.wakeup import SHIP_LIMIT
 from wasmq.broker.settings import Settings
 from wasmq.broker.usage import Usage
 
@@ -232,12 +231,12 @@ class TaskQueue:
         finished_at = now()
         usage_key, expire_at = self.usage.current(done[0][0].caller, finished_at)
         sizes = [len(o.result or b"") + len(o.stdout) + len(o.stderr) for _, o in done]
-        args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at), expire_at, sum(sizes)]
+        args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at), expire_at, sum(sizes),
+                      "1" if only_queued else "0"]
         for (job, outcome), size in zip(done, sizes, strict=True):
             fields = _finish_fields(outcome, finished_at)
             args += [job.tid, metrics.counter(outcome.status, outcome.cause),
                      "" if outcome.exec_ms is None else repr(outcome.exec_ms / 1000),
-                     "1" if size <= SHIP_LIMIT else "0", "1" if only_queued else "0",
                      size, 2 * len(fields), *(x for pair in fields.items() for x in pair)]
         reply = self.scripts["finish"](
             keys=[keys.inflight(done[0][0].caller), keys.running(node),

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+from functools import cache
 
 import redis
 
@@ -33,16 +34,11 @@ MAX_DEAD_PER_BEAT = 16
 MAX_LOST_PER_BEAT = 500
 MAX_GAP_S = 2.5 * HEARTBEAT_S  # a node silent this long itself judges no one for STALE_S
 
-_identity: str | None = None
-
-
+@cache
 def identity() -> str:
     """Host, pid and a random part, made once per worker start in the main process and
     inherited by its pool processes: a restarted node is never taken for the dead one."""
-    global _identity
-    if _identity is None:
-        _identity = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-    return _identity
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 def _nodes(tasks: TaskQueue, *extra: str, args: list) -> list:
@@ -100,11 +96,7 @@ def take_over(tasks: TaskQueue, calls: Calls, from_node: str, to_node: str,
     sent: list[Taken] = []
     taken_over = tasks.take(from_node, to_node, tids)
     # At its caller's priority now: a flooder's calls must not go before others'.
-    callers = sorted({t.job.caller for t in taken_over})
-    pipe = tasks.redis.pipeline(transaction=False)
-    for caller in callers:
-        pipe.zcard(keys.inflight(caller))
-    ahead = dict(zip(callers, pipe.execute(), strict=True)) if callers else {}
+    ahead = {c: tasks.redis.zcard(keys.inflight(c)) for c in {t.job.caller for t in taken_over}}
     for taken in taken_over:
         if taken.exhausted:
             tasks.finish([(taken.job, exhausted(taken.attempt - 1, tasks.max_attempts))],

@@ -11,8 +11,6 @@ import msgpack
 
 from wasmq.broker.protocol.record import TaskRecord
 
-SHIP_LIMIT = 16 * 1024  # records up to this size (result and logs) travel with their wake-up
-
 
 def parse_wakeups(data: bytes) -> list[tuple[str, list | None]]:
     """(tid, the record's field/value list if shipped) of each call; ("", None) when
