@@ -5,9 +5,9 @@ celery#3761, #6350, #4857 and redis-py#3184 for what goes wrong with
 `AsyncResult.get()` in threads). A single thread subscribes to the completion
 channel and sets the Event of whoever waits for that tid. If the subscription
 drops, every waiter is woken so it re-reads its record: a lost wake-up can
-delay an answer to the next check, never lose it. A small finished record
-travels with its wake-up (broker/protocol/wakeup.py), so its waiter answers without
-reading it back.
+delay an answer to the next check, never lose it. A wake-up (finish.lua publishes
+it) lists each finished call's tid and, for a small record, the record itself, so its
+waiter answers without reading it back; one that cannot be read wakes every waiter.
 """
 
 from __future__ import annotations
@@ -16,12 +16,32 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgpack
 import redis
 
 from wasmq.broker import keys
 from wasmq.broker.protocol.record import TaskRecord
-from wasmq.broker.protocol.wakeup import parse_wakeups, unpack_shipped
 from wasmq.broker.subscription import listen_forever
+
+
+def parse_wakeups(data: bytes) -> list[tuple[str, list | None]]:
+    """(tid, the record's field/value list if shipped) of each call; ("", None) when
+    the message cannot be read."""
+    try:
+        return [(tid.decode(errors="replace"), flat or None)
+                for tid, flat in msgpack.unpackb(data, raw=True)]
+    except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
+        return [("", None)]
+
+
+def unpack_shipped(flat: list | None) -> TaskRecord | None:
+    """The shipped record, or None if there is none, it cannot be read or it is not
+    finished."""
+    try:
+        record = TaskRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return record if record.status.finished else None
 
 
 @dataclass(eq=False)  # hashed by identity: one per waiting request

@@ -26,7 +26,6 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_serializer="msgpack",
         accept_content=["msgpack"],
-        result_serializer="msgpack",
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -41,7 +40,6 @@ def make_celery(settings: Settings) -> Celery:
         worker_disable_rate_limits=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        broker_connection_retry=True,
         broker_connection_max_retries=None,  # a worker waits for Redis forever
         broker_connection_timeout=SOCKET_CONNECT_TIMEOUT,
         # Running tasks go on when Redis drops; claim.lua skips a redelivered copy.

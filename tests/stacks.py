@@ -18,8 +18,8 @@ import redis
 
 from tests.localstack import start_gateway, start_worker
 from tests.support import Api, Child, child_env, start_redis
+from wasmq.api.waiter import parse_wakeups
 from wasmq.broker import keys
-from wasmq.broker.protocol.wakeup import parse_wakeups
 from wasmq.broker.redis_server import free_port
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -112,7 +113,8 @@ def test_wasmq_alive_reads_the_worker_heartbeat(stack) -> None:
     stale.touch()
     os.utime(stale, (time.time() - 120, time.time() - 120))
     late = alive(str(stale), "--max-age", "60")
-    assert late.returncode == 1 and "last heartbeat 120 s ago" in late.stderr
+    # 120 s, or a little more on a loaded machine (the command takes a while to start)
+    assert late.returncode == 1 and re.search(r"last heartbeat 12\d s ago", late.stderr)
     missing = alive(str(stack.workdir / "nothing"))
     assert missing.returncode == 1 and "no heartbeat" in missing.stderr
 

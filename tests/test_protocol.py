@@ -13,6 +13,7 @@ import pytest
 
 from tests.queue_bench import Bench, bench_fixture  # noqa: F401 - the fixture
 from tests.support import wait_until
+from wasmq.api.waiter import parse_wakeups, unpack_shipped
 from wasmq.broker import keys, metrics
 from wasmq.broker.causes import Cause
 from wasmq.broker.celery_app import make_celery
@@ -20,7 +21,6 @@ from wasmq.broker.protocol import queue, recovery
 from wasmq.broker.protocol.calls import Calls, priority
 from wasmq.broker.protocol.queue import Admitted, Finished, RateCounter, Refusal
 from wasmq.broker.protocol.record import Status
-from wasmq.broker.protocol.wakeup import parse_wakeups, unpack_shipped
 from wasmq.broker.settings import Settings
 
 pytestmark = pytest.mark.fast

@@ -106,7 +106,11 @@ def test_calls_are_refused_a_reserve_short_of_redis_s_limit(private) -> None:
     time.sleep(1.1)  # wasmq reads the limit again within a second
     for _ in range(200):
         response = api.call(echo, "y" * (256 * 1024), wait=0)
-        assert client.info("memory")["used_memory"] <= limit - limit // 20
+        # What wasmq stores, not the query buffers of the connections writing it,
+        # which Redis shrinks on its own and the reserve is there to hold.
+        info = client.info("memory")
+        kept = info["used_memory"] - info["mem_clients_normal"]
+        assert kept <= limit - limit // 20, (kept, info["mem_clients_normal"], limit)
         if response.status_code == 507:
             assert response.json()["message"].startswith("storage is full: ")
             break

@@ -13,6 +13,8 @@ import re
 import sys
 import threading
 import time
+from contextlib import suppress
+from functools import cached_property
 from pathlib import Path
 
 import redis
@@ -96,26 +98,21 @@ class Node:
         self.calls = Calls(app, settings.inline_input_kb * 1024)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._tasks: TaskQueue | None = None
         self._worker, self._beaten = None, False
 
-    @property
+    @cached_property
     def tasks(self) -> TaskQueue:
         """A client of the main process's own: never the pool's shared one, whose lock
         a thread of this process might hold across a fork."""
-        if self._tasks is None:
-            self._tasks = TaskQueue.from_settings(new_client(self.settings), self.settings)
-        return self._tasks
+        return TaskQueue.from_settings(new_client(self.settings), self.settings)
 
     # -- heartbeat ------------------------------------------------------------------
 
     def start(self, sender: object = None, **_: object) -> None:
         """Beats once before the consumer starts: no call is claimed by an unlisted node."""
         self._worker = sender
-        try:
+        with suppress(redis.RedisError):  # the thread keeps trying
             self._beat()
-        except redis.RedisError:
-            pass  # the thread keeps trying
         self._thread = threading.Thread(target=self._run, name="wasmq-heartbeat", daemon=True)
         self._thread.start()
 
@@ -149,11 +146,9 @@ class Node:
             count += 1
             if self._stop.wait(recovery.HEARTBEAT_S):
                 break
-        try:
+        with suppress(redis.RedisError):  # if not, it goes silent and live nodes take over
             metrics.forget_worker(self.tasks.redis, node, size)
             recovery.leave(self.tasks, self.calls, node)
-        except redis.RedisError:
-            pass  # it goes silent, and live nodes take over what it held
 
     def stop(self, **_: object) -> None:
         """After the pool stopped: what it still holds goes on elsewhere (`leave`)."""

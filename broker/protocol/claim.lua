@@ -20,8 +20,7 @@ local node, now, retries, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 
 local out, claimed = {}, {}
 for i = 3, #KEYS do
-  local record_key = KEYS[i]
-  local tid, want_job = ARGV[2 * i - 1], ARGV[2 * i]
+  local record_key, tid, want_job = KEYS[i], ARGV[2 * i - 1], ARGV[2 * i]
   local status, attempt, job = unpack(redis.call('HMGET', record_key, 'status', 'attempts',
                                                  'job'))
   local state = 'run'

@@ -19,7 +19,7 @@
 --
 -- BUCKETS, the histograms' bounds, are broker/metrics.py's (prepended by queue.py).
 -- Publishes one wake-up, a msgpack list of [tid, the record's field/value list or false]
--- (the record when SMALL: the waiting gateway needs no HGETALL; protocol/wakeup.py).
+-- (the record when SMALL: the waiting gateway needs no HGETALL; api/waiter.py).
 -- Returns 1 per call stored, 0 per call that had finished already. Outcomes of over
 -- SMALL in all need room (broker/room.lua): without it, nothing is stored and the reply
 -- is an OOM error; smaller ones go into the reserve.

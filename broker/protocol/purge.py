@@ -20,7 +20,6 @@ from wasmq.broker.causes import Cause
 from wasmq.broker.protocol.queue import Finished, Job, TaskQueue
 from wasmq.broker.protocol.record import Status
 
-MESSAGE = "cancelled"
 CHUNK = 500
 
 
@@ -40,7 +39,7 @@ class Cancelled:
     node: str = ""
 
 
-CANCELLED = Finished(Status.FAILED, message=MESSAGE, cause=Cause.CANCELLED)
+CANCELLED = Finished(Status.FAILED, message="cancelled", cause=Cause.CANCELLED)
 
 
 class Purger:
@@ -57,16 +56,11 @@ class Purger:
     def purge(self, cfid: str = "") -> Purged:
         """Cancel every queued call (of function `cfid` only, when given: then the
         messages stay, and are skipped when claimed)."""
-        messages = 0
-        queues = self.queues()
+        messages, queues = 0, self.queues()
         if not cfid:
             with self.app.connection_for_write() as conn:
-                for queue in queues:
-                    messages += conn.default_channel.queue_purge(queue) or 0
-        tasks = 0
-        for queue in queues:
-            tasks += self._cancel_queued(queue, cfid)
-        return Purged(tasks, messages)
+                messages = sum(conn.default_channel.queue_purge(q) or 0 for q in queues)
+        return Purged(sum(self._cancel_queued(q, cfid) for q in queues), messages)
 
     def _cancel_queued(self, queue: str, cfid: str) -> int:
         cancelled = 0
@@ -83,8 +77,7 @@ class Purger:
 
     def cancel(self, tid: str) -> Cancelled:
         """Cancel one task if it is still queued."""
-        status, node, caller, queue = self.redis.hmget(keys.task(tid), "status", "node",
-                                                       "caller", "queue")
+        status, caller, queue = self.redis.hmget(keys.task(tid), "status", "caller", "queue")
         if status is None:
             return Cancelled(tid, None, False)
         if self._cancel(tid, (caller or b"").decode(), (queue or b"").decode()):

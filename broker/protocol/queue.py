@@ -151,8 +151,7 @@ class Finished:
 
 class TaskQueue:
     def __init__(self, client: redis.Redis, *, ttl: int, max_attempts: int = 3) -> None:
-        self.redis = client
-        self.ttl, self.max_attempts = ttl, max_attempts
+        self.redis, self.ttl, self.max_attempts = client, ttl, max_attempts
         self.usage = Usage(ttl)
         self.scripts = {name: client.register_script(script_source(name))
                         for name in ("submit", "claim", "finish", "requeue", "nodes")}

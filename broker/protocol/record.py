@@ -50,16 +50,9 @@ class TaskRecord:
     _TEXTS = ("node", "worker", "message", "cause", "stdout", "stderr", "caller", "queue")
 
     def to_hash(self) -> dict[str, bytes | str | float | int]:
-        out: dict[str, bytes | str | float | int] = {}
-        for name, value in self.__dict__.items():
-            if value is None:
-                continue
-            if isinstance(value, Status):
-                value = value.value
-            elif isinstance(value, bool):
-                value = int(value)
-            out[name] = value
-        return out
+        return {name: value.value if isinstance(value, Status) else
+                int(value) if isinstance(value, bool) else value
+                for name, value in self.__dict__.items() if value is not None}
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> "TaskRecord":
