@@ -9,6 +9,7 @@ views (api/bounds.py).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import resource
@@ -38,6 +39,9 @@ def create_app() -> Quart:
     _open_files_as_allowed()
     app = create_gateway_app(Settings.from_env())
     app.extensions["wasmq"].jobs.start()  # resume model builds a dead gateway left
+    # What is built so far (the app, Celery's, the clients) lives as long as the process:
+    # kept out of the cyclic collector's passes, which every few requests walked it.
+    gc.freeze()
     return app
 
 
