@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.json.sort_keys = False
     biggest = max(settings.max_module_mb, settings.max_input_mb) * MB + BODY_SLACK
     app.config["MAX_CONTENT_LENGTH"] = biggest  # what a request may buffer, any route
+    app.config["BODY_TIMEOUT"] = settings.body_timeout  # api/envelope.py, api/upload_body.py
     app.extensions["wasmq"] = svc = Services.build(settings)
     limits = Bounds(RequestLog(BodyWindow(app.asgi_app)), settings)
     app.extensions["wasmq.bounds"] = limits

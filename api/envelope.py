@@ -9,12 +9,13 @@ bytes (no base64 needed).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import msgpack
 from quart import request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 
 from wasmq.api.negotiation import is_msgpack
 from wasmq.broker.errors import BadRequest
@@ -28,19 +29,29 @@ SEND_ENVELOPE = ("; the module's input goes, as a string, in 'input.data' of the
 
 
 async def request_body() -> bytes:
-    """The body, refused (413) once it grows past the route's `max_content_length`.
+    """The body, refused (413) once it grows past the route's `max_content_length`,
+    or (408) when it has not all arrived within WASMQ_BODY_TIMEOUT.
 
     A body with a Content-Length over the limit was refused unread (api/app.py);
     a chunked one has no length to refuse up front, so it is read up to the limit.
     """
     limit = request.max_content_length
     chunks, size = [], 0
-    async for chunk in request.body:
-        size += len(chunk)
-        if limit is not None and size >= limit:
-            raise RequestEntityTooLarge()
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(request.body_timeout):
+            async for chunk in request.body:
+                size += len(chunk)
+                if limit is not None and size >= limit:
+                    raise RequestEntityTooLarge()
+                chunks.append(chunk)
+    except TimeoutError:
+        raise body_too_slow() from None
     return b"".join(chunks)
+
+
+def body_too_slow() -> RequestTimeout:
+    return RequestTimeout(f"the request body did not arrive within "
+                          f"{request.body_timeout:g} s (WASMQ_BODY_TIMEOUT)")
 
 
 def parse_envelope(body: bytes, mimetype: str = "") -> bytes:

@@ -28,7 +28,7 @@ from typing import Any
 
 from quart import request
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import (
     Data,
@@ -40,6 +40,7 @@ from werkzeug.sansio.multipart import (
     State,
 )
 
+from wasmq.api.envelope import body_too_slow
 from wasmq.broker.errors import BadRequest, TooLarge
 from wasmq.toolchain.spool import Spooled
 
@@ -231,7 +232,7 @@ async def read_upload(file_limit: int, text_limit: int) -> Upload:
         await asyncio.wait_for(parse(), timeout=request.body_timeout)
     except asyncio.TimeoutError:
         parser.close()
-        raise RequestTimeout() from None
+        raise body_too_slow() from None
     except ValueError as exc:  # werkzeug's word for a malformed form
         parser.close()
         if parser.file is not None and not parser.file.done:  # the body ended inside it

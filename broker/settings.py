@@ -94,6 +94,9 @@ class Settings:
     # Calls one gateway process holds open waiting for their task; past it a
     # call answers at once with statusCode 5 and its resultUrl.
     max_waiting: int = 4096
+    # Seconds a request's body may take to arrive; past it, 408 (a client trickling its
+    # body would otherwise hold its connection, and a place in its caller's cap, for ever).
+    body_timeout: float = 60.0
     # One gateway process per two cores: a process serves about a thousand
     # calls a second, and on a small machine the workers need the other cores.
     gateway_processes: int = field(default_factory=lambda: max(1, available_cores() // 2))
@@ -199,7 +202,7 @@ class Settings:
                      "max_module_mb", "module_cache_mb", "prefetch_multiplier",
                      "max_inflight", "max_batch", "max_attempts", "max_waiting",
                      "compile_timeout", "compile_memory_mb", "redis_maxmemory_mb",
-                     "build_lease_s", "compile_per_caller"):
+                     "build_lease_s", "compile_per_caller", "body_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"WASMQ_{name.upper()} must be a positive number")
         if self.log_format not in ("json", "text"):

@@ -167,3 +167,35 @@ def test_a_client_that_keeps_sending_is_read_for_a_bounded_time_and_size() -> No
     assert 50_000 <= fast_read <= 52_000 and fast_took < 1  # stopped by its size
     slow_read, slow_took = run_async(endless(0.05))
     assert slow_read < 50_000 and 0.9 < slow_took < 3  # stopped by its time
+
+
+@pytest.mark.parametrize("path", ["/task/{echo}", "/functions"])
+def test_a_body_that_trickles_in_gets_408_within_the_body_timeout(
+        tmp_path: object, path: str) -> None:
+    """Else a client sending a byte now and then holds its connection for ever (and
+    sixteen clients' caps of requests every connection of a gateway process)."""
+    slow = PrivateStack.start(tmp_path, WASMQ_BODY_TIMEOUT="1", WASMQ_GATEWAY_PROCESSES="1")
+    try:
+        echo = Api(slow.url).deploy(modules.ECHO)
+        kind = "application/json" if path.startswith("/task") else \
+            "multipart/form-data; boundary=b"
+        head = (f"POST {path.format(echo=echo)} HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: {kind}\r\nContent-Length: 100000\r\n\r\n").encode()
+        host, port = urlsplit(slow.url).hostname, urlsplit(slow.url).port
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(head + b'{"input": "' if path.startswith("/task") else head + b"--b")
+            sock.setblocking(False)
+            started, reply = time.monotonic(), b""
+            while b"(WASMQ_BODY_TIMEOUT)" not in reply and time.monotonic() - started < 8:
+                try:
+                    sock.send(b"x")  # a byte every 200 ms: never idle, never done
+                    reply += sock.recv(65536)
+                except (BlockingIOError, ConnectionError):
+                    pass
+                time.sleep(0.2)
+            took = time.monotonic() - started
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"the request body did not arrive within 1 s" in reply, reply[-300:]
+        assert 0.8 < took < 4, took
+    finally:
+        slow.stop()
