@@ -19,6 +19,7 @@ def make_floor_app(settings: Settings) -> Celery:
     """Task events are off unless the worker is started with -E, as in stock Celery."""
     app = make_celery(settings)
     app.conf.update(result_backend=settings.redis_url, task_ignore_result=False,
+                    result_serializer="msgpack",  # wasmq's app accepts nothing else
                     task_default_queue=QUEUE, worker_send_task_events=False)
 
     @app.task(name="bench.noop", shared=False)
