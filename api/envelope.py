@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
@@ -37,21 +39,24 @@ async def request_body() -> bytes:
     """
     limit = request.max_content_length
     chunks, size = [], 0
-    try:
-        async with asyncio.timeout(request.body_timeout):
-            async for chunk in request.body:
-                size += len(chunk)
-                if limit is not None and size >= limit:
-                    raise RequestEntityTooLarge()
-                chunks.append(chunk)
-    except TimeoutError:
-        raise body_too_slow() from None
+    async with body_deadline():
+        async for chunk in request.body:
+            size += len(chunk)
+            if limit is not None and size >= limit:
+                raise RequestEntityTooLarge()
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
-def body_too_slow() -> RequestTimeout:
-    return RequestTimeout(f"the request body did not arrive within "
-                          f"{request.body_timeout:g} s (WASMQ_BODY_TIMEOUT)")
+@asynccontextmanager
+async def body_deadline() -> AsyncIterator[None]:
+    """The body read within WASMQ_BODY_TIMEOUT (calls and uploads), or 408 saying so."""
+    try:
+        async with asyncio.timeout(request.body_timeout):
+            yield
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within "
+                             f"{request.body_timeout:g} s (WASMQ_BODY_TIMEOUT)") from None
 
 
 def parse_envelope(body: bytes, mimetype: str = "") -> bytes:

@@ -40,7 +40,7 @@ from werkzeug.sansio.multipart import (
     State,
 )
 
-from wasmq.api.envelope import body_too_slow
+from wasmq.api.envelope import body_deadline
 from wasmq.broker.errors import BadRequest, TooLarge
 from wasmq.toolchain.spool import Spooled
 
@@ -229,10 +229,8 @@ async def read_upload(file_limit: int, text_limit: int) -> Upload:
         parser.feed(None)
 
     try:
-        await asyncio.wait_for(parse(), timeout=request.body_timeout)
-    except asyncio.TimeoutError:
-        parser.close()
-        raise body_too_slow() from None
+        async with body_deadline():
+            await parse()
     except ValueError as exc:  # werkzeug's word for a malformed form
         parser.close()
         if parser.file is not None and not parser.file.done:  # the body ended inside it

@@ -77,7 +77,7 @@ async def _attack(url: str, slow: str, figures: Figures, n: int, wait: float,
         try:
             status, _ = await request(url, "POST", f"/task/{slow}?wait={wait:g}",
                                       envelope(str(SLOW_MS)), headers, timeout=wait + 30)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             status = 0
         figures.attacker[status] += 1
 
@@ -104,7 +104,7 @@ async def _probe(url: str, name: str, method: str, path: str, figures: Figures,
         started = time.monotonic()
         try:
             status, _ = await request(url, method, path, body, headers, timeout=30)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             status = 0
         elapsed = time.monotonic() - started
         times.append(elapsed if 200 <= status < 300 else max(elapsed, 30.0))

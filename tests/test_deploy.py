@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
+import tomllib
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,6 @@ from typing import Any
 import click
 import pytest
 import redis
-import tomllib
 import yaml
 
 from tests.support import ROOT, wait_until
