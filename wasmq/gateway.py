@@ -41,6 +41,7 @@ def create_app() -> Quart:
     app.extensions["wasmq"].jobs.start()  # resume model builds a dead gateway left
     # What is built so far (the app, Celery's, the clients) lives as long as the process:
     # kept out of the cyclic collector's passes, which every few requests walked it.
+    gc.collect()  # nothing left for the collector to free is frozen with the rest
     gc.freeze()
     return app
 

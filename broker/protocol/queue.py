@@ -229,7 +229,8 @@ class TaskQueue:
         `only_queued`, only while it is still queued) and wake their waiters at once."""
         finished_at = now()
         usage_key, expire_at = self.usage.current(done[0][0].caller, finished_at)
-        sizes = [len(o.result or b"") + len(o.stdout) + len(o.stderr) for _, o in done]
+        sizes = [len(o.result or b"") + len(f"{o.stdout}{o.stderr}{o.message}".encode())
+                 for _, o in done]
         args: list = [keys.DONE_CHANNEL, self.ttl, repr(finished_at), expire_at, sum(sizes),
                       "1" if only_queued else "0"]
         for (job, outcome), size in zip(done, sizes, strict=True):

@@ -96,7 +96,11 @@ def take_over(tasks: TaskQueue, calls: Calls, from_node: str, to_node: str,
     sent: list[Taken] = []
     taken_over = tasks.take(from_node, to_node, tids)
     # At its caller's priority now: a flooder's calls must not go before others'.
-    ahead = {c: tasks.redis.zcard(keys.inflight(c)) for c in {t.job.caller for t in taken_over}}
+    callers = sorted({t.job.caller for t in taken_over})
+    pipe = tasks.redis.pipeline(transaction=False)
+    for caller in callers:
+        pipe.zcard(keys.inflight(caller))
+    ahead = dict(zip(callers, pipe.execute(), strict=True))
     for taken in taken_over:
         if taken.exhausted:
             tasks.finish([(taken.job, exhausted(taken.attempt - 1, tasks.max_attempts))],
