@@ -42,7 +42,7 @@ async def request_body() -> bytes:
     async with body_deadline():
         async for chunk in request.body:
             size += len(chunk)
-            if limit is not None and size >= limit:
+            if limit is not None and size > limit:
                 raise RequestEntityTooLarge()
             chunks.append(chunk)
     return b"".join(chunks)

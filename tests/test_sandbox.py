@@ -14,6 +14,7 @@ import requests
 from tests import hostile, modules
 from tests.conftest import Stack, start_stack
 from tests.support import Api
+from wasmq.api.app import BODY_SLACK
 
 TIMEOUT_S = 2
 LIMITS = {"WASMQ_TASK_TIMEOUT": str(TIMEOUT_S), "WASMQ_MAX_MEMORY_MB": "16",
@@ -171,6 +172,17 @@ def test_a_chunked_body_over_the_input_limit_is_refused_with_413(api: Api, echo:
     assert response.status_code == 413
     assert response.json()["statusCode"] == 0
     assert "input limit of 1 MB" in response.json()["message"]
+
+
+def test_a_body_of_exactly_the_limit_is_read_chunked_or_not(api: Api, echo: str) -> None:
+    """The limit is the largest body taken, with a Content-Length or without one."""
+    limit = MB + BODY_SLACK
+    envelope = b'{"input": {"data": "ok"}}'
+    body = envelope + b" " * (limit - len(envelope))  # JSON allows trailing blanks
+    for data in (body, iter([body[:MB], body[MB:]])):  # a generator goes chunked
+        response = requests.post(f"{api.url}/task/{echo}", data=data)
+        assert response.status_code == 200, response.text
+        assert response.json()["result"] == "ok"
 
 
 def test_a_module_over_the_size_limit_is_refused_with_413(api: Api) -> None:
