@@ -51,8 +51,7 @@ class Job:
     queue: str = ""
 
     def to_dict(self, *, with_data: bool = True) -> dict:
-        # vars, not dataclasses.asdict: that deep-copies, 8 us a call against 0.3
-        return {**vars(self), "data": self.data if with_data else None}
+        return {**vars(self), "data": self.data if with_data else None}  # asdict: 25x slower
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Job":
