@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,31 +32,53 @@ SEND_ENVELOPE = ("; the module's input goes, as a string, in 'input.data' of the
 
 async def request_body() -> bytes:
     """The body, refused (413) once it grows past the route's `max_content_length`,
-    or (408) when it has not all arrived within WASMQ_BODY_TIMEOUT.
+    or (408) when it arrives too slowly (`body_deadline`).
 
     A body with a Content-Length over the limit was refused unread (api/app.py);
     a chunked one has no length to refuse up front, so it is read up to the limit.
     """
     limit = request.max_content_length
     chunks, size = [], 0
-    async with body_deadline():
+    async with body_deadline() as arrived:
         async for chunk in request.body:
             size += len(chunk)
             if limit is not None and size > limit:
                 raise RequestEntityTooLarge()
             chunks.append(chunk)
+            arrived(len(chunk))
     return b"".join(chunks)
 
 
+# A body that keeps arriving at least this fast is never cut off, however large.
+MIN_BODY_RATE = 64 * 1024  # bytes a second
+
+
 @asynccontextmanager
-async def body_deadline() -> AsyncIterator[None]:
-    """The body read within WASMQ_BODY_TIMEOUT (calls and uploads), or 408 saying so."""
+async def body_deadline() -> AsyncIterator[Callable[[int], None]]:
+    """The body read while it keeps coming, or 408 saying so (calls and uploads alike):
+    it may pause for up to WASMQ_BODY_TIMEOUT, and take that long plus a second for every
+    MIN_BODY_RATE bytes it brings in all. A client that stalls its body or trickles it
+    holds its connection and its caller's place about that long; a large upload over a
+    slow link goes through. The reader reports each chunk to the function yielded."""
+    timeout = request.body_timeout
+    loop = asyncio.get_running_loop()
+    started, received = loop.time(), 0
     try:
-        async with asyncio.timeout(request.body_timeout):
-            yield
+        async with asyncio.timeout(timeout) as deadline:
+            def arrived(nbytes: int) -> None:
+                nonlocal received
+                received += nbytes
+                due = min(started + timeout + received / MIN_BODY_RATE, loop.time() + timeout)
+                if due - deadline.when() >= timeout / 8:  # re-armed now and then, not per chunk
+                    deadline.reschedule(due)
+
+            yield arrived
     except TimeoutError:
-        raise RequestTimeout(f"the request body did not arrive within "
-                             f"{request.body_timeout:g} s (WASMQ_BODY_TIMEOUT)") from None
+        raise RequestTimeout(
+            f"the request body arrived too slowly: {received} bytes in "
+            f"{loop.time() - started:.0f} s; a body may pause for up to WASMQ_BODY_TIMEOUT "
+            f"({timeout:g} s), and take that long plus a second for every "
+            f"{MIN_BODY_RATE // 1024} KiB it brings") from None
 
 
 def parse_envelope(body: bytes, mimetype: str = "") -> bytes:

@@ -23,6 +23,7 @@ p99 130-400 ms against 100-140 ms, and 100 MB more memory).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,7 +213,7 @@ async def read_upload(file_limit: int, text_limit: int) -> Upload:
                      request.max_form_memory_size or 500_000)
     limit = request.max_content_length  # a chunked body has no length to refuse up front
 
-    async def parse() -> None:
+    async def parse(arrived: Callable[[int], None]) -> None:
         batch = bytearray()  # not a list of messages: tiny ones cost 40 bytes each
         total = 0
         async for data in request.body:
@@ -221,6 +222,7 @@ async def read_upload(file_limit: int, text_limit: int) -> Upload:
             if limit is not None and total > limit:
                 raise RequestEntityTooLarge()
             batch += data
+            arrived(len(data))
             if len(batch) >= BATCH:
                 parser.feed(batch)  # the decoder copies it
                 batch.clear()
@@ -229,8 +231,8 @@ async def read_upload(file_limit: int, text_limit: int) -> Upload:
         parser.feed(None)
 
     try:
-        async with body_deadline():
-            await parse()
+        async with body_deadline() as arrived:
+            await parse(arrived)
     except ValueError as exc:  # werkzeug's word for a malformed form
         parser.close()
         if parser.file is not None and not parser.file.done:  # the body ended inside it

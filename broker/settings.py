@@ -94,8 +94,9 @@ class Settings:
     # Calls one gateway process holds open waiting for their task; past it a
     # call answers at once with statusCode 5 and its resultUrl.
     max_waiting: int = 4096
-    # Seconds a request's body may take to arrive; past it, 408 (a client trickling its
-    # body would otherwise hold its connection, and a place in its caller's cap, for ever).
+    # Seconds a request's body may pause, and take in all plus one per 64 KiB it brings;
+    # past either, 408 (a client stalling or trickling its body would otherwise hold its
+    # connection, and a place in its caller's cap, for ever).
     body_timeout: float = 60.0
     # One gateway process per two cores: a process serves about a thousand
     # calls a second, and on a small machine the workers need the other cores.

@@ -169,33 +169,82 @@ def test_a_client_that_keeps_sending_is_read_for_a_bounded_time_and_size() -> No
     assert slow_read < 50_000 and 0.9 < slow_took < 3  # stopped by its time
 
 
-@pytest.mark.parametrize("path", ["/task/{echo}", "/functions"])
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivateStack, str]]:
+    """A gateway (no worker) that gives a body 1 s plus a second per 64 KiB it brings."""
+    stack = PrivateStack.start(tmp_path_factory.mktemp("slow"), WASMQ_BODY_TIMEOUT="1",
+                               WASMQ_GATEWAY_PROCESSES="1")
+    yield stack, Api(stack.url).deploy(modules.ECHO)
+    stack.stop()
+
+
+def _slowly(url: str, path: str, kind: str, first: bytes, rest: Iterator[bytes],
+            length: int, every_s: float) -> tuple[bytes, float]:
+    """Send a request's head and `first`, then a piece of `rest` every `every_s`, reading
+    what comes back all along; the whole reply and how long it took to come."""
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Type: {kind}\r\nContent-Length: {length}\r\n\r\n").encode()
+    with socket.create_connection((urlsplit(url).hostname, urlsplit(url).port),
+                                  timeout=10) as sock:
+        sock.sendall(head + first)
+        sock.setblocking(False)
+        started, reply = time.monotonic(), b""
+        while not _whole(reply) and time.monotonic() - started < 8:
+            try:
+                piece = next(rest, b"")
+                if piece:
+                    sock.sendall(piece)
+                reply += sock.recv(65536)
+            except (BlockingIOError, ConnectionError):
+                pass
+            time.sleep(every_s)
+        return reply, time.monotonic() - started
+
+
+def _whole(reply: bytes) -> bool:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    length = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    return bool(length) and len(body) >= int(length[0].split(b":")[1])
+
+
+PATHS = {"call": ("/task/{echo}", "application/json"),
+         "upload": ("/functions", "multipart/form-data; boundary=b")}
+
+
+@pytest.mark.parametrize("route", PATHS)
 def test_a_body_that_trickles_in_gets_408_within_the_body_timeout(
-        tmp_path: object, path: str) -> None:
+        slow: tuple[PrivateStack, str], route: str) -> None:
     """Else a client sending a byte now and then holds its connection for ever (and
     sixteen clients' caps of requests every connection of a gateway process)."""
-    slow = PrivateStack.start(tmp_path, WASMQ_BODY_TIMEOUT="1", WASMQ_GATEWAY_PROCESSES="1")
-    try:
-        echo = Api(slow.url).deploy(modules.ECHO)
-        kind = "application/json" if path.startswith("/task") else \
-            "multipart/form-data; boundary=b"
-        head = (f"POST {path.format(echo=echo)} HTTP/1.1\r\nHost: x\r\n"
-                f"Content-Type: {kind}\r\nContent-Length: 100000\r\n\r\n").encode()
-        host, port = urlsplit(slow.url).hostname, urlsplit(slow.url).port
-        with socket.create_connection((host, port), timeout=10) as sock:
-            sock.sendall(head + b'{"input": "' if path.startswith("/task") else head + b"--b")
-            sock.setblocking(False)
-            started, reply = time.monotonic(), b""
-            while b"(WASMQ_BODY_TIMEOUT)" not in reply and time.monotonic() - started < 8:
-                try:
-                    sock.send(b"x")  # a byte every 200 ms: never idle, never done
-                    reply += sock.recv(65536)
-                except (BlockingIOError, ConnectionError):
-                    pass
-                time.sleep(0.2)
-            took = time.monotonic() - started
-        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
-        assert b"the request body did not arrive within 1 s" in reply, reply[-300:]
-        assert 0.8 < took < 4, took
-    finally:
-        slow.stop()
+    stack, echo = slow
+    path, kind = PATHS[route]
+    first = b'{"input": "' if route == "call" else b"--b"
+    reply, took = _slowly(stack.url, path.format(echo=echo), kind, first,
+                          iter(lambda: b"x", None), 100_000, 0.2)  # never idle, never done
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"the request body arrived too slowly" in reply, reply[-300:]
+    assert b"pause for up to WASMQ_BODY_TIMEOUT (1 s), and take that long plus a second " \
+        b"for every 64 KiB" in reply, reply[-300:]
+    assert 0.8 < took < 4, took
+
+
+@pytest.mark.parametrize("route", PATHS)
+def test_a_body_that_arrives_steadily_goes_through_past_the_body_timeout(
+        slow: tuple[PrivateStack, str], route: str) -> None:
+    """A large upload over a slow link is no trickle: 300 KB at 100 KB/s takes three
+    times WASMQ_BODY_TIMEOUT and is served."""
+    stack, echo = slow
+    path, kind = PATHS[route]
+    if route == "call":
+        body = json.dumps(envelope("z" * 300_000)).encode()
+    else:
+        module = modules.wasm(data=f'(data (i32.const 2048) "{"z" * 300_000}")', pages=6)
+        body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="m.wasm"\r\n'
+                b"Content-Type: application/wasm\r\n\r\n" + module + b"\r\n--b--\r\n")
+    pieces = iter([body[i:i + 10_000] for i in range(100, len(body), 10_000)])
+    reply, took = _slowly(stack.url, path.format(echo=echo) + "?wait=0", kind, body[:100],
+                          pieces, len(body), 0.1)
+    assert took > 2.5, took  # it did take longer than the timeout
+    # Taken: a call is queued (this stack has no worker), an upload stored.
+    assert reply.startswith(b"HTTP/1.1 202" if route == "call" else b"HTTP/1.1 201"), \
+        reply[:300]
