@@ -31,21 +31,12 @@ SEND_ENVELOPE = ("; the module's input goes, as a string, in 'input.data' of the
 
 
 async def request_body() -> bytes:
-    """The body, refused (413) once it grows past the route's `max_content_length`,
-    or (408) when it arrives too slowly (`body_deadline`).
-
-    A body with a Content-Length over the limit was refused unread (api/app.py);
-    a chunked one has no length to refuse up front, so it is read up to the limit.
-    """
-    limit = request.max_content_length
-    chunks, size = [], 0
-    async with body_deadline() as arrived:
+    """The body of a call, within its bounds (`body_bounds`)."""
+    chunks = []
+    async with body_bounds() as arrived:
         async for chunk in request.body:
-            size += len(chunk)
-            if limit is not None and size > limit:
-                raise RequestEntityTooLarge()
-            chunks.append(chunk)
             arrived(len(chunk))
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -54,13 +45,16 @@ MIN_BODY_RATE = 64 * 1024  # bytes a second
 
 
 @asynccontextmanager
-async def body_deadline() -> AsyncIterator[Callable[[int], None]]:
-    """The body read while it keeps coming, or 408 saying so (calls and uploads alike):
-    it may pause for up to WASMQ_BODY_TIMEOUT, and take that long plus a second for every
-    MIN_BODY_RATE bytes it brings in all. A client that stalls its body or trickles it
-    holds its connection and its caller's place about that long; a large upload over a
-    slow link goes through. The reader reports each chunk to the function yielded."""
-    timeout = request.body_timeout
+async def body_bounds() -> AsyncIterator[Callable[[int], None]]:
+    """A body read within its bounds, for calls and uploads alike: the reader reports
+    each chunk to the function yielded, which refuses it (413) once the body grows past
+    the route's `max_content_length` (a body with a Content-Length over it was refused
+    unread, api/app.py; a chunked one has no length to refuse up front), and (408) when
+    it stops or slows down: it may pause for up to WASMQ_BODY_TIMEOUT, and take that
+    long plus a second for every MIN_BODY_RATE bytes it brings in all. A client that
+    stalls its body or trickles it holds its connection and its caller's place about
+    that long; a large upload over a slow link goes through."""
+    timeout, limit = request.body_timeout, request.max_content_length
     loop = asyncio.get_running_loop()
     started, received = loop.time(), 0
     try:
@@ -68,6 +62,8 @@ async def body_deadline() -> AsyncIterator[Callable[[int], None]]:
             def arrived(nbytes: int) -> None:
                 nonlocal received
                 received += nbytes
+                if limit is not None and received > limit:
+                    raise RequestEntityTooLarge()
                 due = min(started + timeout + received / MIN_BODY_RATE, loop.time() + timeout)
                 if due - deadline.when() >= timeout / 8:  # re-armed now and then, not per chunk
                     deadline.reschedule(due)

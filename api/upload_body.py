@@ -41,7 +41,7 @@ from werkzeug.sansio.multipart import (
     State,
 )
 
-from wasmq.api.envelope import body_deadline
+from wasmq.api.envelope import body_bounds
 from wasmq.broker.errors import BadRequest, TooLarge
 from wasmq.toolchain.spool import Spooled
 
@@ -211,18 +211,13 @@ async def read_upload(file_limit: int, text_limit: int) -> Upload:
     window: _Window = request.scope[SCOPE_KEY]
     parser = _Parser(boundary.encode(), file_limit, text_limit,
                      request.max_form_memory_size or 500_000)
-    limit = request.max_content_length  # a chunked body has no length to refuse up front
 
     async def parse(arrived: Callable[[int], None]) -> None:
         batch = bytearray()  # not a list of messages: tiny ones cost 40 bytes each
-        total = 0
         async for data in request.body:
             window.taken(len(data))
-            total += len(data)
-            if limit is not None and total > limit:
-                raise RequestEntityTooLarge()
-            batch += data
             arrived(len(data))
+            batch += data
             if len(batch) >= BATCH:
                 parser.feed(batch)  # the decoder copies it
                 batch.clear()
@@ -231,7 +226,7 @@ async def read_upload(file_limit: int, text_limit: int) -> Upload:
         parser.feed(None)
 
     try:
-        async with body_deadline() as arrived:
+        async with body_bounds() as arrived:
             await parse(arrived)
     except ValueError as exc:  # werkzeug's word for a malformed form
         parser.close()
